@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Produce benchmark: Chronik against Apache Kafka on this machine, same run.
+
+Uses Kafka's own ProducerPerformance (kafka-tools jar): 1 KiB records,
+acks=all, one partition, one producer. Compared at equal durability:
+
+  fsync       Chronik durability=fsync       vs Kafka flush.messages=1
+  replicated  Chronik durability=replicated  vs Kafka defaults (page cache)
+
+plus a fixed-rate run at 5,000 msg/s for latency. Prints a Markdown table;
+`--json FILE` also writes the raw figures.
+
+    bench/run.py [--records 200000] [--rate-records 50000] [--rounds 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import harness  # noqa: E402
+
+SUMMARY = re.compile(
+    r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
+    r"([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th, (\d+) ms 99.9th"
+)
+
+
+def producer_perf(bootstrap: str, topic: str, records: int, throughput: int) -> dict:
+    libs = harness.ensure_kafka_libs()
+    argv = [
+        harness.java_bin(), "-Xmx512m", "-cp", f"{libs}/*",
+        "org.apache.kafka.tools.ProducerPerformance",
+        "--topic", topic, "--num-records", str(records), "--record-size", "1024",
+        "--throughput", str(throughput),
+        "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5", "batch.size=65536",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    m = None
+    for line in out.stdout.splitlines():
+        m = SUMMARY.search(line) or m
+    if out.returncode != 0 or m is None:
+        raise RuntimeError(f"ProducerPerformance failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return {
+        "records": int(m.group(1)), "msg_s": float(m.group(2)), "mb_s": float(m.group(3)),
+        "avg_ms": float(m.group(4)), "max_ms": float(m.group(5)),
+        "p50_ms": int(m.group(6)), "p95_ms": int(m.group(7)), "p99_ms": int(m.group(8)), "p999_ms": int(m.group(9)),
+    }
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    a = AdminClient({"bootstrap.servers": bootstrap})
+    fs = a.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    for f in fs.values():
+        f.result(timeout=60)
+
+
+def run_target(kind: str, mode: str, work: Path, records: int, rate_records: int) -> dict:
+    if kind == "kafka":
+        props = {"flush.messages": "1"} if mode == "fsync" else {}
+        proc = harness.ApacheKafka(None, work / f"kafka-{mode}", extra_props=props, heap="1g").start()
+    else:
+        proc = harness.Chronik(None, work / f"chronik-{mode}", durability=mode).start()
+    try:
+        create_topic(proc.bootstrap, "bench-max")
+        create_topic(proc.bootstrap, "bench-rate")
+        producer_perf(proc.bootstrap, "bench-max", min(records, 20000), -1)  # warm-up (JIT, caches)
+        best = producer_perf(proc.bootstrap, "bench-max", records, -1)
+        rate = producer_perf(proc.bootstrap, "bench-rate", rate_records, 5000)
+        return {"max": best, "rate5k": rate}
+    finally:
+        proc.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--rate-records", type=int, default=50_000)
+    ap.add_argument("--modes", default="fsync,replicated")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+
+    results: dict = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                                f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "modes": {}}
+    with tempfile.TemporaryDirectory(prefix="chronik-bench-") as tmp:
+        work = Path(tmp)
+        for mode in args.modes.split(","):
+            # Alternate who goes first so neither always gets the cooler machine.
+            order = ["kafka", "chronik"] if mode == "fsync" else ["chronik", "kafka"]
+            results["modes"][mode] = {k: run_target(k, mode, work, args.records, args.rate_records) for k in order}
+
+    print(f"\nmachine: {results['machine']}; started {results['started']}\n")
+    print("| durability | system | msg/s | MB/s | p50 ms | p99 ms | ratio vs Kafka | p50 @5k/s | p99 @5k/s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, r in results["modes"].items():
+        k = r["kafka"]["max"]["msg_s"]
+        for kind in ("kafka", "chronik"):
+            m, s = r[kind]["max"], r[kind]["rate5k"]
+            print(f"| {mode} | {kind} | {m['msg_s']:.0f} | {m['mb_s']:.1f} | {m['p50_ms']} | {m['p99_ms']} | "
+                  f"{m['msg_s'] / k:.2f} | {s['p50_ms']} | {s['p99_ms']} |")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,476 @@
+//! Topic configuration: the Kafka topic config names we accept, how each is
+//! validated, its default, and which ones Chronik acts on.
+//!
+//! Unknown names are rejected (Kafka's INVALID_CONFIG). Names in the
+//! `chronik.` namespace are reserved for Chronik's own per-topic settings.
+
+use std::collections::BTreeMap;
+
+use chronik_topology::TopicDefaults;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigType {
+    Boolean,
+    String,
+    Int,
+    Long,
+    Double,
+    List,
+}
+
+impl ConfigType {
+    /// Kafka's DescribeConfigs `config_type` code.
+    pub fn code(self) -> i8 {
+        match self {
+            ConfigType::Boolean => 1,
+            ConfigType::String => 2,
+            ConfigType::Int => 3,
+            ConfigType::Long => 5,
+            ConfigType::Double => 6,
+            ConfigType::List => 7,
+        }
+    }
+}
+
+pub struct ConfigDef {
+    pub name: &'static str,
+    pub ty: ConfigType,
+    /// Kafka's default, used unless the broker config overrides it.
+    pub default: &'static str,
+    /// Smallest accepted numeric value.
+    pub min: Option<i64>,
+    pub doc: &'static str,
+}
+
+const fn def(
+    name: &'static str,
+    ty: ConfigType,
+    default: &'static str,
+    min: Option<i64>,
+    doc: &'static str,
+) -> ConfigDef {
+    ConfigDef {
+        name,
+        ty,
+        default,
+        min,
+        doc,
+    }
+}
+
+use ConfigType as T;
+
+/// Kafka 4.x topic configs. Those marked "no effect" are stored and described
+/// so tools that set them keep working, but Chronik's storage makes them moot.
+pub static TOPIC_CONFIGS: &[ConfigDef] = &[
+    def(
+        "cleanup.policy",
+        T::List,
+        "delete",
+        None,
+        "Only `delete` is supported; `compact` is rejected.",
+    ),
+    def(
+        "compression.type",
+        T::String,
+        "producer",
+        None,
+        "Batches are stored as produced; only `producer` is accepted.",
+    ),
+    def(
+        "compression.gzip.level",
+        T::Int,
+        "-1",
+        Some(-1),
+        "No effect: batches are never recompressed.",
+    ),
+    def(
+        "compression.lz4.level",
+        T::Int,
+        "9",
+        Some(1),
+        "No effect: batches are never recompressed.",
+    ),
+    def(
+        "compression.zstd.level",
+        T::Int,
+        "3",
+        Some(-131072),
+        "No effect: batches are never recompressed.",
+    ),
+    def(
+        "delete.retention.ms",
+        T::Long,
+        "86400000",
+        Some(0),
+        "No effect without compaction.",
+    ),
+    def(
+        "file.delete.delay.ms",
+        T::Long,
+        "60000",
+        Some(0),
+        "No effect: there are no segment files.",
+    ),
+    def(
+        "flush.messages",
+        T::Long,
+        "9223372036854775807",
+        Some(1),
+        "No effect: durability is the broker's `durability` setting.",
+    ),
+    def(
+        "flush.ms",
+        T::Long,
+        "9223372036854775807",
+        Some(0),
+        "No effect: durability is the broker's `durability` setting.",
+    ),
+    def(
+        "follower.replication.throttled.replicas",
+        T::List,
+        "",
+        None,
+        "No effect.",
+    ),
+    def(
+        "index.interval.bytes",
+        T::Int,
+        "4096",
+        Some(0),
+        "No effect: every batch is indexed.",
+    ),
+    def(
+        "leader.replication.throttled.replicas",
+        T::List,
+        "",
+        None,
+        "No effect.",
+    ),
+    def(
+        "local.retention.bytes",
+        T::Long,
+        "-2",
+        Some(-2),
+        "No effect: no tiered storage.",
+    ),
+    def(
+        "local.retention.ms",
+        T::Long,
+        "-2",
+        Some(-2),
+        "No effect: no tiered storage.",
+    ),
+    def(
+        "max.compaction.lag.ms",
+        T::Long,
+        "9223372036854775807",
+        Some(1),
+        "No effect without compaction.",
+    ),
+    def(
+        "max.message.bytes",
+        T::Int,
+        "1048588",
+        Some(0),
+        "Largest record batch accepted.",
+    ),
+    def(
+        "message.timestamp.after.max.ms",
+        T::Long,
+        "3600000",
+        Some(0),
+        "No effect.",
+    ),
+    def(
+        "message.timestamp.before.max.ms",
+        T::Long,
+        "9223372036854775807",
+        Some(0),
+        "No effect.",
+    ),
+    def(
+        "message.timestamp.type",
+        T::String,
+        "CreateTime",
+        None,
+        "CreateTime or LogAppendTime.",
+    ),
+    def(
+        "min.cleanable.dirty.ratio",
+        T::Double,
+        "0.5",
+        None,
+        "No effect without compaction.",
+    ),
+    def(
+        "min.compaction.lag.ms",
+        T::Long,
+        "0",
+        Some(0),
+        "No effect without compaction.",
+    ),
+    def(
+        "min.insync.replicas",
+        T::Int,
+        "1",
+        Some(1),
+        "Replicas that must have a write for acks=all.",
+    ),
+    def("preallocate", T::Boolean, "false", None, "No effect."),
+    def(
+        "remote.storage.enable",
+        T::Boolean,
+        "false",
+        None,
+        "Tiered storage is not supported; only false.",
+    ),
+    def(
+        "retention.bytes",
+        T::Long,
+        "-1",
+        Some(-1),
+        "Delete the oldest batches once a partition is larger than this.",
+    ),
+    def(
+        "retention.ms",
+        T::Long,
+        "604800000",
+        Some(-1),
+        "Delete batches whose newest timestamp is older than this.",
+    ),
+    def(
+        "segment.bytes",
+        T::Int,
+        "1073741824",
+        Some(14),
+        "No effect: there are no segment files.",
+    ),
+    def(
+        "segment.index.bytes",
+        T::Int,
+        "10485760",
+        Some(4),
+        "No effect.",
+    ),
+    def("segment.jitter.ms", T::Long, "0", Some(0), "No effect."),
+    def(
+        "segment.ms",
+        T::Long,
+        "604800000",
+        Some(1),
+        "No effect: retention applies per batch.",
+    ),
+    def(
+        "unclean.leader.election.enable",
+        T::Boolean,
+        "false",
+        None,
+        "No effect.",
+    ),
+];
+
+/// Chronik's own per-topic configs (reserved namespace).
+pub const CHRONIK_PREFIX: &str = "chronik.";
+
+pub fn find(name: &str) -> Option<&'static ConfigDef> {
+    TOPIC_CONFIGS.iter().find(|d| d.name == name)
+}
+
+/// The effective default of a config on this broker.
+pub fn default_value(d: &ConfigDef, defaults: &TopicDefaults) -> String {
+    match d.name {
+        "retention.ms" => defaults.retention_ms.to_string(),
+        "retention.bytes" => defaults.retention_bytes.to_string(),
+        "max.message.bytes" => defaults.max_message_bytes.to_string(),
+        _ => d.default.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigValueError {
+    #[error("Unknown topic config name: {0}")]
+    Unknown(String),
+    #[error("Invalid value {value} for configuration {name}: {reason}")]
+    Invalid {
+        name: String,
+        value: String,
+        reason: String,
+    },
+    #[error("Configuration {0} is in Chronik's reserved `chronik.` namespace, and no such Chronik config exists")]
+    UnknownChronik(String),
+}
+
+/// Validates one `name = value` pair and returns the normalized value.
+pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
+    if name.starts_with(CHRONIK_PREFIX) {
+        return Err(ConfigValueError::UnknownChronik(name.to_string()));
+    }
+    let d = find(name).ok_or_else(|| ConfigValueError::Unknown(name.to_string()))?;
+    let invalid = |reason: String| ConfigValueError::Invalid {
+        name: name.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    let v = value.trim();
+    match d.ty {
+        T::Int | T::Long => {
+            let n: i64 = v.parse().map_err(|_| invalid("not a number".into()))?;
+            if d.ty == T::Int && i32::try_from(n).is_err() {
+                return Err(invalid("out of range for an int".into()));
+            }
+            if let Some(min) = d.min {
+                if n < min {
+                    return Err(invalid(format!("Value must be at least {min}")));
+                }
+            }
+        }
+        T::Double => {
+            v.parse::<f64>()
+                .map_err(|_| invalid("not a number".into()))?;
+        }
+        T::Boolean => {
+            if !v.eq_ignore_ascii_case("true") && !v.eq_ignore_ascii_case("false") {
+                return Err(invalid("Expected value to be either true or false".into()));
+            }
+        }
+        T::String | T::List => {}
+    }
+    match name {
+        "cleanup.policy" => {
+            let items: Vec<&str> = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
+            if items.iter().any(|i| *i != "delete" && *i != "compact") {
+                return Err(invalid("String must be one of: compact, delete".into()));
+            }
+            if items.contains(&"compact") {
+                return Err(invalid(
+                    "log compaction is not supported by Chronik yet; use cleanup.policy=delete"
+                        .into(),
+                ));
+            }
+        }
+        "compression.type" if v != "producer" => {
+            return Err(invalid(
+                "Chronik stores batches exactly as produced; only `producer` is supported".into(),
+            ));
+        }
+        "message.timestamp.type" if v != "CreateTime" && v != "LogAppendTime" => {
+            return Err(invalid(
+                "String must be one of: CreateTime, LogAppendTime".into(),
+            ));
+        }
+        "remote.storage.enable" if v.eq_ignore_ascii_case("true") => {
+            return Err(invalid("tiered storage is not supported by Chronik".into()));
+        }
+        _ => {}
+    }
+    Ok(v.to_string())
+}
+
+/// Typed view of the configs Chronik acts on, resolved against defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EffectiveConfig {
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i32,
+    pub log_append_time: bool,
+    pub min_insync_replicas: i32,
+}
+
+impl EffectiveConfig {
+    pub fn resolve(
+        explicit: &BTreeMap<String, String>,
+        defaults: &TopicDefaults,
+    ) -> EffectiveConfig {
+        let get = |name: &str| -> String {
+            explicit
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| default_value(find(name).expect("known config"), defaults))
+        };
+        EffectiveConfig {
+            retention_ms: get("retention.ms").parse().unwrap_or(defaults.retention_ms),
+            retention_bytes: get("retention.bytes")
+                .parse()
+                .unwrap_or(defaults.retention_bytes),
+            max_message_bytes: get("max.message.bytes")
+                .parse()
+                .unwrap_or(defaults.max_message_bytes),
+            log_append_time: get("message.timestamp.type") == "LogAppendTime",
+            min_insync_replicas: get("min.insync.replicas").parse().unwrap_or(1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_configs_validate() {
+        assert_eq!(validate("retention.ms", " 1000 ").unwrap(), "1000");
+        assert!(validate("retention.ms", "-1").is_ok());
+        assert!(validate("cleanup.policy", "delete").is_ok());
+        assert!(validate("message.timestamp.type", "LogAppendTime").is_ok());
+        assert!(validate("preallocate", "TRUE").is_ok());
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_reasons() {
+        assert!(matches!(
+            validate("retention.ms", "soon"),
+            Err(ConfigValueError::Invalid { .. })
+        ));
+        assert!(matches!(
+            validate("retention.ms", "-2"),
+            Err(ConfigValueError::Invalid { .. })
+        ));
+        assert!(matches!(
+            validate("max.message.bytes", "99999999999"),
+            Err(ConfigValueError::Invalid { .. })
+        ));
+        assert!(matches!(
+            validate("preallocate", "yes"),
+            Err(ConfigValueError::Invalid { .. })
+        ));
+        let compact = validate("cleanup.policy", "compact")
+            .unwrap_err()
+            .to_string();
+        assert!(compact.contains("compaction is not supported"), "{compact}");
+        assert!(validate("cleanup.policy", "delete,compact").is_err());
+        assert!(validate("compression.type", "zstd").is_err());
+    }
+
+    #[test]
+    fn unknown_names_are_rejected() {
+        assert_eq!(
+            validate("no.such.config", "1"),
+            Err(ConfigValueError::Unknown("no.such.config".into()))
+        );
+        assert!(matches!(
+            validate("chronik.nope", "1"),
+            Err(ConfigValueError::UnknownChronik(_))
+        ));
+    }
+
+    #[test]
+    fn effective_config_uses_broker_defaults() {
+        let defaults = TopicDefaults {
+            retention_ms: 5000,
+            ..TopicDefaults::default()
+        };
+        let mut explicit = BTreeMap::new();
+        let e = EffectiveConfig::resolve(&explicit, &defaults);
+        assert_eq!(e.retention_ms, 5000);
+        assert!(!e.log_append_time);
+        explicit.insert("retention.ms".into(), "10".into());
+        explicit.insert("message.timestamp.type".into(), "LogAppendTime".into());
+        let e = EffectiveConfig::resolve(&explicit, &defaults);
+        assert_eq!(e.retention_ms, 10);
+        assert!(e.log_append_time);
+    }
+}

@@ -1,0 +1,251 @@
+//! Fetch (with long-poll) and ListOffsets.
+//!
+//! Fetch serves stored batch bytes as they are, never decoding records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::{
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+};
+use tokio::sync::Notify;
+
+use crate::catalog::Topic;
+use crate::error::KafkaCode;
+use crate::log::PartitionLog;
+use crate::server::BrokerCtx;
+
+/// Topic ids replace names in Fetch from this version on.
+const FETCH_TOPIC_ID_VERSION: i16 = 13;
+/// Upper bound on a long-poll, whatever the client asks for.
+const MAX_WAIT_CAP_MS: i32 = 60_000;
+
+const EARLIEST: i64 = -2;
+const LATEST: i64 = -1;
+const MAX_TIMESTAMP: i64 = -3;
+const EARLIEST_LOCAL: i64 = -4;
+
+/// Leader-epoch fencing as Kafka applies it: a client that knows a newer
+/// epoch than ours is ahead of us, one that knows an older one is stale.
+fn check_epoch(client: i32, ours: i32) -> Option<i16> {
+    match client {
+        e if e < 0 || e == ours => None,
+        e if e > ours => Some(E::UnknownLeaderEpoch.code()),
+        _ => Some(E::FencedLeaderEpoch.code()),
+    }
+}
+
+struct Slot {
+    topic_index: usize,
+    log: Option<Arc<PartitionLog>>,
+    data: PartitionData,
+    fetch_offset: i64,
+    max_bytes: usize,
+}
+
+pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) -> FetchResponse {
+    let node = BrokerId(ctx.config.node_id);
+    let by_id = version >= FETCH_TOPIC_ID_VERSION;
+    let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
+    let mut slots: Vec<Slot> = Vec::new();
+    for ft in &req.topics {
+        let topic: Option<Arc<Topic>> = if by_id {
+            ctx.catalog.get_by_id(&ft.topic_id)
+        } else {
+            ctx.catalog.get(&ft.topic)
+        };
+        let missing = if by_id {
+            E::UnknownTopicId.code()
+        } else {
+            E::UnknownTopicOrPartition.code()
+        };
+        topics.push(
+            FetchableTopicResponse::default()
+                .with_topic(ft.topic.clone())
+                .with_topic_id(ft.topic_id),
+        );
+        for fp in &ft.partitions {
+            let log = topic
+                .as_ref()
+                .and_then(|t| t.partition(fp.partition))
+                .cloned();
+            let mut data = PartitionData::default()
+                .with_partition_index(fp.partition)
+                .with_high_watermark(-1)
+                .with_last_stable_offset(-1)
+                .with_log_start_offset(-1);
+            match &log {
+                None => data.error_code = missing,
+                Some(l) => {
+                    if let Some(code) = check_epoch(fp.current_leader_epoch, l.leader_epoch()) {
+                        data.error_code = code;
+                    }
+                    data.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(node)
+                        .with_leader_epoch(l.leader_epoch());
+                }
+            }
+            slots.push(Slot {
+                topic_index: topics.len() - 1,
+                log,
+                data,
+                fetch_offset: fp.fetch_offset,
+                max_bytes: fp.partition_max_bytes.max(0) as usize,
+            });
+        }
+    }
+
+    let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, MAX_WAIT_CAP_MS) as u64);
+    let deadline = tokio::time::Instant::now() + max_wait;
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let max_bytes = if req.max_bytes <= 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    };
+    let wake = Arc::new(Notify::new());
+    loop {
+        // Register before reading so a write landing in between still wakes us.
+        for s in &slots {
+            if let Some(l) = &s.log {
+                l.register_waiter(&wake);
+            }
+        }
+        let (total, any_error) = read_all(&mut slots, max_bytes);
+        let now = tokio::time::Instant::now();
+        if total >= min_bytes || any_error || now >= deadline {
+            break;
+        }
+        if tokio::time::timeout_at(deadline, wake.notified())
+            .await
+            .is_err()
+        {
+            // One last read so data that arrived with the deadline is not missed.
+            read_all(&mut slots, max_bytes);
+            break;
+        }
+    }
+    metrics::counter!("chronik_fetch_requests_total").increment(1);
+    for s in slots {
+        topics[s.topic_index].partitions.push(s.data);
+    }
+    FetchResponse::default().with_responses(topics)
+}
+
+/// Reads every partition once; returns (bytes read, whether any partition
+/// has an error to report). Kafka returns the first batch even if it is
+/// larger than the limits, but only for the first partition that has data,
+/// so that one oversized batch cannot stall a consumer.
+fn read_all(slots: &mut [Slot], max_bytes: usize) -> (usize, bool) {
+    let mut total = 0usize;
+    let mut any_error = false;
+    for s in slots.iter_mut() {
+        let Some(log) = &s.log else {
+            any_error = true;
+            continue;
+        };
+        if s.data.error_code != 0
+            && s.data.error_code != E::OffsetOutOfRange.code()
+            && s.data.error_code != E::KafkaStorageError.code()
+        {
+            any_error = true;
+            continue;
+        }
+        s.data.error_code = 0;
+        let budget = s.max_bytes.min(max_bytes.saturating_sub(total));
+        match log.read(s.fetch_offset, budget, total == 0) {
+            Ok(r) => {
+                total += r.records.len();
+                s.data.high_watermark = r.high_watermark;
+                s.data.last_stable_offset = r.high_watermark;
+                s.data.log_start_offset = r.log_start_offset;
+                s.data.aborted_transactions = Some(vec![]);
+                s.data.records = Some(r.records);
+            }
+            Err(e) => {
+                any_error = true;
+                s.data.error_code = e.kafka_code();
+                s.data.high_watermark = log.high_watermark();
+                s.data.last_stable_offset = log.high_watermark();
+                s.data.log_start_offset = log.log_start_offset();
+                s.data.records = None;
+            }
+        }
+    }
+    (total, any_error)
+}
+
+pub fn handle_list_offsets(
+    ctx: &BrokerCtx,
+    version: i16,
+    req: ListOffsetsRequest,
+) -> ListOffsetsResponse {
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = ctx.catalog.get(&t.name);
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    list_offset(
+                        topic.as_deref(),
+                        version,
+                        p.partition_index,
+                        p.current_leader_epoch,
+                        p.timestamp,
+                    )
+                })
+                .collect();
+            ListOffsetsTopicResponse::default()
+                .with_name(TopicName(t.name.0))
+                .with_partitions(partitions)
+        })
+        .collect();
+    ListOffsetsResponse::default().with_topics(topics)
+}
+
+fn list_offset(
+    topic: Option<&Topic>,
+    version: i16,
+    partition: i32,
+    leader_epoch: i32,
+    ts: i64,
+) -> ListOffsetsPartitionResponse {
+    let resp = ListOffsetsPartitionResponse::default()
+        .with_partition_index(partition)
+        .with_timestamp(-1)
+        .with_offset(-1)
+        .with_leader_epoch(-1);
+    let Some(log) = topic.and_then(|t| t.partition(partition)) else {
+        return resp.with_error_code(E::UnknownTopicOrPartition.code());
+    };
+    let epoch = log.leader_epoch();
+    if let Some(code) = check_epoch(leader_epoch, epoch) {
+        return resp.with_error_code(code);
+    }
+    let found = match ts {
+        EARLIEST => Ok(Some((log.log_start_offset(), -1))),
+        EARLIEST_LOCAL if version >= 8 => Ok(Some((log.log_start_offset(), -1))),
+        LATEST => Ok(Some((log.high_watermark(), -1))),
+        MAX_TIMESTAMP if version >= 7 => log.max_timestamp_offset(),
+        t if t >= 0 => log.offset_for_timestamp(t),
+        _ => return resp.with_error_code(E::UnsupportedVersion.code()),
+    };
+    match found {
+        Ok(Some((offset, timestamp))) => resp
+            .with_offset(offset)
+            .with_timestamp(timestamp)
+            .with_leader_epoch(epoch),
+        Ok(None) => resp.with_leader_epoch(epoch),
+        Err(e) => resp.with_error_code(e.kafka_code()),
+    }
+}

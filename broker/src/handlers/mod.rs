@@ -1,0 +1,301 @@
+//! Kafka API handlers. Each takes a decoded request and produces the
+//! response body; framing and ordering live in `server.rs`.
+
+mod admin;
+mod fetch;
+mod produce;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::{
+    ApiVersionsResponse, BrokerId, DescribeClusterResponse, InitProducerIdRequest,
+    InitProducerIdResponse, MetadataRequest, MetadataResponse, ProducerId, RequestKind, TopicName,
+};
+use kafka_protocol::protocol::{Encodable, StrBytes};
+
+use crate::catalog::{validate_topic_name, Topic};
+use crate::error::KafkaCode;
+use crate::protocol::{self, encode_response, Request};
+use crate::server::BrokerCtx;
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
+
+/// How a request is answered.
+pub enum Reply {
+    Now(Bytes),
+    /// Runs concurrently with later requests; its response is still written
+    /// in request order.
+    Later(BoxFuture),
+    /// acks=0 produce: Kafka sends nothing back.
+    Nothing,
+    /// acks=0 produce that failed: closing the connection is the only way
+    /// to tell the producer, and it is what Kafka does.
+    Close(String),
+}
+
+/// Authorized-operations value Kafka sends when they were not requested.
+const OPS_NOT_REQUESTED: i32 = i32::MIN;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn later<M, F>(
+    ctx: &Arc<BrokerCtx>,
+    req: &Request,
+    f: impl FnOnce(Arc<BrokerCtx>) -> F + Send + 'static,
+) -> Reply
+where
+    M: Encodable + Send + 'static,
+    F: Future<Output = M> + Send + 'static,
+{
+    let (cid, key, version) = (req.header.correlation_id, req.api_key, req.version);
+    let ctx = ctx.clone();
+    Reply::Later(Box::pin(async move {
+        let body = f(ctx).await;
+        encode_response(cid, key, version, &body)
+    }))
+}
+
+/// Handles one request. Work that must happen in request order (offset
+/// assignment for produce) is done before this returns.
+pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request) -> Reply {
+    let cid = req.header.correlation_id;
+    let v = req.version;
+    let key = req.api_key;
+    metrics::counter!("chronik_requests_total", "api" => format!("{key:?}")).increment(1);
+    match req.body {
+        RequestKind::ApiVersions(_) => {
+            let body = ApiVersionsResponse::default().with_api_keys(protocol::api_versions_list());
+            Reply::Now(encode_response(cid, key, v, &body))
+        }
+        RequestKind::Produce(p) => produce::handle(ctx, cid, v, p),
+        RequestKind::Fetch(f) => {
+            let ctx = ctx.clone();
+            Reply::Later(Box::pin(async move {
+                encode_response(cid, key, v, &fetch::handle_fetch(ctx, v, f).await)
+            }))
+        }
+        RequestKind::ListOffsets(r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &fetch::handle_list_offsets(ctx, v, r),
+        )),
+        RequestKind::Metadata(ref m) => {
+            let m = m.clone();
+            later(ctx, &req, move |ctx| async move {
+                handle_metadata(&ctx, v, m).await
+            })
+        }
+        RequestKind::InitProducerId(ref r) => {
+            let r = r.clone();
+            later(ctx, &req, move |ctx| async move {
+                handle_init_producer_id(&ctx, r).await
+            })
+        }
+        RequestKind::DescribeCluster(_) => {
+            Reply::Now(encode_response(cid, key, v, &describe_cluster(ctx)))
+        }
+        RequestKind::CreateTopics(ref r) => {
+            let r = r.clone();
+            later(ctx, &req, move |ctx| async move {
+                admin::create_topics(&ctx, v, r).await
+            })
+        }
+        RequestKind::DeleteTopics(ref r) => {
+            let r = r.clone();
+            later(ctx, &req, move |ctx| async move {
+                admin::delete_topics(&ctx, v, r).await
+            })
+        }
+        RequestKind::CreatePartitions(ref r) => {
+            let r = r.clone();
+            later(ctx, &req, move |ctx| async move {
+                admin::create_partitions(&ctx, r).await
+            })
+        }
+        RequestKind::DescribeConfigs(ref r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &admin::describe_configs(ctx, v, r),
+        )),
+        RequestKind::IncrementalAlterConfigs(ref r) => {
+            let r = r.clone();
+            later(ctx, &req, move |ctx| async move {
+                admin::incremental_alter_configs(&ctx, r).await
+            })
+        }
+        // protocol::parse only lets through the APIs listed in SUPPORTED,
+        // each of which has an arm above.
+        other => unreachable!(
+            "dispatch has no handler for {:?}",
+            std::mem::discriminant(&other)
+        ),
+    }
+}
+
+fn self_broker(ctx: &BrokerCtx) -> (i32, StrBytes, i32) {
+    let (host, port) = ctx.config.listeners.advertised();
+    (ctx.config.node_id, StrBytes::from_string(host), port as i32)
+}
+
+fn describe_cluster(ctx: &BrokerCtx) -> DescribeClusterResponse {
+    use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+    let (id, host, port) = self_broker(ctx);
+    DescribeClusterResponse::default()
+        .with_cluster_id(StrBytes::from_string(ctx.cluster_id.clone()))
+        .with_controller_id(BrokerId(id))
+        .with_endpoint_type(1)
+        .with_cluster_authorized_operations(OPS_NOT_REQUESTED)
+        .with_brokers(vec![DescribeClusterBroker::default()
+            .with_broker_id(BrokerId(id))
+            .with_host(host)
+            .with_port(port)])
+}
+
+fn metadata_topic(ctx: &BrokerCtx, t: &Topic) -> MetadataResponseTopic {
+    let node = BrokerId(ctx.config.node_id);
+    MetadataResponseTopic::default()
+        .with_name(Some(TopicName(StrBytes::from_string(t.name().to_string()))))
+        .with_topic_id(t.id())
+        .with_topic_authorized_operations(OPS_NOT_REQUESTED)
+        .with_partitions(
+            t.partitions
+                .iter()
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p.partition)
+                        .with_leader_id(node)
+                        .with_leader_epoch(p.leader_epoch())
+                        .with_replica_nodes(vec![node])
+                        .with_isr_nodes(vec![node])
+                })
+                .collect(),
+        )
+}
+
+fn metadata_error(name: Option<TopicName>, id: uuid::Uuid, code: i16) -> MetadataResponseTopic {
+    MetadataResponseTopic::default()
+        .with_name(name)
+        .with_topic_id(id)
+        .with_error_code(code)
+        .with_topic_authorized_operations(OPS_NOT_REQUESTED)
+}
+
+async fn handle_metadata(ctx: &BrokerCtx, version: i16, req: MetadataRequest) -> MetadataResponse {
+    let (id, host, port) = self_broker(ctx);
+    // v0 had no null: an empty list meant "all topics".
+    let requested = match req.topics {
+        Some(t) if !(version == 0 && t.is_empty()) => Some(t),
+        _ => None,
+    };
+    // Auto-creation could not be refused by clients before v4.
+    let may_create =
+        ctx.config.topics.auto_create && (version < 4 || req.allow_auto_topic_creation);
+    let topics = match requested {
+        None => ctx
+            .catalog
+            .list()
+            .iter()
+            .map(|t| metadata_topic(ctx, t))
+            .collect(),
+        Some(list) => {
+            let mut out = Vec::with_capacity(list.len());
+            for rt in list {
+                let Some(name) = rt.name.clone() else {
+                    out.push(match ctx.catalog.get_by_id(&rt.topic_id) {
+                        Some(t) => metadata_topic(ctx, &t),
+                        None => metadata_error(None, rt.topic_id, E::UnknownTopicId.code()),
+                    });
+                    continue;
+                };
+                if let Some(t) = ctx.catalog.get(&name) {
+                    out.push(metadata_topic(ctx, &t));
+                    continue;
+                }
+                if let Err(e) = validate_topic_name(&name) {
+                    out.push(metadata_error(
+                        Some(name),
+                        uuid::Uuid::nil(),
+                        e.kafka_code(),
+                    ));
+                    continue;
+                }
+                if !may_create {
+                    out.push(metadata_error(
+                        Some(name),
+                        uuid::Uuid::nil(),
+                        E::UnknownTopicOrPartition.code(),
+                    ));
+                    continue;
+                }
+                match ctx
+                    .catalog
+                    .create_topic(&name, -1, -1, &[], &Default::default(), false)
+                    .await
+                {
+                    Ok(t) => out.push(metadata_topic(ctx, &t)),
+                    Err(crate::catalog::TopicError::AlreadyExists(_)) => {
+                        match ctx.catalog.get(&name) {
+                            Some(t) => out.push(metadata_topic(ctx, &t)),
+                            None => out.push(metadata_error(
+                                Some(name),
+                                uuid::Uuid::nil(),
+                                E::LeaderNotAvailable.code(),
+                            )),
+                        }
+                    }
+                    Err(e) => out.push(metadata_error(
+                        Some(name),
+                        uuid::Uuid::nil(),
+                        e.kafka_code(),
+                    )),
+                }
+            }
+            out
+        }
+    };
+    MetadataResponse::default()
+        .with_brokers(vec![MetadataResponseBroker::default()
+            .with_node_id(BrokerId(id))
+            .with_host(host)
+            .with_port(port)])
+        .with_cluster_id(Some(StrBytes::from_string(ctx.cluster_id.clone())))
+        .with_controller_id(BrokerId(id))
+        .with_cluster_authorized_operations(OPS_NOT_REQUESTED)
+        .with_topics(topics)
+}
+
+async fn handle_init_producer_id(
+    ctx: &BrokerCtx,
+    req: InitProducerIdRequest,
+) -> InitProducerIdResponse {
+    let resp = InitProducerIdResponse::default()
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    if req.transactional_id.is_some() {
+        // Transactions are not implemented; refuse clearly rather than hand
+        // out a producer id whose transactional guarantees we cannot keep.
+        return resp.with_error_code(E::TransactionalIdAuthorizationFailed.code());
+    }
+    match ctx.producer_ids.next(&ctx.store).await {
+        // Kafka gives idempotent (non-transactional) producers a fresh id on
+        // every InitProducerId, including epoch-bump retries.
+        Ok(pid) => resp
+            .with_producer_id(ProducerId(pid))
+            .with_producer_epoch(0),
+        Err(e) => resp.with_error_code(e.kafka_code()),
+    }
+}

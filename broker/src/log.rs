@@ -1,0 +1,687 @@
+//! One partition's log: offset assignment, idempotence, reads and retention
+//! over the shared [`Store`].
+//!
+//! Invariants:
+//! - Offsets are assigned under the partition lock, and writes are queued to
+//!   the store under that same lock, so the store sees a partition's batches
+//!   in offset order and completes them in that order.
+//! - The high watermark only moves forward, and only over batches the store
+//!   has made durable. Fetch never serves past it, so a crash can never take
+//!   back a record a consumer has seen.
+//! - The log start offset is always the base offset of the first stored batch
+//!   (or the log end offset when the log is empty).
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use bytes::{Bytes, BytesMut};
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{oneshot, Notify};
+
+use crate::batch::{self, BatchError, BatchHeader};
+use crate::configs::EffectiveConfig;
+use crate::producer::{BatchMeta, ProducerEntry, ProducerStates, SequenceCheck, SequenceError};
+use crate::storage::{
+    log_key, split_log_key, IndexEntry, Store, StoreError, CF_INDEX, CF_LOG, CF_META, CF_PRODUCERS,
+};
+
+/// Durable per-partition state besides the batches themselves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionRecord {
+    pub log_start_offset: i64,
+    /// Leader epoch -> first offset written in it, oldest first; the basis
+    /// for finding where two copies of a log diverge.
+    pub epochs: Vec<(i32, i64)>,
+}
+
+fn partition_key(log_id: u64) -> String {
+    format!("partition/{log_id:016x}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    #[error(transparent)]
+    Batch(#[from] BatchError),
+    #[error("record batch of {size} bytes exceeds max.message.bytes ({max})")]
+    TooLarge { size: usize, max: i32 },
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error("transactional produce is not supported by Chronik yet")]
+    Transactional,
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+    #[error("the partition was deleted")]
+    Deleted,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("offset {offset} is out of range [{start}, {end}]")]
+    OutOfRange { offset: i64, start: i64, end: i64 },
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+pub enum Appended {
+    /// Queued; the receiver resolves once the batch is durable.
+    Pending {
+        base_offset: i64,
+        done: oneshot::Receiver<Result<(), StoreError>>,
+    },
+    /// A retry of a batch already in the log.
+    Duplicate { base_offset: i64 },
+}
+
+struct LogState {
+    next_offset: i64,
+    leader_epoch: i32,
+    producers: ProducerStates,
+    size_bytes: u64,
+}
+
+pub struct PartitionLog {
+    pub log_id: u64,
+    pub topic: Arc<str>,
+    pub partition: i32,
+    store: Arc<Store>,
+    state: Mutex<LogState>,
+    high_watermark: AtomicI64,
+    log_end: AtomicI64,
+    log_start: AtomicI64,
+    deleted: AtomicBool,
+    waiters: Mutex<Vec<Weak<Notify>>>,
+}
+
+/// Offsets and bytes returned by a read.
+pub struct ReadResult {
+    pub records: Bytes,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+}
+
+impl PartitionLog {
+    /// Adds the writes that create a new, empty partition to `wb`.
+    pub fn init_record(store: &Store, wb: &mut WriteBatch, log_id: u64) {
+        let rec = PartitionRecord {
+            log_start_offset: 0,
+            epochs: vec![(0, 0)],
+        };
+        wb.put_cf(
+            store.cf(CF_META),
+            partition_key(log_id),
+            serde_json::to_vec(&rec).expect("serializes"),
+        );
+    }
+
+    /// Loads a partition from the store: log end offset from the index, the
+    /// high watermark (everything stored is durable to this broker), the log
+    /// start offset and producer state.
+    pub fn open(
+        store: Arc<Store>,
+        log_id: u64,
+        topic: Arc<str>,
+        partition: i32,
+    ) -> Result<Arc<PartitionLog>, StoreError> {
+        let key = partition_key(log_id);
+        let rec: PartitionRecord = match store.get_meta(&key)? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                key: key.clone(),
+                detail: e.to_string(),
+            })?,
+            None => PartitionRecord {
+                log_start_offset: 0,
+                epochs: vec![(0, 0)],
+            },
+        };
+        let entries = store.index_entries(log_id)?;
+        let size_bytes = entries.iter().map(|e| e.size as u64).sum();
+        let next_offset = entries
+            .last()
+            .map(|e| e.last_offset + 1)
+            .unwrap_or(rec.log_start_offset);
+        let log_start = entries
+            .first()
+            .map(|e| e.base_offset)
+            .unwrap_or(next_offset)
+            .max(rec.log_start_offset);
+        let mut producers = ProducerStates::default();
+        {
+            let mut it = store.log_iter(CF_PRODUCERS, log_id);
+            it.seek_to_first();
+            while it.valid() {
+                let (k, v) = (it.key().unwrap_or_default(), it.value().unwrap_or_default());
+                let (_, pid) = split_log_key(k).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("{k:?}"),
+                    detail: "producer key".into(),
+                })?;
+                let e = ProducerEntry::decode(v).ok_or_else(|| StoreError::Corrupt {
+                    key: format!("producer {pid}"),
+                    detail: "producer entry".into(),
+                })?;
+                producers.insert(pid, e);
+                it.next();
+            }
+            it.status()?;
+        }
+        let leader_epoch = rec.epochs.last().map(|e| e.0).unwrap_or(0);
+        Ok(Arc::new(PartitionLog {
+            log_id,
+            topic,
+            partition,
+            store,
+            state: Mutex::new(LogState {
+                next_offset,
+                leader_epoch,
+                producers,
+                size_bytes,
+            }),
+            high_watermark: AtomicI64::new(next_offset),
+            log_end: AtomicI64::new(next_offset),
+            log_start: AtomicI64::new(log_start),
+            deleted: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+        }))
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark.load(Ordering::Acquire)
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end.load(Ordering::Acquire)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start.load(Ordering::Acquire)
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.state.lock().unwrap().leader_epoch
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.state.lock().unwrap().size_bytes
+    }
+
+    /// Validates, deduplicates, assigns offsets and queues a produced batch.
+    pub fn append(
+        self: &Arc<Self>,
+        records: &[u8],
+        cfg: &EffectiveConfig,
+        now_ms: i64,
+    ) -> Result<Appended, AppendError> {
+        let h: BatchHeader = batch::validate_produce_batch(records)?;
+        if records.len() > cfg.max_message_bytes.max(0) as usize {
+            return Err(AppendError::TooLarge {
+                size: records.len(),
+                max: cfg.max_message_bytes,
+            });
+        }
+        if h.is_transactional() {
+            return Err(AppendError::Transactional);
+        }
+        let mut st = self.state.lock().unwrap();
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(AppendError::Deleted);
+        }
+        if self.store.is_failed() {
+            return Err(AppendError::Storage(StoreError::Failed(
+                "an earlier write failed".into(),
+            )));
+        }
+        if h.has_producer_id() {
+            if let SequenceCheck::Duplicate(b) = st.producers.check(
+                h.producer_id,
+                h.producer_epoch,
+                h.base_sequence,
+                h.last_sequence(),
+            )? {
+                return Ok(Appended::Duplicate {
+                    base_offset: b.first_offset,
+                });
+            }
+        }
+        let base = st.next_offset;
+        let last = base + h.last_offset_delta as i64;
+        let stamped = batch::stamp(
+            records,
+            base,
+            st.leader_epoch,
+            cfg.log_append_time.then_some(now_ms),
+        );
+        let max_ts = if cfg.log_append_time {
+            now_ms
+        } else {
+            h.max_timestamp
+        };
+        let key = log_key(self.log_id, base);
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.store.cf(CF_LOG), key, &stamped);
+        let idx = IndexEntry {
+            base_offset: base,
+            last_offset: last,
+            max_timestamp: max_ts,
+            size: stamped.len() as u32,
+        };
+        wb.put_cf(self.store.cf(CF_INDEX), key, idx.encode());
+        if h.has_producer_id() {
+            let meta = BatchMeta {
+                first_seq: h.base_sequence,
+                last_seq: h.last_sequence(),
+                first_offset: base,
+                last_offset: last,
+            };
+            let entry = st.producers.record(h.producer_id, h.producer_epoch, meta);
+            wb.put_cf(
+                self.store.cf(CF_PRODUCERS),
+                log_key(self.log_id, h.producer_id),
+                entry.encode(),
+            );
+        }
+        st.next_offset = last + 1;
+        st.size_bytes += stamped.len() as u64;
+        self.log_end.store(last + 1, Ordering::Release);
+        let (tx, rx) = oneshot::channel();
+        let me = self.clone();
+        self.store.submit(
+            wb,
+            Box::new(move |r| {
+                if r.is_ok() {
+                    me.advance_high_watermark(last + 1);
+                }
+                let _ = tx.send(r);
+            }),
+        );
+        drop(st);
+        metrics::counter!("chronik_produced_records_total").increment(h.records_count as u64);
+        metrics::counter!("chronik_produced_bytes_total").increment(records.len() as u64);
+        Ok(Appended::Pending {
+            base_offset: base,
+            done: rx,
+        })
+    }
+
+    fn advance_high_watermark(&self, to: i64) {
+        if self.high_watermark.fetch_max(to, Ordering::AcqRel) < to {
+            let waiters = std::mem::take(&mut *self.waiters.lock().unwrap());
+            for w in waiters {
+                if let Some(n) = w.upgrade() {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Asks to be woken when the high watermark next moves. Registration is
+    /// weak, so an abandoned long-poll costs nothing once it is dropped.
+    pub fn register_waiter(&self, n: &Arc<Notify>) {
+        let mut w = self.waiters.lock().unwrap();
+        if w.len() >= 64 {
+            w.retain(|x| x.strong_count() > 0);
+        }
+        w.push(Arc::downgrade(n));
+    }
+
+    /// Whole batches from the one containing `offset`, up to `max_bytes`
+    /// (at least one batch when `min_one`, so a batch larger than the limit
+    /// cannot stall a consumer), never past the high watermark.
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+    ) -> Result<ReadResult, ReadError> {
+        let hw = self.high_watermark();
+        let start = self.log_start_offset();
+        let end = self.log_end_offset();
+        if offset < start || offset > end {
+            return Err(ReadError::OutOfRange { offset, start, end });
+        }
+        let mut out = BytesMut::new();
+        if offset < hw {
+            let mut it = self.store.log_iter(CF_LOG, self.log_id);
+            it.seek_for_prev(log_key(self.log_id, offset));
+            if it.valid() {
+                let v = it.value().unwrap_or_default();
+                let covers = BatchHeader::parse(v)
+                    .map(|h| h.last_offset() >= offset)
+                    .unwrap_or(false);
+                if !covers {
+                    it.next();
+                }
+            } else {
+                it.seek(log_key(self.log_id, offset));
+            }
+            while it.valid() {
+                let Some((_, base)) = it.key().and_then(split_log_key) else {
+                    break;
+                };
+                if base >= hw {
+                    break;
+                }
+                let v = it.value().unwrap_or_default();
+                if out.len() + v.len() > max_bytes && !(min_one && out.is_empty()) {
+                    break;
+                }
+                out.extend_from_slice(v);
+                if out.len() >= max_bytes {
+                    break;
+                }
+                it.next();
+            }
+            it.status().map_err(StoreError::from)?;
+        }
+        Ok(ReadResult {
+            records: out.freeze(),
+            high_watermark: hw,
+            log_start_offset: self.log_start_offset(),
+        })
+    }
+
+    /// Kafka's ListOffsets by timestamp: the first record at or after `ts`,
+    /// as (offset, its timestamp). Only the one batch that contains it is
+    /// decoded (decompressing if needed).
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, StoreError> {
+        let hw = self.high_watermark();
+        let entry = self
+            .store
+            .index_entries(self.log_id)?
+            .into_iter()
+            .take_while(|e| e.base_offset < hw)
+            .find(|e| e.max_timestamp >= ts);
+        let Some(e) = entry else { return Ok(None) };
+        self.find_in_batch(e, |rec_ts| rec_ts >= ts)
+    }
+
+    /// The record with the largest timestamp (ListOffsets MAX_TIMESTAMP).
+    pub fn max_timestamp_offset(&self) -> Result<Option<(i64, i64)>, StoreError> {
+        let hw = self.high_watermark();
+        let mut best: Option<IndexEntry> = None;
+        for e in self
+            .store
+            .index_entries(self.log_id)?
+            .into_iter()
+            .take_while(|e| e.base_offset < hw)
+        {
+            if best
+                .map(|b| e.max_timestamp > b.max_timestamp)
+                .unwrap_or(true)
+            {
+                best = Some(e);
+            }
+        }
+        let Some(e) = best else { return Ok(None) };
+        self.find_in_batch(e, |rec_ts| rec_ts >= e.max_timestamp)
+    }
+
+    fn find_in_batch(
+        &self,
+        e: IndexEntry,
+        pred: impl Fn(i64) -> bool,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
+        let raw = self
+            .store
+            .db()
+            .get_cf(self.store.cf(CF_LOG), log_key(self.log_id, e.base_offset))?
+            .ok_or_else(|| StoreError::Corrupt {
+                key: format!("log {} @{}", self.log_id, e.base_offset),
+                detail: "indexed batch missing".into(),
+            })?;
+        let mut buf = Bytes::from(raw);
+        let set = kafka_protocol::records::RecordBatchDecoder::decode(&mut buf).map_err(|err| {
+            StoreError::Corrupt {
+                key: format!("log {} @{}", self.log_id, e.base_offset),
+                detail: err.to_string(),
+            }
+        })?;
+        Ok(set
+            .records
+            .iter()
+            .find(|r| pred(r.timestamp))
+            .map(|r| (r.offset, r.timestamp))
+            .or(Some((e.base_offset, e.max_timestamp))))
+    }
+
+    /// Deletes whole batches from the front per `retention.ms` and
+    /// `retention.bytes`. Returns the new log start offset if it moved.
+    pub async fn apply_retention(
+        &self,
+        cfg: &EffectiveConfig,
+        now_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let hw = self.high_watermark();
+        let entries = self.store.index_entries(self.log_id)?;
+        let mut remaining: i64 = entries.iter().map(|e| e.size as i64).sum();
+        let mut cut = 0;
+        for e in &entries {
+            if e.last_offset >= hw {
+                break;
+            }
+            let expired =
+                cfg.retention_ms >= 0 && e.max_timestamp < now_ms.saturating_sub(cfg.retention_ms);
+            let oversize =
+                cfg.retention_bytes >= 0 && remaining - e.size as i64 >= cfg.retention_bytes;
+            if !(expired || oversize) {
+                break;
+            }
+            remaining -= e.size as i64;
+            cut += 1;
+        }
+        if cut == 0 {
+            return Ok(None);
+        }
+        let new_start = entries
+            .get(cut)
+            .map(|e| e.base_offset)
+            .unwrap_or(entries[cut - 1].last_offset + 1);
+        let freed: u64 = entries[..cut].iter().map(|e| e.size as u64).sum();
+        self.truncate_prefix(new_start).await?;
+        let mut st = self.state.lock().unwrap();
+        st.size_bytes = st.size_bytes.saturating_sub(freed);
+        Ok(Some(new_start))
+    }
+
+    /// Removes every batch below `new_start` (which must be a batch
+    /// boundary or the log end) and records the new log start offset.
+    async fn truncate_prefix(&self, new_start: i64) -> Result<(), StoreError> {
+        let (epochs, _) = self.partition_record()?;
+        let rec = PartitionRecord {
+            log_start_offset: new_start,
+            epochs,
+        };
+        let mut wb = WriteBatch::default();
+        let (from, to) = (log_key(self.log_id, 0), log_key(self.log_id, new_start));
+        wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
+        wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
+        wb.put_cf(
+            self.store.cf(CF_META),
+            partition_key(self.log_id),
+            serde_json::to_vec(&rec).expect("serializes"),
+        );
+        self.store.write(wb).await?;
+        self.log_start.fetch_max(new_start, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn partition_record(&self) -> Result<(Vec<(i32, i64)>, i64), StoreError> {
+        let key = partition_key(self.log_id);
+        match self.store.get_meta(&key)? {
+            Some(v) => {
+                let r: PartitionRecord =
+                    serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
+                        key,
+                        detail: e.to_string(),
+                    })?;
+                Ok((r.epochs, r.log_start_offset))
+            }
+            None => Ok((vec![(0, 0)], 0)),
+        }
+    }
+
+    /// Marks the partition deleted and adds the removal of all its data to
+    /// `wb`. Appends racing with the delete fail with [`AppendError::Deleted`].
+    pub fn delete_into(&self, wb: &mut WriteBatch) {
+        let _st = self.state.lock().unwrap();
+        self.deleted.store(true, Ordering::Release);
+        let (from, to) = (log_key(self.log_id, 0), log_key(self.log_id + 1, 0));
+        for cf in [CF_LOG, CF_INDEX, CF_PRODUCERS] {
+            wb.delete_range_cf(self.store.cf(cf), from, to);
+        }
+        wb.delete_cf(self.store.cf(CF_META), partition_key(self.log_id));
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::build;
+    use chronik_topology::{Durability, TopicDefaults};
+
+    fn cfg() -> EffectiveConfig {
+        EffectiveConfig::resolve(&Default::default(), &TopicDefaults::default())
+    }
+
+    fn open(store: &Arc<Store>) -> Arc<PartitionLog> {
+        PartitionLog::open(store.clone(), 1, "t".into(), 0).unwrap()
+    }
+
+    async fn append(log: &Arc<PartitionLog>, b: &[u8]) -> i64 {
+        match log.append(b, &cfg(), 0).unwrap() {
+            Appended::Pending { base_offset, done } => {
+                done.await.unwrap().unwrap();
+                base_offset
+            }
+            Appended::Duplicate { base_offset } => base_offset,
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_are_assigned_contiguously_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+            let log = open(&store);
+            assert_eq!(append(&log, &build::simple(3, 100, None)).await, 0);
+            assert_eq!(append(&log, &build::simple(2, 200, None)).await, 3);
+            assert_eq!(log.high_watermark(), 5);
+            let r = log.read(0, 1 << 20, true).unwrap();
+            let h1 = BatchHeader::parse(&r.records).unwrap();
+            assert_eq!(h1.base_offset, 0);
+            let h2 = BatchHeader::parse(&r.records[h1.total_len()..]).unwrap();
+            assert_eq!(h2.base_offset, 3);
+            assert_eq!(r.records.len(), h1.total_len() + h2.total_len());
+        }
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = open(&store);
+        assert_eq!(log.log_end_offset(), 5);
+        assert_eq!(log.high_watermark(), 5);
+        assert_eq!(append(&log, &build::simple(1, 300, None)).await, 5);
+    }
+
+    #[tokio::test]
+    async fn reads_start_at_the_batch_containing_the_offset() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Replicated).unwrap());
+        let log = open(&store);
+        for _ in 0..3 {
+            append(&log, &build::simple(4, 0, None)).await;
+        }
+        let r = log.read(6, 1 << 20, true).unwrap();
+        assert_eq!(BatchHeader::parse(&r.records).unwrap().base_offset, 4);
+        // A limit below one batch still returns one batch when min_one...
+        let one = log.read(0, 10, true).unwrap();
+        assert_eq!(
+            BatchHeader::parse(&one.records).unwrap().total_len(),
+            one.records.len()
+        );
+        // ...and nothing otherwise.
+        assert!(log.read(0, 10, false).unwrap().records.is_empty());
+        // At the end: empty, not an error. Past it: out of range.
+        assert!(log.read(12, 1 << 20, true).unwrap().records.is_empty());
+        assert!(matches!(
+            log.read(13, 1 << 20, true),
+            Err(ReadError::OutOfRange { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn idempotent_retries_are_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = open(&store);
+        let b0 = build::simple(3, 0, Some((5, 0, 0)));
+        let b1 = build::simple(3, 0, Some((5, 0, 3)));
+        assert_eq!(append(&log, &b0).await, 0);
+        assert_eq!(append(&log, &b1).await, 3);
+        assert!(matches!(
+            log.append(&b0, &cfg(), 0).unwrap(),
+            Appended::Duplicate { base_offset: 0 }
+        ));
+        assert_eq!(log.log_end_offset(), 6);
+        let gap = build::simple(1, 0, Some((5, 0, 9)));
+        assert!(matches!(
+            log.append(&gap, &cfg(), 0),
+            Err(AppendError::Sequence(SequenceError::OutOfOrder { .. }))
+        ));
+        // Producer state is recovered with the log.
+        drop(log);
+        let log = open(&store);
+        assert!(matches!(
+            log.append(&b1, &cfg(), 0).unwrap(),
+            Appended::Duplicate { base_offset: 3 }
+        ));
+    }
+
+    #[tokio::test]
+    async fn retention_deletes_whole_old_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = open(&store);
+        append(&log, &build::simple(2, 1_000, None)).await; // offsets 0-1, ts ~1000
+        append(&log, &build::simple(2, 2_000, None)).await; // 2-3
+        append(&log, &build::simple(2, 9_000, None)).await; // 4-5
+        let mut c = cfg();
+        c.retention_ms = 5_000;
+        assert_eq!(log.apply_retention(&c, 10_000).await.unwrap(), Some(4));
+        assert_eq!(log.log_start_offset(), 4);
+        assert!(matches!(
+            log.read(0, 1 << 20, true),
+            Err(ReadError::OutOfRange { .. })
+        ));
+        assert_eq!(
+            BatchHeader::parse(&log.read(4, 1 << 20, true).unwrap().records)
+                .unwrap()
+                .base_offset,
+            4
+        );
+        assert_eq!(log.apply_retention(&c, 10_000).await.unwrap(), None);
+        // Size-based: keep at most one batch's worth.
+        let one = log.size_bytes() as i64;
+        append(&log, &build::simple(2, 9_500, None)).await;
+        c.retention_ms = -1;
+        c.retention_bytes = one;
+        assert_eq!(log.apply_retention(&c, 10_000).await.unwrap(), Some(6));
+        drop(log);
+        let log = open(&store);
+        assert_eq!(log.log_start_offset(), 6);
+        assert_eq!(log.log_end_offset(), 8);
+    }
+
+    #[tokio::test]
+    async fn timestamp_lookup_finds_first_record_at_or_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = open(&store);
+        append(&log, &build::simple(3, 100, None)).await; // ts 100,101,102
+        append(&log, &build::simple(3, 200, None)).await; // ts 200,201,202
+        assert_eq!(log.offset_for_timestamp(101).unwrap(), Some((1, 101)));
+        assert_eq!(log.offset_for_timestamp(150).unwrap(), Some((3, 200)));
+        assert_eq!(log.offset_for_timestamp(203).unwrap(), None);
+        assert_eq!(log.max_timestamp_offset().unwrap(), Some((5, 202)));
+    }
+}

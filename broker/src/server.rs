@@ -1,0 +1,323 @@
+//! The running broker: listeners, per-connection request pipelining,
+//! background retention, and the admin HTTP endpoint.
+//!
+//! Each connection has a reader and a writer task. The reader decodes frames
+//! and calls the handler's synchronous part in arrival order (so produce
+//! offsets follow request order); the slow part of each request runs as its
+//! own task, and the writer awaits those tasks in order, because Kafka
+//! clients match responses to requests by order on a connection.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rocksdb::WriteBatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use chronik_topology::BrokerConfig;
+
+use crate::catalog::Catalog;
+use crate::framing::FrameDecoder;
+use crate::handlers::{self, Reply};
+use crate::protocol::{self, Parsed};
+use crate::storage::{Store, StoreError, CF_META};
+
+const CLUSTER_ID_KEY: &str = "cluster_id";
+const PRODUCER_ID_KEY: &str = "counter/producer_id_limit";
+/// Producer ids are reserved durably in blocks so InitProducerId rarely waits
+/// for a sync; a crash skips at most one block, never reuses an id.
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+pub struct ProducerIdAllocator {
+    state: tokio::sync::Mutex<(i64, i64)>, // (next, durable limit)
+}
+
+impl ProducerIdAllocator {
+    fn open(store: &Store) -> Result<Self, StoreError> {
+        let limit = match store.get_meta(PRODUCER_ID_KEY)? {
+            Some(v) if v.len() == 8 => i64::from_be_bytes(v[..8].try_into().unwrap()),
+            _ => 0,
+        };
+        Ok(ProducerIdAllocator {
+            state: tokio::sync::Mutex::new((limit, limit)),
+        })
+    }
+
+    pub async fn next(&self, store: &Store) -> Result<i64, StoreError> {
+        let mut st = self.state.lock().await;
+        if st.0 >= st.1 {
+            let new_limit = st.1 + PRODUCER_ID_BLOCK;
+            let mut wb = WriteBatch::default();
+            wb.put_cf(store.cf(CF_META), PRODUCER_ID_KEY, new_limit.to_be_bytes());
+            store.write(wb).await?;
+            st.1 = new_limit;
+        }
+        let id = st.0;
+        st.0 += 1;
+        Ok(id)
+    }
+}
+
+/// Everything a request handler may touch.
+pub struct BrokerCtx {
+    pub config: BrokerConfig,
+    pub store: Arc<Store>,
+    pub catalog: Catalog,
+    pub cluster_id: String,
+    pub producer_ids: ProducerIdAllocator,
+    ready: AtomicBool,
+}
+
+impl BrokerCtx {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.store.is_failed()
+    }
+}
+
+/// A started broker. Dropping it does not stop it; call [`Broker::shutdown`].
+pub struct Broker {
+    pub ctx: Arc<BrokerCtx>,
+    pub kafka_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("opening storage in {dir}: {source}")]
+    Storage { dir: String, source: StoreError },
+    #[error("binding {what} listener on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("installing the metrics recorder: {0}")]
+    Metrics(String),
+}
+
+impl Broker {
+    pub async fn start(mut config: BrokerConfig) -> Result<Broker, StartError> {
+        let metrics_handle = crate::admin_http::install_metrics().map_err(StartError::Metrics)?;
+        let dir = config.data_dir.join("rocksdb");
+        let storage_err = |source| StartError::Storage {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let store = Arc::new(Store::open(&dir, config.durability).map_err(storage_err)?);
+        let cluster_id = match store.get_meta(CLUSTER_ID_KEY).map_err(storage_err)? {
+            Some(v) => String::from_utf8_lossy(&v).into_owned(),
+            None => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let mut wb = WriteBatch::default();
+                wb.put_cf(store.cf(CF_META), CLUSTER_ID_KEY, id.as_bytes());
+                store.write(wb).await.map_err(storage_err)?;
+                id
+            }
+        };
+        let recovery = std::time::Instant::now();
+        let catalog = Catalog::open(store.clone(), config.topics.clone(), config.node_id)
+            .map_err(storage_err)?;
+        let partitions = catalog.all_partitions().len();
+        tracing::info!(
+            partitions,
+            elapsed_ms = recovery.elapsed().as_millis() as u64,
+            "recovered partition logs"
+        );
+        let producer_ids = ProducerIdAllocator::open(&store).map_err(storage_err)?;
+
+        let kafka_addr = config.listeners.kafka;
+        let admin_addr = config.listeners.admin_addr();
+        let kafka = TcpListener::bind(kafka_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "kafka",
+                addr: kafka_addr,
+                source,
+            })?;
+        let admin = TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "admin",
+                addr: admin_addr,
+                source,
+            })?;
+        let kafka_addr = kafka.local_addr().unwrap_or(kafka_addr);
+        let admin_addr = admin.local_addr().unwrap_or(admin_addr);
+        // With port 0 (tests), advertise the port actually bound.
+        config.listeners.kafka = kafka_addr;
+        config.listeners.admin = Some(admin_addr);
+
+        let ctx = Arc::new(BrokerCtx {
+            config,
+            store,
+            catalog,
+            cluster_id,
+            producer_ids,
+            ready: AtomicBool::new(false),
+        });
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(accept_loop(ctx.clone(), kafka, shutdown_rx.clone())),
+            tokio::spawn(crate::admin_http::serve(
+                ctx.clone(),
+                admin,
+                metrics_handle,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(retention_loop(ctx.clone(), shutdown_rx)),
+        ];
+        ctx.ready.store(true, Ordering::Release);
+        tracing::info!(%kafka_addr, %admin_addr, node_id = ctx.config.node_id, durability = %ctx.config.durability, "broker ready");
+        Ok(Broker {
+            ctx,
+            kafka_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, lets in-flight writes finish, and closes storage.
+    pub async fn shutdown(self) {
+        self.ctx.ready.store(false, Ordering::Release);
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // Connections notice the shutdown signal and finish their in-flight
+        // requests; once they release the context, storage closes cleanly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.ctx) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(self.ctx);
+        tracing::info!("broker stopped");
+    }
+}
+
+async fn accept_loop(
+    ctx: Arc<BrokerCtx>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let ctx = ctx.clone();
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        metrics::gauge!("chronik_connections").increment(1.0);
+                        if let Err(reason) = serve_connection(ctx, stream, shutdown).await {
+                            tracing::debug!(%peer, %reason, "closed connection");
+                        }
+                        metrics::gauge!("chronik_connections").decrement(1.0);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Serves one client connection until it closes or breaks the protocol.
+async fn serve_connection(
+    ctx: Arc<BrokerCtx>,
+    stream: TcpStream,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let in_flight = ctx.config.limits.max_in_flight_per_connection as usize;
+    let (tx, mut rx) = mpsc::channel::<JoinHandle<Bytes>>(in_flight);
+    let writer = tokio::spawn(async move {
+        while let Some(h) = rx.recv().await {
+            let Ok(bytes) = h.await else { return };
+            if wr.write_all(&bytes).await.is_err() {
+                return;
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let decoder = FrameDecoder::new(ctx.config.limits.socket_request_max_bytes as usize);
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let result = 'conn: loop {
+        loop {
+            let frame = match decoder.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => break 'conn Err(e.to_string()),
+            };
+            let reply = match protocol::parse(frame) {
+                Ok(Parsed::Request(req)) => handlers::dispatch(&ctx, *req),
+                Ok(Parsed::ApiVersionsFallback { correlation_id }) => {
+                    Reply::Now(protocol::api_versions_fallback(correlation_id))
+                }
+                Err(e) => {
+                    metrics::counter!("chronik_protocol_errors_total").increment(1);
+                    break 'conn Err(e.to_string());
+                }
+            };
+            let handle = match reply {
+                Reply::Now(b) => tokio::spawn(async move { b }),
+                Reply::Later(f) => tokio::spawn(f),
+                Reply::Nothing => continue,
+                Reply::Close(why) => break 'conn Err(why),
+            };
+            if tx.send(handle).await.is_err() {
+                break 'conn Err("writer closed".into());
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
+            n = rd.read_buf(&mut buf) => match n {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e.to_string()),
+            }
+        }
+    };
+    // Answer what was already accepted before closing, as Kafka does.
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+async fn retention_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
+    let every = Duration::from_millis(ctx.config.topics.retention_check_interval_ms);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let now = handlers::now_ms();
+        for (topic, log) in ctx.catalog.all_partitions() {
+            if log.is_deleted() {
+                continue;
+            }
+            match log.apply_retention(&topic.effective, now).await {
+                Ok(Some(start)) => tracing::info!(
+                    topic = topic.name(),
+                    partition = log.partition,
+                    log_start_offset = start,
+                    "retention advanced log start"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(topic = topic.name(), partition = log.partition, error = %e, "retention failed")
+                }
+            }
+        }
+    }
+}

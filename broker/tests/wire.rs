@@ -1,0 +1,367 @@
+//! In-process wire tests: a real broker on an ephemeral port, driven with
+//! requests encoded by the `kafka-protocol` crate over a real socket.
+//! Client-library and Apache-Kafka conformance tests live in `tests/`.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use chronik_broker::batch::build;
+use chronik_broker::Broker;
+use chronik_topology::{BrokerConfig, Listeners};
+
+async fn start() -> (Broker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..BrokerConfig::default()
+    };
+    cfg.listeners = Listeners {
+        kafka: "127.0.0.1:0".parse().unwrap(),
+        admin: Some("127.0.0.1:0".parse().unwrap()),
+        advertised_kafka: None,
+    };
+    cfg.limits.socket_request_max_bytes = 1 << 20;
+    (Broker::start(cfg).await.unwrap(), dir)
+}
+
+struct Conn {
+    s: TcpStream,
+    next_id: i32,
+}
+
+impl Conn {
+    async fn open(b: &Broker) -> Conn {
+        Conn {
+            s: TcpStream::connect(b.kafka_addr).await.unwrap(),
+            next_id: 1,
+        }
+    }
+
+    async fn send_raw(&mut self, frame: &[u8]) {
+        self.s.write_all(frame).await.unwrap();
+    }
+
+    async fn call<Req: Encodable, Resp: Decodable>(
+        &mut self,
+        key: ApiKey,
+        version: i16,
+        req: &Req,
+    ) -> Resp {
+        let mut body = BytesMut::new();
+        RequestHeader::default()
+            .with_request_api_key(key as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.next_id)
+            .with_client_id(Some(StrBytes::from_static_str("wire-test")))
+            .encode(&mut body, key.request_header_version(version))
+            .unwrap();
+        req.encode(&mut body, version).unwrap();
+        let mut frame = BytesMut::new();
+        frame.put_i32(body.len() as i32);
+        frame.extend_from_slice(&body);
+        self.send_raw(&frame).await;
+        let mut resp = self.read_frame().await.expect("response");
+        let header =
+            ResponseHeader::decode(&mut resp, key.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.next_id);
+        self.next_id += 1;
+        Resp::decode(&mut resp, version).unwrap()
+    }
+
+    /// None when the broker closed the connection.
+    async fn read_frame(&mut self) -> Option<Bytes> {
+        let mut len = [0u8; 4];
+        if self.s.read_exact(&mut len).await.is_err() {
+            return None;
+        }
+        let mut buf = vec![0u8; i32::from_be_bytes(len) as usize];
+        self.s.read_exact(&mut buf).await.ok()?;
+        Some(Bytes::from(buf))
+    }
+
+    async fn is_closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut b)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+fn topic_name(s: &str) -> TopicName {
+    TopicName(StrBytes::from_string(s.to_string()))
+}
+
+async fn create_topic(c: &mut Conn, name: &str, partitions: i32) -> uuid::Uuid {
+    let req = CreateTopicsRequest::default().with_topics(vec![
+        create_topics_request::CreatableTopic::default()
+            .with_name(topic_name(name))
+            .with_num_partitions(partitions)
+            .with_replication_factor(1),
+    ]);
+    let resp: CreateTopicsResponse = c.call(ApiKey::CreateTopics, 7, &req).await;
+    assert_eq!(
+        resp.topics[0].error_code, 0,
+        "{:?}",
+        resp.topics[0].error_message
+    );
+    resp.topics[0].topic_id
+}
+
+fn produce_req(topic: &str, partition: i32, records: Vec<u8>, acks: i16) -> ProduceRequest {
+    ProduceRequest::default()
+        .with_acks(acks)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(topic_name(topic))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(Bytes::from(records)))])])
+}
+
+fn fetch_req(topic_id: uuid::Uuid, offset: i64, max_wait_ms: i32) -> FetchRequest {
+    FetchRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_max_wait_ms(max_wait_ms)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![FetchTopic::default()
+            .with_topic_id(topic_id)
+            .with_partitions(vec![FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(offset)
+                .with_current_leader_epoch(-1)
+                .with_partition_max_bytes(1 << 20)])])
+}
+
+#[tokio::test]
+async fn produce_then_fetch_returns_the_stored_bytes() {
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    let id = create_topic(&mut c, "orders", 2).await;
+    let batch = build::simple(5, 1_700_000_000_000, None);
+    let resp: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("orders", 0, batch.clone(), -1),
+        )
+        .await;
+    let p = &resp.responses[0].partition_responses[0];
+    assert_eq!((p.error_code, p.base_offset), (0, 0));
+    let resp: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("orders", 0, batch.clone(), 1),
+        )
+        .await;
+    assert_eq!(resp.responses[0].partition_responses[0].base_offset, 5);
+
+    let f: FetchResponse = c.call(ApiKey::Fetch, 13, &fetch_req(id, 0, 0)).await;
+    let pd = &f.responses[0].partitions[0];
+    assert_eq!(pd.error_code, 0);
+    assert_eq!(pd.high_watermark, 10);
+    let recs = pd.records.clone().unwrap();
+    assert_eq!(recs.len(), 2 * batch.len());
+    // Bytes after the offset/epoch fields are exactly what was produced.
+    assert_eq!(&recs[16..batch.len()], &batch[16..]);
+    assert_eq!(
+        i64::from_be_bytes(recs[batch.len()..batch.len() + 8].try_into().unwrap()),
+        5
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn fetch_long_polls_until_data_arrives() {
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    let id = create_topic(&mut c, "lp", 1).await;
+    let addr = b.kafka_addr;
+    let producer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let mut p = Conn {
+            s: TcpStream::connect(addr).await.unwrap(),
+            next_id: 1,
+        };
+        let _: ProduceResponse = p
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_req("lp", 0, build::simple(1, 0, None), -1),
+            )
+            .await;
+    });
+    let t = Instant::now();
+    let f: FetchResponse = c.call(ApiKey::Fetch, 13, &fetch_req(id, 0, 5000)).await;
+    let waited = t.elapsed();
+    assert!(!f.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .unwrap()
+        .is_empty());
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_millis(4000),
+        "{waited:?}"
+    );
+    producer.await.unwrap();
+
+    // Nothing arrives: the fetch returns empty after about max_wait.
+    let t = Instant::now();
+    let f: FetchResponse = c.call(ApiKey::Fetch, 13, &fetch_req(id, 1, 300)).await;
+    assert!(f.responses[0].partitions[0]
+        .records
+        .as_ref()
+        .unwrap()
+        .is_empty());
+    assert!(
+        t.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        t.elapsed()
+    );
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_crc_and_unknown_topic_get_kafka_error_codes() {
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    create_topic(&mut c, "t", 1).await;
+    let mut batch = build::simple(2, 0, None);
+    let n = batch.len();
+    batch[n - 1] ^= 1;
+    let resp: ProduceResponse = c
+        .call(ApiKey::Produce, 9, &produce_req("t", 0, batch, -1))
+        .await;
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 2);
+    let resp: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("nope", 0, build::simple(1, 0, None), -1),
+        )
+        .await;
+    assert_eq!(resp.responses[0].partition_responses[0].error_code, 3);
+    // The log was not touched by the corrupt batch.
+    let resp: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("t", 0, build::simple(1, 0, None), -1),
+        )
+        .await;
+    assert_eq!(resp.responses[0].partition_responses[0].base_offset, 0);
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn metadata_auto_creates_and_rejects_bad_names() {
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    let req = MetadataRequest::default()
+        .with_allow_auto_topic_creation(true)
+        .with_topics(Some(vec![
+            MetadataRequestTopic::default().with_name(Some(topic_name("auto"))),
+            MetadataRequestTopic::default().with_name(Some(topic_name("bad name!"))),
+        ]));
+    let resp: MetadataResponse = c.call(ApiKey::Metadata, 12, &req).await;
+    assert_eq!(resp.topics[0].error_code, 0);
+    assert_eq!(resp.topics[0].partitions.len(), 1);
+    assert_eq!(resp.topics[0].partitions[0].leader_id, BrokerId(1));
+    assert_eq!(resp.topics[1].error_code, 17);
+    assert_eq!(resp.brokers[0].port as u16, b.kafka_addr.port());
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn protocol_violations_close_the_connection() {
+    let (b, _dir) = start().await;
+    // Larger than socket_request_max_bytes (1 MiB here).
+    let mut c = Conn::open(&b).await;
+    c.send_raw(&((2 << 20) as i32).to_be_bytes()).await;
+    assert!(c.is_closed().await);
+    // Negative size.
+    let mut c = Conn::open(&b).await;
+    c.send_raw(&(-5i32).to_be_bytes()).await;
+    assert!(c.is_closed().await);
+    // Unknown API key.
+    let mut c = Conn::open(&b).await;
+    c.send_raw(&[0, 0, 0, 10, 0x27, 0x0f, 0, 0, 0, 0, 0, 1, 0xff, 0xff])
+        .await;
+    assert!(c.is_closed().await);
+    // ApiVersions from the future: v0-format answer with UNSUPPORTED_VERSION.
+    let mut c = Conn::open(&b).await;
+    c.send_raw(&[0, 0, 0, 11, 0, 18, 0, 99, 0, 0, 0, 7, 0xff, 0xff, 0])
+        .await;
+    let mut resp = c.read_frame().await.expect("fallback response");
+    assert_eq!(resp.get_i32(), 7);
+    assert_eq!(resp.get_i16(), 35);
+    assert!(resp.get_i32() > 0);
+    // ...but only if its header parses as the newest ApiVersions header.
+    let mut c = Conn::open(&b).await;
+    c.send_raw(&[0, 0, 0, 10, 0, 18, 0, 99, 0, 0, 0, 7, 0xff, 0xff])
+        .await;
+    assert!(c.is_closed().await);
+    // The broker is still healthy for everyone else.
+    let mut c = Conn::open(&b).await;
+    let v: ApiVersionsResponse = c
+        .call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default())
+        .await;
+    assert_eq!(v.error_code, 0);
+    assert!(v
+        .api_keys
+        .iter()
+        .any(|k| k.api_key == ApiKey::Produce as i16 && k.max_version == 11));
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn data_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mk = || {
+        let mut cfg = BrokerConfig {
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        };
+        cfg.listeners = Listeners {
+            kafka: "127.0.0.1:0".parse().unwrap(),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            advertised_kafka: None,
+        };
+        cfg
+    };
+    let b = Broker::start(mk()).await.unwrap();
+    let mut c = Conn::open(&b).await;
+    let id = create_topic(&mut c, "keep", 1).await;
+    for _ in 0..10 {
+        let _: ProduceResponse = c
+            .call(
+                ApiKey::Produce,
+                9,
+                &produce_req("keep", 0, build::simple(3, 0, None), -1),
+            )
+            .await;
+    }
+    drop(c);
+    b.shutdown().await;
+    let b = Broker::start(mk()).await.unwrap();
+    let mut c = Conn::open(&b).await;
+    let f: FetchResponse = c.call(ApiKey::Fetch, 13, &fetch_req(id, 27, 0)).await;
+    let pd = &f.responses[0].partitions[0];
+    assert_eq!(pd.high_watermark, 30);
+    assert_eq!(
+        i64::from_be_bytes(pd.records.as_ref().unwrap()[0..8].try_into().unwrap()),
+        27
+    );
+    b.shutdown().await;
+}

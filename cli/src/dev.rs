@@ -1,0 +1,301 @@
+//! `chronik dev`: a local deployment for newcomers and tests. Every broker is
+//! its own OS process with a generated config file, so `kill -9` and
+//! `chronik broker --config <file>` behave exactly as in production.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+use chronik_topology::{BrokerConfig, Durability, Listeners, TopicDefaults};
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Where configs, data and dev.json live.
+    #[arg(long, default_value = "./chronik-dev")]
+    data_dir: PathBuf,
+    /// Number of regions.
+    #[arg(long, default_value_t = 1)]
+    regions: u32,
+    /// Brokers per region.
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// Kafka port of the first broker; others follow it.
+    #[arg(long, default_value_t = 9092)]
+    base_port: u16,
+    /// Seconds to wait for every broker to become ready.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+}
+
+/// Region names used by `chronik dev`, in order.
+const REGION_NAMES: &[&str] = &["us-east", "eu-west", "ap-south"];
+
+#[derive(Serialize)]
+struct DevBroker {
+    id: i32,
+    kafka: String,
+    admin: String,
+    pid: u32,
+    config: PathBuf,
+    data_dir: PathBuf,
+}
+
+#[derive(Serialize)]
+struct DevRegion {
+    name: String,
+    bootstrap: String,
+    admin: String,
+    brokers: Vec<DevBroker>,
+}
+
+#[derive(Serialize)]
+struct DevJson {
+    regions: Vec<DevRegion>,
+}
+
+struct Planned {
+    region: usize,
+    config: BrokerConfig,
+    config_path: PathBuf,
+}
+
+fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
+    if args.regions != 1 || args.nodes != 1 {
+        // Several brokers need Raft replication inside a region and several
+        // regions need dc-link; until those exist, independent brokers would
+        // only pretend to be a cluster.
+        return Err(format!(
+            "--regions {} --nodes {}: this build supports only --regions 1 --nodes 1 (regional replication and dc-link are not implemented yet)",
+            args.regions, args.nodes
+        ));
+    }
+    let mut out = Vec::new();
+    for r in 0..args.regions as usize {
+        let region = REGION_NAMES[r];
+        for n in 0..args.nodes as usize {
+            let node_id = (r * 100 + n + 1) as i32;
+            let port = args.base_port as usize + r * 100 + n;
+            let port = u16::try_from(port).map_err(|_| format!("port {port} out of range"))?;
+            let config_path = root.join(region).join(format!("broker-{node_id}.toml"));
+            // Reuse an existing config so a restart keeps node ids and data.
+            let config = if config_path.exists() {
+                BrokerConfig::load(&config_path).map_err(|e| e.to_string())?
+            } else {
+                let kafka: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
+                BrokerConfig {
+                    node_id,
+                    region: region.to_string(),
+                    data_dir: root.join(region).join(format!("broker-{node_id}")),
+                    durability: Durability::Fsync,
+                    listeners: Listeners {
+                        kafka,
+                        advertised_kafka: None,
+                        admin: None,
+                    },
+                    topics: TopicDefaults {
+                        auto_create: true,
+                        ..TopicDefaults::default()
+                    },
+                    limits: Default::default(),
+                }
+            };
+            out.push(Planned {
+                region: r,
+                config,
+                config_path,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// One HTTP/1.0 GET against a broker's admin listener; true on 200.
+async fn probe_ready(admin: SocketAddr) -> bool {
+    let Ok(Ok(mut s)) = tokio::time::timeout(
+        Duration::from_secs(1),
+        tokio::net::TcpStream::connect(admin),
+    )
+    .await
+    else {
+        return false;
+    };
+    if s.write_all(b"GET /health/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_end(&mut buf)).await;
+    buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200")
+}
+
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+pub fn run(args: DevArgs) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        match run_async(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn stop_all(children: &mut [(Child, String)]) {
+    for (c, _) in children.iter() {
+        if let Some(pid) = c.id() {
+            // SIGTERM lets each broker finish in-flight writes.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+    for (c, name) in children.iter_mut() {
+        match tokio::time::timeout(Duration::from_secs(15), c.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(broker = %name, "did not stop in 15 s; killing");
+                let _ = c.kill().await;
+            }
+        }
+    }
+}
+
+async fn run_async(args: DevArgs) -> Result<(), String> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    let root = args
+        .data_dir
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", args.data_dir.display()))?;
+    let planned = plan(&args, &root)?;
+    let exe = std::env::current_exe().map_err(|e| format!("locating the chronik binary: {e}"))?;
+    let mut children: Vec<(Child, String)> = Vec::new();
+    for p in &planned {
+        if let Some(dir) = p.config_path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        std::fs::write(&p.config_path, p.config.to_toml())
+            .map_err(|e| format!("{}: {e}", p.config_path.display()))?;
+        let log_path = p.config_path.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&exe)
+            .arg("broker")
+            .arg("--config")
+            .arg(&p.config_path)
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting broker {}: {e}", p.config.node_id))?;
+        children.push((child, format!("broker-{}", p.config.node_id)));
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
+    for (i, p) in planned.iter().enumerate() {
+        loop {
+            if probe_ready(p.config.listeners.admin_addr()).await {
+                break;
+            }
+            if let Ok(Some(status)) = children[i].0.try_wait() {
+                let log = p.config_path.with_extension("log");
+                stop_all(&mut children).await;
+                return Err(format!(
+                    "broker {} exited with {status} during startup; see {}",
+                    p.config.node_id,
+                    log.display()
+                ));
+            }
+            if Instant::now() > deadline {
+                stop_all(&mut children).await;
+                return Err(format!(
+                    "broker {} not ready after {} s",
+                    p.config.node_id, args.ready_timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    let mut regions: Vec<DevRegion> = Vec::new();
+    for (i, p) in planned.iter().enumerate() {
+        let (host, port) = p.config.listeners.advertised();
+        let kafka = format!("{host}:{port}");
+        let admin = format!("http://{}", p.config.listeners.admin_addr());
+        let broker = DevBroker {
+            id: p.config.node_id,
+            kafka: kafka.clone(),
+            admin: admin.clone(),
+            pid: children[i].0.id().unwrap_or(0),
+            config: p.config_path.clone(),
+            data_dir: p.config.data_dir.clone(),
+        };
+        match regions.get_mut(p.region) {
+            Some(r) => {
+                r.bootstrap.push(',');
+                r.bootstrap.push_str(&kafka);
+                r.brokers.push(broker);
+            }
+            None => regions.push(DevRegion {
+                name: REGION_NAMES[p.region].to_string(),
+                bootstrap: kafka,
+                admin,
+                brokers: vec![broker],
+            }),
+        }
+    }
+    let dev = DevJson { regions };
+    let json = serde_json::to_vec_pretty(&dev).expect("dev.json serializes");
+    let dev_path = root.join("dev.json");
+    write_atomically(&dev_path, &json).map_err(|e| format!("{}: {e}", dev_path.display()))?;
+    for r in &dev.regions {
+        println!("region {}: bootstrap servers {}", r.name, r.bootstrap);
+    }
+    println!("wrote {}; press Ctrl-C to stop", dev_path.display());
+
+    // Run until a signal. A broker that dies is only reported: tests kill
+    // brokers on purpose and restart them with `chronik broker --config`.
+    let watch = async {
+        let mut reported = vec![false; children.len()];
+        loop {
+            for (i, (c, name)) in children.iter_mut().enumerate() {
+                if !reported[i] {
+                    if let Ok(Some(status)) = c.try_wait() {
+                        tracing::warn!(broker = %name, %status, "broker process exited");
+                        reported[i] = true;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        _ = crate::wait_for_signal() => {}
+        _ = watch => {}
+    }
+    stop_all(&mut children).await;
+    let _ = std::fs::remove_file(&dev_path);
+    Ok(())
+}

@@ -1,0 +1,244 @@
+"""pytest fixtures: the Apache Kafka oracle and the Chronik broker under test.
+
+Conformance tests take the parametrized `broker` fixture (params "kafka" and
+"chronik"), a bootstrap string, so every scenario runs against both brokers.
+
+  CHRONIK_ONLY_ORACLE=1  deselect every test that needs Chronik (for developing
+                         the tests against Apache Kafka alone). Without it, a
+                         missing Chronik binary FAILS those tests.
+  CHRONIK_SKIP_ORACLE=1  the opposite: deselect every test that needs Apache
+                         Kafka (quick iteration on Chronik without the JVM).
+  CHRONIK_BIN            path of the chronik binary (default
+                         ${CARGO_TARGET_DIR:-target}/release/chronik).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import ApacheKafka, Chronik, chronik_bin  # noqa: E402
+from kclient import forget_clients  # noqa: E402
+
+ONLY_ORACLE = os.environ.get("CHRONIK_ONLY_ORACLE") == "1"
+SKIP_ORACLE = os.environ.get("CHRONIK_SKIP_ORACLE") == "1"
+
+# Fixtures whose "chronik" param means the test needs a Chronik broker.
+BROKER_FIXTURES = ("broker", "broker_noauto")
+KINDS = ["kafka", "chronik"]
+
+# Broker-wide settings shared by both brokers where they have an equivalent.
+RETENTION_CHECK_MS = 1000
+
+
+class BrokerTarget(str):
+    """A bootstrap string ("host:port") that also knows which broker it points at."""
+
+    kind: str
+    proc: object
+
+    def __new__(cls, bootstrap: str, kind: str, proc):
+        s = super().__new__(cls, bootstrap)
+        s.kind = kind
+        s.proc = proc
+        return s
+
+    @property
+    def is_kafka(self) -> bool:
+        return self.kind == "kafka"
+
+    @property
+    def is_chronik(self) -> bool:
+        return self.kind == "chronik"
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    # A SIGTERM'd pytest unwinds like Ctrl-C, so fixtures and atexit stop the brokers.
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    config.addinivalue_line("markers", "chronik: runs only against Chronik (deselected by CHRONIK_ONLY_ORACLE=1)")
+    config.addinivalue_line("markers", "oracle_only: documents Apache Kafka behaviour Chronik deliberately differs from")
+
+
+def _needs_chronik(item) -> bool:
+    if item.get_closest_marker("chronik"):
+        return True
+    cs = getattr(item, "callspec", None)
+    if cs is not None:
+        return any(cs.params.get(f) == "chronik" for f in BROKER_FIXTURES)
+    return False
+
+
+def _needs_kafka(item) -> bool:
+    if item.get_closest_marker("oracle_only"):
+        return True
+    cs = getattr(item, "callspec", None)
+    if cs is not None:
+        return any(cs.params.get(f) == "kafka" for f in BROKER_FIXTURES)
+    return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if not (ONLY_ORACLE or SKIP_ORACLE):
+        return
+    keep, drop = [], []
+    for it in items:
+        deselect = (ONLY_ORACLE and _needs_chronik(it)) or (SKIP_ORACLE and _needs_kafka(it))
+        (drop if deselect else keep).append(it)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On failure, attach the tail of the involved brokers' logs to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.failed:
+        seen = set()
+        procs = []
+        for v in getattr(item, "funcargs", {}).values():
+            procs.append(getattr(v, "proc", v))
+            procs.extend(getattr(v, "started", ()))  # factory fixtures
+        for proc in procs:
+            if isinstance(proc, (ApacheKafka, Chronik)) and id(proc) not in seen:
+                seen.add(id(proc))
+                rep.sections.append((f"{proc.name} log tail ({getattr(proc, 'bootstrap', '')})", proc.log_tail(40)))
+
+
+# ---------------------------------------------------------------------------
+# Apache Kafka oracle
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_oracle(tmp_path_factory):
+    """Session-wide Apache Kafka (auto-create on, retention checked every second)."""
+    k = ApacheKafka(None, tmp_path_factory.mktemp("kafka"),
+                    extra_props={"log.retention.check.interval.ms": RETENTION_CHECK_MS,
+                                 "log.initial.task.delay.ms": 0})
+    k.start()
+    yield k
+    forget_clients(k.bootstrap)
+    k.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_oracle_noauto(tmp_path_factory):
+    """A second Apache Kafka with auto.create.topics.enable=false (started only if used)."""
+    k = ApacheKafka(None, tmp_path_factory.mktemp("kafka-noauto"),
+                    extra_props={"auto.create.topics.enable": "false"})
+    k.start()
+    yield k
+    forget_clients(k.bootstrap)
+    k.stop()
+
+
+@pytest.fixture
+def kafka_factory(tmp_path):
+    """Start extra Apache Kafka brokers for one test: kafka_factory(**extra_props)."""
+    started = []
+
+    def make(**props):
+        k = ApacheKafka(None, tmp_path / f"kafka{len(started)}", extra_props=props)
+        started.append(k)
+        return k.start()
+
+    make.started = started
+    yield make
+    for k in started:
+        forget_clients(k.bootstrap)
+        k.stop()
+
+
+# ---------------------------------------------------------------------------
+# Chronik
+# ---------------------------------------------------------------------------
+
+
+def _require_chronik_binary() -> Path:
+    b = chronik_bin()
+    if not b.exists():
+        pytest.fail(f"chronik binary not found at {b} (build it, set CHRONIK_BIN, "
+                    f"or set CHRONIK_ONLY_ORACLE=1 to run against Apache Kafka only)", pytrace=False)
+    return b
+
+
+@pytest.fixture(scope="module")
+def chronik(tmp_path_factory):
+    """A fresh Chronik broker per test module (auto-create on, retention checked every second)."""
+    _require_chronik_binary()
+    c = Chronik(None, tmp_path_factory.mktemp("chronik") / "data", retention_check_interval_ms=RETENTION_CHECK_MS)
+    c.start()
+    yield c
+    forget_clients(c.bootstrap)
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def chronik_noauto(tmp_path_factory):
+    _require_chronik_binary()
+    c = Chronik(None, tmp_path_factory.mktemp("chronik-noauto") / "data", auto_create=False)
+    c.start()
+    yield c
+    forget_clients(c.bootstrap)
+    c.stop()
+
+
+@pytest.fixture
+def chronik_factory(tmp_path):
+    """Start Chronik brokers owned by one test: chronik_factory(**config). Stopped at teardown."""
+    started = []
+
+    def make(**config):
+        _require_chronik_binary()
+        c = Chronik(None, tmp_path / f"chronik{len(started)}" / "data", **config)
+        started.append(c)
+        return c.start()
+
+    make.started = started
+    yield make
+    for c in started:
+        forget_clients(c.bootstrap)
+        c.stop()
+
+
+# ---------------------------------------------------------------------------
+# Parametrized targets
+# ---------------------------------------------------------------------------
+
+
+def _target(request, kind: str, kafka_fixture: str, chronik_fixture: str):
+    proc = request.getfixturevalue(kafka_fixture if kind == "kafka" else chronik_fixture)
+    if not proc.running:
+        log = proc.log_tail()
+        proc.restart()
+        pytest.fail(f"{kind} broker was found dead before the test (restarted it); log tail:\n{log}", pytrace=False)
+    yield BrokerTarget(proc.bootstrap, kind, proc)
+    if not proc.running:
+        log = proc.log_tail()
+        proc.restart()
+        pytest.fail(f"{kind} broker died during the test (restarted it); log tail:\n{log}", pytrace=False)
+
+
+@pytest.fixture(params=KINDS)
+def broker(request):
+    """Bootstrap string (a BrokerTarget: .kind, .proc) of Apache Kafka or Chronik, auto-create on."""
+    yield from _target(request, request.param, "kafka_oracle", "chronik")
+
+
+@pytest.fixture(params=KINDS)
+def broker_noauto(request):
+    """Like `broker`, but with topic auto-creation disabled."""
+    yield from _target(request, request.param, "kafka_oracle_noauto", "chronik_noauto")

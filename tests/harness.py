@@ -1,0 +1,546 @@
+"""Process harness for the Chronik test-suite.
+
+Starts and stops, on loopback only:
+  * ApacheKafka -- the conformance oracle (Apache Kafka 4.1 in KRaft single-node
+    mode, jars fetched by tests/kafka/fetch.sh into tests/.cache/kafka-libs/);
+  * Chronik     -- the broker under test (binary at $CHRONIK_BIN, default
+    ${CARGO_TARGET_DIR:-<repo>/target}/release/chronik).
+
+Every wait is bounded, and every process started here is killed at interpreter
+exit (atexit) even if a test forgets to stop it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+CACHE_DIR = TESTS_DIR / ".cache"
+KAFKA_LIBS = Path(os.environ.get("KAFKA_LIBS", CACHE_DIR / "kafka-libs"))
+KAFKA_FETCH = TESTS_DIR / "kafka" / "fetch.sh"
+
+LOOPBACK = "127.0.0.1"
+
+# ---------------------------------------------------------------------------
+# Utilities
+# ---------------------------------------------------------------------------
+
+_port_lock = threading.Lock()
+_handed_out: set[int] = set()
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free right now on `host` (never handed out twice by this process)."""
+    with _port_lock:
+        for _ in range(100):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.bind((host, 0))
+                port = s.getsockname()[1]
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise RuntimeError("could not find a free port")
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(pred, timeout: float, interval: float = 0.2, what: str = "condition"):
+    """Poll pred() until it returns a truthy value; return it, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - reported on timeout
+            last_exc = e
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+        time.sleep(interval)
+
+
+def tail(path: Path, n: int = 60) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 64 * 1024))
+            lines = f.read().decode(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+    except OSError as e:
+        return f"<no log: {e}>"
+
+
+def api_versions_ok(host: str, port: int, timeout: float = 2.0) -> bool:
+    """True if host:port answers an ApiVersions v0 request with error_code 0."""
+    import struct
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            client_id = b"harness"
+            hdr = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
+            s.sendall(struct.pack(">i", len(hdr)) + hdr)
+            buf = b""
+            while len(buf) < 4:
+                chunk = s.recv(4 - len(buf))
+                if not chunk:
+                    return False
+                buf += chunk
+            (n,) = struct.unpack(">i", buf)
+            body = b""
+            while len(body) < n:
+                chunk = s.recv(n - len(body))
+                if not chunk:
+                    return False
+                body += chunk
+            corr, err = struct.unpack(">ih", body[:6])
+            return corr == 1 and err == 0
+    except OSError:
+        return False
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+# ---------------------------------------------------------------------------
+# Process tracking: everything started is killed at exit.
+# ---------------------------------------------------------------------------
+
+_live: set["ManagedProcess"] = set()
+_live_lock = threading.Lock()
+
+
+def _kill_all_at_exit() -> None:
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        try:
+            p._hard_kill()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+atexit.register(_kill_all_at_exit)
+
+
+class ManagedProcess:
+    """A child process in its own process group, logging to a file."""
+
+    name = "process"
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.log_path: Path | None = None
+        self._log_file = None
+
+    # -- lifecycle helpers --------------------------------------------------
+
+    def _spawn(self, argv: list[str], cwd: Path, log_path: Path, env: dict | None = None) -> None:
+        if self.running:
+            raise RuntimeError(f"{self.name} already running (pid {self.proc.pid})")
+        self.log_path = log_path
+        self._log_file = open(log_path, "ab")
+        self._log_file.write(f"\n===== {time.strftime('%H:%M:%S')} starting: {' '.join(argv)}\n".encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=str(cwd),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # own process group: signals reach every child
+        )
+        with _live_lock:
+            _live.add(self)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                self.proc.send_signal(sig)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self) -> int | None:
+        rc = self.proc.returncode if self.proc else None
+        with _live_lock:
+            _live.discard(self)
+        if self._log_file is not None:
+            try:
+                self._log_file.close()
+            except OSError:
+                pass
+            self._log_file = None
+        return rc
+
+    def _hard_kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal_group(signal.SIGKILL)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self._reap()
+
+    def kill9(self) -> None:
+        """SIGKILL the process (group) and wait for it to die."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._reap()
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM, wait up to `timeout`, then SIGKILL. Returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        return self._reap()
+
+    def _check_alive(self, what: str) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            rc = self.proc.returncode
+            self._reap()
+            raise RuntimeError(f"{self.name} exited with code {rc} while {what}; log {self.log_path}:\n{tail(self.log_path)}")
+
+    def log_tail(self, n: int = 60) -> str:
+        return tail(self.log_path, n) if self.log_path else ""
+
+
+# ---------------------------------------------------------------------------
+# Apache Kafka (oracle)
+# ---------------------------------------------------------------------------
+
+
+def ensure_kafka_libs() -> Path:
+    """Run tests/kafka/fetch.sh if the jars are missing (idempotent)."""
+    jar = list(KAFKA_LIBS.glob("kafka_2.13-*.jar")) if KAFKA_LIBS.is_dir() else []
+    if not jar:
+        env = dict(os.environ, KAFKA_LIBS=str(KAFKA_LIBS))
+        r = subprocess.run(["bash", str(KAFKA_FETCH)], env=env, capture_output=True, text=True, timeout=900)
+        if r.returncode != 0:
+            raise RuntimeError(f"fetching Kafka jars failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return KAFKA_LIBS
+
+
+def java_bin() -> str:
+    jh = os.environ.get("JAVA_HOME")
+    if jh and (Path(jh) / "bin" / "java").exists():
+        return str(Path(jh) / "bin" / "java")
+    return "java"
+
+
+_KAFKA_LOG4J = """\
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+logger.kafka.name = kafka
+logger.kafka.level = INFO
+logger.state.name = state.change.logger
+logger.state.level = WARN
+"""
+
+
+class ApacheKafka(ManagedProcess):
+    """Single-node KRaft Apache Kafka on loopback.
+
+    ApacheKafka(port, data_dir, extra_props={"flush.messages": "1"}).start()
+    """
+
+    name = "apache-kafka"
+
+    def __init__(self, port: int | None, data_dir, extra_props: dict | None = None, host: str = LOOPBACK,
+                 heap: str = "512m") -> None:
+        super().__init__()
+        self.host = host
+        self.port = port or free_port(host)
+        self.controller_port = free_port(host)
+        self.work_dir = Path(data_dir).resolve()
+        self.data_dir = self.work_dir / "kraft-logs"
+        self.extra_props = {k: str(v) for k, v in (extra_props or {}).items()}
+        self.heap = heap
+        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self._formatted = False
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def properties(self) -> dict:
+        p = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "socket.request.max.bytes": "104857600",
+            "num.network.threads": "2",
+            "num.io.threads": "4",
+            # Fast re-registration after kill -9 (default session timeout is 9 s).
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "1500",
+        }
+        p.update(self.extra_props)
+        return p
+
+    def _write_config(self) -> Path:
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        props = self.work_dir / "server.properties"
+        props.write_text("".join(f"{k}={v}\n" for k, v in self.properties().items()))
+        (self.work_dir / "log4j2.properties").write_text(_KAFKA_LOG4J.format(log=self.work_dir / "kafka.log"))
+        return props
+
+    def _java_argv(self, main: str, *args: str) -> list[str]:
+        return [
+            java_bin(),
+            f"-Xmx{self.heap}",
+            "-Xms128m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.work_dir}",
+            "-cp",
+            str(KAFKA_LIBS / "*"),
+            main,
+            *args,
+        ]
+
+    def format(self) -> None:
+        ensure_kafka_libs()
+        props = self._write_config()
+        argv = self._java_argv("kafka.tools.StorageTool", "format", "--standalone", "-t", self.cluster_id,
+                               "-c", str(props), "--ignore-formatted")
+        r = subprocess.run(argv, cwd=str(self.work_dir), capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"kafka storage format failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+        self._formatted = True
+
+    def start(self, timeout: float = 120.0) -> "ApacheKafka":
+        if not self._formatted:
+            self.format()
+        else:
+            self._write_config()
+        self._spawn(self._java_argv("kafka.Kafka", str(self.work_dir / "server.properties")),
+                    cwd=self.work_dir, log_path=self.work_dir / "kafka.stdout")
+        try:
+            deadline = time.monotonic() + timeout
+            while not api_versions_ok(self.host, self.port):
+                self._check_alive("starting")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Kafka on {self.bootstrap} not answering ApiVersions after {timeout}s;\n"
+                                       f"{tail(self.work_dir / 'kafka.log')}")
+                time.sleep(0.25)
+        except BaseException:
+            self._hard_kill()
+            raise
+        return self
+
+    def restart(self, timeout: float = 120.0) -> "ApacheKafka":
+        if self.running:
+            self.stop()
+        return self.start(timeout)
+
+    def log_tail(self, n: int = 60) -> str:
+        return tail(self.work_dir / "kafka.log", n)
+
+
+# ---------------------------------------------------------------------------
+# Chronik (broker under test)
+# ---------------------------------------------------------------------------
+
+
+def chronik_bin() -> Path:
+    env = os.environ.get("CHRONIK_BIN")
+    if env:
+        return Path(env)
+    target = Path(os.environ.get("CARGO_TARGET_DIR", "target"))
+    if not target.is_absolute():
+        target = REPO_ROOT / target
+    return target / "release" / "chronik"
+
+
+# Which TOML section each flat keyword lives in.
+_CHRONIK_KEYS = {
+    "node_id": None,
+    "region": None,
+    "durability": None,
+    "auto_create": "topics",
+    "default_partitions": "topics",
+    "retention_check_interval_ms": "topics",
+    "socket_request_max_bytes": "limits",
+}
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    raise TypeError(f"unsupported TOML value {v!r}")
+
+
+class Chronik(ManagedProcess):
+    """One Chronik broker on loopback.
+
+    Chronik(port, data_dir, durability="fsync", auto_create=False, retention_check_interval_ms=1000)
+    Unknown keywords raise; raw TOML can be appended with extra_toml="...".
+    """
+
+    name = "chronik"
+
+    def __init__(self, port: int | None, data_dir, host: str = LOOPBACK, admin_port: int | None = None,
+                 extra_toml: str = "", env: dict | None = None, binary: Path | None = None, **config) -> None:
+        super().__init__()
+        unknown = set(config) - set(_CHRONIK_KEYS)
+        if unknown:
+            raise TypeError(f"unknown Chronik config keys: {sorted(unknown)}")
+        self.host = host
+        self.port = port or free_port(host)
+        self.admin_port = admin_port or free_port(host)
+        self.data_dir = Path(data_dir).resolve()
+        self.config_path = self.data_dir.parent / f"{self.data_dir.name}.toml"
+        self.stdout_path = self.data_dir.parent / f"{self.data_dir.name}.log"
+        self.binary = Path(binary) if binary else chronik_bin()
+        self.extra_toml = extra_toml
+        self.env = env
+        self.config = {
+            "node_id": 1,
+            "region": "us-east",
+            "durability": "fsync",
+            "auto_create": True,
+            "default_partitions": 1,
+            "retention_check_interval_ms": 300000,
+            "socket_request_max_bytes": 104857600,
+        }
+        self.config.update(config)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.host}:{self.admin_port}"
+
+    def toml(self) -> str:
+        sections: dict[str | None, list[str]] = {None: [], "listeners": [], "topics": [], "limits": []}
+        for k, v in self.config.items():
+            sections[_CHRONIK_KEYS[k]].append(f"{k} = {_toml_value(v)}")
+        sections[None].insert(3, f"data_dir = {_toml_value(str(self.data_dir))}")
+        sections["listeners"] = [f'kafka = "{self.host}:{self.port}"', f'admin = "{self.host}:{self.admin_port}"']
+        out = "\n".join(sections[None]) + "\n"
+        for name in ("listeners", "topics", "limits"):
+            out += f"\n[{name}]\n" + "\n".join(sections[name]) + "\n"
+        if self.extra_toml:
+            out += "\n" + self.extra_toml.strip() + "\n"
+        return out
+
+    def ready(self) -> bool:
+        try:
+            status, _ = http_get(self.admin_url + "/health/ready", timeout=1.0)
+            return status == 200
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        status, body = http_get(self.admin_url + "/metrics", timeout=5.0)
+        if status != 200:
+            raise RuntimeError(f"/metrics returned {status}")
+        return body
+
+    def start(self, timeout: float = 60.0) -> "Chronik":
+        if not self.binary.exists():
+            raise FileNotFoundError(f"chronik binary not found at {self.binary}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.toml())
+        env = dict(os.environ)
+        env.setdefault("RUST_BACKTRACE", "1")
+        if self.env:
+            env.update(self.env)
+        self._spawn([str(self.binary), "broker", "--config", str(self.config_path)],
+                    cwd=self.data_dir.parent, log_path=self.stdout_path, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while not self.ready():
+                self._check_alive("starting")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"chronik {self.bootstrap} not ready after {timeout}s; log:\n{self.log_tail()}")
+                time.sleep(0.1)
+        except BaseException:
+            self._hard_kill()
+            raise
+        return self
+
+    def restart(self, timeout: float = 120.0) -> "Chronik":
+        """Start again with the same config and data (stops it first if still running)."""
+        if self.running:
+            self.stop()
+        return self.start(timeout)

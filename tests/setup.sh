@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs everything the client and conformance tests need. Idempotent.
+#  - kcat (Debian), Python client libraries (PyPI)
+#  - Apache Kafka 4.x jars, the conformance oracle and benchmark peer (Maven Central)
+#  - the Java (kafka-clients) and Go (franz-go) client-check programs
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+
+need_apt=()
+command -v kcat >/dev/null 2>&1 || need_apt+=(kcat)
+command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
+command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
+command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup-test: installing ${need_apt[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import pytest, confluent_kafka, kafka, crc32c, pytest_timeout, snappy, lz4.frame, zstandard' 2>/dev/null; then
+  echo "setup-test: installing Python test dependencies"
+  python3 -m pip install -q -r "$here/requirements.txt" 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages -r "$here/requirements.txt"
+fi
+
+"$here/kafka/fetch.sh"
+
+if [ ! -f "$here/clients/java/target/client-check.jar" ] || [ -n "$(find "$here/clients/java/src" "$here/clients/java/pom.xml" -newer "$here/clients/java/target/client-check.jar" 2>/dev/null)" ]; then
+  echo "setup-test: building the Java client check"
+  mvn -B -q -f "$here/clients/java/pom.xml" package -DskipTests
+fi
+( cd "$here/clients/go" && go build -o client-check . )
+echo "setup-test: ready"

@@ -1,0 +1,630 @@
+"""Client-level conformance scenarios, run against Apache Kafka and Chronik alike.
+
+Every test takes the parametrized `broker` fixture (a bootstrap string with
+.kind "kafka" or "chronik"), so each scenario runs against both brokers and
+must observe the same behaviour. Consumers use manual assignment only (no
+consumer groups).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    TIMESTAMP_CREATE_TIME,
+    KafkaError,
+    TopicPartition,
+)
+from confluent_kafka.admin import (
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+)
+
+import kwire
+from kclient import (
+    admin,
+    consume,
+    consumer,
+    create_topic,
+    future_error,
+    produce_all,
+    topic_partitions,
+    unique_topic,
+    wait_topic,
+    wait_topic_absent,
+    watermarks,
+)
+
+# Kafka protocol error codes used below.
+UNKNOWN_TOPIC_OR_PARTITION = 3
+INVALID_TOPIC_EXCEPTION = 17
+TOPIC_ALREADY_EXISTS = 36
+INVALID_PARTITIONS = 37
+INVALID_CONFIG = 40
+POLICY_VIOLATION = 44
+
+
+def _recent_ts() -> int:
+    """A base timestamp one minute ago: old enough to be distinct, well inside the
+    default 7-day retention (fixed historic timestamps would be deleted by retention)."""
+    return int(time.time() * 1000) - 60_000
+
+
+def _msgs(n: int, base_ts: int, with_specials: bool = True) -> list[dict]:
+    """n produce() kwarg dicts with keys, values, headers and explicit timestamps."""
+    out = []
+    for i in range(n):
+        m = {
+            "key": f"key-{i}".encode(),
+            "value": f"value-{i}-".encode() * (1 + i % 7),
+            "headers": [("idx", str(i).encode()), ("dup", b"a"), ("dup", b"b")],
+            "timestamp": base_ts + i,
+        }
+        out.append(m)
+    if with_specials and n >= 6:
+        out[0]["key"] = None  # null key
+        out[1]["value"] = None  # tombstone
+        out[2]["value"] = b""  # empty value
+        out[3]["value"] = bytes(range(256)) * 256  # 64 KiB binary
+        out[4]["headers"] = []  # no headers
+        out[5]["headers"] = [("nullh", None), ("utf8-ключ", "значение".encode())]
+    return out
+
+
+def _norm_headers(h):
+    return [(k, v) for k, v in (h or [])]
+
+
+def _check_consumed(consumed, sent, first_offset=0):
+    assert [m.offset() for m in consumed] == list(range(first_offset, first_offset + len(sent)))
+    for m, s in zip(consumed, sent):
+        assert m.key() == s["key"], f"offset {m.offset()}: key"
+        assert m.value() == s["value"], f"offset {m.offset()}: value"
+        assert _norm_headers(m.headers()) == s["headers"], f"offset {m.offset()}: headers"
+        assert m.timestamp() == (TIMESTAMP_CREATE_TIME, s["timestamp"]), f"offset {m.offset()}: timestamp"
+
+
+# ---------------------------------------------------------------------------
+# Produce / consume
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("acks", ["0", "1", "all"])
+def test_produce_consume_roundtrip(broker, acks):
+    topic = unique_topic(f"acks{acks}")
+    create_topic(broker, topic)
+    base_ts = int(time.time() * 1000) - 60_000
+    sent = _msgs(50, base_ts)
+    reports = produce_all(broker, topic, sent, acks=acks, **{"linger.ms": 20})
+    assert [r[0] for r in reports] == [None] * 50, [r[0] for r in reports if r[0]]
+    assert {r[1] for r in reports} == {0}
+    if acks != "0":  # with acks=0 the client never learns offsets
+        assert [r[2] for r in reports] == list(range(50))
+    consumed = consume(broker, topic, 0, 0, 50)
+    _check_consumed(consumed, sent)
+    assert watermarks(broker, topic) == (0, 50)
+
+
+def test_produce_consume_multi_partition(broker):
+    topic = unique_topic("multi")
+    create_topic(broker, topic, partitions=3)
+    sent = {p: [] for p in range(3)}
+    msgs = []
+    t0 = _recent_ts()
+    for i in range(90):
+        p = i % 3
+        m = {"key": f"k{i}".encode(), "value": f"v{i}".encode(), "partition": p, "headers": [],
+             "timestamp": t0 + i}
+        msgs.append(m)
+        sent[p].append(m)
+    reports = produce_all(broker, topic, msgs, acks="all")
+    for m, r in zip(msgs, reports):
+        assert r[0] is None and r[1] == m["partition"]
+    for p in range(3):
+        offs = [r[2] for m, r in zip(msgs, reports) if m["partition"] == p]
+        assert offs == list(range(30))
+        got = consume(broker, topic, p, 0, 30)
+        assert [(x.key(), x.value()) for x in got] == [(m["key"], m["value"]) for m in sent[p]]
+        assert watermarks(broker, topic, p) == (0, 30)
+
+
+def test_consume_from_middle_offset(broker):
+    topic = unique_topic("mid")
+    create_topic(broker, topic)
+    sent = _msgs(20, _recent_ts(), with_specials=False)
+    produce_all(broker, topic, sent, acks="all")
+    got = consume(broker, topic, 0, 13, 7)
+    _check_consumed(got, sent[13:], first_offset=13)
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compression_roundtrip(broker, codec):
+    topic = unique_topic(f"comp-{codec}")
+    create_topic(broker, topic)
+    t0 = _recent_ts()
+    sent = [{"key": f"k{i}".encode(), "value": (f"compressible payload {i % 10} " * 50).encode(),
+             "headers": [("codec", codec.encode())], "timestamp": t0 + i} for i in range(500)]
+    reports = produce_all(broker, topic, sent, acks="all",
+                          **{"compression.type": codec, "linger.ms": 50, "batch.num.messages": 100})
+    assert [r[2] for r in reports] == list(range(500))
+    _check_consumed(consume(broker, topic, 0, 0, 500), sent)
+    # And from the middle of a compressed batch.
+    got = consume(broker, topic, 0, 250, 10)
+    _check_consumed(got, sent[250:260], first_offset=250)
+
+
+# ---------------------------------------------------------------------------
+# ListOffsets
+# ---------------------------------------------------------------------------
+
+
+def test_list_offsets(broker):
+    topic = unique_topic("lo")
+    create_topic(broker, topic)
+    assert watermarks(broker, topic) == (0, 0)
+    t0 = int(time.time() * 1000) - 100_000
+    sent = [{"value": f"v{i}".encode(), "timestamp": t0 + i * 1000} for i in range(10)]
+    produce_all(broker, topic, sent, acks="all")
+    assert watermarks(broker, topic) == (0, 10)
+
+    c = consumer(broker)
+    try:
+        def lookup(ts):
+            r = c.offsets_for_times([TopicPartition(topic, 0, ts)], timeout=10)
+            assert r[0].error is None, r[0].error
+            return r[0].offset
+
+        assert lookup(t0 - 5000) == 0  # before everything -> first record
+        assert lookup(t0) == 0
+        assert lookup(t0 + 1) == 1  # first record with timestamp >= ts
+        assert lookup(t0 + 3500) == 4
+        assert lookup(t0 + 9000) == 9
+        assert lookup(t0 + 9001) == -1  # nothing at/after ts -> -1 (OFFSET_END)
+    finally:
+        c.close()
+
+
+def test_list_offsets_kafka_python(broker):
+    from kafka import KafkaConsumer, TopicPartition as KTP
+
+    topic = unique_topic("lo-kp")
+    create_topic(broker, topic)
+    t0 = _recent_ts()
+    produce_all(broker, topic, [{"value": b"x", "timestamp": t0 + i * 10} for i in range(5)], acks="all")
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
+                      request_timeout_ms=15000)
+    try:
+        tp = KTP(topic, 0)
+        assert c.beginning_offsets([tp]) == {tp: 0}
+        assert c.end_offsets([tp]) == {tp: 5}
+        r = c.offsets_for_times({tp: t0 + 15})
+        assert r[tp].offset == 2 and r[tp].timestamp == t0 + 20
+        assert c.offsets_for_times({tp: t0 + 1000}) == {tp: None}
+    finally:
+        c.close()
+
+
+# ---------------------------------------------------------------------------
+# Fetch long-poll
+# ---------------------------------------------------------------------------
+
+
+def test_fetch_long_poll_wakes_on_produce(broker):
+    """A consumer parked in a long Fetch (max wait 10 s) gets a record produced 1 s later promptly."""
+    topic = unique_topic("lp")
+    create_topic(broker, topic)
+    c = consumer(broker, **{"fetch.wait.max.ms": 10000})
+    acked = {}
+
+    def produce_later():
+        time.sleep(1.0)
+        r = produce_all(broker, topic, [{"value": b"wake-up"}], acks="all", **{"linger.ms": 0})
+        acked["t"] = time.monotonic()
+        acked["r"] = r
+
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        # Let the consumer connect and park its first Fetch before producing.
+        c.poll(0.5)
+        start = time.monotonic()
+        th = threading.Thread(target=produce_later, daemon=True)
+        th.start()
+        got = None
+        while got is None and time.monotonic() - start < 15:
+            m = c.poll(0.2)
+            if m is not None:
+                assert m.error() is None, m.error()
+                got = m
+                got_at = time.monotonic()
+        th.join(20)
+    finally:
+        c.close()
+    assert got is not None, "record never arrived"
+    assert got.value() == b"wake-up" and got.offset() == 0
+    assert "t" in acked and acked["r"][0][0] is None
+    # Without long-poll wake-up the record would only show up when the 10 s wait expires.
+    assert got_at - acked["t"] < 2.0, f"record delivered {got_at - acked['t']:.2f}s after it was acked"
+    assert got_at - start < 5.0
+
+
+def test_fetch_max_wait_when_idle(broker):
+    """Raw Fetch v4 on an empty partition returns after ~max_wait with no records."""
+    topic = unique_topic("mw")
+    create_topic(broker, topic)
+    with kwire.Conn(broker, timeout=15) as conn:
+        t = time.monotonic()
+        res = conn.request(kwire.FETCH, 4, kwire.fetch_v4_body(topic, 0, 0, max_wait_ms=1500))
+        elapsed = time.monotonic() - t
+        assert res is not None, "connection closed"
+        parts = kwire.parse_fetch_v4(res[1])
+        p = parts[(topic, 0)]
+        assert p["error"] == 0 and p["high_watermark"] == 0
+        assert not p["records"]
+        assert 1.3 <= elapsed <= 4.0, f"idle fetch returned after {elapsed:.2f}s, expected ~1.5s"
+
+        # With data available the same fetch returns immediately, with the batch.
+        produce_all(broker, topic, [{"value": b"hello", "key": b"k"}], acks="all")
+        t = time.monotonic()
+        res = conn.request(kwire.FETCH, 4, kwire.fetch_v4_body(topic, 0, 0, max_wait_ms=5000))
+        elapsed = time.monotonic() - t
+        p = kwire.parse_fetch_v4(res[1])[(topic, 0)]
+        assert p["error"] == 0 and p["high_watermark"] == 1
+        batches = kwire.parse_record_batches(p["records"])
+        assert len(batches) == 1 and batches[0]["crc_ok"] and batches[0]["magic"] == 2
+        assert [(r[0], r[2], r[3]) for r in batches[0]["records"]] == [(0, b"k", b"hello")]
+        assert elapsed < 1.0, f"fetch with data available took {elapsed:.2f}s"
+
+        # Fetching at the log end waits again; fetching past it is OFFSET_OUT_OF_RANGE (1).
+        res = conn.request(kwire.FETCH, 4, kwire.fetch_v4_body(topic, 0, 5, max_wait_ms=100))
+        assert kwire.parse_fetch_v4(res[1])[(topic, 0)]["error"] == 1
+
+
+# ---------------------------------------------------------------------------
+# Admin
+# ---------------------------------------------------------------------------
+
+
+def test_create_topic_and_already_exists(broker):
+    topic = unique_topic("adm")
+    a = admin(broker)
+    assert future_error(a.create_topics([NewTopic(topic, 2)])[topic]) is None
+    assert sorted(wait_topic(broker, topic, 2)) == [0, 1]
+    err = future_error(a.create_topics([NewTopic(topic, 2)])[topic])
+    assert err is not None and err.code() == TOPIC_ALREADY_EXISTS, err
+
+
+@pytest.mark.parametrize("name", ["bad topic!", ".", "..", "x" * 250, "slash/topic", "tab\ttopic"],
+                         ids=["space-bang", "dot", "dotdot", "250chars", "slash", "tab"])
+def test_create_invalid_topic_name(broker, name):
+    err = future_error(admin(broker).create_topics([NewTopic(name, 1)])[name])
+    assert err is not None and err.code() == INVALID_TOPIC_EXCEPTION, err
+
+
+def test_create_topic_max_length_name_ok(broker):
+    name = unique_topic("long")
+    name = name + "x" * (249 - len(name))
+    assert len(name) == 249
+    create_topic(broker, name)
+    assert future_error(admin(broker).delete_topics([name])[name]) is None
+
+
+def test_create_topic_invalid_partitions(broker):
+    topic = unique_topic("zero")
+    err = future_error(admin(broker).create_topics([NewTopic(topic, 0)])[topic])
+    assert err is not None and err.code() == INVALID_PARTITIONS, err
+
+
+def test_delete_topic(broker):
+    topic = unique_topic("del")
+    create_topic(broker, topic)
+    produce_all(broker, topic, [{"value": b"x"}], acks="all")
+    a = admin(broker)
+    assert future_error(a.delete_topics([topic])[topic]) is None
+    wait_topic_absent(broker, topic)
+    err = future_error(a.delete_topics([topic])[topic])
+    assert err is not None and err.code() == UNKNOWN_TOPIC_OR_PARTITION, err
+
+
+def test_create_partitions(broker):
+    topic = unique_topic("cp")
+    create_topic(broker, topic)
+    a = admin(broker)
+    assert future_error(a.create_partitions([NewPartitions(topic, 3)])[topic]) is None
+    assert sorted(wait_topic(broker, topic, 3)) == [0, 1, 2]
+    err = future_error(a.create_partitions([NewPartitions(topic, 2)])[topic])
+    assert err is not None and err.code() == INVALID_PARTITIONS, err
+    err = future_error(a.create_partitions([NewPartitions(topic, 3)])[topic])
+    assert err is not None and err.code() == INVALID_PARTITIONS, err
+    missing = unique_topic("cp-missing")
+    err = future_error(a.create_partitions([NewPartitions(missing, 3)])[missing])
+    assert err is not None and err.code() == UNKNOWN_TOPIC_OR_PARTITION, err
+    # The new partitions are usable.
+    r = produce_all(broker, topic, [{"value": b"p2", "partition": 2}], acks="all")
+    assert r[0][:3] == (None, 2, 0)
+
+
+def _describe(a, topic) -> dict:
+    res = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+    (fut,) = res.values()
+    return fut.result(timeout=30)
+
+
+def test_describe_configs(broker):
+    topic = unique_topic("dc")
+    create_topic(broker, topic)
+    a = admin(broker)
+    cfg = _describe(a, topic)
+    assert "retention.ms" in cfg
+    assert int(cfg["retention.ms"].value) > 0
+    assert cfg["cleanup.policy"].value == "delete"
+    missing = unique_topic("dc-missing")
+    (fut,) = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, missing)]).values()
+    err = future_error(fut)
+    assert err is not None and err.code() == UNKNOWN_TOPIC_OR_PARTITION, err
+
+
+def test_create_topic_with_config(broker):
+    topic = unique_topic("cfg")
+    create_topic(broker, topic, config={"retention.ms": "3600000"})
+    assert _describe(admin(broker), topic)["retention.ms"].value == "3600000"
+    bad = unique_topic("cfg-bad")
+    err = future_error(admin(broker).create_topics([NewTopic(bad, 1, config={"no.such.config": "1"})])[bad])
+    assert err is not None and err.code() == INVALID_CONFIG, err
+    assert topic_partitions(broker, bad) is None
+
+
+def _alter(a, topic, name, value, op=AlterConfigOpType.SET):
+    r = ConfigResource(ConfigResource.Type.TOPIC, topic,
+                       incremental_configs=[ConfigEntry(name, value, incremental_operation=op)])
+    (fut,) = a.incremental_alter_configs([r]).values()
+    return future_error(fut)
+
+
+def test_incremental_alter_configs(broker):
+    topic = unique_topic("iac")
+    create_topic(broker, topic)
+    a = admin(broker)
+    default = _describe(a, topic)["retention.ms"].value
+    assert _alter(a, topic, "retention.ms", "12345") is None
+    assert _describe(a, topic)["retention.ms"].value == "12345"
+
+    err = _alter(a, topic, "no.such.config", "1")
+    assert err is not None and err.code() == INVALID_CONFIG, err
+    err = _alter(a, topic, "retention.ms", "not-a-number")
+    assert err is not None and err.code() == INVALID_CONFIG, err
+    assert _describe(a, topic)["retention.ms"].value == "12345"  # failed alters change nothing
+
+    missing = unique_topic("iac-missing")
+    err = _alter(a, missing, "retention.ms", "1000")
+    assert err is not None and err.code() == UNKNOWN_TOPIC_OR_PARTITION, err
+
+    assert _alter(a, topic, "retention.ms", None, AlterConfigOpType.DELETE) is None
+    assert _describe(a, topic)["retention.ms"].value == default
+
+
+@pytest.mark.oracle_only
+def test_cleanup_policy_compact_accepted_by_kafka(kafka_oracle):
+    """Reference only: Apache Kafka accepts cleanup.policy=compact (Chronik deliberately does not)."""
+    bs = kafka_oracle.bootstrap
+    topic = unique_topic("compact")
+    create_topic(bs, topic, config={"cleanup.policy": "compact"})
+    assert _describe(admin(bs), topic)["cleanup.policy"].value == "compact"
+    t2 = unique_topic("compact-alter")
+    create_topic(bs, t2)
+    assert _alter(admin(bs), t2, "cleanup.policy", "compact") is None
+
+
+@pytest.mark.chronik
+def test_cleanup_policy_compact_rejected_by_chronik(chronik):
+    """Chronik-specific: compaction is not supported and must be refused with a clear error."""
+    bs = chronik.bootstrap
+    a = admin(bs)
+    topic = unique_topic("compact")
+    err = future_error(a.create_topics([NewTopic(topic, 1, config={"cleanup.policy": "compact"})])[topic])
+    assert err is not None and err.code() in (INVALID_CONFIG, POLICY_VIOLATION), err
+    assert "compact" in err.str().lower(), f"error message should mention compaction: {err.str()!r}"
+    assert topic_partitions(bs, topic) is None
+
+    t2 = unique_topic("compact-alter")
+    create_topic(bs, t2)
+    err = _alter(a, t2, "cleanup.policy", "compact")
+    assert err is not None and err.code() in (INVALID_CONFIG, POLICY_VIOLATION), err
+    assert "compact" in err.str().lower(), f"error message should mention compaction: {err.str()!r}"
+    assert _describe(a, t2)["cleanup.policy"].value == "delete"
+
+
+def test_describe_cluster(broker):
+    d = admin(broker).describe_cluster(request_timeout=15).result(timeout=30)
+    host, port = broker.rsplit(":", 1)
+    assert [(n.id, n.host, n.port) for n in d.nodes] == [(1, host, int(port))]
+    assert d.controller is not None and d.controller.id == 1
+    assert isinstance(d.cluster_id, str) and d.cluster_id
+
+
+def test_metadata_lists_created_topics(broker):
+    topics = [unique_topic("md") for _ in range(3)]
+    for i, t in enumerate(topics):
+        create_topic(broker, t, partitions=i + 1)
+    md = admin(broker).list_topics(timeout=10)
+    for i, t in enumerate(topics):
+        assert t in md.topics
+        parts = md.topics[t].partitions
+        assert sorted(parts) == list(range(i + 1))
+        for p in parts.values():
+            assert p.leader == 1 and p.replicas == [1] and p.isrs == [1]
+    assert [b.id for b in md.brokers.values()] == [1]
+
+
+# ---------------------------------------------------------------------------
+# Auto-creation
+# ---------------------------------------------------------------------------
+
+
+def _raw_metadata(bootstrap, topic, allow_auto_create):
+    with kwire.Conn(bootstrap) as c:
+        _, body = c.request(kwire.METADATA, 4, kwire.metadata_v4_body([topic], allow_auto_create))
+        return kwire.parse_metadata_v4(body)["topics"][topic]
+
+
+def test_auto_create_on_metadata(broker):
+    topic = unique_topic("auto")
+    # allow_auto_topic_creation=false never creates.
+    assert _raw_metadata(broker, topic, False)["error"] == UNKNOWN_TOPIC_OR_PARTITION
+    time.sleep(0.5)
+    assert topic_partitions(broker, topic) is None
+    # allow_auto_topic_creation=true creates it with the default partition count (1).
+    # (Kafka answers the first request with UNKNOWN_TOPIC_OR_PARTITION while creating.)
+    _raw_metadata(broker, topic, True)
+    assert wait_topic(broker, topic, 1, timeout=15) == {0: 1}
+
+
+def test_produce_to_new_topic_auto_creates(broker):
+    topic = unique_topic("auto-produce")
+    r = produce_all(broker, topic, [{"value": b"first"}], acks="all")
+    assert r[0][:3] == (None, 0, 0)
+    assert consume(broker, topic, 0, 0, 1)[0].value() == b"first"
+
+
+def test_produce_unknown_topic_autocreate_off(broker_noauto):
+    bs = broker_noauto
+    topic = unique_topic("noauto")
+    # Metadata never creates it, even when the client allows auto-creation.
+    assert _raw_metadata(bs, topic, True)["error"] == UNKNOWN_TOPIC_OR_PARTITION
+    time.sleep(1.0)
+    assert _raw_metadata(bs, topic, True)["error"] == UNKNOWN_TOPIC_OR_PARTITION
+    # A raw Produce is refused per partition.
+    with kwire.Conn(bs) as c:
+        _, body = c.request(kwire.PRODUCE, 8, kwire.produce_body(topic, 0, kwire.record_batch([(b"k", b"v")])))
+    assert kwire.parse_produce_v8(body)[(topic, 0)]["error"] == UNKNOWN_TOPIC_OR_PARTITION
+    # And the client's delivery fails with "unknown topic".
+    reports = produce_all(bs, topic, [{"value": b"x"}], acks="all",
+                          **{"topic.metadata.propagation.max.ms": 1000, "message.timeout.ms": 10000})
+    err = reports[0][0]
+    assert err is not None and err.code() in (KafkaError._UNKNOWN_TOPIC, KafkaError.UNKNOWN_TOPIC_OR_PART), err
+    assert topic_partitions(bs, topic) is None
+
+
+# ---------------------------------------------------------------------------
+# Idempotent producer
+# ---------------------------------------------------------------------------
+
+
+def test_idempotent_producer_10k(broker):
+    topic = unique_topic("idem")
+    create_topic(broker, topic)
+    n = 10_000
+    sent = [{"key": str(i % 17).encode(), "value": f"idem-{i:05d}".encode()} for i in range(n)]
+    reports = produce_all(broker, topic, sent, timeout=60,
+                          **{"enable.idempotence": True, "acks": "all", "linger.ms": 5,
+                             "max.in.flight.requests.per.connection": 5, "batch.num.messages": 500})
+    assert all(r[0] is None for r in reports), [r[0] for r in reports if r[0]][:5]
+    assert [r[2] for r in reports] == list(range(n))
+    got = consume(broker, topic, 0, 0, n, timeout=60)
+    values = [m.value() for m in got]
+    assert values == [s["value"] for s in sent]
+    assert len(set(values)) == n
+    assert watermarks(broker, topic) == (0, n)
+
+
+# ---------------------------------------------------------------------------
+# Retention
+# ---------------------------------------------------------------------------
+
+
+def test_retention_advances_log_start(broker):
+    """Records older than retention.ms are deleted: the earliest offset moves past them."""
+    topic = unique_topic("ret")
+    config = {"retention.ms": "10000"}
+    if broker.is_kafka:
+        # Kafka only deletes whole, non-active segments: roll segments quickly.
+        config.update({"segment.ms": "1000"})
+    create_topic(broker, topic, config=config)
+    now = int(time.time() * 1000)
+    old = [{"value": f"old-{i}".encode(), "timestamp": now - 3_600_000 + i} for i in range(100)]
+    produce_all(broker, topic, old, acks="all")
+    # The old batch is past retention by record timestamp right away, and by append
+    # time ~10 s from now; the new batch stays within retention for >= 10 s.
+    time.sleep(3.0)
+    new = [{"value": f"new-{i}".encode()} for i in range(10)]
+    reports = produce_all(broker, topic, new, acks="all")
+    assert [r[2] for r in reports] == list(range(100, 110))
+
+    deadline = time.monotonic() + 60
+    lo, hi = watermarks(broker, topic)
+    while lo == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        lo, hi = watermarks(broker, topic)
+    assert lo > 0, "log start offset never advanced"
+    assert lo <= 100, f"log start offset {lo} is past the records that had not expired"
+    assert hi == 110
+    # Everything from the new log start is still readable, and offsets are unchanged.
+    got = consume(broker, topic, 0, OFFSET_BEGINNING, hi - lo)
+    assert [m.offset() for m in got] == list(range(lo, hi))
+    assert [m.value() for m in got][-10:] == [m["value"] for m in new]
+
+
+# ---------------------------------------------------------------------------
+# kafka-python
+# ---------------------------------------------------------------------------
+
+
+def test_kafka_python_roundtrip(broker):
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition as KTP
+
+    topic = unique_topic("kp")
+    create_topic(broker, topic)
+    t0 = _recent_ts()
+    p = KafkaProducer(bootstrap_servers=broker, acks="all", linger_ms=5, request_timeout_ms=15000)
+    try:
+        futs = [p.send(topic, key=f"k{i}".encode(), value=f"v{i}".encode(),
+                       headers=[("i", str(i).encode())], timestamp_ms=t0 + i) for i in range(20)]
+        p.flush(30)
+        metas = [f.get(timeout=30) for f in futs]
+    finally:
+        p.close(10)
+    assert [m.offset for m in metas] == list(range(20))
+    assert {m.partition for m in metas} == {0}
+
+    c = KafkaConsumer(bootstrap_servers=broker, group_id=None, enable_auto_commit=False,
+                      request_timeout_ms=15000, fetch_max_wait_ms=100)
+    try:
+        tp = KTP(topic, 0)
+        c.assign([tp])
+        c.seek(tp, 0)
+        recs = []
+        deadline = time.monotonic() + 30
+        while len(recs) < 20 and time.monotonic() < deadline:
+            for batch in c.poll(timeout_ms=500).values():
+                recs.extend(batch)
+    finally:
+        c.close()
+    assert [(r.offset, r.key, r.value, list(r.headers), r.timestamp) for r in recs] == [
+        (i, f"k{i}".encode(), f"v{i}".encode(), [("i", str(i).encode())], t0 + i) for i in range(20)
+    ]
+
+
+def test_kafka_python_admin(broker):
+    from kafka.admin import KafkaAdminClient, NewTopic as KNewTopic
+    from kafka.errors import InvalidTopicError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
+
+    a = KafkaAdminClient(bootstrap_servers=broker, request_timeout_ms=15000)
+    try:
+        topic = unique_topic("kpa")
+        a.create_topics([KNewTopic(topic, 2, 1)])
+        wait_topic(broker, topic, 2)
+        with pytest.raises(TopicAlreadyExistsError):
+            a.create_topics([KNewTopic(topic, 2, 1)])
+        with pytest.raises(InvalidTopicError):
+            a.create_topics([KNewTopic("bad topic!", 1, 1)])
+        a.delete_topics([topic])
+        wait_topic_absent(broker, topic)
+        with pytest.raises(UnknownTopicOrPartitionError):
+            a.delete_topics([topic])
+    finally:
+        a.close()

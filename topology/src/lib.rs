@@ -1,0 +1,416 @@
+//! Chronik's configuration model.
+//!
+//! A broker is described by one TOML file ([`BrokerConfig`]). Parsing is
+//! strict: unknown keys are errors, so a typo never silently falls back to a
+//! default. Every error names the file, the key and what is wrong.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Default Kafka listener when a broker is started without a config file.
+pub const DEFAULT_KAFKA_ADDR: &str = "127.0.0.1:9092";
+/// The admin (HTTP) port defaults to the Kafka port plus this offset.
+pub const ADMIN_PORT_OFFSET: u16 = 4000;
+
+/// How an acknowledged write is made durable on one broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Every acknowledged write is fsynced (group commit) before the ack.
+    #[default]
+    Fsync,
+    /// Writes reach the OS (survive a process crash) but are not fsynced;
+    /// meant for clusters where replication provides durability.
+    Replicated,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Fsync => "fsync",
+            Durability::Replicated => "replicated",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listeners {
+    /// Address the Kafka protocol listener binds to.
+    pub kafka: SocketAddr,
+    /// Address advertised to clients in Metadata; defaults to `kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_kafka: Option<String>,
+    /// HTTP admin listener (/metrics, /health/*); defaults to Kafka port + 4000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin: Option<SocketAddr>,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            kafka: DEFAULT_KAFKA_ADDR.parse().expect("valid default address"),
+            advertised_kafka: None,
+            admin: None,
+        }
+    }
+}
+
+impl Listeners {
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.unwrap_or_else(|| {
+            let mut a = self.kafka;
+            a.set_port(self.kafka.port().wrapping_add(ADMIN_PORT_OFFSET));
+            a
+        })
+    }
+
+    /// (host, port) that clients are told to connect to.
+    pub fn advertised(&self) -> (String, u16) {
+        match &self.advertised_kafka {
+            Some(s) => match s.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().unwrap_or(self.kafka.port())),
+                None => (s.clone(), self.kafka.port()),
+            },
+            None => (self.kafka.ip().to_string(), self.kafka.port()),
+        }
+    }
+}
+
+/// Cluster-wide defaults for topics, mirroring Kafka's broker-level
+/// `num.partitions`, `log.retention.*` and `auto.create.topics.enable`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TopicDefaults {
+    pub auto_create: bool,
+    pub default_partitions: u32,
+    pub retention_ms: i64,
+    pub retention_bytes: i64,
+    pub max_message_bytes: i32,
+    pub retention_check_interval_ms: u64,
+}
+
+impl Default for TopicDefaults {
+    fn default() -> Self {
+        TopicDefaults {
+            auto_create: true,
+            default_partitions: 1,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_bytes: -1,
+            max_message_bytes: 1_048_588,
+            retention_check_interval_ms: 300_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request frame accepted (Kafka's `socket.request.max.bytes`).
+    pub socket_request_max_bytes: u32,
+    /// Requests one connection may have in flight before we stop reading it.
+    pub max_in_flight_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            socket_request_max_bytes: 100 * 1024 * 1024,
+            max_in_flight_per_connection: 32,
+        }
+    }
+}
+
+/// One broker's configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub durability: Durability,
+    #[serde(default)]
+    pub listeners: Listeners,
+    #[serde(default)]
+    pub topics: TopicDefaults,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_region() -> String {
+    "local".to_string()
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./chronik-data")
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            region: default_region(),
+            data_dir: default_data_dir(),
+            durability: Durability::default(),
+            listeners: Listeners::default(),
+            topics: TopicDefaults::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// A configuration problem, located by file and key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: {message}")]
+    Parse { file: PathBuf, message: String },
+    #[error("{file}: key `{key}`: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl BrokerConfig {
+    /// Reads, parses and validates a broker config file.
+    pub fn load(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates config text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let cfg: BrokerConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: describe_toml_error(&e),
+        })?;
+        cfg.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense. Returns (key, problem).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: &str, m: String| Err((k.to_string(), m));
+        if self.node_id < 0 {
+            return bad("node_id", format!("must be >= 0, got {}", self.node_id));
+        }
+        if !valid_region_name(&self.region) {
+            return bad(
+                "region",
+                format!(
+                    "`{}` is not a valid region name (use 1-63 of [a-z0-9-], starting with a letter)",
+                    self.region
+                ),
+            );
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir", "must not be empty".into());
+        }
+        let admin = self.listeners.admin_addr();
+        if admin == self.listeners.kafka {
+            return bad(
+                "listeners.admin",
+                format!("{admin} is the same address as listeners.kafka"),
+            );
+        }
+        if let Some(adv) = &self.listeners.advertised_kafka {
+            match adv.rsplit_once(':') {
+                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
+                _ => {
+                    return bad(
+                        "listeners.advertised_kafka",
+                        format!("`{adv}` must be host:port"),
+                    )
+                }
+            }
+        }
+        let t = &self.topics;
+        if t.default_partitions == 0 {
+            return bad("topics.default_partitions", "must be at least 1".into());
+        }
+        if t.retention_ms < -1 {
+            return bad(
+                "topics.retention_ms",
+                "must be -1 (infinite) or >= 0".into(),
+            );
+        }
+        if t.retention_bytes < -1 {
+            return bad(
+                "topics.retention_bytes",
+                "must be -1 (infinite) or >= 0".into(),
+            );
+        }
+        if t.max_message_bytes <= 0 {
+            return bad("topics.max_message_bytes", "must be positive".into());
+        }
+        if t.retention_check_interval_ms == 0 {
+            return bad(
+                "topics.retention_check_interval_ms",
+                "must be positive".into(),
+            );
+        }
+        let l = &self.limits;
+        if l.socket_request_max_bytes < 1024 {
+            return bad(
+                "limits.socket_request_max_bytes",
+                format!("{} is too small (minimum 1024)", l.socket_request_max_bytes),
+            );
+        }
+        if l.max_in_flight_per_connection == 0 {
+            return bad(
+                "limits.max_in_flight_per_connection",
+                "must be at least 1".into(),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serializes")
+    }
+}
+
+/// Region names end up in metric labels, file names and certificates, so
+/// they are kept to DNS-label characters.
+pub fn valid_region_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn describe_toml_error(e: &toml::de::Error) -> String {
+    // toml's message already names the offending key and line; keep it on one line.
+    e.to_string()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<BrokerConfig, ConfigError> {
+        BrokerConfig::parse(s, Path::new("/etc/chronik/broker.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse("node_id = 3\n").unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.durability, Durability::Fsync);
+        assert_eq!(c.listeners.kafka.port(), 9092);
+        assert_eq!(c.listeners.admin_addr().port(), 13092);
+        assert_eq!(c.limits.socket_request_max_bytes, 100 * 1024 * 1024);
+    }
+
+    #[test]
+    fn full_config_round_trips() {
+        let text = r#"
+node_id = 7
+region = "eu-west"
+data_dir = "/var/lib/chronik"
+durability = "replicated"
+[listeners]
+kafka = "127.0.0.2:9093"
+admin = "127.0.0.2:14000"
+advertised_kafka = "broker7.example:9093"
+[topics]
+auto_create = false
+default_partitions = 6
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.durability, Durability::Replicated);
+        assert_eq!(c.listeners.advertised(), ("broker7.example".into(), 9093));
+        assert!(!c.topics.auto_create);
+        let again = parse(&c.to_toml()).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let err = parse("node_id = 1\n[listeners]\nkafak = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/etc/chronik/broker.toml"), "{err}");
+        assert!(err.contains("kafak"), "{err}");
+    }
+
+    #[test]
+    fn bad_durability_is_rejected() {
+        let err = parse("node_id = 1\ndurability = \"sometimes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("durability") || err.contains("sometimes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn invalid_values_name_their_key() {
+        let cases = [
+            ("node_id = -1\n", "node_id"),
+            ("node_id = 1\nregion = \"US East\"\n", "region"),
+            ("node_id = 1\n[topics]\ndefault_partitions = 0\n", "topics.default_partitions"),
+            ("node_id = 1\n[topics]\nretention_ms = -5\n", "topics.retention_ms"),
+            (
+                "node_id = 1\n[listeners]\nkafka = \"127.0.0.1:9092\"\nadmin = \"127.0.0.1:9092\"\n",
+                "listeners.admin",
+            ),
+            (
+                "node_id = 1\n[limits]\nsocket_request_max_bytes = 10\n",
+                "limits.socket_request_max_bytes",
+            ),
+        ];
+        for (text, key) in cases {
+            match parse(text) {
+                Err(ConfigError::Invalid { key: k, file, .. }) => {
+                    assert_eq!(k, key, "for {text:?}");
+                    assert_eq!(file, Path::new("/etc/chronik/broker.toml"));
+                }
+                other => panic!("{text:?}: expected invalid {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn missing_file_is_an_io_error() {
+        let err = BrokerConfig::load(Path::new("/nonexistent/chronik.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }));
+        assert!(err.to_string().contains("/nonexistent/chronik.toml"));
+    }
+
+    #[test]
+    fn region_names() {
+        assert!(valid_region_name("us-east"));
+        assert!(valid_region_name("eu-west-1"));
+        assert!(!valid_region_name(""));
+        assert!(!valid_region_name("1abc"));
+        assert!(!valid_region_name("Us"));
+    }
+}

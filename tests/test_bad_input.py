@@ -12,6 +12,7 @@ import struct
 
 import pytest
 
+import harness
 import kwire
 from kwire import Conn, i16, i32, request_header, string
 from kclient import create_topic, topic_partitions, unique_topic
@@ -263,7 +264,9 @@ def test_produce_acks0_success_sends_no_response(broker, topic):
         # The next response on the connection answers the *next* request.
         corr, body = c.request(kwire.API_VERSIONS, 0, b"")
         assert corr == 2 and kwire.parse_api_versions_v0(body)[0] == 0
-        assert latest_offset(c, topic) == 1
+        # Visible once durable: immediately on Kafka (page cache), after the
+        # group commit's fsync on Chronik.
+        harness.wait_until(lambda: latest_offset(c, topic) == 1, timeout=5, what="acks=0 record visible")
 
 
 def _fix_crc(b: bytearray) -> bytes:

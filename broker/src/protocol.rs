@@ -3,7 +3,7 @@
 //! versions we accept, and what happens when a client steps outside them, is
 //! decided here.
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader,
@@ -127,13 +127,8 @@ pub fn parse(mut frame: Bytes) -> Result<Parsed, ProtocolError> {
     let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
         .map_err(malformed)?;
     let body = RequestKind::decode(key, &mut frame, version).map_err(malformed)?;
-    if frame.has_remaining() {
-        return Err(ProtocolError::Malformed {
-            key,
-            version,
-            detail: format!("{} trailing bytes", frame.remaining()),
-        });
-    }
+    // Trailing bytes are ignored, as Kafka does: librdkafka, for one, sends
+    // Metadata v12 with a field that version no longer has.
     Ok(Parsed::Request(Box::new(Request {
         header,
         api_key: key,
@@ -152,13 +147,17 @@ pub fn encode_response<M: Encodable>(
     let mut buf = BytesMut::with_capacity(256);
     buf.put_i32(0);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
-    // Encoding only fails for values that do not fit the version's schema,
-    // which would be a bug in a handler; the tests exercise every handler.
-    header
+    // Encoding fails only when a handler set a field the negotiated version
+    // does not have: a bug. Rather than panic, log it and return nothing,
+    // which closes the connection so the client reconnects and retries.
+    let encoded = header
         .encode(&mut buf, key.response_header_version(version))
-        .expect("response header encodes");
-    body.encode(&mut buf, version)
-        .expect("response body encodes");
+        .and_then(|_| body.encode(&mut buf, version));
+    if let Err(e) = encoded {
+        tracing::error!(api = ?key, version, error = %e, "could not encode response; closing connection");
+        metrics::counter!("chronik_response_encode_errors_total").increment(1);
+        return Bytes::new();
+    }
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     buf.freeze()

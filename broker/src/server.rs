@@ -244,7 +244,9 @@ async fn serve_connection(
     let writer = tokio::spawn(async move {
         while let Some(h) = rx.recv().await {
             let Ok(bytes) = h.await else { return };
-            if wr.write_all(&bytes).await.is_err() {
+            // An empty response means the handler could not answer; closing
+            // is the only honest signal left.
+            if bytes.is_empty() || wr.write_all(&bytes).await.is_err() {
                 return;
             }
         }

@@ -142,6 +142,16 @@ pub async fn create_topics(
             ),
         }
     }
+    // Fields newer than the negotiated version must stay at their defaults.
+    for r in &mut results {
+        if version < 7 {
+            r.topic_id = uuid::Uuid::nil();
+        }
+        if version < 5 {
+            r.num_partitions = -1;
+            r.replication_factor = -1;
+        }
+    }
     CreateTopicsResponse::default().with_topics(results)
 }
 
@@ -184,6 +194,14 @@ pub async fn delete_topics(
                 r.with_error_code(e.kafka_code())
                     .with_error_message(Some(s(e.to_string()))),
             ),
+        }
+    }
+    for r in &mut out {
+        if version < 6 {
+            r.topic_id = uuid::Uuid::nil();
+        }
+        if version < 5 {
+            r.error_message = None;
         }
     }
     DeleteTopicsResponse::default().with_responses(out)

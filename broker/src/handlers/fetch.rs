@@ -24,6 +24,10 @@ use crate::server::BrokerCtx;
 
 /// Topic ids replace names in Fetch from this version on.
 const FETCH_TOPIC_ID_VERSION: i16 = 13;
+/// Fetch responses carry the log start offset from v5.
+const FETCH_LOG_START_VERSION: i16 = 5;
+/// ListOffsets responses carry the leader epoch from v4.
+const LIST_OFFSETS_EPOCH_VERSION: i16 = 4;
 /// Upper bound on a long-poll, whatever the client asks for.
 const MAX_WAIT_CAP_MS: i32 = 60_000;
 
@@ -118,7 +122,7 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
                 l.register_waiter(&wake);
             }
         }
-        let (total, any_error) = read_all(&mut slots, max_bytes);
+        let (total, any_error) = read_all(&mut slots, max_bytes, version);
         let now = tokio::time::Instant::now();
         if total >= min_bytes || any_error || now >= deadline {
             break;
@@ -128,7 +132,7 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
             .is_err()
         {
             // One last read so data that arrived with the deadline is not missed.
-            read_all(&mut slots, max_bytes);
+            read_all(&mut slots, max_bytes, version);
             break;
         }
     }
@@ -143,7 +147,8 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
 /// has an error to report). Kafka returns the first batch even if it is
 /// larger than the limits, but only for the first partition that has data,
 /// so that one oversized batch cannot stall a consumer.
-fn read_all(slots: &mut [Slot], max_bytes: usize) -> (usize, bool) {
+fn read_all(slots: &mut [Slot], max_bytes: usize, version: i16) -> (usize, bool) {
+    let with_start = version >= FETCH_LOG_START_VERSION;
     let mut total = 0usize;
     let mut any_error = false;
     for s in slots.iter_mut() {
@@ -165,7 +170,7 @@ fn read_all(slots: &mut [Slot], max_bytes: usize) -> (usize, bool) {
                 total += r.records.len();
                 s.data.high_watermark = r.high_watermark;
                 s.data.last_stable_offset = r.high_watermark;
-                s.data.log_start_offset = r.log_start_offset;
+                s.data.log_start_offset = if with_start { r.log_start_offset } else { -1 };
                 s.data.aborted_transactions = Some(vec![]);
                 s.data.records = Some(r.records);
             }
@@ -174,7 +179,11 @@ fn read_all(slots: &mut [Slot], max_bytes: usize) -> (usize, bool) {
                 s.data.error_code = e.kafka_code();
                 s.data.high_watermark = log.high_watermark();
                 s.data.last_stable_offset = log.high_watermark();
-                s.data.log_start_offset = log.log_start_offset();
+                s.data.log_start_offset = if with_start {
+                    log.log_start_offset()
+                } else {
+                    -1
+                };
                 s.data.records = None;
             }
         }
@@ -239,6 +248,11 @@ fn list_offset(
         MAX_TIMESTAMP if version >= 7 => log.max_timestamp_offset(),
         t if t >= 0 => log.offset_for_timestamp(t),
         _ => return resp.with_error_code(E::UnsupportedVersion.code()),
+    };
+    let epoch = if version >= LIST_OFFSETS_EPOCH_VERSION {
+        epoch
+    } else {
+        -1
     };
     match found {
         Ok(Some((offset, timestamp))) => resp

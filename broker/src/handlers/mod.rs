@@ -267,6 +267,18 @@ async fn handle_metadata(ctx: &BrokerCtx, version: i16, req: MetadataRequest) ->
             out
         }
     };
+    let mut topics = topics;
+    // Fields newer than the negotiated version must stay at their defaults.
+    for t in &mut topics {
+        if version < 10 {
+            t.topic_id = uuid::Uuid::nil();
+        }
+        if version < 7 {
+            for p in &mut t.partitions {
+                p.leader_epoch = -1;
+            }
+        }
+    }
     MetadataResponse::default()
         .with_brokers(vec![MetadataResponseBroker::default()
             .with_node_id(BrokerId(id))

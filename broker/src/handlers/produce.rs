@@ -27,15 +27,27 @@ enum Outcome {
         oneshot::Receiver<Result<(), StoreError>>,
     ),
 }
+/// Error messages exist in the response from v8.
+const ERROR_MESSAGE_VERSION: i16 = 8;
+/// The log start offset exists in the response from v5.
+const LOG_START_VERSION: i16 = 5;
 
-fn partition_error(index: i32, code: i16, message: Option<String>) -> PartitionProduceResponse {
-    PartitionProduceResponse::default()
+fn partition_error(
+    version: i16,
+    index: i32,
+    code: i16,
+    message: Option<String>,
+) -> PartitionProduceResponse {
+    let r = PartitionProduceResponse::default()
         .with_index(index)
         .with_error_code(code)
         .with_base_offset(-1)
-        .with_log_append_time_ms(-1)
-        .with_log_start_offset(-1)
-        .with_error_message(message.map(StrBytes::from_string))
+        .with_log_append_time_ms(-1);
+    if version >= ERROR_MESSAGE_VERSION {
+        r.with_error_message(message.map(StrBytes::from_string))
+    } else {
+        r
+    }
 }
 
 pub fn handle(
@@ -55,6 +67,7 @@ pub fn handle(
             let idx = pd.index;
             if !matches!(acks, -1..=1) {
                 outcomes.push(Outcome::Done(partition_error(
+                    version,
                     idx,
                     E::InvalidRequiredAcks.code(),
                     None,
@@ -66,6 +79,7 @@ pub fn handle(
                 .and_then(|t| t.partition(idx).map(|p| (t, p)))
             else {
                 outcomes.push(Outcome::Done(partition_error(
+                    version,
                     idx,
                     E::UnknownTopicOrPartition.code(),
                     None,
@@ -74,6 +88,7 @@ pub fn handle(
             };
             let Some(records) = pd.records else {
                 outcomes.push(Outcome::Done(partition_error(
+                    version,
                     idx,
                     E::InvalidRecord.code(),
                     Some("no records".into()),
@@ -82,11 +97,15 @@ pub fn handle(
             };
             let append_time = if t.effective.log_append_time { now } else { -1 };
             let ok = |base: i64| {
-                PartitionProduceResponse::default()
+                let r = PartitionProduceResponse::default()
                     .with_index(idx)
                     .with_base_offset(base)
-                    .with_log_append_time_ms(append_time)
-                    .with_log_start_offset(log.log_start_offset())
+                    .with_log_append_time_ms(append_time);
+                if version >= LOG_START_VERSION {
+                    r.with_log_start_offset(log.log_start_offset())
+                } else {
+                    r
+                }
             };
             match log.append(&records, &t.effective, now) {
                 Ok(Appended::Pending { base_offset, done }) => {
@@ -101,7 +120,7 @@ pub fn handle(
                         .with_leader_id(BrokerId(ctx.config.node_id))
                         .with_leader_epoch(log.leader_epoch());
                     outcomes.push(Outcome::Done(
-                        partition_error(idx, e.kafka_code(), Some(e.to_string()))
+                        partition_error(version, idx, e.kafka_code(), Some(e.to_string()))
                             .with_current_leader(leader),
                     ));
                 }
@@ -135,14 +154,17 @@ pub fn handle(
                     Outcome::Waiting(r, done) => match tokio::time::timeout(timeout, done).await {
                         Ok(Ok(Ok(()))) => r,
                         Ok(Ok(Err(e))) => {
-                            partition_error(r.index, e.kafka_code(), Some(e.to_string()))
+                            partition_error(version, r.index, e.kafka_code(), Some(e.to_string()))
                         }
                         Ok(Err(_)) => partition_error(
+                            version,
                             r.index,
                             E::KafkaStorageError.code(),
                             Some("write was dropped".into()),
                         ),
-                        Err(_) => partition_error(r.index, E::RequestTimedOut.code(), None),
+                        Err(_) => {
+                            partition_error(version, r.index, E::RequestTimedOut.code(), None)
+                        }
                     },
                 });
             }

@@ -283,11 +283,13 @@ impl PartitionLog {
         st.size_bytes += stamped.len() as u64;
         self.log_end.store(last + 1, Ordering::Release);
         let (tx, rx) = oneshot::channel();
-        let me = self.clone();
+        // Weak: the writer thread must never hold the last reference to a
+        // log (and so to the store), or dropping it there would deadlock.
+        let me = Arc::downgrade(self);
         self.store.submit(
             wb,
             Box::new(move |r| {
-                if r.is_ok() {
+                if let (Ok(()), Some(me)) = (&r, me.upgrade()) {
                     me.advance_high_watermark(last + 1);
                 }
                 let _ = tx.send(r);

@@ -68,7 +68,11 @@ impl Drop for Store {
         // releases its handle on the DB so the directory can be reopened.
         self.tx.take();
         if let Some(w) = self.writer.take() {
-            let _ = w.join();
+            // Never join from the writer thread itself (it would deadlock);
+            // there the thread ends on its own once the queue is closed.
+            if w.thread().id() != std::thread::current().id() {
+                let _ = w.join();
+            }
         }
     }
 }

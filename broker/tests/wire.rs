@@ -63,7 +63,8 @@ impl Conn {
             .with_client_id(Some(StrBytes::from_static_str("wire-test")))
             .encode(&mut body, key.request_header_version(version))
             .unwrap();
-        req.encode(&mut body, version).unwrap();
+        req.encode(&mut body, version)
+            .unwrap_or_else(|e| panic!("encoding {key:?} v{version}: {e}"));
         let mut frame = BytesMut::new();
         frame.put_i32(body.len() as i32);
         frame.extend_from_slice(&body);
@@ -363,5 +364,215 @@ async fn data_survives_restart() {
         i64::from_be_bytes(pd.records.as_ref().unwrap()[0..8].try_into().unwrap()),
         27
     );
+    b.shutdown().await;
+}
+
+/// Every API at every advertised version, including error paths, must get a
+/// decodable answer: a field set outside its version would otherwise close
+/// the connection.
+#[tokio::test]
+async fn every_advertised_version_answers() {
+    use chronik_broker::protocol::SUPPORTED;
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    let id = create_topic(&mut c, "all-versions", 1).await;
+    let mut n = 0;
+    for &(key, lo, hi) in SUPPORTED {
+        for v in lo..=hi {
+            let fresh = format!("t-{}-{v}", key as i16);
+            match key {
+                ApiKey::Produce => {
+                    for topic in ["all-versions", "missing-topic"] {
+                        let r: ProduceResponse = c
+                            .call(
+                                key,
+                                v,
+                                &produce_req(topic, 0, build::simple(2, 0, None), -1),
+                            )
+                            .await;
+                        assert_eq!(r.responses.len(), 1, "Produce v{v}");
+                    }
+                }
+                ApiKey::Fetch => {
+                    let mut req = fetch_req(id, 0, 0);
+                    if v < 13 {
+                        req.topics[0].topic = topic_name("all-versions");
+                    }
+                    let r: FetchResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.responses[0].partitions[0].error_code, 0, "Fetch v{v}");
+                    req.topics[0].partitions[0].fetch_offset = 1 << 40;
+                    let r: FetchResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        r.responses[0].partitions[0].error_code, 1,
+                        "Fetch v{v} out of range"
+                    );
+                }
+                ApiKey::ListOffsets => {
+                    use list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+                    for ts in [-2, -1, 0] {
+                        let req = ListOffsetsRequest::default()
+                            .with_replica_id(BrokerId(-1))
+                            .with_topics(vec![ListOffsetsTopic::default()
+                                .with_name(topic_name("all-versions"))
+                                .with_partitions(vec![ListOffsetsPartition::default()
+                                    .with_partition_index(0)
+                                    .with_timestamp(ts)])]);
+                        let r: ListOffsetsResponse = c.call(key, v, &req).await;
+                        assert_eq!(
+                            r.topics[0].partitions[0].error_code, 0,
+                            "ListOffsets v{v} ts {ts}"
+                        );
+                    }
+                }
+                ApiKey::Metadata => {
+                    let all = if v == 0 { Some(vec![]) } else { None };
+                    let r: MetadataResponse = c
+                        .call(key, v, &MetadataRequest::default().with_topics(all))
+                        .await;
+                    assert!(!r.topics.is_empty(), "Metadata v{v}");
+                    let named = MetadataRequest::default().with_topics(Some(vec![
+                        MetadataRequestTopic::default().with_name(Some(topic_name(&fresh))),
+                    ]));
+                    let _: MetadataResponse = c.call(key, v, &named).await;
+                }
+                ApiKey::ApiVersions => {
+                    let r: ApiVersionsResponse =
+                        c.call(key, v, &ApiVersionsRequest::default()).await;
+                    assert_eq!(r.error_code, 0);
+                }
+                ApiKey::CreateTopics => {
+                    let t = create_topics_request::CreatableTopic::default()
+                        .with_name(topic_name(&fresh))
+                        .with_num_partitions(1)
+                        .with_replication_factor(1);
+                    let bad = t.clone().with_name(topic_name("bad name"));
+                    let r: CreateTopicsResponse = c
+                        .call(
+                            key,
+                            v,
+                            &CreateTopicsRequest::default().with_topics(vec![t, bad]),
+                        )
+                        .await;
+                    assert_eq!(
+                        (r.topics[0].error_code, r.topics[1].error_code),
+                        (0, 17),
+                        "CreateTopics v{v}"
+                    );
+                }
+                ApiKey::DeleteTopics => {
+                    create_topic(&mut c, &fresh, 1).await;
+                    let req = if v >= 6 {
+                        DeleteTopicsRequest::default().with_topics(vec![
+                            delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(topic_name(&fresh))),
+                            delete_topics_request::DeleteTopicState::default()
+                                .with_name(Some(topic_name("never-was"))),
+                        ])
+                    } else {
+                        DeleteTopicsRequest::default()
+                            .with_topic_names(vec![topic_name(&fresh), topic_name("never-was")])
+                    };
+                    let r: DeleteTopicsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        (r.responses[0].error_code, r.responses[1].error_code),
+                        (0, 3),
+                        "DeleteTopics v{v}"
+                    );
+                }
+                ApiKey::InitProducerId => {
+                    let idempotent = InitProducerIdRequest::default().with_transactional_id(None);
+                    let r: InitProducerIdResponse = c.call(key, v, &idempotent).await;
+                    assert_eq!(r.error_code, 0);
+                    let r2: InitProducerIdResponse = c.call(key, v, &idempotent).await;
+                    assert!(
+                        r2.producer_id.0 > r.producer_id.0,
+                        "fresh producer id each time"
+                    );
+                    let txn = InitProducerIdRequest::default().with_transactional_id(Some(
+                        TransactionalId(StrBytes::from_static_str("txn")),
+                    ));
+                    let r: InitProducerIdResponse = c.call(key, v, &txn).await;
+                    assert_eq!(r.error_code, 53, "transactions are refused");
+                }
+                ApiKey::DescribeConfigs => {
+                    use describe_configs_request::DescribeConfigsResource;
+                    let req = DescribeConfigsRequest::default()
+                        .with_include_documentation(v >= 3)
+                        .with_resources(vec![
+                            DescribeConfigsResource::default()
+                                .with_configuration_keys(None)
+                                .with_resource_type(2)
+                                .with_resource_name(StrBytes::from_static_str("all-versions")),
+                            DescribeConfigsResource::default()
+                                .with_configuration_keys(None)
+                                .with_resource_type(2)
+                                .with_resource_name(StrBytes::from_static_str("never-was")),
+                            DescribeConfigsResource::default()
+                                .with_configuration_keys(None)
+                                .with_resource_type(4)
+                                .with_resource_name(StrBytes::from_static_str("1")),
+                        ]);
+                    let r: DescribeConfigsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        r.results.iter().map(|x| x.error_code).collect::<Vec<_>>(),
+                        vec![0, 3, 0],
+                        "DescribeConfigs v{v}"
+                    );
+                    assert!(r.results[0]
+                        .configs
+                        .iter()
+                        .any(|e| e.name.as_str() == "retention.ms"));
+                }
+                ApiKey::CreatePartitions => {
+                    create_topic(&mut c, &fresh, 1).await;
+                    let req = CreatePartitionsRequest::default().with_topics(vec![
+                        create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(topic_name(&fresh))
+                            .with_count(2),
+                        create_partitions_request::CreatePartitionsTopic::default()
+                            .with_name(topic_name(&fresh))
+                            .with_count(1),
+                    ]);
+                    let r: CreatePartitionsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        (r.results[0].error_code, r.results[1].error_code),
+                        (0, 37),
+                        "CreatePartitions v{v}"
+                    );
+                }
+                ApiKey::IncrementalAlterConfigs => {
+                    use incremental_alter_configs_request::{
+                        AlterConfigsResource, AlterableConfig,
+                    };
+                    let set = |name: &'static str, value: &'static str| {
+                        AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("all-versions"))
+                            .with_configs(vec![AlterableConfig::default()
+                                .with_name(StrBytes::from_static_str(name))
+                                .with_value(Some(StrBytes::from_static_str(value)))])
+                    };
+                    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+                        set("retention.ms", "86400000"),
+                        set("cleanup.policy", "compact"),
+                    ]);
+                    let r: IncrementalAlterConfigsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        (r.responses[0].error_code, r.responses[1].error_code),
+                        (0, 40),
+                        "IncrementalAlterConfigs v{v}"
+                    );
+                }
+                ApiKey::DescribeCluster => {
+                    let r: DescribeClusterResponse =
+                        c.call(key, v, &DescribeClusterRequest::default()).await;
+                    assert_eq!(r.brokers.len(), 1);
+                }
+                other => panic!("no case for {other:?}: add one"),
+            }
+            n += 1;
+        }
+    }
+    assert!(n > 60, "covered {n} api/version pairs");
     b.shutdown().await;
 }

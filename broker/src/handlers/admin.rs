@@ -213,11 +213,13 @@ pub async fn create_partitions(
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
     for t in req.topics {
-        let assignments: Option<Vec<Vec<i32>>> = t.assignments.as_ref().map(|a| {
-            a.iter()
-                .map(|x| x.broker_ids.iter().map(|b| b.0).collect())
-                .collect()
-        });
+        // An empty list means the same as none: let the broker place them.
+        let assignments: Option<Vec<Vec<i32>>> =
+            t.assignments.as_ref().filter(|a| !a.is_empty()).map(|a| {
+                a.iter()
+                    .map(|x| x.broker_ids.iter().map(|b| b.0).collect())
+                    .collect()
+            });
         let r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
         match ctx
             .catalog

@@ -330,6 +330,12 @@ mod tests {
     use super::build::*;
     use super::*;
 
+    /// Makes a tampered batch checksum-valid again, to test the checks after the CRC.
+    fn fix_crc(b: &mut [u8]) {
+        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    }
+
     #[test]
     fn valid_batch_parses() {
         let b = batch(
@@ -403,8 +409,7 @@ mod tests {
     fn count_mismatch_is_rejected_even_with_good_crc() {
         let mut b = simple(3, 0, None);
         b[57..61].copy_from_slice(&4i32.to_be_bytes());
-        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
-        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        fix_crc(&mut b);
         assert!(matches!(
             validate_produce_batch(&b),
             Err(BatchError::Invalid(_))
@@ -416,8 +421,7 @@ mod tests {
         let mut b = simple(2, 0, None);
         // Claim an enormous first record length.
         b[HEADER_LEN] = 0xfe;
-        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
-        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        fix_crc(&mut b);
         assert!(matches!(
             validate_produce_batch(&b),
             Err(BatchError::Invalid(_))
@@ -428,8 +432,7 @@ mod tests {
     fn control_batches_from_clients_are_rejected() {
         let mut b = simple(1, 0, None);
         b[22] |= CONTROL_BIT as u8;
-        let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
-        b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+        fix_crc(&mut b);
         assert!(matches!(
             validate_produce_batch(&b),
             Err(BatchError::Invalid(_))

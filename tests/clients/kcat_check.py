@@ -57,7 +57,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "python"))
 
 import clientgen  # noqa: E402
-from client_check import CODECS, MAX_ERRORS, Errors, reachable, show  # noqa: E402,F401
+from client_check import CODECS, ConfluentDriver, Errors, reachable, show  # noqa: E402
 
 CONSUME_TIMEOUT_S = 120.0
 PRODUCE_TIMEOUT_S = 180.0
@@ -183,33 +183,9 @@ def parse(argv: list[str]) -> Opts:
 
 
 def create_topic(errs: Errors, bootstrap: str, topic: str, partitions: int) -> int:
-    from confluent_kafka import KafkaError, KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    adm = AdminClient({"bootstrap.servers": bootstrap, "client.id": "kcat-check-admin"})
-    fut = adm.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30, request_timeout=60)[topic]
-    try:
-        fut.result(timeout=90)
-    except KafkaException as e:
-        ke = e.args[0]
-        if ke.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            errs.add(f"create topic {topic}: {ke}")
-            return -1
-    deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
-    last = None
-    while True:
-        try:
-            t = adm.list_topics(timeout=10).topics.get(topic)  # all topics: never auto-creates
-            if t is not None and t.error is None and t.partitions and all(
-                    pm.error is None and pm.leader >= 0 for pm in t.partitions.values()):
-                return len(t.partitions)
-            last = t.error if t is not None else "topic not in metadata"
-        except KafkaException as e:
-            last = e
-        if time.monotonic() > deadline:
-            errs.add(f"topic {topic} not ready after {TOPIC_READY_TIMEOUT_S:.0f}s (last error: {last})")
-            return -1
-        time.sleep(0.1)
+    """Create the topic and wait for leaders with the confluent-kafka AdminClient
+    (kcat has no admin commands): the same code as client_check.py --client confluent-kafka."""
+    return ConfluentDriver(bootstrap, client_id_prefix="kcat-check").create_topic(errs, topic, partitions)
 
 
 def tail_text(path: str, n: int = 5) -> str:

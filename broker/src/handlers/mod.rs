@@ -15,7 +15,7 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiVersionsResponse, BrokerId, DescribeClusterResponse, InitProducerIdRequest,
+    ApiKey, ApiVersionsResponse, BrokerId, DescribeClusterResponse, InitProducerIdRequest,
     InitProducerIdResponse, MetadataRequest, MetadataResponse, ProducerId, RequestKind, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
@@ -52,14 +52,13 @@ pub fn now_ms() -> i64 {
 
 fn later<M, F>(
     ctx: &Arc<BrokerCtx>,
-    req: &Request,
+    (cid, key, version): (i32, ApiKey, i16),
     f: impl FnOnce(Arc<BrokerCtx>) -> F + Send + 'static,
 ) -> Reply
 where
     M: Encodable + Send + 'static,
     F: Future<Output = M> + Send + 'static,
 {
-    let (cid, key, version) = (req.header.correlation_id, req.api_key, req.version);
     let ctx = ctx.clone();
     Reply::Later(Box::pin(async move {
         let body = f(ctx).await;
@@ -70,73 +69,57 @@ where
 /// Handles one request. Work that must happen in request order (offset
 /// assignment for produce) is done before this returns.
 pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request) -> Reply {
-    let cid = req.header.correlation_id;
-    let v = req.version;
-    let key = req.api_key;
+    let Request {
+        header,
+        api_key: key,
+        version: v,
+        body,
+    } = req;
+    let cid = header.correlation_id;
+    let id = (cid, key, v);
     metrics::counter!("chronik_requests_total", "api" => format!("{key:?}")).increment(1);
-    match req.body {
+    match body {
         RequestKind::ApiVersions(_) => {
             let body = ApiVersionsResponse::default().with_api_keys(protocol::api_versions_list());
             Reply::Now(encode_response(cid, key, v, &body))
         }
         RequestKind::Produce(p) => produce::handle(ctx, cid, v, p),
-        RequestKind::Fetch(f) => {
-            let ctx = ctx.clone();
-            Reply::Later(Box::pin(async move {
-                encode_response(cid, key, v, &fetch::handle_fetch(ctx, v, f).await)
-            }))
-        }
+        RequestKind::Fetch(f) => later(ctx, id, move |ctx| async move {
+            fetch::handle_fetch(ctx, v, f).await
+        }),
         RequestKind::ListOffsets(r) => Reply::Now(encode_response(
             cid,
             key,
             v,
             &fetch::handle_list_offsets(ctx, v, r),
         )),
-        RequestKind::Metadata(ref m) => {
-            let m = m.clone();
-            later(ctx, &req, move |ctx| async move {
-                handle_metadata(&ctx, v, m).await
-            })
-        }
-        RequestKind::InitProducerId(ref r) => {
-            let r = r.clone();
-            later(ctx, &req, move |ctx| async move {
-                handle_init_producer_id(&ctx, r).await
-            })
-        }
+        RequestKind::Metadata(m) => later(ctx, id, move |ctx| async move {
+            handle_metadata(&ctx, v, m).await
+        }),
+        RequestKind::InitProducerId(r) => later(ctx, id, move |ctx| async move {
+            handle_init_producer_id(&ctx, r).await
+        }),
         RequestKind::DescribeCluster(_) => {
             Reply::Now(encode_response(cid, key, v, &describe_cluster(ctx)))
         }
-        RequestKind::CreateTopics(ref r) => {
-            let r = r.clone();
-            later(ctx, &req, move |ctx| async move {
-                admin::create_topics(&ctx, v, r).await
-            })
-        }
-        RequestKind::DeleteTopics(ref r) => {
-            let r = r.clone();
-            later(ctx, &req, move |ctx| async move {
-                admin::delete_topics(&ctx, v, r).await
-            })
-        }
-        RequestKind::CreatePartitions(ref r) => {
-            let r = r.clone();
-            later(ctx, &req, move |ctx| async move {
-                admin::create_partitions(&ctx, r).await
-            })
-        }
-        RequestKind::DescribeConfigs(ref r) => Reply::Now(encode_response(
+        RequestKind::CreateTopics(r) => later(ctx, id, move |ctx| async move {
+            admin::create_topics(&ctx, v, r).await
+        }),
+        RequestKind::DeleteTopics(r) => later(ctx, id, move |ctx| async move {
+            admin::delete_topics(&ctx, v, r).await
+        }),
+        RequestKind::CreatePartitions(r) => later(ctx, id, move |ctx| async move {
+            admin::create_partitions(&ctx, r).await
+        }),
+        RequestKind::DescribeConfigs(r) => Reply::Now(encode_response(
             cid,
             key,
             v,
-            &admin::describe_configs(ctx, v, r),
+            &admin::describe_configs(ctx, v, &r),
         )),
-        RequestKind::IncrementalAlterConfigs(ref r) => {
-            let r = r.clone();
-            later(ctx, &req, move |ctx| async move {
-                admin::incremental_alter_configs(&ctx, r).await
-            })
-        }
+        RequestKind::IncrementalAlterConfigs(r) => later(ctx, id, move |ctx| async move {
+            admin::incremental_alter_configs(&ctx, r).await
+        }),
         // protocol::parse only lets through the APIs listed in SUPPORTED,
         // each of which has an arm above.
         other => unreachable!(

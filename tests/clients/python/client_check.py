@@ -192,10 +192,11 @@ def verify(errs: Errors, exp: Expected, vseed: int, i: int, k: int, base: int, a
 class ConfluentDriver:
     name = "confluent-kafka"
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, client_id_prefix: str = "client-check-confluent") -> None:
         import confluent_kafka  # noqa: F401
 
         self.bootstrap = bootstrap
+        self.prefix = client_id_prefix
         self.debug = {"debug": "protocol"} if os.environ.get("CLIENT_CHECK_DEBUG") else {}
         v = confluent_kafka.version()
         log(f"confluent-kafka {v[0] if isinstance(v, tuple) else v}, librdkafka {confluent_kafka.libversion()[0]}")
@@ -204,7 +205,7 @@ class ConfluentDriver:
         from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
-        adm = AdminClient({"bootstrap.servers": self.bootstrap, "client.id": "client-check-confluent-admin",
+        adm = AdminClient({"bootstrap.servers": self.bootstrap, "client.id": f"{self.prefix}-admin",
                            **self.debug})
         fut = adm.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30, request_timeout=60)[topic]
         try:
@@ -214,12 +215,14 @@ class ConfluentDriver:
             if ke.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 errs.add(f"create topic {topic}: {ke}")
                 return -1
-        # All-topics metadata: never auto-creates the topic.
+        # Metadata for this topic only (it exists now, so auto-creation is moot). Not the
+        # all-topics form list_topics(): librdkafka >= 2 encodes that Metadata v9+ request
+        # with 3 stray trailing bytes, which Apache Kafka ignores; other brokers may not.
         deadline = time.monotonic() + TOPIC_READY_TIMEOUT_S
         last = None
         while True:
             try:
-                md = adm.list_topics(timeout=10)
+                md = adm.list_topics(topic=topic, timeout=10)
                 t = md.topics.get(topic)
                 if t is not None and t.error is None and t.partitions and all(
                         pm.error is None and pm.leader >= 0 for pm in t.partitions.values()):
@@ -238,7 +241,7 @@ class ConfluentDriver:
 
         prod = Producer({
             "bootstrap.servers": self.bootstrap,
-            "client.id": "client-check-confluent-producer",
+            "client.id": f"{self.prefix}-producer",
             "acks": "all",
             "enable.idempotence": True,
             "compression.type": compression,
@@ -285,7 +288,7 @@ class ConfluentDriver:
 
         c = Consumer({
             "bootstrap.servers": self.bootstrap,
-            "client.id": "client-check-confluent-consumer",
+            "client.id": f"{self.prefix}-consumer",
             # Required by confluent-kafka; never used (no subscribe(), no commits).
             "group.id": "client-check-unused-" + uuid.uuid4().hex[:12],
             "enable.auto.commit": False,

@@ -7,7 +7,8 @@ acks=all, one partition, one producer. Compared at equal durability:
   fsync       Chronik durability=fsync       vs Kafka flush.messages=1
   replicated  Chronik durability=replicated  vs Kafka defaults (page cache)
 
-plus a fixed-rate run at 5,000 msg/s for latency. Prints a Markdown table;
+plus a fixed-rate run at 5,000 msg/s for latency, and a consume pass over
+the produced data with kcat. Prints a Markdown table;
 `--json FILE` also writes the raw figures.
 
     bench/run.py [--records 200000] [--rate-records 50000] [--rounds 1]
@@ -56,6 +57,21 @@ def producer_perf(bootstrap: str, topic: str, records: int, throughput: int) -> 
     }
 
 
+def consume_perf(bootstrap: str, topic: str, records: int) -> dict:
+    """Reads `records` from the start of partition 0 with kcat (librdkafka,
+    manual assignment): Kafka's ConsumerPerformance needs consumer groups,
+    which Chronik does not serve yet."""
+    argv = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-p", "0", "-o", "beginning", "-c", str(records),
+            "-q", "-f", "%o\n", "-X", "fetch.wait.max.ms=100"]
+    t0 = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - t0
+    n = len(out.stdout.splitlines())
+    if out.returncode != 0 or n != records:
+        raise RuntimeError(f"kcat read {n}/{records} (rc {out.returncode}): {out.stderr[-2000:]}")
+    return {"records": n, "seconds": elapsed, "msg_s": n / elapsed, "mb_s": n * 1024 / elapsed / 1e6}
+
+
 def create_topic(bootstrap: str, topic: str) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -77,7 +93,8 @@ def run_target(kind: str, mode: str, work: Path, records: int, rate_records: int
         producer_perf(proc.bootstrap, "bench-max", min(records, 20000), -1)  # warm-up (JIT, caches)
         best = producer_perf(proc.bootstrap, "bench-max", records, -1)
         rate = producer_perf(proc.bootstrap, "bench-rate", rate_records, 5000)
-        return {"max": best, "rate5k": rate}
+        consume = consume_perf(proc.bootstrap, "bench-max", records)
+        return {"max": best, "rate5k": rate, "consume": consume}
     finally:
         proc.stop()
 
@@ -101,14 +118,16 @@ def main() -> int:
             results["modes"][mode] = {k: run_target(k, mode, work, args.records, args.rate_records) for k in order}
 
     print(f"\nmachine: {results['machine']}; started {results['started']}\n")
-    print("| durability | system | msg/s | MB/s | p50 ms | p99 ms | ratio vs Kafka | p50 @5k/s | p99 @5k/s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| durability | system | produce msg/s | MB/s | p50 ms | p99 ms | produce vs Kafka | p50 @5k/s | p99 @5k/s "
+          "| consume msg/s | consume vs Kafka |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for mode, r in results["modes"].items():
         k = r["kafka"]["max"]["msg_s"]
+        kc = r["kafka"]["consume"]["msg_s"]
         for kind in ("kafka", "chronik"):
-            m, s = r[kind]["max"], r[kind]["rate5k"]
+            m, s, c = r[kind]["max"], r[kind]["rate5k"], r[kind]["consume"]
             print(f"| {mode} | {kind} | {m['msg_s']:.0f} | {m['mb_s']:.1f} | {m['p50_ms']} | {m['p99_ms']} | "
-                  f"{m['msg_s'] / k:.2f} | {s['p50_ms']} | {s['p99_ms']} |")
+                  f"{m['msg_s'] / k:.2f} | {s['p50_ms']} | {s['p99_ms']} | {c['msg_s']:.0f} | {c['msg_s'] / kc:.2f} |")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

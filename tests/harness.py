@@ -374,7 +374,7 @@ class ApacheKafka(ManagedProcess):
     def format(self) -> None:
         ensure_kafka_libs()
         props = self._write_config()
-        argv = self._java_argv("kafka.tools.StorageTool", "format", "--standalone", "-t", self.cluster_id,
+        argv = self._java_argv("kafka.tools.StorageTool", "format", "--standalone", f"--cluster-id={self.cluster_id}",
                                "-c", str(props), "--ignore-formatted")
         r = subprocess.run(argv, cwd=str(self.work_dir), capture_output=True, text=True, timeout=120)
         if r.returncode != 0:

@@ -23,6 +23,11 @@ Tests
                         mismatches only: proves the checks can fail.
   test_gen_digest_agrees
                         the generators of all programs produce the same bytes.
+  test_librdkafka_all_topics_metadata
+                        confluent-kafka AdminClient.list_topics() (all topics). librdkafka
+                        >= 2 encodes that Metadata v9+ request with 3 stray trailing bytes
+                        (a 4-byte array-count placeholder left unshrunk); Apache Kafka
+                        ignores trailing bytes. The client checks avoid this call.
 
 The Java jar and the Go binary are built on demand (session fixtures) when missing
 or older than their sources; tests/setup.sh builds them too.
@@ -264,3 +269,26 @@ def test_gen_digest_agrees(java_jar, go_bin):
         digests[name] = r.stdout.strip().splitlines()[-1]
     assert len(set(digests.values())) == 1, f"generators disagree: {digests}"
     assert re.fullmatch(r"[0-9a-f]{64}", digests["java"]), digests
+
+
+def test_librdkafka_all_topics_metadata(broker):
+    """AdminClient.list_topics() without a topic: librdkafka's all-topics Metadata request
+    (v9+: topics = null written as 4 zero bytes, so 3 bytes trail the body) must be answered."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topic = f"cc-alltopics-{uuid.uuid4().hex[:10]}"
+    adm = AdminClient({"bootstrap.servers": str(broker), "client.id": "test-clients-all-topics"})
+    fut = adm.create_topics([NewTopic(topic, 2, 1)], operation_timeout=30)[topic]
+    fut.result(timeout=60)
+    deadline = time.monotonic() + 30
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            md = adm.list_topics(timeout=10)
+            if topic in md.topics and len(md.topics[topic].partitions) == 2:
+                return
+            last = f"topic missing from {sorted(md.topics)[:20]}"
+        except Exception as e:  # noqa: BLE001 - reported below
+            last = repr(e)
+        time.sleep(0.5)
+    pytest.fail(f"list_topics() (all topics) did not list {topic} within 30s: {last}", pytrace=False)

@@ -10,9 +10,10 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use rocksdb::WriteBatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,7 +24,7 @@ use chronik_topology::BrokerConfig;
 
 use crate::catalog::Catalog;
 use crate::framing::FrameDecoder;
-use crate::handlers::{self, Reply};
+use crate::handlers::{self, BoxFuture, Reply};
 use crate::protocol::{self, Parsed};
 use crate::storage::{Store, StoreError, CF_META};
 
@@ -240,14 +241,30 @@ async fn serve_connection(
 ) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
     let in_flight = ctx.config.limits.max_in_flight_per_connection as usize;
-    let (tx, mut rx) = mpsc::channel::<JoinHandle<Bytes>>(in_flight);
+    let (tx, mut rx) = mpsc::channel::<(BoxFuture, &'static str, Instant)>(in_flight);
+    // The writer polls every in-flight request itself, so a completed write
+    // wakes exactly one task, and answers go out in request order.
     let writer = tokio::spawn(async move {
-        while let Some(h) = rx.recv().await {
-            let Ok(bytes) = h.await else { return };
-            // An empty response means the handler could not answer; closing
-            // is the only honest signal left.
-            if bytes.is_empty() || wr.write_all(&bytes).await.is_err() {
-                return;
+        let mut pending = FuturesOrdered::new();
+        let mut closed = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some((bytes, api, received)) = pending.next(), if !pending.is_empty() => {
+                    let (bytes, received): (Bytes, Instant) = (bytes, received);
+                    // An empty response means the handler could not answer;
+                    // closing is the only honest signal left.
+                    if bytes.is_empty() || wr.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    metrics::histogram!("chronik_request_seconds", "api" => api)
+                        .record(received.elapsed().as_secs_f64());
+                }
+                msg = rx.recv(), if !closed && pending.len() < in_flight => match msg {
+                    Some((fut, api, received)) => pending.push_back(async move { (fut.await, api, received) }),
+                    None => closed = true,
+                },
+                else => break,
             }
         }
         let _ = wr.shutdown().await;
@@ -261,23 +278,28 @@ async fn serve_connection(
                 Ok(None) => break,
                 Err(e) => break 'conn Err(e.to_string()),
             };
-            let reply = match protocol::parse(frame) {
-                Ok(Parsed::Request(req)) => handlers::dispatch(&ctx, *req),
-                Ok(Parsed::ApiVersionsFallback { correlation_id }) => {
-                    Reply::Now(protocol::api_versions_fallback(correlation_id))
-                }
+            let received = Instant::now();
+            let (api, reply) = match protocol::parse(frame) {
+                Ok(Parsed::Request(req)) => (
+                    protocol::api_name(req.api_key),
+                    handlers::dispatch(&ctx, *req),
+                ),
+                Ok(Parsed::ApiVersionsFallback { correlation_id }) => (
+                    "ApiVersions",
+                    Reply::Now(protocol::api_versions_fallback(correlation_id)),
+                ),
                 Err(e) => {
                     metrics::counter!("chronik_protocol_errors_total").increment(1);
                     break 'conn Err(e.to_string());
                 }
             };
-            let handle = match reply {
-                Reply::Now(b) => tokio::spawn(async move { b }),
-                Reply::Later(f) => tokio::spawn(f),
+            let handle: BoxFuture = match reply {
+                Reply::Now(b) => Box::pin(async move { b }),
+                Reply::Later(f) => f,
                 Reply::Nothing => continue,
                 Reply::Close(why) => break 'conn Err(why),
             };
-            if tx.send(handle).await.is_err() {
+            if tx.send((handle, api, received)).await.is_err() {
                 break 'conn Err("writer closed".into());
             }
         }

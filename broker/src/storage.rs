@@ -294,9 +294,12 @@ fn writer_loop(
             dones.push(job.done);
         }
         if result.is_ok() && durability == Durability::Fsync {
+            let sync_start = Instant::now();
             if let Err(e) = db.flush_wal(true) {
                 result = Err(e.into());
             }
+            metrics::histogram!("chronik_wal_sync_seconds")
+                .record(sync_start.elapsed().as_secs_f64());
         }
         if let Err(e) = &result {
             if broken.is_none() {

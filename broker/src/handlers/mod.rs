@@ -77,7 +77,7 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request) -> Reply {
     } = req;
     let cid = header.correlation_id;
     let id = (cid, key, v);
-    metrics::counter!("chronik_requests_total", "api" => format!("{key:?}")).increment(1);
+    metrics::counter!("chronik_requests_total", "api" => protocol::api_name(key)).increment(1);
     match body {
         RequestKind::ApiVersions(_) => {
             let body = ApiVersionsResponse::default().with_api_keys(protocol::api_versions_list());

@@ -3,6 +3,7 @@
 #  - kcat (Debian), Python client libraries (PyPI)
 #  - Apache Kafka 4.x jars, the conformance oracle and benchmark peer (Maven Central)
 #  - the Java (kafka-clients) and Go (franz-go) client-check programs
+#  - kafkajs for the Node.js client check (npm, pinned by tests/clients/js/package-lock.json)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
@@ -13,6 +14,8 @@ command -v java >/dev/null 2>&1 || need_apt+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null 2>&1 || need_apt+=(maven)
 command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup-test: installing ${need_apt[*]}"
   $SUDO apt-get update -qq
@@ -32,4 +35,11 @@ if [ ! -f "$here/clients/java/target/client-check.jar" ] || [ -n "$(find "$here/
   mvn -B -q -f "$here/clients/java/pom.xml" package -DskipTests
 fi
 ( cd "$here/clients/go" && go build -o client-check . )
+# npm writes node_modules/.package-lock.json on every install: reinstall when it is
+# missing or older than the lockfile.
+js="$here/clients/js"
+if [ ! -f "$js/node_modules/.package-lock.json" ] || [ "$js/package-lock.json" -nt "$js/node_modules/.package-lock.json" ]; then
+  echo "setup-test: installing kafkajs (npm ci)"
+  npm ci --prefix "$js" --no-audit --no-fund >/dev/null
+fi
 echo "setup-test: ready"

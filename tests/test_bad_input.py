@@ -121,6 +121,26 @@ def test_truncated_body_closes(broker):
         assert_closed(c)
 
 
+# Array counts far beyond the frame: a decoder that trusts the count and
+# reserves memory for it first can be crashed by one tiny request (found by
+# fuzzing wire/fuzz). The broker must close the connection and keep serving.
+HOSTILE_COUNTS = [
+    ("IncrementalAlterConfigs v0 resources", 44, 0, i32(0x7FFFFFFF)),
+    ("CreateTopics v2 topics", 19, 2, i32(0x7FFFFFFF)),
+    ("Metadata v4 topics", kwire.METADATA, 4, i32(0x7FFFFFFF)),
+    ("Produce v8 topics", kwire.PRODUCE, 8, i16(-1) + i16(1) + i32(1000) + i32(0x7FFFFFFF)),
+]
+
+
+@pytest.mark.parametrize("name,api_key,version,body", HOSTILE_COUNTS, ids=[h[0] for h in HOSTILE_COUNTS])
+def test_huge_array_count_closes_and_broker_survives(broker, name, api_key, version, body):
+    with Conn(broker) as c:
+        c.send_frame(request_header(api_key, version, 1) + body)
+        assert_closed(c)
+    with Conn(broker) as c:
+        assert still_usable(c), "broker stopped answering after a request with a huge array count"
+
+
 @pytest.mark.parametrize("api_key", [9999, 100, -1])
 def test_unknown_api_key_closes(broker, api_key):
     with Conn(broker) as c:

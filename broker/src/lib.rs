@@ -2,16 +2,16 @@
 //! RocksDB. See `docs/ARCHITECTURE.md` for how the pieces fit.
 
 pub mod admin_http;
-pub mod batch;
 pub mod catalog;
 pub mod configs;
 pub mod error;
-pub mod framing;
 mod handlers;
 pub mod log;
-pub mod producer;
-pub mod protocol;
 pub mod server;
 pub mod storage;
 
 pub use server::{Broker, StartError};
+
+// The pure wire rules live in `chronik-wire`; re-exported so broker code
+// and tests name them as part of the broker.
+pub use chronik_wire::{batch, framing, producer, protocol};

@@ -563,6 +563,27 @@ async fn every_advertised_version_answers() {
                         "IncrementalAlterConfigs v{v}"
                     );
                 }
+                ApiKey::AlterConfigs => {
+                    use alter_configs_request::{AlterConfigsResource, AlterableConfig};
+                    let set = |name: &'static str, value: &'static str| {
+                        AlterConfigsResource::default()
+                            .with_resource_type(2)
+                            .with_resource_name(StrBytes::from_static_str("all-versions"))
+                            .with_configs(vec![AlterableConfig::default()
+                                .with_name(StrBytes::from_static_str(name))
+                                .with_value(Some(StrBytes::from_static_str(value)))])
+                    };
+                    let req = AlterConfigsRequest::default().with_resources(vec![
+                        set("retention.ms", "3600000"),
+                        set("cleanup.policy", "compact"),
+                    ]);
+                    let r: AlterConfigsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        (r.responses[0].error_code, r.responses[1].error_code),
+                        (0, 40),
+                        "AlterConfigs v{v}"
+                    );
+                }
                 ApiKey::DescribeCluster => {
                     let r: DescribeClusterResponse =
                         c.call(key, v, &DescribeClusterRequest::default()).await;

@@ -2,6 +2,11 @@
 
 mod dev;
 
+/// See `chronik_wire::alloc`: hostile array counts in requests must not be
+/// able to abort the broker.
+#[global_allocator]
+static ALLOC: chronik_wire::alloc::LazyLargeAlloc = chronik_wire::alloc::LazyLargeAlloc;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -14,9 +14,10 @@ use kafka_protocol::messages::describe_configs_response::{
 };
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::{
-    CreatePartitionsRequest, CreatePartitionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeConfigsRequest, DescribeConfigsResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, TopicName,
+    AlterConfigsRequest, AlterConfigsResponse, CreatePartitionsRequest, CreatePartitionsResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeConfigsRequest, DescribeConfigsResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -412,6 +413,36 @@ fn config_ops(
     Ok(ops)
 }
 
+/// What both config-alter APIs do with one resource: resolve it, turn the
+/// request into whole-value changes with `ops`, and apply them atomically.
+async fn alter_resource(
+    ctx: &BrokerCtx,
+    resource_type: i8,
+    name: &str,
+    api: &str,
+    validate_only: bool,
+    ops: impl FnOnce(&Topic) -> Result<Vec<ConfigOp>, String>,
+) -> Result<(), (i16, String)> {
+    match resource_type {
+        RESOURCE_TOPIC => {
+            let topic = ctx
+                .catalog
+                .get(name)
+                .ok_or_else(|| (E::UnknownTopicOrPartition.code(), TopicError::Unknown.to_string()))?;
+            let ops = ops(&topic).map_err(|msg| (E::InvalidConfig.code(), msg))?;
+            ctx.catalog
+                .alter_configs(name, ops, validate_only)
+                .await
+                .map_err(|e| (e.kafka_code(), e.to_string()))
+        }
+        RESOURCE_BROKER => Err((
+            E::InvalidConfig.code(),
+            "Chronik broker settings are static: change the broker's TOML config file and restart it".into(),
+        )),
+        other => Err((E::InvalidRequest.code(), format!("Unsupported resource type {other} for {api}"))),
+    }
+}
+
 pub async fn incremental_alter_configs(
     ctx: &BrokerCtx,
     req: IncrementalAlterConfigsRequest,
@@ -421,35 +452,60 @@ pub async fn incremental_alter_configs(
         let r = AlterConfigsResourceResponse::default()
             .with_resource_type(res.resource_type)
             .with_resource_name(res.resource_name.clone());
-        let fail = |code: i16, msg: String| {
-            r.clone()
-                .with_error_code(code)
-                .with_error_message(Some(s(msg)))
-        };
-        match res.resource_type {
-            RESOURCE_TOPIC => {
-                let Some(topic) = ctx.catalog.get(&res.resource_name) else {
-                    out.push(fail(E::UnknownTopicOrPartition.code(), TopicError::Unknown.to_string()));
-                    continue;
-                };
-                let ops = match config_ops(&topic, res) {
-                    Ok(ops) => ops,
-                    Err(msg) => {
-                        out.push(fail(E::InvalidConfig.code(), msg));
-                        continue;
-                    }
-                };
-                match ctx.catalog.alter_configs(&res.resource_name, ops, req.validate_only).await {
-                    Ok(()) => out.push(r),
-                    Err(e) => out.push(fail(e.kafka_code(), e.to_string())),
-                }
-            }
-            RESOURCE_BROKER => out.push(fail(
-                E::InvalidConfig.code(),
-                "Chronik broker settings are static: change the broker's TOML config file and restart it".into(),
-            )),
-            other => out.push(fail(E::InvalidRequest.code(), format!("Unsupported resource type {other} for IncrementalAlterConfigs"))),
-        }
+        let outcome = alter_resource(
+            ctx,
+            res.resource_type,
+            &res.resource_name,
+            "IncrementalAlterConfigs",
+            req.validate_only,
+            |t| config_ops(t, res),
+        )
+        .await;
+        out.push(match outcome {
+            Ok(()) => r,
+            Err((code, msg)) => r.with_error_code(code).with_error_message(Some(s(msg))),
+        });
     }
     IncrementalAlterConfigsResponse::default().with_responses(out)
+}
+
+/// The legacy AlterConfigs (kafkajs, older tools): the request's configs
+/// replace the resource's whole explicit config set.
+pub async fn alter_configs(ctx: &BrokerCtx, req: AlterConfigsRequest) -> AlterConfigsResponse {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse as Resp;
+    let mut out = Vec::with_capacity(req.resources.len());
+    for res in &req.resources {
+        let r = Resp::default()
+            .with_resource_type(res.resource_type)
+            .with_resource_name(res.resource_name.clone());
+        let outcome = alter_resource(
+            ctx,
+            res.resource_type,
+            &res.resource_name,
+            "AlterConfigs",
+            req.validate_only,
+            |t| {
+                let mut ops: Vec<ConfigOp> = t
+                    .record
+                    .configs
+                    .keys()
+                    .filter(|k| !res.configs.iter().any(|c| c.name.as_str() == k.as_str()))
+                    .map(|k| ConfigOp::Delete(k.clone()))
+                    .collect();
+                for c in &res.configs {
+                    let value = c.value.as_ref().ok_or_else(|| {
+                        format!("Null value not supported for: {}", c.name.as_str())
+                    })?;
+                    ops.push(ConfigOp::Set(c.name.to_string(), value.to_string()));
+                }
+                Ok(ops)
+            },
+        )
+        .await;
+        out.push(match outcome {
+            Ok(()) => r,
+            Err((code, msg)) => r.with_error_code(code).with_error_message(Some(s(msg))),
+        });
+    }
+    AlterConfigsResponse::default().with_responses(out)
 }

@@ -120,6 +120,9 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request) -> Reply {
         RequestKind::IncrementalAlterConfigs(r) => later(ctx, id, move |ctx| async move {
             admin::incremental_alter_configs(&ctx, r).await
         }),
+        RequestKind::AlterConfigs(r) => later(ctx, id, move |ctx| async move {
+            admin::alter_configs(&ctx, r).await
+        }),
         // protocol::parse only lets through the APIs listed in SUPPORTED,
         // each of which has an arm above.
         other => unreachable!(

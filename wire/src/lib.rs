@@ -1,0 +1,12 @@
+//! Chronik's Kafka wire rules, with no I/O: connection framing, the table of
+//! APIs and versions we serve and how requests are parsed against it,
+//! RecordBatch v2 validation and offset stamping, and the idempotent
+//! producer's sequence rules. Everything here is deterministic and tested
+//! without sockets or disks; the request decoder is also fuzzed
+//! (`wire/fuzz`).
+
+pub mod alloc;
+pub mod batch;
+pub mod framing;
+pub mod producer;
+pub mod protocol;

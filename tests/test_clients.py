@@ -47,6 +47,7 @@ from pathlib import Path
 
 import pytest
 
+from checkrun import CheckRun
 from harness import java_bin
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -154,25 +155,6 @@ def client_cmd(request):
 # ---------------------------------------------------------------------------
 # Running a check
 # ---------------------------------------------------------------------------
-
-
-class CheckRun:
-    def __init__(self, argv, rc, summary, stdout, stderr, wall_s):
-        self.argv, self.rc, self.summary, self.stdout, self.stderr, self.wall_s = argv, rc, summary, stdout, stderr, wall_s
-
-    def describe(self) -> str:
-        s = self.summary or {}
-        errs = "\n  ".join(s.get("errors", [])) or "(none)"
-        return (f"{' '.join(self.argv)}\n"
-                f"exit {self.rc} after {self.wall_s:.1f}s; produced {s.get('produced')} consumed {s.get('consumed')} "
-                f"error_count {s.get('error_count')}\n"
-                f"errors:\n  {errs}\n"
-                f"stdout tail:\n{self.stdout[-1500:]}\n"
-                f"stderr tail:\n{_tail_lines(self.stderr, 30)}")
-
-
-def _tail_lines(text: str, n: int) -> str:
-    return "\n".join(text.splitlines()[-n:])
 
 
 def run_check(cmd: list[str], bootstrap: str, client: str, n: int, codec: str, *extra: str) -> CheckRun:

@@ -34,6 +34,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+
+from checkrun import CheckRun
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, TopicPartition
 
 import kclient
@@ -101,21 +103,7 @@ def node_bin() -> str:
 # ---------------------------------------------------------------------------
 
 
-class JsRun:
-    def __init__(self, argv, rc, summary, stdout, stderr, wall_s):
-        self.argv, self.rc, self.summary, self.stdout, self.stderr, self.wall_s = argv, rc, summary, stdout, stderr, wall_s
-
-    def describe(self) -> str:
-        s = self.summary or {}
-        errs = "\n  ".join(s.get("errors", [])) or "(none)"
-        tail = "\n".join(self.stderr.splitlines()[-30:])
-        return (f"{' '.join(self.argv)}\n"
-                f"exit {self.rc} after {self.wall_s:.1f}s; produced {s.get('produced')} "
-                f"error_count {s.get('error_count')} api_versions {s.get('api_versions')}\n"
-                f"errors:\n  {errs}\nstdout tail:\n{self.stdout[-1500:]}\nstderr tail:\n{tail}")
-
-
-def run_kafkajs(node: str, bootstrap: str, n: int, codec: str, dump: Path, *extra: str) -> tuple[JsRun, str]:
+def run_kafkajs(node: str, bootstrap: str, n: int, codec: str, dump: Path, *extra: str) -> tuple[CheckRun, str]:
     topic = f"kjs-{codec}-{uuid.uuid4().hex[:10]}"
     argv = [node, str(JS_CHECK), "--bootstrap", str(bootstrap), "--topic", topic, "--messages", str(n),
             "--partitions", str(PARTITIONS), "--compression", codec, "--dump", str(dump), *extra]
@@ -136,7 +124,7 @@ def run_kafkajs(node: str, bootstrap: str, n: int, codec: str, dump: Path, *extr
                 break
             except ValueError:
                 pass
-    run = JsRun(argv, rc, summary, out, err, time.monotonic() - t0)
+    run = CheckRun(argv, rc, summary, out, err, time.monotonic() - t0)
     s = summary or {}
     print(f"[kafkajs] {codec:<5} n={n:<6} exit={rc} wall={run.wall_s:.1f}s produce_ms={s.get('produce_ms')} "
           f"errors={s.get('error_count')} api_versions={s.get('api_versions')}")

@@ -1,6 +1,6 @@
 //! The admin HTTP listener: Prometheus metrics and health probes.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,12 +13,14 @@ use tokio::sync::watch;
 
 use crate::server::BrokerCtx;
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 
 /// Installs the process-wide Prometheus recorder once; later brokers in the
-/// same process (tests) share it.
+/// same process (tests) share it. The lock makes concurrent first starts
+/// wait for one installation instead of racing to install two recorders.
 pub fn install_metrics() -> Result<PrometheusHandle, String> {
-    if let Some(h) = HANDLE.get() {
+    let mut installed = HANDLE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(h) = installed.as_ref() {
         return Ok(h.clone());
     }
     let h = PrometheusBuilder::new()
@@ -28,8 +30,9 @@ pub fn install_metrics() -> Result<PrometheusHandle, String> {
         ])
         .map_err(|e| e.to_string())?
         .install_recorder()
-        .or_else(|e| HANDLE.get().cloned().ok_or(e.to_string()))?;
-    Ok(HANDLE.get_or_init(|| h).clone())
+        .map_err(|e| e.to_string())?;
+    *installed = Some(h.clone());
+    Ok(h)
 }
 
 #[derive(Clone)]

@@ -20,3 +20,30 @@ class CheckRun:
                 f"errors:\n  {errs}\n"
                 f"stdout tail:\n{self.stdout[-1500:]}\n"
                 f"stderr tail:\n{tail}")
+
+
+def execute(argv: list, timeout: float) -> CheckRun:
+    """Runs a check program to completion (bounded by `timeout`) and parses the
+    last JSON line of its stdout as the summary."""
+    import json
+    import subprocess
+    import time
+
+    t0 = time.monotonic()
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                           errors="replace")
+        rc, out, err = r.returncode, r.stdout, r.stderr
+    except subprocess.TimeoutExpired as e:
+        rc = "timeout"
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+    summary = None
+    for line in reversed(out.splitlines()):
+        if line.strip().startswith("{"):
+            try:
+                summary = json.loads(line)
+                break
+            except ValueError:
+                pass
+    return CheckRun(argv, rc, summary, out, err, time.monotonic() - t0)

@@ -35,7 +35,6 @@ or older than their sources; tests/setup.sh builds them too.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -47,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from checkrun import CheckRun
+from checkrun import CheckRun, execute
 from harness import java_bin
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -161,28 +160,9 @@ def run_check(cmd: list[str], bootstrap: str, client: str, n: int, codec: str, *
     topic = f"cc-{client}-{codec}-{uuid.uuid4().hex[:10]}"
     argv = cmd + ["--bootstrap", str(bootstrap), "--topic", topic, "--messages", str(n),
                   "--compression", codec, *extra]
-    t0 = time.monotonic()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL,
-                           errors="replace")
-        rc, out, err = r.returncode, r.stdout, r.stderr
-    except subprocess.TimeoutExpired as e:
-        rc = "timeout"
-        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = (e.stderr or b"").decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-    wall = time.monotonic() - t0
-    summary = None
-    for line in reversed(out.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                summary = json.loads(line)
-                break
-            except ValueError:
-                pass
-    run = CheckRun(argv, rc, summary, out, err, wall)
-    s = summary or {}
-    print(f"[client-check] {client:<16} {codec:<6} n={n:<6} exit={rc} wall={wall:.1f}s "
+    run = execute(argv, RUN_TIMEOUT)
+    s = run.summary or {}
+    print(f"[client-check] {client:<16} {codec:<6} n={n:<6} exit={run.rc} wall={run.wall_s:.1f}s "
           f"produce_ms={s.get('produce_ms')} consume_ms={s.get('consume_ms')} errors={s.get('error_count')}")
     return run
 

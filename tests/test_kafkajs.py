@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from checkrun import CheckRun
+from checkrun import CheckRun, execute
 from confluent_kafka import OFFSET_BEGINNING, TIMESTAMP_CREATE_TIME, TopicPartition
 
 import kclient
@@ -107,26 +107,9 @@ def run_kafkajs(node: str, bootstrap: str, n: int, codec: str, dump: Path, *extr
     topic = f"kjs-{codec}-{uuid.uuid4().hex[:10]}"
     argv = [node, str(JS_CHECK), "--bootstrap", str(bootstrap), "--topic", topic, "--messages", str(n),
             "--partitions", str(PARTITIONS), "--compression", codec, "--dump", str(dump), *extra]
-    t0 = time.monotonic()
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL,
-                           errors="replace")
-        rc, out, err = r.returncode, r.stdout, r.stderr
-    except subprocess.TimeoutExpired as e:
-        rc = "timeout"
-        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
-        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
-    summary = None
-    for line in reversed(out.splitlines()):
-        if line.strip().startswith("{"):
-            try:
-                summary = json.loads(line)
-                break
-            except ValueError:
-                pass
-    run = CheckRun(argv, rc, summary, out, err, time.monotonic() - t0)
-    s = summary or {}
-    print(f"[kafkajs] {codec:<5} n={n:<6} exit={rc} wall={run.wall_s:.1f}s produce_ms={s.get('produce_ms')} "
+    run = execute(argv, RUN_TIMEOUT)
+    s = run.summary or {}
+    print(f"[kafkajs] {codec:<5} n={n:<6} exit={run.rc} wall={run.wall_s:.1f}s produce_ms={s.get('produce_ms')} "
           f"errors={s.get('error_count')} api_versions={s.get('api_versions')}")
     return run, topic
 

@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import ApacheKafka, Chronik, chronik_bin  # noqa: E402
+from harness import ApacheKafka, Chronik, KafkaCluster, chronik_bin  # noqa: E402
 from kclient import forget_clients  # noqa: E402
 
 ONLY_ORACLE = os.environ.get("CHRONIK_ONLY_ORACLE") == "1"
@@ -212,6 +212,59 @@ def chronik_factory(tmp_path):
     for c in started:
         forget_clients(c.bootstrap)
         c.stop()
+
+
+# ---------------------------------------------------------------------------
+# Clusters (tests/cluster.py, harness.KafkaCluster)
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def chronik_cluster_binary(tmp_path_factory):
+    """The chronik binary, if it accepts a [cluster] config; otherwise the test is skipped.
+
+    A missing binary fails (as for every Chronik test); one that predates clusters skips."""
+    from cluster import cluster_supported
+
+    b = _require_chronik_binary()
+    ok, msg = cluster_supported(b, tmp_path_factory.mktemp("cluster-probe"))
+    if not ok:
+        pytest.skip(f"{b} does not support clusters yet: `chronik config check` rejects a config with a raft "
+                    f"listener and [cluster] peers: {msg}")
+    return b
+
+
+@pytest.fixture
+def chronik_cluster_factory(tmp_path, chronik_cluster_binary):
+    """Start Chronik regions owned by one test: chronik_cluster_factory(n=3, **opts) -> started
+    cluster.ChronikCluster (opts: broker settings or [cluster] keys). Stopped at teardown."""
+    from cluster import ChronikCluster
+
+    clusters = []
+    started = []  # every node, for the failure report
+
+    def make(n: int = 3, **opts):
+        c = ChronikCluster(n, tmp_path / f"cluster{len(clusters)}", binary=chronik_cluster_binary, **opts)
+        clusters.append(c)
+        started.extend(c.nodes.values())
+        return c.start()
+
+    make.started = started
+    yield make
+    for c in clusters:
+        forget_clients(c.bootstrap)
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def kafka_cluster(tmp_path_factory):
+    """A 3-node Apache Kafka KRaft cluster per module (RF 3, min.insync.replicas 2).
+    Tests may kill nodes; the next user gets them restarted (see any_cluster)."""
+    k = KafkaCluster(tmp_path_factory.mktemp("kafka-cluster"), n=3)
+    k.start()
+    yield k
+    forget_clients(k.bootstrap)
+    k.stop()
 
 
 # ---------------------------------------------------------------------------

@@ -382,12 +382,21 @@ class ApacheKafka(ManagedProcess):
         self._formatted = True
 
     def start(self, timeout: float = 120.0) -> "ApacheKafka":
+        self.launch()
+        return self.wait_serving(timeout)
+
+    def launch(self) -> "ApacheKafka":
+        """Format (first time), write the config and spawn the JVM without waiting."""
         if not self._formatted:
             self.format()
         else:
             self._write_config()
         self._spawn(self._java_argv("kafka.Kafka", str(self.work_dir / "server.properties")),
                     cwd=self.work_dir, log_path=self.work_dir / "kafka.stdout")
+        return self
+
+    def wait_serving(self, timeout: float = 120.0) -> "ApacheKafka":
+        """Wait until the broker answers ApiVersions; on failure the JVM is killed."""
         try:
             deadline = time.monotonic() + timeout
             while not api_versions_ok(self.host, self.port):
@@ -451,13 +460,17 @@ class Chronik(ManagedProcess):
     """One Chronik broker on loopback.
 
     Chronik(port, data_dir, durability="fsync", auto_create=False, retention_check_interval_ms=1000)
-    Unknown keywords raise; raw TOML can be appended with extra_toml="...".
+    Unknown keywords raise; raw TOML can be appended with extra_toml="..." (e.g. a [cluster]
+    section); raft_port adds `raft = "host:port"` to [listeners].
+    start() = launch() (write the config, spawn) + wait_ready(); a cluster launches every
+    broker before waiting, since none is ready before a majority runs.
     """
 
     name = "chronik"
 
     def __init__(self, port: int | None, data_dir, host: str = LOOPBACK, admin_port: int | None = None,
-                 extra_toml: str = "", env: dict | None = None, binary: Path | None = None, **config) -> None:
+                 extra_toml: str = "", env: dict | None = None, binary: Path | None = None,
+                 raft_port: int | None = None, **config) -> None:
         super().__init__()
         unknown = set(config) - set(_CHRONIK_KEYS)
         if unknown:
@@ -465,6 +478,7 @@ class Chronik(ManagedProcess):
         self.host = host
         self.port = port or free_port(host)
         self.admin_port = admin_port or free_port(host)
+        self.raft_port = raft_port
         self.data_dir = Path(data_dir).resolve()
         self.config_path = self.data_dir.parent / f"{self.data_dir.name}.toml"
         self.stdout_path = self.data_dir.parent / f"{self.data_dir.name}.log"
@@ -496,6 +510,8 @@ class Chronik(ManagedProcess):
             sections[_CHRONIK_KEYS[k]].append(f"{k} = {_toml_value(v)}")
         sections[None].insert(3, f"data_dir = {_toml_value(str(self.data_dir))}")
         sections["listeners"] = [f'kafka = "{self.host}:{self.port}"', f'admin = "{self.host}:{self.admin_port}"']
+        if self.raft_port:
+            sections["listeners"].append(f'raft = "{self.host}:{self.raft_port}"')
         out = "\n".join(sections[None]) + "\n"
         for name in ("listeners", "topics", "limits"):
             out += f"\n[{name}]\n" + "\n".join(sections[name]) + "\n"
@@ -517,6 +533,11 @@ class Chronik(ManagedProcess):
         return body
 
     def start(self, timeout: float = 60.0) -> "Chronik":
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> "Chronik":
+        """Write the config and spawn the broker without waiting for it."""
         if not self.binary.exists():
             raise FileNotFoundError(f"chronik binary not found at {self.binary}")
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -527,6 +548,10 @@ class Chronik(ManagedProcess):
             env.update(self.env)
         self._spawn([str(self.binary), "broker", "--config", str(self.config_path)],
                     cwd=self.data_dir.parent, log_path=self.stdout_path, env=env)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> "Chronik":
+        """Wait until /health/ready is 200; on failure (timeout, exit) the broker is killed."""
         try:
             deadline = time.monotonic() + timeout
             while not self.ready():
@@ -544,3 +569,202 @@ class Chronik(ManagedProcess):
         if self.running:
             self.stop()
         return self.start(timeout)
+
+
+# ---------------------------------------------------------------------------
+# Apache Kafka: a multi-node KRaft cluster (the oracle for the cluster tests)
+# ---------------------------------------------------------------------------
+
+
+def stop_all(procs, timeout: float = 30.0) -> None:
+    """SIGTERM every process at once, wait up to `timeout` in total, then SIGKILL the rest.
+
+    (Stopping cluster members one by one can stall: the last ones wait for a quorum
+    that the first ones took away.)"""
+    procs = [p for p in procs if p is not None]
+    for p in procs:
+        if p.running:
+            p._signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        if p.proc is None:
+            continue
+        try:
+            p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        p._hard_kill()
+
+
+class KafkaClusterNode(ApacheKafka):
+    """One combined broker+controller of a KafkaCluster (static controller.quorum.voters)."""
+
+    def __init__(self, node_id: int, data_dir, cluster_id: str, extra_props: dict | None = None,
+                 host: str = LOOPBACK, heap: str = "384m") -> None:
+        super().__init__(None, data_dir, extra_props=extra_props, host=host, heap=heap)
+        self.name = f"apache-kafka-{node_id}"
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.voters = ""  # set by KafkaCluster once every controller port is known
+
+    def properties(self) -> dict:
+        p = super().properties()
+        p.pop("controller.quorum.bootstrap.servers", None)
+        p.update({
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
+            "default.replication.factor": "3",
+            "min.insync.replicas": "2",
+            "offsets.topic.replication.factor": "3",
+            "transaction.state.log.replication.factor": "3",
+            "transaction.state.log.min.isr": "2",
+            "share.coordinator.state.topic.replication.factor": "3",
+            "share.coordinator.state.topic.min.isr": "2",
+            # Three JVMs share two cores here: do not fence a broker for one slow heartbeat.
+            "broker.session.timeout.ms": "3000",
+        })
+        p.update(self.extra_props)
+        return p
+
+    def format(self) -> None:
+        ensure_kafka_libs()
+        props = self._write_config()
+        # Static quorum: no --standalone / --initial-controllers.
+        argv = self._java_argv("kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
+                               "-c", str(props), "--ignore-formatted")
+        r = subprocess.run(argv, cwd=str(self.work_dir), capture_output=True, text=True, timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError(f"kafka storage format (node {self.node_id}) failed ({r.returncode}):\n"
+                               f"{r.stdout}\n{r.stderr}")
+        self._formatted = True
+
+
+class KafkaCluster:
+    """An n-node Apache Kafka 4.1 KRaft cluster on 127.0.0.1, every node broker+controller.
+
+    default.replication.factor=3, min.insync.replicas=2 (override with extra_props).
+        k = KafkaCluster(tmp_path, n=3).start()
+        k.bootstrap; k.kill9(2); k.restart(2); k.leader_of(topic, 0); k.stop()
+    Node ids are 1..n. Same interface as cluster.ChronikCluster where Kafka has an
+    equivalent (no admin HTTP: leaders and ISRs come from Metadata).
+    """
+
+    kind = "kafka"
+
+    def __init__(self, base_dir, n: int = 3, extra_props: dict | None = None, heap: str = "384m") -> None:
+        base = Path(base_dir).resolve()
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.nodes: dict[int, KafkaClusterNode] = {
+            i: KafkaClusterNode(i, base / f"kafka{i}", cluster_id, extra_props=extra_props, heap=heap)
+            for i in range(1, n + 1)
+        }
+        voters = ",".join(f"{i}@{k.host}:{k.controller_port}" for i, k in self.nodes.items())
+        for k in self.nodes.values():
+            k.voters = voters
+
+    @property
+    def ids(self) -> list[int]:
+        return sorted(self.nodes)
+
+    @property
+    def started(self) -> list:  # conftest attaches these processes' logs to a failure report
+        return list(self.nodes.values())
+
+    @property
+    def bootstrap(self) -> str:
+        return self.bootstrap_of(self.ids)
+
+    def bootstrap_of(self, ids) -> str:
+        return ",".join(self.nodes[i].bootstrap for i in ids)
+
+    def running(self, i: int) -> bool:
+        return self.nodes[i].running
+
+    def live_ids(self) -> list[int]:
+        return [i for i in self.ids if self.nodes[i].running]
+
+    def start(self, timeout: float = 180.0) -> "KafkaCluster":
+        try:
+            # Format in parallel (each is a JVM start), then launch all: none serves before a quorum.
+            errors: list = []
+            threads = [threading.Thread(target=lambda k=k: _collect(errors, k.format), daemon=True)
+                       for k in self.nodes.values() if not k._formatted]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(150)
+            if errors:
+                raise errors[0]
+            for k in self.nodes.values():
+                if not k.running:
+                    k.launch()
+            deadline = time.monotonic() + timeout
+            for k in self.nodes.values():
+                k.wait_serving(max(1.0, deadline - time.monotonic()))
+            wait_until(lambda: self.registered_brokers() == set(self.ids), max(1.0, deadline - time.monotonic()),
+                       interval=0.5, what=f"all {len(self.ids)} Kafka brokers registered")
+        except BaseException:
+            stop_all(self.nodes.values(), timeout=5)
+            raise
+        return self
+
+    def _metadata(self, topics: list[str] | None, nodes=None) -> dict:
+        import kwire
+
+        last = None
+        for i in nodes or self.live_ids():
+            try:
+                with kwire.Conn(self.nodes[i].bootstrap, timeout=5) as c:
+                    res = c.request(kwire.METADATA, 4, kwire.metadata_v4_body(topics, allow_auto_create=False))
+                if res is not None:
+                    return kwire.parse_metadata_v4(res[1])
+            except (OSError, ValueError, TimeoutError) as e:
+                last = e
+        raise ConnectionError(f"no live Kafka node answered Metadata (last error: {last!r})")
+
+    def registered_brokers(self) -> set[int]:
+        """Ids of the brokers Metadata lists (registered and not fenced)."""
+        md = self._metadata([])
+        return {b[0] for b in md["brokers"]}
+
+    def kill9(self, i: int) -> None:
+        self.nodes[i].kill9()
+
+    def restart(self, i: int, timeout: float = 120.0) -> None:
+        k = self.nodes[i]
+        if k.running:
+            k.stop()
+        k.start(timeout)
+        wait_until(lambda: i in self.registered_brokers(), timeout, interval=0.5, what=f"Kafka broker {i} registered")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        stop_all(self.nodes.values(), timeout=timeout)
+
+    def partition_metadata(self, topic: str, p: int, nodes=None) -> dict | None:
+        """{"leader", "replicas", "isr", "error"} from Metadata, or None if unknown."""
+        t = self._metadata([topic], nodes)["topics"].get(topic)
+        return None if t is None else t["partitions"].get(p)
+
+    def leader_of(self, topic: str, p: int, nodes=None, timeout: float = 30.0) -> int:
+        """The leader of topic/p per Metadata from a live node (and alive itself)."""
+        live = set(nodes or self.live_ids())
+
+        def probe():
+            m = self.partition_metadata(topic, p, sorted(live))
+            return m["leader"] if m and m["error"] == 0 and m["leader"] in live else None
+
+        return wait_until(probe, timeout, interval=0.2, what=f"a live leader of {topic}/{p}")
+
+    def isr_of(self, topic: str, p: int) -> list[int]:
+        m = self.partition_metadata(topic, p)
+        return sorted(m["isr"]) if m else []
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(f"--- node {i}\n{k.log_tail(n)}" for i, k in self.nodes.items())
+
+
+def _collect(errors: list, fn) -> None:
+    try:
+        fn()
+    except BaseException as e:  # noqa: BLE001 - re-raised by the caller
+        errors.append(e)

@@ -103,10 +103,73 @@ def test_dev_starts_writes_dev_json_restarts_and_stops(tmp_path):
 
 
 def test_dev_refuses_what_it_cannot_run(tmp_path):
-    out = subprocess.run([str(harness.chronik_bin()), "dev", "--data-dir", str(tmp_path), "--nodes", "3"],
+    out = subprocess.run([str(harness.chronik_bin()), "dev", "--data-dir", str(tmp_path), "--regions", "2"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
-    assert "--nodes 3" in out.stderr and "not implemented" in out.stderr
+    assert "--regions 2" in out.stderr and "not implemented" in out.stderr
+
+
+def _port_block(n: int) -> int:
+    """A base port with n Kafka ports, their +4000 admin twins and +50 raft ports free."""
+    import random
+    import socket
+
+    for _ in range(200):
+        p = random.randint(20000, 27000)
+        socks = []
+        try:
+            for i in range(n):
+                for q in (p + i, p + i + 4000, p + i + 50):
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind(("127.0.0.1", q))
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def test_dev_three_node_region_replicates(tmp_path):
+    base = _port_block(3)
+    data = tmp_path / "dev3"
+    proc = subprocess.Popen(
+        [str(harness.chronik_bin()), "dev", "--data-dir", str(data), "--base-port", str(base), "--nodes", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        dev = _wait_dev_json(data / "dev.json", proc, timeout=90)
+        (region,) = dev["regions"]
+        brokers = region["brokers"]
+        assert [b["id"] for b in brokers] == [1, 2, 3]
+        assert all(_alive(b["pid"]) and os.path.isabs(b["config"]) for b in brokers)
+        status, body = harness.http_get(brokers[0]["admin"] + "/v1/cluster")
+        assert status == 200
+        assert sorted(b["id"] for b in json.loads(body)["brokers"]) == [1, 2, 3]
+        bootstrap = ",".join(b["kafka"] for b in brokers)
+        reports = produce_all(bootstrap, "dev3-topic", [{"value": f"v{i}".encode()} for i in range(300)], acks="all")
+        assert [r[0] for r in reports] == [None] * 300
+        # Every broker holds a replica with the same bytes.
+        def dumps():
+            out = []
+            for b in brokers:
+                st, _ = harness.http_get(b["admin"] + "/v1/partitions/dev3-topic/0")
+                if st != 200:
+                    return None
+                import urllib.request
+                with urllib.request.urlopen(b["admin"] + "/v1/partitions/dev3-topic/0/log", timeout=5) as r:
+                    out.append(r.read())
+            return out if len(set(out)) == 1 and out[0] else None
+        harness.wait_until(dumps, timeout=30, what="identical replicas")
+        got = consume(bootstrap, "dev3-topic", count=300)
+        assert [m.value() for m in got] == [f"v{i}".encode() for i in range(300)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    assert rc == 0
 
 
 @pytest.mark.parametrize("text,key", [

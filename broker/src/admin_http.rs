@@ -3,8 +3,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -58,6 +59,9 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/partitions/{topic}/{partition}", get(partition))
+        .route("/v1/partitions/{topic}/{partition}/log", get(partition_log))
         .with_state(AppState { ctx, metrics });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -90,5 +94,79 @@ async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn cluster(State(s): State<AppState>) -> Response {
+    let ctx = &s.ctx;
+    let brokers: Vec<serde_json::Value> = ctx
+        .catalog
+        .brokers()
+        .into_iter()
+        .map(|b| serde_json::json!({"id": b.id, "kafka": format!("{}:{}", b.host, b.port)}))
+        .collect();
+    let st = ctx.cluster.controller_status();
+    axum::Json(serde_json::json!({
+        "node_id": ctx.config.node_id,
+        "region": ctx.config.region,
+        "controller_leader": st.leader,
+        "controller_term": st.term,
+        "brokers": brokers,
+    }))
+    .into_response()
+}
+
+fn local_partition(
+    ctx: &BrokerCtx,
+    topic: &str,
+    partition: i32,
+) -> Option<(Arc<crate::catalog::Topic>, Arc<crate::log::PartitionLog>)> {
+    let t = ctx.catalog.get(topic)?;
+    let p = t.partition(partition)?.clone();
+    ctx.cluster.group(p.log_id)?;
+    Some((t, p))
+}
+
+async fn partition(
+    State(s): State<AppState>,
+    Path((topic, partition)): Path<(String, i32)>,
+) -> Response {
+    let Some((t, log)) = local_partition(&s.ctx, &topic, partition) else {
+        return (StatusCode::NOT_FOUND, "no replica of this partition here\n").into_response();
+    };
+    let st = s.ctx.cluster.local_status(log.log_id).unwrap_or_default();
+    let view = s.ctx.cluster.view(&t, &log);
+    axum::Json(serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "leader": st.leader,
+        "term": st.term,
+        "is_leader": st.is_leader,
+        "replicas": view.replicas,
+        "isr": st.isr,
+        "log_start_offset": log.log_start_offset(),
+        "high_watermark": log.high_watermark(),
+        "log_end_offset": log.log_end_offset(),
+        "committed_index": st.committed_index,
+        "applied_index": st.applied_index,
+        "epochs": log.epoch_history(),
+    }))
+    .into_response()
+}
+
+async fn partition_log(
+    State(s): State<AppState>,
+    Path((topic, partition)): Path<(String, i32)>,
+) -> Response {
+    let Some((_, log)) = local_partition(&s.ctx, &topic, partition) else {
+        return (StatusCode::NOT_FOUND, "no replica of this partition here\n").into_response();
+    };
+    match log.dump() {
+        Ok(bytes) => (
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

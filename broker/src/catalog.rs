@@ -17,10 +17,40 @@ use chronik_topology::TopicDefaults;
 
 use crate::configs::{self, ConfigValueError, EffectiveConfig};
 use crate::log::PartitionLog;
+use crate::raft::types::ControllerCommand;
 use crate::storage::{Store, StoreError, CF_META};
 
 const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
+const BROKER_PREFIX: &str = "broker/";
+
+/// A broker's Kafka listener as clients should reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerEndpoint {
+    pub id: i32,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+}
+
+/// Region-wide settings the catalog needs to place replicas.
+#[derive(Debug, Clone)]
+pub struct RegionSettings {
+    /// Every broker of the region, ascending.
+    pub brokers: Vec<i32>,
+    pub default_replication_factor: i16,
+    pub default_min_insync_replicas: i32,
+}
+
+impl RegionSettings {
+    pub fn single(node_id: i32) -> RegionSettings {
+        RegionSettings {
+            brokers: vec![node_id],
+            default_replication_factor: 1,
+            default_min_insync_replicas: 1,
+        }
+    }
+}
 
 /// Kafka's longest legal topic name.
 pub const MAX_TOPIC_NAME_LEN: usize = 249;
@@ -31,6 +61,10 @@ pub struct TopicRecord {
     pub id: Uuid,
     /// Log id of each partition, by partition index.
     pub partitions: Vec<u64>,
+    /// Replica broker ids of each partition; the first is the preferred
+    /// leader. Empty in entries written before replication existed.
+    #[serde(default)]
+    pub replicas: Vec<Vec<i32>>,
     pub configs: BTreeMap<String, String>,
     pub created_ms: i64,
     /// Bumped on every change to this entry.
@@ -50,6 +84,15 @@ impl Topic {
 
     pub fn id(&self) -> Uuid {
         self.record.id
+    }
+
+    /// Replica broker ids of partition `index` (preferred leader first).
+    pub fn replicas(&self, index: i32) -> Vec<i32> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.record.replicas.get(i))
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn partition(&self, index: i32) -> Option<&Arc<PartitionLog>> {
@@ -77,6 +120,13 @@ pub enum TopicError {
     InvalidConfig(#[from] ConfigValueError),
     #[error(transparent)]
     Storage(#[from] StoreError),
+    /// The controller could not be reached or did not commit in time.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The controller applied the change and rejected it (the same error,
+    /// by Kafka code, on every broker).
+    #[error("{message}")]
+    Rejected { code: i16, message: String },
 }
 
 /// Kafka's topic-name rules; the message mirrors Kafka's wording.
@@ -116,7 +166,11 @@ pub enum ConfigOp {
 pub struct Catalog {
     store: Arc<Store>,
     defaults: TopicDefaults,
-    node_id: i32,
+    region: RegionSettings,
+    endpoints: RwLock<BTreeMap<i32, BrokerEndpoint>>,
+    controller: std::sync::OnceLock<Arc<dyn ControllerProposer>>,
+    /// Notified after every applied change.
+    pub changed: tokio::sync::Notify,
     topics: RwLock<HashMap<String, Arc<Topic>>>,
     by_id: RwLock<HashMap<Uuid, Arc<Topic>>>,
     next_log_id: AtomicU64,
@@ -136,7 +190,7 @@ impl Catalog {
     pub fn open(
         store: Arc<Store>,
         defaults: TopicDefaults,
-        node_id: i32,
+        region: RegionSettings,
     ) -> Result<Catalog, StoreError> {
         let next = match store.get_meta(NEXT_LOG_ID_KEY)? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().unwrap()),
@@ -145,7 +199,10 @@ impl Catalog {
         let cat = Catalog {
             store: store.clone(),
             defaults,
-            node_id,
+            region,
+            endpoints: RwLock::new(BTreeMap::new()),
+            controller: std::sync::OnceLock::new(),
+            changed: tokio::sync::Notify::new(),
             topics: RwLock::new(HashMap::new()),
             by_id: RwLock::new(HashMap::new()),
             next_log_id: AtomicU64::new(next),
@@ -160,6 +217,7 @@ impl Catalog {
             let topic = cat.materialize(record)?;
             cat.install(topic);
         }
+        cat.load_brokers()?;
         Ok(cat)
     }
 
@@ -232,33 +290,78 @@ impl Catalog {
             .collect()
     }
 
-    fn check_replication(&self, replication_factor: i16) -> Result<(), TopicError> {
-        // One broker per region until replication lands, so the only legal
-        // factor is 1 (or -1, "use the default").
+    /// Registered brokers (id -> Kafka endpoint), ascending by id.
+    pub fn brokers(&self) -> Vec<BrokerEndpoint> {
+        self.endpoints.read().unwrap().values().cloned().collect()
+    }
+
+    /// The region's broker ids (from configuration: the controller voters).
+    pub fn broker_ids(&self) -> &[i32] {
+        &self.region.brokers
+    }
+
+    pub fn region(&self) -> &RegionSettings {
+        &self.region
+    }
+
+    /// Routes catalog changes through the regional controller from now on.
+    pub fn attach_controller(&self, c: Arc<dyn ControllerProposer>) {
+        let _ = self.controller.set(c);
+    }
+
+    fn check_replication(&self, replication_factor: i16) -> Result<i16, TopicError> {
         if replication_factor == 0 || replication_factor < -1 {
             return Err(TopicError::InvalidReplicationFactor(
                 "Replication factor must be larger than 0, or -1 to use the default value.".into(),
             ));
         }
-        if replication_factor > 1 {
+        let rf = if replication_factor == -1 {
+            self.region.default_replication_factor
+        } else {
+            replication_factor
+        };
+        let n = self.region.brokers.len();
+        if rf as usize > n {
             return Err(TopicError::InvalidReplicationFactor(format!(
-                "Unable to replicate the partition {replication_factor} time(s): The target replication factor of {replication_factor} cannot be reached because only 1 broker(s) are registered."
+                "Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {n} broker(s) are registered."
             )));
         }
-        Ok(())
+        Ok(rf)
     }
 
     fn check_assignments(&self, assignments: &[Vec<i32>]) -> Result<(), TopicError> {
         for (i, brokers) in assignments.iter().enumerate() {
-            if brokers.is_empty() || brokers.iter().any(|b| *b != self.node_id) || brokers.len() > 1
-            {
+            let mut uniq = brokers.clone();
+            uniq.sort_unstable();
+            uniq.dedup();
+            if brokers.is_empty() || uniq.len() != brokers.len() {
                 return Err(TopicError::InvalidReplicaAssignment(format!(
-                    "Replica assignment for partition {i} must list only broker {} (got {brokers:?})",
-                    self.node_id
+                    "Replica assignment for partition {i} must list distinct brokers (got {brokers:?})"
+                )));
+            }
+            if let Some(b) = brokers.iter().find(|b| !self.region.brokers.contains(b)) {
+                return Err(TopicError::InvalidReplicaAssignment(format!(
+                    "Replica assignment for partition {i} names broker {b}, which is not a broker of this region {:?}",
+                    self.region.brokers
                 )));
             }
         }
         Ok(())
+    }
+
+    /// Spreads partition `p`'s replicas over the region's brokers, starting
+    /// at an offset derived from the topic id, so preferred leaders (the
+    /// first replica) rotate across brokers and across topics.
+    fn assign(&self, id: &Uuid, first_partition: usize, count: usize, rf: i16) -> Vec<Vec<i32>> {
+        let b = &self.region.brokers;
+        let start = (id.as_u128() % b.len() as u128) as usize;
+        (first_partition..first_partition + count)
+            .map(|p| {
+                (0..rf as usize)
+                    .map(|k| b[(start + p + k) % b.len()])
+                    .collect()
+            })
+            .collect()
     }
 
     fn validate_configs(
@@ -280,6 +383,45 @@ impl Catalog {
         (first..first + n as u64).collect()
     }
 
+    /// Checks a CreateTopics entry against the current catalog; returns the
+    /// partition count and replica assignment it resolves to.
+    fn plan_create(
+        &self,
+        name: &str,
+        id: &Uuid,
+        partitions: i32,
+        replication_factor: i16,
+        assignments: &[Vec<i32>],
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(Vec<Vec<i32>>, BTreeMap<String, String>), TopicError> {
+        validate_topic_name(name)?;
+        if self.get(name).is_some() {
+            return Err(TopicError::AlreadyExists(name.to_string()));
+        }
+        let replicas = if !assignments.is_empty() {
+            if partitions != -1 || replication_factor != -1 {
+                return Err(TopicError::InvalidReplicaAssignment(
+                    "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".into(),
+                ));
+            }
+            self.check_assignments(assignments)?;
+            assignments.to_vec()
+        } else {
+            let rf = self.check_replication(replication_factor)?;
+            let count = match partitions {
+                -1 => self.defaults.default_partitions as i32,
+                n if n <= 0 => {
+                    return Err(TopicError::InvalidPartitions(
+                        "Number of partitions must be larger than 0.".into(),
+                    ))
+                }
+                n => n,
+            };
+            self.assign(id, 0, count as usize, rf)
+        };
+        Ok((replicas, Self::validate_configs(configs)?))
+    }
+
     /// Creates a topic. `partitions` of -1 means the broker default;
     /// `assignments`, if given, define the partition count.
     pub async fn create_topic(
@@ -291,86 +433,49 @@ impl Catalog {
         configs: &BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Arc<Topic>, TopicError> {
-        validate_topic_name(name)?;
-        let _g = self.admin.lock().await;
-        if self.get(name).is_some() {
-            return Err(TopicError::AlreadyExists(name.to_string()));
-        }
-        let count = if !assignments.is_empty() {
-            if partitions != -1 || replication_factor != -1 {
-                return Err(TopicError::InvalidReplicaAssignment(
-                    "Both numPartitions or replicationFactor and replicasAssignments were set. Both cannot be used at the same time.".into(),
-                ));
-            }
-            self.check_assignments(assignments)?;
-            assignments.len() as i32
-        } else {
-            self.check_replication(replication_factor)?;
-            match partitions {
-                -1 => self.defaults.default_partitions as i32,
-                n if n <= 0 => {
-                    return Err(TopicError::InvalidPartitions(
-                        "Number of partitions must be larger than 0.".into(),
-                    ))
-                }
-                n => n,
-            }
-        };
-        let configs = Self::validate_configs(configs)?;
-        let record = TopicRecord {
-            name: name.to_string(),
-            id: Uuid::new_v4(),
-            partitions: vec![],
+        let id = Uuid::new_v4();
+        let (replicas, configs) = self.plan_create(
+            name,
+            &id,
+            partitions,
+            replication_factor,
+            assignments,
             configs,
-            created_ms: now_ms(),
-            version: 1,
-        };
+        )?;
         if validate_only {
-            return Ok(self.with_partitions(
-                TopicRecord {
-                    partitions: vec![0; count as usize],
-                    ..record
-                },
-                vec![],
-            ));
+            let record = TopicRecord {
+                name: name.to_string(),
+                id,
+                partitions: vec![0; replicas.len()],
+                replicas,
+                configs,
+                created_ms: now_ms(),
+                version: 1,
+            };
+            return Ok(self.with_partitions(record, vec![]));
         }
-        let mut wb = WriteBatch::default();
-        let log_ids = self.alloc_log_ids(count as usize, &mut wb);
-        for id in &log_ids {
-            PartitionLog::init_record(&self.store, &mut wb, *id);
-        }
-        let record = TopicRecord {
-            partitions: log_ids,
-            ..record
-        };
-        self.put_record(&mut wb, &record);
-        self.store.write(wb).await?;
-        let topic = self.materialize(record)?;
-        self.install(topic.clone());
-        tracing::info!(topic = name, partitions = count, "created topic");
-        Ok(topic)
-    }
-
-    fn put_record(&self, wb: &mut WriteBatch, record: &TopicRecord) {
-        wb.put_cf(
-            self.store.cf(CF_META),
-            format!("{TOPIC_PREFIX}{}", record.name),
-            serde_json::to_vec(record).expect("serializes"),
-        );
+        self.submit(ControllerCommand::CreateTopic {
+            name: name.to_string(),
+            id,
+            partitions,
+            replication_factor,
+            assignments: assignments.to_vec(),
+            configs,
+            now_ms: now_ms(),
+        })
+        .await?;
+        self.await_local(|| self.get(name).filter(|t| t.id() == id))
+            .await
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
-        let _g = self.admin.lock().await;
         let topic = self.get(name).ok_or(TopicError::Unknown)?;
-        let mut wb = WriteBatch::default();
-        wb.delete_cf(self.store.cf(CF_META), format!("{TOPIC_PREFIX}{name}"));
-        for p in &topic.partitions {
-            p.delete_into(&mut wb);
-        }
-        self.topics.write().unwrap().remove(name);
-        self.by_id.write().unwrap().remove(&topic.id());
-        self.store.write(wb).await?;
-        tracing::info!(topic = name, "deleted topic");
+        self.submit(ControllerCommand::DeleteTopic {
+            name: name.to_string(),
+        })
+        .await?;
+        self.await_local(|| self.get(name).is_none().then_some(()))
+            .await?;
         Ok(topic)
     }
 
@@ -381,7 +486,76 @@ impl Catalog {
         assignments: Option<&[Vec<i32>]>,
         validate_only: bool,
     ) -> Result<(), TopicError> {
-        let _g = self.admin.lock().await;
+        self.plan_partitions(name, count, assignments)?;
+        if validate_only {
+            return Ok(());
+        }
+        self.submit(ControllerCommand::CreatePartitions {
+            name: name.to_string(),
+            count,
+            assignments: assignments.map(|a| a.to_vec()),
+        })
+        .await?;
+        self.await_local(|| {
+            self.get(name)
+                .filter(|t| t.partitions.len() as i32 >= count)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    pub async fn alter_configs(
+        &self,
+        name: &str,
+        ops: Vec<ConfigOp>,
+        validate_only: bool,
+    ) -> Result<(), TopicError> {
+        let ops: Vec<(String, Option<String>)> = ops
+            .into_iter()
+            .map(|op| match op {
+                ConfigOp::Set(k, v) => (k, Some(v)),
+                ConfigOp::Delete(k) => (k, None),
+            })
+            .collect();
+        let topic = self.get(name).ok_or(TopicError::Unknown)?;
+        let configs = Self::altered_configs(&topic, &ops)?;
+        if validate_only {
+            return Ok(());
+        }
+        let version = topic.record.version;
+        self.submit(ControllerCommand::AlterConfigs {
+            name: name.to_string(),
+            ops,
+        })
+        .await?;
+        self.await_local(|| {
+            self.get(name)
+                .filter(|t| t.record.version > version && t.record.configs == configs)
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Records a broker's Kafka endpoint (brokers register on start).
+    pub async fn register_broker(&self, ep: BrokerEndpoint) -> Result<(), TopicError> {
+        if self.endpoints.read().unwrap().get(&ep.id) == Some(&ep) {
+            return Ok(());
+        }
+        self.submit(ControllerCommand::RegisterBroker {
+            id: ep.id,
+            host: ep.host,
+            port: ep.port,
+            rack: ep.rack,
+        })
+        .await
+    }
+
+    fn plan_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        assignments: Option<&[Vec<i32>]>,
+    ) -> Result<(Arc<Topic>, Vec<Vec<i32>>), TopicError> {
         let topic = self.get(name).ok_or(TopicError::Unknown)?;
         let current = topic.partitions.len() as i32;
         if count < current {
@@ -394,78 +568,345 @@ impl Catalog {
                 "Topic already has {current} partitions."
             )));
         }
-        if let Some(a) = assignments {
-            if a.len() as i32 != count - current {
-                return Err(TopicError::InvalidReplicaAssignment(format!(
-                    "Increasing the number of partitions by {} but {} assignments provided.",
-                    count - current,
-                    a.len()
-                )));
+        let replicas = match assignments {
+            Some(a) => {
+                if a.len() as i32 != count - current {
+                    return Err(TopicError::InvalidReplicaAssignment(format!(
+                        "Increasing the number of partitions by {} but {} assignments provided.",
+                        count - current,
+                        a.len()
+                    )));
+                }
+                self.check_assignments(a)?;
+                a.to_vec()
             }
-            self.check_assignments(a)?;
+            None => {
+                let rf = topic.replicas(0).len().max(1) as i16;
+                self.assign(
+                    &topic.id(),
+                    current as usize,
+                    (count - current) as usize,
+                    rf,
+                )
+            }
+        };
+        Ok((topic, replicas))
+    }
+
+    fn altered_configs(
+        topic: &Topic,
+        ops: &[(String, Option<String>)],
+    ) -> Result<BTreeMap<String, String>, TopicError> {
+        let mut configs = topic.record.configs.clone();
+        for (k, v) in ops {
+            match v {
+                Some(v) => {
+                    let v = configs::validate(k, v)?;
+                    configs.insert(k.clone(), v);
+                }
+                None => {
+                    if configs::find(k).is_none() {
+                        return Err(ConfigValueError::Unknown(k.clone()).into());
+                    }
+                    configs.remove(k);
+                }
+            }
         }
-        if validate_only {
-            return Ok(());
+        Ok(configs)
+    }
+
+    /// Sends a change to the controller, or applies it here when no
+    /// controller is attached (a catalog used on its own, as in unit tests).
+    async fn submit(&self, cmd: ControllerCommand) -> Result<(), TopicError> {
+        let _g = self.admin.lock().await;
+        match self.controller.get() {
+            Some(c) => c.propose(cmd).await,
+            None => {
+                let mut wb = WriteBatch::default();
+                let post = self.apply(&cmd, &mut wb)?;
+                self.store.write(wb).await?;
+                post.run(self)?;
+                Ok(())
+            }
         }
-        let mut wb = WriteBatch::default();
-        let new_ids = self.alloc_log_ids((count - current) as usize, &mut wb);
-        for id in &new_ids {
-            PartitionLog::init_record(&self.store, &mut wb, *id);
+    }
+
+    /// Waits (bounded) until this broker has applied a change the
+    /// controller committed; a forwarded change can land here a moment
+    /// after the controller leader acknowledged it.
+    async fn await_local<T>(&self, f: impl Fn() -> Option<T>) -> Result<T, TopicError> {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(v) = f() {
+                return Ok(v);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(TopicError::Unavailable(
+                    "the change was committed but has not reached this broker yet".into(),
+                ));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        let mut record = topic.record.clone();
-        record.partitions.extend(new_ids.iter().copied());
-        record.version += 1;
-        self.put_record(&mut wb, &record);
-        self.store.write(wb).await?;
-        let mut partitions = topic.partitions.clone();
-        let tname: Arc<str> = name.into();
-        for (i, id) in new_ids.iter().enumerate() {
-            partitions.push(PartitionLog::open(
-                self.store.clone(),
-                *id,
-                tname.clone(),
-                current + i as i32,
-            )?);
+    }
+
+    /// Applies a committed controller command: its writes go into `wb`
+    /// (with the caller's applied-index marker, atomically); the returned
+    /// step updates the in-memory catalog once `wb` is written. Errors are
+    /// deterministic: every broker reaches the same one.
+    pub fn apply(
+        &self,
+        cmd: &ControllerCommand,
+        wb: &mut WriteBatch,
+    ) -> Result<PostApply, TopicError> {
+        match cmd {
+            ControllerCommand::RegisterBroker {
+                id,
+                host,
+                port,
+                rack,
+            } => {
+                let ep = BrokerEndpoint {
+                    id: *id,
+                    host: host.clone(),
+                    port: *port,
+                    rack: rack.clone(),
+                };
+                wb.put_cf(
+                    self.store.cf(CF_META),
+                    format!("{BROKER_PREFIX}{id:08}"),
+                    serde_json::to_vec(&ep).expect("serializes"),
+                );
+                Ok(PostApply::Broker(ep))
+            }
+            ControllerCommand::CreateTopic {
+                name,
+                id,
+                partitions,
+                replication_factor,
+                assignments,
+                configs,
+                now_ms,
+            } => {
+                let (replicas, configs) = self.plan_create(
+                    name,
+                    id,
+                    *partitions,
+                    *replication_factor,
+                    assignments,
+                    configs,
+                )?;
+                let log_ids = self.alloc_log_ids(replicas.len(), wb);
+                for lid in &log_ids {
+                    PartitionLog::init_record(&self.store, wb, *lid);
+                }
+                let record = TopicRecord {
+                    name: name.clone(),
+                    id: *id,
+                    partitions: log_ids,
+                    replicas,
+                    configs,
+                    created_ms: *now_ms,
+                    version: 1,
+                };
+                self.put_record(wb, &record);
+                Ok(PostApply::Install(record))
+            }
+            ControllerCommand::DeleteTopic { name } => {
+                let topic = self.get(name).ok_or(TopicError::Unknown)?;
+                wb.delete_cf(self.store.cf(CF_META), format!("{TOPIC_PREFIX}{name}"));
+                for p in &topic.partitions {
+                    p.delete_into(wb);
+                }
+                Ok(PostApply::Remove(topic))
+            }
+            ControllerCommand::CreatePartitions {
+                name,
+                count,
+                assignments,
+            } => {
+                let (topic, replicas) =
+                    self.plan_partitions(name, *count, assignments.as_deref())?;
+                let new_ids = self.alloc_log_ids(replicas.len(), wb);
+                for lid in &new_ids {
+                    PartitionLog::init_record(&self.store, wb, *lid);
+                }
+                let mut record = topic.record.clone();
+                if record.replicas.is_empty() {
+                    record.replicas = (0..record.partitions.len())
+                        .map(|i| topic.replicas(i as i32))
+                        .collect();
+                }
+                record.partitions.extend(new_ids.iter().copied());
+                record.replicas.extend(replicas);
+                record.version += 1;
+                self.put_record(wb, &record);
+                Ok(PostApply::Install(record))
+            }
+            ControllerCommand::AlterConfigs { name, ops } => {
+                let topic = self.get(name).ok_or(TopicError::Unknown)?;
+                let mut record = topic.record.clone();
+                record.configs = Self::altered_configs(&topic, ops)?;
+                record.version += 1;
+                self.put_record(wb, &record);
+                Ok(PostApply::Install(record))
+            }
         }
-        self.install(self.with_partitions(record, partitions));
+    }
+
+    fn put_record(&self, wb: &mut WriteBatch, record: &TopicRecord) {
+        wb.put_cf(
+            self.store.cf(CF_META),
+            format!("{TOPIC_PREFIX}{}", record.name),
+            serde_json::to_vec(record).expect("serializes"),
+        );
+    }
+
+    /// Replaces the whole catalog with `entries` (meta key -> value), as a
+    /// controller snapshot install does. Returns the topics that vanished.
+    pub fn snapshot_entries(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = self.store.scan_meta(TOPIC_PREFIX)?;
+        out.extend(self.store.scan_meta(BROKER_PREFIX)?);
+        out.extend(
+            self.store
+                .get_meta(NEXT_LOG_ID_KEY)?
+                .map(|v| (NEXT_LOG_ID_KEY.to_string(), v)),
+        );
+        Ok(out)
+    }
+
+    pub fn install_snapshot_entries(
+        &self,
+        entries: &[(String, Vec<u8>)],
+        wb: &mut WriteBatch,
+    ) -> Result<Vec<Arc<Topic>>, StoreError> {
+        let meta = self.store.cf(CF_META);
+        for (k, _) in self.store.scan_meta(TOPIC_PREFIX)? {
+            wb.delete_cf(meta, k);
+        }
+        for (k, _) in self.store.scan_meta(BROKER_PREFIX)? {
+            wb.delete_cf(meta, k);
+        }
+        let mut incoming = std::collections::HashSet::new();
+        for (k, v) in entries {
+            if let Some(name) = k.strip_prefix(TOPIC_PREFIX) {
+                let r: TopicRecord =
+                    serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+                        key: k.clone(),
+                        detail: e.to_string(),
+                    })?;
+                incoming.insert((name.to_string(), r.id));
+            }
+            wb.put_cf(meta, k, v);
+        }
+        let gone: Vec<Arc<Topic>> = self
+            .list()
+            .into_iter()
+            .filter(|t| !incoming.contains(&(t.name().to_string(), t.id())))
+            .collect();
+        for t in &gone {
+            for p in &t.partitions {
+                p.delete_into(wb);
+            }
+        }
+        Ok(gone)
+    }
+
+    /// Reloads the in-memory catalog from the store (after a snapshot install).
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let next = match self.store.get_meta(NEXT_LOG_ID_KEY)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().unwrap()),
+            _ => 1,
+        };
+        self.next_log_id.store(next, Ordering::SeqCst);
+        let mut keep = HashMap::new();
+        for (key, value) in self.store.scan_meta(TOPIC_PREFIX)? {
+            let record: TopicRecord =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    key: key.clone(),
+                    detail: e.to_string(),
+                })?;
+            keep.insert(record.name.clone(), record.id);
+            let same = self.get(&record.name).filter(|t| t.record == record);
+            if same.is_none() {
+                PostApply::Install(record).run(self)?;
+            }
+        }
+        for t in self.list() {
+            if keep.get(t.name()) != Some(&t.id()) {
+                self.topics.write().unwrap().remove(t.name());
+                self.by_id.write().unwrap().remove(&t.id());
+            }
+        }
+        self.load_brokers()?;
         Ok(())
     }
 
-    pub async fn alter_configs(
-        &self,
-        name: &str,
-        ops: Vec<ConfigOp>,
-        validate_only: bool,
-    ) -> Result<(), TopicError> {
-        let _g = self.admin.lock().await;
-        let topic = self.get(name).ok_or(TopicError::Unknown)?;
-        let mut configs = topic.record.configs.clone();
-        for op in ops {
-            match op {
-                ConfigOp::Set(k, v) => {
-                    let v = configs::validate(&k, &v)?;
-                    configs.insert(k, v);
-                }
-                ConfigOp::Delete(k) => {
-                    if configs::find(&k).is_none() {
-                        return Err(ConfigValueError::Unknown(k).into());
-                    }
-                    configs.remove(&k);
-                }
-            }
+    fn load_brokers(&self) -> Result<(), StoreError> {
+        let mut eps = BTreeMap::new();
+        for (key, value) in self.store.scan_meta(BROKER_PREFIX)? {
+            let ep: BrokerEndpoint =
+                serde_json::from_slice(&value).map_err(|e| StoreError::Corrupt {
+                    key: key.clone(),
+                    detail: e.to_string(),
+                })?;
+            eps.insert(ep.id, ep);
         }
-        if validate_only {
-            return Ok(());
-        }
-        let mut record = topic.record.clone();
-        record.configs = configs;
-        record.version += 1;
-        let mut wb = WriteBatch::default();
-        self.put_record(&mut wb, &record);
-        self.store.write(wb).await?;
-        self.install(self.with_partitions(record, topic.partitions.clone()));
+        *self.endpoints.write().unwrap() = eps;
         Ok(())
     }
+}
+
+/// What to do in memory once an applied command's writes are stored.
+pub enum PostApply {
+    Broker(BrokerEndpoint),
+    /// A topic was created or changed: (re)install it, keeping open logs.
+    Install(TopicRecord),
+    Remove(Arc<Topic>),
+}
+
+impl PostApply {
+    pub fn run(self, cat: &Catalog) -> Result<(), StoreError> {
+        match self {
+            PostApply::Broker(ep) => {
+                cat.endpoints.write().unwrap().insert(ep.id, ep);
+            }
+            PostApply::Install(record) => {
+                let old = cat.get(&record.name).filter(|t| t.id() == record.id);
+                let name: Arc<str> = record.name.as_str().into();
+                let mut parts = Vec::with_capacity(record.partitions.len());
+                for (i, lid) in record.partitions.iter().enumerate() {
+                    let existing = old
+                        .as_ref()
+                        .and_then(|t| t.partitions.get(i))
+                        .filter(|p| p.log_id == *lid)
+                        .cloned();
+                    parts.push(match existing {
+                        Some(p) => p,
+                        None => {
+                            PartitionLog::open(cat.store.clone(), *lid, name.clone(), i as i32)?
+                        }
+                    });
+                }
+                tracing::info!(topic = %record.name, partitions = parts.len(), version = record.version, "catalog: topic installed");
+                cat.install(cat.with_partitions(record, parts));
+            }
+            PostApply::Remove(topic) => {
+                cat.topics.write().unwrap().remove(topic.name());
+                cat.by_id.write().unwrap().remove(&topic.id());
+                tracing::info!(topic = topic.name(), "catalog: topic deleted");
+            }
+        }
+        cat.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Sends controller commands to the region's controller group.
+pub trait ControllerProposer: Send + Sync {
+    fn propose(
+        &self,
+        cmd: ControllerCommand,
+    ) -> futures_util::future::BoxFuture<'_, Result<(), TopicError>>;
 }
 
 #[cfg(test)]
@@ -492,7 +933,8 @@ mod tests {
         let id;
         {
             let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
-            let cat = Catalog::open(store, TopicDefaults::default(), 1).unwrap();
+            let cat =
+                Catalog::open(store, TopicDefaults::default(), RegionSettings::single(1)).unwrap();
             let mut cfgs = BTreeMap::new();
             cfgs.insert("retention.ms".to_string(), "1000".to_string());
             let t = cat
@@ -524,7 +966,8 @@ mod tests {
             ));
         }
         let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
-        let cat = Catalog::open(store, TopicDefaults::default(), 1).unwrap();
+        let cat =
+            Catalog::open(store, TopicDefaults::default(), RegionSettings::single(1)).unwrap();
         let t = cat.get("orders").unwrap();
         assert_eq!(t.id(), id);
         assert_eq!(t.partitions.len(), 5);
@@ -545,7 +988,8 @@ mod tests {
     async fn config_changes_are_validated() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
-        let cat = Catalog::open(store, TopicDefaults::default(), 1).unwrap();
+        let cat =
+            Catalog::open(store, TopicDefaults::default(), RegionSettings::single(1)).unwrap();
         cat.create_topic("t", 1, 1, &[], &BTreeMap::new(), false)
             .await
             .unwrap();

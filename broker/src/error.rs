@@ -77,6 +77,8 @@ impl KafkaCode for TopicError {
             TopicError::InvalidReplicaAssignment(_) => E::InvalidReplicaAssignment.code(),
             TopicError::InvalidConfig(c) => c.kafka_code(),
             TopicError::Storage(s) => s.kafka_code(),
+            TopicError::Unavailable(_) => E::NotController.code(),
+            TopicError::Rejected { code, .. } => *code,
         }
     }
 }

@@ -3,10 +3,12 @@
 
 pub mod admin_http;
 pub mod catalog;
+pub mod cluster;
 pub mod configs;
 pub mod error;
 mod handlers;
 pub mod log;
+pub mod raft;
 pub mod server;
 pub mod storage;
 

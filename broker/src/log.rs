@@ -75,9 +75,24 @@ pub enum Appended {
 
 struct LogState {
     next_offset: i64,
-    leader_epoch: i32,
+    /// Epoch -> first offset history, newest last (mirrors PartitionRecord).
+    epochs: Vec<(i32, i64)>,
     producers: ProducerStates,
     size_bytes: u64,
+}
+
+/// A batch appended into a caller's `WriteBatch` (see [`PartitionLog::append_into`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendedInto {
+    /// New offsets `base..=last`; call [`PartitionLog::committed`] with
+    /// `last + 1` once the write is done.
+    New {
+        base: i64,
+        last: i64,
+    },
+    Duplicate {
+        base_offset: i64,
+    },
 }
 
 pub struct PartitionLog {
@@ -87,10 +102,15 @@ pub struct PartitionLog {
     store: Arc<Store>,
     state: Mutex<LogState>,
     high_watermark: AtomicI64,
+    /// The leader epoch clients see (the partition group's current term).
+    current_epoch: std::sync::atomic::AtomicI32,
     log_end: AtomicI64,
     log_start: AtomicI64,
     deleted: AtomicBool,
     waiters: Mutex<Vec<Weak<Notify>>>,
+    /// Held from offset assignment until the write is queued, for writers
+    /// that queue their own writes ([`PartitionLog::append`]).
+    submit_order: Mutex<()>,
 }
 
 /// Offsets and bytes returned by a read.
@@ -123,6 +143,41 @@ impl PartitionLog {
         topic: Arc<str>,
         partition: i32,
     ) -> Result<Arc<PartitionLog>, StoreError> {
+        let (st, log_start) = Self::load_state(&store, log_id)?;
+        let next_offset = st.next_offset;
+        let leader_epoch = st.epochs.last().map(|e| e.0).unwrap_or(0);
+        Ok(Arc::new(PartitionLog {
+            log_id,
+            topic,
+            partition,
+            store,
+            state: Mutex::new(st),
+            high_watermark: AtomicI64::new(next_offset),
+            current_epoch: std::sync::atomic::AtomicI32::new(leader_epoch),
+            log_end: AtomicI64::new(next_offset),
+            log_start: AtomicI64::new(log_start),
+            deleted: AtomicBool::new(false),
+            waiters: Mutex::new(Vec::new()),
+            submit_order: Mutex::new(()),
+        }))
+    }
+
+    /// Re-reads everything from the store, after the partition's data was
+    /// replaced wholesale (a Raft snapshot was installed).
+    pub fn reload(&self) -> Result<(), StoreError> {
+        let (fresh, log_start) = Self::load_state(&self.store, self.log_id)?;
+        let mut st = self.state.lock().unwrap();
+        let next = fresh.next_offset;
+        *st = fresh;
+        self.log_end.store(next, Ordering::Release);
+        self.log_start.store(log_start, Ordering::Release);
+        self.high_watermark.store(next, Ordering::Release);
+        drop(st);
+        self.wake_waiters();
+        Ok(())
+    }
+
+    fn load_state(store: &Store, log_id: u64) -> Result<(LogState, i64), StoreError> {
         let key = partition_key(log_id);
         let rec: PartitionRecord = match store.get_meta(&key)? {
             Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
@@ -164,24 +219,15 @@ impl PartitionLog {
             }
             it.status()?;
         }
-        let leader_epoch = rec.epochs.last().map(|e| e.0).unwrap_or(0);
-        Ok(Arc::new(PartitionLog {
-            log_id,
-            topic,
-            partition,
-            store,
-            state: Mutex::new(LogState {
+        Ok((
+            LogState {
                 next_offset,
-                leader_epoch,
+                epochs: rec.epochs,
                 producers,
                 size_bytes,
-            }),
-            high_watermark: AtomicI64::new(next_offset),
-            log_end: AtomicI64::new(next_offset),
-            log_start: AtomicI64::new(log_start),
-            deleted: AtomicBool::new(false),
-            waiters: Mutex::new(Vec::new()),
-        }))
+            },
+            log_start,
+        ))
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -197,20 +243,26 @@ impl PartitionLog {
     }
 
     pub fn leader_epoch(&self) -> i32 {
-        self.state.lock().unwrap().leader_epoch
+        self.current_epoch.load(Ordering::Acquire)
+    }
+
+    pub fn set_leader_epoch(&self, epoch: i32) {
+        self.current_epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    /// The durable (epoch, start offset) history, oldest first.
+    pub fn epoch_history(&self) -> Vec<(i32, i64)> {
+        self.state.lock().unwrap().epochs.clone()
     }
 
     pub fn size_bytes(&self) -> u64 {
         self.state.lock().unwrap().size_bytes
     }
 
-    /// Validates, deduplicates, assigns offsets and queues a produced batch.
-    pub fn append(
-        self: &Arc<Self>,
-        records: &[u8],
-        cfg: &EffectiveConfig,
-        now_ms: i64,
-    ) -> Result<Appended, AppendError> {
+    /// Checks a batch as the leader does before replicating it: framing,
+    /// CRC, size and features. Deterministic, so every replica applying the
+    /// same bytes reaches the same verdict.
+    pub fn check_batch(records: &[u8], cfg: &EffectiveConfig) -> Result<BatchHeader, AppendError> {
         let h: BatchHeader = batch::validate_produce_batch(records)?;
         if records.len() > cfg.max_message_bytes.max(0) as usize {
             return Err(AppendError::TooLarge {
@@ -221,6 +273,24 @@ impl PartitionLog {
         if h.is_transactional() {
             return Err(AppendError::Transactional);
         }
+        Ok(h)
+    }
+
+    /// Validates, deduplicates and assigns offsets to a batch, adding its
+    /// writes (data, index, producer state, epoch history) to `wb`. The
+    /// in-memory state moves at once, so the next append sees these offsets;
+    /// the high watermark moves only when the caller reports the write done
+    /// through [`PartitionLog::committed`]. `epoch` is stamped into the batch
+    /// and recorded in the epoch history when it is new.
+    pub fn append_into(
+        &self,
+        wb: &mut WriteBatch,
+        records: &[u8],
+        epoch: i32,
+        cfg: &EffectiveConfig,
+        now_ms: i64,
+    ) -> Result<AppendedInto, AppendError> {
+        let h = Self::check_batch(records, cfg)?;
         let mut st = self.state.lock().unwrap();
         if self.deleted.load(Ordering::Acquire) {
             return Err(AppendError::Deleted);
@@ -237,26 +307,37 @@ impl PartitionLog {
                 h.base_sequence,
                 h.last_sequence(),
             )? {
-                return Ok(Appended::Duplicate {
+                return Ok(AppendedInto::Duplicate {
                     base_offset: b.first_offset,
                 });
             }
         }
         let base = st.next_offset;
         let last = base + h.last_offset_delta as i64;
-        let stamped = batch::stamp(
-            records,
-            base,
-            st.leader_epoch,
-            cfg.log_append_time.then_some(now_ms),
-        );
+        if st.epochs.last().is_none_or(|(e, _)| *e < epoch) {
+            // Drop a trailing entry that never got a batch, so the history
+            // only names epochs that own data (besides the initial one).
+            if st.epochs.len() > 1 && st.epochs.last().is_some_and(|(_, o)| *o == base) {
+                st.epochs.pop();
+            }
+            st.epochs.push((epoch, base));
+            let rec = PartitionRecord {
+                log_start_offset: self.log_start_offset(),
+                epochs: st.epochs.clone(),
+            };
+            wb.put_cf(
+                self.store.cf(CF_META),
+                partition_key(self.log_id),
+                serde_json::to_vec(&rec).expect("serializes"),
+            );
+        }
+        let stamped = batch::stamp(records, base, epoch, cfg.log_append_time.then_some(now_ms));
         let max_ts = if cfg.log_append_time {
             now_ms
         } else {
             h.max_timestamp
         };
         let key = log_key(self.log_id, base);
-        let mut wb = WriteBatch::default();
         wb.put_cf(self.store.cf(CF_LOG), key, &stamped);
         let idx = IndexEntry {
             base_offset: base,
@@ -282,35 +363,65 @@ impl PartitionLog {
         st.next_offset = last + 1;
         st.size_bytes += stamped.len() as u64;
         self.log_end.store(last + 1, Ordering::Release);
-        let (tx, rx) = oneshot::channel();
-        // Weak: the writer thread must never hold the last reference to a
-        // log (and so to the store), or dropping it there would deadlock.
-        let me = Arc::downgrade(self);
-        self.store.submit(
-            wb,
-            Box::new(move |r| {
-                if let (Ok(()), Some(me)) = (&r, me.upgrade()) {
-                    me.advance_high_watermark(last + 1);
-                }
-                let _ = tx.send(r);
-            }),
-        );
         drop(st);
         metrics::counter!("chronik_produced_records_total").increment(h.records_count as u64);
         metrics::counter!("chronik_produced_bytes_total").increment(records.len() as u64);
-        Ok(Appended::Pending {
-            base_offset: base,
-            done: rx,
-        })
+        Ok(AppendedInto::New { base, last })
+    }
+
+    /// Validates, deduplicates, assigns offsets and queues a produced batch
+    /// to the store on its own (no replication).
+    pub fn append(
+        self: &Arc<Self>,
+        records: &[u8],
+        cfg: &EffectiveConfig,
+        now_ms: i64,
+    ) -> Result<Appended, AppendError> {
+        let mut wb = WriteBatch::default();
+        let epoch = self.leader_epoch();
+        // The lock keeps the store's queue in offset order.
+        let _order = self.submit_order.lock().unwrap();
+        match self.append_into(&mut wb, records, epoch, cfg, now_ms)? {
+            AppendedInto::Duplicate { base_offset } => Ok(Appended::Duplicate { base_offset }),
+            AppendedInto::New { base, last } => {
+                let (tx, rx) = oneshot::channel();
+                // Weak: the writer thread must never hold the last reference to a
+                // log (and so to the store), or dropping it there would deadlock.
+                let me = Arc::downgrade(self);
+                self.store.submit(
+                    wb,
+                    Box::new(move |r| {
+                        if let (Ok(()), Some(me)) = (&r, me.upgrade()) {
+                            me.committed(last + 1);
+                        }
+                        let _ = tx.send(r);
+                    }),
+                );
+                Ok(Appended::Pending {
+                    base_offset: base,
+                    done: rx,
+                })
+            }
+        }
+    }
+
+    /// Everything below `to` is written: move the high watermark and wake
+    /// long-polling fetches.
+    pub fn committed(&self, to: i64) {
+        self.advance_high_watermark(to)
     }
 
     fn advance_high_watermark(&self, to: i64) {
         if self.high_watermark.fetch_max(to, Ordering::AcqRel) < to {
-            let waiters = std::mem::take(&mut *self.waiters.lock().unwrap());
-            for w in waiters {
-                if let Some(n) = w.upgrade() {
-                    n.notify_one();
-                }
+            self.wake_waiters();
+        }
+    }
+
+    fn wake_waiters(&self) {
+        let waiters = std::mem::take(&mut *self.waiters.lock().unwrap());
+        for w in waiters {
+            if let Some(n) = w.upgrade() {
+                n.notify_one();
             }
         }
     }
@@ -487,12 +598,14 @@ impl PartitionLog {
     /// Removes every batch below `new_start` (which must be a batch
     /// boundary or the log end) and records the new log start offset.
     async fn truncate_prefix(&self, new_start: i64) -> Result<(), StoreError> {
-        let (epochs, _) = self.partition_record()?;
+        let mut wb = WriteBatch::default();
+        // The epoch history as of now: a later epoch change rewrites the
+        // whole record with the then-current log start.
+        let epochs = self.state.lock().unwrap().epochs.clone();
         let rec = PartitionRecord {
             log_start_offset: new_start,
             epochs,
         };
-        let mut wb = WriteBatch::default();
         let (from, to) = (log_key(self.log_id, 0), log_key(self.log_id, new_start));
         wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
         wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
@@ -506,21 +619,6 @@ impl PartitionLog {
         Ok(())
     }
 
-    fn partition_record(&self) -> Result<(Vec<(i32, i64)>, i64), StoreError> {
-        let key = partition_key(self.log_id);
-        match self.store.get_meta(&key)? {
-            Some(v) => {
-                let r: PartitionRecord =
-                    serde_json::from_slice(&v).map_err(|e| StoreError::Corrupt {
-                        key,
-                        detail: e.to_string(),
-                    })?;
-                Ok((r.epochs, r.log_start_offset))
-            }
-            None => Ok((vec![(0, 0)], 0)),
-        }
-    }
-
     /// Marks the partition deleted and adds the removal of all its data to
     /// `wb`. Appends racing with the delete fail with [`AppendError::Deleted`].
     pub fn delete_into(&self, wb: &mut WriteBatch) {
@@ -531,6 +629,25 @@ impl PartitionLog {
             wb.delete_range_cf(self.store.cf(cf), from, to);
         }
         wb.delete_cf(self.store.cf(CF_META), partition_key(self.log_id));
+    }
+
+    /// Every stored batch from the log start up to the high watermark,
+    /// concatenated: what replica comparisons and debugging read.
+    pub fn dump(&self) -> Result<Vec<u8>, StoreError> {
+        let hw = self.high_watermark();
+        let mut it = self.store.log_iter(CF_LOG, self.log_id);
+        it.seek_to_first();
+        let mut out = Vec::new();
+        while it.valid() {
+            let (_, base) = split_log_key(it.key().unwrap_or_default()).unwrap_or((0, i64::MAX));
+            if base >= hw {
+                break;
+            }
+            out.extend_from_slice(it.value().unwrap_or_default());
+            it.next();
+        }
+        it.status()?;
+        Ok(out)
     }
 
     pub fn is_deleted(&self) -> bool {

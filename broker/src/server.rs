@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use chronik_topology::BrokerConfig;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, RegionSettings};
+use crate::cluster::Cluster;
 use crate::framing::FrameDecoder;
 use crate::handlers::{self, BoxFuture, Reply};
 use crate::protocol::{self, Parsed};
@@ -49,7 +50,9 @@ impl ProducerIdAllocator {
         })
     }
 
-    pub async fn next(&self, store: &Store) -> Result<i64, StoreError> {
+    /// A producer id unique across the region: the low 10 bits are this
+    /// broker's node id, so brokers never hand out the same id.
+    pub async fn next(&self, store: &Store, node_id: i32) -> Result<i64, StoreError> {
         let mut st = self.state.lock().await;
         if st.0 >= st.1 {
             let new_limit = st.1 + PRODUCER_ID_BLOCK;
@@ -58,9 +61,9 @@ impl ProducerIdAllocator {
             store.write(wb).await?;
             st.1 = new_limit;
         }
-        let id = st.0;
+        let seq = st.0;
         st.0 += 1;
-        Ok(id)
+        Ok((seq << 10) | (node_id as i64 & 0x3ff))
     }
 }
 
@@ -68,7 +71,8 @@ impl ProducerIdAllocator {
 pub struct BrokerCtx {
     pub config: BrokerConfig,
     pub store: Arc<Store>,
-    pub catalog: Catalog,
+    pub catalog: Arc<Catalog>,
+    pub cluster: Arc<Cluster>,
     pub cluster_id: String,
     pub producer_ids: ProducerIdAllocator,
     ready: AtomicBool,
@@ -76,7 +80,9 @@ pub struct BrokerCtx {
 
 impl BrokerCtx {
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.store.is_failed()
+        self.ready.load(Ordering::Acquire)
+            && !self.store.is_failed()
+            && self.cluster.controller_status().leader.is_some()
     }
 }
 
@@ -101,6 +107,8 @@ pub enum StartError {
     },
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
+    #[error("starting replication: {0}")]
+    Cluster(String),
 }
 
 impl Broker {
@@ -113,6 +121,8 @@ impl Broker {
         };
         let store = Arc::new(Store::open(&dir, config.durability).map_err(storage_err)?);
         let cluster_id = match store.get_meta(CLUSTER_ID_KEY).map_err(storage_err)? {
+            // Every broker of a region reports the same cluster id.
+            _ if !config.cluster.peers.is_empty() => format!("chronik-{}", config.region),
             Some(v) => String::from_utf8_lossy(&v).into_owned(),
             None => {
                 let id = uuid::Uuid::new_v4().simple().to_string();
@@ -123,8 +133,15 @@ impl Broker {
             }
         };
         let recovery = std::time::Instant::now();
-        let catalog = Catalog::open(store.clone(), config.topics.clone(), config.node_id)
-            .map_err(storage_err)?;
+        let region = RegionSettings {
+            brokers: config.cluster.broker_ids(config.node_id),
+            default_replication_factor: config.cluster.effective_replication_factor(config.node_id)
+                as i16,
+            default_min_insync_replicas: config.cluster.min_insync_replicas as i32,
+        };
+        let catalog = Arc::new(
+            Catalog::open(store.clone(), config.topics.clone(), region).map_err(storage_err)?,
+        );
         let partitions = catalog.all_partitions().len();
         tracing::info!(
             partitions,
@@ -154,11 +171,19 @@ impl Broker {
         // With port 0 (tests), advertise the port actually bound.
         config.listeners.kafka = kafka_addr;
         config.listeners.admin = Some(admin_addr);
+        let cluster = Cluster::start(&config, store.clone(), catalog.clone())
+            .await
+            .map_err(StartError::Cluster)?;
+        if config.cluster.peers.is_empty() {
+            // A one-broker region elects itself at once; serve only then.
+            cluster.wait_controller(Duration::from_secs(10)).await;
+        }
 
         let ctx = Arc::new(BrokerCtx {
             config,
             store,
             catalog,
+            cluster,
             cluster_id,
             producer_ids,
             ready: AtomicBool::new(false),
@@ -189,6 +214,7 @@ impl Broker {
     pub async fn shutdown(self) {
         self.ctx.ready.store(false, Ordering::Release);
         let _ = self.shutdown.send(true);
+        self.ctx.cluster.shutdown().await;
         for t in self.tasks {
             let _ = t.await;
         }
@@ -198,7 +224,17 @@ impl Broker {
         while Arc::strong_count(&self.ctx) > 1 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        let store = self.ctx.store.clone();
         drop(self.ctx);
+        // Raft tasks wind down on their own after shutdown; wait for them
+        // to drop their handles so the RocksDB closes (and unlocks) here.
+        while Arc::strong_count(&store) > 1 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if Arc::strong_count(&store) > 1 {
+            tracing::warn!("storage still referenced at shutdown; it closes with the process");
+        }
+        drop(store);
         tracing::info!("broker stopped");
     }
 }

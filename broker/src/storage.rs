@@ -29,6 +29,8 @@ pub const CF_LOG: &str = "log";
 pub const CF_INDEX: &str = "index";
 pub const CF_PRODUCERS: &str = "producers";
 pub const CF_META: &str = "meta";
+/// Raft logs of every group: (group id, index) -> entry (prost).
+pub const CF_RAFT: &str = "raft";
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -52,6 +54,8 @@ pub type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 struct Job {
     batch: WriteBatch,
+    /// Whether `done` must wait for a WAL sync (with `durability = fsync`).
+    sync: bool,
     done: Completion,
 }
 
@@ -146,11 +150,18 @@ impl Store {
         // BlobDB (values in blob files) was measured here: no produce gain,
         // and catch-up reads 2.5x slower, so batches stay inline.
         let small = Options::default();
+        // Raft entries are written once, read by lagging followers, and
+        // deleted in ranges once applied and snapshotted.
+        let mut raft_opts = Options::default();
+        raft_opts.set_compression_type(rocksdb::DBCompressionType::None);
+        raft_opts.set_write_buffer_size(64 << 20);
+        raft_opts.set_max_write_buffer_number(4);
         let cfs = vec![
             ColumnFamilyDescriptor::new(CF_LOG, log_opts),
             ColumnFamilyDescriptor::new(CF_INDEX, small.clone()),
             ColumnFamilyDescriptor::new(CF_PRODUCERS, small.clone()),
             ColumnFamilyDescriptor::new(CF_META, small),
+            ColumnFamilyDescriptor::new(CF_RAFT, raft_opts),
         ];
         let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
         let (tx, rx) = mpsc::channel::<Job>();
@@ -186,7 +197,26 @@ impl Store {
     /// Queues a write; `done` runs once it is durable per the configured
     /// durability, in submission order.
     pub fn submit(&self, batch: WriteBatch, done: Completion) {
-        let job = Job { batch, done };
+        self.enqueue(Job {
+            batch,
+            sync: true,
+            done,
+        })
+    }
+
+    /// Like [`Store::submit`], but never waits for a sync of its own: for
+    /// state that can be rebuilt from something already durable (a Raft
+    /// state machine re-applies from its log). It is still written in
+    /// order, and a later sync covers it.
+    pub fn submit_unsynced(&self, batch: WriteBatch, done: Completion) {
+        self.enqueue(Job {
+            batch,
+            sync: false,
+            done,
+        })
+    }
+
+    fn enqueue(&self, job: Job) {
         let unsent = match &self.tx {
             Some(tx) => tx.send(job).err().map(|e| e.0),
             None => Some(job),
@@ -194,6 +224,12 @@ impl Store {
         if let Some(job) = unsent {
             (job.done)(Err(StoreError::Failed("writer thread stopped".into())));
         }
+    }
+
+    /// Resolves once everything written to the DB before this call is
+    /// durable per the configured durability (a WAL sync with `fsync`).
+    pub fn flush(&self, done: Completion) {
+        self.submit(WriteBatch::default(), done);
     }
 
     /// Submits and waits; for rare metadata writes off the hot path.
@@ -285,6 +321,7 @@ fn writer_loop(
             Some(e) => Err(StoreError::Failed(e.clone())),
             None => Ok(()),
         };
+        let needs_sync = group.iter().any(|j| j.sync);
         for job in group.drain(..) {
             if result.is_ok() {
                 if let Err(e) = db.write_opt(job.batch, &wo) {
@@ -293,7 +330,7 @@ fn writer_loop(
             }
             dones.push(job.done);
         }
-        if result.is_ok() && durability == Durability::Fsync {
+        if result.is_ok() && durability == Durability::Fsync && needs_sync {
             let sync_start = Instant::now();
             if let Err(e) = db.flush_wal(true) {
                 result = Err(e.into());

@@ -27,6 +27,7 @@ async fn start() -> (Broker, tempfile::TempDir) {
         kafka: "127.0.0.1:0".parse().unwrap(),
         admin: Some("127.0.0.1:0".parse().unwrap()),
         advertised_kafka: None,
+        raft: None,
     };
     cfg.limits.socket_request_max_bytes = 1 << 20;
     (Broker::start(cfg).await.unwrap(), dir)
@@ -338,6 +339,7 @@ async fn data_survives_restart() {
             kafka: "127.0.0.1:0".parse().unwrap(),
             admin: Some("127.0.0.1:0".parse().unwrap()),
             advertised_kafka: None,
+            raft: None,
         };
         cfg
     };

@@ -66,14 +66,16 @@ struct Planned {
 }
 
 fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
-    if args.regions != 1 || args.nodes != 1 {
-        // Several brokers need Raft replication inside a region and several
-        // regions need dc-link; until those exist, independent brokers would
-        // only pretend to be a cluster.
+    if args.regions != 1 {
+        // Several regions need dc-link; until it exists, independent regions
+        // would only pretend to mirror each other.
         return Err(format!(
-            "--regions {} --nodes {}: this build supports only --regions 1 --nodes 1 (regional replication and dc-link are not implemented yet)",
-            args.regions, args.nodes
+            "--regions {}: this build supports only --regions 1 (cross-region mirroring, dc-link, is not implemented yet)",
+            args.regions
         ));
+    }
+    if args.nodes == 0 || args.nodes > 9 {
+        return Err(format!("--nodes {}: must be between 1 and 9", args.nodes));
     }
     let mut out = Vec::new();
     for r in 0..args.regions as usize {
@@ -82,6 +84,8 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
             let node_id = (r * 100 + n + 1) as i32;
             let port = args.base_port as usize + r * 100 + n;
             let port = u16::try_from(port).map_err(|_| format!("port {port} out of range"))?;
+            // Raft listeners sit 50 ports above the Kafka listeners.
+            let raft_port = |n: usize| args.base_port as usize + r * 100 + n + 50;
             let config_path = root.join(region).join(format!("broker-{node_id}.toml"));
             // Reuse an existing config so a restart keeps node ids and data.
             let config = if config_path.exists() {
@@ -97,6 +101,21 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                         kafka,
                         advertised_kafka: None,
                         admin: None,
+                        raft: (args.nodes > 1).then(|| {
+                            format!("127.0.0.1:{}", raft_port(n))
+                                .parse()
+                                .expect("valid address")
+                        }),
+                    },
+                    cluster: chronik_topology::Cluster {
+                        peers: (0..args.nodes as usize)
+                            .filter(|m| *m != n)
+                            .map(|m| chronik_topology::Peer {
+                                id: (r * 100 + m + 1) as i32,
+                                raft: format!("127.0.0.1:{}", raft_port(m)),
+                            })
+                            .collect(),
+                        ..Default::default()
                     },
                     topics: TopicDefaults {
                         auto_create: true,

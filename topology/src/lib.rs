@@ -47,6 +47,11 @@ pub struct Listeners {
     /// HTTP admin listener (/metrics, /health/*); defaults to Kafka port + 4000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<SocketAddr>,
+    /// Broker-to-broker (Raft) listener. Required when `cluster.peers` is not
+    /// empty; defaults to Kafka port + 1 otherwise (a one-broker region
+    /// opens no peer listener at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raft: Option<SocketAddr>,
 }
 
 impl Default for Listeners {
@@ -55,6 +60,7 @@ impl Default for Listeners {
             kafka: DEFAULT_KAFKA_ADDR.parse().expect("valid default address"),
             advertised_kafka: None,
             admin: None,
+            raft: None,
         }
     }
 }
@@ -124,6 +130,68 @@ impl Default for Limits {
     }
 }
 
+/// Another broker of the same region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub id: i32,
+    /// Where this broker connects to reach the peer's Raft listener (may be
+    /// a proxy address; it need not equal the peer's own `listeners.raft`).
+    pub raft: String,
+}
+
+/// The region's brokers and replication settings. Every broker of a region
+/// lists every other broker as a peer; all of them are voters of the
+/// region's controller group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cluster {
+    /// Replicas per partition for new topics; 0 means min(3, brokers).
+    pub replication_factor: u16,
+    /// Default `min.insync.replicas` for topics that do not set it.
+    pub min_insync_replicas: u16,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A follower that has not acknowledged the leader for this long leaves
+    /// the ISR (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    pub peers: Vec<Peer>,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            replication_factor: 0,
+            min_insync_replicas: 1,
+            heartbeat_interval_ms: 250,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            replica_lag_time_max_ms: 10_000,
+            peers: Vec::new(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Ids of every broker in the region, this one included, ascending.
+    pub fn broker_ids(&self, me: i32) -> Vec<i32> {
+        let mut ids: Vec<i32> = self.peers.iter().map(|p| p.id).collect();
+        ids.push(me);
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    pub fn effective_replication_factor(&self, me: i32) -> u16 {
+        if self.replication_factor > 0 {
+            self.replication_factor
+        } else {
+            self.broker_ids(me).len().min(3) as u16
+        }
+    }
+}
+
 /// One broker's configuration file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +209,8 @@ pub struct BrokerConfig {
     pub topics: TopicDefaults,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub cluster: Cluster,
 }
 
 fn default_region() -> String {
@@ -161,6 +231,7 @@ impl Default for BrokerConfig {
             listeners: Listeners::default(),
             topics: TopicDefaults::default(),
             limits: Limits::default(),
+            cluster: Cluster::default(),
         }
     }
 }
@@ -242,6 +313,82 @@ impl BrokerConfig {
                         format!("`{adv}` must be host:port"),
                     )
                 }
+            }
+        }
+        let c = &self.cluster;
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in c.peers.iter().enumerate() {
+            if p.id < 0 {
+                return bad(
+                    &format!("cluster.peers[{i}].id"),
+                    format!("must be >= 0, got {}", p.id),
+                );
+            }
+            if p.id == self.node_id {
+                return bad(
+                    &format!("cluster.peers[{i}].id"),
+                    format!(
+                        "{} is this broker's own node_id; list only the other brokers",
+                        p.id
+                    ),
+                );
+            }
+            if !seen.insert(p.id) {
+                return bad(
+                    &format!("cluster.peers[{i}].id"),
+                    format!("node id {} is listed twice", p.id),
+                );
+            }
+            match p.raft.rsplit_once(':') {
+                Some((h, port)) if !h.is_empty() && port.parse::<u16>().is_ok() => {}
+                _ => {
+                    return bad(
+                        &format!("cluster.peers[{i}].raft"),
+                        format!("`{}` must be host:port", p.raft),
+                    )
+                }
+            }
+        }
+        if !c.peers.is_empty() && self.listeners.raft.is_none() {
+            return bad(
+                "listeners.raft",
+                "required when cluster.peers is set (the address peers connect to)".into(),
+            );
+        }
+        let brokers = c.broker_ids(self.node_id).len();
+        if c.replication_factor as usize > brokers {
+            return bad(
+                "cluster.replication_factor",
+                format!(
+                    "{} exceeds the {brokers} broker(s) of the region",
+                    c.replication_factor
+                ),
+            );
+        }
+        if c.min_insync_replicas == 0 {
+            return bad("cluster.min_insync_replicas", "must be at least 1".into());
+        }
+        if c.heartbeat_interval_ms == 0 {
+            return bad("cluster.heartbeat_interval_ms", "must be positive".into());
+        }
+        if c.election_timeout_min_ms <= c.heartbeat_interval_ms {
+            return bad(
+                "cluster.election_timeout_min_ms",
+                "must be greater than cluster.heartbeat_interval_ms".into(),
+            );
+        }
+        if c.election_timeout_max_ms <= c.election_timeout_min_ms {
+            return bad(
+                "cluster.election_timeout_max_ms",
+                "must be greater than cluster.election_timeout_min_ms".into(),
+            );
+        }
+        if let Some(raft) = self.listeners.raft {
+            if raft == self.listeners.kafka || raft == admin {
+                return bad(
+                    "listeners.raft",
+                    format!("{raft} is already used by another listener"),
+                );
             }
         }
         let t = &self.topics;
@@ -393,6 +540,37 @@ default_partitions = 6
                     assert_eq!(k, key, "for {text:?}");
                     assert_eq!(file, Path::new("/etc/chronik/broker.toml"));
                 }
+                other => panic!("{text:?}: expected invalid {key}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_config_is_validated() {
+        let ok = "node_id = 1\n[listeners]\nkafka = \"127.0.0.1:9092\"\nraft = \"127.0.0.1:9093\"\n[cluster]\nmin_insync_replicas = 2\n[[cluster.peers]]\nid = 2\nraft = \"127.0.0.2:9093\"\n[[cluster.peers]]\nid = 3\nraft = \"127.0.0.3:9093\"\n";
+        let c = parse(ok).unwrap();
+        assert_eq!(c.cluster.broker_ids(1), vec![1, 2, 3]);
+        assert_eq!(c.cluster.effective_replication_factor(1), 3);
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let cases = [
+            (ok.replace("id = 2", "id = 1"), "cluster.peers[0].id"),
+            (ok.replace("id = 3", "id = 2"), "cluster.peers[1].id"),
+            (
+                ok.replace("\"127.0.0.2:9093\"", "\"nohost\""),
+                "cluster.peers[0].raft",
+            ),
+            (
+                ok.replace("raft = \"127.0.0.1:9093\"\n", ""),
+                "listeners.raft",
+            ),
+            (
+                ok.replace("min_insync_replicas = 2", "replication_factor = 4"),
+                "cluster.replication_factor",
+            ),
+        ];
+        for (text, key) in cases {
+            match parse(&text) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "for {text:?}"),
                 other => panic!("{text:?}: expected invalid {key}, got {other:?}"),
             }
         }

@@ -119,10 +119,15 @@ pub async fn create_topics(
             .await
         {
             Ok(topic) => {
+                if !req.validate_only {
+                    ctx.cluster
+                        .wait_leaders(&topic, std::time::Duration::from_secs(5))
+                        .await;
+                }
                 r = r
                     .with_topic_id(topic.id())
                     .with_num_partitions(topic.record.partitions.len() as i32)
-                    .with_replication_factor(1);
+                    .with_replication_factor(topic.replicas(0).len().max(1) as i16);
                 if version >= 5 {
                     let entries = topic_config_entries(ctx, &topic)
                         .into_iter()

@@ -76,7 +76,7 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
                 .with_topic_id(ft.topic_id),
         );
         for fp in &ft.partitions {
-            let log = topic
+            let mut log = topic
                 .as_ref()
                 .and_then(|t| t.partition(fp.partition))
                 .cloned();
@@ -87,6 +87,17 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
                 .with_log_start_offset(-1);
             match &log {
                 None => data.error_code = missing,
+                Some(l) if ctx.cluster.leader_group(l).is_none() => {
+                    // Consumers read from the leader; point them at it.
+                    let v = ctx
+                        .cluster
+                        .view(topic.as_ref().expect("log implies topic"), l);
+                    data.error_code = E::NotLeaderOrFollower.code();
+                    data.current_leader = LeaderIdAndEpoch::default()
+                        .with_leader_id(BrokerId(v.leader.unwrap_or(-1)))
+                        .with_leader_epoch(v.epoch);
+                    log = None;
+                }
                 Some(l) => {
                     if let Some(code) = check_epoch(fp.current_leader_epoch, l.leader_epoch()) {
                         data.error_code = code;
@@ -206,6 +217,7 @@ pub fn handle_list_offsets(
                 .into_iter()
                 .map(|p| {
                     list_offset(
+                        ctx,
                         topic.as_deref(),
                         version,
                         p.partition_index,
@@ -223,6 +235,7 @@ pub fn handle_list_offsets(
 }
 
 fn list_offset(
+    ctx: &BrokerCtx,
     topic: Option<&Topic>,
     version: i16,
     partition: i32,
@@ -237,6 +250,9 @@ fn list_offset(
     let Some(log) = topic.and_then(|t| t.partition(partition)) else {
         return resp.with_error_code(E::UnknownTopicOrPartition.code());
     };
+    if ctx.cluster.leader_group(log).is_none() {
+        return resp.with_error_code(E::NotLeaderOrFollower.code());
+    }
     let epoch = log.leader_epoch();
     if let Some(code) = check_epoch(leader_epoch, epoch) {
         return resp.with_error_code(code);

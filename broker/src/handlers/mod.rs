@@ -137,22 +137,52 @@ fn self_broker(ctx: &BrokerCtx) -> (i32, StrBytes, i32) {
     (ctx.config.node_id, StrBytes::from_string(host), port as i32)
 }
 
+/// Every registered broker (id, host, port); this broker is always listed,
+/// even before its registration has been applied.
+fn brokers(ctx: &BrokerCtx) -> Vec<(i32, StrBytes, i32)> {
+    let mut out: Vec<(i32, StrBytes, i32)> = ctx
+        .catalog
+        .brokers()
+        .into_iter()
+        .filter(|b| b.id != ctx.config.node_id)
+        .map(|b| (b.id, StrBytes::from_string(b.host), b.port as i32))
+        .collect();
+    out.push(self_broker(ctx));
+    out.sort_by_key(|b| b.0);
+    out
+}
+
+/// The controller as clients see it: the controller group's leader.
+fn controller_id(ctx: &BrokerCtx) -> i32 {
+    ctx.cluster
+        .controller_status()
+        .leader
+        .map(|l| l as i32)
+        .unwrap_or(-1)
+}
+
 fn describe_cluster(ctx: &BrokerCtx) -> DescribeClusterResponse {
     use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
-    let (id, host, port) = self_broker(ctx);
     DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(ctx.cluster_id.clone()))
-        .with_controller_id(BrokerId(id))
+        .with_controller_id(BrokerId(controller_id(ctx)))
         .with_endpoint_type(1)
         .with_cluster_authorized_operations(OPS_NOT_REQUESTED)
-        .with_brokers(vec![DescribeClusterBroker::default()
-            .with_broker_id(BrokerId(id))
-            .with_host(host)
-            .with_port(port)])
+        .with_brokers(
+            brokers(ctx)
+                .into_iter()
+                .map(|(id, host, port)| {
+                    DescribeClusterBroker::default()
+                        .with_broker_id(BrokerId(id))
+                        .with_host(host)
+                        .with_port(port)
+                })
+                .collect(),
+        )
 }
 
 fn metadata_topic(ctx: &BrokerCtx, t: &Topic) -> MetadataResponseTopic {
-    let node = BrokerId(ctx.config.node_id);
+    let ids = |v: &[i32]| v.iter().map(|i| BrokerId(*i)).collect::<Vec<_>>();
     MetadataResponseTopic::default()
         .with_name(Some(TopicName(StrBytes::from_string(t.name().to_string()))))
         .with_topic_id(t.id())
@@ -161,12 +191,18 @@ fn metadata_topic(ctx: &BrokerCtx, t: &Topic) -> MetadataResponseTopic {
             t.partitions
                 .iter()
                 .map(|p| {
-                    MetadataResponsePartition::default()
+                    let v = ctx.cluster.view(t, p);
+                    let r = MetadataResponsePartition::default()
                         .with_partition_index(p.partition)
-                        .with_leader_id(node)
-                        .with_leader_epoch(p.leader_epoch())
-                        .with_replica_nodes(vec![node])
-                        .with_isr_nodes(vec![node])
+                        .with_leader_id(BrokerId(v.leader.unwrap_or(-1)))
+                        .with_leader_epoch(v.epoch)
+                        .with_replica_nodes(ids(&v.replicas))
+                        .with_isr_nodes(ids(&v.isr));
+                    if v.leader.is_none() {
+                        r.with_error_code(E::LeaderNotAvailable.code())
+                    } else {
+                        r
+                    }
                 })
                 .collect(),
         )
@@ -181,7 +217,6 @@ fn metadata_error(name: Option<TopicName>, id: uuid::Uuid, code: i16) -> Metadat
 }
 
 async fn handle_metadata(ctx: &BrokerCtx, version: i16, req: MetadataRequest) -> MetadataResponse {
-    let (id, host, port) = self_broker(ctx);
     // v0 had no null: an empty list meant "all topics".
     let requested = match req.topics {
         Some(t) if !(version == 0 && t.is_empty()) => Some(t),
@@ -232,7 +267,12 @@ async fn handle_metadata(ctx: &BrokerCtx, version: i16, req: MetadataRequest) ->
                     .create_topic(&name, -1, -1, &[], &Default::default(), false)
                     .await
                 {
-                    Ok(t) => out.push(metadata_topic(ctx, &t)),
+                    Ok(t) => {
+                        ctx.cluster
+                            .wait_leaders(&t, std::time::Duration::from_secs(5))
+                            .await;
+                        out.push(metadata_topic(ctx, &t))
+                    }
                     Err(crate::catalog::TopicError::AlreadyExists(_)) => {
                         match ctx.catalog.get(&name) {
                             Some(t) => out.push(metadata_topic(ctx, &t)),
@@ -266,12 +306,19 @@ async fn handle_metadata(ctx: &BrokerCtx, version: i16, req: MetadataRequest) ->
         }
     }
     MetadataResponse::default()
-        .with_brokers(vec![MetadataResponseBroker::default()
-            .with_node_id(BrokerId(id))
-            .with_host(host)
-            .with_port(port)])
+        .with_brokers(
+            brokers(ctx)
+                .into_iter()
+                .map(|(id, host, port)| {
+                    MetadataResponseBroker::default()
+                        .with_node_id(BrokerId(id))
+                        .with_host(host)
+                        .with_port(port)
+                })
+                .collect(),
+        )
         .with_cluster_id(Some(StrBytes::from_string(ctx.cluster_id.clone())))
-        .with_controller_id(BrokerId(id))
+        .with_controller_id(BrokerId(controller_id(ctx)))
         .with_cluster_authorized_operations(OPS_NOT_REQUESTED)
         .with_topics(topics)
 }
@@ -288,7 +335,7 @@ async fn handle_init_producer_id(
         // out a producer id whose transactional guarantees we cannot keep.
         return resp.with_error_code(E::TransactionalIdAuthorizationFailed.code());
     }
-    match ctx.producer_ids.next(&ctx.store).await {
+    match ctx.producer_ids.next(&ctx.store, ctx.config.node_id).await {
         // Kafka gives idempotent (non-transactional) producers a fresh id on
         // every InitProducerId, including epoch-bump retries.
         Ok(pid) => resp

@@ -13,19 +13,31 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 
 use super::{now_ms, Reply};
+use crate::catalog::Topic;
 use crate::error::KafkaCode;
-use crate::log::Appended;
+use crate::log::PartitionLog;
 use crate::protocol::encode_response;
+use crate::raft::types::{Command, CommandResult};
+use crate::raft::ProposeError;
 use crate::server::BrokerCtx;
-use crate::storage::StoreError;
+
+/// The topic's `min.insync.replicas`, else the region default.
+fn min_insync_replicas(ctx: &BrokerCtx, t: &Topic) -> i32 {
+    match t.record.configs.get("min.insync.replicas") {
+        Some(_) => t.effective.min_insync_replicas,
+        None => ctx.catalog.region().default_min_insync_replicas,
+    }
+}
 
 /// A partition's outcome before durability is known.
 enum Outcome {
     Done(PartitionProduceResponse),
-    Waiting(
-        PartitionProduceResponse,
-        oneshot::Receiver<Result<(), StoreError>>,
-    ),
+    /// Proposed to the partition's Raft group; resolves once committed and
+    /// applied (offsets are assigned at apply).
+    Replicating {
+        ok: PartitionProduceResponse,
+        done: oneshot::Receiver<Result<CommandResult, ProposeError>>,
+    },
 }
 /// Error messages exist in the response from v8.
 const ERROR_MESSAGE_VERSION: i16 = 8;
@@ -95,36 +107,53 @@ pub fn handle(
                 )));
                 continue;
             };
-            let append_time = if t.effective.log_append_time { now } else { -1 };
-            let ok = |base: i64| {
-                let r = PartitionProduceResponse::default()
-                    .with_index(idx)
-                    .with_base_offset(base)
-                    .with_log_append_time_ms(append_time);
-                if version >= LOG_START_VERSION {
-                    r.with_log_start_offset(log.log_start_offset())
-                } else {
-                    r
-                }
-            };
-            match log.append(&records, &t.effective, now) {
-                Ok(Appended::Pending { base_offset, done }) => {
-                    outcomes.push(Outcome::Waiting(ok(base_offset), done))
-                }
-                Ok(Appended::Duplicate { base_offset }) => {
-                    outcomes.push(Outcome::Done(ok(base_offset)))
-                }
-                Err(e) => {
-                    tracing::debug!(topic = %td.name.0.as_str(), partition = idx, error = %e, "produce rejected");
-                    let leader = LeaderIdAndEpoch::default()
-                        .with_leader_id(BrokerId(ctx.config.node_id))
-                        .with_leader_epoch(log.leader_epoch());
-                    outcomes.push(Outcome::Done(
-                        partition_error(version, idx, e.kafka_code(), Some(e.to_string()))
-                            .with_current_leader(leader),
-                    ));
-                }
+            let mut ok = PartitionProduceResponse::default()
+                .with_index(idx)
+                .with_log_append_time_ms(-1);
+            if version >= LOG_START_VERSION {
+                ok = ok.with_log_start_offset(log.log_start_offset());
             }
+            // The one place that decides whether this partition is
+            // writable here.
+            let Some((group, status)) = ctx.cluster.leader_group(log) else {
+                let v = ctx.cluster.view(t, log);
+                let leader = LeaderIdAndEpoch::default()
+                    .with_leader_id(BrokerId(v.leader.unwrap_or(-1)))
+                    .with_leader_epoch(v.epoch);
+                outcomes.push(Outcome::Done(
+                    partition_error(version, idx, E::NotLeaderOrFollower.code(), None)
+                        .with_current_leader(leader),
+                ));
+                continue;
+            };
+            if let Err(e) = PartitionLog::check_batch(&records, &t.effective) {
+                tracing::debug!(topic = %td.name.0.as_str(), partition = idx, error = %e, "produce rejected");
+                outcomes.push(Outcome::Done(partition_error(
+                    version,
+                    idx,
+                    e.kafka_code(),
+                    Some(e.to_string()),
+                )));
+                continue;
+            }
+            let min_isr = min_insync_replicas(ctx, t);
+            if acks == -1 && (status.isr.len() as i32) < min_isr {
+                outcomes.push(Outcome::Done(partition_error(
+                    version,
+                    idx,
+                    E::NotEnoughReplicas.code(),
+                    Some(format!(
+                        "The size of the current ISR {:?} is insufficient to satisfy the min.isr requirement of {min_isr}",
+                        status.isr
+                    )),
+                )));
+                continue;
+            }
+            let done = group.submit(Command::Produce {
+                records,
+                now_ms: now,
+            });
+            outcomes.push(Outcome::Replicating { ok, done });
         }
         topics.push((TopicProduceResponse::default().with_name(td.name), outcomes));
     }
@@ -151,21 +180,40 @@ pub fn handle(
             for o in outcomes {
                 parts.push(match o {
                     Outcome::Done(r) => r,
-                    Outcome::Waiting(r, done) => match tokio::time::timeout(timeout, done).await {
-                        Ok(Ok(Ok(()))) => r,
-                        Ok(Ok(Err(e))) => {
-                            partition_error(version, r.index, e.kafka_code(), Some(e.to_string()))
+                    Outcome::Replicating { ok, done } => {
+                        let idx = ok.index;
+                        match tokio::time::timeout(timeout, done).await {
+                            Ok(Ok(Ok(CommandResult::Produced {
+                                base_offset,
+                                log_append_time,
+                            }))) => ok
+                                .with_base_offset(base_offset)
+                                .with_log_append_time_ms(log_append_time),
+                            Ok(Ok(Ok(CommandResult::Duplicate { base_offset }))) => {
+                                ok.with_base_offset(base_offset)
+                            }
+                            Ok(Ok(Ok(CommandResult::Rejected { code, message }))) => {
+                                partition_error(version, idx, code, Some(message))
+                            }
+                            Ok(Ok(Ok(other))) => partition_error(
+                                version,
+                                idx,
+                                E::UnknownServerError.code(),
+                                Some(format!("unexpected apply result {other:?}")),
+                            ),
+                            Ok(Ok(Err(ProposeError::NotLeader(_)))) => {
+                                partition_error(version, idx, E::NotLeaderOrFollower.code(), None)
+                            }
+                            // Not known to be written or not: the client
+                            // retries, and idempotence removes duplicates.
+                            Ok(Ok(Err(ProposeError::Unavailable(m)))) => {
+                                partition_error(version, idx, E::RequestTimedOut.code(), Some(m))
+                            }
+                            Ok(Err(_)) | Err(_) => {
+                                partition_error(version, idx, E::RequestTimedOut.code(), None)
+                            }
                         }
-                        Ok(Err(_)) => partition_error(
-                            version,
-                            r.index,
-                            E::KafkaStorageError.code(),
-                            Some("write was dropped".into()),
-                        ),
-                        Err(_) => {
-                            partition_error(version, r.index, E::RequestTimedOut.code(), None)
-                        }
-                    },
+                    }
                 });
             }
             responses.push(topic.with_partition_responses(parts));

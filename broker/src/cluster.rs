@@ -1,0 +1,608 @@
+//! The region as this broker sees it: the controller group, the partition
+//! groups hosted here, the peer transport, and where each partition's
+//! leader is. Handlers ask this module one question per partition: "can I
+//! write/read it here, and if not, who can?"
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use prost::Message;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+
+use chronik_topology::BrokerConfig;
+
+use crate::catalog::{BrokerEndpoint, Catalog, ControllerProposer, Topic, TopicError};
+use crate::log::PartitionLog;
+use crate::raft::codec::{self, kind, Frame};
+use crate::raft::sm::Target;
+use crate::raft::transport::{Inbound, Transport};
+use crate::raft::types::{Command, CommandResult, ControllerCommand};
+use crate::raft::{
+    GroupStatus, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup, CONTROLLER_GROUP,
+};
+use crate::storage::Store;
+
+/// Where a partition's leader is, as Metadata reports it.
+#[derive(Debug, Clone, Default)]
+pub struct PartitionView {
+    pub leader: Option<i32>,
+    pub epoch: i32,
+    pub replicas: Vec<i32>,
+    pub isr: Vec<i32>,
+}
+
+#[derive(Debug, Clone)]
+struct Hint {
+    leader: i32,
+    term: u64,
+    isr: Vec<i32>,
+    at: Instant,
+}
+
+pub struct Cluster {
+    node_id: i32,
+    store: Arc<Store>,
+    catalog: Arc<Catalog>,
+    transport: Arc<Transport>,
+    settings: RaftSettings,
+    controller: Arc<dyn ReplicaGroup>,
+    groups: RwLock<HashMap<u64, Arc<dyn ReplicaGroup>>>,
+    starting: Mutex<std::collections::HashSet<u64>>,
+    hints: Mutex<HashMap<u64, Hint>>,
+    reconcile: Arc<tokio::sync::Notify>,
+}
+
+struct Proposer(Weak<Cluster>);
+
+impl ControllerProposer for Proposer {
+    fn propose(&self, cmd: ControllerCommand) -> BoxFuture<'_, Result<(), TopicError>> {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(c) => c.controller_write(cmd).await,
+                None => Err(TopicError::Unavailable("broker shutting down".into())),
+            }
+        })
+    }
+}
+
+fn to_u64(ids: &[i32]) -> Vec<u64> {
+    ids.iter().map(|i| *i as u64).collect()
+}
+
+impl Cluster {
+    /// Starts the controller group and the peer transport, then (in the
+    /// background) every partition group this broker hosts.
+    pub async fn start(
+        cfg: &BrokerConfig,
+        store: Arc<Store>,
+        catalog: Arc<Catalog>,
+    ) -> Result<Arc<Cluster>, String> {
+        let c = &cfg.cluster;
+        let settings = RaftSettings {
+            heartbeat_ms: c.heartbeat_interval_ms,
+            election_min_ms: c.election_timeout_min_ms,
+            election_max_ms: c.election_timeout_max_ms,
+            snapshot_every: 50_000,
+            keep_behind_snapshot: 20_000,
+            replica_lag: Duration::from_millis(c.replica_lag_time_max_ms),
+        };
+        let peers: HashMap<u64, String> = c
+            .peers
+            .iter()
+            .map(|p| (p.id as u64, p.raft.clone()))
+            .collect();
+        let transport = Transport::new(cfg.node_id as u64, peers);
+        let listener = match (c.peers.is_empty(), cfg.listeners.raft) {
+            (false, Some(addr)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("binding raft listener {addr}: {e}"))?,
+            ),
+            _ => None,
+        };
+        let node = cfg.node_id as u64;
+        let me_cell: Arc<std::sync::OnceLock<Weak<Cluster>>> = Arc::new(std::sync::OnceLock::new());
+        let cell = me_cell.clone();
+        let on_change_ctrl: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            if let Some(c) = cell.get().and_then(|w| w.upgrade()) {
+                c.reconcile.notify_one();
+            }
+        });
+        let controller = OpenraftGroup::start(
+            CONTROLLER_GROUP,
+            node,
+            &settings,
+            store.clone(),
+            transport.clone(),
+            Target::Controller(catalog.clone()),
+            on_change_ctrl,
+        )
+        .await?;
+        let cluster = Arc::new(Cluster {
+            node_id: cfg.node_id,
+            store,
+            catalog: catalog.clone(),
+            transport: transport.clone(),
+            settings,
+            controller: controller.clone(),
+            groups: RwLock::new(HashMap::new()),
+            starting: Mutex::new(Default::default()),
+            hints: Mutex::new(HashMap::new()),
+            reconcile: Arc::new(tokio::sync::Notify::new()),
+        });
+        let _ = me_cell.set(Arc::downgrade(&cluster));
+        catalog.attach_controller(Arc::new(Proposer(Arc::downgrade(&cluster))));
+        transport.start(listener, Arc::new(InboundRef(Arc::downgrade(&cluster))));
+        if !controller.is_initialized().await {
+            // Every broker bootstraps the controller with the same voters;
+            // Raft elects one leader whatever the order.
+            let members = to_u64(catalog.broker_ids());
+            controller.initialize(members).await;
+        }
+        let (host, port) = cfg.listeners.advertised();
+        let ep = BrokerEndpoint {
+            id: cfg.node_id,
+            host,
+            port,
+            rack: None,
+        };
+        tokio::spawn(Self::register_loop(Arc::downgrade(&cluster), ep));
+        tokio::spawn(Self::reconcile_loop(Arc::downgrade(&cluster)));
+        tokio::spawn(Self::leader_loop(Arc::downgrade(&cluster)));
+        Ok(cluster)
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
+    pub fn controller_status(&self) -> GroupStatus {
+        self.controller.status()
+    }
+
+    async fn register_loop(me: Weak<Cluster>, ep: BrokerEndpoint) {
+        loop {
+            let Some(c) = me.upgrade() else { return };
+            match c.catalog.register_broker(ep.clone()).await {
+                Ok(()) => {
+                    tracing::info!(id = ep.id, host = %ep.host, port = ep.port, "registered with the controller");
+                    return;
+                }
+                Err(e) => tracing::debug!(error = %e, "broker registration pending"),
+            }
+            drop(c);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Starts groups for partitions hosted here and stops those whose
+    /// topic is gone; runs after every controller change and every second.
+    async fn reconcile_loop(me: Weak<Cluster>) {
+        loop {
+            let Some(c) = me.upgrade() else { return };
+            c.reconcile_once().await;
+            let wake = c.reconcile.clone();
+            // Never hold the cluster while idle: a stopped broker must be
+            // able to release its storage.
+            drop(c);
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+        }
+    }
+
+    fn replicas_of(&self, t: &Topic, p: i32) -> Vec<i32> {
+        let r = t.replicas(p);
+        if r.is_empty() {
+            vec![self.node_id]
+        } else {
+            r
+        }
+    }
+
+    async fn reconcile_once(self: &Arc<Self>) {
+        let mut wanted: HashMap<u64, (Arc<Topic>, Arc<PartitionLog>, Vec<i32>)> = HashMap::new();
+        for (t, p) in self.catalog.all_partitions() {
+            let replicas = self.replicas_of(&t, p.partition);
+            if replicas.contains(&self.node_id) {
+                wanted.insert(p.log_id, (t.clone(), p, replicas));
+            }
+        }
+        let running: Vec<u64> = self.groups.read().unwrap().keys().copied().collect();
+        for id in running {
+            if !wanted.contains_key(&id) {
+                let g = self.groups.write().unwrap().remove(&id);
+                if let Some(g) = g {
+                    g.shutdown().await;
+                    let mut wb = rocksdb::WriteBatch::default();
+                    g.destroy_into(&mut wb);
+                    let _ = self.store.write(wb).await;
+                    tracing::info!(group = id, "stopped partition group (topic deleted)");
+                }
+            }
+        }
+        let mut to_start = Vec::new();
+        {
+            let groups = self.groups.read().unwrap();
+            let mut starting = self.starting.lock().unwrap();
+            for (id, v) in wanted {
+                if !groups.contains_key(&id) && starting.insert(id) {
+                    to_start.push((id, v));
+                }
+            }
+        }
+        // Start in parallel, bounded, so 1,000 new partitions come up fast.
+        let sem = Arc::new(tokio::sync::Semaphore::new(32));
+        let mut tasks = Vec::new();
+        for (id, (_t, log, replicas)) in to_start {
+            let me = self.clone();
+            let permit = sem.clone().acquire_owned().await;
+            tasks.push(tokio::spawn(async move {
+                let _permit = permit;
+                me.start_group(id, log, replicas).await;
+                me.starting.lock().unwrap().remove(&id);
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    async fn start_group(self: &Arc<Self>, id: u64, log: Arc<PartitionLog>, replicas: Vec<i32>) {
+        let target = Target::Partition {
+            log: log.clone(),
+            catalog: self.catalog.clone(),
+        };
+        let g = match OpenraftGroup::start(
+            id,
+            self.node_id as u64,
+            &self.settings,
+            self.store.clone(),
+            self.transport.clone(),
+            target,
+            Arc::new(|| {}),
+        )
+        .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!(group = id, error = %e, "cannot start partition group");
+                return;
+            }
+        };
+        let g: Arc<dyn ReplicaGroup> = g;
+        self.groups.write().unwrap().insert(id, g.clone());
+        if !g.is_initialized().await {
+            let members = to_u64(&replicas);
+            if replicas.first() == Some(&self.node_id) {
+                // The preferred leader bootstraps at once and so usually
+                // wins the first election: leaders spread as assigned.
+                g.initialize(members).await;
+            } else {
+                let delay = Duration::from_millis(self.settings.election_max_ms * 3);
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    if !g.is_initialized().await {
+                        g.initialize(members).await;
+                    }
+                });
+            }
+        }
+    }
+
+    /// Publishes the groups led here to every peer, keeps each log's
+    /// leader epoch current, and moves leadership back to preferred
+    /// replicas once they are in sync.
+    async fn leader_loop(me: Weak<Cluster>) {
+        let mut tick: u64 = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            tick += 1;
+            let Some(c) = me.upgrade() else { return };
+            let groups: Vec<Arc<dyn ReplicaGroup>> =
+                c.groups.read().unwrap().values().cloned().collect();
+            let mut led = Vec::new();
+            let logs: HashMap<u64, (Arc<Topic>, Arc<PartitionLog>)> = c
+                .catalog
+                .all_partitions()
+                .into_iter()
+                .map(|(t, p)| (p.log_id, (t, p)))
+                .collect();
+            let mut leaders_here = 0u64;
+            for g in &groups {
+                let st = g.status();
+                if let Some((t, log)) = logs.get(&g.id()) {
+                    log.set_leader_epoch(st.term.min(i32::MAX as u64) as i32);
+                    if st.is_leader {
+                        leaders_here += 1;
+                        led.push(codec::PbLeaderHint {
+                            group: g.id(),
+                            term: st.term,
+                            isr: st.isr.iter().map(|i| *i as i32).collect(),
+                        });
+                        // Preferred-leader balancing (Kafka's
+                        // auto.leader.rebalance), every ~10 s.
+                        let preferred = c.replicas_of(t, log.partition)[0];
+                        if tick.is_multiple_of(33)
+                            && preferred != c.node_id
+                            && st.isr.contains(&(preferred as u64))
+                        {
+                            g.transfer_leadership(preferred as u64).await;
+                        }
+                    }
+                }
+            }
+            metrics::gauge!("chronik_partition_leaders").set(leaders_here as f64);
+            metrics::gauge!("chronik_partition_replicas").set(groups.len() as f64);
+            let body: Bytes = codec::PbLeaders {
+                node: c.node_id,
+                groups: led,
+            }
+            .encode_to_vec()
+            .into();
+            for peer in c.transport.peer_ids() {
+                c.transport.notify(peer, kind::LEADERS, body.clone());
+            }
+        }
+    }
+
+    /// Sends a catalog change to the controller leader (here or remote) and
+    /// waits for it to be applied there.
+    pub async fn controller_write(&self, cmd: ControllerCommand) -> Result<(), TopicError> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let st = self.controller.status();
+            let attempt: Result<Result<(), TopicError>, String> = if st.is_leader {
+                match self
+                    .controller
+                    .propose(Command::Controller(cmd.clone()))
+                    .await
+                {
+                    Ok(r) => Ok(result_of(r)),
+                    Err(e) => Err(e.to_string()),
+                }
+            } else if let Some(leader) = st.leader.filter(|l| *l != self.node_id as u64) {
+                let body = serde_json::to_vec(&cmd).expect("serializes");
+                match self
+                    .transport
+                    .request(
+                        leader,
+                        kind::FORWARD,
+                        CONTROLLER_GROUP,
+                        body.into(),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok(resp) => match serde_json::from_slice::<Result<(), (i16, String)>>(&resp) {
+                        Ok(Ok(())) => Ok(Ok(())),
+                        Ok(Err((code, message))) => Ok(Err(TopicError::Rejected { code, message })),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                }
+            } else {
+                Err("no controller leader".into())
+            };
+            match attempt {
+                Ok(r) => return r,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(TopicError::Unavailable(format!(
+                        "the regional controller is unavailable: {e}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// The replica group for a partition hosted here.
+    pub fn group(&self, log_id: u64) -> Option<Arc<dyn ReplicaGroup>> {
+        self.groups.read().unwrap().get(&log_id).cloned()
+    }
+
+    /// The group if this broker leads the partition and a quorum has
+    /// acknowledged it recently (a leader cut off from its followers stops
+    /// claiming leadership to clients before a new one is elected).
+    pub fn leader_group(&self, log: &PartitionLog) -> Option<(Arc<dyn ReplicaGroup>, GroupStatus)> {
+        let g = self.group(log.log_id)?;
+        let st = g.status();
+        // Clients learn the epoch from Metadata (the term) and send it back;
+        // the log must know it before it is asked.
+        log.set_leader_epoch(st.term.min(i32::MAX as u64) as i32);
+        let fresh = st.voters.len() <= 1
+            || st
+                .quorum_ack_age
+                .is_some_and(|a| a <= Duration::from_millis(self.settings.election_max_ms));
+        (st.is_leader && fresh).then_some((g, st))
+    }
+
+    /// Leader, epoch, replicas and ISR of a partition, from the local group
+    /// when hosted here and from peers' leader hints otherwise (the newest
+    /// term wins).
+    pub fn view(&self, t: &Topic, log: &PartitionLog) -> PartitionView {
+        let replicas = self.replicas_of(t, log.partition);
+        let mut best: Option<(u64, i32, Vec<i32>)> = None;
+        if let Some(g) = self.group(log.log_id) {
+            let st = g.status();
+            log.set_leader_epoch(st.term.min(i32::MAX as u64) as i32);
+            if let Some(l) = st.leader {
+                let isr = if st.is_leader {
+                    st.isr.iter().map(|i| *i as i32).collect()
+                } else {
+                    Vec::new()
+                };
+                best = Some((st.term, l as i32, isr));
+            }
+        }
+        let stale = Duration::from_millis(self.settings.election_max_ms * 2 + 1000);
+        if let Some(h) = self.hints.lock().unwrap().get(&log.log_id) {
+            let newer = best
+                .as_ref()
+                .is_none_or(|(term, _, isr)| h.term > *term || (h.term == *term && isr.is_empty()));
+            if newer && h.at.elapsed() <= stale {
+                best = Some((h.term, h.leader, h.isr.clone()));
+            }
+        }
+        match best {
+            Some((term, leader, mut isr)) => {
+                if isr.is_empty() {
+                    isr = vec![leader];
+                }
+                PartitionView {
+                    leader: Some(leader),
+                    epoch: term.min(i32::MAX as u64) as i32,
+                    replicas,
+                    isr,
+                }
+            }
+            None => PartitionView {
+                leader: None,
+                epoch: log.leader_epoch(),
+                replicas,
+                isr: Vec::new(),
+            },
+        }
+    }
+
+    /// Waits (bounded) until every partition of `t` has a known leader, so
+    /// a client told "created" can produce at once.
+    pub async fn wait_leaders(&self, t: &Topic, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if t.partitions
+                .iter()
+                .all(|p| self.view(t, p).leader.is_some())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (bounded) for the controller to have a leader.
+    pub async fn wait_controller(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.controller.status().leader.is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Every replica group's status, for the admin API.
+    pub fn local_status(&self, log_id: u64) -> Option<GroupStatus> {
+        self.group(log_id).map(|g| g.status())
+    }
+
+    pub async fn shutdown(&self) {
+        let groups: Vec<_> = self
+            .groups
+            .write()
+            .unwrap()
+            .drain()
+            .map(|(_, g)| g)
+            .collect();
+        for g in groups {
+            g.shutdown().await;
+        }
+        self.controller.shutdown().await;
+        self.transport.close_all();
+    }
+}
+
+fn result_of(r: CommandResult) -> Result<(), TopicError> {
+    match r {
+        CommandResult::Rejected { code, message } => Err(TopicError::Rejected { code, message }),
+        _ => Ok(()),
+    }
+}
+
+/// The transport's view of the cluster; weak, so a stopped broker's
+/// storage can close while peer sockets linger.
+struct InboundRef(Weak<Cluster>);
+
+impl Inbound for InboundRef {
+    fn request(&self, from: u64, frame: Frame) -> BoxFuture<'static, Result<Bytes, String>> {
+        match self.0.upgrade() {
+            Some(c) => c.inbound_request(from, frame),
+            None => Box::pin(async { Err("broker shutting down".to_string()) }),
+        }
+    }
+
+    fn notify(&self, from: u64, frame: Frame) {
+        if let Some(c) = self.0.upgrade() {
+            c.inbound_notify(from, frame)
+        }
+    }
+}
+
+impl Cluster {
+    fn inbound_request(
+        &self,
+        _from: u64,
+        frame: Frame,
+    ) -> BoxFuture<'static, Result<Bytes, String>> {
+        let group: Option<Arc<dyn ReplicaGroup>> = if frame.group == CONTROLLER_GROUP {
+            Some(self.controller.clone())
+        } else {
+            self.group(frame.group)
+        };
+        if frame.kind == kind::FORWARD {
+            let controller = self.controller.clone();
+            return Box::pin(async move {
+                let cmd: ControllerCommand =
+                    serde_json::from_slice(&frame.body).map_err(|e| e.to_string())?;
+                let r = match controller.propose(Command::Controller(cmd)).await {
+                    Ok(CommandResult::Rejected { code, message }) => Err((code, message)),
+                    Ok(_) => Ok(()),
+                    Err(ProposeError::NotLeader(_)) => {
+                        return Err("not the controller leader".into())
+                    }
+                    Err(e) => return Err(e.to_string()),
+                };
+                Ok(serde_json::to_vec(&r).expect("serializes").into())
+            });
+        }
+        Box::pin(async move {
+            match group {
+                Some(g) => g.handle(frame.kind, frame.body).await,
+                None => Err(format!("group {} is not hosted here (yet)", frame.group)),
+            }
+        })
+    }
+
+    fn inbound_notify(&self, from: u64, frame: Frame) {
+        if frame.kind != kind::LEADERS {
+            return;
+        }
+        let Ok(msg) = codec::PbLeaders::decode(frame.body) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut hints = self.hints.lock().unwrap();
+        for g in msg.groups {
+            let keep = hints.get(&g.group).is_some_and(|h| h.term > g.term);
+            if !keep {
+                hints.insert(
+                    g.group,
+                    Hint {
+                        leader: from as i32,
+                        term: g.term,
+                        isr: g.isr,
+                        at: now,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// Brokers by id for Metadata.
+pub fn endpoints(catalog: &Catalog) -> BTreeMap<i32, BrokerEndpoint> {
+    catalog.brokers().into_iter().map(|e| (e.id, e)).collect()
+}

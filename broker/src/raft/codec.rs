@@ -1,0 +1,518 @@
+//! The peer wire format: prost messages for every Raft RPC, and the
+//! conversions to and from openraft's types.
+//!
+//! Only this module and its siblings in `raft/` name openraft types; the
+//! messages here are ours, so an openraft upgrade cannot change the bytes on
+//! the wire or in the Raft log without a change in this file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use openraft::entry::RaftEntry;
+use prost::Message;
+
+use super::types::{Command, Entry, LogId, Membership, TypeConfig, Vote};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+
+/// Frame kinds carried on a peer connection.
+pub mod kind {
+    pub const HELLO: i32 = 1;
+    pub const APPEND: i32 = 2;
+    pub const VOTE: i32 = 3;
+    pub const PRE_VOTE: i32 = 4;
+    pub const SNAPSHOT: i32 = 5;
+    /// A controller command forwarded to the controller leader.
+    pub const FORWARD: i32 = 6;
+    /// One-way: the groups the sender leads (leader hints for Metadata).
+    pub const LEADERS: i32 = 7;
+    /// Snapshot transfer, step 1: "how far is your log?"
+    pub const SNAP_BEGIN: i32 = 8;
+    /// Snapshot transfer, step 2 (repeated): missing batches.
+    pub const SNAP_CHUNK: i32 = 9;
+}
+
+/// One frame on a peer connection. Requests carry `id` > 0 and are answered
+/// by a frame with the same id and `response = true`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Frame {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(bool, tag = "2")]
+    pub response: bool,
+    #[prost(int32, tag = "3")]
+    pub kind: i32,
+    #[prost(uint64, tag = "4")]
+    pub group: u64,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub body: Bytes,
+    /// Set on a response when the request could not be served.
+    #[prost(string, tag = "6")]
+    pub error: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbLogId {
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbVote {
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    #[prost(uint64, tag = "2")]
+    pub node: u64,
+    #[prost(bool, tag = "3")]
+    pub committed: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbNodeSet {
+    #[prost(uint64, repeated, tag = "1")]
+    pub ids: Vec<u64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbMembership {
+    #[prost(message, repeated, tag = "1")]
+    pub configs: Vec<PbNodeSet>,
+    #[prost(uint64, repeated, tag = "2")]
+    pub nodes: Vec<u64>,
+}
+
+pub const ENTRY_BLANK: i32 = 0;
+pub const ENTRY_NORMAL: i32 = 1;
+pub const ENTRY_MEMBERSHIP: i32 = 2;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbEntry {
+    #[prost(uint64, tag = "1")]
+    pub term: u64,
+    #[prost(uint64, tag = "2")]
+    pub index: u64,
+    #[prost(int32, tag = "3")]
+    pub kind: i32,
+    #[prost(message, optional, tag = "4")]
+    pub command: Option<PbCommand>,
+    #[prost(message, optional, tag = "5")]
+    pub membership: Option<PbMembership>,
+}
+
+/// A replicated command. Produce carries the producer's batch unchanged;
+/// offsets are assigned when the entry is applied, so every replica assigns
+/// the same ones.
+#[derive(Clone, PartialEq, Message)]
+pub struct PbCommand {
+    #[prost(bytes = "bytes", tag = "1")]
+    pub records: Bytes,
+    /// Leader wall clock when proposed (LogAppendTime topics).
+    #[prost(int64, tag = "2")]
+    pub now_ms: i64,
+    /// A controller command, JSON: catalog entries are small and rare, and
+    /// JSON keeps them readable in `chronik` debugging output.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub controller: Bytes,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbAppendRequest {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<PbVote>,
+    #[prost(message, optional, tag = "2")]
+    pub prev_log_id: Option<PbLogId>,
+    #[prost(message, repeated, tag = "3")]
+    pub entries: Vec<PbEntry>,
+    #[prost(message, optional, tag = "4")]
+    pub leader_commit: Option<PbLogId>,
+}
+
+pub const APPEND_SUCCESS: i32 = 0;
+pub const APPEND_PARTIAL: i32 = 1;
+pub const APPEND_CONFLICT: i32 = 2;
+pub const APPEND_HIGHER_VOTE: i32 = 3;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbAppendResponse {
+    #[prost(int32, tag = "1")]
+    pub outcome: i32,
+    #[prost(message, optional, tag = "2")]
+    pub log_id: Option<PbLogId>,
+    #[prost(message, optional, tag = "3")]
+    pub vote: Option<PbVote>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbVoteRequest {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<PbVote>,
+    #[prost(message, optional, tag = "2")]
+    pub last_log_id: Option<PbLogId>,
+    #[prost(bool, tag = "3")]
+    pub leadership_transfer: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbVoteResponse {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<PbVote>,
+    #[prost(bool, tag = "2")]
+    pub granted: bool,
+    #[prost(message, optional, tag = "3")]
+    pub last_log_id: Option<PbLogId>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbSnapshot {
+    #[prost(message, optional, tag = "1")]
+    pub vote: Option<PbVote>,
+    #[prost(message, optional, tag = "2")]
+    pub last_log_id: Option<PbLogId>,
+    #[prost(message, optional, tag = "3")]
+    pub membership_log_id: Option<PbLogId>,
+    #[prost(message, optional, tag = "4")]
+    pub membership: Option<PbMembership>,
+    #[prost(bytes = "bytes", tag = "5")]
+    pub data: Bytes,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbSnapBeginResponse {
+    #[prost(int64, tag = "1")]
+    pub log_end: i64,
+    #[prost(int64, tag = "2")]
+    pub log_start: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbSnapChunk {
+    /// >= 0 on the first chunk when the follower must drop its whole log.
+    #[prost(int64, tag = "1")]
+    pub reset_to: i64,
+    #[prost(bytes = "bytes", repeated, tag = "2")]
+    pub keys: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    pub index: Vec<Bytes>,
+    #[prost(bytes = "bytes", repeated, tag = "4")]
+    pub batches: Vec<Bytes>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbLeaderHint {
+    #[prost(uint64, tag = "1")]
+    pub group: u64,
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
+    #[prost(int32, repeated, tag = "3")]
+    pub isr: Vec<i32>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbLeaders {
+    #[prost(int32, tag = "1")]
+    pub node: i32,
+    #[prost(message, repeated, tag = "2")]
+    pub groups: Vec<PbLeaderHint>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed peer message: {0}")]
+pub struct DecodeError(pub String);
+
+impl From<prost::DecodeError> for DecodeError {
+    fn from(e: prost::DecodeError) -> Self {
+        DecodeError(e.to_string())
+    }
+}
+
+fn missing(what: &str) -> DecodeError {
+    DecodeError(format!("missing {what}"))
+}
+
+pub fn log_id_to_pb(l: &LogId) -> PbLogId {
+    PbLogId {
+        term: l.committed_leader_id().term,
+        index: l.index(),
+    }
+}
+
+pub fn log_id_from_pb(p: &PbLogId) -> LogId {
+    LogId::new_term_index(p.term, p.index)
+}
+
+pub fn opt_log_id_to_pb(l: &Option<LogId>) -> Option<PbLogId> {
+    l.as_ref().map(log_id_to_pb)
+}
+
+pub fn opt_log_id_from_pb(p: &Option<PbLogId>) -> Option<LogId> {
+    p.as_ref().map(log_id_from_pb)
+}
+
+pub fn vote_to_pb(v: &Vote) -> PbVote {
+    PbVote {
+        term: v.leader_id.term,
+        node: v.leader_id.voted_for,
+        committed: v.committed,
+    }
+}
+
+pub fn vote_from_pb(p: &Option<PbVote>) -> Result<Vote, DecodeError> {
+    let p = p.as_ref().ok_or_else(|| missing("vote"))?;
+    Ok(if p.committed {
+        Vote::new_committed(p.term, p.node)
+    } else {
+        Vote::new(p.term, p.node)
+    })
+}
+
+pub fn membership_to_pb(m: &Membership) -> PbMembership {
+    PbMembership {
+        configs: m
+            .get_joint_config()
+            .iter()
+            .map(|s| PbNodeSet {
+                ids: s.iter().copied().collect(),
+            })
+            .collect(),
+        nodes: m.nodes().map(|(id, _)| *id).collect(),
+    }
+}
+
+pub fn membership_from_pb(p: &PbMembership) -> Result<Membership, DecodeError> {
+    let configs: Vec<BTreeSet<u64>> = p
+        .configs
+        .iter()
+        .map(|s| s.ids.iter().copied().collect())
+        .collect();
+    let nodes: BTreeMap<u64, openraft::EmptyNode> = p
+        .nodes
+        .iter()
+        .map(|id| (*id, openraft::EmptyNode {}))
+        .collect();
+    Membership::new(configs, nodes).map_err(|e| DecodeError(format!("membership: {e}")))
+}
+
+pub fn command_to_pb(c: &Command) -> PbCommand {
+    match c {
+        Command::Produce { records, now_ms } => PbCommand {
+            records: records.clone(),
+            now_ms: *now_ms,
+            controller: Bytes::new(),
+        },
+        Command::Controller(cmd) => PbCommand {
+            records: Bytes::new(),
+            now_ms: 0,
+            controller: serde_json::to_vec(cmd).expect("serializes").into(),
+        },
+    }
+}
+
+pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
+    if !p.controller.is_empty() {
+        let cmd = serde_json::from_slice(&p.controller)
+            .map_err(|e| DecodeError(format!("controller command: {e}")))?;
+        Ok(Command::Controller(cmd))
+    } else {
+        Ok(Command::Produce {
+            records: p.records,
+            now_ms: p.now_ms,
+        })
+    }
+}
+
+pub fn entry_to_pb(e: &Entry) -> PbEntry {
+    let id = e.log_id();
+    let mut pb = PbEntry {
+        term: id.committed_leader_id().term,
+        index: id.index(),
+        kind: ENTRY_BLANK,
+        command: None,
+        membership: None,
+    };
+    let payload: &openraft::EntryPayload<Command, u64, openraft::EmptyNode> = &e.payload;
+    match payload {
+        openraft::EntryPayload::Blank => {}
+        openraft::EntryPayload::Normal(c) => {
+            pb.kind = ENTRY_NORMAL;
+            pb.command = Some(command_to_pb(c));
+        }
+        openraft::EntryPayload::Membership(m) => {
+            pb.kind = ENTRY_MEMBERSHIP;
+            pb.membership = Some(membership_to_pb(m));
+        }
+    }
+    pb
+}
+
+pub fn entry_from_pb(p: PbEntry) -> Result<Entry, DecodeError> {
+    let log_id = LogId::new_term_index(p.term, p.index);
+    let payload = match p.kind {
+        ENTRY_BLANK => openraft::EntryPayload::Blank,
+        ENTRY_NORMAL => openraft::EntryPayload::Normal(command_from_pb(
+            p.command.ok_or_else(|| missing("command"))?,
+        )?),
+        ENTRY_MEMBERSHIP => openraft::EntryPayload::Membership(membership_from_pb(
+            p.membership.as_ref().ok_or_else(|| missing("membership"))?,
+        )?),
+        k => return Err(DecodeError(format!("unknown entry kind {k}"))),
+    };
+    Ok(Entry { log_id, payload })
+}
+
+pub fn encode_entry(e: &Entry) -> Vec<u8> {
+    entry_to_pb(e).encode_to_vec()
+}
+
+pub fn decode_entry(b: &[u8]) -> Result<Entry, DecodeError> {
+    entry_from_pb(PbEntry::decode(b)?)
+}
+
+pub fn append_req_to_pb(r: &AppendEntriesRequest<TypeConfig>) -> PbAppendRequest {
+    PbAppendRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        prev_log_id: opt_log_id_to_pb(&r.prev_log_id),
+        entries: r.entries.iter().map(entry_to_pb).collect(),
+        leader_commit: opt_log_id_to_pb(&r.leader_commit),
+    }
+}
+
+pub fn append_req_from_pb(
+    p: PbAppendRequest,
+) -> Result<AppendEntriesRequest<TypeConfig>, DecodeError> {
+    Ok(AppendEntriesRequest {
+        vote: vote_from_pb(&p.vote)?,
+        prev_log_id: opt_log_id_from_pb(&p.prev_log_id),
+        leader_commit: opt_log_id_from_pb(&p.leader_commit),
+        entries: p
+            .entries
+            .into_iter()
+            .map(entry_from_pb)
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+pub fn append_resp_to_pb(r: &AppendEntriesResponse<TypeConfig>) -> PbAppendResponse {
+    match r {
+        AppendEntriesResponse::Success => PbAppendResponse {
+            outcome: APPEND_SUCCESS,
+            log_id: None,
+            vote: None,
+        },
+        AppendEntriesResponse::PartialSuccess(l) => PbAppendResponse {
+            outcome: APPEND_PARTIAL,
+            log_id: opt_log_id_to_pb(l),
+            vote: None,
+        },
+        AppendEntriesResponse::Conflict => PbAppendResponse {
+            outcome: APPEND_CONFLICT,
+            log_id: None,
+            vote: None,
+        },
+        AppendEntriesResponse::HigherVote(v) => PbAppendResponse {
+            outcome: APPEND_HIGHER_VOTE,
+            log_id: None,
+            vote: Some(vote_to_pb(v)),
+        },
+    }
+}
+
+pub fn append_resp_from_pb(
+    p: PbAppendResponse,
+) -> Result<AppendEntriesResponse<TypeConfig>, DecodeError> {
+    Ok(match p.outcome {
+        APPEND_SUCCESS => AppendEntriesResponse::Success,
+        APPEND_PARTIAL => AppendEntriesResponse::PartialSuccess(opt_log_id_from_pb(&p.log_id)),
+        APPEND_CONFLICT => AppendEntriesResponse::Conflict,
+        APPEND_HIGHER_VOTE => AppendEntriesResponse::HigherVote(vote_from_pb(&p.vote)?),
+        o => return Err(DecodeError(format!("unknown append outcome {o}"))),
+    })
+}
+
+pub fn vote_req_to_pb(r: &VoteRequest<TypeConfig>) -> PbVoteRequest {
+    PbVoteRequest {
+        vote: Some(vote_to_pb(&r.vote)),
+        last_log_id: opt_log_id_to_pb(&r.last_log_id),
+        leadership_transfer: r.leadership_transfer,
+    }
+}
+
+pub fn vote_req_from_pb(p: PbVoteRequest) -> Result<VoteRequest<TypeConfig>, DecodeError> {
+    let mut r = VoteRequest::new(vote_from_pb(&p.vote)?, opt_log_id_from_pb(&p.last_log_id));
+    r.leadership_transfer = p.leadership_transfer;
+    Ok(r)
+}
+
+pub fn vote_resp_to_pb(r: &VoteResponse<TypeConfig>) -> PbVoteResponse {
+    PbVoteResponse {
+        vote: Some(vote_to_pb(&r.vote)),
+        granted: r.vote_granted,
+        last_log_id: opt_log_id_to_pb(&r.last_log_id),
+    }
+}
+
+pub fn vote_resp_from_pb(p: PbVoteResponse) -> Result<VoteResponse<TypeConfig>, DecodeError> {
+    Ok(VoteResponse::new(
+        vote_from_pb(&p.vote)?,
+        opt_log_id_from_pb(&p.last_log_id),
+        p.granted,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::types::ControllerCommand;
+
+    #[test]
+    fn entries_round_trip() {
+        let m = Membership::new(
+            vec![[1u64, 2, 3].into_iter().collect()],
+            [1u64, 2, 3]
+                .into_iter()
+                .map(|i| (i, openraft::EmptyNode {}))
+                .collect::<BTreeMap<_, _>>(),
+        )
+        .unwrap();
+        let entries = vec![
+            Entry {
+                log_id: LogId::new_term_index(3, 7),
+                payload: openraft::EntryPayload::Blank,
+            },
+            Entry {
+                log_id: LogId::new_term_index(3, 8),
+                payload: openraft::EntryPayload::Normal(Command::Produce {
+                    records: Bytes::from_static(b"batch"),
+                    now_ms: 42,
+                }),
+            },
+            Entry {
+                log_id: LogId::new_term_index(4, 9),
+                payload: openraft::EntryPayload::Membership(m),
+            },
+            Entry {
+                log_id: LogId::new_term_index(4, 10),
+                payload: openraft::EntryPayload::Normal(Command::Controller(
+                    ControllerCommand::DeleteTopic { name: "t".into() },
+                )),
+            },
+        ];
+        for e in entries {
+            let back = decode_entry(&encode_entry(&e)).unwrap();
+            assert_eq!(format!("{e:?}"), format!("{back:?}"));
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode_entry(&[0xff, 0xff, 0xff]).is_err());
+        let bad = PbEntry {
+            term: 1,
+            index: 1,
+            kind: 9,
+            command: None,
+            membership: None,
+        };
+        assert!(entry_from_pb(bad).is_err());
+    }
+}

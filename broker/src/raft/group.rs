@@ -1,0 +1,625 @@
+//! One Raft group behind our own interface. This is the only place that
+//! drives openraft's `Raft` handle, so an openraft upgrade touches `raft/`
+//! and nothing else.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use openraft::async_runtime::{Instant as _, WatchReceiver};
+use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use openraft::network::v2::RaftNetworkV2;
+use openraft::network::{RPCOption, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::{Config, OptionalSend, SnapshotPolicy};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::codec::{self, kind};
+use super::log_store::LogStore;
+use super::sm::{PbPartitionDesc, SnapshotData, Staged, StateMachine, Target};
+use super::transport::{Transport, TransportError};
+use super::types::{Command, CommandResult, TypeConfig, Vote};
+use crate::log::PartitionLog;
+use crate::storage::Store;
+use crate::storage::{log_key, IndexEntry, CF_INDEX, CF_LOG};
+
+type Raft = openraft::Raft<TypeConfig, StateMachine>;
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
+
+/// Timing and log-compaction knobs shared by every group of a broker.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the Raft log behind it) after this many
+    /// applied entries.
+    pub snapshot_every: u64,
+    /// Entries kept behind the snapshot for followers that lag slightly.
+    pub keep_behind_snapshot: u64,
+    /// A follower that has not caught up to the commit index for this long
+    /// is out of the ISR.
+    pub replica_lag: Duration,
+}
+
+/// What the rest of the broker sees of a group.
+#[derive(Debug, Clone, Default)]
+pub struct GroupStatus {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub is_leader: bool,
+    /// Replicas caught up within `replica_lag` (the leader included). Only
+    /// the leader knows; elsewhere empty.
+    pub isr: Vec<u64>,
+    pub voters: Vec<u64>,
+    /// On the leader: time since a quorum last acknowledged it.
+    pub quorum_ack_age: Option<Duration>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub last_log_index: Option<u64>,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader: {0:?})")]
+    NotLeader(Option<u64>),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The interface the broker programs against; [`OpenraftGroup`] is the one
+/// implementation.
+pub trait ReplicaGroup: Send + Sync + 'static {
+    fn id(&self) -> u64;
+    fn status(&self) -> GroupStatus;
+    /// Queues a command. Commands submitted from one task are proposed in
+    /// submission order (a producer's pipelined batches stay in order).
+    fn submit(&self, cmd: Command) -> oneshot::Receiver<Result<CommandResult, ProposeError>>;
+    fn propose(&self, cmd: Command) -> BoxFuture<'_, Result<CommandResult, ProposeError>> {
+        let rx = self.submit(cmd);
+        Box::pin(async move {
+            rx.await
+                .unwrap_or_else(|_| Err(ProposeError::Unavailable("the group stopped".into())))
+        })
+    }
+    /// Serves a Raft RPC that arrived from a peer.
+    fn handle(&self, kind: i32, body: Bytes) -> BoxFuture<'_, Result<Bytes, String>>;
+    /// Bootstraps the group with `members` as voters if it has no state yet.
+    fn initialize(&self, members: Vec<u64>) -> BoxFuture<'_, bool>;
+    fn is_initialized(&self) -> BoxFuture<'_, bool>;
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// Asks `to` to take over leadership (preferred-leader balancing).
+    fn transfer_leadership(&self, to: u64) -> BoxFuture<'_, ()>;
+    /// Removes the group's Raft state (its partition was deleted).
+    fn destroy_into(&self, wb: &mut rocksdb::WriteBatch);
+}
+
+pub struct OpenraftGroup {
+    id: u64,
+    node: u64,
+    raft: Raft,
+    log: LogStore,
+    sm: StateMachine,
+    replica_lag: Duration,
+    caught_up: Mutex<HashMap<u64, Instant>>,
+    queue: mpsc::UnboundedSender<(
+        Command,
+        oneshot::Sender<Result<CommandResult, ProposeError>>,
+    )>,
+    /// A partition group's log, for snapshot transfers.
+    partition: Option<(Arc<PartitionLog>, Arc<Store>)>,
+    /// Batches received for a snapshot install in progress.
+    staged: Mutex<Option<Arc<Mutex<Staged>>>>,
+}
+
+type Proposal = (
+    Command,
+    oneshot::Sender<Result<CommandResult, ProposeError>>,
+);
+
+/// Feeds queued commands to openraft one at a time, so their order in the
+/// Raft log is their submission order; results are awaited concurrently.
+async fn submitter(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+    while let Some((cmd, tx)) = rx.recv().await {
+        let (responder, done) = openraft::impls::ProgressResponder::complete_only();
+        if raft.write(cmd).responder(responder).await.is_err() {
+            let _ = tx.send(Err(ProposeError::Unavailable("raft stopped".into())));
+            continue;
+        }
+        tokio::spawn(async move {
+            let r = match done.await {
+                Ok(Ok(w)) => Ok(w.data),
+                Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
+                    Err(ProposeError::NotLeader(f.leader_id))
+                }
+                Ok(Err(e)) => Err(ProposeError::Unavailable(e.to_string())),
+                Err(_) => Err(ProposeError::Unavailable("raft stopped".into())),
+            };
+            let _ = tx.send(r);
+        });
+    }
+}
+
+impl OpenraftGroup {
+    pub async fn start(
+        id: u64,
+        node: u64,
+        settings: &RaftSettings,
+        store: Arc<Store>,
+        transport: Arc<Transport>,
+        target: Target,
+        on_change: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Arc<OpenraftGroup>, String> {
+        let config = Config {
+            cluster_name: "chronik".into(),
+            heartbeat_interval: settings.heartbeat_ms,
+            election_timeout_min: settings.election_min_ms,
+            election_timeout_max: settings.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
+            max_in_snapshot_log_to_keep: settings.keep_behind_snapshot,
+            enable_pre_vote: Some(true),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())?;
+        let log = LogStore::new(store.clone(), id);
+        let partition = match &target {
+            Target::Partition { log, .. } => Some((log.clone(), store.clone())),
+            Target::Controller(_) => None,
+        };
+        let sm = StateMachine::new(store, id, target, on_change);
+        let net = Net {
+            transport,
+            group: id,
+            partition: partition.clone(),
+        };
+        let raft = Raft::new(node, Arc::new(config), net, log.clone(), sm.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(submitter(raft.clone(), rx));
+        Ok(Arc::new(OpenraftGroup {
+            partition,
+            staged: Mutex::new(None),
+            queue,
+            id,
+            node,
+            raft,
+            log,
+            sm,
+            replica_lag: settings.replica_lag,
+            caught_up: Mutex::new(HashMap::new()),
+        }))
+    }
+}
+
+impl ReplicaGroup for OpenraftGroup {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn status(&self) -> GroupStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let is_leader = m.current_leader == Some(self.node) && m.state.is_leader();
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let committed = m.local_committed.as_ref().map(|l| l.index());
+        let mut isr = Vec::new();
+        if is_leader {
+            isr.push(self.node);
+            let now = Instant::now();
+            let mut cu = self.caught_up.lock().unwrap();
+            if let (Some(rep), Some(hb)) = (&m.replication, &m.heartbeat) {
+                for (node, matched) in rep.iter() {
+                    if *node == self.node {
+                        continue;
+                    }
+                    let acked_recently = hb
+                        .get(node)
+                        .and_then(|t| t.as_ref())
+                        .is_some_and(|t| (**t).elapsed() <= self.replica_lag);
+                    let caught = matched.as_ref().map(|l| l.index()) >= committed;
+                    if caught && acked_recently {
+                        cu.insert(*node, now);
+                    }
+                    if acked_recently
+                        && cu
+                            .get(node)
+                            .is_some_and(|t| now.saturating_duration_since(*t) <= self.replica_lag)
+                    {
+                        isr.push(*node);
+                    }
+                }
+            }
+            isr.sort_unstable();
+        }
+        GroupStatus {
+            leader: m.current_leader,
+            term: m.current_term,
+            is_leader,
+            isr,
+            voters,
+            quorum_ack_age: m.last_quorum_acked.as_ref().map(|t| (**t).elapsed()),
+            committed_index: committed,
+            applied_index: m.last_applied.as_ref().map(|l| l.index()),
+            last_log_index: m.last_log_index,
+        }
+    }
+
+    fn submit(&self, cmd: Command) -> oneshot::Receiver<Result<CommandResult, ProposeError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(mpsc::error::SendError((_, tx))) = self.queue.send((cmd, tx)) {
+            let _ = tx.send(Err(ProposeError::Unavailable("the group stopped".into())));
+        }
+        rx
+    }
+
+    fn handle(&self, k: i32, body: Bytes) -> BoxFuture<'_, Result<Bytes, String>> {
+        Box::pin(async move {
+            match k {
+                kind::APPEND => {
+                    let req = codec::PbAppendRequest::decode(body).map_err(|e| e.to_string())?;
+                    let req = codec::append_req_from_pb(req).map_err(|e| e.to_string())?;
+                    let resp = self
+                        .raft
+                        .append_entries(req)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(codec::append_resp_to_pb(&resp).encode_to_vec().into())
+                }
+                kind::VOTE | kind::PRE_VOTE => {
+                    let req = codec::PbVoteRequest::decode(body).map_err(|e| e.to_string())?;
+                    let req = codec::vote_req_from_pb(req).map_err(|e| e.to_string())?;
+                    let resp = if k == kind::VOTE {
+                        self.raft.vote(req).await
+                    } else {
+                        self.raft.pre_vote(req).await
+                    }
+                    .map_err(|e| e.to_string())?;
+                    Ok(codec::vote_resp_to_pb(&resp).encode_to_vec().into())
+                }
+                kind::SNAP_BEGIN => {
+                    let (log, _) = self.partition.as_ref().ok_or("not a partition group")?;
+                    *self.staged.lock().unwrap() = Some(Arc::new(Mutex::new(Staged::default())));
+                    Ok(codec::PbSnapBeginResponse {
+                        log_end: log.log_end_offset(),
+                        log_start: log.log_start_offset(),
+                    }
+                    .encode_to_vec()
+                    .into())
+                }
+                kind::SNAP_CHUNK => {
+                    let (log, store) = self.partition.as_ref().ok_or("not a partition group")?;
+                    let staged = self
+                        .staged
+                        .lock()
+                        .unwrap()
+                        .clone()
+                        .ok_or("no snapshot transfer in progress")?;
+                    let chunk = codec::PbSnapChunk::decode(body).map_err(|e| e.to_string())?;
+                    if chunk.keys.len() != chunk.batches.len()
+                        || chunk.keys.len() != chunk.index.len()
+                    {
+                        return Err("malformed snapshot chunk".into());
+                    }
+                    // Data first, without index entries: invisible until
+                    // the install commits them.
+                    let mut wb = rocksdb::WriteBatch::default();
+                    for (k, b) in chunk.keys.iter().zip(&chunk.batches) {
+                        if k.len() != 16 || k[..8] != log.log_id.to_be_bytes() {
+                            return Err("snapshot chunk for another log".into());
+                        }
+                        wb.put_cf(store.cf(CF_LOG), k, b);
+                    }
+                    store.write(wb).await.map_err(|e| e.to_string())?;
+                    let mut st = staged.lock().unwrap();
+                    if chunk.reset_to >= 0 {
+                        st.reset_to = Some(chunk.reset_to);
+                    }
+                    st.index.extend(chunk.keys.into_iter().zip(chunk.index));
+                    Ok(Bytes::new())
+                }
+                kind::SNAPSHOT => {
+                    let req = codec::PbSnapshot::decode(body).map_err(|e| e.to_string())?;
+                    let vote = codec::vote_from_pb(&req.vote).map_err(|e| e.to_string())?;
+                    let membership = match &req.membership {
+                        Some(m) => codec::membership_from_pb(m).map_err(|e| e.to_string())?,
+                        None => Default::default(),
+                    };
+                    let meta = openraft::alias::SnapshotMetaOf::<TypeConfig> {
+                        last_log_id: codec::opt_log_id_from_pb(&req.last_log_id),
+                        last_membership: openraft::StoredMembership::new(
+                            codec::opt_log_id_from_pb(&req.membership_log_id),
+                            membership,
+                        ),
+                    };
+                    let staged = self.staged.lock().unwrap().take();
+                    let snap = Snapshot {
+                        meta,
+                        snapshot: SnapshotData {
+                            desc: req.data,
+                            staged,
+                        },
+                    };
+                    let resp = self
+                        .raft
+                        .install_full_snapshot(vote, snap)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    Ok(codec::vote_to_pb(&resp.vote).encode_to_vec().into())
+                }
+                other => Err(format!("unknown raft message kind {other}")),
+            }
+        })
+    }
+
+    fn initialize(&self, members: Vec<u64>) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let nodes: BTreeMap<u64, openraft::EmptyNode> = members
+                .into_iter()
+                .map(|n| (n, openraft::EmptyNode {}))
+                .collect();
+            self.raft.initialize(nodes).await.is_ok()
+        })
+    }
+
+    fn is_initialized(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.raft.is_initialized().await.unwrap_or(true) })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.raft.shutdown().await;
+        })
+    }
+
+    fn transfer_leadership(&self, to: u64) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.raft.trigger().transfer_leader(to).await;
+        })
+    }
+
+    fn destroy_into(&self, wb: &mut rocksdb::WriteBatch) {
+        self.log.destroy_into(wb);
+        self.sm.destroy_into(wb);
+    }
+}
+
+/// openraft's network for one group: every RPC goes over the shared
+/// per-peer connection, tagged with the group id.
+#[derive(Clone)]
+struct Net {
+    transport: Arc<Transport>,
+    group: u64,
+    partition: Option<(Arc<PartitionLog>, Arc<Store>)>,
+}
+
+struct NetClient {
+    transport: Arc<Transport>,
+    group: u64,
+    target: u64,
+    partition: Option<(Arc<PartitionLog>, Arc<Store>)>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Net {
+    type Network = NetClient;
+
+    async fn new_client(&mut self, target: u64, _node: &openraft::EmptyNode) -> NetClient {
+        NetClient {
+            transport: self.transport.clone(),
+            group: self.group,
+            target,
+            partition: self.partition.clone(),
+        }
+    }
+}
+
+fn unreachable(e: TransportError) -> RPCError<TypeConfig> {
+    RPCError::Unreachable(Unreachable::new(&e))
+}
+
+impl NetClient {
+    async fn call(&self, k: i32, body: Vec<u8>, ttl: Duration) -> Result<Bytes, TransportError> {
+        self.transport
+            .request(self.target, k, self.group, body.into(), ttl)
+            .await
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for NetClient {
+    type SnapshotData = SnapshotData;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let body = codec::append_req_to_pb(&rpc).encode_to_vec();
+        let resp = self
+            .call(kind::APPEND, body, option.hard_ttl())
+            .await
+            .map_err(unreachable)?;
+        let pb = codec::PbAppendResponse::decode(resp).map_err(|e| {
+            unreachable(TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            })
+        })?;
+        codec::append_resp_from_pb(pb).map_err(|e| {
+            unreachable(TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            })
+        })
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.vote_kind(kind::VOTE, rpc, option).await
+    }
+
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.vote_kind(kind::PRE_VOTE, rpc, option).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        _cancel: impl std::future::Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let remote = |e: String| {
+            StreamingError::Unreachable(Unreachable::new(&TransportError::Remote {
+                peer: self.target,
+                message: e,
+            }))
+        };
+        if let Some((log, store)) = self.partition.clone() {
+            let desc = PbPartitionDesc::decode(snapshot.snapshot.desc.clone())
+                .map_err(|e| remote(e.to_string()))?;
+            self.send_batches(&log, &store, desc.log_end, option.hard_ttl())
+                .await
+                .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        }
+        let m = &snapshot.meta.last_membership;
+        let body = codec::PbSnapshot {
+            vote: Some(codec::vote_to_pb(&vote)),
+            last_log_id: codec::opt_log_id_to_pb(&snapshot.meta.last_log_id),
+            membership_log_id: codec::opt_log_id_to_pb(m.log_id()),
+            membership: Some(codec::membership_to_pb(m.membership())),
+            data: snapshot.snapshot.desc,
+        }
+        .encode_to_vec();
+        let ttl = option.hard_ttl().max(Duration::from_secs(60));
+        let resp = self
+            .call(kind::SNAPSHOT, body, ttl)
+            .await
+            .map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))?;
+        let pb = codec::PbVote::decode(resp).map_err(|e| {
+            StreamingError::Unreachable(Unreachable::new(&TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            }))
+        })?;
+        let vote = codec::vote_from_pb(&Some(pb)).map_err(|e| {
+            StreamingError::Unreachable(Unreachable::new(&TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            }))
+        })?;
+        Ok(SnapshotResponse::new(vote))
+    }
+}
+
+impl NetClient {
+    /// Sends the follower the batches it lacks below `log_end`, read from
+    /// this (leader's) log, in chunks of a few MiB.
+    async fn send_batches(
+        &self,
+        log: &PartitionLog,
+        store: &Store,
+        log_end: i64,
+        ttl: Duration,
+    ) -> Result<(), TransportError> {
+        let ttl = ttl.max(Duration::from_secs(30));
+        let resp = self.call(kind::SNAP_BEGIN, Vec::new(), ttl).await?;
+        let begin =
+            codec::PbSnapBeginResponse::decode(resp).map_err(|e| TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            })?;
+        let start = log.log_start_offset();
+        let (mut from, mut reset_to) = (begin.log_end, -1);
+        if begin.log_end < start {
+            from = start;
+            reset_to = start;
+        }
+        const CHUNK: usize = 4 << 20;
+        loop {
+            let mut chunk = codec::PbSnapChunk {
+                reset_to,
+                ..Default::default()
+            };
+            let mut size = 0usize;
+            let mut next = from;
+            {
+                let mut it = store.log_iter(CF_INDEX, log.log_id);
+                it.seek(log_key(log.log_id, from));
+                while it.valid() && size < CHUNK {
+                    let k = it.key().unwrap_or_default();
+                    let Some(e) = IndexEntry::decode(k, it.value().unwrap_or_default()) else {
+                        break;
+                    };
+                    if e.base_offset >= log_end {
+                        break;
+                    }
+                    let batch = store
+                        .db()
+                        .get_cf(store.cf(CF_LOG), k)
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| TransportError::Remote {
+                            peer: self.target,
+                            message: format!("batch at {} vanished (retention?)", e.base_offset),
+                        })?;
+                    size += batch.len();
+                    chunk.keys.push(Bytes::copy_from_slice(k));
+                    chunk
+                        .index
+                        .push(Bytes::copy_from_slice(it.value().unwrap_or_default()));
+                    chunk.batches.push(batch.into());
+                    next = e.last_offset + 1;
+                    it.next();
+                }
+            }
+            let done = chunk.keys.is_empty() || next >= log_end;
+            if !chunk.keys.is_empty() || reset_to >= 0 {
+                self.call(kind::SNAP_CHUNK, chunk.encode_to_vec(), ttl)
+                    .await?;
+            }
+            reset_to = -1;
+            from = next;
+            if done {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn vote_kind(
+        &mut self,
+        k: i32,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let body = codec::vote_req_to_pb(&rpc).encode_to_vec();
+        let resp = self
+            .call(k, body, option.hard_ttl())
+            .await
+            .map_err(unreachable)?;
+        let pb = codec::PbVoteResponse::decode(resp).map_err(|e| {
+            unreachable(TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            })
+        })?;
+        codec::vote_resp_from_pb(pb).map_err(|e| {
+            unreachable(TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            })
+        })
+    }
+}

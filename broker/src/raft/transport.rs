@@ -1,0 +1,360 @@
+//! Broker-to-broker transport: one TCP connection per pair of brokers
+//! carries every group's Raft traffic, multiplexed by group id.
+//!
+//! The broker with the lower node id dials; both sides then send requests
+//! and responses over that one connection. Each connection has one writer
+//! task that drains everything queued and writes it with a single syscall,
+//! so the heartbeats of many groups to the same peer share packets.
+//!
+//! Frames are a 4-byte big-endian length followed by a prost [`Frame`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use prost::Message;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::codec::{kind, Frame};
+
+const MAX_FRAME: usize = 512 << 20;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("no connection to broker {0}")]
+    NotConnected(u64),
+    #[error("connection to broker {0} closed")]
+    Closed(u64),
+    #[error("broker {0} did not answer within {1:?}")]
+    Timeout(u64, Duration),
+    #[error("broker {peer} refused: {message}")]
+    Remote { peer: u64, message: String },
+}
+
+/// Serves requests arriving from peers.
+pub trait Inbound: Send + Sync + 'static {
+    /// Returns the response body, or an error string sent back to the peer.
+    fn request(&self, from: u64, frame: Frame) -> BoxFuture<'static, Result<Bytes, String>>;
+    /// A one-way message.
+    fn notify(&self, from: u64, frame: Frame);
+}
+
+struct Conn {
+    peer: u64,
+    tx: mpsc::UnboundedSender<Frame>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
+    closed: AtomicBool,
+}
+
+pub struct Transport {
+    node_id: u64,
+    peers: HashMap<u64, String>,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    inbound: std::sync::OnceLock<Arc<dyn Inbound>>,
+    next_id: AtomicU64,
+}
+
+impl Transport {
+    pub fn new(node_id: u64, peers: HashMap<u64, String>) -> Arc<Transport> {
+        Arc::new(Transport {
+            node_id,
+            peers,
+            conns: Mutex::new(HashMap::new()),
+            inbound: std::sync::OnceLock::new(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    pub fn peer_ids(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.peers.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn is_connected(&self, peer: u64) -> bool {
+        self.conns
+            .lock()
+            .unwrap()
+            .get(&peer)
+            .is_some_and(|c| !c.closed.load(Ordering::Acquire))
+    }
+
+    /// Starts accepting peers on `listener` and dialing every peer with a
+    /// higher id than ours.
+    pub fn start(self: &Arc<Self>, listener: Option<TcpListener>, inbound: Arc<dyn Inbound>) {
+        let _ = self.inbound.set(inbound);
+        if let Some(listener) = listener {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    match listener.accept().await {
+                        Ok((sock, _)) => {
+                            let me = me.clone();
+                            tokio::spawn(async move { me.accepted(sock).await });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "peer accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        }
+        for (&peer, addr) in &self.peers {
+            if peer > self.node_id {
+                let me = self.clone();
+                let addr = addr.clone();
+                tokio::spawn(async move { me.dial_loop(peer, addr).await });
+            }
+        }
+    }
+
+    async fn dial_loop(self: Arc<Self>, peer: u64, addr: String) {
+        let mut logged = false;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
+                Ok(Ok(mut sock)) => {
+                    let _ = sock.set_nodelay(true);
+                    let hello = Frame {
+                        kind: kind::HELLO,
+                        group: self.node_id,
+                        ..Default::default()
+                    };
+                    if write_frame(&mut sock, &hello).await.is_ok() {
+                        tracing::info!(peer, %addr, "connected to peer");
+                        logged = false;
+                        self.run(peer, sock).await;
+                        tracing::info!(peer, "peer connection closed");
+                    }
+                }
+                Ok(Err(e)) if !logged => {
+                    tracing::info!(peer, %addr, error = %e, "cannot reach peer yet");
+                    logged = true;
+                }
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn accepted(self: Arc<Self>, mut sock: TcpStream) {
+        let _ = sock.set_nodelay(true);
+        let hello = match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut sock)).await
+        {
+            Ok(Ok(f)) if f.kind == kind::HELLO => f,
+            _ => return,
+        };
+        let peer = hello.group;
+        if !self.peers.contains_key(&peer) {
+            tracing::warn!(
+                peer,
+                "connection from a broker that is not a configured peer; closing"
+            );
+            return;
+        }
+        tracing::info!(peer, "peer connected");
+        self.run(peer, sock).await;
+        tracing::info!(peer, "peer connection closed");
+    }
+
+    /// Serves one connection until it fails.
+    async fn run(self: &Arc<Self>, peer: u64, sock: TcpStream) {
+        let (mut rd, mut wr) = sock.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let conn = Arc::new(Conn {
+            peer,
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        });
+        if let Some(old) = self.conns.lock().unwrap().insert(peer, conn.clone()) {
+            old.close();
+        }
+        let writer = tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            while let Some(f) = rx.recv().await {
+                put_frame(&mut buf, &f);
+                // Coalesce: everything already queued goes out in one write.
+                while buf.len() < (1 << 20) {
+                    match rx.try_recv() {
+                        Ok(f) => put_frame(&mut buf, &f),
+                        Err(_) => break,
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+                buf.clear();
+            }
+        });
+        let inbound = self.inbound.get().cloned();
+        loop {
+            let frame = match read_frame(&mut rd).await {
+                Ok(f) => f,
+                Err(_) => break,
+            };
+            if frame.response {
+                let waiter = conn.pending.lock().unwrap().remove(&frame.id);
+                if let Some(w) = waiter {
+                    let _ = w.send(frame);
+                }
+                continue;
+            }
+            let Some(inbound) = inbound.clone() else {
+                continue;
+            };
+            if frame.id == 0 {
+                inbound.notify(peer, frame);
+                continue;
+            }
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let (id, k, group) = (frame.id, frame.kind, frame.group);
+                let reply = match inbound.request(peer, frame).await {
+                    Ok(body) => Frame {
+                        id,
+                        response: true,
+                        kind: k,
+                        group,
+                        body,
+                        error: String::new(),
+                    },
+                    Err(error) => Frame {
+                        id,
+                        response: true,
+                        kind: k,
+                        group,
+                        body: Bytes::new(),
+                        error,
+                    },
+                };
+                let _ = conn.tx.send(reply);
+            });
+        }
+        conn.close();
+        writer.abort();
+        let mut conns = self.conns.lock().unwrap();
+        if conns.get(&peer).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+            conns.remove(&peer);
+        }
+    }
+
+    fn conn(&self, peer: u64) -> Result<Arc<Conn>, TransportError> {
+        self.conns
+            .lock()
+            .unwrap()
+            .get(&peer)
+            .filter(|c| !c.closed.load(Ordering::Acquire))
+            .cloned()
+            .ok_or(TransportError::NotConnected(peer))
+    }
+
+    /// Sends a request and waits for its response body.
+    pub async fn request(
+        &self,
+        peer: u64,
+        kind: i32,
+        group: u64,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        let conn = self.conn(peer)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().unwrap().insert(id, tx);
+        if conn.closed.load(Ordering::Acquire) {
+            conn.pending.lock().unwrap().remove(&id);
+            return Err(TransportError::Closed(peer));
+        }
+        let frame = Frame {
+            id,
+            response: false,
+            kind,
+            group,
+            body,
+            error: String::new(),
+        };
+        if conn.tx.send(frame).is_err() {
+            conn.pending.lock().unwrap().remove(&id);
+            return Err(TransportError::Closed(peer));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(f)) if f.error.is_empty() => Ok(f.body),
+            Ok(Ok(f)) => Err(TransportError::Remote {
+                peer,
+                message: f.error,
+            }),
+            Ok(Err(_)) => Err(TransportError::Closed(peer)),
+            Err(_) => {
+                conn.pending.lock().unwrap().remove(&id);
+                Err(TransportError::Timeout(peer, timeout))
+            }
+        }
+    }
+
+    /// Sends a one-way message; dropped if the peer is not connected.
+    pub fn notify(&self, peer: u64, kind: i32, body: Bytes) {
+        if let Ok(conn) = self.conn(peer) {
+            let _ = conn.tx.send(Frame {
+                id: 0,
+                response: false,
+                kind,
+                group: 0,
+                body,
+                error: String::new(),
+            });
+        }
+    }
+
+    /// Drops every connection (the harness's "network partition" is a
+    /// proxy; this is for shutdown).
+    pub fn close_all(&self) {
+        for (_, c) in self.conns.lock().unwrap().drain() {
+            c.close();
+        }
+    }
+}
+
+impl Conn {
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Dropping the senders fails every waiter at once.
+        self.pending.lock().unwrap().clear();
+        let _ = self.peer;
+    }
+}
+
+fn put_frame(buf: &mut BytesMut, f: &Frame) {
+    let len = f.encoded_len();
+    buf.reserve(4 + len);
+    buf.put_u32(len as u32);
+    f.encode(buf).expect("reserved");
+}
+
+async fn write_frame(sock: &mut TcpStream, f: &Frame) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    put_frame(&mut buf, f);
+    sock.write_all(&buf).await
+}
+
+async fn read_frame<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Frame> {
+    let len = rd.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::other(format!("peer frame of {len} bytes")));
+    }
+    let mut buf = vec![0u8; len];
+    rd.read_exact(&mut buf).await?;
+    let mut b = Bytes::from(buf);
+    let f = Frame::decode(&mut b).map_err(std::io::Error::other)?;
+    let _ = b.remaining();
+    Ok(f)
+}

@@ -1,0 +1,98 @@
+//! openraft's type configuration and the commands our groups replicate.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+openraft::declare_raft_types!(
+    /// One type configuration for every group: partition groups and the
+    /// regional controller differ only in the state machine behind them.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = openraft::EmptyNode,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<u64, u64>,
+);
+
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::impls::Vote<openraft::impls::leader_id_std::LeaderId<u64, u64>>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type Membership = openraft::Membership<u64, openraft::EmptyNode>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+
+/// What a group replicates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    /// A producer's record batch, exactly as received. Offsets are assigned
+    /// at apply time, from the replica's own log, so all replicas agree.
+    Produce {
+        records: Bytes,
+        now_ms: i64,
+    },
+    Controller(ControllerCommand),
+}
+
+/// Changes to the region's catalog, decided by the controller group. Every
+/// input that is not a pure function of the catalog (ids, clocks) is fixed
+/// by the proposer, so applying is deterministic on every broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControllerCommand {
+    RegisterBroker {
+        id: i32,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    },
+    CreateTopic {
+        name: String,
+        id: Uuid,
+        partitions: i32,
+        replication_factor: i16,
+        assignments: Vec<Vec<i32>>,
+        configs: BTreeMap<String, String>,
+        now_ms: i64,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    CreatePartitions {
+        name: String,
+        count: i32,
+        assignments: Option<Vec<Vec<i32>>>,
+    },
+    /// `None` deletes the key (back to the default).
+    AlterConfigs {
+        name: String,
+        ops: Vec<(String, Option<String>)>,
+    },
+}
+
+/// The outcome of applying one entry, returned to the proposer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Blank and membership entries.
+    None,
+    Produced {
+        base_offset: i64,
+        /// The broker time stamped into LogAppendTime batches, else -1.
+        log_append_time: i64,
+    },
+    /// An idempotent retry of a batch already in the log.
+    Duplicate { base_offset: i64 },
+    /// Applying failed deterministically (on every replica alike).
+    Rejected { code: i16, message: String },
+    /// A controller command succeeded.
+    Done,
+}
+
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Produce { records, .. } => write!(f, "produce({} bytes)", records.len()),
+            Command::Controller(c) => write!(f, "{c:?}"),
+        }
+    }
+}

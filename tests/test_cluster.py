@@ -1,0 +1,508 @@
+"""A 3-broker Chronik region with Raft-replicated partitions, under faults.
+
+Interface: /tmp/spec/cluster-interface.md (admin /v1/cluster, /v1/partitions/...; [cluster] config).
+Raft links run through fault proxies (tests/faultproxy.py), so partitions are real for the
+brokers; Kafka clients always reach every broker directly.
+
+The scenarios that Apache Kafka can run too (leader loss, follower catch-up, min.insync)
+also run once against a 3-node Kafka KRaft cluster (marked oracle_only): a scenario that
+Kafka fails is a broken scenario, not a finding. Replica log dumps and Raft terms exist only
+on Chronik; on Kafka those checks are skipped.
+
+Skipped with the reason if the chronik binary does not accept a [cluster] config yet.
+
+  CHAOS_SEED            seed of the chaos schedule (default: random, printed)
+  CHAOS_MINUTES         length of the Chronik chaos phase (default 2)
+  CHAOS_ORACLE_SECONDS  length of the chaos phase of the Kafka oracle run (default 45)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+import uuid
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+
+import kwire
+from ackcheck import (AckLog, ConsumerThread, ProducerThread, consumer_mismatches, make_value, new_tag,
+                      produce_batch, read_partition, records_from_dump, verify_partition)
+from cluster import PartitionMonitor, create_topic
+from harness import wait_until
+from kclient import forget_clients, unique_topic
+
+# Chronik must be back in service this soon after its partition leader is killed.
+MAX_FAILOVER_S = 5.0
+# Kafka's failover here is bounded by its session timeout (3 s) plus a controller election;
+# the oracle run only proves the scenario recovers at all.
+KAFKA_MAX_FAILOVER_S = 30.0
+
+NOT_ENOUGH_REPLICAS = KafkaError.NOT_ENOUGH_REPLICAS  # 19
+assert NOT_ENOUGH_REPLICAS == 19
+
+CLUSTER_KINDS = [pytest.param("chronik", marks=pytest.mark.chronik),
+                 pytest.param("kafka", marks=pytest.mark.oracle_only)]
+
+
+@pytest.fixture(params=CLUSTER_KINDS)
+def any_cluster(request):
+    """A fresh 3-node Chronik region, or the module's Apache Kafka cluster with every node up."""
+    if request.param == "chronik":
+        yield request.getfixturevalue("chronik_cluster_factory")(3)
+        return
+    k = request.getfixturevalue("kafka_cluster")
+    for i in k.ids:
+        if not k.running(i):
+            k.restart(i)
+    yield k
+    for i in k.ids:  # leave it whole for the next test
+        if not k.running(i):
+            k.restart(i)
+    forget_clients(k.bootstrap)
+
+
+def _term(cluster, topic, p, node):
+    if cluster.kind != "chronik":
+        return None
+    return cluster.partition_state(node, topic, p)["term"]
+
+
+def _check_replicas_and_read(cluster, topic: str, p: int, timeout: float = 90.0):
+    """Read topic/p back through a client; on Chronik also wait until every replica has
+    converged and check the dump holds exactly what the client reads.
+    Returns (log {offset: value}, log_start, high_watermark)."""
+    hw = dump = None
+    if cluster.kind == "chronik":
+        hw, dump = cluster.wait_replicas_converged(topic, p, cluster.ids, timeout)
+    log, lo, hi = read_partition(cluster.bootstrap_of(cluster.live_ids()), topic, p)
+    if dump is not None:
+        assert hi == hw, f"clients see high watermark {hi}, replicas report {hw}"
+        from_dump = records_from_dump(dump)
+        assert from_dump == log, (f"replica dump ({len(from_dump)} records) differs from what a consumer reads "
+                                  f"({len(log)} records)")
+    return log, lo, hi
+
+
+# ---------------------------------------------------------------------------
+# Leader loss
+# ---------------------------------------------------------------------------
+
+
+def test_leader_kill9_fails_over_and_keeps_every_ack(any_cluster):
+    cluster = any_cluster
+    topic = unique_topic("leaderloss")
+    create_topic(cluster, topic, partitions=1, replication_factor=3)
+    old = cluster.leader_of(topic, 0)
+    old_term = _term(cluster, topic, 0, old)
+
+    acks = AckLog()
+    prod = ProducerThread(cluster.bootstrap, topic, [0], acks=acks, rate=400, max_messages=40_000, max_seconds=120)
+    prod.start()
+    try:
+        wait_until(lambda: acks.count() >= 200, 30, what="200 acks before the kill")
+        acked_before = acks.count()
+        t_kill = time.monotonic()
+        cluster.kill9(old)
+        t_dead = time.monotonic()
+        # First ack of a record handed to the client after the leader was dead: only a new
+        # leader can have acknowledged it.
+        first = wait_until(lambda: acks.first_ack_of_message_sent_after(t_dead), 60, interval=0.02,
+                           what="an ack from a new leader")
+        failover = first - t_kill
+        print(f"\n{cluster.kind}: killed leader {old}; first ack from the new leader {failover:.3f}s later")
+        # Keep producing for a bounded while on the new leader.
+        target = acks.count() + 400
+        wait_until(lambda: acks.count() >= target, 30, what="400 more acks after the failover")
+    except BaseException:
+        prod.abandon()
+        raise
+    prod.stop()
+    assert not acks.failed, f"{len(acks.failed)} records failed, e.g. {acks.failed[:3]}"
+
+    new = cluster.leader_of(topic, 0)
+    assert new != old, "the killed node is reported as leader"
+    if old_term is not None:
+        assert _term(cluster, topic, 0, new) > old_term, "new leader did not take a higher term"
+
+    cluster.restart(old)
+    log, lo, hi = _check_replicas_and_read(cluster, topic, 0)
+    stats = verify_partition(0, log, acks, lo, hi)
+    print(f"{cluster.kind}: {stats}, produced {prod.produced}, acked before kill {acked_before}")
+    limit = MAX_FAILOVER_S if cluster.kind == "chronik" else KAFKA_MAX_FAILOVER_S
+    assert failover < limit, f"first ack {failover:.2f}s after killing the leader (limit {limit}s)"
+
+
+# ---------------------------------------------------------------------------
+# Follower restart and catch-up
+# ---------------------------------------------------------------------------
+
+
+def test_killed_follower_catches_up_and_rejoins_isr(any_cluster):
+    cluster = any_cluster
+    topic = unique_topic("catchup")
+    create_topic(cluster, topic, partitions=1, replication_factor=3)
+    leader = cluster.leader_of(topic, 0)
+    follower = min(i for i in cluster.ids if i != leader)
+    acks = AckLog()
+    produce_batch(cluster.bootstrap, topic, 0, 100, acks, timeout=60)
+
+    cluster.kill9(follower)
+    live = [i for i in cluster.ids if i != follower]
+    n = 3000
+    produce_batch(cluster.bootstrap_of(live), topic, 0, n, acks, timeout=90)
+    assert not acks.failed and acks.count() == n + 100, f"{len(acks.failed)} failed: {acks.failed[:3]}"
+    print(f"\n{cluster.kind}: ISR with node {follower} down: {cluster.isr_of(topic, 0)}")
+
+    cluster.restart(follower)
+    wait_until(lambda: follower in cluster.isr_of(topic, 0), 60, interval=0.25,
+               what=f"node {follower} back in the ISR of {topic}/0")
+    log, lo, hi = _check_replicas_and_read(cluster, topic, 0)
+    assert hi == n + 100
+    if cluster.kind == "chronik":
+        s = cluster.partition_state(follower, topic, 0)
+        assert s["high_watermark"] == s["log_end_offset"] == hi, s
+        assert records_from_dump(cluster.dump_log(follower, topic, 0)) == log
+    verify_partition(0, log, acks, lo, hi)
+
+
+# ---------------------------------------------------------------------------
+# min.insync.replicas
+# ---------------------------------------------------------------------------
+
+
+def _send_one(p: Producer, topic: str, value: bytes, timeout: float):
+    """Produce one record and wait for its report: (error or None, offset)."""
+    out = {}
+    p.produce(topic, value=value, partition=0, on_delivery=lambda e, m: out.update(err=e, off=m.offset()))
+    p.flush(timeout)
+    assert out, f"no delivery report within {timeout}s"
+    return out["err"], out["off"]
+
+
+def test_min_insync_rejects_with_not_enough_replicas(any_cluster):
+    cluster = any_cluster
+    topic = unique_topic("minisr")
+    create_topic(cluster, topic, partitions=1, replication_factor=3, config={"min.insync.replicas": "3"})
+    cons = ConsumerThread(cluster.bootstrap, topic, [0], max_seconds=240).start()
+    acks = AckLog()
+    rejected: list[bytes] = []
+    try:
+        produce_batch(cluster.bootstrap, topic, 0, 50, acks, timeout=60)
+        assert acks.count() == 50 and not acks.failed, "acks=all must succeed while all 3 replicas are in sync"
+
+        leader = cluster.leader_of(topic, 0)
+        follower = min(i for i in cluster.ids if i != leader)
+        cluster.kill9(follower)
+        live_bs = cluster.bootstrap_of([i for i in cluster.ids if i != follower])
+        # No retries: the broker's answer is the delivery report.
+        p = Producer({"bootstrap.servers": live_bs, "acks": "all", "enable.idempotence": False, "retries": 0,
+                      "linger.ms": 0, "compression.type": "none", "request.timeout.ms": 5000,
+                      "message.timeout.ms": 8000})
+        tag = new_tag("probe")
+        seq = 0
+        uncertain = []  # timeouts, NOT_ENOUGH_REPLICAS_AFTER_APPEND...: outcome unknown
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            v = make_value(tag, 0, seq)
+            seq += 1
+            err, off = _send_one(p, topic, v, 15)
+            if err is None:
+                acks.record_ack(0, off, v)  # accepted while the ISR still had 3 members
+            elif err.code() == NOT_ENOUGH_REPLICAS:
+                rejected.append(v)
+                break
+            else:
+                uncertain.append((v, err))
+                time.sleep(0.2)
+        assert rejected, (f"no NOT_ENOUGH_REPLICAS within 60s of killing follower {follower}; "
+                          f"errors seen: {[str(e) for _, e in uncertain[-5:]]}")
+        print(f"\n{cluster.kind}: rejected after {seq} probes ({len(uncertain)} uncertain)")
+        # Once the ISR is too small every acks=all write is refused up front.
+        others = []
+        for _ in range(20):
+            v = make_value(tag, 0, seq)
+            seq += 1
+            err, _off = _send_one(p, topic, v, 15)
+            if err is not None and err.code() == NOT_ENOUGH_REPLICAS:
+                rejected.append(v)
+            else:
+                others.append(err)
+        assert not others, f"expected NOT_ENOUGH_REPLICAS for all 20 writes, got {others}"
+
+        cluster.restart(follower)
+        wait_until(lambda: len(cluster.isr_of(topic, 0)) == 3, 60, interval=0.25, what="ISR back to 3 replicas")
+        produce_batch(cluster.bootstrap, topic, 0, 50, acks, timeout=60)
+        assert not acks.failed, f"writes failed after the ISR recovered: {acks.failed[:3]}"
+
+        log, lo, hi = _check_replicas_and_read(cluster, topic, 0)
+        wait_until(lambda: cons.caught_up({0: hi}), 30, what="the live consumer reading to the end")
+    except BaseException:
+        cons.abandon()
+        raise
+    cons.stop()
+    in_log = set(log.values())
+    assert not [v for v in rejected if v in in_log], "records rejected with NOT_ENOUGH_REPLICAS are in the log"
+    assert not [v for v in rejected if v in set(cons.seen.values())], "a consumer saw a rejected record"
+    verify_partition(0, log, acks, lo, hi)
+    assert not consumer_mismatches(cons.seen, {0: log})
+
+
+# ---------------------------------------------------------------------------
+# Network partition (Chronik only: needs the fault proxies between brokers)
+# ---------------------------------------------------------------------------
+
+
+def _raw_produce(bootstrap: str, topic: str, value: bytes, timeout_ms: int = 3000) -> int | None:
+    """One acks=all Produce v8 request, no retries: the error code, or None if no answer."""
+    batch = kwire.record_batch([(None, value)])
+    try:
+        with kwire.Conn(bootstrap, timeout=timeout_ms / 1000 + 5) as c:
+            res = c.request(kwire.PRODUCE, 8, kwire.produce_body(topic, 0, batch, acks=-1, timeout_ms=timeout_ms))
+    except (OSError, TimeoutError):
+        return None
+    if res is None:
+        return None
+    return kwire.parse_produce_v8(res[1])[(topic, 0)]["error"]
+
+
+@pytest.mark.chronik
+def test_partitioned_leader_is_replaced_and_cannot_commit(chronik_cluster_factory):
+    cluster = chronik_cluster_factory(3)
+    topic = unique_topic("partition")
+    create_topic(cluster, topic, partitions=1, replication_factor=3)
+    acks = AckLog()
+    produce_batch(cluster.bootstrap, topic, 0, 200, acks, timeout=60)
+
+    old = cluster.leader_of(topic, 0)
+    old_term = _term(cluster, topic, 0, old)
+    majority = [i for i in cluster.ids if i != old]
+    monitor = PartitionMonitor(cluster, [(topic, 0)]).start()
+    minority_value = b"minority-" + uuid.uuid4().hex.encode()
+    try:
+        cluster.mesh.isolate(old)
+        t_isolated = time.monotonic()
+        new = cluster.leader_of(topic, 0, nodes=majority, timeout=20)
+        elected = time.monotonic() - t_isolated
+        assert new != old
+        new_state = cluster.partition_state(new, topic, 0)
+        assert new_state["term"] > old_term
+        print(f"\nisolated leader {old}; node {new} leads term {new_state['term']} after {elected:.2f}s")
+        time.sleep(0.5)  # let anything already in flight to the isolated node land
+        t_settled = time.monotonic()
+        hw_minority = cluster.partition_state(old, topic, 0)["high_watermark"]
+
+        # A write sent straight to the isolated node must not be acknowledged.
+        err = _raw_produce(cluster.nodes[old].bootstrap, topic, minority_value)
+        assert err != 0, "the isolated former leader acknowledged an acks=all write"
+
+        # The majority commits, through clients that bootstrap from it.
+        produce_batch(cluster.bootstrap_of(majority), topic, 0, 500, acks, timeout=60)
+        assert not acks.failed, f"majority writes failed: {acks.failed[:3]}"
+        hw_majority = cluster.partition_state(new, topic, 0)["high_watermark"]
+        assert hw_majority >= 700
+        assert hw_minority <= hw_majority
+        minority_hws = set(monitor.hw_seen(old, topic, 0, since=t_settled)) | {
+            cluster.partition_state(old, topic, 0)["high_watermark"]}
+        assert minority_hws == {hw_minority}, f"isolated node's high watermark moved: {sorted(minority_hws)}"
+    finally:
+        cluster.mesh.heal()
+
+    hw, dump = cluster.wait_replicas_converged(topic, 0, cluster.ids, 60)
+    monitor.stop()
+    assert not monitor.split_brain(), monitor.split_brain()
+    assert not monitor.hw_regressions(), monitor.hw_regressions()
+    log, lo, hi = _check_replicas_and_read(cluster, topic, 0)
+    assert minority_value not in log.values(), "the write sent to the isolated node survived the heal"
+    verify_partition(0, log, acks, lo, hi)
+
+
+# ---------------------------------------------------------------------------
+# Chaos
+# ---------------------------------------------------------------------------
+
+CHAOS_MINUTES = float(os.environ.get("CHAOS_MINUTES", "2"))
+# The Kafka oracle run only validates the scenario (kill -9/restart; it has no fault proxies).
+CHAOS_ORACLE_SECONDS = float(os.environ.get("CHAOS_ORACLE_SECONDS", "45"))
+CHAOS_PARTITIONS = 3
+
+
+def run_chaos(cluster, duration: float, seed: int) -> None:
+    """Random kill -9 / restart / isolate / heal / slow-link events on a 3-partition RF=3
+    topic for `duration` seconds while an idempotent producer and a consumer run; never
+    more than a minority killed or isolated. Then heal, restart all, and check: no acked
+    write lost, offsets contiguous, per-producer order kept, no duplicates, nothing a
+    consumer read later vanished, (Chronik) one leader per term and replicas identical."""
+    try:
+        _run_chaos(cluster, duration, seed)
+    except BaseException as e:
+        e.add_note(f"CHAOS_SEED={seed} (rerun with this seed to replay the fault schedule)")
+        raise
+
+
+def _run_chaos(cluster, duration: float, seed: int) -> None:
+    rng = random.Random(seed)
+    has_mesh = hasattr(cluster, "mesh")
+    n = len(cluster.ids)
+    max_disrupted = (n - 1) // 2  # killed or isolated: always a majority left
+    topic = unique_topic("chaos")
+    parts = list(range(CHAOS_PARTITIONS))
+    create_topic(cluster, topic, partitions=CHAOS_PARTITIONS, replication_factor=3)
+
+    acks = AckLog()
+    prod = ProducerThread(cluster.bootstrap, topic, parts, acks=acks, rate=300, max_seconds=duration + 150,
+                          max_messages=int(300 * (duration + 150)), **{"message.timeout.ms": 60000})
+    cons = ConsumerThread(cluster.bootstrap, topic, parts, max_seconds=duration + 200)
+    monitor = PartitionMonitor(cluster, [(topic, p) for p in parts], interval=0.2) if has_mesh else None
+    down: set[int] = set()
+    isolated: set[int] = set()
+    events: list[str] = []
+    prod.start(), cons.start()
+    if monitor:
+        monitor.start()
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < duration:
+            time.sleep(min(rng.uniform(1.0, 4.0), max(0.0, duration - (time.monotonic() - t0))))
+            disrupted = down | isolated
+            choices = ["slow"] if has_mesh else []
+            if len(disrupted) < max_disrupted:
+                choices += ["kill", "kill"] + (["isolate"] if has_mesh else [])
+            if down:
+                choices += ["restart", "restart"]
+            if isolated:
+                choices += ["heal", "heal"]
+            if not choices:
+                continue
+            action = rng.choice(choices)
+            healthy = [i for i in cluster.ids if i not in disrupted]
+            if action == "kill":
+                # Half the time the leader of a random partition, else any healthy node.
+                target = rng.choice(healthy)
+                if rng.random() < 0.5:
+                    try:
+                        leader = cluster.leader_of(topic, rng.choice(parts), timeout=2)
+                    except TimeoutError:
+                        leader = None
+                    if leader in healthy:
+                        target = leader
+                cluster.kill9(target)
+                down.add(target)
+            elif action == "restart":
+                target = rng.choice(sorted(down))
+                cluster.restart(target, timeout=90)
+                down.discard(target)
+            elif action == "isolate":
+                target = rng.choice(healthy)
+                cluster.mesh.isolate(target)
+                isolated.add(target)
+            elif action == "heal":
+                target = None
+                cluster.mesh.heal()
+                isolated.clear()
+            else:  # slow one direction of one link, 20-200 ms
+                a, b = rng.sample(cluster.ids, 2)
+                target = (a, b, rng.randint(20, 200))
+                cluster.mesh.slow(*target)
+            events.append(f"{time.monotonic() - t0:6.1f}s {action} {target} (acked {acks.count()})")
+
+        # Recovery: heal, restart everything, and the cluster must take writes again.
+        if has_mesh:
+            cluster.mesh.heal()
+        for i in sorted(down):
+            cluster.restart(i, timeout=90)
+        down.clear()
+        events.append(f"{time.monotonic() - t0:6.1f}s healed and restarted all (acked {acks.count()})")
+        goal = acks.count() + 300
+        wait_until(lambda: acks.count() >= goal, 60, what="300 more acks after recovery")
+    except BaseException:
+        print("\n".join(events))
+        prod.abandon()
+        cons.abandon()
+        if monitor:
+            monitor.stop()
+        raise
+    print("\n".join(events))
+    prod.stop()
+
+    logs = {}
+    for p in parts:
+        log, lo, hi = _check_replicas_and_read(cluster, topic, p, timeout=120)
+        logs[p] = log
+        verify_partition(p, log, acks, lo, hi)
+    wait_until(lambda: cons.caught_up({p: max(logs[p], default=-1) + 1 for p in parts}), 60,
+               what="the live consumer reading every partition to the end")
+    cons.stop()
+    problems = consumer_mismatches(cons.seen, logs)
+    assert not problems, f"{len(problems)} records a consumer read were later lost or changed: {problems[:5]}"
+    assert not cons.conflicts, cons.conflicts[:5]
+    if monitor:
+        monitor.stop()
+        assert not monitor.split_brain(), monitor.split_brain()
+        assert not monitor.hw_regressions(), monitor.hw_regressions()[:10]
+    # With a majority always up the cluster must have served most of the time.
+    assert acks.count() >= 0.5 * prod.produced, (f"only {acks.count()} of {prod.produced} records acknowledged "
+                                                 f"although a majority was always up")
+    print(f"chaos ({cluster.kind}): produced {prod.produced}, acked {acks.count()} "
+          f"({sum(map(len, acks.acked_no_offset.values()))} without offset), failed {len(acks.failed)}, "
+          f"consumer read {len(cons.seen)}, client errors {len(cons.errors)}")
+
+
+def _chaos_seed() -> int:
+    seed = int(os.environ.get("CHAOS_SEED") or random.randrange(2**32))
+    print(f"\nCHAOS_SEED={seed}")
+    return seed
+
+
+@pytest.mark.chronik
+@pytest.mark.timeout(int(CHAOS_MINUTES * 60) + 240)
+def test_chaos_kill_isolate_slow_keeps_acked_writes(chronik_cluster_factory):
+    run_chaos(chronik_cluster_factory(3), CHAOS_MINUTES * 60, _chaos_seed())
+
+
+@pytest.mark.oracle_only
+@pytest.mark.timeout(int(CHAOS_ORACLE_SECONDS) + 300)
+def test_chaos_scenario_holds_on_kafka(kafka_cluster):
+    k = kafka_cluster
+    for i in k.ids:
+        if not k.running(i):
+            k.restart(i)
+    try:
+        run_chaos(k, CHAOS_ORACLE_SECONDS, _chaos_seed())
+    finally:
+        for i in k.ids:
+            if not k.running(i):
+                k.restart(i)
+
+
+# ---------------------------------------------------------------------------
+# The Kafka cluster harness itself
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.oracle_only
+def test_kafka_cluster_replicates_rf3_topic(kafka_cluster):
+    from kclient import admin
+    from confluent_kafka.admin import ConfigResource
+
+    k = kafka_cluster
+    assert k.registered_brokers() == {1, 2, 3}
+    topic = unique_topic("kcluster")
+    create_topic(k, topic, partitions=3, replication_factor=3)
+    for p in range(3):
+        m = k.partition_metadata(topic, p)
+        assert sorted(m["replicas"]) == [1, 2, 3] and sorted(m["isr"]) == [1, 2, 3], m
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    cfg = admin(k.bootstrap).describe_configs([res])[res].result(30)
+    assert cfg["min.insync.replicas"].value == "2"
+    acks = AckLog()
+    for p in range(3):
+        produce_batch(k.bootstrap, topic, p, 100, acks, timeout=60)
+    assert acks.count() == 300 and not acks.failed
+    leaders = {k.leader_of(topic, p) for p in range(3)}
+    print(f"\nleaders of the 3 partitions: {sorted(leaders)}")
+    for p in range(3):
+        log, lo, hi = read_partition(k.bootstrap, topic, p)
+        verify_partition(p, log, acks, lo, hi)
+        assert hi == 100

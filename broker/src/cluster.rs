@@ -89,6 +89,7 @@ impl Cluster {
             snapshot_every: 50_000,
             keep_behind_snapshot: 20_000,
             replica_lag: Duration::from_millis(c.replica_lag_time_max_ms),
+            quiescent: false,
         };
         let peers: HashMap<u64, String> = c
             .peers
@@ -120,6 +121,7 @@ impl Cluster {
             transport.clone(),
             Target::Controller(catalog.clone()),
             on_change_ctrl,
+            Self::liveness(&transport, &settings),
         )
         .await?;
         let cluster = Arc::new(Cluster {
@@ -153,11 +155,25 @@ impl Cluster {
         tokio::spawn(Self::register_loop(Arc::downgrade(&cluster), ep));
         tokio::spawn(Self::reconcile_loop(Arc::downgrade(&cluster)));
         tokio::spawn(Self::leader_loop(Arc::downgrade(&cluster)));
+        tokio::spawn(Self::election_loop(Arc::downgrade(&cluster)));
         Ok(cluster)
     }
 
     pub fn node_id(&self) -> i32 {
         self.node_id
+    }
+
+    /// A peer is alive if it sent anything (every broker sends leader hints
+    /// every 250 ms) within the minimum election timeout.
+    fn liveness(transport: &Arc<Transport>, settings: &RaftSettings) -> crate::raft::Liveness {
+        let t = Arc::downgrade(transport);
+        let within = Duration::from_millis(settings.election_min_ms);
+        Arc::new(move |peer| t.upgrade().is_some_and(|t| t.heard_from(peer, within)))
+    }
+
+    fn alive(&self, node: u64) -> bool {
+        self.transport
+            .heard_from(node, Duration::from_millis(self.settings.election_min_ms))
     }
 
     pub fn controller_status(&self) -> GroupStatus {
@@ -255,14 +271,19 @@ impl Cluster {
             log: log.clone(),
             catalog: self.catalog.clone(),
         };
+        let settings = RaftSettings {
+            quiescent: true,
+            ..self.settings.clone()
+        };
         let g = match OpenraftGroup::start(
             id,
             self.node_id as u64,
-            &self.settings,
+            &settings,
             self.store.clone(),
             self.transport.clone(),
             target,
             Arc::new(|| {}),
+            Self::liveness(&self.transport, &self.settings),
         )
         .await
         {
@@ -298,7 +319,7 @@ impl Cluster {
     async fn leader_loop(me: Weak<Cluster>) {
         let mut tick: u64 = 0;
         loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
             tick += 1;
             let Some(c) = me.upgrade() else { return };
             let groups: Vec<Arc<dyn ReplicaGroup>> =
@@ -312,10 +333,11 @@ impl Cluster {
                 .collect();
             let mut leaders_here = 0u64;
             for g in &groups {
-                let st = g.status();
+                let (_, term, is_leader) = g.brief();
                 if let Some((t, log)) = logs.get(&g.id()) {
-                    log.set_leader_epoch(st.term.min(i32::MAX as u64) as i32);
-                    if st.is_leader {
+                    log.set_leader_epoch(term.min(i32::MAX as u64) as i32);
+                    if is_leader {
+                        let st = g.status();
                         leaders_here += 1;
                         led.push(codec::PbLeaderHint {
                             group: g.id(),
@@ -325,7 +347,7 @@ impl Cluster {
                         // Preferred-leader balancing (Kafka's
                         // auto.leader.rebalance), every ~10 s.
                         let preferred = c.replicas_of(t, log.partition)[0];
-                        if tick.is_multiple_of(33)
+                        if tick.is_multiple_of(40)
                             && preferred != c.node_id
                             && st.isr.contains(&(preferred as u64))
                         {
@@ -345,6 +367,81 @@ impl Cluster {
             for peer in c.transport.peer_ids() {
                 c.transport.notify(peer, kind::LEADERS, body.clone());
             }
+        }
+    }
+
+    /// Drives the quiescent partition groups: they have no heartbeat or
+    /// election timers of their own, so this loop (1) starts an election in
+    /// a group whose leader's broker went silent, on the first live replica
+    /// in preference order (the others follow later only if that fails),
+    /// and (2) has leaders re-sync a follower whose broker came back.
+    async fn election_loop(me: Weak<Cluster>) {
+        let mut leaderless: HashMap<u64, Instant> = HashMap::new();
+        let mut was_alive: HashMap<u64, bool> = HashMap::new();
+        let tick = Duration::from_millis(150);
+        loop {
+            tokio::time::sleep(tick).await;
+            let Some(c) = me.upgrade() else { return };
+            let me_id = c.node_id as u64;
+            let mut returned = Vec::new();
+            for peer in c.transport.peer_ids() {
+                let alive = c.alive(peer);
+                if alive && was_alive.insert(peer, true) == Some(false) {
+                    returned.push(peer);
+                } else if !alive {
+                    was_alive.insert(peer, false);
+                }
+            }
+            let logs: HashMap<u64, (Arc<Topic>, Arc<PartitionLog>)> = c
+                .catalog
+                .all_partitions()
+                .into_iter()
+                .map(|(t, p)| (p.log_id, (t, p)))
+                .collect();
+            let groups: Vec<Arc<dyn ReplicaGroup>> =
+                c.groups.read().unwrap().values().cloned().collect();
+            let now = Instant::now();
+            let backup_after = Duration::from_millis(c.settings.election_max_ms * 2);
+            for g in groups {
+                let (cur_leader, term, is_leader) = g.brief();
+                if is_leader {
+                    leaderless.remove(&g.id());
+                    if !returned.is_empty() {
+                        g.heartbeat().await;
+                    }
+                    continue;
+                }
+                let Some((t, log)) = logs.get(&g.id()) else {
+                    continue;
+                };
+                let hinted = c.hints.lock().unwrap().get(&g.id()).cloned();
+                let leader = match (cur_leader, hinted) {
+                    (Some(_), Some(h)) if h.term > term => Some(h.leader as u64),
+                    (Some(l), _) => Some(l),
+                    (None, Some(h)) => Some(h.leader as u64),
+                    (None, None) => None,
+                };
+                if leader.is_some_and(|l| l != me_id && c.alive(l)) {
+                    leaderless.remove(&g.id());
+                    continue;
+                }
+                let st = g.status();
+                if st.voters.is_empty() {
+                    continue; // not bootstrapped yet
+                }
+                let since = *leaderless.entry(g.id()).or_insert(now);
+                let designated = c
+                    .replicas_of(t, log.partition)
+                    .into_iter()
+                    .map(|r| r as u64)
+                    .find(|r| st.voters.contains(r) && c.alive(*r));
+                let waited = now.saturating_duration_since(since);
+                if (designated == Some(me_id) && waited >= tick) || waited >= backup_after {
+                    g.elect().await;
+                    leaderless.insert(g.id(), now);
+                }
+            }
+            leaderless.retain(|id, _| logs.contains_key(id));
         }
     }
 
@@ -412,11 +509,7 @@ impl Cluster {
         // Clients learn the epoch from Metadata (the term) and send it back;
         // the log must know it before it is asked.
         log.set_leader_epoch(st.term.min(i32::MAX as u64) as i32);
-        let fresh = st.voters.len() <= 1
-            || st
-                .quorum_ack_age
-                .is_some_and(|a| a <= Duration::from_millis(self.settings.election_max_ms));
-        (st.is_leader && fresh).then_some((g, st))
+        st.leader_fresh.then_some((g, st))
     }
 
     /// Leader, epoch, replicas and ISR of a partition, from the local group

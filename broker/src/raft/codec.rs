@@ -29,6 +29,8 @@ pub mod kind {
     pub const SNAP_BEGIN: i32 = 8;
     /// Snapshot transfer, step 2 (repeated): missing batches.
     pub const SNAP_CHUNK: i32 = 9;
+    /// Leadership transfer to a preferred replica.
+    pub const TRANSFER_LEADER: i32 = 10;
 }
 
 /// One frame on a peer connection. Requests carry `id` > 0 and are answered
@@ -175,6 +177,33 @@ pub struct PbSnapshot {
     pub membership: Option<PbMembership>,
     #[prost(bytes = "bytes", tag = "5")]
     pub data: Bytes,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbTransferLeader {
+    #[prost(message, optional, tag = "1")]
+    pub from_leader: Option<PbVote>,
+    #[prost(uint64, tag = "2")]
+    pub to: u64,
+    #[prost(message, optional, tag = "3")]
+    pub last_log_id: Option<PbLogId>,
+}
+
+/// The answer to a leadership transfer: empty when accepted, else the vote
+/// the receiver expected and the one it has.
+#[derive(Clone, PartialEq, Message)]
+pub struct PbTransferLeaderResponse {
+    #[prost(message, optional, tag = "1")]
+    pub expected: Option<PbVote>,
+    #[prost(message, optional, tag = "2")]
+    pub actual: Option<PbVote>,
+    /// The receiver had not flushed the leader's log that far yet.
+    #[prost(bool, tag = "3")]
+    pub log_not_flushed: bool,
+    #[prost(message, optional, tag = "4")]
+    pub log_expected: Option<PbLogId>,
+    #[prost(message, optional, tag = "5")]
+    pub log_actual: Option<PbLogId>,
 }
 
 #[derive(Clone, PartialEq, Message)]

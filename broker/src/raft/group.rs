@@ -13,7 +13,8 @@ use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::v2::RaftNetworkV2;
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderError,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::{Config, OptionalSend, SnapshotPolicy};
 use prost::Message;
@@ -46,7 +47,14 @@ pub struct RaftSettings {
     /// A follower that has not caught up to the commit index for this long
     /// is out of the ISR.
     pub replica_lag: Duration,
+    /// Quiescent groups send no heartbeats and never start elections on
+    /// their own timers; the broker drives both from node-level liveness
+    /// (see `cluster.rs`), so a thousand idle partitions cost nothing.
+    pub quiescent: bool,
 }
+
+/// Whether a peer broker is alive (node-level failure detection).
+pub type Liveness = Arc<dyn Fn(u64) -> bool + Send + Sync>;
 
 /// What the rest of the broker sees of a group.
 #[derive(Debug, Clone, Default)]
@@ -60,6 +68,11 @@ pub struct GroupStatus {
     pub voters: Vec<u64>,
     /// On the leader: time since a quorum last acknowledged it.
     pub quorum_ack_age: Option<Duration>,
+    /// On the leader: whether it can still count on a quorum (recent quorum
+    /// acknowledgement, or for quiescent groups a live majority of voters).
+    /// A leader cut off from its followers stops serving before a new one
+    /// is elected.
+    pub leader_fresh: bool,
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub last_log_index: Option<u64>,
@@ -78,6 +91,9 @@ pub enum ProposeError {
 pub trait ReplicaGroup: Send + Sync + 'static {
     fn id(&self) -> u64;
     fn status(&self) -> GroupStatus;
+    /// Leader, term and whether this replica leads, without building the
+    /// full status (cheap enough to poll every group often).
+    fn brief(&self) -> (Option<u64>, u64, bool);
     /// Queues a command. Commands submitted from one task are proposed in
     /// submission order (a producer's pipelined batches stay in order).
     fn submit(&self, cmd: Command) -> oneshot::Receiver<Result<CommandResult, ProposeError>>;
@@ -96,6 +112,10 @@ pub trait ReplicaGroup: Send + Sync + 'static {
     fn shutdown(&self) -> BoxFuture<'_, ()>;
     /// Asks `to` to take over leadership (preferred-leader balancing).
     fn transfer_leadership(&self, to: u64) -> BoxFuture<'_, ()>;
+    /// Starts an election (after a pre-vote, so a healthy leader stays).
+    fn elect(&self) -> BoxFuture<'_, ()>;
+    /// Sends one round of heartbeats now (a leader, to re-sync followers).
+    fn heartbeat(&self) -> BoxFuture<'_, ()>;
     /// Removes the group's Raft state (its partition was deleted).
     fn destroy_into(&self, wb: &mut rocksdb::WriteBatch);
 }
@@ -107,6 +127,9 @@ pub struct OpenraftGroup {
     log: LogStore,
     sm: StateMachine,
     replica_lag: Duration,
+    election_max: Duration,
+    quiescent: bool,
+    alive: Liveness,
     caught_up: Mutex<HashMap<u64, Instant>>,
     queue: mpsc::UnboundedSender<(
         Command,
@@ -155,6 +178,7 @@ impl OpenraftGroup {
         transport: Arc<Transport>,
         target: Target,
         on_change: Arc<dyn Fn() + Send + Sync>,
+        alive: Liveness,
     ) -> Result<Arc<OpenraftGroup>, String> {
         let config = Config {
             cluster_name: "chronik".into(),
@@ -164,6 +188,11 @@ impl OpenraftGroup {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_every),
             max_in_snapshot_log_to_keep: settings.keep_behind_snapshot,
             enable_pre_vote: Some(true),
+            // No tick at all: a tick per group is what costs CPU when a
+            // thousand partitions sit idle.
+            enable_tick: !settings.quiescent,
+            enable_heartbeat: !settings.quiescent,
+            enable_elect: !settings.quiescent,
             ..Default::default()
         }
         .validate()
@@ -194,6 +223,9 @@ impl OpenraftGroup {
             log,
             sm,
             replica_lag: settings.replica_lag,
+            election_max: Duration::from_millis(settings.election_max_ms),
+            quiescent: settings.quiescent,
+            alive,
             caught_up: Mutex::new(HashMap::new()),
         }))
     }
@@ -202,6 +234,13 @@ impl OpenraftGroup {
 impl ReplicaGroup for OpenraftGroup {
     fn id(&self) -> u64 {
         self.id
+    }
+
+    fn brief(&self) -> (Option<u64>, u64, bool) {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let is_leader = m.current_leader == Some(self.node) && m.state.is_leader();
+        (m.current_leader, m.current_term, is_leader)
     }
 
     fn status(&self) -> GroupStatus {
@@ -219,10 +258,15 @@ impl ReplicaGroup for OpenraftGroup {
                     if *node == self.node {
                         continue;
                     }
-                    let acked_recently = hb
-                        .get(node)
-                        .and_then(|t| t.as_ref())
-                        .is_some_and(|t| (**t).elapsed() <= self.replica_lag);
+                    // Idle quiescent groups exchange nothing, so there
+                    // liveness comes from the node-level detector.
+                    let acked_recently = if self.quiescent {
+                        (self.alive)(*node)
+                    } else {
+                        hb.get(node)
+                            .and_then(|t| t.as_ref())
+                            .is_some_and(|t| (**t).elapsed() <= self.replica_lag)
+                    };
                     let caught = matched.as_ref().map(|l| l.index()) >= committed;
                     if caught && acked_recently {
                         cu.insert(*node, now);
@@ -238,7 +282,20 @@ impl ReplicaGroup for OpenraftGroup {
             }
             isr.sort_unstable();
         }
+        let quorum_ack_age = m.last_quorum_acked.as_ref().map(|t| (**t).elapsed());
+        let leader_fresh = is_leader
+            && (voters.len() <= 1
+                || if self.quiescent {
+                    let live = voters
+                        .iter()
+                        .filter(|v| **v == self.node || (self.alive)(**v))
+                        .count();
+                    live * 2 > voters.len()
+                } else {
+                    quorum_ack_age.is_some_and(|a| a <= self.election_max)
+                });
         GroupStatus {
+            leader_fresh,
             leader: m.current_leader,
             term: m.current_term,
             is_leader,
@@ -353,6 +410,38 @@ impl ReplicaGroup for OpenraftGroup {
                         .map_err(|e| e.to_string())?;
                     Ok(codec::vote_to_pb(&resp.vote).encode_to_vec().into())
                 }
+                kind::TRANSFER_LEADER => {
+                    let req = codec::PbTransferLeader::decode(body).map_err(|e| e.to_string())?;
+                    let req = TransferLeaderRequest::new(
+                        codec::vote_from_pb(&req.from_leader).map_err(|e| e.to_string())?,
+                        req.to,
+                        codec::opt_log_id_from_pb(&req.last_log_id),
+                    );
+                    let resp = self
+                        .raft
+                        .handle_transfer_leader(req)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let pb = match resp {
+                        Ok(()) => codec::PbTransferLeaderResponse::default(),
+                        Err(TransferLeaderError::VoteChanged { expected, actual }) => {
+                            codec::PbTransferLeaderResponse {
+                                expected: Some(codec::vote_to_pb(&expected)),
+                                actual: Some(codec::vote_to_pb(&actual)),
+                                ..Default::default()
+                            }
+                        }
+                        Err(TransferLeaderError::LogNotFlushed { expected, actual }) => {
+                            codec::PbTransferLeaderResponse {
+                                log_not_flushed: true,
+                                log_expected: codec::opt_log_id_to_pb(&expected),
+                                log_actual: codec::opt_log_id_to_pb(&actual),
+                                ..Default::default()
+                            }
+                        }
+                    };
+                    Ok(pb.encode_to_vec().into())
+                }
                 other => Err(format!("unknown raft message kind {other}")),
             }
         })
@@ -381,6 +470,18 @@ impl ReplicaGroup for OpenraftGroup {
     fn transfer_leadership(&self, to: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.raft.trigger().transfer_leader(to).await;
+        })
+    }
+
+    fn elect(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.raft.trigger().elect(true).await;
+        })
+    }
+
+    fn heartbeat(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.raft.trigger().heartbeat().await;
         })
     }
 
@@ -464,6 +565,53 @@ impl RaftNetworkV2<TypeConfig> for NetClient {
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
         self.vote_kind(kind::VOTE, rpc, option).await
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let body = codec::PbTransferLeader {
+            from_leader: Some(codec::vote_to_pb(req.from_leader())),
+            to: *req.to_node_id(),
+            last_log_id: req.last_log_id().map(codec::log_id_to_pb),
+        }
+        .encode_to_vec();
+        let resp = self
+            .call(kind::TRANSFER_LEADER, body, option.hard_ttl())
+            .await
+            .map_err(unreachable)?;
+        let pb = codec::PbTransferLeaderResponse::decode(resp).map_err(|e| {
+            unreachable(TransportError::Remote {
+                peer: self.target,
+                message: e.to_string(),
+            })
+        })?;
+        if pb.log_not_flushed {
+            return Ok(Err(TransferLeaderError::LogNotFlushed {
+                expected: codec::opt_log_id_from_pb(&pb.log_expected),
+                actual: codec::opt_log_id_from_pb(&pb.log_actual),
+            }));
+        }
+        match (pb.expected, pb.actual) {
+            (Some(e), Some(a)) => {
+                let expected = codec::vote_from_pb(&Some(e)).map_err(|e| {
+                    unreachable(TransportError::Remote {
+                        peer: self.target,
+                        message: e.to_string(),
+                    })
+                })?;
+                let actual = codec::vote_from_pb(&Some(a)).map_err(|e| {
+                    unreachable(TransportError::Remote {
+                        peer: self.target,
+                        message: e.to_string(),
+                    })
+                })?;
+                Ok(Err(TransferLeaderError::VoteChanged { expected, actual }))
+            }
+            _ => Ok(Ok(())),
+        }
     }
 
     async fn pre_vote(

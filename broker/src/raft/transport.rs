@@ -57,6 +57,9 @@ pub struct Transport {
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     inbound: std::sync::OnceLock<Arc<dyn Inbound>>,
     next_id: AtomicU64,
+    /// When each peer last sent us anything: the node-level failure
+    /// detector behind quiescent groups.
+    last_seen: Mutex<HashMap<u64, tokio::time::Instant>>,
 }
 
 impl Transport {
@@ -67,6 +70,7 @@ impl Transport {
             conns: Mutex::new(HashMap::new()),
             inbound: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
+            last_seen: Mutex::new(HashMap::new()),
         })
     }
 
@@ -78,6 +82,17 @@ impl Transport {
         let mut v: Vec<u64> = self.peers.keys().copied().collect();
         v.sort_unstable();
         v
+    }
+
+    /// Whether `peer` sent anything within `within` (this broker is alive).
+    pub fn heard_from(&self, peer: u64, within: Duration) -> bool {
+        peer == self.node_id
+            || self
+                .last_seen
+                .lock()
+                .unwrap()
+                .get(&peer)
+                .is_some_and(|t| t.elapsed() <= within)
     }
 
     pub fn is_connected(&self, peer: u64) -> bool {
@@ -202,6 +217,10 @@ impl Transport {
                 Ok(f) => f,
                 Err(_) => break,
             };
+            self.last_seen
+                .lock()
+                .unwrap()
+                .insert(peer, tokio::time::Instant::now());
             if frame.response {
                 let waiter = conn.pending.lock().unwrap().remove(&frame.id);
                 if let Some(w) = waiter {

@@ -10,6 +10,10 @@ Conformance tests take the parametrized `broker` fixture (params "kafka" and
                          Kafka (quick iteration on Chronik without the JVM).
   CHRONIK_BIN            path of the chronik binary (default
                          ${CARGO_TARGET_DIR:-target}/release/chronik).
+  CHRONIK_TEST_BROKERS=3 run the `broker`-parametrized tests (conformance,
+                         bad input, clients) against a three-broker Chronik
+                         region and a three-broker Apache Kafka cluster
+                         instead of single brokers (`make test` does both).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from harness import ApacheKafka, Chronik, KafkaCluster, chronik_bin  # noqa: E40
 from kclient import forget_clients  # noqa: E402
 
 ONLY_ORACLE = os.environ.get("CHRONIK_ONLY_ORACLE") == "1"
+CLUSTERED = os.environ.get("CHRONIK_TEST_BROKERS", "1") != "1"
+if CLUSTERED and os.environ.get("CHRONIK_TEST_BROKERS") != "3":
+    raise SystemExit("CHRONIK_TEST_BROKERS must be 1 or 3")
 SKIP_ORACLE = os.environ.get("CHRONIK_SKIP_ORACLE") == "1"
 
 # Fixtures whose "chronik" param means the test needs a Chronik broker.
@@ -112,9 +119,57 @@ def pytest_runtest_makereport(item, call):
             procs.append(getattr(v, "proc", v))
             procs.extend(getattr(v, "started", ()))  # factory fixtures
         for proc in procs:
+            procs.extend(getattr(proc, "started", ()) if isinstance(proc, WholeCluster) else ())
             if isinstance(proc, (ApacheKafka, Chronik)) and id(proc) not in seen:
                 seen.add(id(proc))
                 rep.sections.append((f"{proc.name} log tail ({getattr(proc, 'bootstrap', '')})", proc.log_tail(40)))
+
+
+class WholeCluster:
+    """A cluster behind the one-process interface the `broker` targets use:
+    running = every node runs; restart = restart the nodes that died."""
+
+    def __init__(self, cluster) -> None:
+        self.cluster = cluster
+        self.name = f"{cluster.kind}-cluster"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.cluster.bootstrap
+
+    @property
+    def running(self) -> bool:
+        return all(self.cluster.running(i) for i in self.cluster.ids)
+
+    @property
+    def started(self) -> list:
+        return list(self.cluster.nodes.values())
+
+    def restart(self) -> None:
+        for i in self.cluster.ids:
+            if not self.cluster.running(i):
+                self.cluster.restart(i)
+
+    def log_tail(self, n: int = 60) -> str:
+        return self.cluster.log_tail(n)
+
+    def stop(self) -> None:
+        self.cluster.stop()
+
+
+def _kafka_cluster_target(tmp_path_factory, name: str, props: dict) -> WholeCluster:
+    k = KafkaCluster(tmp_path_factory.mktemp(name), n=3, extra_props=props)
+    k.start()
+    return WholeCluster(k)
+
+
+def _chronik_cluster_target(tmp_path_factory, name: str, **config) -> WholeCluster:
+    from cluster import ChronikCluster
+
+    _require_chronik_binary()
+    c = ChronikCluster(3, tmp_path_factory.mktemp(name), durability="fsync", **config)
+    c.start()
+    return WholeCluster(c)
 
 
 # ---------------------------------------------------------------------------
@@ -125,9 +180,14 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def kafka_oracle(tmp_path_factory):
     """Session-wide Apache Kafka (auto-create on, retention checked every second)."""
-    k = ApacheKafka(None, tmp_path_factory.mktemp("kafka"),
-                    extra_props={"log.retention.check.interval.ms": RETENTION_CHECK_MS,
-                                 "log.initial.task.delay.ms": 0})
+    props = {"log.retention.check.interval.ms": RETENTION_CHECK_MS, "log.initial.task.delay.ms": 0}
+    if CLUSTERED:
+        k = _kafka_cluster_target(tmp_path_factory, "kafka3", props)
+        yield k
+        forget_clients(k.bootstrap)
+        k.stop()
+        return
+    k = ApacheKafka(None, tmp_path_factory.mktemp("kafka"), extra_props=props)
     k.start()
     yield k
     forget_clients(k.bootstrap)
@@ -137,6 +197,12 @@ def kafka_oracle(tmp_path_factory):
 @pytest.fixture(scope="session")
 def kafka_oracle_noauto(tmp_path_factory):
     """A second Apache Kafka with auto.create.topics.enable=false (started only if used)."""
+    if CLUSTERED:
+        k = _kafka_cluster_target(tmp_path_factory, "kafka3-noauto", {"auto.create.topics.enable": "false"})
+        yield k
+        forget_clients(k.bootstrap)
+        k.stop()
+        return
     k = ApacheKafka(None, tmp_path_factory.mktemp("kafka-noauto"),
                     extra_props={"auto.create.topics.enable": "false"})
     k.start()
@@ -178,6 +244,12 @@ def _require_chronik_binary() -> Path:
 @pytest.fixture(scope="module")
 def chronik(tmp_path_factory):
     """A fresh Chronik broker per test module (auto-create on, retention checked every second)."""
+    if CLUSTERED:
+        c = _chronik_cluster_target(tmp_path_factory, "chronik3", retention_check_interval_ms=RETENTION_CHECK_MS)
+        yield c
+        forget_clients(c.bootstrap)
+        c.stop()
+        return
     _require_chronik_binary()
     c = Chronik(None, tmp_path_factory.mktemp("chronik") / "data", retention_check_interval_ms=RETENTION_CHECK_MS)
     c.start()
@@ -188,6 +260,12 @@ def chronik(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def chronik_noauto(tmp_path_factory):
+    if CLUSTERED:
+        c = _chronik_cluster_target(tmp_path_factory, "chronik3-noauto", auto_create=False)
+        yield c
+        forget_clients(c.bootstrap)
+        c.stop()
+        return
     _require_chronik_binary()
     c = Chronik(None, tmp_path_factory.mktemp("chronik-noauto") / "data", auto_create=False)
     c.start()

@@ -134,6 +134,25 @@ def test_leader_kill9_fails_over_and_keeps_every_ack(any_cluster):
     assert failover < limit, f"first ack {failover:.2f}s after killing the leader (limit {limit}s)"
 
 
+def test_idle_partitions_accept_writes_at_once(any_cluster):
+    """Partitions left idle longer than a leader lease (Chronik's partition groups send no
+    heartbeats while idle) must take writes again at once, on every partition."""
+    from kclient import produce_all
+
+    cluster = any_cluster
+    topic = unique_topic("idle")
+    create_topic(cluster, topic, partitions=6, replication_factor=3)
+    produce_all(cluster.bootstrap, topic, [{"value": b"warm", "partition": p} for p in range(6)], acks="all")
+    time.sleep(5)  # > election_timeout_max (2 s), the leader lease
+    t0 = time.monotonic()
+    reports = produce_all(cluster.bootstrap, topic, [{"value": f"v{p}".encode(), "partition": p} for p in range(6)],
+                          acks="all", timeout=30)
+    took = time.monotonic() - t0
+    assert [r[0] for r in reports] == [None] * 6, reports
+    assert [r[2] for r in reports] == [1] * 6, "each partition's second record is at offset 1"
+    assert took < 5, f"writes to idle partitions took {took:.1f}s"
+
+
 # ---------------------------------------------------------------------------
 # Follower restart and catch-up
 # ---------------------------------------------------------------------------

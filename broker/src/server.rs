@@ -30,6 +30,9 @@ use crate::protocol::{self, Parsed};
 use crate::storage::{Store, StoreError, CF_META};
 
 const CLUSTER_ID_KEY: &str = "cluster_id";
+/// The node id this data directory belongs to; a broker refuses to start
+/// on another broker's data (Raft counts votes by node id).
+const NODE_ID_KEY: &str = "node_id";
 const PRODUCER_ID_KEY: &str = "counter/producer_id_limit";
 /// Producer ids are reserved durably in blocks so InitProducerId rarely waits
 /// for a sync; a crash skips at most one block, never reuses an id.
@@ -109,6 +112,12 @@ pub enum StartError {
     Metrics(String),
     #[error("starting replication: {0}")]
     Cluster(String),
+    #[error("{dir} holds the data of node {stored}, but this broker is configured as node {configured}; node ids are never reused or changed")]
+    WrongNode {
+        dir: String,
+        stored: String,
+        configured: i32,
+    },
 }
 
 impl Broker {
@@ -120,6 +129,21 @@ impl Broker {
             source,
         };
         let store = Arc::new(Store::open(&dir, config.durability).map_err(storage_err)?);
+        match store.get_meta(NODE_ID_KEY).map_err(storage_err)? {
+            Some(v) if v != config.node_id.to_string().as_bytes() => {
+                return Err(StartError::WrongNode {
+                    dir: dir.display().to_string(),
+                    stored: String::from_utf8_lossy(&v).into_owned(),
+                    configured: config.node_id,
+                })
+            }
+            Some(_) => {}
+            None => {
+                let mut wb = WriteBatch::default();
+                wb.put_cf(store.cf(CF_META), NODE_ID_KEY, config.node_id.to_string());
+                store.write(wb).await.map_err(storage_err)?;
+            }
+        }
         let cluster_id = match store.get_meta(CLUSTER_ID_KEY).map_err(storage_err)? {
             // Every broker of a region reports the same cluster id.
             _ if !config.cluster.peers.is_empty() => format!("chronik-{}", config.region),

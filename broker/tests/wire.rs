@@ -599,3 +599,29 @@ async fn every_advertised_version_answers() {
     assert!(n > 60, "covered {n} api/version pairs");
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_data_dir_belongs_to_one_node_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let mk = |node_id: i32| {
+        let mut cfg = BrokerConfig {
+            node_id,
+            data_dir: dir.path().to_path_buf(),
+            ..BrokerConfig::default()
+        };
+        cfg.listeners = Listeners {
+            kafka: "127.0.0.1:0".parse().unwrap(),
+            admin: Some("127.0.0.1:0".parse().unwrap()),
+            advertised_kafka: None,
+            raft: None,
+        };
+        cfg
+    };
+    Broker::start(mk(1)).await.unwrap().shutdown().await;
+    let err = match Broker::start(mk(2)).await {
+        Ok(_) => panic!("a broker started on another node's data"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("node 1") && err.contains("node 2"), "{err}");
+    Broker::start(mk(1)).await.unwrap().shutdown().await;
+}

@@ -148,8 +148,34 @@ type Proposal = (
 
 /// Feeds queued commands to openraft one at a time, so their order in the
 /// Raft log is their submission order; results are awaited concurrently.
-async fn submitter(raft: Raft, mut rx: mpsc::UnboundedReceiver<Proposal>) {
+///
+/// openraft refuses writes on a leader whose lease (a quorum ack within
+/// `lease`) has run out, and an idle quiescent group exchanges nothing that
+/// would renew it. So before writing to such a group the submitter renews
+/// the lease with one heartbeat round and waits (bounded) for the acks;
+/// doing it here keeps the submission order.
+async fn submitter(
+    raft: Raft,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    quiescent: bool,
+    lease: Duration,
+) {
+    let fresh = |raft: &Raft| {
+        let m = raft.metrics();
+        let m = m.borrow_watched();
+        !m.state.is_leader()
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|t| (**t).elapsed() < lease / 2)
+    };
     while let Some((cmd, tx)) = rx.recv().await {
+        if quiescent && !fresh(&raft) {
+            let _ = raft.trigger().heartbeat().await;
+            let deadline = Instant::now() + lease;
+            while !fresh(&raft) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
         let (responder, done) = openraft::impls::ProgressResponder::complete_only();
         if raft.write(cmd).responder(responder).await.is_err() {
             let _ = tx.send(Err(ProposeError::Unavailable("raft stopped".into())));
@@ -212,7 +238,12 @@ impl OpenraftGroup {
             .await
             .map_err(|e| e.to_string())?;
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(submitter(raft.clone(), rx));
+        tokio::spawn(submitter(
+            raft.clone(),
+            rx,
+            settings.quiescent,
+            Duration::from_millis(settings.election_max_ms),
+        ));
         Ok(Arc::new(OpenraftGroup {
             partition,
             staged: Mutex::new(None),

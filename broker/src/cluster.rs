@@ -54,6 +54,7 @@ pub struct Cluster {
     starting: Mutex<std::collections::HashSet<u64>>,
     hints: Mutex<HashMap<u64, Hint>>,
     reconcile: Arc<tokio::sync::Notify>,
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 struct Proposer(Weak<Cluster>);
@@ -86,8 +87,8 @@ impl Cluster {
             heartbeat_ms: c.heartbeat_interval_ms,
             election_min_ms: c.election_timeout_min_ms,
             election_max_ms: c.election_timeout_max_ms,
-            snapshot_every: 50_000,
-            keep_behind_snapshot: 20_000,
+            snapshot_every: c.raft_snapshot_entries,
+            keep_behind_snapshot: c.raft_log_keep_entries,
             replica_lag: Duration::from_millis(c.replica_lag_time_max_ms),
             quiescent: false,
         };
@@ -135,6 +136,7 @@ impl Cluster {
             starting: Mutex::new(Default::default()),
             hints: Mutex::new(HashMap::new()),
             reconcile: Arc::new(tokio::sync::Notify::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         });
         let _ = me_cell.set(Arc::downgrade(&cluster));
         catalog.attach_controller(Arc::new(Proposer(Arc::downgrade(&cluster))));
@@ -183,6 +185,9 @@ impl Cluster {
     async fn register_loop(me: Weak<Cluster>, ep: BrokerEndpoint) {
         loop {
             let Some(c) = me.upgrade() else { return };
+            if c.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             match c.catalog.register_broker(ep.clone()).await {
                 Ok(()) => {
                     tracing::info!(id = ep.id, host = %ep.host, port = ep.port, "registered with the controller");
@@ -450,6 +455,11 @@ impl Cluster {
     pub async fn controller_write(&self, cmd: ControllerCommand) -> Result<(), TopicError> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
+            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(TopicError::Unavailable(
+                    "the broker is shutting down".into(),
+                ));
+            }
             let st = self.controller.status();
             let attempt: Result<Result<(), TopicError>, String> = if st.is_leader {
                 match self
@@ -593,6 +603,8 @@ impl Cluster {
     }
 
     pub async fn shutdown(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
         let groups: Vec<_> = self
             .groups
             .write()

@@ -156,6 +156,12 @@ pub struct Cluster {
     /// A follower that has not acknowledged the leader for this long leaves
     /// the ISR (Kafka's `replica.lag.time.max.ms`).
     pub replica_lag_time_max_ms: u64,
+    /// A group snapshots its state (and purges its Raft log behind it)
+    /// after this many applied entries.
+    pub raft_snapshot_entries: u64,
+    /// Raft log entries kept behind a snapshot for followers that lag a
+    /// little; one further behind receives the snapshot instead.
+    pub raft_log_keep_entries: u64,
     pub peers: Vec<Peer>,
 }
 
@@ -168,6 +174,8 @@ impl Default for Cluster {
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             replica_lag_time_max_ms: 10_000,
+            raft_snapshot_entries: 50_000,
+            raft_log_keep_entries: 20_000,
             peers: Vec::new(),
         }
     }
@@ -364,6 +372,9 @@ impl BrokerConfig {
                     c.replication_factor
                 ),
             );
+        }
+        if c.raft_snapshot_entries == 0 {
+            return bad("cluster.raft_snapshot_entries", "must be at least 1".into());
         }
         if c.min_insync_replicas == 0 {
             return bad("cluster.min_insync_replicas", "must be at least 1".into());

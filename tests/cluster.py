@@ -382,23 +382,3 @@ class PartitionMonitor(threading.Thread):
         with self.lock:
             return [s["high_watermark"] for t, i, _pid, tt, pp, s in self.observations
                     if i == node and tt == topic and pp == p and t >= since and (until is None or t <= until)]
-
-
-def cluster_supported(binary: Path, workdir: Path) -> tuple[bool, str]:
-    """Does `binary config check` accept a broker config with a raft listener and
-    [cluster] peers? (False, stderr) if not."""
-    import subprocess
-
-    f = Path(workdir) / "cluster-probe.toml"
-    f.write_text('node_id = 1\nregion = "us-east"\ndurability = "replicated"\n'
-                 '[listeners]\nkafka = "127.0.0.1:19092"\nraft = "127.0.0.1:19093"\nadmin = "127.0.0.1:23092"\n'
-                 '[cluster]\nreplication_factor = 3\nmin_insync_replicas = 2\nheartbeat_interval_ms = 250\n'
-                 'election_timeout_min_ms = 1000\nelection_timeout_max_ms = 2000\n'
-                 '[[cluster.peers]]\nid = 2\nraft = "127.0.0.2:19093"\n'
-                 '[[cluster.peers]]\nid = 3\nraft = "127.0.0.3:19093"\n')
-    r = subprocess.run([str(binary), "config", "check", str(f)], capture_output=True, text=True, timeout=60)
-    return r.returncode == 0, (r.stderr or r.stdout).strip()
-
-
-__all__ = ["ChronikCluster", "PartitionMonitor", "create_topic", "wait_topic_ready", "cluster_supported",
-           "http_json", "http_bytes", "harness"]

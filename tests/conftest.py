@@ -298,18 +298,9 @@ def chronik_factory(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def chronik_cluster_binary(tmp_path_factory):
-    """The chronik binary, if it accepts a [cluster] config; otherwise the test is skipped.
-
-    A missing binary fails (as for every Chronik test); one that predates clusters skips."""
-    from cluster import cluster_supported
-
-    b = _require_chronik_binary()
-    ok, msg = cluster_supported(b, tmp_path_factory.mktemp("cluster-probe"))
-    if not ok:
-        pytest.skip(f"{b} does not support clusters yet: `chronik config check` rejects a config with a raft "
-                    f"listener and [cluster] peers: {msg}")
-    return b
+def chronik_cluster_binary():
+    """The chronik binary; a missing one fails, as for every Chronik test."""
+    return _require_chronik_binary()
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """A 3-broker Chronik region with Raft-replicated partitions, under faults.
 
-Interface: /tmp/spec/cluster-interface.md (admin /v1/cluster, /v1/partitions/...; [cluster] config).
+Interface: the admin endpoints in README.md (/v1/cluster, /v1/partitions/...) and [cluster] in docs/configuration.md.
 Raft links run through fault proxies (tests/faultproxy.py), so partitions are real for the
 brokers; Kafka clients always reach every broker directly.
 
@@ -8,8 +8,6 @@ The scenarios that Apache Kafka can run too (leader loss, follower catch-up, min
 also run once against a 3-node Kafka KRaft cluster (marked oracle_only): a scenario that
 Kafka fails is a broken scenario, not a finding. Replica log dumps and Raft terms exist only
 on Chronik; on Kafka those checks are skipped.
-
-Skipped with the reason if the chronik binary does not accept a [cluster] config yet.
 
   CHAOS_SEED            seed of the chaos schedule (default: random, printed)
   CHAOS_MINUTES         length of the Chronik chaos phase (default 2)

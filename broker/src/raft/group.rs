@@ -163,7 +163,9 @@ async fn submitter(
     let fresh = |raft: &Raft| {
         let m = raft.metrics();
         let m = m.borrow_watched();
+        // A single voter is its own quorum: its lease never runs out.
         !m.state.is_leader()
+            || m.membership_config.membership().voter_ids().count() <= 1
             || m.last_quorum_acked
                 .as_ref()
                 .is_some_and(|t| (**t).elapsed() < lease / 2)

@@ -29,8 +29,34 @@ pub struct LogStore {
     group: u64,
 }
 
-fn meta_key(group: u64, what: &str) -> String {
+/// `meta` key of a group's Raft bookkeeping (vote, applied, snapshot, ...).
+pub fn meta_key(group: u64, what: &str) -> String {
     format!("raft/{group:016x}/{what}")
+}
+
+pub fn get_group_json<T: serde::de::DeserializeOwned>(
+    store: &Store,
+    group: u64,
+    what: &str,
+) -> io::Result<Option<T>> {
+    match store.get_meta(&meta_key(group, what)).map_err(io_err)? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v).map(Some).map_err(io_err),
+    }
+}
+
+pub fn put_group_json<T: serde::Serialize>(
+    store: &Store,
+    wb: &mut WriteBatch,
+    group: u64,
+    what: &str,
+    v: &T,
+) {
+    wb.put_cf(
+        store.cf(CF_META),
+        meta_key(group, what),
+        serde_json::to_vec(v).expect("serializes"),
+    );
 }
 
 impl LogStore {
@@ -39,22 +65,11 @@ impl LogStore {
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, what: &str) -> io::Result<Option<T>> {
-        match self
-            .store
-            .get_meta(&meta_key(self.group, what))
-            .map_err(io_err)?
-        {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(io_err),
-        }
+        get_group_json(&self.store, self.group, what)
     }
 
     fn put_json<T: serde::Serialize>(&self, wb: &mut WriteBatch, what: &str, v: &T) {
-        wb.put_cf(
-            self.store.cf(CF_META),
-            meta_key(self.group, what),
-            serde_json::to_vec(v).expect("serializes"),
-        );
+        put_group_json(&self.store, wb, self.group, what, v)
     }
 
     fn write_now(&self, wb: WriteBatch) -> io::Result<()> {

@@ -24,7 +24,7 @@ use openraft::{EntryPayload, OptionalSend};
 use prost::Message;
 use rocksdb::WriteBatch;
 
-use super::log_store::io_err;
+use super::log_store::{get_group_json, io_err, meta_key, put_group_json};
 use super::types::{Command, CommandResult, LogId, StoredMembership, TypeConfig};
 use crate::catalog::{Catalog, PostApply};
 use crate::error::KafkaCode;
@@ -58,10 +58,6 @@ pub struct StateMachine {
     target: Target,
     /// Called after each applied batch of controller entries.
     on_change: Arc<dyn Fn() + Send + Sync>,
-}
-
-fn key(group: u64, what: &str) -> String {
-    format!("raft/{group:016x}/{what}")
 }
 
 /// A partition snapshot's descriptor (see the module docs).
@@ -119,28 +115,17 @@ impl StateMachine {
     }
 
     fn get_json<T: serde::de::DeserializeOwned>(&self, what: &str) -> io::Result<Option<T>> {
-        match self
-            .store
-            .get_meta(&key(self.group, what))
-            .map_err(io_err)?
-        {
-            None => Ok(None),
-            Some(v) => serde_json::from_slice(&v).map(Some).map_err(io_err),
-        }
+        get_group_json(&self.store, self.group, what)
     }
 
     fn put_json<T: serde::Serialize>(&self, wb: &mut WriteBatch, what: &str, v: &T) {
-        wb.put_cf(
-            self.store.cf(CF_META),
-            key(self.group, what),
-            serde_json::to_vec(v).expect("serializes"),
-        );
+        put_group_json(&self.store, wb, self.group, what, v)
     }
 
     /// Removes the group's state-machine markers (its topic was deleted).
     pub fn destroy_into(&self, wb: &mut WriteBatch) {
         for what in ["applied", "membership", "snapshot"] {
-            wb.delete_cf(self.store.cf(CF_META), key(self.group, what));
+            wb.delete_cf(self.store.cf(CF_META), meta_key(self.group, what));
         }
     }
 

@@ -27,12 +27,8 @@ test: build setup-test test-unit test-clients
 test-unit:
 	cargo test --release --locked --workspace
 
-# The suite once against single brokers, then the broker-level suites again
-# against three-broker clusters (Chronik region and Apache Kafka cluster).
 test-clients:
 	cd tests && python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-	cd tests && CHRONIK_TEST_BROKERS=3 python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
-		test_conformance.py test_bad_input.py test_clients.py test_kafkajs.py
 
 bench: build
 	bench/run.sh

@@ -13,7 +13,8 @@ Conformance tests take the parametrized `broker` fixture (params "kafka" and
   CHRONIK_TEST_BROKERS=3 run the `broker`-parametrized tests (conformance,
                          bad input, clients) against a three-broker Chronik
                          region and a three-broker Apache Kafka cluster
-                         instead of single brokers (`make test` does both).
+                         instead of single brokers. Work in progress: some
+                         helpers still assume a single broker.
 """
 
 from __future__ import annotations

@@ -83,9 +83,16 @@ pub struct BrokerCtx {
 
 impl BrokerCtx {
     pub fn is_ready(&self) -> bool {
+        // Ready = serving, and known to the region: the controller has a
+        // leader and has applied this broker's registration.
         self.ready.load(Ordering::Acquire)
             && !self.store.is_failed()
             && self.cluster.controller_status().leader.is_some()
+            && self
+                .catalog
+                .brokers()
+                .iter()
+                .any(|b| b.id == self.config.node_id)
     }
 }
 

@@ -17,10 +17,11 @@ use chronik_broker::batch::build;
 use chronik_broker::Broker;
 use chronik_topology::{BrokerConfig, Listeners};
 
-async fn start() -> (Broker, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
+/// A one-broker config on ephemeral loopback ports, data in `dir`.
+fn local_config(dir: &std::path::Path, node_id: i32) -> BrokerConfig {
     let mut cfg = BrokerConfig {
-        data_dir: dir.path().to_path_buf(),
+        node_id,
+        data_dir: dir.to_path_buf(),
         ..BrokerConfig::default()
     };
     cfg.listeners = Listeners {
@@ -29,6 +30,12 @@ async fn start() -> (Broker, tempfile::TempDir) {
         advertised_kafka: None,
         raft: None,
     };
+    cfg
+}
+
+async fn start() -> (Broker, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = local_config(dir.path(), 1);
     cfg.limits.socket_request_max_bytes = 1 << 20;
     (Broker::start(cfg).await.unwrap(), dir)
 }
@@ -603,20 +610,7 @@ async fn every_advertised_version_answers() {
 #[tokio::test]
 async fn a_data_dir_belongs_to_one_node_id() {
     let dir = tempfile::tempdir().unwrap();
-    let mk = |node_id: i32| {
-        let mut cfg = BrokerConfig {
-            node_id,
-            data_dir: dir.path().to_path_buf(),
-            ..BrokerConfig::default()
-        };
-        cfg.listeners = Listeners {
-            kafka: "127.0.0.1:0".parse().unwrap(),
-            admin: Some("127.0.0.1:0".parse().unwrap()),
-            advertised_kafka: None,
-            raft: None,
-        };
-        cfg
-    };
+    let mk = |node_id: i32| local_config(dir.path(), node_id);
     Broker::start(mk(1)).await.unwrap().shutdown().await;
     let err = match Broker::start(mk(2)).await {
         Ok(_) => panic!("a broker started on another node's data"),

@@ -27,8 +27,12 @@ test: build setup-test test-unit test-clients
 test-unit:
 	cargo test --release --locked --workspace
 
+# The second pass runs the conformance and client suites again against
+# three-broker regions (Chronik) and three-broker Apache Kafka clusters.
 test-clients:
 	cd tests && python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	cd tests && CHRONIK_TEST_BROKERS=3 python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
+		test_conformance.py test_bad_input.py test_clients.py test_kafkajs.py
 
 bench: build
 	bench/run.sh

@@ -43,9 +43,9 @@ def future_error(fut, timeout: float = DEFAULT_TIMEOUT) -> KafkaError | None:
         return e.args[0]
 
 
-def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> dict | None:
-    """{partition: leader} from a raw Metadata v4 request that never auto-creates,
-    or None if the topic is unknown.
+def topic_metadata(bootstrap: str, topic: str, timeout: float = 10.0) -> tuple[dict, dict] | None:
+    """({partition: leader}, {broker id: "host:port"}) from a raw Metadata v4 request
+    that never auto-creates, or None if the topic is unknown.
 
     (Deliberately not AdminClient.list_topics(topic=...): librdkafka sends that with
     allow_auto_topic_creation=true and keeps refreshing the topic, which re-creates
@@ -56,39 +56,61 @@ def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> dict 
         res = c.request(kwire.METADATA, 4, kwire.metadata_v4_body([topic], allow_auto_create=False))
     if res is None:
         raise ConnectionError("broker closed the connection on a Metadata request")
-    t = kwire.parse_metadata_v4(res[1])["topics"].get(topic)
+    md = kwire.parse_metadata_v4(res[1])
+    t = md["topics"].get(topic)
     if t is None or t["error"] in (kwire.UNKNOWN_TOPIC_OR_PARTITION, kwire.INVALID_TOPIC_EXCEPTION):
         return None
     if t["error"] != 0:
         raise AssertionError(f"metadata for {topic!r}: error {t['error']}")
-    return {p: v["leader"] for p, v in t["partitions"].items()}
+    brokers = {node: f"{host}:{port}" for node, host, port, _rack in md["brokers"]}
+    return {p: v["leader"] for p, v in t["partitions"].items()}, brokers
+
+
+def topic_partitions(bootstrap: str, topic: str, timeout: float = 10.0) -> dict | None:
+    """{partition: leader}, or None if the topic is unknown (see topic_metadata)."""
+    md = topic_metadata(bootstrap, topic, timeout)
+    return None if md is None else md[0]
+
+
+def leader_of(bootstrap: str, topic: str, partition: int = 0) -> str:
+    """The "host:port" of the partition's current leader (raw requests that touch
+    partition data must go there once a region has more than one broker)."""
+    md = topic_metadata(bootstrap, topic)
+    assert md is not None, f"topic {topic!r} unknown"
+    leaders, brokers = md
+    assert leaders.get(partition, -1) in brokers, f"{topic}-{partition} has no leader: {md!r}"
+    return brokers[leaders[partition]]
 
 
 def wait_topic(bootstrap: str, topic: str, partitions: int | None = None, timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """Wait until the topic exists with every partition led (and `partitions` of them)."""
+    """Wait until the topic exists with every partition led (and `partitions` of them),
+    and each leader serves the partition."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         try:
-            last = topic_partitions(bootstrap, topic)
+            md = topic_metadata(bootstrap, topic)
+            last = None if md is None else md[0]
         except (OSError, AssertionError, ValueError) as e:
-            last = e
-        if isinstance(last, dict) and last and all(v >= 0 for v in last.values()) and (
+            md, last = None, e
+        if md is not None and last and all(v >= 0 for v in last.values()) and (
             partitions is None or len(last) == partitions
-        ) and _partitions_serving(bootstrap, topic, sorted(last)):
+        ) and _partitions_serving(topic, *md):
             return last
         time.sleep(0.2)
     raise AssertionError(f"topic {topic!r} not ready after {timeout}s (last metadata: {last!r})")
 
 
-def _partitions_serving(bootstrap: str, topic: str, partitions: list[int]) -> bool:
-    """True once the leader answers ListOffsets without error for every partition
+def _partitions_serving(topic: str, leaders: dict, brokers: dict) -> bool:
+    """True once each partition's leader answers ListOffsets without error
     (metadata can show a leader slightly before the partition serves requests)."""
     import kwire
 
     try:
-        with kwire.Conn(bootstrap, timeout=5) as c:
-            for p in partitions:
+        for p, leader in sorted(leaders.items()):
+            if leader not in brokers:
+                return False
+            with kwire.Conn(brokers[leader], timeout=5) as c:
                 res = c.request(kwire.LIST_OFFSETS, 1, kwire.list_offsets_v1_body(topic, p, -1))
                 if res is None or kwire.parse_list_offsets_v1(res[1])[(topic, p)]["error"] != 0:
                     return False

@@ -15,7 +15,7 @@ import pytest
 import harness
 import kwire
 from kwire import Conn, i16, i32, request_header, string
-from kclient import create_topic, topic_partitions, unique_topic
+from kclient import create_topic, leader_of, topic_partitions, unique_topic
 
 MAX_REQUEST_BYTES = 104857600  # socket.request.max.bytes on both brokers
 
@@ -33,6 +33,12 @@ def topic(broker):
     t = unique_topic("raw")
     create_topic(broker, t)
     return t
+
+
+@pytest.fixture
+def leader(broker, topic):
+    """The address of `topic`-0's leader: partition requests go there."""
+    return leader_of(broker, topic)
 
 
 def assert_closed(conn: Conn, timeout: float = 5.0) -> None:
@@ -212,12 +218,12 @@ def test_api_versions_unsupported_version_v1_header_with_empty_tags(broker):
 
 
 @pytest.mark.parametrize("version", [999, 2, -1], ids=["v999", "v2-removed-in-kafka4", "v-1"])
-def test_produce_unsupported_version_closes(broker, topic, version):
-    with Conn(broker) as c:
+def test_produce_unsupported_version_closes(leader, topic, version):
+    with Conn(leader) as c:
         c.send_frame(request_header(kwire.PRODUCE, version, 1)
                      + kwire.produce_body(topic, 0, kwire.record_batch([(b"k", b"v")])))
         assert_closed(c)
-    with Conn(broker) as c:
+    with Conn(leader) as c:
         assert latest_offset(c, topic) == 0
 
 
@@ -232,9 +238,9 @@ def test_metadata_unsupported_version_closes(broker):
 # ---------------------------------------------------------------------------
 
 
-def test_produce_valid_batch_baseline(broker, topic):
+def test_produce_valid_batch_baseline(leader, topic):
     """Sanity for the hand-built RecordBatch: accepted and readable back."""
-    with Conn(broker) as c:
+    with Conn(leader) as c:
         r = produce(c, topic, kwire.record_batch([(b"k1", b"v1"), (None, b"v2")]))
         assert (r["error"], r["base_offset"]) == (0, 0)
         r = produce(c, topic, kwire.record_batch([(b"k3", b"v3")]))
@@ -247,7 +253,7 @@ def test_produce_valid_batch_baseline(broker, topic):
 
 
 @pytest.mark.parametrize("where", ["value-byte", "crc-field", "attributes"])
-def test_produce_corrupt_crc(broker, topic, where):
+def test_produce_corrupt_crc(leader, topic, where):
     batch = bytearray(kwire.record_batch([(b"key-1", b"value-1"), (b"key-2", b"value-2")]))
     if where == "value-byte":
         batch[-3] ^= 0xFF
@@ -255,7 +261,7 @@ def test_produce_corrupt_crc(broker, topic, where):
         batch[kwire.BATCH_CRC_OFFSET] ^= 0x01
     else:  # timestamp-type bit, covered by the CRC
         batch[kwire.BATCH_CRC_OFFSET + 5] ^= 0x08
-    with Conn(broker) as c:
+    with Conn(leader) as c:
         r = produce(c, topic, bytes(batch))
         assert r["error"] == CORRUPT_MESSAGE, r
         assert r["base_offset"] == -1
@@ -266,19 +272,19 @@ def test_produce_corrupt_crc(broker, topic, where):
         assert (r["error"], r["base_offset"]) == (0, 0)
 
 
-def test_produce_corrupt_crc_acks0_closes(broker, topic):
+def test_produce_corrupt_crc_acks0_closes(leader, topic):
     """With acks=0 there is no response to carry the error: Kafka closes the connection."""
     batch = bytearray(kwire.record_batch([(b"k", b"v")]))
     batch[-2] ^= 0xFF
-    with Conn(broker) as c:
+    with Conn(leader) as c:
         c.send_frame(request_header(kwire.PRODUCE, 8, 1) + kwire.produce_body(topic, 0, bytes(batch), acks=0))
         assert_closed(c)
-    with Conn(broker) as c:
+    with Conn(leader) as c:
         assert latest_offset(c, topic) == 0
 
 
-def test_produce_acks0_success_sends_no_response(broker, topic):
-    with Conn(broker) as c:
+def test_produce_acks0_success_sends_no_response(leader, topic):
+    with Conn(leader) as c:
         c.send_frame(request_header(kwire.PRODUCE, 8, c.next_corr())
                      + kwire.produce_body(topic, 0, kwire.record_batch([(b"k", b"v")]), acks=0))
         # The next response on the connection answers the *next* request.
@@ -319,8 +325,8 @@ def _malformed(kind: str) -> bytes:
 
 @pytest.mark.parametrize("kind", ["truncated", "length-too-big", "empty", "magic-1", "count-mismatch",
                                   "last-offset-delta-mismatch", "two-batches"])
-def test_produce_malformed_batch_invalid_record(broker, topic, kind):
-    with Conn(broker) as c:
+def test_produce_malformed_batch_invalid_record(leader, topic, kind):
+    with Conn(leader) as c:
         r = produce(c, topic, _malformed(kind))
         assert r["error"] == INVALID_RECORD, r
         assert latest_offset(c, topic) == 0
@@ -350,16 +356,16 @@ def test_produce_to_unknown_topic_raw(broker):
 
 
 @pytest.mark.parametrize("partition", [1, 5, -1])
-def test_produce_unknown_partition(broker, topic, partition):
-    with Conn(broker) as c:
+def test_produce_unknown_partition(leader, topic, partition):
+    with Conn(leader) as c:
         r = produce(c, topic, kwire.record_batch([(b"k", b"v")]), partition=partition)
         assert r["error"] == UNKNOWN_TOPIC_OR_PARTITION, r
         assert still_usable(c)
 
 
 @pytest.mark.parametrize("acks", [2, -2, 5])
-def test_produce_invalid_required_acks(broker, topic, acks):
-    with Conn(broker) as c:
+def test_produce_invalid_required_acks(leader, topic, acks):
+    with Conn(leader) as c:
         r = produce(c, topic, kwire.record_batch([(b"k", b"v")]), acks=acks)
         assert r["error"] == INVALID_REQUIRED_ACKS, r
         assert latest_offset(c, topic) == 0
@@ -370,8 +376,8 @@ def test_produce_invalid_required_acks(broker, topic, acks):
 # ---------------------------------------------------------------------------
 
 
-def test_pipelined_requests_answered_in_order(broker, topic):
-    with Conn(broker) as c:
+def test_pipelined_requests_answered_in_order(leader, topic):
+    with Conn(leader) as c:
         data = b""
         for i in range(10):
             if i % 2:

@@ -184,6 +184,48 @@ def test_killed_follower_catches_up_and_rejoins_isr(any_cluster):
     verify_partition(0, log, acks, lo, hi)
 
 
+@pytest.mark.chronik
+def test_follower_behind_purged_log_catches_up_by_snapshot(chronik_cluster_factory):
+    """A follower that was down while the leader snapshotted and purged its Raft log can
+    only catch up by snapshot install: the descriptor snapshot, then the partition data
+    pulled from the leader. Its replica must end byte-identical."""
+    cluster = chronik_cluster_factory(3, raft_snapshot_entries=50, raft_log_keep_entries=10)
+    topic = unique_topic("snap")
+    create_topic(cluster, topic, partitions=1, replication_factor=3)
+    leader = cluster.leader_of(topic, 0)
+    follower = min(i for i in cluster.ids if i != leader)
+    acks = AckLog()
+    produce_batch(cluster.bootstrap, topic, 0, 50, acks, timeout=60)
+    cluster.wait_replicas_converged(topic, 0, cluster.ids, 30)
+    behind = cluster.partition_state(follower, topic, 0)["last_log_index"]
+
+    cluster.kill9(follower)
+    live = [i for i in cluster.ids if i != follower]
+    # Small client batches: each is one Raft entry, so the log passes the snapshot threshold.
+    produce_batch(cluster.bootstrap_of(live), topic, 0, 1500, acks, timeout=120, **{"batch.num.messages": 5})
+    assert not acks.failed, f"{len(acks.failed)} failed: {acks.failed[:3]}"
+
+    def purged_past_follower():
+        s = cluster.partition_state(cluster.leader_of(topic, 0, nodes=live), topic, 0)
+        return (s.get("purged_index") or 0) > behind and s
+    state = wait_until(purged_past_follower, 30, interval=0.25,
+                       what=f"the leader's Raft log purged past the follower's last entry {behind}")
+    print(f"\nfollower {follower} stopped at Raft index {behind}; leader purged to {state['purged_index']}, "
+          f"snapshot at {state['snapshot_index']}, last entry {state['last_log_index']}")
+
+    cluster.restart(follower)
+    wait_until(lambda: follower in cluster.isr_of(topic, 0), 60, interval=0.25,
+               what=f"node {follower} back in the ISR of {topic}/0")
+    log, lo, hi = _check_replicas_and_read(cluster, topic, 0)
+    assert hi == 1550
+    s = cluster.partition_state(follower, topic, 0)
+    assert s["high_watermark"] == s["log_end_offset"] == hi, s
+    assert records_from_dump(cluster.dump_log(follower, topic, 0)) == log
+    assert "installed snapshot" in cluster.nodes[follower].log_tail(100000), \
+        "the follower caught up without installing a snapshot"
+    verify_partition(0, log, acks, lo, hi)
+
+
 # ---------------------------------------------------------------------------
 # min.insync.replicas
 # ---------------------------------------------------------------------------

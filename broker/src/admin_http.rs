@@ -149,6 +149,9 @@ async fn partition(
         "log_end_offset": log.log_end_offset(),
         "committed_index": st.committed_index,
         "applied_index": st.applied_index,
+        "last_log_index": st.last_log_index,
+        "snapshot_index": st.snapshot_index,
+        "purged_index": st.purged_index,
         "epochs": log.epoch_history(),
     }))
     .into_response()

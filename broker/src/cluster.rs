@@ -529,15 +529,17 @@ impl Cluster {
         let replicas = self.replicas_of(t, log.partition);
         let mut best: Option<(u64, i32, Vec<i32>)> = None;
         if let Some(g) = self.group(log.log_id) {
-            let st = g.status();
-            log.set_leader_epoch(st.term.min(i32::MAX as u64) as i32);
-            if let Some(l) = st.leader {
-                let isr = if st.is_leader {
-                    st.isr.iter().map(|i| *i as i32).collect()
+            // Only the leader knows the ISR; elsewhere the cheap brief() does,
+            // since Metadata asks this for every partition.
+            let (leader, term, is_leader) = g.brief();
+            log.set_leader_epoch(term.min(i32::MAX as u64) as i32);
+            if let Some(l) = leader {
+                let isr = if is_leader {
+                    g.status().isr.iter().map(|i| *i as i32).collect()
                 } else {
                     Vec::new()
                 };
-                best = Some((st.term, l as i32, isr));
+                best = Some((term, l as i32, isr));
             }
         }
         let stale = Duration::from_millis(self.settings.election_max_ms * 2 + 1000);

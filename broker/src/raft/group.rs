@@ -76,6 +76,10 @@ pub struct GroupStatus {
     pub committed_index: Option<u64>,
     pub applied_index: Option<u64>,
     pub last_log_index: Option<u64>,
+    /// The newest Raft log entry purged after a snapshot: entries up to here
+    /// reach a lagging follower only by snapshot install.
+    pub purged_index: Option<u64>,
+    pub snapshot_index: Option<u64>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -338,6 +342,8 @@ impl ReplicaGroup for OpenraftGroup {
             committed_index: committed,
             applied_index: m.last_applied.as_ref().map(|l| l.index()),
             last_log_index: m.last_log_index,
+            purged_index: m.purged.as_ref().map(|l| l.index()),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
         }
     }
 

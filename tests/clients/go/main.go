@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -255,7 +256,7 @@ func main() {
 
 func run() int {
 	var (
-		bootstrap   = flag.String("bootstrap", "", "HOST:PORT")
+		bootstrap   = flag.String("bootstrap", "", "HOST:PORT[,HOST:PORT...]")
 		topic       = flag.String("topic", "", "topic name")
 		messages    = flag.Int("messages", -1, "number of messages")
 		compression = flag.String("compression", "", "none|gzip|snappy|lz4|zstd")
@@ -320,7 +321,8 @@ func run() int {
 
 	// ---- admin: create topic, wait for leaders ---------------------------
 	ctx := context.Background()
-	adminCl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(*bootstrap)}, commonOpts...)...)
+	seeds := strings.Split(*bootstrap, ",")
+	adminCl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(seeds...)}, commonOpts...)...)
 	if err != nil {
 		errs.add("admin client: %v", err)
 		return finish()
@@ -376,7 +378,7 @@ func run() int {
 		acked[i] = -1
 	}
 	prodOpts := append([]kgo.Opt{
-		kgo.SeedBrokers(*bootstrap),
+		kgo.SeedBrokers(seeds...),
 		kgo.RequiredAcks(kgo.AllISRAcks()), // idempotence is on by default in franz-go
 		kgo.ProducerBatchCompression(codec),
 		kgo.ProducerLinger(5 * time.Millisecond),
@@ -445,7 +447,7 @@ func run() int {
 		assign[int32(p)] = kgo.NewOffset().AtStart()
 	}
 	consOpts := append([]kgo.Opt{
-		kgo.SeedBrokers(*bootstrap),
+		kgo.SeedBrokers(seeds...),
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{*topic: assign}),
 		kgo.FetchMaxBytes(64 << 20),
 		kgo.FetchMaxPartitionBytes(8 << 20),

@@ -13,7 +13,7 @@
 // Prints one JSON summary line on stdout; logs go to stderr. Exit 0 only if every
 // check passed.
 //
-//   node kafkajs_check.js --bootstrap H:P --topic T --messages N
+//   node kafkajs_check.js --bootstrap H:P[,H:P...] --topic T --messages N
 //        [--partitions P] [--compression none|gzip] [--seed S] [--dump FILE]
 //        [--batch B] [--no-idempotent] [--expect-offset-skew K]
 //
@@ -243,7 +243,7 @@ async function main() {
 
   const kafka = new Kafka({
     clientId: 'kafkajs-check',
-    brokers: [args.bootstrap],
+    brokers: args.bootstrap.split(','),
     connectionTimeout: 10000,
     requestTimeout: 30000,
     logLevel: logLevel.DEBUG, // needed to see the "Request Api(key, version)" lines

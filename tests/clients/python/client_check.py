@@ -460,10 +460,11 @@ class KafkaPythonDriver:
 
 
 def reachable(bootstrap: str, timeout: float = 15.0):
-    """None once a TCP connection to HOST:PORT succeeds (within `timeout`), else the last error."""
+    """None once a TCP connection to HOST:PORT (the first of a comma list) succeeds
+    (within `timeout`), else the last error."""
     import socket
 
-    host, _, port = bootstrap.rpartition(":")
+    host, _, port = bootstrap.split(",")[0].strip().rpartition(":")
     try:
         port_n = int(port)
     except ValueError:

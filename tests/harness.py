@@ -443,6 +443,9 @@ _CHRONIK_KEYS = {
     "default_partitions": "topics",
     "retention_check_interval_ms": "topics",
     "socket_request_max_bytes": "limits",
+    "initial_rebalance_delay_ms": "groups",
+    "offsets_retention_minutes": "groups",
+    "offsets_retention_check_interval_ms": "groups",
 }
 
 
@@ -493,6 +496,8 @@ class Chronik(ManagedProcess):
             "default_partitions": 1,
             "retention_check_interval_ms": 300000,
             "socket_request_max_bytes": 104857600,
+            # As on the Kafka oracle: tests should not wait 3 s per new group.
+            "initial_rebalance_delay_ms": 0,
         }
         self.config.update(config)
 
@@ -505,7 +510,7 @@ class Chronik(ManagedProcess):
         return f"http://{self.host}:{self.admin_port}"
 
     def toml(self) -> str:
-        sections: dict[str | None, list[str]] = {None: [], "listeners": [], "topics": [], "limits": []}
+        sections: dict[str | None, list[str]] = {None: [], "listeners": [], "topics": [], "limits": [], "groups": []}
         for k, v in self.config.items():
             sections[_CHRONIK_KEYS[k]].append(f"{k} = {_toml_value(v)}")
         sections[None].insert(3, f"data_dir = {_toml_value(str(self.data_dir))}")
@@ -513,7 +518,7 @@ class Chronik(ManagedProcess):
         if self.raft_port:
             sections["listeners"].append(f'raft = "{self.host}:{self.raft_port}"')
         out = "\n".join(sections[None]) + "\n"
-        for name in ("listeners", "topics", "limits"):
+        for name in ("listeners", "topics", "limits", "groups"):
             out += f"\n[{name}]\n" + "\n".join(sections[name]) + "\n"
         if self.extra_toml:
             out += "\n" + self.extra_toml.strip() + "\n"

@@ -1,8 +1,10 @@
 """Minimal hand-rolled Kafka wire protocol helpers for raw-socket tests.
 
-Only what the bad-input tests need: framing, request headers, ApiVersions,
-Metadata, Produce (non-flexible versions), ListOffsets, and a RecordBatch v2
-encoder with CRC-32C. Everything is big-endian, as on the wire.
+Only what the raw-socket tests need: framing, request headers, ApiVersions,
+Metadata, Produce (non-flexible versions), ListOffsets, a RecordBatch v2
+encoder with CRC-32C, and the consumer-group coordinator APIs (FindCoordinator,
+JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch; for
+test_groups.py). Everything is big-endian, as on the wire.
 """
 
 from __future__ import annotations
@@ -572,3 +574,158 @@ def parse_record_batches(data: bytes) -> list[dict]:
 
 def _zz(v: int) -> int:
     return (v >> 1) ^ -(v & 1)
+
+
+# ---------------------------------------------------------------------------
+# Consumer-group coordinator APIs (non-flexible versions), for test_groups.py
+# ---------------------------------------------------------------------------
+OFFSET_COMMIT = 8
+OFFSET_FETCH = 9
+FIND_COORDINATOR = 10
+JOIN_GROUP = 11
+HEARTBEAT = 12
+LEAVE_GROUP = 13
+SYNC_GROUP = 14
+
+
+def find_coordinator_v1_body(key: str, key_type: int = 0) -> bytes:
+    """FindCoordinator v1: key, key_type (0 = group, 1 = transaction)."""
+    return string(key) + i8(key_type)
+
+
+def parse_find_coordinator_v1(body: bytes) -> dict:
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {"error": r.i16(), "error_message": r.string(), "node_id": r.i32(), "host": r.string(), "port": r.i32()}
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in FindCoordinator v1 response")
+    return out
+
+
+def consumer_subscription_v0(topics: list[str]) -> bytes:
+    """ConsumerProtocolSubscription v0 (JoinGroup protocol metadata of protocol type "consumer")."""
+    return i16(0) + array([string(t) for t in topics]) + bytes_(None)
+
+
+def consumer_assignment_v0(assignment: dict[str, list[int]]) -> bytes:
+    """ConsumerProtocolAssignment v0 (SyncGroup assignment of protocol type "consumer")."""
+    return i16(0) + array([string(t) + array([i32(p) for p in ps]) for t, ps in assignment.items()]) + bytes_(None)
+
+
+def join_group_v5_body(group: str, member_id: str, protocols: list[tuple[str, bytes]],
+                       session_timeout_ms: int = 6000, rebalance_timeout_ms: int = 10000,
+                       group_instance_id: str | None = None, protocol_type: str = "consumer") -> bytes:
+    return (string(group) + i32(session_timeout_ms) + i32(rebalance_timeout_ms) + string(member_id)
+            + string(group_instance_id) + string(protocol_type)
+            + array([string(name) + bytes_(meta) for name, meta in protocols]))
+
+
+def parse_join_group_v5(body: bytes) -> dict:
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {"error": r.i16(), "generation_id": r.i32(), "protocol_name": r.string(), "leader": r.string(),
+           "member_id": r.string(), "members": []}
+    for _ in range(r.i32()):
+        mid, inst = r.string(), r.string()
+        n = r.i32()
+        out["members"].append({"member_id": mid, "group_instance_id": inst,
+                               "metadata": None if n < 0 else r.take(n)})
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in JoinGroup v5 response")
+    return out
+
+
+def sync_group_v3_body(group: str, generation_id: int, member_id: str, assignments: list[tuple[str, bytes]],
+                       group_instance_id: str | None = None) -> bytes:
+    return (string(group) + i32(generation_id) + string(member_id) + string(group_instance_id)
+            + array([string(m) + bytes_(a) for m, a in assignments]))
+
+
+def parse_sync_group_v3(body: bytes) -> dict:
+    r = Reader(body)
+    r.i32()  # throttle
+    err = r.i16()
+    n = r.i32()
+    out = {"error": err, "assignment": None if n < 0 else r.take(n)}
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in SyncGroup v3 response")
+    return out
+
+
+def heartbeat_v3_body(group: str, generation_id: int, member_id: str, group_instance_id: str | None = None) -> bytes:
+    return string(group) + i32(generation_id) + string(member_id) + string(group_instance_id)
+
+
+def parse_heartbeat_v3(body: bytes) -> int:
+    """Heartbeat response v1..v3: throttle, error_code. Returns the error code."""
+    r = Reader(body)
+    r.i32()  # throttle
+    err = r.i16()
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in Heartbeat v3 response")
+    return err
+
+
+def leave_group_v3_body(group: str, members: list[tuple[str, str | None]]) -> bytes:
+    """LeaveGroup v3: group_id, [member_id group_instance_id]."""
+    return string(group) + array([string(m) + string(inst) for m, inst in members])
+
+
+def parse_leave_group_v3(body: bytes) -> dict:
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {"error": r.i16(), "members": []}
+    for _ in range(r.i32()):
+        out["members"].append({"member_id": r.string(), "group_instance_id": r.string(), "error": r.i16()})
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in LeaveGroup v3 response")
+    return out
+
+
+def offset_commit_v7_body(group: str, generation_id: int, member_id: str,
+                          offsets: dict[tuple[str, int], tuple[int, str | None]],
+                          group_instance_id: str | None = None) -> bytes:
+    """OffsetCommit v7: offsets maps (topic, partition) -> (offset, metadata); leader epoch -1."""
+    topics: dict[str, list[bytes]] = {}
+    for (t, p), (off, meta) in offsets.items():
+        topics.setdefault(t, []).append(i32(p) + i64(off) + i32(-1) + string(meta))
+    return (string(group) + i32(generation_id) + string(member_id) + string(group_instance_id)
+            + array([string(t) + array(ps) for t, ps in topics.items()]))
+
+
+def parse_offset_commit_v7(body: bytes) -> dict:
+    """Returns {(topic, partition): error_code}."""
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {}
+    for _ in range(r.i32()):
+        name = r.string()
+        for _ in range(r.i32()):
+            p = r.i32()
+            out[(name, p)] = r.i16()
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in OffsetCommit v7 response")
+    return out
+
+
+def offset_fetch_v3_body(group: str, partitions: dict[str, list[int]] | None) -> bytes:
+    """OffsetFetch v3: group_id, topics (null = every committed offset of the group)."""
+    if partitions is None:
+        return string(group) + i32(-1)
+    return string(group) + array([string(t) + array([i32(p) for p in ps]) for t, ps in partitions.items()])
+
+
+def parse_offset_fetch_v3(body: bytes) -> dict:
+    """{"error": top-level code, "partitions": {(topic, partition): {"offset", "metadata", "error"}}}."""
+    r = Reader(body)
+    r.i32()  # throttle
+    parts = {}
+    for _ in range(r.i32()):
+        name = r.string()
+        for _ in range(r.i32()):
+            p, off, meta, err = r.i32(), r.i64(), r.string(), r.i16()
+            parts[(name, p)] = {"offset": off, "metadata": meta, "error": err}
+    out = {"partitions": parts, "error": r.i16()}
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in OffsetFetch v3 response")
+    return out

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use chronik_topology::TopicDefaults;
 
 use crate::configs::{self, ConfigValueError, EffectiveConfig};
+use crate::groups::record as groups;
 use crate::log::PartitionLog;
 use crate::raft::types::ControllerCommand;
 use crate::storage::{Store, StoreError, CF_META};
@@ -23,6 +24,8 @@ use crate::storage::{Store, StoreError, CF_META};
 const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
 const BROKER_PREFIX: &str = "broker/";
+/// Keyed controller entries besides topics that a snapshot carries whole.
+const SNAPSHOT_PREFIXES: [&str; 3] = [BROKER_PREFIX, groups::GROUP_PREFIX, groups::OFFSET_PREFIX];
 
 /// A broker's Kafka listener as clients should reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -750,6 +753,43 @@ impl Catalog {
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
             }
+            ControllerCommand::PutGroup { group, record } => {
+                let meta = self.store.cf(CF_META);
+                match record {
+                    Some(r) => wb.put_cf(
+                        meta,
+                        groups::group_key(group),
+                        serde_json::to_vec(r).expect("serializes"),
+                    ),
+                    None => {
+                        wb.delete_cf(meta, groups::group_key(group));
+                        // A range delete, not a scan: earlier entries'
+                        // writes may still be on their way to the store.
+                        let (from, to) = groups::group_offsets_range(group);
+                        wb.delete_range_cf(meta, from, to);
+                    }
+                }
+                Ok(PostApply::Nothing)
+            }
+            ControllerCommand::CommitOffsets { group, offsets } => {
+                let meta = self.store.cf(CF_META);
+                for (t, p, r) in offsets {
+                    wb.put_cf(
+                        meta,
+                        groups::offset_key(group, t, *p),
+                        serde_json::to_vec(r).expect("serializes"),
+                    );
+                }
+                Ok(PostApply::Nothing)
+            }
+            ControllerCommand::DeleteOffsets { group, partitions } => {
+                let meta = self.store.cf(CF_META);
+                for (t, p) in partitions {
+                    wb.delete_cf(meta, groups::offset_key(group, t, *p));
+                }
+                Ok(PostApply::Nothing)
+            }
+            ControllerCommand::Barrier => Ok(PostApply::Nothing),
         }
     }
 
@@ -765,7 +805,9 @@ impl Catalog {
     /// controller snapshot install does. Returns the topics that vanished.
     pub fn snapshot_entries(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut out = self.store.scan_meta(TOPIC_PREFIX)?;
-        out.extend(self.store.scan_meta(BROKER_PREFIX)?);
+        for prefix in SNAPSHOT_PREFIXES {
+            out.extend(self.store.scan_meta(prefix)?);
+        }
         out.extend(
             self.store
                 .get_meta(NEXT_LOG_ID_KEY)?
@@ -783,8 +825,10 @@ impl Catalog {
         for (k, _) in self.store.scan_meta(TOPIC_PREFIX)? {
             wb.delete_cf(meta, k);
         }
-        for (k, _) in self.store.scan_meta(BROKER_PREFIX)? {
-            wb.delete_cf(meta, k);
+        for prefix in SNAPSHOT_PREFIXES {
+            for (k, _) in self.store.scan_meta(prefix)? {
+                wb.delete_cf(meta, k);
+            }
         }
         let mut incoming = std::collections::HashSet::new();
         for (k, v) in entries {
@@ -862,6 +906,8 @@ pub enum PostApply {
     /// A topic was created or changed: (re)install it, keeping open logs.
     Install(TopicRecord),
     Remove(Arc<Topic>),
+    /// Consumer-group entries: the coordinator keeps its own memory.
+    Nothing,
 }
 
 impl PostApply {
@@ -890,6 +936,7 @@ impl PostApply {
                 tracing::info!(topic = %record.name, partitions = parts.len(), version = record.version, "catalog: topic installed");
                 cat.install(cat.with_partitions(record, parts));
             }
+            PostApply::Nothing => return Ok(()),
             PostApply::Remove(topic) => {
                 cat.topics.write().unwrap().remove(topic.name());
                 cat.by_id.write().unwrap().remove(&topic.id());

@@ -452,6 +452,20 @@ impl Cluster {
 
     /// Sends a catalog change to the controller leader (here or remote) and
     /// waits for it to be applied there.
+    /// Proposes on the local controller group only if this broker leads it
+    /// (the group coordinator writes as leader, never through forwarding).
+    pub async fn propose_as_controller(&self, cmd: ControllerCommand) -> Result<(), TopicError> {
+        if !self.controller.status().is_leader {
+            return Err(TopicError::Unavailable(
+                "this broker no longer leads the controller".into(),
+            ));
+        }
+        match self.controller.propose(Command::Controller(cmd)).await {
+            Ok(r) => result_of(r),
+            Err(e) => Err(TopicError::Unavailable(e.to_string())),
+        }
+    }
+
     pub async fn controller_write(&self, cmd: ControllerCommand) -> Result<(), TopicError> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {

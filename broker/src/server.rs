@@ -76,6 +76,7 @@ pub struct BrokerCtx {
     pub store: Arc<Store>,
     pub catalog: Arc<Catalog>,
     pub cluster: Arc<Cluster>,
+    pub groups: Arc<crate::groups::Coordinator>,
     pub cluster_id: String,
     pub producer_ids: ProducerIdAllocator,
     ready: AtomicBool,
@@ -210,11 +211,18 @@ impl Broker {
             cluster.wait_controller(Duration::from_secs(10)).await;
         }
 
+        let groups = crate::groups::Coordinator::start(
+            cluster.clone(),
+            catalog.clone(),
+            store.clone(),
+            crate::groups::GroupSettings::from_config(&config.groups),
+        );
         let ctx = Arc::new(BrokerCtx {
             config,
             store,
             catalog,
             cluster,
+            groups,
             cluster_id,
             producer_ids,
             ready: AtomicBool::new(false),
@@ -285,7 +293,7 @@ async fn accept_loop(
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         metrics::gauge!("chronik_connections").increment(1.0);
-                        if let Err(reason) = serve_connection(ctx, stream, shutdown).await {
+                        if let Err(reason) = serve_connection(ctx, stream, peer, shutdown).await {
                             tracing::debug!(%peer, %reason, "closed connection");
                         }
                         metrics::gauge!("chronik_connections").decrement(1.0);
@@ -304,6 +312,7 @@ async fn accept_loop(
 async fn serve_connection(
     ctx: Arc<BrokerCtx>,
     stream: TcpStream,
+    peer: std::net::SocketAddr,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
@@ -349,7 +358,7 @@ async fn serve_connection(
             let (api, reply) = match protocol::parse(frame) {
                 Ok(Parsed::Request(req)) => (
                     protocol::api_name(req.api_key),
-                    handlers::dispatch(&ctx, *req),
+                    handlers::dispatch(&ctx, *req, peer),
                 ),
                 Ok(Parsed::ApiVersionsFallback { correlation_id }) => (
                     "ApiVersions",

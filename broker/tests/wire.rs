@@ -30,6 +30,8 @@ fn local_config(dir: &std::path::Path, node_id: i32) -> BrokerConfig {
         advertised_kafka: None,
         raft: None,
     };
+    // No 3 s wait for more members before a new group's first rebalance.
+    cfg.groups.initial_rebalance_delay_ms = 0;
     cfg
 }
 
@@ -597,6 +599,168 @@ async fn every_advertised_version_answers() {
                     let r: DescribeClusterResponse =
                         c.call(key, v, &DescribeClusterRequest::default()).await;
                     assert_eq!(r.brokers.len(), 1);
+                }
+                ApiKey::FindCoordinator => {
+                    let mut req = FindCoordinatorRequest::default();
+                    if v >= 4 {
+                        req.coordinator_keys = vec![StrBytes::from_static_str("g")];
+                    } else {
+                        req.key = StrBytes::from_static_str("g");
+                    }
+                    let r: FindCoordinatorResponse = c.call(key, v, &req).await;
+                    let (err, node) = if v >= 4 {
+                        (r.coordinators[0].error_code, r.coordinators[0].node_id.0)
+                    } else {
+                        (r.error_code, r.node_id.0)
+                    };
+                    assert_eq!((err, node), (0, 1), "FindCoordinator v{v}");
+                }
+                ApiKey::JoinGroup => {
+                    let group = GroupId(StrBytes::from_string(fresh.clone()));
+                    let join = |member: StrBytes| {
+                        JoinGroupRequest::default()
+                            .with_group_id(group.clone())
+                            .with_session_timeout_ms(10_000)
+                            .with_rebalance_timeout_ms(10_000)
+                            .with_member_id(member)
+                            .with_protocol_type(StrBytes::from_static_str("consumer"))
+                            .with_protocols(vec![
+                                join_group_request::JoinGroupRequestProtocol::default()
+                                    .with_name(StrBytes::from_static_str("range"))
+                                    .with_metadata(Bytes::from_static(b"m")),
+                            ])
+                    };
+                    let mut r: JoinGroupResponse = c.call(key, v, &join(StrBytes::default())).await;
+                    if v >= 4 {
+                        // v4+: the first join only hands out a member id.
+                        assert_eq!(r.error_code, 79, "JoinGroup v{v}");
+                        assert!(!r.member_id.is_empty());
+                        r = c.call(key, v, &join(r.member_id.clone())).await;
+                    }
+                    assert_eq!((r.error_code, r.generation_id), (0, 1), "JoinGroup v{v}");
+                    assert_eq!(r.leader, r.member_id, "JoinGroup v{v}: a lone member leads");
+                    assert_eq!(r.members.len(), 1, "JoinGroup v{v}");
+                }
+                ApiKey::SyncGroup => {
+                    let req = SyncGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(fresh.clone())))
+                        .with_generation_id(1)
+                        .with_member_id(StrBytes::from_static_str("nobody"));
+                    let r: SyncGroupResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.error_code, 25, "SyncGroup v{v}");
+                }
+                ApiKey::Heartbeat => {
+                    let req = HeartbeatRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(fresh.clone())))
+                        .with_generation_id(1)
+                        .with_member_id(StrBytes::from_static_str("nobody"));
+                    let r: HeartbeatResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.error_code, 25, "Heartbeat v{v}");
+                }
+                ApiKey::LeaveGroup => {
+                    let mut req = LeaveGroupRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_string(fresh.clone())));
+                    if v >= 3 {
+                        req.members = vec![leave_group_request::MemberIdentity::default()
+                            .with_member_id(StrBytes::from_static_str("nobody"))];
+                    } else {
+                        req.member_id = StrBytes::from_static_str("nobody");
+                    }
+                    let r: LeaveGroupResponse = c.call(key, v, &req).await;
+                    let code = if v >= 3 {
+                        r.members[0].error_code
+                    } else {
+                        r.error_code
+                    };
+                    assert_eq!(code, 25, "LeaveGroup v{v}");
+                }
+                ApiKey::OffsetCommit => {
+                    use offset_commit_request::{
+                        OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+                    };
+                    let commit = |topic: &'static str| {
+                        OffsetCommitRequest::default()
+                            .with_group_id(GroupId(StrBytes::from_string(fresh.clone())))
+                            .with_generation_id_or_member_epoch(-1)
+                            .with_retention_time_ms(-1)
+                            .with_topics(vec![OffsetCommitRequestTopic::default()
+                                .with_name(topic_name(topic))
+                                .with_partitions(vec![OffsetCommitRequestPartition::default()
+                                    .with_partition_index(0)
+                                    .with_committed_offset(1)])])
+                    };
+                    for (topic, want) in [("all-versions", 0), ("missing-topic", 3)] {
+                        let r: OffsetCommitResponse = c.call(key, v, &commit(topic)).await;
+                        assert_eq!(
+                            r.topics[0].partitions[0].error_code, want,
+                            "OffsetCommit v{v} {topic}"
+                        );
+                    }
+                }
+                ApiKey::OffsetFetch => {
+                    // The group committed offset 1 at OffsetCommit v2 above.
+                    let group = GroupId(StrBytes::from_string(format!(
+                        "t-{}-2",
+                        ApiKey::OffsetCommit as i16
+                    )));
+                    let offset = if v >= 8 {
+                        use offset_fetch_request::{
+                            OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+                        };
+                        let req = OffsetFetchRequest::default().with_groups(vec![
+                            OffsetFetchRequestGroup::default()
+                                .with_group_id(group)
+                                .with_topics(Some(vec![OffsetFetchRequestTopics::default()
+                                    .with_name(topic_name("all-versions"))
+                                    .with_partition_indexes(vec![0])])),
+                        ]);
+                        let r: OffsetFetchResponse = c.call(key, v, &req).await;
+                        r.groups[0].topics[0].partitions[0].committed_offset
+                    } else {
+                        use offset_fetch_request::OffsetFetchRequestTopic;
+                        let req = OffsetFetchRequest::default()
+                            .with_group_id(group)
+                            .with_topics(Some(vec![OffsetFetchRequestTopic::default()
+                                .with_name(topic_name("all-versions"))
+                                .with_partition_indexes(vec![0])]));
+                        let r: OffsetFetchResponse = c.call(key, v, &req).await;
+                        r.topics[0].partitions[0].committed_offset
+                    };
+                    assert_eq!(offset, 1, "OffsetFetch v{v}");
+                }
+                ApiKey::DescribeGroups => {
+                    let req = DescribeGroupsRequest::default()
+                        .with_groups(vec![GroupId(StrBytes::from_static_str("never-existed"))]);
+                    let r: DescribeGroupsResponse = c.call(key, v, &req).await;
+                    let g = &r.groups[0];
+                    let want = if v >= 6 { 69 } else { 0 };
+                    assert_eq!(
+                        (g.error_code, g.group_state.as_str()),
+                        (want, "Dead"),
+                        "DescribeGroups v{v}"
+                    );
+                }
+                ApiKey::ListGroups => {
+                    let r: ListGroupsResponse = c.call(key, v, &ListGroupsRequest::default()).await;
+                    assert_eq!(r.error_code, 0, "ListGroups v{v}");
+                    let joined = format!("t-{}-4", ApiKey::JoinGroup as i16);
+                    assert!(
+                        r.groups.iter().any(|g| g.group_id.0.as_str() == joined),
+                        "ListGroups v{v}"
+                    );
+                }
+                ApiKey::DeleteGroups => {
+                    let req = DeleteGroupsRequest::default().with_groups_names(vec![GroupId(
+                        StrBytes::from_static_str("never-existed"),
+                    )]);
+                    let r: DeleteGroupsResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.results[0].error_code, 69, "DeleteGroups v{v}");
+                }
+                ApiKey::OffsetDelete => {
+                    let req = OffsetDeleteRequest::default()
+                        .with_group_id(GroupId(StrBytes::from_static_str("never-existed")));
+                    let r: OffsetDeleteResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.error_code, 69, "OffsetDelete v{v}");
                 }
                 other => panic!("no case for {other:?}: add one"),
             }

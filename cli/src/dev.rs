@@ -122,6 +122,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                         ..TopicDefaults::default()
                     },
                     limits: Default::default(),
+                    groups: Default::default(),
                 }
             };
             out.push(Planned {

@@ -130,6 +130,40 @@ impl Default for Limits {
     }
 }
 
+/// The consumer-group coordinator, mirroring Kafka's `group.*` and
+/// `offsets.*` broker settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Groups {
+    /// How long an empty group's first rebalance waits for more members
+    /// (`group.initial.rebalance.delay.ms`).
+    pub initial_rebalance_delay_ms: u64,
+    pub min_session_timeout_ms: i32,
+    pub max_session_timeout_ms: i32,
+    /// 0 = unlimited (`group.max.size`).
+    pub max_size: u32,
+    /// Committed offsets of an empty group expire this long after it
+    /// emptied (`offsets.retention.minutes`).
+    pub offsets_retention_minutes: u64,
+    pub offsets_retention_check_interval_ms: u64,
+    /// `offset.metadata.max.bytes`.
+    pub offset_metadata_max_bytes: u32,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            initial_rebalance_delay_ms: 3_000,
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_size: 0,
+            offsets_retention_minutes: 10_080,
+            offsets_retention_check_interval_ms: 600_000,
+            offset_metadata_max_bytes: 4096,
+        }
+    }
+}
+
 /// Another broker of the same region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +253,8 @@ pub struct BrokerConfig {
     pub limits: Limits,
     #[serde(default)]
     pub cluster: Cluster,
+    #[serde(default)]
+    pub groups: Groups,
 }
 
 fn default_region() -> String {
@@ -240,6 +276,7 @@ impl Default for BrokerConfig {
             topics: TopicDefaults::default(),
             limits: Limits::default(),
             cluster: Cluster::default(),
+            groups: Groups::default(),
         }
     }
 }
@@ -322,6 +359,25 @@ impl BrokerConfig {
                     )
                 }
             }
+        }
+        let g = &self.groups;
+        if g.min_session_timeout_ms <= 0 || g.min_session_timeout_ms > g.max_session_timeout_ms {
+            return bad(
+                "groups.min_session_timeout_ms",
+                format!(
+                    "must be > 0 and <= groups.max_session_timeout_ms ({}), got {}",
+                    g.max_session_timeout_ms, g.min_session_timeout_ms
+                ),
+            );
+        }
+        if g.offsets_retention_minutes == 0 {
+            return bad("groups.offsets_retention_minutes", "must be > 0".into());
+        }
+        if g.offsets_retention_check_interval_ms == 0 {
+            return bad(
+                "groups.offsets_retention_check_interval_ms",
+                "must be > 0".into(),
+            );
         }
         let c = &self.cluster;
         let mut seen = std::collections::BTreeSet::new();

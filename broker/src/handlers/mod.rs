@@ -3,6 +3,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod produce;
 
 use std::future::Future;
@@ -68,7 +69,7 @@ where
 
 /// Handles one request. Work that must happen in request order (offset
 /// assignment for produce) is done before this returns.
-pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request) -> Reply {
+pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) -> Reply {
     let Request {
         header,
         api_key: key,
@@ -122,6 +123,45 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request) -> Reply {
         }),
         RequestKind::AlterConfigs(r) => later(ctx, id, move |ctx| async move {
             admin::alter_configs(&ctx, r).await
+        }),
+        RequestKind::FindCoordinator(r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &groups::find_coordinator(ctx, v, r),
+        )),
+        RequestKind::JoinGroup(r) => {
+            let client_id = header.client_id.clone();
+            later(ctx, id, move |ctx| async move {
+                groups::join_group(&ctx, v, client_id, peer, r).await
+            })
+        }
+        RequestKind::SyncGroup(r) => later(ctx, id, move |ctx| async move {
+            groups::sync_group(&ctx, r).await
+        }),
+        RequestKind::Heartbeat(r) => later(ctx, id, move |ctx| async move {
+            groups::heartbeat(&ctx, r).await
+        }),
+        RequestKind::LeaveGroup(r) => later(ctx, id, move |ctx| async move {
+            groups::leave_group(&ctx, v, r).await
+        }),
+        RequestKind::OffsetCommit(r) => later(ctx, id, move |ctx| async move {
+            groups::offset_commit(&ctx, r).await
+        }),
+        RequestKind::OffsetFetch(r) => later(ctx, id, move |ctx| async move {
+            groups::offset_fetch(&ctx, v, r).await
+        }),
+        RequestKind::DescribeGroups(r) => later(ctx, id, move |ctx| async move {
+            groups::describe_groups(&ctx, v, r).await
+        }),
+        RequestKind::ListGroups(r) => later(ctx, id, move |ctx| async move {
+            groups::list_groups(&ctx, r).await
+        }),
+        RequestKind::DeleteGroups(r) => later(ctx, id, move |ctx| async move {
+            groups::delete_groups(&ctx, r).await
+        }),
+        RequestKind::OffsetDelete(r) => later(ctx, id, move |ctx| async move {
+            groups::offset_delete(&ctx, r).await
         }),
         // protocol::parse only lets through the APIs listed in SUPPORTED,
         // each of which has an arm above.

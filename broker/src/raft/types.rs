@@ -68,6 +68,23 @@ pub enum ControllerCommand {
         name: String,
         ops: Vec<(String, Option<String>)>,
     },
+    /// A consumer group's record as of its last generation; `None` deletes
+    /// the group and all its committed offsets.
+    PutGroup {
+        group: String,
+        record: Option<crate::groups::record::GroupRecord>,
+    },
+    CommitOffsets {
+        group: String,
+        offsets: Vec<(String, i32, crate::groups::record::OffsetRecord)>,
+    },
+    DeleteOffsets {
+        group: String,
+        partitions: Vec<(String, i32)>,
+    },
+    /// Changes nothing: once applied, everything committed before it is
+    /// applied too (a new group coordinator waits for this before loading).
+    Barrier,
 }
 
 /// The outcome of applying one entry, returned to the proposer.

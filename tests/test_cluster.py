@@ -45,12 +45,8 @@ CLUSTER_KINDS = [pytest.param("chronik", marks=pytest.mark.chronik),
                  pytest.param("kafka", marks=pytest.mark.oracle_only)]
 
 
-@pytest.fixture(params=CLUSTER_KINDS)
-def any_cluster(request):
-    """A fresh 3-node Chronik region, or the module's Apache Kafka cluster with every node up."""
-    if request.param == "chronik":
-        yield request.getfixturevalue("chronik_cluster_factory")(3)
-        return
+def _kafka_whole(request):
+    """The module's Apache Kafka cluster with every node up, left whole afterwards."""
     k = request.getfixturevalue("kafka_cluster")
     for i in k.ids:
         if not k.running(i):
@@ -60,6 +56,25 @@ def any_cluster(request):
         if not k.running(i):
             k.restart(i)
     forget_clients(k.bootstrap)
+
+
+@pytest.fixture(params=CLUSTER_KINDS)
+def any_cluster(request):
+    """A fresh 3-node Chronik region, or the module's Apache Kafka cluster with every node up."""
+    if request.param == "chronik":
+        yield request.getfixturevalue("chronik_cluster_factory")(3)
+        return
+    yield from _kafka_whole(request)
+
+
+@pytest.fixture(params=CLUSTER_KINDS)
+def cluster_no_auto_rebalance(request):
+    """Like any_cluster, but Chronik does not hand leadership back on its own, so an
+    election is the tool's doing (Kafka's own check runs only every 300 s)."""
+    if request.param == "chronik":
+        yield request.getfixturevalue("chronik_cluster_factory")(3, auto_leader_rebalance=False)
+        return
+    yield from _kafka_whole(request)
 
 
 def _term(cluster, topic, p, node):
@@ -353,6 +368,40 @@ def test_group_coordinator_kill9_keeps_committed_offsets(any_cluster):
     assert not regressions, f"committed offsets went backwards (partition, before, after): {regressions[:5]}"
     limit = 10.0 if cluster.kind == "chronik" else KAFKA_MAX_FAILOVER_S
     assert recovered < limit, f"commits resumed {recovered:.1f}s after the kill (limit {limit}s)"
+
+
+# ---------------------------------------------------------------------------
+# Preferred leader election (kafka-leader-election)
+# ---------------------------------------------------------------------------
+
+
+def test_preferred_leader_election_after_failover(cluster_no_auto_rebalance):
+    from test_kafka_cli import LEADER_ELECTION_COMMAND, kafka_cli
+
+    cluster = cluster_no_auto_rebalance
+    topic = unique_topic("prefer")
+    create_topic(cluster, topic, partitions=1, replication_factor=3)
+    md = kwire_metadata(cluster.bootstrap, topic)
+    preferred = md["replicas"][0]
+    wait_until(lambda: cluster.leader_of(topic, 0) == preferred, 30, what=f"preferred replica {preferred} leading")
+    cluster.kill9(preferred)
+    others = [i for i in cluster.ids if i != preferred]
+    moved = cluster.leader_of(topic, 0, nodes=others, timeout=60)
+    assert moved != preferred
+    cluster.restart(preferred)
+    wait_until(lambda: preferred in cluster.isr_of(topic, 0), 60, interval=0.25,
+               what=f"node {preferred} back in the ISR")
+    assert cluster.leader_of(topic, 0) == moved, "leadership moved back before the election was asked for"
+    out = kafka_cli(LEADER_ELECTION_COMMAND, "--bootstrap-server", cluster.bootstrap, "--election-type",
+                    "preferred", "--topic", topic, "--partition", "0")
+    assert f"Successfully completed leader election (PREFERRED) for partitions {topic}-0" in out, out
+    wait_until(lambda: cluster.leader_of(topic, 0) == preferred, 10, what=f"node {preferred} leading again")
+
+
+def kwire_metadata(bootstrap: str, topic: str) -> dict:
+    with kwire.Conn(bootstrap.split(",")[0]) as c:
+        _, body = c.request(kwire.METADATA, 4, kwire.metadata_v4_body([topic], allow_auto_create=False))
+    return kwire.parse_metadata_v4(body)["topics"][topic]["partitions"][0]
 
 
 # ---------------------------------------------------------------------------

@@ -7,10 +7,14 @@ output, so a tool that works against Apache Kafka must work unchanged against Ch
   kafka-configs          alter and describe a topic config
   kafka-consumer-groups  list, describe with lag, reset offsets to earliest (dry run and
                          execute, after which the group re-reads from the start), delete
+  kafka-delete-records   moves the log start; consumers then start there
+  kafka-leader-election  preferred election (already-elected case; the failover case is in
+                         test_cluster.py)
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -19,11 +23,13 @@ import pytest
 from confluent_kafka import Consumer
 
 from harness import KAFKA_LIBS
-from kclient import produce_all, unique_topic, wait_topic
+from kclient import consume, produce_all, unique_topic, wait_topic, watermarks
 
 TOPIC_COMMAND = "org.apache.kafka.tools.TopicCommand"
 CONFIG_COMMAND = "kafka.admin.ConfigCommand"
 GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+DELETE_RECORDS_COMMAND = "org.apache.kafka.tools.DeleteRecordsCommand"
+LEADER_ELECTION_COMMAND = "org.apache.kafka.tools.LeaderElectionCommand"
 
 
 def kafka_cli(main_class: str, *args: str, timeout: float = 90) -> str:
@@ -141,3 +147,31 @@ def test_kafka_consumer_groups_cli_describe_reset_delete(broker):
     out = kafka_cli(GROUP_COMMAND, "--bootstrap-server", bs, "--delete", "--group", group)
     assert "successful" in out.lower(), out
     assert group not in kafka_cli(GROUP_COMMAND, "--bootstrap-server", bs, "--list").split()
+
+
+def test_kafka_delete_records_cli(broker, tmp_path):
+    bs = str(broker)
+    topic = unique_topic("delrec")
+    kafka_cli(TOPIC_COMMAND, "--bootstrap-server", bs, "--create", "--topic", topic, "--partitions", "1")
+    wait_topic(bs, topic, 1)
+    # Three batches, so the new log start falls inside the second one.
+    for batch in range(3):
+        produce_all(bs, topic, [{"value": f"r{batch * 3 + i}".encode(), "partition": 0} for i in range(3)],
+                    acks="all")
+    spec = tmp_path / "offsets.json"
+    spec.write_text(json.dumps({"version": 1, "partitions": [{"topic": topic, "partition": 0, "offset": 4}]}))
+    out = kafka_cli(DELETE_RECORDS_COMMAND, "--bootstrap-server", bs, "--offset-json-file", str(spec))
+    assert re.search(rf"partition: {re.escape(topic)}-0\s+low_watermark: 4", out), out
+    assert watermarks(bs, topic, 0) == (4, 9)
+    msgs = consume(bs, topic, 0, count=5)  # from the beginning: starts at the new log start
+    assert [(m.offset(), m.value()) for m in msgs] == [(o, f"r{o}".encode()) for o in range(4, 9)]
+
+
+def test_kafka_leader_election_cli_already_preferred(broker):
+    bs = str(broker)
+    topic = unique_topic("elect")
+    kafka_cli(TOPIC_COMMAND, "--bootstrap-server", bs, "--create", "--topic", topic, "--partitions", "2")
+    wait_topic(bs, topic, 2)
+    out = kafka_cli(LEADER_ELECTION_COMMAND, "--bootstrap-server", bs, "--election-type", "preferred",
+                    "--topic", topic, "--partition", "0")
+    assert f"Valid replica already elected for partitions {topic}-0" in out, out

@@ -55,6 +55,8 @@ pub struct Cluster {
     hints: Mutex<HashMap<u64, Hint>>,
     reconcile: Arc<tokio::sync::Notify>,
     stopping: std::sync::atomic::AtomicBool,
+    /// Kafka's auto.leader.rebalance.enable.
+    auto_leader_rebalance: bool,
 }
 
 struct Proposer(Weak<Cluster>);
@@ -137,6 +139,7 @@ impl Cluster {
             hints: Mutex::new(HashMap::new()),
             reconcile: Arc::new(tokio::sync::Notify::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            auto_leader_rebalance: cfg.cluster.auto_leader_rebalance,
         });
         let _ = me_cell.set(Arc::downgrade(&cluster));
         catalog.attach_controller(Arc::new(Proposer(Arc::downgrade(&cluster))));
@@ -214,7 +217,7 @@ impl Cluster {
         }
     }
 
-    fn replicas_of(&self, t: &Topic, p: i32) -> Vec<i32> {
+    pub fn replicas_of(&self, t: &Topic, p: i32) -> Vec<i32> {
         let r = t.replicas(p);
         if r.is_empty() {
             vec![self.node_id]
@@ -352,7 +355,8 @@ impl Cluster {
                         // Preferred-leader balancing (Kafka's
                         // auto.leader.rebalance), every ~10 s.
                         let preferred = c.replicas_of(t, log.partition)[0];
-                        if tick.is_multiple_of(40)
+                        if c.auto_leader_rebalance
+                            && tick.is_multiple_of(40)
                             && preferred != c.node_id
                             && st.isr.contains(&(preferred as u64))
                         {
@@ -452,6 +456,78 @@ impl Cluster {
 
     /// Sends a catalog change to the controller leader (here or remote) and
     /// waits for it to be applied there.
+    /// ElectLeaders for one partition: moves leadership to `preferred`
+    /// (the first assigned replica), asking the current leader to do it when
+    /// that is another broker. Returns a Kafka error code: 0 once
+    /// `preferred` leads, ELECTION_NOT_NEEDED if it already did,
+    /// PREFERRED_LEADER_NOT_AVAILABLE if it is not in sync or did not take
+    /// over within `wait`.
+    pub async fn elect_preferred(
+        &self,
+        log_id: u64,
+        leader: Option<i32>,
+        preferred: i32,
+        wait: Duration,
+    ) -> i16 {
+        const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
+        const ELECTION_NOT_NEEDED: i16 = 84;
+        match leader {
+            Some(l) if l == preferred => ELECTION_NOT_NEEDED,
+            Some(l) if l == self.node_id => self.elect_here(log_id, preferred as u64, wait).await,
+            Some(l) => {
+                let mut body = Vec::with_capacity(16);
+                body.extend_from_slice(&(preferred as u64).to_be_bytes());
+                body.extend_from_slice(&(wait.as_millis() as u64).to_be_bytes());
+                match self
+                    .transport
+                    .request(
+                        l as u64,
+                        kind::ELECT_PREFERRED,
+                        log_id,
+                        body.into(),
+                        wait + Duration::from_secs(5),
+                    )
+                    .await
+                {
+                    Ok(b) if b.len() == 2 => i16::from_be_bytes([b[0], b[1]]),
+                    _ => PREFERRED_LEADER_NOT_AVAILABLE,
+                }
+            }
+            None => PREFERRED_LEADER_NOT_AVAILABLE,
+        }
+    }
+
+    async fn elect_here(&self, log_id: u64, preferred: u64, wait: Duration) -> i16 {
+        const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+        const PREFERRED_LEADER_NOT_AVAILABLE: i16 = 80;
+        const ELECTION_NOT_NEEDED: i16 = 84;
+        let Some(g) = self.group(log_id) else {
+            return NOT_LEADER_OR_FOLLOWER;
+        };
+        let st = g.status();
+        if st.leader == Some(preferred) {
+            return ELECTION_NOT_NEEDED;
+        }
+        if !st.is_leader {
+            return NOT_LEADER_OR_FOLLOWER;
+        }
+        if !st.isr.contains(&preferred) {
+            return PREFERRED_LEADER_NOT_AVAILABLE;
+        }
+        g.transfer_leadership(preferred).await;
+        let deadline = Instant::now() + wait;
+        loop {
+            let (leader, _, _) = g.brief();
+            if leader == Some(preferred) {
+                return 0;
+            }
+            if Instant::now() >= deadline {
+                return PREFERRED_LEADER_NOT_AVAILABLE;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Proposes on the local controller group only if this broker leads it
     /// (the group coordinator writes as leader, never through forwarding).
     pub async fn propose_as_controller(&self, cmd: ControllerCommand) -> Result<(), TopicError> {
@@ -664,7 +740,7 @@ impl Inbound for InboundRef {
 
 impl Cluster {
     fn inbound_request(
-        &self,
+        self: &Arc<Self>,
         _from: u64,
         frame: Frame,
     ) -> BoxFuture<'static, Result<Bytes, String>> {
@@ -673,6 +749,19 @@ impl Cluster {
         } else {
             self.group(frame.group)
         };
+        if frame.kind == kind::ELECT_PREFERRED {
+            let me = self.clone();
+            return Box::pin(async move {
+                let b = &frame.body;
+                if b.len() != 16 {
+                    return Err("malformed ELECT_PREFERRED".into());
+                }
+                let preferred = u64::from_be_bytes(b[..8].try_into().unwrap());
+                let wait = Duration::from_millis(u64::from_be_bytes(b[8..].try_into().unwrap()));
+                let code = me.elect_here(frame.group, preferred, wait).await;
+                Ok(Bytes::copy_from_slice(&code.to_be_bytes()))
+            });
+        }
         if frame.kind == kind::FORWARD {
             let controller = self.controller.clone();
             return Box::pin(async move {

@@ -619,6 +619,56 @@ impl PartitionLog {
         Ok(())
     }
 
+    /// DeleteRecords, applied from the partition's Raft log on every
+    /// replica: the log start moves to exactly `offset` (which may fall
+    /// inside a batch, as in Kafka), and every batch wholly below it is
+    /// removed. Returns the new log start offset.
+    pub fn trim_into(&self, wb: &mut WriteBatch, offset: i64) -> Result<i64, ReadError> {
+        let st = self.state.lock().unwrap();
+        let start = self.log_start_offset();
+        if offset < 0 || offset > st.next_offset {
+            return Err(ReadError::OutOfRange {
+                offset,
+                start,
+                end: st.next_offset,
+            });
+        }
+        if offset <= start {
+            return Ok(start);
+        }
+        // Batches applied just before may still be on their way to the
+        // store; any of those wholly below `offset` stay until retention,
+        // unreadable behind the new log start.
+        let entries = self.store.index_entries(self.log_id)?;
+        let gone: Vec<&crate::storage::IndexEntry> = entries
+            .iter()
+            .take_while(|e| e.last_offset < offset)
+            .collect();
+        if let Some(last) = gone.last() {
+            let (from, to) = (
+                log_key(self.log_id, 0),
+                log_key(self.log_id, last.last_offset + 1),
+            );
+            wb.delete_range_cf(self.store.cf(CF_LOG), from.clone(), to.clone());
+            wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
+        }
+        let rec = PartitionRecord {
+            log_start_offset: offset,
+            epochs: st.epochs.clone(),
+        };
+        wb.put_cf(
+            self.store.cf(CF_META),
+            partition_key(self.log_id),
+            serde_json::to_vec(&rec).expect("serializes"),
+        );
+        drop(st);
+        let freed: u64 = gone.iter().map(|e| e.size as u64).sum();
+        let mut st = self.state.lock().unwrap();
+        st.size_bytes = st.size_bytes.saturating_sub(freed);
+        self.log_start.fetch_max(offset, Ordering::AcqRel);
+        Ok(offset)
+    }
+
     /// Marks the partition deleted and adds the removal of all its data to
     /// `wb`. Appends racing with the delete fail with [`AppendError::Deleted`].
     pub fn delete_into(&self, wb: &mut WriteBatch) {

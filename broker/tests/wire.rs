@@ -762,6 +762,86 @@ async fn every_advertised_version_answers() {
                     let r: OffsetDeleteResponse = c.call(key, v, &req).await;
                     assert_eq!(r.error_code, 69, "OffsetDelete v{v}");
                 }
+                ApiKey::OffsetForLeaderEpoch => {
+                    use offset_for_leader_epoch_request::{
+                        OffsetForLeaderPartition, OffsetForLeaderTopic,
+                    };
+                    let ask = |epoch: i32| {
+                        OffsetForLeaderEpochRequest::default()
+                            .with_replica_id(BrokerId(-1))
+                            .with_topics(vec![OffsetForLeaderTopic::default()
+                                .with_topic(topic_name("all-versions"))
+                                .with_partitions(vec![OffsetForLeaderPartition::default()
+                                    .with_partition(0)
+                                    .with_current_leader_epoch(-1)
+                                    .with_leader_epoch(epoch)])])
+                    };
+                    let r: OffsetForLeaderEpochResponse = c.call(key, v, &ask(1000)).await;
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!(
+                        (p.error_code, p.leader_epoch, p.end_offset),
+                        (0, -1, -1),
+                        "OffsetForLeaderEpoch v{v}"
+                    );
+                    let r: OffsetForLeaderEpochResponse = c.call(key, v, &ask(0)).await;
+                    let p = &r.topics[0].partitions[0];
+                    assert_eq!(
+                        (p.error_code, p.end_offset),
+                        (0, 0),
+                        "OffsetForLeaderEpoch v{v}: before epoch 1"
+                    );
+                }
+                ApiKey::DeleteRecords => {
+                    use delete_records_request::{DeleteRecordsPartition, DeleteRecordsTopic};
+                    let req = DeleteRecordsRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topics(
+                            ["all-versions", "missing-topic"]
+                                .iter()
+                                .map(|t| {
+                                    DeleteRecordsTopic::default()
+                                        .with_name(topic_name(t))
+                                        .with_partitions(vec![DeleteRecordsPartition::default()
+                                            .with_partition_index(0)
+                                            .with_offset(0)])
+                                })
+                                .collect(),
+                        );
+                    let r: DeleteRecordsResponse = c.call(key, v, &req).await;
+                    let (a, b) = (&r.topics[0].partitions[0], &r.topics[1].partitions[0]);
+                    assert_eq!(
+                        (a.error_code, a.low_watermark, b.error_code),
+                        (0, 0, 3),
+                        "DeleteRecords v{v}"
+                    );
+                }
+                ApiKey::DescribeLogDirs => {
+                    // topics = null asks for every partition.
+                    let all = DescribeLogDirsRequest::default().with_topics(None);
+                    let r: DescribeLogDirsResponse = c.call(key, v, &all).await;
+                    assert_eq!(r.results.len(), 1, "DescribeLogDirs v{v}");
+                    assert!(
+                        r.results[0]
+                            .topics
+                            .iter()
+                            .any(|t| t.name.0.as_str() == "all-versions"),
+                        "DescribeLogDirs v{v}"
+                    );
+                }
+                ApiKey::ElectLeaders => {
+                    use elect_leaders_request::TopicPartitions;
+                    let req = ElectLeadersRequest::default()
+                        .with_timeout_ms(5000)
+                        .with_topic_partitions(Some(vec![TopicPartitions::default()
+                            .with_topic(topic_name("all-versions"))
+                            .with_partitions(vec![0])]));
+                    let r: ElectLeadersResponse = c.call(key, v, &req).await;
+                    // One broker: the preferred replica already leads.
+                    assert_eq!(
+                        r.replica_election_results[0].partition_result[0].error_code, 84,
+                        "ElectLeaders v{v}"
+                    );
+                }
                 other => panic!("no case for {other:?}: add one"),
             }
             n += 1;

@@ -196,6 +196,9 @@ pub struct Cluster {
     /// Raft log entries kept behind a snapshot for followers that lag a
     /// little; one further behind receives the snapshot instead.
     pub raft_log_keep_entries: u64,
+    /// Move leadership back to each partition's preferred replica once it
+    /// is in sync (Kafka's `auto.leader.rebalance.enable`).
+    pub auto_leader_rebalance: bool,
     pub peers: Vec<Peer>,
 }
 
@@ -210,6 +213,7 @@ impl Default for Cluster {
             replica_lag_time_max_ms: 10_000,
             raft_snapshot_entries: 50_000,
             raft_log_keep_entries: 20_000,
+            auto_leader_rebalance: true,
             peers: Vec::new(),
         }
     }

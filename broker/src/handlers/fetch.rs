@@ -38,7 +38,7 @@ const EARLIEST_LOCAL: i64 = -4;
 
 /// Leader-epoch fencing as Kafka applies it: a client that knows a newer
 /// epoch than ours is ahead of us, one that knows an older one is stale.
-fn check_epoch(client: i32, ours: i32) -> Option<i16> {
+pub(super) fn check_epoch(client: i32, ours: i32) -> Option<i16> {
     match client {
         e if e < 0 || e == ours => None,
         e if e > ours => Some(E::UnknownLeaderEpoch.code()),

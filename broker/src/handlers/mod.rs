@@ -4,6 +4,7 @@
 mod admin;
 mod fetch;
 mod groups;
+mod partition_admin;
 mod produce;
 
 use std::future::Future;
@@ -123,6 +124,24 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) 
         }),
         RequestKind::AlterConfigs(r) => later(ctx, id, move |ctx| async move {
             admin::alter_configs(&ctx, r).await
+        }),
+        RequestKind::OffsetForLeaderEpoch(r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &partition_admin::offset_for_leader_epoch(ctx, r),
+        )),
+        RequestKind::DeleteRecords(r) => later(ctx, id, move |ctx| async move {
+            partition_admin::delete_records(&ctx, r).await
+        }),
+        RequestKind::DescribeLogDirs(r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &partition_admin::describe_log_dirs(ctx, r),
+        )),
+        RequestKind::ElectLeaders(r) => later(ctx, id, move |ctx| async move {
+            partition_admin::elect_leaders(&ctx, r).await
         }),
         RequestKind::FindCoordinator(r) => Reply::Now(encode_response(
             cid,

@@ -31,6 +31,9 @@ pub mod kind {
     pub const SNAP_CHUNK: i32 = 9;
     /// Leadership transfer to a preferred replica.
     pub const TRANSFER_LEADER: i32 = 10;
+    /// ElectLeaders (preferred), forwarded to the partition's leader; the
+    /// body is the preferred broker id (8 bytes BE) and the wait in ms (8).
+    pub const ELECT_PREFERRED: i32 = 11;
 }
 
 /// One frame on a peer connection. Requests carry `id` > 0 and are answered
@@ -116,6 +119,9 @@ pub struct PbCommand {
     /// JSON keeps them readable in `chronik` debugging output.
     #[prost(bytes = "bytes", tag = "3")]
     pub controller: Bytes,
+    /// DeleteRecords: the partition's new log start offset.
+    #[prost(int64, optional, tag = "4")]
+    pub delete_records: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -328,11 +334,19 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             records: records.clone(),
             now_ms: *now_ms,
             controller: Bytes::new(),
+            delete_records: None,
         },
         Command::Controller(cmd) => PbCommand {
             records: Bytes::new(),
             now_ms: 0,
             controller: serde_json::to_vec(cmd).expect("serializes").into(),
+            delete_records: None,
+        },
+        Command::DeleteRecords { offset } => PbCommand {
+            records: Bytes::new(),
+            now_ms: 0,
+            controller: Bytes::new(),
+            delete_records: Some(*offset),
         },
     }
 }
@@ -342,6 +356,8 @@ pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
         let cmd = serde_json::from_slice(&p.controller)
             .map_err(|e| DecodeError(format!("controller command: {e}")))?;
         Ok(Command::Controller(cmd))
+    } else if let Some(offset) = p.delete_records {
+        Ok(Command::DeleteRecords { offset })
     } else {
         Ok(Command::Produce {
             records: p.records,

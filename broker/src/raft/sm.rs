@@ -167,6 +167,15 @@ impl StateMachine {
                     },
                 }
             }
+            (Target::Partition { log, .. }, Command::DeleteRecords { offset }) => {
+                match log.trim_into(wb, *offset) {
+                    Ok(low_watermark) => CommandResult::Trimmed { low_watermark },
+                    Err(e) => CommandResult::Rejected {
+                        code: e.kafka_code(),
+                        message: e.to_string(),
+                    },
+                }
+            }
             (Target::Controller(cat), Command::Controller(c)) => match cat.apply(c, wb) {
                 Ok(p) => {
                     post.push(p);

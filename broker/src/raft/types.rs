@@ -33,6 +33,10 @@ pub enum Command {
         now_ms: i64,
     },
     Controller(ControllerCommand),
+    /// DeleteRecords: move the partition's log start to `offset`.
+    DeleteRecords {
+        offset: i64,
+    },
 }
 
 /// Changes to the region's catalog, decided by the controller group. Every
@@ -103,6 +107,8 @@ pub enum CommandResult {
     Rejected { code: i16, message: String },
     /// A controller command succeeded.
     Done,
+    /// DeleteRecords applied: the partition's new log start offset.
+    Trimmed { low_watermark: i64 },
 }
 
 impl std::fmt::Display for Command {
@@ -110,6 +116,7 @@ impl std::fmt::Display for Command {
         match self {
             Command::Produce { records, .. } => write!(f, "produce({} bytes)", records.len()),
             Command::Controller(c) => write!(f, "{c:?}"),
+            Command::DeleteRecords { offset } => write!(f, "delete-records(<{offset})"),
         }
     }
 }

@@ -32,7 +32,7 @@ test-unit:
 test-clients:
 	cd tests && python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 	cd tests && CHRONIK_TEST_BROKERS=3 python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
-		test_conformance.py test_bad_input.py test_clients.py test_kafkajs.py
+		test_conformance.py test_bad_input.py test_clients.py test_kafkajs.py test_groups.py test_kafka_cli.py
 
 bench: build
 	bench/run.sh

@@ -8,6 +8,7 @@ output, so a tool that works against Apache Kafka must work unchanged against Ch
   kafka-consumer-groups  list, describe with lag, reset offsets to earliest (dry run and
                          execute, after which the group re-reads from the start), delete
   kafka-delete-records   moves the log start; consumers then start there
+  kafka-transactions     describe-producers lists the idempotent producer and its last sequence
   kafka-leader-election  preferred election (already-elected case; the failover case is in
                          test_cluster.py)
 """
@@ -30,6 +31,7 @@ CONFIG_COMMAND = "kafka.admin.ConfigCommand"
 GROUP_COMMAND = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
 DELETE_RECORDS_COMMAND = "org.apache.kafka.tools.DeleteRecordsCommand"
 LEADER_ELECTION_COMMAND = "org.apache.kafka.tools.LeaderElectionCommand"
+TRANSACTIONS_COMMAND = "org.apache.kafka.tools.TransactionsCommand"
 
 
 def kafka_cli(main_class: str, *args: str, timeout: float = 90) -> str:
@@ -175,3 +177,19 @@ def test_kafka_leader_election_cli_already_preferred(broker):
     out = kafka_cli(LEADER_ELECTION_COMMAND, "--bootstrap-server", bs, "--election-type", "preferred",
                     "--topic", topic, "--partition", "0")
     assert f"Valid replica already elected for partitions {topic}-0" in out, out
+
+
+def test_kafka_transactions_describe_producers_cli(broker):
+    bs = str(broker)
+    topic = unique_topic("producers")
+    kafka_cli(TOPIC_COMMAND, "--bootstrap-server", bs, "--create", "--topic", topic, "--partitions", "1")
+    wait_topic(bs, topic, 1)
+    produce_all(bs, topic, [{"value": f"v{i}".encode(), "partition": 0} for i in range(10)], acks="all",
+                **{"enable.idempotence": True})
+    out = kafka_cli(TRANSACTIONS_COMMAND, "--bootstrap-server", bs, "describe-producers", "--topic", topic,
+                    "--partition", "0")
+    lines = [ln.split() for ln in out.splitlines() if ln.strip()]
+    header = lines[0]
+    assert header[:4] == ["ProducerId", "ProducerEpoch", "LatestCoordinatorEpoch", "LastSequence"], out
+    rows = [dict(zip(header, ln)) for ln in lines[1:]]
+    assert len(rows) == 1 and rows[0]["LastSequence"] == "9" and int(rows[0]["ProducerId"]) >= 0, out

@@ -255,6 +255,12 @@ impl PartitionLog {
         self.state.lock().unwrap().epochs.clone()
     }
 
+    /// (producer id, epoch, last sequence) of the idempotent producers this
+    /// partition remembers (DescribeProducers).
+    pub fn producers(&self) -> Vec<(i64, i16, i32)> {
+        self.state.lock().unwrap().producers.summary()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.state.lock().unwrap().size_bytes
     }

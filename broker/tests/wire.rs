@@ -842,6 +842,21 @@ async fn every_advertised_version_answers() {
                         "ElectLeaders v{v}"
                     );
                 }
+                ApiKey::DescribeProducers => {
+                    use describe_producers_request::TopicRequest;
+                    let req = DescribeProducersRequest::default().with_topics(vec![
+                        TopicRequest::default()
+                            .with_name(topic_name("all-versions"))
+                            .with_partition_indexes(vec![0, 7]),
+                    ]);
+                    let r: DescribeProducersResponse = c.call(key, v, &req).await;
+                    let ps = &r.topics[0].partitions;
+                    assert_eq!(
+                        (ps[0].error_code, ps[1].error_code),
+                        (0, 3),
+                        "DescribeProducers v{v}"
+                    );
+                }
                 other => panic!("no case for {other:?}: add one"),
             }
             n += 1;

@@ -68,6 +68,17 @@ impl ProducerStates {
         self.entries.len()
     }
 
+    /// (producer id, epoch, last sequence written) of every producer, by id.
+    pub fn summary(&self) -> Vec<(i64, i16, i32)> {
+        let mut out: Vec<(i64, i16, i32)> = self
+            .entries
+            .iter()
+            .filter_map(|(pid, e)| e.batches.back().map(|b| (*pid, e.epoch, b.last_seq)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

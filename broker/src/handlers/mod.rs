@@ -131,6 +131,12 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) 
             v,
             &partition_admin::offset_for_leader_epoch(ctx, r),
         )),
+        RequestKind::DescribeProducers(r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &partition_admin::describe_producers(ctx, r),
+        )),
         RequestKind::DeleteRecords(r) => later(ctx, id, move |ctx| async move {
             partition_admin::delete_records(&ctx, r).await
         }),

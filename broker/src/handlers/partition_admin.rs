@@ -1,5 +1,6 @@
 //! Partition administration that Kafka's tools use: OffsetForLeaderEpoch,
-//! DeleteRecords, DescribeLogDirs and ElectLeaders (preferred).
+//! DeleteRecords, DescribeLogDirs, ElectLeaders (preferred) and
+//! DescribeProducers.
 
 use std::time::Duration;
 
@@ -10,14 +11,17 @@ use kafka_protocol::messages::delete_records_response::{
 use kafka_protocol::messages::describe_log_dirs_response::{
     DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
 };
+use kafka_protocol::messages::describe_producers_response::{
+    PartitionResponse as ProducersPartition, ProducerState, TopicResponse as ProducersTopic,
+};
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{
     DeleteRecordsRequest, DeleteRecordsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
-    ElectLeadersRequest, ElectLeadersResponse, OffsetForLeaderEpochRequest,
-    OffsetForLeaderEpochResponse, TopicName,
+    DescribeProducersRequest, DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse,
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -261,6 +265,53 @@ pub async fn elect_leaders(ctx: &BrokerCtx, req: ElectLeadersRequest) -> ElectLe
         );
     }
     ElectLeadersResponse::default().with_replica_election_results(results)
+}
+
+/// The idempotent producers each partition leader remembers. Chronik keeps
+/// no per-producer timestamp and has no transactions, so `last_timestamp`
+/// is -1 and there is never an open transaction.
+pub fn describe_producers(
+    ctx: &BrokerCtx,
+    req: DescribeProducersRequest,
+) -> DescribeProducersResponse {
+    let topics = req
+        .topics
+        .into_iter()
+        .map(|t| {
+            let topic = ctx.catalog.get(&t.name.0);
+            let parts = t
+                .partition_indexes
+                .into_iter()
+                .map(|p| {
+                    let out = ProducersPartition::default().with_partition_index(p);
+                    let Some(log) = topic.as_ref().and_then(|t| t.partition(p)) else {
+                        return out.with_error_code(E::UnknownTopicOrPartition.code());
+                    };
+                    if ctx.cluster.leader_group(log).is_none() {
+                        return out.with_error_code(E::NotLeaderOrFollower.code());
+                    }
+                    out.with_active_producers(
+                        log.producers()
+                            .into_iter()
+                            .map(|(pid, epoch, seq)| {
+                                ProducerState::default()
+                                    .with_producer_id(ProducerId(pid))
+                                    .with_producer_epoch(epoch as i32)
+                                    .with_last_sequence(seq)
+                                    .with_last_timestamp(-1)
+                                    .with_coordinator_epoch(-1)
+                                    .with_current_txn_start_offset(-1)
+                            })
+                            .collect(),
+                    )
+                })
+                .collect();
+            ProducersTopic::default()
+                .with_name(t.name)
+                .with_partitions(parts)
+        })
+        .collect();
+    DescribeProducersResponse::default().with_topics(topics)
 }
 
 #[cfg(test)]

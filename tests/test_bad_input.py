@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 
 import pytest
 
@@ -407,3 +408,43 @@ def test_unknown_topic_list_offsets_and_fetch(broker):
         _, body = c.request(kwire.FETCH, 4, kwire.fetch_v4_body(name, 0, 0, max_wait_ms=100))
         assert kwire.parse_fetch_v4(body)[(name, 0)]["error"] == UNKNOWN_TOPIC_OR_PARTITION
         assert still_usable(c)
+
+
+# ---------------------------------------------------------------------------
+# Idempotent producer sequence rules
+# ---------------------------------------------------------------------------
+
+OUT_OF_ORDER_SEQUENCE_NUMBER = 45
+
+
+def test_idempotent_duplicate_and_sequence_gap(broker, leader, topic):
+    """A retried batch is acknowledged at its original offset and not written again; a
+    batch that skips sequence numbers gets OUT_OF_ORDER_SEQUENCE_NUMBER."""
+    deadline = time.monotonic() + 30
+    while True:
+        with Conn(str(broker).split(",")[0]) as c:
+            _, body = c.request(kwire.INIT_PRODUCER_ID, 0, string(None) + i32(60000))
+        r = kwire.Reader(body)
+        r.i32()
+        err, pid, epoch = r.i16(), r.i64(), r.i16()
+        # Kafka answers COORDINATOR_LOAD_IN_PROGRESS (14) until its id block is ready.
+        if err not in (14, 15) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert err == 0 and pid >= 0, (err, pid)
+
+    def batch(seq: int, n: int) -> bytes:
+        return kwire.record_batch([(b"k", f"s{seq + i}".encode()) for i in range(n)],
+                                  producer_id=pid, producer_epoch=epoch, base_sequence=seq)
+
+    with Conn(leader) as c:
+        first = produce(c, topic, batch(0, 3))
+        assert (first["error"], first["base_offset"]) == (0, 0), first
+        again = produce(c, topic, batch(0, 3))
+        assert (again["error"], again["base_offset"]) == (0, 0), again
+        assert latest_offset(c, topic) == 3, "the retried batch was written twice"
+        gap = produce(c, topic, batch(5, 1))
+        assert gap["error"] == OUT_OF_ORDER_SEQUENCE_NUMBER, gap
+        nxt = produce(c, topic, batch(3, 2))
+        assert (nxt["error"], nxt["base_offset"]) == (0, 3), nxt
+        assert latest_offset(c, topic) == 5

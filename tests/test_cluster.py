@@ -398,6 +398,47 @@ def test_preferred_leader_election_after_failover(cluster_no_auto_rebalance):
     wait_until(lambda: cluster.leader_of(topic, 0) == preferred, 10, what=f"node {preferred} leading again")
 
 
+def test_reassign_partitions_moves_a_replica(any_cluster, tmp_path):
+    """kafka-reassign-partitions moves a replica from broker 1 to broker 3: the new
+    replica catches up through Raft (learner, then voter), the old one drops out, no
+    record is lost, and the partition keeps taking writes afterwards."""
+    import json
+
+    from test_kafka_cli import REASSIGN_COMMAND, TOPIC_COMMAND, kafka_cli
+
+    cluster = any_cluster
+    topic = unique_topic("move")
+    kafka_cli(TOPIC_COMMAND, "--bootstrap-server", cluster.bootstrap, "--create", "--topic", topic,
+              "--replica-assignment", "1:2")
+    wait_until(lambda: (kwire_metadata(cluster.bootstrap, topic) or {}).get("leader", -1) in (1, 2), 30,
+               what=f"{topic} led")
+    acks = AckLog()
+    produce_batch(cluster.bootstrap, topic, 0, 300, acks, timeout=60)
+    spec = tmp_path / "move.json"
+    spec.write_text(json.dumps({"version": 1, "partitions": [{"topic": topic, "partition": 0, "replicas": [2, 3]}]}))
+    kafka_cli(REASSIGN_COMMAND, "--bootstrap-server", cluster.bootstrap, "--reassignment-json-file", str(spec),
+              "--execute")
+    produce_batch(cluster.bootstrap, topic, 0, 100, acks, timeout=60)
+
+    def completed():
+        out = kafka_cli(REASSIGN_COMMAND, "--bootstrap-server", cluster.bootstrap, "--reassignment-json-file",
+                        str(spec), "--verify", "--preserve-throttles")
+        return f"Reassignment of partition {topic}-0 is completed" in out
+    wait_until(completed, 90, interval=1, what="the reassignment completing")
+    md = kwire_metadata(cluster.bootstrap, topic)
+    assert sorted(md["replicas"]) == [2, 3] and md["leader"] in (2, 3), md
+    produce_batch(cluster.bootstrap, topic, 0, 100, acks, timeout=60)
+    assert not acks.failed, f"{len(acks.failed)} failed: {acks.failed[:3]}"
+    if cluster.kind == "chronik":
+        hw, dump = cluster.wait_replicas_converged(topic, 0, [2, 3], 60)
+        assert hw == 500
+        wait_until(lambda: cluster.partition_state(1, topic, 0) is None, 30,
+                   what="broker 1 dropping its replica")
+    log, lo, hi = read_partition(cluster.bootstrap, topic, 0)
+    assert hi == 500
+    verify_partition(0, log, acks, lo, hi)
+
+
 def kwire_metadata(bootstrap: str, topic: str) -> dict:
     with kwire.Conn(bootstrap.split(",")[0]) as c:
         _, body = c.request(kwire.METADATA, 4, kwire.metadata_v4_body([topic], allow_auto_create=False))

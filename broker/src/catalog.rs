@@ -72,6 +72,10 @@ pub struct TopicRecord {
     pub created_ms: i64,
     /// Bumped on every change to this entry.
     pub version: u64,
+    /// Reassignments in progress: partition -> target replicas. The
+    /// partition's leader moves the Raft voters there, then completes it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassigning: BTreeMap<i32, Vec<i32>>,
 }
 
 pub struct Topic {
@@ -87,6 +91,11 @@ impl Topic {
 
     pub fn id(&self) -> Uuid {
         self.record.id
+    }
+
+    /// The target replicas of a reassignment of partition `index` in progress.
+    pub fn reassigning(&self, index: i32) -> Option<&Vec<i32>> {
+        self.record.reassigning.get(&index)
     }
 
     /// Replica broker ids of partition `index` (preferred leader first).
@@ -454,6 +463,7 @@ impl Catalog {
                 configs,
                 created_ms: now_ms(),
                 version: 1,
+                reassigning: BTreeMap::new(),
             };
             return Ok(self.with_partitions(record, vec![]));
         }
@@ -505,6 +515,48 @@ impl Catalog {
                 .map(|_| ())
         })
         .await
+    }
+
+    /// AlterPartitionReassignments for one partition: `Some(target)` starts
+    /// (or redirects) a move, `None` cancels one in progress.
+    pub async fn reassign(
+        &self,
+        name: &str,
+        partition: i32,
+        target: Option<Vec<i32>>,
+    ) -> Result<(), TopicError> {
+        let cmd = ControllerCommand::Reassign {
+            name: name.to_string(),
+            partition,
+            target,
+        };
+        self.check_reassign(&cmd)?;
+        self.submit(cmd).await
+    }
+
+    fn check_reassign(&self, cmd: &ControllerCommand) -> Result<(), TopicError> {
+        let ControllerCommand::Reassign {
+            name,
+            partition,
+            target,
+        } = cmd
+        else {
+            return Ok(());
+        };
+        let topic = self.get(name).ok_or(TopicError::Unknown)?;
+        if *partition < 0 || *partition as usize >= topic.partitions.len() {
+            return Err(TopicError::Unknown);
+        }
+        match target {
+            Some(t) => self.check_assignments(std::slice::from_ref(t)),
+            None if !topic.record.reassigning.contains_key(partition) => {
+                Err(TopicError::Rejected {
+                    code: 85,
+                    message: format!("no reassignment of {name}-{partition} is in progress"),
+                })
+            }
+            None => Ok(()),
+        }
     }
 
     pub async fn alter_configs(
@@ -710,6 +762,7 @@ impl Catalog {
                     configs,
                     created_ms: *now_ms,
                     version: 1,
+                    reassigning: BTreeMap::new(),
                 };
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
@@ -749,6 +802,59 @@ impl Catalog {
                 let topic = self.get(name).ok_or(TopicError::Unknown)?;
                 let mut record = topic.record.clone();
                 record.configs = Self::altered_configs(&topic, ops)?;
+                record.version += 1;
+                self.put_record(wb, &record);
+                Ok(PostApply::Install(record))
+            }
+            ControllerCommand::Reassign {
+                name,
+                partition,
+                target,
+            } => {
+                self.check_reassign(cmd)?;
+                let topic = self.get(name).ok_or(TopicError::Unknown)?;
+                let mut record = topic.record.clone();
+                if record.replicas.is_empty() {
+                    record.replicas = (0..record.partitions.len())
+                        .map(|i| topic.replicas(i as i32))
+                        .collect();
+                }
+                match target {
+                    // Moving to where it already is: nothing to do.
+                    Some(t) if record.replicas.get(*partition as usize) == Some(t) => {
+                        record.reassigning.remove(partition);
+                    }
+                    Some(t) => {
+                        record.reassigning.insert(*partition, t.clone());
+                    }
+                    None => {
+                        record.reassigning.remove(partition);
+                    }
+                }
+                record.version += 1;
+                self.put_record(wb, &record);
+                Ok(PostApply::Install(record))
+            }
+            ControllerCommand::CompleteReassignment {
+                name,
+                partition,
+                replicas,
+            } => {
+                let topic = self.get(name).ok_or(TopicError::Unknown)?;
+                if topic.record.reassigning.get(partition) != Some(replicas) {
+                    return Err(TopicError::Rejected {
+                        code: 85,
+                        message: format!("{name}-{partition} is no longer moving to {replicas:?}"),
+                    });
+                }
+                let mut record = topic.record.clone();
+                if record.replicas.is_empty() {
+                    record.replicas = (0..record.partitions.len())
+                        .map(|i| topic.replicas(i as i32))
+                        .collect();
+                }
+                record.replicas[*partition as usize] = replicas.clone();
+                record.reassigning.remove(partition);
                 record.version += 1;
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))

@@ -57,6 +57,8 @@ pub struct Cluster {
     stopping: std::sync::atomic::AtomicBool,
     /// Kafka's auto.leader.rebalance.enable.
     auto_leader_rebalance: bool,
+    /// Partition groups with a reassignment step running.
+    moving: Mutex<std::collections::HashSet<u64>>,
 }
 
 struct Proposer(Weak<Cluster>);
@@ -140,6 +142,7 @@ impl Cluster {
             reconcile: Arc::new(tokio::sync::Notify::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             auto_leader_rebalance: cfg.cluster.auto_leader_rebalance,
+            moving: Mutex::new(Default::default()),
         });
         let _ = me_cell.set(Arc::downgrade(&cluster));
         catalog.attach_controller(Arc::new(Proposer(Arc::downgrade(&cluster))));
@@ -230,11 +233,21 @@ impl Cluster {
         let mut wanted: HashMap<u64, (Arc<Topic>, Arc<PartitionLog>, Vec<i32>)> = HashMap::new();
         for (t, p) in self.catalog.all_partitions() {
             let replicas = self.replicas_of(&t, p.partition);
-            if replicas.contains(&self.node_id) {
+            // A replica being added hosts the group (as a learner) too.
+            let adding = t
+                .reassigning(p.partition)
+                .is_some_and(|r| r.contains(&self.node_id));
+            if replicas.contains(&self.node_id) || adding {
                 wanted.insert(p.log_id, (t.clone(), p, replicas));
             }
         }
         let running: Vec<u64> = self.groups.read().unwrap().keys().copied().collect();
+        let live_logs: HashMap<u64, Arc<PartitionLog>> = self
+            .catalog
+            .all_partitions()
+            .into_iter()
+            .map(|(_, p)| (p.log_id, p))
+            .collect();
         for id in running {
             if !wanted.contains_key(&id) {
                 let g = self.groups.write().unwrap().remove(&id);
@@ -242,8 +255,19 @@ impl Cluster {
                     g.shutdown().await;
                     let mut wb = rocksdb::WriteBatch::default();
                     g.destroy_into(&mut wb);
+                    // A replica that moved away drops its copy, so that a
+                    // later move back starts clean from the leader.
+                    let moved = live_logs.get(&id);
+                    if let Some(log) = moved {
+                        log.clear_into(&mut wb);
+                    }
                     let _ = self.store.write(wb).await;
-                    tracing::info!(group = id, "stopped partition group (topic deleted)");
+                    if let Some(log) = moved {
+                        let _ = log.reload();
+                        tracing::info!(group = id, topic = %log.topic, partition = log.partition, "replica moved away; local copy removed");
+                    } else {
+                        tracing::info!(group = id, "stopped partition group (topic deleted)");
+                    }
                 }
             }
         }
@@ -303,7 +327,9 @@ impl Cluster {
         };
         let g: Arc<dyn ReplicaGroup> = g;
         self.groups.write().unwrap().insert(id, g.clone());
-        if !g.is_initialized().await {
+        // Only the partition's current replicas ever bootstrap its group; a
+        // replica being added waits for the leader to reach it.
+        if replicas.contains(&self.node_id) && !g.is_initialized().await {
             let members = to_u64(&replicas);
             if replicas.first() == Some(&self.node_id) {
                 // The preferred leader bootstraps at once and so usually
@@ -352,6 +378,7 @@ impl Cluster {
                             term: st.term,
                             isr: st.isr.iter().map(|i| *i as i32).collect(),
                         });
+                        c.drive_reassignment(g, t, log, &st);
                         // Preferred-leader balancing (Kafka's
                         // auto.leader.rebalance), every ~10 s.
                         let preferred = c.replicas_of(t, log.partition)[0];
@@ -456,6 +483,60 @@ impl Cluster {
 
     /// Sends a catalog change to the controller leader (here or remote) and
     /// waits for it to be applied there.
+    /// On a partition's leader: moves the group's voters towards the
+    /// catalog's wish (a reassignment's target, else the replicas), one
+    /// step per call, and completes the reassignment once there.
+    fn drive_reassignment(
+        self: &Arc<Self>,
+        g: &Arc<dyn ReplicaGroup>,
+        t: &Arc<Topic>,
+        log: &PartitionLog,
+        st: &GroupStatus,
+    ) {
+        let target = t.reassigning(log.partition).cloned();
+        let wanted = target
+            .clone()
+            .unwrap_or_else(|| self.replicas_of(t, log.partition));
+        let mut voters = st.voters.clone();
+        voters.sort_unstable();
+        let mut w = to_u64(&wanted);
+        w.sort_unstable();
+        if target.is_none() && voters == w {
+            return;
+        }
+        if !self.moving.lock().unwrap().insert(g.id()) {
+            return;
+        }
+        let (me, g, name, partition) =
+            (self.clone(), g.clone(), t.name().to_string(), log.partition);
+        tokio::spawn(async move {
+            match g.change_voters(to_u64(&wanted)).await {
+                Ok(true) => {
+                    if let Some(replicas) = target {
+                        let done = ControllerCommand::CompleteReassignment {
+                            name: name.clone(),
+                            partition,
+                            replicas: replicas.clone(),
+                        };
+                        match me.controller_write(done).await {
+                            Ok(()) => {
+                                tracing::info!(topic = %name, partition, ?replicas, "reassignment complete")
+                            }
+                            Err(e) => {
+                                tracing::warn!(topic = %name, partition, error = %e, "reassignment not recorded yet")
+                            }
+                        }
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::debug!(topic = %name, partition, error = %e, "reassignment step failed; will retry")
+                }
+            }
+            me.moving.lock().unwrap().remove(&g.id());
+        });
+    }
+
     /// ElectLeaders for one partition: moves leadership to `preferred`
     /// (the first assigned replica), asking the current leader to do it when
     /// that is another broker. Returns a Kafka error code: 0 once

@@ -675,6 +675,17 @@ impl PartitionLog {
         Ok(offset)
     }
 
+    /// Adds the removal of this replica's data to `wb`, leaving an empty
+    /// partition (its replica moved to other brokers); call
+    /// [`PartitionLog::reload`] once `wb` is written.
+    pub fn clear_into(&self, wb: &mut WriteBatch) {
+        let (from, to) = (log_key(self.log_id, 0), log_key(self.log_id + 1, 0));
+        for cf in [CF_LOG, CF_INDEX, CF_PRODUCERS] {
+            wb.delete_range_cf(self.store.cf(cf), from.clone(), to.clone());
+        }
+        Self::init_record(&self.store, wb, self.log_id);
+    }
+
     /// Marks the partition deleted and adds the removal of all its data to
     /// `wb`. Appends racing with the delete fail with [`AppendError::Deleted`].
     pub fn delete_into(&self, wb: &mut WriteBatch) {

@@ -857,6 +857,41 @@ async fn every_advertised_version_answers() {
                         "DescribeProducers v{v}"
                     );
                 }
+                ApiKey::AlterPartitionReassignments => {
+                    use alter_partition_reassignments_request::{
+                        ReassignablePartition, ReassignableTopic,
+                    };
+                    let req = |replicas: Option<Vec<BrokerId>>| {
+                        AlterPartitionReassignmentsRequest::default()
+                            .with_timeout_ms(5000)
+                            .with_topics(vec![ReassignableTopic::default()
+                                .with_name(topic_name("all-versions"))
+                                .with_partitions(vec![ReassignablePartition::default()
+                                    .with_partition_index(0)
+                                    .with_replicas(replicas)])])
+                    };
+                    // Broker 2 is not in this region; there is nothing to cancel.
+                    let r: AlterPartitionReassignmentsResponse =
+                        c.call(key, v, &req(Some(vec![BrokerId(2)]))).await;
+                    assert_eq!(
+                        r.responses[0].partitions[0].error_code, 39,
+                        "AlterPartitionReassignments v{v}"
+                    );
+                    let r: AlterPartitionReassignmentsResponse = c.call(key, v, &req(None)).await;
+                    assert_eq!(
+                        r.responses[0].partitions[0].error_code, 85,
+                        "AlterPartitionReassignments v{v}"
+                    );
+                }
+                ApiKey::ListPartitionReassignments => {
+                    let req = ListPartitionReassignmentsRequest::default().with_topics(None);
+                    let r: ListPartitionReassignmentsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        (r.error_code, r.topics.len()),
+                        (0, 0),
+                        "ListPartitionReassignments v{v}"
+                    );
+                }
                 other => panic!("no case for {other:?}: add one"),
             }
             n += 1;

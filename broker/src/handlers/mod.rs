@@ -131,6 +131,15 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) 
             v,
             &partition_admin::offset_for_leader_epoch(ctx, r),
         )),
+        RequestKind::AlterPartitionReassignments(r) => later(ctx, id, move |ctx| async move {
+            partition_admin::alter_partition_reassignments(&ctx, r).await
+        }),
+        RequestKind::ListPartitionReassignments(r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &partition_admin::list_partition_reassignments(ctx, r),
+        )),
         RequestKind::DescribeProducers(r) => Reply::Now(encode_response(
             cid,
             key,

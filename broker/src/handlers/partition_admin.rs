@@ -1,10 +1,13 @@
 //! Partition administration that Kafka's tools use: OffsetForLeaderEpoch,
-//! DeleteRecords, DescribeLogDirs, ElectLeaders (preferred) and
-//! DescribeProducers.
+//! DeleteRecords, DescribeLogDirs, ElectLeaders (preferred),
+//! DescribeProducers and partition reassignment.
 
 use std::time::Duration;
 
 use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
 use kafka_protocol::messages::delete_records_response::{
     DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
 };
@@ -15,16 +18,23 @@ use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse as ProducersPartition, ProducerState, TopicResponse as ProducersTopic,
 };
 use kafka_protocol::messages::elect_leaders_response::{PartitionResult, ReplicaElectionResult};
+use kafka_protocol::messages::list_partition_reassignments_response::{
+    OngoingPartitionReassignment, OngoingTopicReassignment,
+};
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
 };
 use kafka_protocol::messages::{
+    AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse, BrokerId,
     DeleteRecordsRequest, DeleteRecordsResponse, DescribeLogDirsRequest, DescribeLogDirsResponse,
     DescribeProducersRequest, DescribeProducersResponse, ElectLeadersRequest, ElectLeadersResponse,
+    ListPartitionReassignmentsRequest, ListPartitionReassignmentsResponse,
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::catalog::TopicError;
+use crate::error::KafkaCode;
 use crate::raft::types::{Command, CommandResult};
 use crate::raft::ProposeError;
 use crate::server::BrokerCtx;
@@ -312,6 +322,113 @@ pub fn describe_producers(
         })
         .collect();
     DescribeProducersResponse::default().with_topics(topics)
+}
+
+/// AlterPartitionReassignments: records each move with the controller; the
+/// partition's leader then adds the new replicas as Raft learners, switches
+/// the voters once they have caught up, and completes the move.
+pub async fn alter_partition_reassignments(
+    ctx: &BrokerCtx,
+    req: AlterPartitionReassignmentsRequest,
+) -> AlterPartitionReassignmentsResponse {
+    let mut responses = Vec::new();
+    for t in req.topics {
+        let mut parts = Vec::new();
+        for p in t.partitions {
+            let target = p
+                .replicas
+                .map(|r| r.into_iter().map(|b| b.0).collect::<Vec<i32>>());
+            let current = ctx
+                .catalog
+                .get(&t.name.0)
+                .map(|topic| topic.replicas(p.partition_index));
+            let res = match (&target, current) {
+                (Some(want), Some(now))
+                    if !req.allow_replication_factor_change
+                        && !now.is_empty()
+                        && want.len() != now.len() =>
+                {
+                    Err(TopicError::InvalidReplicaAssignment(format!(
+                        "the replication factor would change from {} to {}",
+                        now.len(),
+                        want.len()
+                    )))
+                }
+                _ => {
+                    ctx.catalog
+                        .reassign(&t.name.0, p.partition_index, target)
+                        .await
+                }
+            };
+            let out =
+                ReassignablePartitionResponse::default().with_partition_index(p.partition_index);
+            parts.push(match res {
+                Ok(()) => out,
+                Err(e) => out
+                    .with_error_code(e.kafka_code())
+                    .with_error_message(Some(StrBytes::from_string(e.to_string()))),
+            });
+        }
+        responses.push(
+            ReassignableTopicResponse::default()
+                .with_name(t.name)
+                .with_partitions(parts),
+        );
+    }
+    AlterPartitionReassignmentsResponse::default()
+        .with_allow_replication_factor_change(req.allow_replication_factor_change)
+        .with_responses(responses)
+}
+
+pub fn list_partition_reassignments(
+    ctx: &BrokerCtx,
+    req: ListPartitionReassignmentsRequest,
+) -> ListPartitionReassignmentsResponse {
+    let ids = |v: &[i32]| v.iter().map(|b| BrokerId(*b)).collect::<Vec<_>>();
+    let mut topics = Vec::new();
+    for t in ctx.catalog.list() {
+        let wanted: Option<Vec<i32>> = match &req.topics {
+            None => None,
+            Some(list) => match list.iter().find(|x| x.name.0.as_str() == t.name()) {
+                Some(x) => Some(x.partition_indexes.clone()),
+                None => continue,
+            },
+        };
+        let parts: Vec<OngoingPartitionReassignment> = t
+            .record
+            .reassigning
+            .iter()
+            .filter(|(p, _)| wanted.as_ref().is_none_or(|w| w.contains(p)))
+            .map(|(p, target)| {
+                let now = ctx.cluster.replicas_of(&t, *p);
+                let mut all = now.clone();
+                all.extend(target.iter().filter(|b| !now.contains(b)));
+                let adding: Vec<i32> = target
+                    .iter()
+                    .copied()
+                    .filter(|b| !now.contains(b))
+                    .collect();
+                let removing: Vec<i32> = now
+                    .iter()
+                    .copied()
+                    .filter(|b| !target.contains(b))
+                    .collect();
+                OngoingPartitionReassignment::default()
+                    .with_partition_index(*p)
+                    .with_replicas(ids(&all))
+                    .with_adding_replicas(ids(&adding))
+                    .with_removing_replicas(ids(&removing))
+            })
+            .collect();
+        if !parts.is_empty() {
+            topics.push(
+                OngoingTopicReassignment::default()
+                    .with_name(TopicName(StrBytes::from_string(t.name().to_string())))
+                    .with_partitions(parts),
+            );
+        }
+    }
+    ListPartitionReassignmentsResponse::default().with_topics(topics)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! drives openraft's `Raft` handle, so an openraft upgrade touches `raft/`
 //! and nothing else.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -122,6 +122,11 @@ pub trait ReplicaGroup: Send + Sync + 'static {
     fn heartbeat(&self) -> BoxFuture<'_, ()>;
     /// Removes the group's Raft state (its partition was deleted).
     fn destroy_into(&self, wb: &mut rocksdb::WriteBatch);
+    /// On the leader, one step towards voters = `target` (partition
+    /// reassignment): new replicas join as learners first, and the voter
+    /// change (a joint-consensus change) waits until they have caught up.
+    /// `Ok(true)` once the voters are `target` and no learner remains.
+    fn change_voters(&self, target: Vec<u64>) -> BoxFuture<'_, Result<bool, String>>;
 }
 
 pub struct OpenraftGroup {
@@ -292,7 +297,8 @@ impl ReplicaGroup for OpenraftGroup {
             let mut cu = self.caught_up.lock().unwrap();
             if let (Some(rep), Some(hb)) = (&m.replication, &m.heartbeat) {
                 for (node, matched) in rep.iter() {
-                    if *node == self.node {
+                    // Learners (replicas being added) are not in sync yet.
+                    if *node == self.node || !voters.contains(node) {
                         continue;
                     }
                     // Idle quiescent groups exchange nothing, so there
@@ -527,6 +533,63 @@ impl ReplicaGroup for OpenraftGroup {
     fn destroy_into(&self, wb: &mut rocksdb::WriteBatch) {
         self.log.destroy_into(wb);
         self.sm.destroy_into(wb);
+    }
+
+    fn change_voters(&self, target: Vec<u64>) -> BoxFuture<'_, Result<bool, String>> {
+        Box::pin(async move {
+            use openraft::ChangeMembers;
+            let m = self.raft.metrics().borrow_watched().clone();
+            if !(m.state.is_leader() && m.current_leader == Some(self.node)) {
+                return Err("not the leader".into());
+            }
+            let membership = m.membership_config.membership();
+            let voters: BTreeSet<u64> = membership.voter_ids().collect();
+            let nodes: BTreeSet<u64> = membership.nodes().map(|(id, _)| *id).collect();
+            let learners: BTreeSet<u64> = nodes.difference(&voters).copied().collect();
+            let target: BTreeSet<u64> = target.into_iter().collect();
+            if voters == target {
+                if learners.is_empty() {
+                    return Ok(true);
+                }
+                // A cancelled move leaves learners behind: drop them.
+                self.raft
+                    .change_membership(ChangeMembers::RemoveNodes(learners), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(true);
+            }
+            for n in target.difference(&nodes) {
+                self.raft
+                    .add_learner(*n, openraft::EmptyNode {}, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            // Switch voters only once every new replica holds the log up to
+            // the commit index, so the new majority loses nothing.
+            let committed = m.local_committed.as_ref().map(|l| l.index());
+            let caught_up = target.difference(&voters).all(|n| {
+                m.replication
+                    .as_ref()
+                    .and_then(|r| r.get(n))
+                    .is_some_and(|matched| matched.as_ref().map(|l| l.index()) >= committed)
+            });
+            if !caught_up {
+                return Ok(false);
+            }
+            // A leader that is moving away hands over to a replica that
+            // stays first, so the partition never waits for an election.
+            if !target.contains(&self.node) {
+                if let Some(next) = target.iter().find(|n| voters.contains(n)) {
+                    let _ = self.raft.trigger().transfer_leader(*next).await;
+                    return Ok(false);
+                }
+            }
+            self.raft
+                .change_membership(target, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(true)
+        })
     }
 }
 

@@ -72,6 +72,20 @@ pub enum ControllerCommand {
         name: String,
         ops: Vec<(String, Option<String>)>,
     },
+    /// Start (`Some`), redirect or cancel (`None`) moving a partition's
+    /// replicas (AlterPartitionReassignments).
+    Reassign {
+        name: String,
+        partition: i32,
+        target: Option<Vec<i32>>,
+    },
+    /// The partition's Raft voters are now `replicas`: make it so in the
+    /// catalog and end the reassignment.
+    CompleteReassignment {
+        name: String,
+        partition: i32,
+        replicas: Vec<i32>,
+    },
     /// A consumer group's record as of its last generation; `None` deletes
     /// the group and all its committed offsets.
     PutGroup {

@@ -32,6 +32,7 @@ requests go to the broker FindCoordinator names.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -626,3 +627,56 @@ def test_kafka_python_group_consumer(broker):
         c.close()
     assert sorted(recs) == [(p, 10, f"late{p}".encode()) for p in range(3)]
     assert extra == []
+
+
+# ---------------------------------------------------------------------------
+# Offset retention (offsets.retention.minutes)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [pytest.param("kafka", marks=pytest.mark.oracle_only),
+                                  pytest.param("chronik", marks=pytest.mark.chronik)])
+@pytest.mark.timeout(240)
+def test_offsets_of_an_empty_group_expire_after_retention(request, kind):
+    """With a one-minute offsets retention, an empty group's committed offsets are gone
+    soon after the minute passes, and the group with them; an active group keeps its own."""
+    if os.environ.get("CHRONIK_TEST_BROKERS", "1") != "1":
+        pytest.skip("one-broker scenario with its own brokers; it runs in the one-broker pass")
+    if kind == "kafka":
+        b = request.getfixturevalue("kafka_factory")(**{"offsets.retention.minutes": "1",
+                                                         "offsets.retention.check.interval.ms": "1000"})
+    else:
+        b = request.getfixturevalue("chronik_factory")(offsets_retention_minutes=1,
+                                                        offsets_retention_check_interval_ms=1000)
+    bs = b.bootstrap
+    topic = unique_topic("ret")
+    create_topic(bs, topic, partitions=1)
+    produce_all(bs, topic, [{"value": b"x", "partition": 0}])
+    gone, kept = unique_topic("gone"), unique_topic("kept")
+    for g in (gone, kept):
+        c = Consumer({"bootstrap.servers": bs, "group.id": g, "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(topic, 0, 1)], asynchronous=False)
+        c.close()
+    # `kept` stays active, so its offsets must not expire.
+    active = Consumer({"bootstrap.servers": bs, "group.id": kept, "auto.offset.reset": "earliest",
+                       "enable.auto.commit": False, "session.timeout.ms": 10000})
+    active.subscribe([topic])
+    deadline = time.monotonic() + 150
+    expired_at = None
+    try:
+        while time.monotonic() < deadline:
+            active.poll(0.5)
+            reader = Consumer({"bootstrap.servers": bs, "group.id": gone, "enable.auto.commit": False})
+            got = reader.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+            reader.close()
+            if got < 0:
+                expired_at = time.monotonic()
+                break
+            time.sleep(2)
+        assert expired_at is not None, "the empty group's offset never expired"
+        listed = {g.group_id for g in admin(bs).list_consumer_groups().result(timeout=15).valid}
+        assert gone not in listed, f"{gone} still listed after its offsets expired"
+        assert active.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 1, \
+            "an active group's offset expired"
+    finally:
+        active.close()

@@ -357,6 +357,23 @@ def records_from_dump(dump: bytes) -> dict[int, bytes]:
     return out
 
 
+def _check_replicas_and_read(cluster, topic: str, p: int, timeout: float = 90.0):
+    """Read topic/p of a 3-node cluster (cluster.ChronikCluster or harness.KafkaCluster, e.g.
+    the any_cluster fixture) back through a client; on Chronik also wait until every replica has
+    converged and check the dump holds exactly what the client reads.
+    Returns (log {offset: value}, log_start, high_watermark)."""
+    hw = dump = None
+    if cluster.kind == "chronik":
+        hw, dump = cluster.wait_replicas_converged(topic, p, cluster.ids, timeout)
+    log, lo, hi = read_partition(cluster.bootstrap_of(cluster.live_ids()), topic, p)
+    if dump is not None:
+        assert hi == hw, f"clients see high watermark {hi}, replicas report {hw}"
+        from_dump = records_from_dump(dump)
+        assert from_dump == log, (f"replica dump ({len(from_dump)} records) differs from what a consumer reads "
+                                  f"({len(log)} records)")
+    return log, lo, hi
+
+
 # ---------------------------------------------------------------------------
 # Verification
 # ---------------------------------------------------------------------------

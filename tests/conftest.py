@@ -365,3 +365,40 @@ def broker(request):
 def broker_noauto(request):
     """Like `broker`, but with topic auto-creation disabled."""
     yield from _target(request, request.param, "kafka_oracle_noauto", "chronik_noauto")
+
+
+# Parametrized 3-node clusters: a Chronik region or the Apache Kafka cluster (tests/cluster.py).
+CLUSTER_KINDS = [pytest.param("chronik", marks=pytest.mark.chronik),
+                 pytest.param("kafka", marks=pytest.mark.oracle_only)]
+
+
+def _kafka_whole(request):
+    """The module's Apache Kafka cluster (kafka_cluster) with every node up, left whole afterwards."""
+    k = request.getfixturevalue("kafka_cluster")
+    for i in k.ids:
+        if not k.running(i):
+            k.restart(i)
+    yield k
+    for i in k.ids:  # leave it whole for the next test
+        if not k.running(i):
+            k.restart(i)
+    forget_clients(k.bootstrap)
+
+
+@pytest.fixture(params=CLUSTER_KINDS)
+def any_cluster(request):
+    """A fresh 3-node Chronik region, or the module's Apache Kafka cluster with every node up."""
+    if request.param == "chronik":
+        yield request.getfixturevalue("chronik_cluster_factory")(3)
+        return
+    yield from _kafka_whole(request)
+
+
+@pytest.fixture(params=CLUSTER_KINDS)
+def cluster_no_auto_rebalance(request):
+    """Like any_cluster, but Chronik does not hand leadership back on its own, so an
+    election is the tool's doing (Kafka's own check runs only every 300 s)."""
+    if request.param == "chronik":
+        yield request.getfixturevalue("chronik_cluster_factory")(3, auto_leader_rebalance=False)
+        return
+    yield from _kafka_whole(request)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import json
 import os
 import signal
 import socket
@@ -88,6 +89,22 @@ def tail(path: Path, n: int = 60) -> str:
         return "\n".join(lines[-n:])
     except OSError as e:
         return f"<no log: {e}>"
+
+
+def json_summary(path: Path) -> dict | None:
+    """The last '{"client"...' line of a client program's log (its one-line JSON summary on
+    stdout), parsed; None if there is none or it does not parse."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith('{"client"'):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
 
 
 def api_versions_ok(host: str, port: int, timeout: float = 2.0) -> bool:

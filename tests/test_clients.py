@@ -114,7 +114,7 @@ def java_jar() -> Path:
 
 @pytest.fixture(scope="session")
 def go_bin() -> Path:
-    if not GO_BIN.exists() or _newer_than(GO_BIN, GO_DIR / "main.go", GO_DIR / "go.mod", GO_DIR / "go.sum"):
+    if not GO_BIN.exists() or _newer_than(GO_BIN, *GO_DIR.glob("*.go"), GO_DIR / "go.mod", GO_DIR / "go.sum"):
         go = shutil.which("go")
         if go is None:
             pytest.fail("go not found: run tests/setup.sh (builds tests/clients/go)", pytrace=False)

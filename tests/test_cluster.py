@@ -26,11 +26,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 import kwire
-from ackcheck import (AckLog, ConsumerThread, ProducerThread, consumer_mismatches, make_value, new_tag,
-                      produce_batch, read_partition, records_from_dump, verify_partition)
+from ackcheck import (AckLog, ConsumerThread, ProducerThread, _check_replicas_and_read, consumer_mismatches,
+                      make_value, new_tag, produce_batch, read_partition, records_from_dump, verify_partition)
 from cluster import PartitionMonitor, create_topic
 from harness import wait_until
-from kclient import forget_clients, unique_topic
+from kclient import unique_topic
 
 # Chronik must be back in service this soon after its partition leader is killed.
 MAX_FAILOVER_S = 5.0
@@ -41,62 +41,10 @@ KAFKA_MAX_FAILOVER_S = 30.0
 NOT_ENOUGH_REPLICAS = KafkaError.NOT_ENOUGH_REPLICAS  # 19
 assert NOT_ENOUGH_REPLICAS == 19
 
-CLUSTER_KINDS = [pytest.param("chronik", marks=pytest.mark.chronik),
-                 pytest.param("kafka", marks=pytest.mark.oracle_only)]
-
-
-def _kafka_whole(request):
-    """The module's Apache Kafka cluster with every node up, left whole afterwards."""
-    k = request.getfixturevalue("kafka_cluster")
-    for i in k.ids:
-        if not k.running(i):
-            k.restart(i)
-    yield k
-    for i in k.ids:  # leave it whole for the next test
-        if not k.running(i):
-            k.restart(i)
-    forget_clients(k.bootstrap)
-
-
-@pytest.fixture(params=CLUSTER_KINDS)
-def any_cluster(request):
-    """A fresh 3-node Chronik region, or the module's Apache Kafka cluster with every node up."""
-    if request.param == "chronik":
-        yield request.getfixturevalue("chronik_cluster_factory")(3)
-        return
-    yield from _kafka_whole(request)
-
-
-@pytest.fixture(params=CLUSTER_KINDS)
-def cluster_no_auto_rebalance(request):
-    """Like any_cluster, but Chronik does not hand leadership back on its own, so an
-    election is the tool's doing (Kafka's own check runs only every 300 s)."""
-    if request.param == "chronik":
-        yield request.getfixturevalue("chronik_cluster_factory")(3, auto_leader_rebalance=False)
-        return
-    yield from _kafka_whole(request)
-
-
 def _term(cluster, topic, p, node):
     if cluster.kind != "chronik":
         return None
     return cluster.partition_state(node, topic, p)["term"]
-
-
-def _check_replicas_and_read(cluster, topic: str, p: int, timeout: float = 90.0):
-    """Read topic/p back through a client; on Chronik also wait until every replica has
-    converged and check the dump holds exactly what the client reads.
-    Returns (log {offset: value}, log_start, high_watermark)."""
-    hw = dump = None
-    if cluster.kind == "chronik":
-        hw, dump = cluster.wait_replicas_converged(topic, p, cluster.ids, timeout)
-    log, lo, hi = read_partition(cluster.bootstrap_of(cluster.live_ids()), topic, p)
-    if dump is not None:
-        assert hi == hw, f"clients see high watermark {hi}, replicas report {hw}"
-        from_dump = records_from_dump(dump)
-        assert from_dump == log, (f"replica dump ({len(from_dump)} records) differs from what a consumer reads "
-                                  f"({len(log)} records)")
-    return log, lo, hi
 
 
 # ---------------------------------------------------------------------------

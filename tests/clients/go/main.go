@@ -251,6 +251,9 @@ func sameNullable(a, b []byte) bool {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "group-consume" {
+		os.Exit(groupConsume(os.Args[2:])) // group.go
+	}
 	os.Exit(run())
 }
 

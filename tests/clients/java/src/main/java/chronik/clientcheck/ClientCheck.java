@@ -133,46 +133,20 @@ public final class ClientCheck {
         sb.append("{\"client\":\"java\"");
         sb.append(",\"produced\":").append(produced);
         sb.append(",\"consumed\":").append(consumed);
-        sb.append(",\"errors\":[");
-        for (int i = 0; i < errs.size(); i++) {
-            if (i > 0) {
-                sb.append(',');
-            }
-            json(sb, errs.get(i));
-        }
-        sb.append("],\"error_count\":").append(count);
+        sb.append(",\"errors\":");
+        Cli.json(sb, errs);
+        sb.append(",\"error_count\":").append(count);
         sb.append(",\"topic\":");
-        json(sb, topic == null ? "" : topic);
+        Cli.json(sb, topic == null ? "" : topic);
         sb.append(",\"partitions\":").append(actualPartitions);
         sb.append(",\"compression\":");
-        json(sb, compression == null ? "" : compression);
+        Cli.json(sb, compression == null ? "" : compression);
         sb.append(",\"seed\":").append(seed);
         sb.append(",\"produce_ms\":").append(produceMs);
         sb.append(",\"consume_ms\":").append(consumeMs);
         sb.append('}');
         System.out.println(sb);
         return errs.isEmpty() && produced == messages && consumed == messages ? 0 : 1;
-    }
-
-    private static void json(StringBuilder sb, String s) {
-        sb.append('"');
-        for (int i = 0; i < s.length(); i++) {
-            char c = s.charAt(i);
-            switch (c) {
-                case '"': sb.append("\\\""); break;
-                case '\\': sb.append("\\\\"); break;
-                case '\n': sb.append("\\n"); break;
-                case '\r': sb.append("\\r"); break;
-                case '\t': sb.append("\\t"); break;
-                default:
-                    if (c < 0x20) {
-                        sb.append(String.format("\\u%04x", (int) c));
-                    } else {
-                        sb.append(c);
-                    }
-            }
-        }
-        sb.append('"');
     }
 
     private static String show(byte[] b) {

@@ -30,18 +30,8 @@ use state::{code, Effects, Group, JoinRequest, JoinResult, Limits, Step, SyncRes
 
 pub use state::State as GroupState;
 
-/// Kafka error codes the coordinator adds to the state machine's.
-pub mod err {
-    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
-    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
-    pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
-    pub const NOT_COORDINATOR: i16 = 16;
-    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
-    pub const INVALID_GROUP_ID: i16 = 24;
-    pub const NON_EMPTY_GROUP: i16 = 68;
-    pub const GROUP_ID_NOT_FOUND: i16 = 69;
-    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
-}
+/// Every Kafka error code the coordinator answers with, in one place.
+pub use state::code as err;
 
 #[derive(Debug, Clone)]
 pub struct GroupSettings {
@@ -375,6 +365,36 @@ impl Coordinator {
         slot.deliver(&mut fx);
     }
 
+    /// Runs one state-machine call on a group: an answer for now is
+    /// returned at once; otherwise the member's waiter is registered before
+    /// the effects are settled (they may already hold its answer) and the
+    /// answer awaited. None if the coordinator dropped the group meanwhile.
+    async fn step<T>(
+        &self,
+        slot: &SlotRef,
+        run: impl FnOnce(&mut Slot) -> (Step<T>, Effects),
+        waiters: fn(&mut Slot) -> &mut HashMap<String, oneshot::Sender<T>>,
+    ) -> Option<T> {
+        let rx = {
+            let mut s = slot.lock().await;
+            let (step, fx) = run(&mut s);
+            let rx = match step {
+                Step::Now(r) => {
+                    self.settle(&mut s, fx).await;
+                    return Some(r);
+                }
+                Step::Wait(id) => {
+                    let (tx, rx) = oneshot::channel();
+                    waiters(&mut s).insert(id, tx);
+                    rx
+                }
+            };
+            self.settle(&mut s, fx).await;
+            rx
+        };
+        rx.await.ok()
+    }
+
     pub async fn join(&self, group: &str, req: JoinRequest) -> JoinResult {
         let error = |code: i16| JoinResult {
             error: code,
@@ -392,24 +412,14 @@ impl Coordinator {
             Ok(s) => s.unwrap(),
             Err(c) => return error(c),
         };
-        let rx = {
-            let mut s = slot.lock().await;
-            let (step, fx) = s.g.join(req.clone(), &self.settings.limits, now_ms());
-            let rx = match step {
-                Step::Now(r) => {
-                    self.settle(&mut s, fx).await;
-                    return r;
-                }
-                Step::Wait(id) => {
-                    let (tx, rx) = oneshot::channel();
-                    s.joins.insert(id, tx);
-                    rx
-                }
-            };
-            self.settle(&mut s, fx).await;
-            rx
-        };
-        rx.await.unwrap_or_else(|_| error(err::NOT_COORDINATOR))
+        let limits = &self.settings.limits;
+        self.step(
+            &slot,
+            |s| s.g.join(req.clone(), limits, now_ms()),
+            |s| &mut s.joins,
+        )
+        .await
+        .unwrap_or_else(|| error(err::NOT_COORDINATOR))
     }
 
     pub async fn sync(
@@ -436,31 +446,22 @@ impl Coordinator {
             Ok(None) => return error(code::UNKNOWN_MEMBER_ID),
             Err(c) => return error(c),
         };
-        let rx = {
-            let mut s = slot.lock().await;
-            let (step, fx) = s.g.sync(
-                member_id,
-                instance_id,
-                generation,
-                protocol_type,
-                protocol,
-                assignments,
-            );
-            let rx = match step {
-                Step::Now(r) => {
-                    self.settle(&mut s, fx).await;
-                    return r;
-                }
-                Step::Wait(id) => {
-                    let (tx, rx) = oneshot::channel();
-                    s.syncs.insert(id, tx);
-                    rx
-                }
-            };
-            self.settle(&mut s, fx).await;
-            rx
-        };
-        rx.await.unwrap_or_else(|_| error(err::NOT_COORDINATOR))
+        self.step(
+            &slot,
+            |s| {
+                s.g.sync(
+                    member_id,
+                    instance_id,
+                    generation,
+                    protocol_type,
+                    protocol,
+                    assignments,
+                )
+            },
+            |s| &mut s.syncs,
+        )
+        .await
+        .unwrap_or_else(|| error(err::NOT_COORDINATOR))
     }
 
     pub async fn heartbeat(

@@ -9,9 +9,18 @@ use std::collections::{BTreeMap, HashMap};
 
 use super::record::{GroupRecord, MemberRecord};
 
-/// Kafka error codes this state machine answers with.
+/// Kafka error codes of the group coordinator (the state machine's and the
+/// coordinator's own).
 pub mod code {
     pub const NONE: i16 = 0;
+    pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+    pub const NOT_COORDINATOR: i16 = 16;
+    pub const INVALID_GROUP_ID: i16 = 24;
+    pub const NON_EMPTY_GROUP: i16 = 68;
+    pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
     pub const UNKNOWN_MEMBER_ID: i16 = 25;

@@ -59,12 +59,14 @@ def test_dev_starts_writes_dev_json_restarts_and_stops(tmp_path):
     base = _port_pair()
     data = tmp_path / "dev"
     proc = subprocess.Popen(
-        [str(harness.chronik_bin()), "dev", "--data-dir", str(data), "--base-port", str(base)],
+        [str(harness.chronik_bin()), "dev", "--data-dir", str(data), "--base-port", str(base),
+         "--regions", "1", "--nodes", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
         dev = _wait_dev_json(data / "dev.json", proc)
         (region,) = dev["regions"]
+        assert "dc_link" not in region, "one region has no dc-link"
         assert region["name"] == "us-east"
         assert region["bootstrap"] == f"127.0.0.1:{base}"
         (b,) = region["brokers"]
@@ -103,10 +105,10 @@ def test_dev_starts_writes_dev_json_restarts_and_stops(tmp_path):
 
 
 def test_dev_refuses_what_it_cannot_run(tmp_path):
-    out = subprocess.run([str(harness.chronik_bin()), "dev", "--data-dir", str(tmp_path), "--regions", "2"],
+    out = subprocess.run([str(harness.chronik_bin()), "dev", "--data-dir", str(tmp_path), "--regions", "4"],
                          capture_output=True, text=True, timeout=30)
     assert out.returncode != 0
-    assert "--regions 2" in out.stderr and "not implemented" in out.stderr
+    assert "--regions 4" in out.stderr and "between 1 and 3" in out.stderr
 
 
 def _port_block(n: int) -> int:
@@ -136,7 +138,8 @@ def test_dev_three_node_region_replicates(tmp_path):
     base = _port_block(3)
     data = tmp_path / "dev3"
     proc = subprocess.Popen(
-        [str(harness.chronik_bin()), "dev", "--data-dir", str(data), "--base-port", str(base), "--nodes", "3"],
+        [str(harness.chronik_bin()), "dev", "--data-dir", str(data), "--base-port", str(base),
+         "--regions", "1", "--nodes", "3"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
@@ -192,3 +195,88 @@ def test_config_check_accepts_a_valid_file(tmp_path):
     out = subprocess.run([str(harness.chronik_bin()), "config", "check", str(f)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "ok" in out.stdout and "127.0.0.1:13500" in out.stdout
+
+
+def _region_port_block(regions: int, nodes: int) -> int:
+    """A base port with everything `chronik dev` uses for `regions` x `nodes` free:
+    Kafka ports, their +4000 admin and +50 raft twins, and dc-link ports +90/+91."""
+    import random
+    import socket
+
+    for _ in range(200):
+        p = random.randint(20000, 26000)
+        socks = []
+        try:
+            for r in range(regions):
+                first = p + 100 * r
+                ports = [first + n + d for n in range(nodes) for d in (0, 4000, 50)] + [first + 90, first + 91]
+                for q in ports:
+                    s = socket.socket()
+                    socks.append(s)
+                    s.bind(("127.0.0.1", q))
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(u)
+                u.bind(("127.0.0.1", first + 90))
+            return p
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free port block")
+
+
+def test_dev_default_is_two_mirrored_regions(tmp_path):
+    """Plain `chronik dev`: 2 regions x 3 brokers with a dc-link each; a topic produced in
+    us-east is readable in eu-west at the same offsets, and `chronik ctl lag` reports it."""
+    base = _region_port_block(2, 3)
+    data = tmp_path / "dev"
+    proc = subprocess.Popen(
+        [str(harness.chronik_bin()), "dev", "--data-dir", str(data), "--base-port", str(base)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        dev = _wait_dev_json(data / "dev.json", proc, timeout=120)
+        names = [r["name"] for r in dev["regions"]]
+        assert names == ["us-east", "eu-west"]
+        for r in dev["regions"]:
+            assert len(r["brokers"]) == 3
+            link = r["dc_link"]
+            assert set(link) == {"quic", "admin", "pid", "config"}
+            assert _alive(link["pid"]) and os.path.isabs(link["config"])
+            assert harness.http_get(link["admin"] + "/health/ready")[0] == 200
+        home, mirror = dev["regions"]
+        values = [{"key": f"k{i}".encode(), "value": f"v{i}".encode()} for i in range(300)]
+        reports = produce_all(home["bootstrap"], "dev-mirrored", values, acks="all")
+        assert [r[0] for r in reports] == [None] * 300
+
+        def mirrored():
+            try:
+                got = consume(mirror["bootstrap"], "dev-mirrored", count=300, timeout=5)
+            except Exception:
+                return None
+            return got if len(got) == 300 else None
+
+        got = harness.wait_until(mirrored, timeout=60, what="the topic mirrored to eu-west")
+        assert [(m.offset(), m.key(), m.value()) for m in got] == \
+            [(i, f"k{i}".encode(), f"v{i}".encode()) for i in range(300)]
+        out = subprocess.run([str(harness.chronik_bin()), "ctl", "lag", "--dev-dir", str(data), "--json"],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        reports = json.loads(out.stdout)
+        rows = [p for rep in reports for p in rep["partitions"] if p["topic"] == "dev-mirrored"]
+        assert rows and all(p["link"] == "us-east->eu-west" for p in rows)
+        harness.wait_until(
+            lambda: all(p["lag_records"] == 0 and p["mirror_log_end"] == 300 for p in json.loads(
+                subprocess.run([str(harness.chronik_bin()), "ctl", "lag", "--dev-dir", str(data), "--json"],
+                               capture_output=True, text=True, timeout=30).stdout)[0]["partitions"]
+                if p["topic"] == "dev-mirrored"),
+            timeout=30, what="ctl lag showing the mirror caught up")
+        table = subprocess.run([str(harness.chronik_bin()), "ctl", "lag", "--dev-dir", str(data)],
+                               capture_output=True, text=True, timeout=30)
+        assert table.returncode == 0 and "us-east->eu-west" in table.stdout and "dev-mirrored" in table.stdout
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    assert rc == 0

@@ -62,6 +62,16 @@ pub async fn serve(
         .route("/v1/cluster", get(cluster))
         .route("/v1/partitions/{topic}/{partition}", get(partition))
         .route("/v1/partitions/{topic}/{partition}/log", get(partition_log))
+        .route("/v1/mirror/{topic}/{partition}", get(mirror_state))
+        .route(
+            "/v1/mirror-acks/{topic}/{partition}",
+            axum::routing::post(mirror_acks),
+        )
+        .route(
+            "/v1/mirror/{topic}/{partition}/{base_offset}",
+            axum::routing::post(mirror_append)
+                .layer(axum::extract::DefaultBodyLimit::max(MIRROR_BODY_LIMIT)),
+        )
         .with_state(AppState { ctx, metrics });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
@@ -172,4 +182,143 @@ async fn partition_log(
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// Set on a mirror append whose batches start the home log (see
+/// `Command::MirrorAppend`).
+pub const FROM_LOG_START_HEADER: &str = "x-chronik-from-log-start";
+
+/// Largest mirror append accepted; dc-link sends at most a few MiB at a time.
+const MIRROR_BODY_LIMIT: usize = 64 << 20;
+
+fn json_error(status: StatusCode, v: serde_json::Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+/// Where a mirror partition ends, asked by the receiving dc-link before it
+/// resumes: only the leader's answer counts, since only it appends.
+async fn mirror_state(
+    State(s): State<AppState>,
+    Path((topic, partition)): Path<(String, i32)>,
+) -> Response {
+    let Some((t, log)) = local_partition(&s.ctx, &topic, partition) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no replica of this partition here"}),
+        );
+    };
+    let view = s.ctx.cluster.view(&t, &log);
+    let is_leader = s.ctx.cluster.leader_group(&log).is_some();
+    axum::Json(serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "is_leader": is_leader,
+        "leader": view.leader,
+        "mirror_of": t.mirror_of(&s.ctx.config.region),
+        "log_start_offset": log.log_start_offset(),
+        "log_end_offset": log.log_end_offset(),
+        "high_watermark": log.high_watermark(),
+        "epochs": log.epoch_history(),
+    }))
+    .into_response()
+}
+
+/// The receiving dc-link's append: stamped batches from the home region,
+/// replicated through this partition's Raft group and answered once
+/// committed and applied, with the log end offset that is now durable.
+async fn mirror_append(
+    State(s): State<AppState>,
+    Path((topic, partition, base_offset)): Path<(String, i32, i64)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    use crate::raft::types::{Command, CommandResult};
+    use crate::raft::ProposeError;
+    let ctx = &s.ctx;
+    let Some((t, log)) = local_partition(ctx, &topic, partition) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no replica of this partition here"}),
+        );
+    };
+    if t.mirror_of(&ctx.config.region).is_none() {
+        return json_error(
+            StatusCode::CONFLICT,
+            serde_json::json!({"error": format!(
+                "topic {topic} is homed in this region ({}); only mirrors accept copies",
+                ctx.config.region
+            )}),
+        );
+    }
+    let Some((group, _)) = ctx.cluster.leader_group(&log) else {
+        let view = ctx.cluster.view(&t, &log);
+        return json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            serde_json::json!({"error": "not the leader", "leader": view.leader}),
+        );
+    };
+    let done = group.submit(Command::MirrorAppend {
+        records: body,
+        base_offset,
+        from_log_start: headers.contains_key(FROM_LOG_START_HEADER),
+    });
+    match tokio::time::timeout(Duration::from_secs(30), done).await {
+        Ok(Ok(Ok(CommandResult::Mirrored {
+            log_end_offset,
+            appended,
+        }))) => axum::Json(serde_json::json!({
+            "log_end_offset": log_end_offset,
+            "appended": appended,
+        }))
+        .into_response(),
+        Ok(Ok(Ok(CommandResult::Rejected { code, message }))) => json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            serde_json::json!({"error": message, "code": code}),
+        ),
+        Ok(Ok(Ok(other))) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            serde_json::json!({"error": format!("unexpected apply result {other:?}")}),
+        ),
+        Ok(Ok(Err(ProposeError::NotLeader(_)))) => json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            serde_json::json!({"error": "lost leadership", "leader": null}),
+        ),
+        Ok(Ok(Err(ProposeError::Unavailable(m)))) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": m}),
+        ),
+        Ok(Err(_)) | Err(_) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": "not committed within 30 s"}),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct MirrorAcks {
+    acks: std::collections::BTreeMap<String, i64>,
+    required: usize,
+}
+
+/// The home dc-link reports how far mirror regions hold a `global_quorum`
+/// partition durably; acks=all produce waits on it.
+async fn mirror_acks(
+    State(s): State<AppState>,
+    Path((topic, partition)): Path<(String, i32)>,
+    axum::Json(body): axum::Json<MirrorAcks>,
+) -> Response {
+    let Some((_, log)) = local_partition(&s.ctx, &topic, partition) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no replica of this partition here"}),
+        );
+    };
+    if s.ctx.cluster.leader_group(&log).is_none() {
+        return json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            serde_json::json!({"error": "not the leader", "leader": null}),
+        );
+    }
+    log.report_mirror_acks(&body.acks, body.required);
+    axum::Json(serde_json::json!({"ok": true})).into_response()
 }

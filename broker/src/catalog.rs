@@ -93,6 +93,15 @@ impl Topic {
         self.record.id
     }
 
+    /// The region this topic is homed in, if that is not `local`: the topic
+    /// is then a read-only mirror here, written only by dc-link.
+    pub fn mirror_of<'a>(&'a self, local: &str) -> Option<&'a str> {
+        self.effective
+            .home_region
+            .as_deref()
+            .filter(|home| *home != local)
+    }
+
     /// The target replicas of a reassignment of partition `index` in progress.
     pub fn reassigning(&self, index: i32) -> Option<&Vec<i32>> {
         self.record.reassigning.get(&index)

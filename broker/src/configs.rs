@@ -268,10 +268,38 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         None,
         "No effect.",
     ),
+    // Chronik's own (the `chronik.` namespace): where the topic lives and how
+    // it is mirrored across regions (dc-link).
+    def(
+        HOME_REGION,
+        T::String,
+        "",
+        None,
+        "The region where clients produce to this topic; every other region holds a read-only mirror. Default: the region where the topic was created.",
+    ),
+    def(
+        MIRROR_REGIONS,
+        T::List,
+        "*",
+        None,
+        "Comma list of regions that mirror this topic. `*` (the default): every other region; empty: none.",
+    ),
+    def(
+        REPLICATION_MODE,
+        T::String,
+        "async",
+        None,
+        "`async`: acks=all waits for the local quorum only. `global_quorum`: acks=all also waits until the mirror regions hold the write durably (RPO 0).",
+    ),
 ];
 
 /// Chronik's own per-topic configs (reserved namespace).
 pub const CHRONIK_PREFIX: &str = "chronik.";
+pub const HOME_REGION: &str = "chronik.home.region";
+pub const MIRROR_REGIONS: &str = "chronik.mirror.regions";
+pub const REPLICATION_MODE: &str = "chronik.replication.mode";
+
+pub use chronik_topology::valid_region_name;
 
 pub fn find(name: &str) -> Option<&'static ConfigDef> {
     TOPIC_CONFIGS.iter().find(|d| d.name == name)
@@ -303,10 +331,13 @@ pub enum ConfigValueError {
 
 /// Validates one `name = value` pair and returns the normalized value.
 pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
-    if name.starts_with(CHRONIK_PREFIX) {
-        return Err(ConfigValueError::UnknownChronik(name.to_string()));
-    }
-    let d = find(name).ok_or_else(|| ConfigValueError::Unknown(name.to_string()))?;
+    let d = find(name).ok_or_else(|| {
+        if name.starts_with(CHRONIK_PREFIX) {
+            ConfigValueError::UnknownChronik(name.to_string())
+        } else {
+            ConfigValueError::Unknown(name.to_string())
+        }
+    })?;
     let invalid = |reason: String| ConfigValueError::Invalid {
         name: name.to_string(),
         value: value.to_string(),
@@ -363,6 +394,30 @@ pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
                 "String must be one of: CreateTime, LogAppendTime".into(),
             ));
         }
+        HOME_REGION if !valid_region_name(v) => {
+            return Err(invalid(
+                "a region name: lowercase letters, digits and '-', starting with a letter".into(),
+            ));
+        }
+        MIRROR_REGIONS if v != "*" => {
+            let mut seen = std::collections::BTreeSet::new();
+            for r in v.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                if !valid_region_name(r) {
+                    return Err(invalid(format!(
+                        "{r:?} is not a region name (lowercase letters, digits and '-', starting with a letter); use `*` for every other region"
+                    )));
+                }
+                if !seen.insert(r) {
+                    return Err(invalid(format!("region {r} is listed twice")));
+                }
+            }
+            return Ok(seen.into_iter().collect::<Vec<_>>().join(","));
+        }
+        REPLICATION_MODE if v != "async" && v != "global_quorum" => {
+            return Err(invalid(
+                "String must be one of: async, global_quorum".into(),
+            ));
+        }
         "remote.storage.enable" if v.eq_ignore_ascii_case("true") => {
             return Err(invalid("tiered storage is not supported by Chronik".into()));
         }
@@ -379,6 +434,10 @@ pub struct EffectiveConfig {
     pub max_message_bytes: i32,
     pub log_append_time: bool,
     pub min_insync_replicas: i32,
+    /// `chronik.home.region`; `None`: the region where the topic was created.
+    pub home_region: Option<String>,
+    /// `chronik.replication.mode = global_quorum`.
+    pub global_quorum: bool,
 }
 
 impl EffectiveConfig {
@@ -402,6 +461,8 @@ impl EffectiveConfig {
                 .unwrap_or(defaults.max_message_bytes),
             log_append_time: get("message.timestamp.type") == "LogAppendTime",
             min_insync_replicas: get("min.insync.replicas").parse().unwrap_or(1),
+            home_region: explicit.get(HOME_REGION).filter(|r| !r.is_empty()).cloned(),
+            global_quorum: get(REPLICATION_MODE) == "global_quorum",
         }
     }
 }
@@ -443,6 +504,32 @@ mod tests {
         assert!(compact.contains("compaction is not supported"), "{compact}");
         assert!(validate("cleanup.policy", "delete,compact").is_err());
         assert!(validate("compression.type", "zstd").is_err());
+    }
+
+    #[test]
+    fn chronik_policy_configs_validate() {
+        assert_eq!(validate(HOME_REGION, " eu-west ").unwrap(), "eu-west");
+        assert!(validate(HOME_REGION, "EU_West").is_err());
+        assert_eq!(
+            validate(MIRROR_REGIONS, "eu-west, ap-south").unwrap(),
+            "ap-south,eu-west"
+        );
+        assert_eq!(validate(MIRROR_REGIONS, "*").unwrap(), "*");
+        assert_eq!(validate(MIRROR_REGIONS, "").unwrap(), "");
+        assert!(validate(MIRROR_REGIONS, "eu-west,eu-west").is_err());
+        assert!(validate(MIRROR_REGIONS, "eu west").is_err());
+        assert!(validate(REPLICATION_MODE, "global_quorum").is_ok());
+        assert!(validate(REPLICATION_MODE, "sync").is_err());
+        assert!(matches!(
+            validate("chronik.home.regoin", "x"),
+            Err(ConfigValueError::UnknownChronik(_))
+        ));
+        let mut explicit = BTreeMap::new();
+        explicit.insert(HOME_REGION.to_string(), "eu-west".to_string());
+        explicit.insert(REPLICATION_MODE.to_string(), "global_quorum".to_string());
+        let e = EffectiveConfig::resolve(&explicit, &TopicDefaults::default());
+        assert_eq!(e.home_region.as_deref(), Some("eu-west"));
+        assert!(e.global_quorum);
     }
 
     #[test]

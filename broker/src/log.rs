@@ -81,6 +81,14 @@ struct LogState {
     size_bytes: u64,
 }
 
+/// The outcome of [`PartitionLog::mirror_into`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mirrored {
+    pub log_end_offset: i64,
+    /// False when the batches did not start at the log end (nothing added).
+    pub appended: bool,
+}
+
 /// A batch appended into a caller's `WriteBatch` (see [`PartitionLog::append_into`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppendedInto {
@@ -111,6 +119,12 @@ pub struct PartitionLog {
     /// Held from offset assignment until the write is queued, for writers
     /// that queue their own writes ([`PartitionLog::append`]).
     submit_order: Mutex<()>,
+    /// `global_quorum` topics: each mirror region's durable log end and how
+    /// many regions must reach an offset, as the home dc-link last reported
+    /// (`None` until it reports). In memory only: dc-link re-reports to a
+    /// new leader within a second.
+    mirror_acks:
+        tokio::sync::watch::Sender<(std::collections::BTreeMap<String, i64>, Option<usize>)>,
 }
 
 /// Offsets and bytes returned by a read.
@@ -159,6 +173,7 @@ impl PartitionLog {
             deleted: AtomicBool::new(false),
             waiters: Mutex::new(Vec::new()),
             submit_order: Mutex::new(()),
+            mirror_acks: tokio::sync::watch::Sender::new(Default::default()),
         }))
     }
 
@@ -168,6 +183,9 @@ impl PartitionLog {
         let (fresh, log_start) = Self::load_state(&self.store, self.log_id)?;
         let mut st = self.state.lock().unwrap();
         let next = fresh.next_offset;
+        if let Some((e, _)) = fresh.epochs.last() {
+            self.current_epoch.fetch_max(*e, Ordering::AcqRel);
+        }
         *st = fresh;
         self.log_end.store(next, Ordering::Release);
         self.log_start.store(log_start, Ordering::Release);
@@ -242,6 +260,10 @@ impl PartitionLog {
         self.log_start.load(Ordering::Acquire)
     }
 
+    /// The leader epoch clients see: the partition group's Raft term, or the
+    /// newest epoch in the history if that is larger. A mirror's history
+    /// holds the home region's epochs, and clients that read (or committed
+    /// offsets) there must never see the epoch go backwards here.
     pub fn leader_epoch(&self) -> i32 {
         self.current_epoch.load(Ordering::Acquire)
     }
@@ -280,6 +302,109 @@ impl PartitionLog {
             return Err(AppendError::Transactional);
         }
         Ok(h)
+    }
+
+    /// Adds batches copied from the topic's home region (see
+    /// [`crate::raft::types::Command::MirrorAppend`]) to `wb`, unchanged: they
+    /// keep the offsets and leader epochs the home region stamped, so the
+    /// mirror's log, and the epoch history derived from it, are identical to
+    /// the home's. Nothing is written unless the batches start exactly at
+    /// this log's end; with `from_log_start`, an empty log may start later
+    /// (the home's retention already removed the beginning).
+    pub fn mirror_into(
+        &self,
+        wb: &mut WriteBatch,
+        records: &[u8],
+        base_offset: i64,
+        from_log_start: bool,
+    ) -> Result<Mirrored, AppendError> {
+        let batches = batch::split_stored(records)?;
+        let mut st = self.state.lock().unwrap();
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(AppendError::Deleted);
+        }
+        let first = batches.first().map(|(h, _)| h.base_offset);
+        let empty = st.size_bytes == 0 && self.log_start_offset() == st.next_offset;
+        let starts_here = first == Some(base_offset)
+            && (base_offset == st.next_offset
+                || (from_log_start && empty && base_offset > st.next_offset));
+        if !starts_here {
+            return Ok(Mirrored {
+                log_end_offset: st.next_offset,
+                appended: false,
+            });
+        }
+        let mut start = self.log_start_offset();
+        if base_offset > st.next_offset {
+            start = base_offset;
+            st.next_offset = base_offset;
+        }
+        let mut history_changed = start != self.log_start_offset();
+        for (h, range) in &batches {
+            let bytes = &records[range.clone()];
+            let base = h.base_offset;
+            let last = h.last_offset();
+            if st
+                .epochs
+                .last()
+                .is_none_or(|(e, _)| *e < h.partition_leader_epoch)
+            {
+                if st.epochs.len() > 1 && st.epochs.last().is_some_and(|(_, o)| *o == base) {
+                    st.epochs.pop();
+                }
+                st.epochs.push((h.partition_leader_epoch, base));
+                self.current_epoch
+                    .fetch_max(h.partition_leader_epoch, Ordering::AcqRel);
+                history_changed = true;
+            }
+            let key = log_key(self.log_id, base);
+            wb.put_cf(self.store.cf(CF_LOG), key, bytes);
+            let idx = IndexEntry {
+                base_offset: base,
+                last_offset: last,
+                max_timestamp: h.max_timestamp,
+                size: bytes.len() as u32,
+            };
+            wb.put_cf(self.store.cf(CF_INDEX), key, idx.encode());
+            // Producer state travels with the data, so a mirror promoted to
+            // home keeps deduplicating the same producers.
+            if h.has_producer_id() && !h.is_control() {
+                let meta = BatchMeta {
+                    first_seq: h.base_sequence,
+                    last_seq: h.last_sequence(),
+                    first_offset: base,
+                    last_offset: last,
+                };
+                let entry = st.producers.record(h.producer_id, h.producer_epoch, meta);
+                wb.put_cf(
+                    self.store.cf(CF_PRODUCERS),
+                    log_key(self.log_id, h.producer_id),
+                    entry.encode(),
+                );
+            }
+            st.next_offset = last + 1;
+            st.size_bytes += bytes.len() as u64;
+        }
+        if history_changed {
+            let rec = PartitionRecord {
+                log_start_offset: start,
+                epochs: st.epochs.clone(),
+            };
+            wb.put_cf(
+                self.store.cf(CF_META),
+                partition_key(self.log_id),
+                serde_json::to_vec(&rec).expect("serializes"),
+            );
+        }
+        self.log_start.fetch_max(start, Ordering::AcqRel);
+        self.log_end.store(st.next_offset, Ordering::Release);
+        let end = st.next_offset;
+        drop(st);
+        metrics::counter!("chronik_mirrored_bytes_total").increment(records.len() as u64);
+        Ok(Mirrored {
+            log_end_offset: end,
+            appended: true,
+        })
     }
 
     /// Validates, deduplicates and assigns offsets to a batch, adding its
@@ -430,6 +555,31 @@ impl PartitionLog {
                 n.notify_one();
             }
         }
+    }
+
+    /// Records mirror regions' durable log ends (offsets only move forward).
+    pub fn report_mirror_acks(
+        &self,
+        acks: &std::collections::BTreeMap<String, i64>,
+        required: usize,
+    ) {
+        self.mirror_acks.send_modify(|(known, req)| {
+            for (region, off) in acks {
+                let e = known.entry(region.clone()).or_insert(*off);
+                *e = (*e).max(*off);
+            }
+            *req = Some(required);
+        });
+    }
+
+    /// Resolves once enough mirror regions hold everything below `offset`.
+    pub async fn wait_mirrored(&self, offset: i64) {
+        let mut rx = self.mirror_acks.subscribe();
+        let _ = rx
+            .wait_for(|(known, req)| {
+                req.is_some_and(|r| known.values().filter(|o| **o >= offset).count() >= r)
+            })
+            .await;
     }
 
     /// Asks to be woken when the high watermark next moves. Registration is
@@ -744,6 +894,133 @@ mod tests {
             }
             Appended::Duplicate { base_offset } => base_offset,
         }
+    }
+
+    /// Writes `wb` and moves the high watermark, as the state machine does.
+    async fn mirror(
+        log: &Arc<PartitionLog>,
+        store: &Arc<Store>,
+        records: &[u8],
+        base: i64,
+    ) -> Mirrored {
+        mirror_from(log, store, records, base, false).await
+    }
+
+    async fn mirror_from(
+        log: &Arc<PartitionLog>,
+        store: &Arc<Store>,
+        records: &[u8],
+        base: i64,
+        from_log_start: bool,
+    ) -> Mirrored {
+        let mut wb = WriteBatch::default();
+        let m = log
+            .mirror_into(&mut wb, records, base, from_log_start)
+            .unwrap();
+        store.write(wb).await.unwrap();
+        if m.appended {
+            log.committed(m.log_end_offset);
+        }
+        m
+    }
+
+    #[tokio::test]
+    async fn mirrored_batches_keep_offsets_epochs_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let home = PartitionLog::open(store.clone(), 1, "home".into(), 0).unwrap();
+        let copy = PartitionLog::open(store.clone(), 2, "copy".into(), 0).unwrap();
+        // Home batches in two leader epochs, one from an idempotent producer.
+        for (epoch, b) in [
+            (3, build::simple(3, 100, None)),
+            (3, build::simple(2, 200, Some((7, 0, 0)))),
+            (5, build::simple(4, 300, None)),
+        ] {
+            let mut wb = WriteBatch::default();
+            let AppendedInto::New { last, .. } =
+                home.append_into(&mut wb, &b, epoch, &cfg(), 0).unwrap()
+            else {
+                panic!("not new")
+            };
+            store.write(wb).await.unwrap();
+            home.committed(last + 1);
+        }
+        let all = home.dump().unwrap();
+        let first_len = BatchHeader::parse(&all).unwrap().total_len();
+        // A chunk that does not start at the log end is refused whole.
+        let m = mirror(&copy, &store, &all[first_len..], 3).await;
+        assert_eq!(
+            m,
+            Mirrored {
+                log_end_offset: 0,
+                appended: false
+            }
+        );
+        assert_eq!(
+            mirror(&copy, &store, &all[..first_len], 0)
+                .await
+                .log_end_offset,
+            3
+        );
+        // A resend of what is there already changes nothing.
+        assert!(!mirror(&copy, &store, &all[..first_len], 0).await.appended);
+        assert_eq!(
+            mirror(&copy, &store, &all[first_len..], 3)
+                .await
+                .log_end_offset,
+            9
+        );
+        assert_eq!(copy.dump().unwrap(), all, "byte-identical");
+        assert_eq!(copy.epoch_history(), home.epoch_history());
+        assert_eq!(copy.epoch_history(), vec![(0, 0), (3, 0), (5, 5)]);
+        assert_eq!(
+            copy.leader_epoch(),
+            5,
+            "clients never see the mirror's epoch behind the home's"
+        );
+        assert_eq!(copy.producers(), home.producers());
+        // A corrupted batch never reaches the log.
+        let mut bad = all[..first_len].to_vec();
+        bad[first_len - 1] ^= 1;
+        let copy2 = PartitionLog::open(store.clone(), 3, "copy2".into(), 0).unwrap();
+        assert!(copy2
+            .mirror_into(&mut WriteBatch::default(), &bad, 0, false)
+            .is_err());
+        // Reopened, the copy still agrees.
+        let again = PartitionLog::open(store.clone(), 2, "copy".into(), 0).unwrap();
+        assert_eq!(
+            (again.log_end_offset(), again.epoch_history()),
+            (9, home.epoch_history())
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_mirror_may_start_where_the_home_log_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let home = PartitionLog::open(store.clone(), 1, "home".into(), 0).unwrap();
+        for _ in 0..3 {
+            append(&home, &build::simple(2, 100, None)).await;
+        }
+        let all = home.dump().unwrap();
+        let len = BatchHeader::parse(&all).unwrap().total_len();
+        let copy = PartitionLog::open(store.clone(), 2, "copy".into(), 0).unwrap();
+        // Not without being told the home log starts there.
+        assert!(!mirror(&copy, &store, &all[2 * len..], 4).await.appended);
+        let m = mirror_from(&copy, &store, &all[2 * len..], 4, true).await;
+        assert_eq!(
+            m,
+            Mirrored {
+                log_end_offset: 6,
+                appended: true
+            }
+        );
+        assert_eq!(copy.log_start_offset(), 4);
+        // Once it holds data, a gap is refused.
+        let m = mirror_from(&copy, &store, &all[2 * len..], 10, true).await;
+        assert!(!m.appended);
+        let again = PartitionLog::open(store.clone(), 2, "copy".into(), 0).unwrap();
+        assert_eq!((again.log_start_offset(), again.log_end_offset()), (4, 6));
     }
 
     #[tokio::test]

@@ -19,11 +19,11 @@ pub struct DevArgs {
     /// Where configs, data and dev.json live.
     #[arg(long, default_value = "./chronik-dev")]
     data_dir: PathBuf,
-    /// Number of regions.
-    #[arg(long, default_value_t = 1)]
+    /// Number of regions (each gets its brokers and a dc-link).
+    #[arg(long, default_value_t = 2)]
     regions: u32,
     /// Brokers per region.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     nodes: u32,
     /// Kafka port of the first broker; others follow it.
     #[arg(long, default_value_t = 9092)]
@@ -47,11 +47,21 @@ struct DevBroker {
 }
 
 #[derive(Serialize)]
+struct DevDcLink {
+    quic: String,
+    admin: String,
+    pid: u32,
+    config: PathBuf,
+}
+
+#[derive(Serialize)]
 struct DevRegion {
     name: String,
     bootstrap: String,
     admin: String,
     brokers: Vec<DevBroker>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dc_link: Option<DevDcLink>,
 }
 
 #[derive(Serialize)]
@@ -65,13 +75,92 @@ struct Planned {
     config_path: PathBuf,
 }
 
+struct PlannedLink {
+    region: String,
+    quic: SocketAddr,
+    admin: SocketAddr,
+    config_path: PathBuf,
+}
+
+/// Certificates (once), the topology file and one dc-link config per
+/// region. dc-link ports sit 90 and 91 above the region's first Kafka port.
+fn plan_dc_links(
+    args: &DevArgs,
+    root: &Path,
+    brokers: &[Planned],
+) -> Result<Vec<PlannedLink>, String> {
+    use chronik_topology::{CrossDc, DcLinkConfig, Faults, Region, Tls, Topology};
+    let names: Vec<String> = REGION_NAMES[..args.regions as usize]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let certs = root.join("certs");
+    if !certs.join("ca.pem").exists() {
+        chronik_dc_link::tls::init_dev_certs(&certs, &names).map_err(|e| e.to_string())?;
+    }
+    let mut regions = Vec::new();
+    let mut links = Vec::new();
+    for (r, name) in names.iter().enumerate() {
+        let first = args.base_port as usize + r * 100;
+        let port = |off: usize| {
+            u16::try_from(first + off).map_err(|_| format!("port {} out of range", first + off))
+        };
+        let quic: SocketAddr = format!("127.0.0.1:{}", port(90)?).parse().expect("valid");
+        let admin: SocketAddr = format!("127.0.0.1:{}", port(91)?).parse().expect("valid");
+        let mine: Vec<&Planned> = brokers.iter().filter(|p| p.region == r).collect();
+        regions.push(Region {
+            name: name.clone(),
+            bootstrap: mine
+                .iter()
+                .map(|p| {
+                    let (h, port) = p.config.listeners.advertised();
+                    format!("{h}:{port}")
+                })
+                .collect(),
+            brokers_admin: mine
+                .iter()
+                .map(|p| p.config.listeners.admin_addr().to_string())
+                .collect(),
+            dc_link: quic.to_string(),
+            cert: certs.join(format!("{name}.pem")),
+            key: certs.join(format!("{name}.key")),
+        });
+        let config_path = root.join(name).join("dc-link.toml");
+        let cfg = DcLinkConfig {
+            region: name.clone(),
+            topology: root.join("topology.toml"),
+            listen: None,
+            admin,
+            faults: Faults::default(),
+        };
+        std::fs::write(&config_path, toml::to_string(&cfg).expect("serializes"))
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        links.push(PlannedLink {
+            region: name.clone(),
+            quic,
+            admin,
+            config_path,
+        });
+    }
+    let topo = Topology {
+        cross_dc: CrossDc::default(),
+        tls: Tls {
+            ca: certs.join("ca.pem"),
+        },
+        regions,
+    };
+    let path = root.join("topology.toml");
+    std::fs::write(&path, toml::to_string(&topo).expect("serializes"))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(links)
+}
+
 fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
-    if args.regions != 1 {
-        // Several regions need dc-link; until it exists, independent regions
-        // would only pretend to mirror each other.
+    if args.regions == 0 || args.regions as usize > REGION_NAMES.len() {
         return Err(format!(
-            "--regions {}: this build supports only --regions 1 (cross-region mirroring, dc-link, is not implemented yet)",
-            args.regions
+            "--regions {}: must be between 1 and {}",
+            args.regions,
+            REGION_NAMES.len()
         ));
     }
     if args.nodes == 0 || args.nodes > 9 {
@@ -233,6 +322,32 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
         children.push((child, format!("broker-{}", p.config.node_id)));
     }
 
+    let links = if args.regions > 1 {
+        plan_dc_links(&args, &root, &planned)?
+    } else {
+        Vec::new()
+    };
+    let brokers_started = children.len();
+    for l in &links {
+        let log_path = l.config_path.with_extension("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("{}: {e}", log_path.display()))?;
+        let log2 = log.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&exe)
+            .arg("dc-link")
+            .arg("--config")
+            .arg(&l.config_path)
+            .stdout(log)
+            .stderr(log2)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("starting the dc-link of {}: {e}", l.region))?;
+        children.push((child, format!("dc-link-{}", l.region)));
+    }
+
     let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
     for (i, p) in planned.iter().enumerate() {
         loop {
@@ -253,6 +368,28 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
                 return Err(format!(
                     "broker {} not ready after {} s",
                     p.config.node_id, args.ready_timeout
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    for (i, l) in links.iter().enumerate() {
+        while !probe_ready(l.admin).await {
+            if let Ok(Some(status)) = children[brokers_started + i].0.try_wait() {
+                let log = l.config_path.with_extension("log");
+                stop_all(&mut children).await;
+                return Err(format!(
+                    "the dc-link of {} exited with {status} during startup; see {}",
+                    l.region,
+                    log.display()
+                ));
+            }
+            if Instant::now() > deadline {
+                stop_all(&mut children).await;
+                return Err(format!(
+                    "the dc-link of {} not ready after {} s",
+                    l.region, args.ready_timeout
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -283,7 +420,18 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
                 bootstrap: kafka,
                 admin,
                 brokers: vec![broker],
+                dc_link: None,
             }),
+        }
+    }
+    for (i, l) in links.iter().enumerate() {
+        if let Some(r) = regions.iter_mut().find(|r| r.name == l.region) {
+            r.dc_link = Some(DevDcLink {
+                quic: l.quic.to_string(),
+                admin: format!("http://{}", l.admin),
+                pid: children[brokers_started + i].0.id().unwrap_or(0),
+                config: l.config_path.clone(),
+            });
         }
     }
     let dev = DevJson { regions };
@@ -292,6 +440,12 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
     write_atomically(&dev_path, &json).map_err(|e| format!("{}: {e}", dev_path.display()))?;
     for r in &dev.regions {
         println!("region {}: bootstrap servers {}", r.name, r.bootstrap);
+        if let Some(l) = &r.dc_link {
+            println!(
+                "region {}: dc-link quic {} admin {}",
+                r.name, l.quic, l.admin
+            );
+        }
     }
     println!("wrote {}; press Ctrl-C to stop", dev_path.display());
 

@@ -39,12 +39,60 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run this region's dc-link: mirrors topics to and from the other regions over QUIC.
+    DcLink {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Certificates for dc-link mutual TLS.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Operate a running deployment.
+    Ctl {
+        #[command(subcommand)]
+        command: CtlCommand,
+    },
+    /// WAN simulator: UDP/TCP proxies adding latency, jitter, loss, bandwidth limits, reordering, corruption and blackholes.
+    WanSim(chronik_wan_sim::WanSimArgs),
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Validate a broker config file; errors name the file, the key and the problem.
     Check { file: PathBuf },
+    /// Validate a topology file (regions, dc-link addresses, certificates).
+    CheckTopology { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Generate a dev CA and one certificate per region (not for production).
+    Init {
+        /// Where to write ca.pem, ca.key, <region>.pem and <region>.key.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// Comma-separated region names.
+        #[arg(long, value_delimiter = ',', default_value = "us-east,eu-west")]
+        regions: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCommand {
+    /// Cross-region replication lag per link and partition.
+    Lag {
+        /// A dc-link admin address (repeatable). Default: every dc-link in DEV_DIR/dev.json.
+        #[arg(long = "dc-link", value_name = "URL")]
+        dc_link: Vec<String>,
+        /// The `chronik dev` data directory to read dev.json from.
+        #[arg(long, default_value = "./chronik-dev")]
+        dev_dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn init_tracing() {
@@ -77,6 +125,68 @@ fn main() -> ExitCode {
             init_tracing();
             dev::run(args)
         }
+        Command::DcLink { config } => {
+            init_tracing();
+            run_dc_link(&config)
+        }
+        Command::Certs {
+            command: CertsCommand::Init { dir, regions },
+        } => {
+            if let Some(bad) = regions
+                .iter()
+                .find(|r| !chronik_topology::valid_region_name(r))
+            {
+                eprintln!("error: --regions: {bad:?} is not a region name (lowercase letters, digits and '-', starting with a letter)");
+                return ExitCode::from(2);
+            }
+            match chronik_dc_link::tls::init_dev_certs(&dir, &regions) {
+                Ok(()) => {
+                    println!(
+                        "wrote a dev CA and certificates for {} to {}",
+                        regions.join(", "),
+                        dir.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Ctl {
+            command:
+                CtlCommand::Lag {
+                    dc_link,
+                    dev_dir,
+                    json,
+                },
+        } => ctl_lag(dc_link, &dev_dir, json),
+        Command::WanSim(args) => {
+            init_tracing();
+            chronik_wan_sim::run(args)
+        }
+        Command::Config {
+            command: ConfigCommand::CheckTopology { file },
+        } => match chronik_topology::Topology::load(&file) {
+            Ok(t) => {
+                println!(
+                    "{}: ok ({} regions: {})",
+                    file.display(),
+                    t.regions.len(),
+                    t.regions
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Config {
             command: ConfigCommand::Check { file },
         } => match BrokerConfig::load(&file) {
@@ -123,6 +233,110 @@ fn run_broker(cfg: BrokerConfig) -> ExitCode {
         wait_for_signal().await;
         tracing::info!("shutting down");
         broker.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: starting the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
+fn run_dc_link(config: &std::path::Path) -> ExitCode {
+    let (cfg, topo) = match chronik_topology::DcLinkConfig::load(config) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        match chronik_dc_link::run(cfg, topo, metrics, wait_for_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "dc-link failed");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn ctl_lag(mut addrs: Vec<String>, dev_dir: &std::path::Path, json: bool) -> ExitCode {
+    if addrs.is_empty() {
+        let path = dev_dir.join("dev.json");
+        let dev: serde_json::Value = match std::fs::read(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!(
+                    "error: {}: {e} (pass --dc-link URL or --dev-dir DIR)",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        };
+        for r in dev["regions"].as_array().into_iter().flatten() {
+            if let Some(a) = r["dc_link"]["admin"].as_str() {
+                addrs.push(a.to_string());
+            }
+        }
+        if addrs.is_empty() {
+            eprintln!(
+                "error: {} lists no dc-link (a one-region deployment has none)",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let mut reports = Vec::new();
+        for a in &addrs {
+            match chronik_dc_link::broker_http::get_json::<chronik_dc_link::lag::Report>(
+                a, "/v1/lag",
+            )
+            .await
+            {
+                Ok(r) => reports.push(r),
+                Err(e) => {
+                    eprintln!("error: dc-link at {a}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&reports).expect("serializes")
+            );
+        } else {
+            for r in &reports {
+                println!("== dc-link of region {}", r.region);
+                print!("{}", r.table());
+            }
+        }
         ExitCode::SUCCESS
     })
 }

@@ -10,6 +10,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod regions;
+pub use regions::{
+    Compression, CrossDc, DcLinkConfig, Faults, PolicyError, Region, Tls, TopicPolicy, Topology,
+};
+
 /// Default Kafka listener when a broker is started without a config file.
 pub const DEFAULT_KAFKA_ADDR: &str = "127.0.0.1:9092";
 /// The admin (HTTP) port defaults to the Kafka port plus this offset.

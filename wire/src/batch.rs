@@ -169,6 +169,62 @@ pub fn validate_produce_batch(records: &[u8]) -> Result<BatchHeader, BatchError>
     Ok(h)
 }
 
+/// Splits a run of stored (offset-stamped) v2 batches, as a log or a Fetch
+/// returns them, checking each one's framing, magic and CRC-32C, and that
+/// offsets are contiguous. A trailing partial batch (Fetch may cut one off
+/// at its byte limit) is an error here: callers trim to whole batches first
+/// with [`whole_batches_len`].
+pub fn split_stored(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    let mut next: Option<i64> = None;
+    while at < buf.len() {
+        let rest = &buf[at..];
+        if rest.len() < HEADER_LEN {
+            return Err(BatchError::Corrupt);
+        }
+        let h = BatchHeader::parse(rest)?;
+        if h.magic != 2 {
+            return Err(BatchError::UnsupportedMagic(h.magic));
+        }
+        if h.batch_length < (HEADER_LEN - LOG_OVERHEAD) as i32 || h.total_len() > rest.len() {
+            return Err(BatchError::Corrupt);
+        }
+        let end = at + h.total_len();
+        let computed = crc32c::crc32c(&buf[at + ATTRIBUTES_OFFSET..end]);
+        if computed != h.crc {
+            return Err(BatchError::CrcMismatch {
+                stored: h.crc,
+                computed,
+            });
+        }
+        if h.last_offset_delta < 0 || next.is_some_and(|n| n != h.base_offset) {
+            return Err(BatchError::Invalid("stored batches are not contiguous"));
+        }
+        next = Some(h.last_offset() + 1);
+        out.push((h, at..end));
+        at = end;
+    }
+    Ok(out)
+}
+
+/// The length of the longest prefix of `buf` made of whole batches.
+pub fn whole_batches_len(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while buf.len() - at >= LOG_OVERHEAD {
+        let len = i32::from_be_bytes(buf[at + 8..at + 12].try_into().unwrap());
+        if len <= 0 {
+            break;
+        }
+        let total = len as usize + LOG_OVERHEAD;
+        if total > buf.len() - at {
+            break;
+        }
+        at += total;
+    }
+    at
+}
+
 /// Walks uncompressed records just far enough to prove each is framed by its
 /// length varint and that the count is right; contents are not decoded.
 fn check_uncompressed_records(mut rest: &[u8], count: i32) -> Result<(), BatchError> {

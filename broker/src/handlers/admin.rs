@@ -45,6 +45,9 @@ fn topic_config_entries(
         .iter()
         .map(|d| match t.record.configs.get(d.name) {
             Some(v) => (d, v.clone(), SOURCE_TOPIC_CONFIG),
+            None if d.name == configs::HOME_REGION => {
+                (d, ctx.config.region.clone(), SOURCE_DEFAULT_CONFIG)
+            }
             None => (
                 d,
                 configs::default_value(d, ctx.catalog.defaults()),

@@ -37,6 +37,9 @@ enum Outcome {
     Replicating {
         ok: PartitionProduceResponse,
         done: oneshot::Receiver<Result<CommandResult, ProposeError>>,
+        /// `global_quorum` topics: the log and the batch's last offset
+        /// delta; acks=all also waits for the mirror regions.
+        global: Option<(Arc<PartitionLog>, i32)>,
     },
 }
 /// Error messages exist in the response from v8.
@@ -114,7 +117,20 @@ pub fn handle(
                 ok = ok.with_log_start_offset(log.log_start_offset());
             }
             // The one place that decides whether this partition is
-            // writable here.
+            // writable here: its home region, then its Raft leader.
+            if let Some(home) = t.mirror_of(&ctx.config.region) {
+                outcomes.push(Outcome::Done(partition_error(
+                    version,
+                    idx,
+                    E::PolicyViolation.code(),
+                    Some(format!(
+                        "topic {} is a read-only mirror in region {}; produce to its home region {home}",
+                        t.name(),
+                        ctx.config.region
+                    )),
+                )));
+                continue;
+            }
             let Some((group, status)) = ctx.cluster.leader_group(log) else {
                 let v = ctx.cluster.view(t, log);
                 let leader = LeaderIdAndEpoch::default()
@@ -126,16 +142,19 @@ pub fn handle(
                 ));
                 continue;
             };
-            if let Err(e) = PartitionLog::check_batch(&records, &t.effective) {
-                tracing::debug!(topic = %td.name.0.as_str(), partition = idx, error = %e, "produce rejected");
-                outcomes.push(Outcome::Done(partition_error(
-                    version,
-                    idx,
-                    e.kafka_code(),
-                    Some(e.to_string()),
-                )));
-                continue;
-            }
+            let header = match PartitionLog::check_batch(&records, &t.effective) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(topic = %td.name.0.as_str(), partition = idx, error = %e, "produce rejected");
+                    outcomes.push(Outcome::Done(partition_error(
+                        version,
+                        idx,
+                        e.kafka_code(),
+                        Some(e.to_string()),
+                    )));
+                    continue;
+                }
+            };
             let min_isr = min_insync_replicas(ctx, t);
             if acks == -1 && (status.isr.len() as i32) < min_isr {
                 outcomes.push(Outcome::Done(partition_error(
@@ -153,7 +172,9 @@ pub fn handle(
                 records,
                 now_ms: now,
             });
-            outcomes.push(Outcome::Replicating { ok, done });
+            let global = (acks == -1 && t.effective.global_quorum)
+                .then(|| (log.clone(), header.last_offset_delta));
+            outcomes.push(Outcome::Replicating { ok, done, global });
         }
         topics.push((TopicProduceResponse::default().with_name(td.name), outcomes));
     }
@@ -180,9 +201,10 @@ pub fn handle(
             for o in outcomes {
                 parts.push(match o {
                     Outcome::Done(r) => r,
-                    Outcome::Replicating { ok, done } => {
+                    Outcome::Replicating { ok, done, global } => {
                         let idx = ok.index;
-                        match tokio::time::timeout(timeout, done).await {
+                        let deadline = tokio::time::Instant::now() + timeout;
+                        let r = match tokio::time::timeout_at(deadline, done).await {
                             Ok(Ok(Ok(CommandResult::Produced {
                                 base_offset,
                                 log_append_time,
@@ -212,6 +234,26 @@ pub fn handle(
                             Ok(Err(_)) | Err(_) => {
                                 partition_error(version, idx, E::RequestTimedOut.code(), None)
                             }
+                        };
+                        match global {
+                            Some((log, delta)) if r.error_code == 0 => {
+                                let end = r.base_offset + delta as i64 + 1;
+                                match tokio::time::timeout_at(deadline, log.wait_mirrored(end))
+                                    .await
+                                {
+                                    Ok(()) => r,
+                                    // Written here but not yet in enough mirror
+                                    // regions: the producer retries, and the
+                                    // retry (a duplicate) waits again.
+                                    Err(_) => partition_error(
+                                        version,
+                                        idx,
+                                        E::NotEnoughReplicasAfterAppend.code(),
+                                        Some("written in the home region, but not acknowledged by enough mirror regions in time (chronik.replication.mode=global_quorum)".into()),
+                                    ),
+                                }
+                            }
+                            _ => r,
                         }
                     }
                 });

@@ -122,6 +122,11 @@ pub struct PbCommand {
     /// DeleteRecords: the partition's new log start offset.
     #[prost(int64, optional, tag = "4")]
     pub delete_records: Option<i64>,
+    /// MirrorAppend: `records` are stamped batches starting at this offset.
+    #[prost(int64, optional, tag = "5")]
+    pub mirror_base_offset: Option<i64>,
+    #[prost(bool, tag = "6")]
+    pub mirror_from_log_start: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -335,18 +340,36 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             now_ms: *now_ms,
             controller: Bytes::new(),
             delete_records: None,
+            mirror_base_offset: None,
+            mirror_from_log_start: false,
         },
         Command::Controller(cmd) => PbCommand {
             records: Bytes::new(),
             now_ms: 0,
             controller: serde_json::to_vec(cmd).expect("serializes").into(),
             delete_records: None,
+            mirror_base_offset: None,
+            mirror_from_log_start: false,
         },
         Command::DeleteRecords { offset } => PbCommand {
             records: Bytes::new(),
             now_ms: 0,
             controller: Bytes::new(),
             delete_records: Some(*offset),
+            mirror_base_offset: None,
+            mirror_from_log_start: false,
+        },
+        Command::MirrorAppend {
+            records,
+            base_offset,
+            from_log_start,
+        } => PbCommand {
+            records: records.clone(),
+            now_ms: 0,
+            controller: Bytes::new(),
+            delete_records: None,
+            mirror_base_offset: Some(*base_offset),
+            mirror_from_log_start: *from_log_start,
         },
     }
 }
@@ -358,6 +381,12 @@ pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
         Ok(Command::Controller(cmd))
     } else if let Some(offset) = p.delete_records {
         Ok(Command::DeleteRecords { offset })
+    } else if let Some(base_offset) = p.mirror_base_offset {
+        Ok(Command::MirrorAppend {
+            records: p.records,
+            base_offset,
+            from_log_start: p.mirror_from_log_start,
+        })
     } else {
         Ok(Command::Produce {
             records: p.records,

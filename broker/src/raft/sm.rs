@@ -167,6 +167,28 @@ impl StateMachine {
                     },
                 }
             }
+            (
+                Target::Partition { log, .. },
+                Command::MirrorAppend {
+                    records,
+                    base_offset,
+                    from_log_start,
+                },
+            ) => match log.mirror_into(wb, records, *base_offset, *from_log_start) {
+                Ok(m) => {
+                    if m.appended {
+                        *hw = Some(m.log_end_offset);
+                    }
+                    CommandResult::Mirrored {
+                        log_end_offset: m.log_end_offset,
+                        appended: m.appended,
+                    }
+                }
+                Err(e) => CommandResult::Rejected {
+                    code: e.kafka_code(),
+                    message: e.to_string(),
+                },
+            },
             (Target::Partition { log, .. }, Command::DeleteRecords { offset }) => {
                 match log.trim_into(wb, *offset) {
                     Ok(low_watermark) => CommandResult::Trimmed { low_watermark },

@@ -37,6 +37,17 @@ pub enum Command {
     DeleteRecords {
         offset: i64,
     },
+    /// Batches copied from the topic's home region by dc-link, already
+    /// stamped with their offsets and leader epochs there. Applied verbatim
+    /// only if they start exactly at this log's end, so a resent or
+    /// reordered copy can never create a gap or a duplicate.
+    MirrorAppend {
+        records: Bytes,
+        base_offset: i64,
+        /// The home log starts at `base_offset` (retention removed what came
+        /// before): an empty mirror may start there instead of at its end.
+        from_log_start: bool,
+    },
 }
 
 /// Changes to the region's catalog, decided by the controller group. Every
@@ -123,6 +134,9 @@ pub enum CommandResult {
     Done,
     /// DeleteRecords applied: the partition's new log start offset.
     Trimmed { low_watermark: i64 },
+    /// MirrorAppend: the log now ends at `log_end_offset`. `appended` is
+    /// false when the batches did not start at the log end (nothing written).
+    Mirrored { log_end_offset: i64, appended: bool },
 }
 
 impl std::fmt::Display for Command {
@@ -131,6 +145,11 @@ impl std::fmt::Display for Command {
             Command::Produce { records, .. } => write!(f, "produce({} bytes)", records.len()),
             Command::Controller(c) => write!(f, "{c:?}"),
             Command::DeleteRecords { offset } => write!(f, "delete-records(<{offset})"),
+            Command::MirrorAppend {
+                records,
+                base_offset,
+                ..
+            } => write!(f, "mirror-append(@{base_offset}, {} bytes)", records.len()),
         }
     }
 }

@@ -1,0 +1,240 @@
+//! The brokers' admin HTTP API that only dc-link uses: appending home
+//! batches to a mirror partition (`POST /v1/mirror/{topic}/{p}/{base}`),
+//! reading where a mirror ends (`GET /v1/mirror/{topic}/{p}`), and, for
+//! `global_quorum` topics, reporting mirror acks to the home leader.
+//! A Kafka client has no way to write at given offsets, so this is not Kafka.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+
+/// The broker's header marking an append that starts the home log.
+const FROM_LOG_START: &str = "x-chronik-from-log-start";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{addr}: {message}")]
+    Transport { addr: String, message: String },
+    #[error("{addr}: not the leader (leader: {leader:?})")]
+    NotLeader { addr: String, leader: Option<i32> },
+    #[error("{addr}: HTTP {status}: {body}")]
+    Status {
+        addr: String,
+        status: u16,
+        body: String,
+    },
+}
+
+/// One keep-alive HTTP/1 connection to a broker's admin listener.
+pub struct AdminConn {
+    pub addr: String,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl AdminConn {
+    pub async fn connect(addr: &str) -> Result<AdminConn, HttpError> {
+        let t = |message: String| HttpError::Transport {
+            addr: addr.to_string(),
+            message,
+        };
+        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| t("connect timed out".into()))?
+            .map_err(|e| t(e.to_string()))?;
+        let _ = s.set_nodelay(true);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s))
+            .await
+            .map_err(|e| t(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(AdminConn {
+            addr: addr.to_string(),
+            sender,
+        })
+    }
+
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        self.request_with(method, path, body, None).await
+    }
+
+    async fn request_with(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        flag_header: Option<&str>,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        let t = |message: String| HttpError::Transport {
+            addr: self.addr.clone(),
+            message,
+        };
+        self.sender.ready().await.map_err(|e| t(e.to_string()))?;
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, self.addr.as_str());
+        if let Some(h) = flag_header {
+            req = req.header(h, "1");
+        }
+        let req = req.body(Full::new(body)).map_err(|e| t(e.to_string()))?;
+        let exchange = async {
+            let resp = self.sender.send_request(req).await?;
+            let status = resp.status();
+            let body = resp.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        tokio::time::timeout(Duration::from_secs(40), exchange)
+            .await
+            .map_err(|_| t("no answer within 40 s".into()))?
+            .map_err(|e| t(e.to_string()))
+    }
+
+    fn check(&self, status: StatusCode, body: &Bytes) -> Result<(), HttpError> {
+        if status == StatusCode::MISDIRECTED_REQUEST {
+            let leader = serde_json::from_slice::<serde_json::Value>(body)
+                .ok()
+                .and_then(|v| v.get("leader")?.as_i64())
+                .map(|l| l as i32);
+            return Err(HttpError::NotLeader {
+                addr: self.addr.clone(),
+                leader,
+            });
+        }
+        if !status.is_success() {
+            return Err(HttpError::Status {
+                addr: self.addr.clone(),
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(body).into_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    fn json<T: for<'de> Deserialize<'de>>(&self, body: &Bytes) -> Result<T, HttpError> {
+        serde_json::from_slice(body).map_err(|e| HttpError::Transport {
+            addr: self.addr.clone(),
+            message: format!("bad JSON: {e}"),
+        })
+    }
+
+    pub async fn node_id(&mut self) -> Result<i32, HttpError> {
+        #[derive(Deserialize)]
+        struct Cluster {
+            node_id: i32,
+        }
+        let (st, body) = self
+            .request(Method::GET, "/v1/cluster", Bytes::new())
+            .await?;
+        self.check(st, &body)?;
+        Ok(self.json::<Cluster>(&body)?.node_id)
+    }
+
+    pub async fn mirror_state(&mut self, topic: &str, p: i32) -> Result<MirrorState, HttpError> {
+        let path = format!("/v1/mirror/{}/{p}", encode_segment(topic));
+        let (st, body) = self.request(Method::GET, &path, Bytes::new()).await?;
+        self.check(st, &body)?;
+        let s: MirrorState = self.json(&body)?;
+        if !s.is_leader {
+            return Err(HttpError::NotLeader {
+                addr: self.addr.clone(),
+                leader: s.leader,
+            });
+        }
+        Ok(s)
+    }
+
+    pub async fn mirror_append(
+        &mut self,
+        topic: &str,
+        p: i32,
+        base_offset: i64,
+        records: Bytes,
+        from_log_start: bool,
+    ) -> Result<Appended, HttpError> {
+        let path = format!("/v1/mirror/{}/{p}/{base_offset}", encode_segment(topic));
+        let (st, body) = self
+            .request_with(
+                Method::POST,
+                &path,
+                records,
+                from_log_start.then_some(FROM_LOG_START),
+            )
+            .await?;
+        self.check(st, &body)?;
+        self.json(&body)
+    }
+
+    /// Tells the home partition's leader how far each mirror region holds
+    /// its log durably (global_quorum topics).
+    pub async fn mirror_acks(
+        &mut self,
+        topic: &str,
+        p: i32,
+        acks: &BTreeMap<String, i64>,
+        required: usize,
+    ) -> Result<(), HttpError> {
+        let path = format!("/v1/mirror-acks/{}/{p}", encode_segment(topic));
+        let body = serde_json::to_vec(&serde_json::json!({"acks": acks, "required": required}))
+            .expect("serializes");
+        let (st, body) = self.request(Method::POST, &path, body.into()).await?;
+        self.check(st, &body)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MirrorState {
+    pub is_leader: bool,
+    pub leader: Option<i32>,
+    pub log_start_offset: i64,
+    pub log_end_offset: i64,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Appended {
+    pub log_end_offset: i64,
+    pub appended: bool,
+}
+
+/// Topic names are `[a-zA-Z0-9._-]`, all safe in a path; anything else is
+/// percent-encoded rather than trusted.
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// GET `path` from an HTTP address (`host:port` or `http://host:port`) and
+/// parse the JSON answer (`chronik ctl`).
+pub async fn get_json<T: for<'de> Deserialize<'de>>(
+    addr: &str,
+    path: &str,
+) -> Result<T, HttpError> {
+    let host = addr.trim_start_matches("http://").trim_end_matches('/');
+    let mut c = AdminConn::connect(host).await?;
+    let (st, body) = c.request(Method::GET, path, Bytes::new()).await?;
+    c.check(st, &body)?;
+    c.json(&body)
+}

@@ -1,0 +1,594 @@
+//! dc-link: ships committed log batches between regions over QUIC, so every
+//! mirror region holds each topic at the same offsets as its home region.
+//!
+//! One process per region. It dials every other region (the sending side,
+//! `sender`) and accepts their links (the receiving side, `receiver`). What
+//! travels is in `proto` (no I/O); lag bookkeeping in `lag` (no I/O).
+//! The region's own brokers are reached through Kafka (`kafka`: metadata,
+//! fetch, topic admin) and their admin HTTP API (`broker_http`: mirror
+//! appends). See docs/dc-link.md.
+
+pub mod broker_http;
+pub mod kafka;
+pub mod lag;
+pub mod proto;
+mod receiver;
+mod sender;
+pub mod tls;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use chronik_topology::{DcLinkConfig, Faults, Region, TopicPolicy, Topology};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::Notify;
+
+use crate::broker_http::{AdminConn, HttpError};
+use crate::kafka::ClusterView;
+use crate::lag::{LinkRow, LinkStats, PartitionLag, PartitionRow, Report};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DcLinkError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("binding {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(String),
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A topic homed in this region, with its resolved policy.
+#[derive(Debug, Clone)]
+pub struct HomedTopic {
+    pub name: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    pub configs: BTreeMap<String, String>,
+    pub policy: TopicPolicy,
+}
+
+/// Per link: when last sampled, records and bytes sent then, and the
+/// rates (records/s, bytes/s) over the last interval.
+type RateSample = (Instant, u64, u64, f64, f64);
+
+/// State shared by every task of the process.
+pub struct Shared {
+    pub region: String,
+    pub topology: Topology,
+    pub faults: Faults,
+    endpoint: quinn::Endpoint,
+    client_config: quinn::ClientConfig,
+    view: Mutex<Option<ClusterView>>,
+    admin_by_node: Mutex<BTreeMap<i32, String>>,
+    homed: Mutex<Vec<HomedTopic>>,
+    policy_errors: Mutex<BTreeMap<String, String>>,
+    lag: Mutex<BTreeMap<(String, String, i32), PartitionLag>>,
+    links: Mutex<BTreeMap<String, LinkStats>>,
+    rates: Mutex<BTreeMap<String, RateSample>>,
+    refresh: Notify,
+    quorum_changed: Notify,
+}
+
+impl Shared {
+    pub fn local_region(&self) -> &Region {
+        self.topology
+            .region(&self.region)
+            .expect("validated at load: this region is in the topology")
+    }
+
+    pub fn view(&self) -> Option<ClusterView> {
+        self.view.lock().unwrap().clone()
+    }
+
+    pub fn refresh_soon(&self) {
+        self.refresh.notify_one();
+    }
+
+    pub fn homed_topics(&self) -> Vec<HomedTopic> {
+        self.homed.lock().unwrap().clone()
+    }
+
+    pub fn leader_addr(&self, topic: &str, partition: i32) -> Option<String> {
+        self.view
+            .lock()
+            .unwrap()
+            .as_ref()?
+            .leader_addr(topic, partition)
+            .map(str::to_string)
+    }
+
+    /// A connection to the admin listener of the partition's leader.
+    pub async fn leader_admin(
+        &self,
+        view: &ClusterView,
+        topic: &str,
+        partition: i32,
+    ) -> Result<AdminConn, HttpError> {
+        let leader = view
+            .topics
+            .get(topic)
+            .and_then(|t| t.leaders.get(partition as usize).copied())
+            .filter(|l| *l >= 0);
+        let Some(leader) = leader else {
+            return Err(HttpError::NotLeader {
+                addr: "metadata".into(),
+                leader: None,
+            });
+        };
+        let known = self.admin_by_node.lock().unwrap().get(&leader).cloned();
+        let addr = match known {
+            Some(a) => a,
+            None => {
+                self.learn_admin_addresses().await;
+                self.admin_by_node
+                    .lock()
+                    .unwrap()
+                    .get(&leader)
+                    .cloned()
+                    .ok_or_else(|| HttpError::Transport {
+                        addr: format!("broker {leader}"),
+                        message: "no admin address in the topology answers as this broker".into(),
+                    })?
+            }
+        };
+        AdminConn::connect(&addr).await
+    }
+
+    /// Asks each configured broker admin address which broker it is.
+    async fn learn_admin_addresses(&self) {
+        for addr in &self.local_region().brokers_admin {
+            if let Ok(mut c) = AdminConn::connect(addr).await {
+                if let Ok(id) = c.node_id().await {
+                    self.admin_by_node.lock().unwrap().insert(id, addr.clone());
+                }
+            }
+        }
+    }
+
+    fn link_stats(&self, link: &str, f: impl FnOnce(&mut LinkStats)) {
+        f(self
+            .links
+            .lock()
+            .unwrap()
+            .entry(link.to_string())
+            .or_default())
+    }
+
+    fn with_lag(&self, link: &str, topic: &str, p: i32, f: impl FnOnce(&mut PartitionLag)) {
+        let mut lag = self.lag.lock().unwrap();
+        f(lag
+            .entry((link.to_string(), topic.to_string(), p))
+            .or_default())
+    }
+
+    fn observe_high_watermark(&self, link: &str, topic: &str, p: i32, hw: i64) {
+        self.with_lag(link, topic, p, |l| {
+            l.observe_high_watermark(hw, Instant::now())
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn shipped(&self, link: &str, topic: &str, p: i32, base: i64, next: i64, ts: i64, bytes: u64) {
+        self.with_lag(link, topic, p, |l| l.shipped(base, next, ts, bytes));
+    }
+
+    fn acked(&self, link: &str, topic: &str, p: i32, offset: i64, now: Instant) {
+        self.with_lag(link, topic, p, |l| l.acked(offset, now));
+        if self
+            .homed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|t| t.name == topic && t.policy.global_quorum)
+        {
+            self.quorum_changed.notify_one();
+        }
+    }
+
+    fn policy_error(&self, topic: &str, message: String) {
+        self.policy_errors
+            .lock()
+            .unwrap()
+            .insert(topic.to_string(), message);
+    }
+
+    /// Per global_quorum partition: each mirror region's durable end, and
+    /// how many regions must reach an offset for it to count.
+    fn quorum_positions(&self) -> BTreeMap<(String, i32), (BTreeMap<String, i64>, usize)> {
+        let homed = self.homed.lock().unwrap().clone();
+        let lag = self.lag.lock().unwrap();
+        let want = self.topology.cross_dc.global_quorum_regions as usize;
+        let mut out = BTreeMap::new();
+        for t in homed.iter().filter(|t| t.policy.global_quorum) {
+            let required = if want == 0 {
+                t.policy.mirrors.len()
+            } else {
+                want.min(t.policy.mirrors.len())
+            };
+            for p in 0..t.partitions {
+                let mut acks = BTreeMap::new();
+                for m in &t.policy.mirrors {
+                    let link = format!("{}->{m}", self.region);
+                    if let Some(l) = lag.get(&(link, t.name.clone(), p)) {
+                        acks.insert(m.clone(), l.acked);
+                    }
+                }
+                out.insert((t.name.clone(), p), (acks, required));
+            }
+        }
+        out
+    }
+
+    /// The lag report (`chronik ctl lag`, `/v1/lag`).
+    pub fn report(&self) -> Report {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let partitions = self
+            .lag
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|((link, topic, p), l)| PartitionRow {
+                link: link.clone(),
+                topic: topic.clone(),
+                partition: *p,
+                source_high_watermark: l.source_high_watermark,
+                mirror_log_end: l.acked,
+                lag_records: l.records(),
+                lag_bytes: l.bytes(),
+                lag_seconds: l.seconds(now, now_ms),
+            })
+            .collect();
+        let rates = self.rates.lock().unwrap().clone();
+        let links = self
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(link, s)| {
+                let (from, to) = link.split_once("->").unwrap_or((link, ""));
+                let (r, b) = rates.get(link).map_or((0.0, 0.0), |x| (x.3, x.4));
+                LinkRow {
+                    link: link.clone(),
+                    from: from.to_string(),
+                    to: to.to_string(),
+                    stats: s.clone(),
+                    compression_ratio: s.compression_ratio(),
+                    throughput_records_per_sec: r,
+                    throughput_bytes_per_sec: b,
+                }
+            })
+            .collect();
+        Report {
+            region: self.region.clone(),
+            links,
+            partitions,
+            policy_errors: self.policy_errors.lock().unwrap().clone(),
+        }
+    }
+
+    fn sample_rates(&self) {
+        let links = self.links.lock().unwrap().clone();
+        let mut rates = self.rates.lock().unwrap();
+        let now = Instant::now();
+        for (link, s) in links {
+            let e = rates
+                .entry(link)
+                .or_insert((now, s.records_sent, s.raw_bytes_sent, 0.0, 0.0));
+            let dt = now.duration_since(e.0).as_secs_f64();
+            if dt >= 1.0 {
+                *e = (
+                    now,
+                    s.records_sent,
+                    s.raw_bytes_sent,
+                    (s.records_sent - e.1) as f64 / dt,
+                    (s.raw_bytes_sent - e.2) as f64 / dt,
+                );
+            }
+        }
+    }
+
+    /// Re-reads the region's topics: which are homed here, and their policy.
+    async fn discover(&self) -> Result<(), String> {
+        let local = self.local_region();
+        let view = kafka::metadata(&local.bootstrap, None)
+            .await
+            .map_err(|e| e.to_string())?;
+        let names: Vec<String> = view
+            .topics
+            .iter()
+            .filter(|(n, t)| t.error == 0 && !n.starts_with("__"))
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut c = kafka::Conn::connect(&local.bootstrap[0])
+            .await
+            .map_err(|e| e.to_string())?;
+        let configs = if names.is_empty() {
+            BTreeMap::new()
+        } else {
+            kafka::topic_configs(&mut c, &names)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let mut homed = Vec::new();
+        let mut errors = BTreeMap::new();
+        for name in names {
+            let cfg = configs.get(&name).cloned().unwrap_or_default();
+            let policy = self.topology.policy(
+                &self.region,
+                cfg.get("chronik.home.region").map(String::as_str),
+                cfg.get("chronik.mirror.regions").map(String::as_str),
+                cfg.get("chronik.replication.mode").map(String::as_str),
+            );
+            match policy {
+                Ok(p) if p.home == self.region => {
+                    let t = &view.topics[&name];
+                    homed.push(HomedTopic {
+                        partitions: t.leaders.len() as i32,
+                        replication_factor: t.replication_factor,
+                        name,
+                        configs: cfg,
+                        policy: p,
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    errors.insert(name, e.to_string());
+                }
+            }
+        }
+        for (t, e) in &errors {
+            if !self.policy_errors.lock().unwrap().contains_key(t) {
+                tracing::error!(topic = %t, error = %e, "invalid replication policy; not mirroring this topic");
+            }
+        }
+        *self.policy_errors.lock().unwrap() = errors;
+        self.observe_home_watermarks(&view, &homed).await;
+        *self.homed.lock().unwrap() = homed;
+        *self.view.lock().unwrap() = Some(view);
+        Ok(())
+    }
+
+    /// Lag must stay visible while a link is down (nothing is fetched then),
+    /// so the home high watermarks are also read here, once a second.
+    async fn observe_home_watermarks(&self, view: &ClusterView, homed: &[HomedTopic]) {
+        let mut by_leader: BTreeMap<String, Vec<(String, i32)>> = BTreeMap::new();
+        for t in homed.iter().filter(|t| !t.policy.mirrors.is_empty()) {
+            for p in 0..t.partitions {
+                if let Some(addr) = view.leader_addr(&t.name, p) {
+                    by_leader
+                        .entry(addr.to_string())
+                        .or_default()
+                        .push((t.name.clone(), p));
+                }
+            }
+        }
+        let now = Instant::now();
+        for (addr, parts) in by_leader {
+            let Ok(mut c) = kafka::Conn::connect(&addr).await else {
+                continue;
+            };
+            let Ok(hws) = kafka::high_watermarks(&mut c, &parts).await else {
+                continue;
+            };
+            for t in homed {
+                for m in &t.policy.mirrors {
+                    let link = format!("{}->{m}", self.region);
+                    for p in 0..t.partitions {
+                        if let Some(hw) = hws.get(&(t.name.clone(), p)) {
+                            self.with_lag(&link, &t.name, p, |l| {
+                                l.observe_high_watermark(*hw, now)
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// QUIC transport sized for the configured bandwidth-delay product, with
+/// BBR: loss-based congestion control (NewReno, Cubic) collapses at WAN
+/// loss rates (1% loss at 100 ms allows ~1.5 Mbit/s by the Mathis bound).
+fn transport(topo: &Topology) -> quinn::TransportConfig {
+    let bdp = topo.cross_dc.bdp_bytes().max(4 << 20);
+    let stream_window = (2 * bdp).min((1u64 << 30) - 1);
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u64(stream_window).expect("bounded"))
+        .receive_window(quinn::VarInt::from_u64(2 * stream_window).expect("bounded"))
+        .send_window(2 * stream_window)
+        .initial_rtt(Duration::from_millis(topo.cross_dc.link_rtt_ms as u64))
+        .keep_alive_interval(Some(Duration::from_secs(1)))
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(10)).expect("small"),
+        ))
+        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    t
+}
+
+/// A UDP socket with kernel buffers large enough for a bandwidth-delay
+/// product's worth of bursts (the kernel caps them at rmem_max/wmem_max).
+fn udp_socket(addr: SocketAddr, bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    let domain = socket2::Domain::for_address(addr);
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(bytes);
+    let _ = s.set_send_buffer_size(bytes);
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Runs the dc-link until `shutdown` resolves.
+pub async fn run(
+    cfg: DcLinkConfig,
+    topo: Topology,
+    metrics: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), DcLinkError> {
+    let region = topo
+        .region(&cfg.region)
+        .cloned()
+        .expect("validated at load");
+    let identity = tls::Identity::load(&topo.tls.ca, &region.cert, &region.key)?;
+    let transport = Arc::new(transport(&topo));
+    let server_config = identity.server_config(transport.clone())?;
+    let client_config = identity.client_config(transport)?;
+    let listen = cfg.listen_addr(&topo);
+    let buf = (topo.cross_dc.bdp_bytes() as usize).clamp(4 << 20, 64 << 20);
+    let socket = udp_socket(listen, buf).map_err(|source| DcLinkError::Bind {
+        what: "QUIC",
+        addr: listen,
+        source,
+    })?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| DcLinkError::Bind {
+        what: "QUIC",
+        addr: listen,
+        source,
+    })?;
+    let admin = tokio::net::TcpListener::bind(cfg.admin)
+        .await
+        .map_err(|source| DcLinkError::Bind {
+            what: "admin",
+            addr: cfg.admin,
+            source,
+        })?;
+    let shared = Arc::new(Shared {
+        region: cfg.region.clone(),
+        topology: topo.clone(),
+        faults: cfg.faults.clone(),
+        endpoint: endpoint.clone(),
+        client_config,
+        view: Mutex::new(None),
+        admin_by_node: Mutex::new(BTreeMap::new()),
+        homed: Mutex::new(Vec::new()),
+        policy_errors: Mutex::new(BTreeMap::new()),
+        lag: Mutex::new(BTreeMap::new()),
+        links: Mutex::new(BTreeMap::new()),
+        rates: Mutex::new(BTreeMap::new()),
+        refresh: Notify::new(),
+        quorum_changed: Notify::new(),
+    });
+    tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, "dc-link started");
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            loop {
+                if let Err(e) = shared.discover().await {
+                    tracing::warn!(error = %e, "cannot read this region's topics");
+                }
+                shared.sample_rates();
+                tokio::select! {
+                    _ = shared.refresh.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+    }
+    {
+        let shared = shared.clone();
+        tasks.spawn(async move {
+            while let Some(incoming) = shared.endpoint.accept().await {
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => receiver::serve(shared, conn).await,
+                        Err(e) => tracing::warn!(error = %e, "incoming dc-link handshake failed (untrusted certificate?)"),
+                    }
+                });
+            }
+        });
+    }
+    let peers: BTreeSet<String> = topo
+        .regions
+        .iter()
+        .map(|r| r.name.clone())
+        .filter(|r| *r != cfg.region)
+        .collect();
+    for peer in peers {
+        tasks.spawn(sender::run_link(shared.clone(), peer));
+    }
+    tasks.spawn(sender::report_quorum_acks(shared.clone()));
+    let app = axum::Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/v1/lag", get(lag_json))
+        .route("/health/live", get(|| async { "live\n" }))
+        .route("/health/ready", get(ready))
+        .with_state((shared.clone(), metrics));
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(admin, app).await {
+            tracing::warn!(error = %e, "admin listener stopped");
+        }
+    });
+    shutdown.await;
+    tracing::info!("dc-link stopping");
+    endpoint.close(0u32.into(), b"shutting down");
+    tasks.abort_all();
+    Ok(())
+}
+
+type AppState = (Arc<Shared>, PrometheusHandle);
+
+async fn lag_json(State((s, _)): State<AppState>) -> impl IntoResponse {
+    axum::Json(s.report())
+}
+
+async fn ready(State((s, _)): State<AppState>) -> (StatusCode, &'static str) {
+    if s.view.lock().unwrap().is_some() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: brokers not reached\n",
+        )
+    }
+}
+
+async fn render_metrics(State((s, m)): State<AppState>) -> String {
+    let r = s.report();
+    for p in &r.partitions {
+        let labels = [
+            ("link", p.link.clone()),
+            ("topic", p.topic.clone()),
+            ("partition", p.partition.to_string()),
+        ];
+        metrics::gauge!("chronik_dclink_lag_records", &labels).set(p.lag_records as f64);
+        metrics::gauge!("chronik_dclink_lag_bytes", &labels).set(p.lag_bytes as f64);
+        metrics::gauge!("chronik_dclink_lag_seconds", &labels).set(p.lag_seconds);
+    }
+    for l in &r.links {
+        let labels = [("link", l.link.clone())];
+        metrics::gauge!("chronik_dclink_connected", &labels).set(l.stats.connected as u8 as f64);
+        metrics::gauge!("chronik_dclink_rtt_seconds", &labels).set(l.stats.rtt_ms / 1000.0);
+        metrics::gauge!("chronik_dclink_compression_ratio", &labels).set(l.compression_ratio);
+        metrics::gauge!("chronik_dclink_frames_in_flight", &labels)
+            .set(l.stats.frames_in_flight as f64);
+        metrics::gauge!("chronik_dclink_throughput_records_per_second", &labels)
+            .set(l.throughput_records_per_sec);
+    }
+    metrics::gauge!("chronik_dclink_policy_errors").set(r.policy_errors.len() as f64);
+    m.render()
+}

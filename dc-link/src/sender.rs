@@ -1,0 +1,557 @@
+//! The sending side: one link per mirror region. It offers the topics homed
+//! here, fetches their committed batches from this region's brokers from
+//! where each mirror ends, and ships them in zstd-compressed frames with up
+//! to `pipeline_depth` frames unacknowledged.
+//!
+//! Positions always come from the receiver (its mirror's durable log end,
+//! on every new connection and on every resend request), never from local
+//! memory, so a restart of either side resumes exactly where the mirror is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::proto::{self, Body, Chunk, Data, Envelope, Hello, TopicOffer};
+use crate::{kafka, HomedTopic, Shared};
+
+/// Where a partition is being read from, and a generation that a resend
+/// request bumps so reads of the old position are discarded.
+#[derive(Debug, Clone, Copy)]
+struct ReadPos {
+    offset: i64,
+    gen: u64,
+    from_log_start: bool,
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    peer: String,
+    link: String,
+    out: mpsc::Sender<Chunk>,
+    control: mpsc::UnboundedSender<Envelope>,
+    positions: Mutex<HashMap<(String, i32), ReadPos>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<proto::TopicReady>>>,
+    next_id: AtomicU64,
+    closed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Session {
+    fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+}
+
+/// Keeps the link to `peer` up for as long as the process runs.
+pub async fn run_link(shared: Arc<Shared>, peer: String) {
+    let link = format!("{}->{peer}", shared.region);
+    shared.link_stats(&link, |_| {}); // listed (as down) before the first connection
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = Instant::now();
+        match connect_and_run(&shared, &peer, &link).await {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!(link = %link, error = %e, "link down; reconnecting");
+                shared.link_stats(&link, |s| {
+                    s.connected = false;
+                    s.reconnects += 1;
+                    s.last_error = Some(e.clone());
+                });
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result<(), String> {
+    let region = shared
+        .topology
+        .region(peer)
+        .ok_or_else(|| format!("region {peer} left the topology"))?;
+    let addr: std::net::SocketAddr = region.dc_link.parse().map_err(|e| format!("{e}"))?;
+    let conn = shared
+        .endpoint
+        .connect_with(
+            shared.client_config.clone(),
+            addr,
+            &crate::tls::region_dns_name(peer),
+        )
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| format!("connecting to {peer} at {addr}: {e}"))?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let hello = Envelope {
+        id: 0,
+        reply_to: 0,
+        body: Some(Body::Hello(Hello {
+            region: shared.region.clone(),
+            protocol_version: proto::PROTOCOL_VERSION,
+        })),
+    };
+    send.write_all(&proto::encode(&hello, None).0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut dec = proto::Decoder::default();
+    let mut buf = vec![0u8; 256 << 10];
+    let ack = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some((env, _)) = dec.next_frame().map_err(|e| e.to_string())? {
+                return match env.body {
+                    Some(Body::HelloAck(h)) if h.region == peer => Ok(h),
+                    Some(Body::HelloAck(h)) => Err(format!(
+                        "{addr} answered as region {}, expected {peer}",
+                        h.region
+                    )),
+                    _ => Err("expected HelloAck".to_string()),
+                };
+            }
+            let n = recv
+                .read(&mut buf)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("closed during the handshake")?;
+            dec.push(&buf[..n]);
+        }
+    })
+    .await
+    .map_err(|_| "no HelloAck within 10 s".to_string())??;
+    tracing::info!(link = %link, peer = %ack.region, remote = %addr, "link up");
+    shared.link_stats(link, |s| {
+        s.connected = true;
+        s.last_error = None;
+    });
+
+    let cross = &shared.topology.cross_dc;
+    let (chunk_tx, chunk_rx) = mpsc::channel::<Chunk>(cross.pipeline_depth as usize * 4);
+    let (control_tx, control_rx) = mpsc::unbounded_channel::<Envelope>();
+    let (closed, _) = tokio::sync::watch::channel(false);
+    let session = Arc::new(Session {
+        shared: shared.clone(),
+        peer: peer.to_string(),
+        link: link.to_string(),
+        out: chunk_tx,
+        control: control_tx,
+        positions: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        closed,
+    });
+    let window = Arc::new(Semaphore::new(cross.pipeline_depth as usize));
+    let inflight: Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>> =
+        Arc::new(Mutex::new(HashMap::new()));
+
+    let writer = write_frames(
+        session.clone(),
+        send,
+        chunk_rx,
+        control_rx,
+        window.clone(),
+        inflight.clone(),
+    );
+    let reader = read_replies(session.clone(), recv, dec, buf, inflight.clone());
+    let offers = offer_topics(session.clone());
+    let stats = {
+        let conn = conn.clone();
+        let shared = shared.clone();
+        let link = link.to_string();
+        let inflight = inflight.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let rtt = conn.rtt().as_secs_f64() * 1000.0;
+                let n = inflight.lock().unwrap().len() as u64;
+                shared.link_stats(&link, |s| {
+                    s.rtt_ms = rtt;
+                    s.frames_in_flight = n;
+                });
+            }
+        }
+    };
+    let result = tokio::select! {
+        r = writer => r,
+        r = reader => r,
+        r = offers => r,
+        _ = stats => Ok(()),
+        e = conn.closed() => Err(e.to_string()),
+    };
+    let _ = session.closed.send(true);
+    conn.close(0u32.into(), b"link reset");
+    result
+}
+
+/// Packs chunks into frames and writes them, at most `pipeline_depth`
+/// unacknowledged; control messages go first, uncompressed.
+async fn write_frames(
+    s: Arc<Session>,
+    mut send: quinn::SendStream,
+    mut chunks: mpsc::Receiver<Chunk>,
+    mut control: mpsc::UnboundedReceiver<Envelope>,
+    window: Arc<Semaphore>,
+    inflight: Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>>,
+) -> Result<(), String> {
+    let cross = s.shared.topology.cross_dc.clone();
+    let level = match cross.compression {
+        chronik_topology::Compression::Zstd => Some(cross.compression_level),
+        chronik_topology::Compression::None => None,
+    };
+    let corrupt_every = s.shared.faults.corrupt_frame_every;
+    let mut seq: u64 = 0;
+    loop {
+        let first = tokio::select! {
+            biased;
+            c = control.recv() => {
+                let Some(env) = c else { return Ok(()) };
+                send.write_all(&proto::encode(&env, None).0).await.map_err(|e| e.to_string())?;
+                continue;
+            }
+            c = chunks.recv() => match c { Some(c) => c, None => return Ok(()) },
+        };
+        let permit = window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut size = first.records.len();
+        let mut frame_chunks = vec![first];
+        while size < cross.frame_max_bytes as usize {
+            match chunks.try_recv() {
+                Ok(c) => {
+                    size += c.records.len();
+                    frame_chunks.push(c);
+                }
+                Err(_) => break,
+            }
+        }
+        seq += 1;
+        let records: u64 = frame_chunks
+            .iter()
+            .map(|c| (c.next_offset - c.base_offset) as u64)
+            .sum();
+        let raw: u64 = frame_chunks.iter().map(|c| c.records.len() as u64).sum();
+        let env = Envelope {
+            id: 0,
+            reply_to: 0,
+            body: Some(Body::Data(Data {
+                seq,
+                chunks: frame_chunks,
+            })),
+        };
+        // Compression is CPU work; keep it off the I/O threads.
+        let (frame, _) = tokio::task::spawn_blocking(move || proto::encode(&env, level))
+            .await
+            .map_err(|e| e.to_string())?;
+        let frame = if corrupt_every > 0 && seq.is_multiple_of(corrupt_every) {
+            let mut bad = frame.to_vec();
+            let i = proto::HEADER_LEN + (seq as usize * 7919) % (bad.len() - proto::HEADER_LEN);
+            bad[i] ^= 0x01;
+            tracing::warn!(link = %s.link, seq, "fault injection: corrupting data frame");
+            Bytes::from(bad)
+        } else {
+            frame
+        };
+        inflight
+            .lock()
+            .unwrap()
+            .insert(seq, (permit, Instant::now()));
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+        let wire = frame.len() as u64;
+        s.shared.link_stats(&s.link, |st| {
+            st.frames_sent += 1;
+            st.records_sent += records;
+            st.raw_bytes_sent += raw;
+            st.wire_bytes_sent += wire;
+        });
+        let labels = [("link", s.link.clone())];
+        metrics::counter!("chronik_dclink_sent_bytes_total", &labels).increment(wire);
+        metrics::counter!("chronik_dclink_sent_raw_bytes_total", &labels).increment(raw);
+        metrics::counter!("chronik_dclink_sent_records_total", &labels).increment(records);
+        metrics::counter!("chronik_dclink_sent_frames_total", &labels).increment(1);
+    }
+}
+
+async fn read_replies(
+    s: Arc<Session>,
+    mut recv: quinn::RecvStream,
+    mut dec: proto::Decoder,
+    mut buf: Vec<u8>,
+    inflight: Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>>,
+) -> Result<(), String> {
+    loop {
+        while let Some((env, _)) = dec.next_frame().map_err(|e| e.to_string())? {
+            match env.body {
+                Some(Body::TopicReady(r)) => {
+                    if let Some(tx) = s.pending.lock().unwrap().remove(&env.reply_to) {
+                        let _ = tx.send(r);
+                    }
+                }
+                Some(Body::Ack(a)) => {
+                    inflight.lock().unwrap().remove(&a.seq);
+                    let now = Instant::now();
+                    for p in a.positions {
+                        s.shared
+                            .acked(&s.link, &p.topic, p.partition, p.offset, now);
+                    }
+                }
+                Some(Body::Resync(p)) => {
+                    let mut pos = s.positions.lock().unwrap();
+                    if let Some(rp) = pos.get_mut(&(p.topic.clone(), p.partition)) {
+                        tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = rp.offset, to = p.offset, "mirror asked for a resend");
+                        rp.offset = p.offset;
+                        rp.gen += 1;
+                        rp.from_log_start = false;
+                    }
+                }
+                Some(Body::Error(e)) => return Err(format!("peer error: {}", e.message)),
+                _ => {}
+            }
+        }
+        let n = recv
+            .read(&mut buf)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("peer closed the stream")?;
+        dec.push(&buf[..n]);
+    }
+}
+
+/// Offers every topic homed here that mirrors to this peer, once per
+/// session (again when its partition count grows), and starts reading it.
+async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
+    let mut offered: HashMap<String, i32> = HashMap::new();
+    loop {
+        let topics: Vec<HomedTopic> = s.shared.homed_topics();
+        for t in topics {
+            if !t.policy.mirrors.contains(&s.peer) {
+                continue;
+            }
+            if offered.get(&t.name).is_some_and(|n| *n >= t.partitions) {
+                continue;
+            }
+            let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            s.pending.lock().unwrap().insert(id, tx);
+            let _ = s.control.send(Envelope {
+                id,
+                reply_to: 0,
+                body: Some(Body::TopicOffer(TopicOffer {
+                    name: t.name.clone(),
+                    partitions: t.partitions,
+                    replication_factor: t.replication_factor,
+                    configs: t.configs.clone(),
+                    home_region: s.shared.region.clone(),
+                })),
+            });
+            let ready = tokio::time::timeout(Duration::from_secs(90), rx)
+                .await
+                .map_err(|_| format!("no answer to the offer of topic {}", t.name))?
+                .map_err(|_| "session closed".to_string())?;
+            if !ready.error.is_empty() {
+                tracing::error!(link = %s.link, topic = %t.name, error = %ready.error, "peer cannot mirror topic");
+                s.shared
+                    .policy_error(&t.name, format!("{}: {}", s.peer, ready.error));
+                offered.insert(t.name.clone(), t.partitions);
+                continue;
+            }
+            let now = Instant::now();
+            let already = offered.get(&t.name).copied().unwrap_or(0);
+            for p in ready.positions {
+                s.shared
+                    .acked(&s.link, &p.topic, p.partition, p.offset, now);
+                if p.partition < already {
+                    continue;
+                }
+                s.positions.lock().unwrap().insert(
+                    (p.topic.clone(), p.partition),
+                    ReadPos {
+                        offset: p.offset,
+                        gen: 0,
+                        from_log_start: false,
+                    },
+                );
+                tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = p.offset, "mirroring");
+                tokio::spawn(read_partition(s.clone(), p.topic.clone(), p.partition));
+            }
+            offered.insert(t.name.clone(), t.partitions);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Reads one partition's committed batches from its leader here and hands
+/// them to the frame writer, until the session ends.
+async fn read_partition(s: Arc<Session>, topic: String, partition: i32) {
+    let max_bytes = (s.shared.topology.cross_dc.frame_max_bytes as i32).max(1 << 20);
+    let mut conn: Option<kafka::Conn> = None;
+    while !s.is_closed() {
+        let Some(pos) = s
+            .positions
+            .lock()
+            .unwrap()
+            .get(&(topic.clone(), partition))
+            .copied()
+        else {
+            return;
+        };
+        if conn.is_none() {
+            let Some(addr) = s.shared.leader_addr(&topic, partition) else {
+                s.shared.refresh_soon();
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            };
+            match kafka::Conn::connect(&addr).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    tracing::debug!(topic = %topic, partition, error = %e, "cannot reach the leader");
+                    s.shared.refresh_soon();
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            }
+        }
+        let c = conn.as_mut().expect("connected above");
+        let f = match kafka::fetch(c, &topic, partition, pos.offset, max_bytes, 500).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(topic = %topic, partition, error = %e, "fetch failed");
+                conn = None;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        match f.error {
+            0 => {}
+            // OFFSET_OUT_OF_RANGE below the log start: retention removed
+            // what the mirror lacks; start from what the home still has.
+            1 if f.log_start_offset > pos.offset => {
+                let mut positions = s.positions.lock().unwrap();
+                if let Some(rp) = positions.get_mut(&(topic.clone(), partition)) {
+                    if rp.gen == pos.gen {
+                        tracing::warn!(topic = %topic, partition, mirror_end = pos.offset, home_start = f.log_start_offset, "home log no longer holds the mirror's next records (retention); continuing from the home log start");
+                        rp.offset = f.log_start_offset;
+                        rp.from_log_start = true;
+                    }
+                }
+                continue;
+            }
+            code => {
+                if code == 1 {
+                    tracing::error!(topic = %topic, partition, mirror_end = pos.offset, "the mirror is ahead of its home log; not shipping");
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                conn = None;
+                s.shared.refresh_soon();
+                continue;
+            }
+        }
+        s.shared
+            .observe_high_watermark(&s.link, &topic, partition, f.high_watermark);
+        let whole = chronik_wire::batch::whole_batches_len(&f.records);
+        if whole == 0 {
+            continue;
+        }
+        let records = f.records.slice(..whole);
+        let batches = match chronik_wire::batch::split_stored(&records) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(topic = %topic, partition, offset = pos.offset, error = %e, "home returned batches that do not check out; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        // Fetch returns the batch containing the offset; the mirror wants
+        // whole batches from its end, which is always a batch boundary.
+        let Some(start) = batches
+            .iter()
+            .position(|(h, _)| h.last_offset() >= pos.offset)
+        else {
+            continue;
+        };
+        let (first_h, first_r) = &batches[start];
+        let (last_h, _) = batches.last().expect("non-empty");
+        let base = first_h.base_offset;
+        let next = last_h.last_offset() + 1;
+        let chunk = Chunk {
+            topic: topic.clone(),
+            partition,
+            base_offset: base,
+            next_offset: next,
+            records: records.slice(first_r.start..),
+            from_log_start: pos.from_log_start,
+        };
+        {
+            let mut positions = s.positions.lock().unwrap();
+            match positions.get_mut(&(topic.clone(), partition)) {
+                Some(rp) if rp.gen == pos.gen => {
+                    rp.offset = next;
+                    rp.from_log_start = false;
+                }
+                _ => continue, // a resend was asked for meanwhile
+            }
+        }
+        s.shared.shipped(
+            &s.link,
+            &topic,
+            partition,
+            base,
+            next,
+            first_h.base_timestamp,
+            chunk.records.len() as u64,
+        );
+        if s.out.send(chunk).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// For `global_quorum` topics: the mirrors' acks, pushed to the home
+/// partition leaders so acks=all produce can complete.
+pub async fn report_quorum_acks(shared: Arc<Shared>) {
+    let mut last_sent: BTreeMap<(String, i32), BTreeMap<String, i64>> = BTreeMap::new();
+    let mut refreshed = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shared.quorum_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        // A new home leader knows nothing: report everything again now and
+        // then, not only changes.
+        if refreshed.elapsed() > Duration::from_secs(1) {
+            last_sent.clear();
+            refreshed = Instant::now();
+        }
+        let wanted = shared.quorum_positions();
+        for ((topic, p), (acks, required)) in wanted {
+            if last_sent.get(&(topic.clone(), p)) == Some(&acks) {
+                continue;
+            }
+            let Some(view) = shared.view() else { continue };
+            match shared.leader_admin(&view, &topic, p).await {
+                Ok(mut a) => match a.mirror_acks(&topic, p, &acks, required).await {
+                    Ok(()) => {
+                        last_sent.insert((topic, p), acks);
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = %topic, partition = p, error = %e, "reporting mirror acks failed");
+                        shared.refresh_soon();
+                        shared.quorum_changed.notify_one();
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(topic = %topic, partition = p, error = %e, "no leader to report mirror acks to");
+                    shared.refresh_soon();
+                    shared.quorum_changed.notify_one();
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,455 @@
+//! The multi-region topology: every region, where its brokers and its
+//! dc-link are, the shared trust root, and how links ship data
+//! (`[cross_dc]`, the seed roadmap's shape where it fits).
+//!
+//! One file describes all regions and every dc-link reads the same file, so
+//! regions cannot disagree about each other. Per-topic policy (home region,
+//! mirror regions, replication mode) is not here: it is topic config
+//! (`chronik.home.region`, ...), because the broker's produce path must
+//! decide it and the file is not the broker's.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{describe_toml_error, valid_region_name, ConfigError};
+
+/// How dc-link compresses frames on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    None,
+    #[default]
+    Zstd,
+}
+
+/// Link tuning shared by every dc-link (`[cross_dc]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrossDc {
+    pub compression: Compression,
+    /// zstd level, 1..=22; 3 is zstd's own default and costs little CPU.
+    pub compression_level: i32,
+    /// Frames in flight per link before the sender waits for an ack.
+    pub pipeline_depth: u32,
+    /// Largest frame (before compression); a frame carries many batches.
+    pub frame_max_bytes: u32,
+    /// The link capacity and round trip the QUIC windows and socket buffers
+    /// are sized for: window = 2 x bandwidth x RTT, so one link can fill the
+    /// pipe across an ocean (quinn's defaults suit a LAN).
+    pub link_bandwidth_mbit: u32,
+    pub link_rtt_ms: u32,
+    /// `global_quorum` topics: how many mirror regions must hold a write
+    /// before acks=all is answered. 0 = all of the topic's mirror regions.
+    pub global_quorum_regions: u32,
+}
+
+impl Default for CrossDc {
+    fn default() -> Self {
+        CrossDc {
+            compression: Compression::Zstd,
+            compression_level: 3,
+            pipeline_depth: 32,
+            frame_max_bytes: 1 << 20,
+            link_bandwidth_mbit: 1000,
+            link_rtt_ms: 100,
+            global_quorum_regions: 0,
+        }
+    }
+}
+
+impl CrossDc {
+    /// Bytes in flight that keep the configured link full.
+    pub fn bdp_bytes(&self) -> u64 {
+        self.link_bandwidth_mbit as u64 * 1_000_000 / 8 * self.link_rtt_ms as u64 / 1000
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    pub name: String,
+    /// Kafka bootstrap addresses of the region's brokers.
+    pub bootstrap: Vec<String>,
+    /// Admin (HTTP) addresses of the region's brokers; dc-link appends to
+    /// mirror partitions through them.
+    pub brokers_admin: Vec<String>,
+    /// The address other regions' dc-links dial (QUIC).
+    pub dc_link: String,
+    /// This region's dc-link certificate and key (PEM), signed by `tls.ca`.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// The CA every dc-link trusts (PEM).
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Topology {
+    #[serde(default)]
+    pub cross_dc: CrossDc,
+    pub tls: Tls,
+    #[serde(rename = "regions")]
+    pub regions: Vec<Region>,
+}
+
+/// A topic's replication policy, resolved from its `chronik.*` configs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicPolicy {
+    pub home: String,
+    pub mirrors: BTreeSet<String>,
+    pub global_quorum: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("home region {0} is not in the topology")]
+    UnknownHome(String),
+    #[error("mirror region {0} is not in the topology")]
+    UnknownMirror(String),
+    #[error("region {0} cannot mirror a topic from itself (it is the topic's home)")]
+    MirrorsItself(String),
+    #[error("chronik.replication.mode {0:?}: must be async or global_quorum")]
+    BadMode(String),
+}
+
+impl Topology {
+    pub fn load(path: &Path) -> Result<Topology, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates; relative certificate paths are resolved
+    /// against the file's directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Topology, ConfigError> {
+        let mut t: Topology = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: describe_toml_error(&e),
+        })?;
+        t.validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                message,
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut t.tls.ca);
+        for r in &mut t.regions {
+            abs(&mut r.cert);
+            abs(&mut r.key);
+        }
+        Ok(t)
+    }
+
+    /// Checks values that parse but make no sense. Returns (key, problem).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |k: String, m: String| Err((k, m));
+        let c = &self.cross_dc;
+        if !(1..=22).contains(&c.compression_level) {
+            return bad(
+                "cross_dc.compression_level".into(),
+                format!("must be 1..=22, got {}", c.compression_level),
+            );
+        }
+        if c.pipeline_depth == 0 || c.pipeline_depth > 4096 {
+            return bad(
+                "cross_dc.pipeline_depth".into(),
+                format!("must be 1..=4096, got {}", c.pipeline_depth),
+            );
+        }
+        if !(16 * 1024..=64 << 20).contains(&c.frame_max_bytes) {
+            return bad(
+                "cross_dc.frame_max_bytes".into(),
+                format!("must be 16 KiB..=64 MiB, got {}", c.frame_max_bytes),
+            );
+        }
+        if c.link_bandwidth_mbit == 0 || c.link_rtt_ms == 0 {
+            return bad(
+                "cross_dc.link_bandwidth_mbit".into(),
+                "link_bandwidth_mbit and link_rtt_ms must be > 0".into(),
+            );
+        }
+        if self.regions.is_empty() {
+            return bad("regions".into(), "at least one region is required".into());
+        }
+        let mut names = BTreeSet::new();
+        let mut addrs: BTreeMap<String, String> = BTreeMap::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            let key = |k: &str| format!("regions[{i}].{k}");
+            if !valid_region_name(&r.name) {
+                return bad(
+                    key("name"),
+                    format!(
+                        "{:?}: lowercase letters, digits and '-', starting with a letter",
+                        r.name
+                    ),
+                );
+            }
+            if !names.insert(r.name.as_str()) {
+                return bad(key("name"), format!("region {} is defined twice", r.name));
+            }
+            if r.bootstrap.is_empty() {
+                return bad(key("bootstrap"), "at least one broker address".into());
+            }
+            if r.brokers_admin.is_empty() {
+                return bad(
+                    key("brokers_admin"),
+                    "at least one broker admin address".into(),
+                );
+            }
+            if r.dc_link.parse::<SocketAddr>().is_err() {
+                return bad(
+                    key("dc_link"),
+                    format!("{:?} is not host:port (an IP address)", r.dc_link),
+                );
+            }
+            let listed = r
+                .bootstrap
+                .iter()
+                .map(|a| ("bootstrap", a))
+                .chain(r.brokers_admin.iter().map(|a| ("brokers_admin", a)))
+                .chain(std::iter::once(("dc_link", &r.dc_link)));
+            for (k, a) in listed {
+                let owner = format!("{}.{k}", r.name);
+                if let Some(prev) = addrs.insert(a.clone(), owner.clone()) {
+                    return bad(
+                        key(k),
+                        format!("address {a} is used twice ({prev} and {owner})"),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Resolves a topic's policy from its configs (`None` values: unset)
+    /// for a topic that lives in `local` (where it was created).
+    pub fn policy(
+        &self,
+        local: &str,
+        home: Option<&str>,
+        mirrors: Option<&str>,
+        mode: Option<&str>,
+    ) -> Result<TopicPolicy, PolicyError> {
+        let home = home.filter(|h| !h.is_empty()).unwrap_or(local).to_string();
+        if self.region(&home).is_none() {
+            return Err(PolicyError::UnknownHome(home));
+        }
+        let mirrors: BTreeSet<String> = match mirrors.map(str::trim) {
+            None | Some("*") => self
+                .regions
+                .iter()
+                .map(|r| r.name.clone())
+                .filter(|r| *r != home)
+                .collect(),
+            Some(list) => {
+                let mut out = BTreeSet::new();
+                for r in list.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                    if r == home {
+                        return Err(PolicyError::MirrorsItself(r.to_string()));
+                    }
+                    if self.region(r).is_none() {
+                        return Err(PolicyError::UnknownMirror(r.to_string()));
+                    }
+                    out.insert(r.to_string());
+                }
+                out
+            }
+        };
+        let global_quorum = match mode.unwrap_or("async") {
+            "async" => false,
+            "global_quorum" => true,
+            other => return Err(PolicyError::BadMode(other.to_string())),
+        };
+        Ok(TopicPolicy {
+            home,
+            mirrors,
+            global_quorum,
+        })
+    }
+}
+
+/// One dc-link process: which region it serves and where it listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DcLinkConfig {
+    pub region: String,
+    /// The topology file (relative paths: against this file's directory).
+    pub topology: PathBuf,
+    /// Where to accept QUIC from other regions; default: this region's
+    /// `dc_link` address in the topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// HTTP: /metrics, /v1/lag, /health/*.
+    pub admin: SocketAddr,
+    /// Fault injection for tests and drills; all off by default.
+    #[serde(default)]
+    pub faults: Faults,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Faults {
+    /// Flip one byte in every Nth data frame after its checksum is
+    /// computed, to exercise the receiver's corruption handling. 0 = never.
+    pub corrupt_frame_every: u64,
+}
+
+impl DcLinkConfig {
+    /// Loads the dc-link config and the topology it names, and checks that
+    /// this region is in it.
+    pub fn load(path: &Path) -> Result<(DcLinkConfig, Topology), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: DcLinkConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: describe_toml_error(&e),
+        })?;
+        if cfg.topology.is_relative() {
+            cfg.topology = path.parent().unwrap_or(Path::new(".")).join(&cfg.topology);
+        }
+        let topo = Topology::load(&cfg.topology)?;
+        if topo.region(&cfg.region).is_none() {
+            return Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key: "region".into(),
+                message: format!(
+                    "region {} is not in the topology {} (regions: {})",
+                    cfg.region,
+                    cfg.topology.display(),
+                    topo.regions
+                        .iter()
+                        .map(|r| r.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok((cfg, topo))
+    }
+
+    pub fn listen_addr(&self, topo: &Topology) -> SocketAddr {
+        self.listen.unwrap_or_else(|| {
+            topo.region(&self.region)
+                .and_then(|r| r.dc_link.parse().ok())
+                .expect("validated: the region exists and its dc_link parses")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two() -> String {
+        r#"
+[tls]
+ca = "certs/ca.pem"
+
+[[regions]]
+name = "us-east"
+bootstrap = ["127.0.0.1:9092"]
+brokers_admin = ["127.0.0.1:13092"]
+dc_link = "127.0.0.1:7100"
+cert = "certs/us-east.pem"
+key = "certs/us-east.key"
+
+[[regions]]
+name = "eu-west"
+bootstrap = ["127.0.0.2:9092"]
+brokers_admin = ["127.0.0.2:13092"]
+dc_link = "127.0.0.2:7100"
+cert = "certs/eu-west.pem"
+key = "certs/eu-west.key"
+"#
+        .to_string()
+    }
+
+    fn parse(t: &str) -> Result<Topology, ConfigError> {
+        Topology::parse(t, Path::new("/etc/chronik/topology.toml"))
+    }
+
+    #[test]
+    fn a_two_region_topology_parses_with_defaults() {
+        let t = parse(&two()).unwrap();
+        assert_eq!(t.regions.len(), 2);
+        assert_eq!(t.cross_dc.pipeline_depth, 32);
+        assert_eq!(t.cross_dc.compression, Compression::Zstd);
+        assert_eq!(t.tls.ca, PathBuf::from("/etc/chronik/certs/ca.pem"));
+        assert_eq!(t.cross_dc.bdp_bytes(), 12_500_000);
+    }
+
+    #[test]
+    fn duplicate_regions_and_addresses_are_rejected() {
+        let dup = two().replace("eu-west", "us-east");
+        let e = parse(&dup).unwrap_err().to_string();
+        assert!(e.contains("defined twice"), "{e}");
+        let addr = two().replace("127.0.0.2:7100", "127.0.0.1:7100");
+        let e = parse(&addr).unwrap_err().to_string();
+        assert!(e.contains("used twice"), "{e}");
+        assert!(e.contains("regions[1].dc_link"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let e = parse(&format!("[cross_dc]\npipeline_depth = 0\n{}", two()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cross_dc.pipeline_depth"), "{e}");
+        let e = parse(&format!("[cross_dc]\ncompresion = \"zstd\"\n{}", two()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("compresion"), "{e}");
+        let e = parse(&two().replace("127.0.0.2:7100", "eu:7100"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("regions[1].dc_link"), "{e}");
+    }
+
+    #[test]
+    fn topic_policies_resolve_and_are_checked() {
+        let t = parse(&two()).unwrap();
+        let p = t.policy("us-east", None, None, None).unwrap();
+        assert_eq!(p.home, "us-east");
+        assert_eq!(p.mirrors, BTreeSet::from(["eu-west".to_string()]));
+        assert!(!p.global_quorum);
+        let p = t
+            .policy("eu-west", Some("us-east"), Some(""), Some("global_quorum"))
+            .unwrap();
+        assert!(p.mirrors.is_empty());
+        assert!(p.global_quorum);
+        assert_eq!(
+            t.policy("us-east", Some("mars"), None, None),
+            Err(PolicyError::UnknownHome("mars".into()))
+        );
+        assert_eq!(
+            t.policy("us-east", None, Some("eu-west,ap-south"), None),
+            Err(PolicyError::UnknownMirror("ap-south".into()))
+        );
+        assert_eq!(
+            t.policy("us-east", None, Some("us-east"), None),
+            Err(PolicyError::MirrorsItself("us-east".into()))
+        );
+    }
+}

@@ -415,19 +415,21 @@ async fn append_loop(
                     Ok(a) => {
                         expected = Some(a.log_end_offset);
                         if !a.appended {
-                            // The log itself disagrees: resend from its end.
+                            if a.log_end_offset != exp {
+                                // The log ends elsewhere than this appender
+                                // thought (an earlier append that timed out
+                                // did commit, or another writer): weigh the
+                                // same chunks against the real end.
+                                continue;
+                            }
+                            // Refused at the log end itself: a start the
+                            // log cannot take. Ask for a resend from there.
                             resync_sent = None;
-                            request_resend(
-                                &ctx,
-                                &mut resync_sent,
-                                &topic,
-                                partition,
-                                a.log_end_offset,
-                            );
-                            break;
-                        }
-                        metrics::counter!("chronik_dclink_appended_bytes_total", "link" => link.clone())
+                            gap = true;
+                        } else {
+                            metrics::counter!("chronik_dclink_appended_bytes_total", "link" => link.clone())
                             .increment(batch.iter().map(|(_, c)| c.records.len() as u64).sum());
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(topic = %topic, partition, error = %e, "mirror append failed; retrying");

@@ -40,6 +40,8 @@ struct Hint {
     leader: i32,
     term: u64,
     isr: Vec<i32>,
+    /// The leader epoch clients see (>= term; see `PartitionLog::leader_epoch`).
+    epoch: i32,
     at: Instant,
 }
 
@@ -377,6 +379,7 @@ impl Cluster {
                             group: g.id(),
                             term: st.term,
                             isr: st.isr.iter().map(|i| *i as i32).collect(),
+                            epoch: log.leader_epoch(),
                         });
                         c.drive_reassignment(g, t, log, &st);
                         // Preferred-leader balancing (Kafka's
@@ -698,7 +701,8 @@ impl Cluster {
     /// term wins).
     pub fn view(&self, t: &Topic, log: &PartitionLog) -> PartitionView {
         let replicas = self.replicas_of(t, log.partition);
-        let mut best: Option<(u64, i32, Vec<i32>)> = None;
+        // (term, leader, isr, the epoch clients see)
+        let mut best: Option<(u64, i32, Vec<i32>, i32)> = None;
         if let Some(g) = self.group(log.log_id) {
             // Only the leader knows the ISR; elsewhere the cheap brief() does,
             // since Metadata asks this for every partition.
@@ -710,26 +714,27 @@ impl Cluster {
                 } else {
                     Vec::new()
                 };
-                best = Some((term, l as i32, isr));
+                best = Some((term, l as i32, isr, log.leader_epoch()));
             }
         }
         let stale = Duration::from_millis(self.settings.election_max_ms * 2 + 1000);
         if let Some(h) = self.hints.lock().unwrap().get(&log.log_id) {
-            let newer = best
-                .as_ref()
-                .is_none_or(|(term, _, isr)| h.term > *term || (h.term == *term && isr.is_empty()));
+            let newer = best.as_ref().is_none_or(|(term, _, isr, _)| {
+                h.term > *term || (h.term == *term && isr.is_empty())
+            });
             if newer && h.at.elapsed() <= stale {
-                best = Some((h.term, h.leader, h.isr.clone()));
+                let epoch = h.epoch.max(log.leader_epoch());
+                best = Some((h.term, h.leader, h.isr.clone(), epoch));
             }
         }
         match best {
-            Some((term, leader, mut isr)) => {
+            Some((_, leader, mut isr, epoch)) => {
                 if isr.is_empty() {
                     isr = vec![leader];
                 }
                 PartitionView {
                     leader: Some(leader),
-                    epoch: term.min(i32::MAX as u64) as i32,
+                    epoch,
                     replicas,
                     isr,
                 }
@@ -885,6 +890,7 @@ impl Cluster {
                         leader: from as i32,
                         term: g.term,
                         isr: g.isr,
+                        epoch: g.epoch.max(g.term.min(i32::MAX as u64) as i32),
                         at: now,
                     },
                 );

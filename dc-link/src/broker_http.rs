@@ -17,6 +17,8 @@ use tokio::net::TcpStream;
 
 /// The broker's header marking an append that starts the home log.
 const FROM_LOG_START: &str = "x-chronik-from-log-start";
+/// Passed as `flag_header` for a JSON body.
+const JSON: &str = "content-type";
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -90,8 +92,10 @@ impl AdminConn {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, self.addr.as_str());
-        if let Some(h) = flag_header {
-            req = req.header(h, "1");
+        match flag_header {
+            Some(JSON) => req = req.header(hyper::header::CONTENT_TYPE, "application/json"),
+            Some(h) => req = req.header(h, "1"),
+            None => {}
         }
         let req = req.body(Full::new(body)).map_err(|e| t(e.to_string()))?;
         let exchange = async {
@@ -193,7 +197,9 @@ impl AdminConn {
         let path = format!("/v1/mirror-acks/{}/{p}", encode_segment(topic));
         let body = serde_json::to_vec(&serde_json::json!({"acks": acks, "required": required}))
             .expect("serializes");
-        let (st, body) = self.request(Method::POST, &path, body.into()).await?;
+        let (st, body) = self
+            .request_with(Method::POST, &path, body.into(), Some(JSON))
+            .await?;
         self.check(st, &body)
     }
 }

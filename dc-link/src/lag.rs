@@ -23,8 +23,9 @@ pub struct PartitionLag {
     pub source_high_watermark: i64,
     pub acked: i64,
     pending: VecDeque<Pending>,
-    /// When the mirror was first seen behind with nothing shipped to date
-    /// the oldest record (the link was down): the lower bound of its age.
+    /// While the mirror is behind: when it last advanced (or was first seen
+    /// behind). With nothing shipped (a link that is down) this bounds the
+    /// age of the oldest unreplicated record from below.
     behind_since: Option<Instant>,
     /// Bytes per record of what was shipped, for the unshipped estimate.
     bytes_per_record: f64,
@@ -56,6 +57,10 @@ impl PartitionLag {
     }
 
     pub fn acked(&mut self, offset: i64, now: Instant) {
+        if offset > self.acked {
+            // Progress: the clock of the unshipped tail restarts here.
+            self.behind_since = None;
+        }
         self.acked = self.acked.max(offset);
         while self
             .pending
@@ -97,11 +102,9 @@ impl PartitionLag {
         let by_clock = self
             .behind_since
             .map(|t| now.duration_since(t).as_secs_f64());
-        match (by_record, by_clock) {
-            (Some(r), Some(c)) => r.max(c),
-            (Some(x), None) | (None, Some(x)) => x,
-            (None, None) => 0.0,
-        }
+        // Shipped records know their age; with nothing shipped (a link that
+        // is down), the time since the mirror last advanced bounds it.
+        by_record.or(by_clock).unwrap_or(0.0)
     }
 }
 
@@ -237,6 +240,19 @@ mod tests {
         l.acked(100, t0);
         assert_eq!((l.records(), l.bytes()), (0, 0));
         assert_eq!(l.seconds(t0, 9_000), 0.0);
+    }
+
+    #[test]
+    fn steady_progress_keeps_lag_seconds_small() {
+        let t0 = Instant::now();
+        let mut l = PartitionLag::default();
+        for i in 0..100i64 {
+            let now = t0 + Duration::from_secs(i as u64);
+            l.observe_high_watermark((i + 1) * 10, now);
+            l.acked(i * 10, now);
+        }
+        // Always 10 records behind, but advancing every second.
+        assert!(l.seconds(t0 + Duration::from_secs(100), 0) <= 1.5);
     }
 
     #[test]

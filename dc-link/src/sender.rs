@@ -541,14 +541,16 @@ pub async fn report_quorum_acks(shared: Arc<Shared>) {
                         last_sent.insert((topic, p), acks);
                     }
                     Err(e) => {
-                        tracing::debug!(topic = %topic, partition = p, error = %e, "reporting mirror acks failed");
+                        tracing::warn!(topic = %topic, partition = p, error = %e, "reporting mirror acks failed; retrying");
                         shared.refresh_soon();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                         shared.quorum_changed.notify_one();
                     }
                 },
                 Err(e) => {
                     tracing::debug!(topic = %topic, partition = p, error = %e, "no leader to report mirror acks to");
                     shared.refresh_soon();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     shared.quorum_changed.notify_one();
                 }
             }

@@ -306,7 +306,8 @@ pub fn describe_configs(
         .iter()
         .map(|res| {
             let r = DescribeConfigsResult::default().with_resource_type(res.resource_type).with_resource_name(res.resource_name.clone());
-            let wanted = |name: &str| res.configuration_keys.as_ref().map(|ks| ks.iter().any(|k| k.as_str() == name)).unwrap_or(true);
+            // A null or empty key list means every config (Kafka 4.1 answers both so).
+            let wanted = |name: &str| res.configuration_keys.as_ref().filter(|ks| !ks.is_empty()).map(|ks| ks.iter().any(|k| k.as_str() == name)).unwrap_or(true);
             let entry = |name: &str, value: String, source: i8, read_only: bool, ty: ConfigType, doc: &str| {
                 let mut e = DescribeConfigsResourceResult::default()
                     .with_name(s(name))

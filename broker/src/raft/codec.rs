@@ -246,6 +246,10 @@ pub struct PbLeaderHint {
     pub term: u64,
     #[prost(int32, repeated, tag = "3")]
     pub isr: Vec<i32>,
+    /// The leader epoch clients see, when above the term (a mirror carries
+    /// its home region's epochs).
+    #[prost(int32, tag = "4")]
+    pub epoch: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -1,0 +1,831 @@
+"""Cross-region mirroring (dc-link) between Chronik regions, through WAN simulators.
+
+Deployments come from tests/regions.py: one ChronikCluster per region, one `chronik
+wan-sim` in front of each region's dc-link (so set_wan/blackhole of region R impairs every
+link INTO R, e.g. the link us-east->eu-west that carries us-east's topics to eu-west), one
+`chronik dc-link` per region, one topology file and one dev CA.
+
+Most tests share one two-region deployment (us-east, eu-west, 3 brokers each; class
+fixture, healed before every test: processes restarted, impairments cleared, fault
+injection off, links connected) and use their own topics. The three-region test starts
+its own deployment after the shared one is gone.
+
+What "identical" means everywhere: the home partition leader's stored log (GET
+/v1/partitions/t/p/log, every batch up to the high watermark) is byte-for-byte the mirror
+leader's, with the same epoch history and log start, and every replica in each region
+converges to those bytes (Regions.assert_identical). Acknowledged records are checked
+record by record on top (ackcheck.verify_partition: each acked record at its offset, no
+gap, no duplicate, producer order).
+
+Numbers the tests measure are printed (run with -s to see them): mirror-topic creation
+time, max lag while producing over a bad WAN and the catch-up time, global_quorum produce
+latency.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
+
+import kwire
+from ackcheck import AckLog, ProducerThread, produce_batch, read_partition, verify_partition
+from cluster import create_topic
+from harness import Chronik, wait_until
+from kclient import admin, consume, future_error, produce_all, topic_partitions, unique_topic
+from regions import DcLink, Regions, certs_init, grep_log, log_size, prometheus_value
+
+pytestmark = pytest.mark.chronik
+
+US, EU, AP = "us-east", "eu-west", "ap-south"
+INVALID_CONFIG = 40
+POLICY_VIOLATION = 44
+NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
+assert KafkaError.POLICY_VIOLATION == POLICY_VIOLATION
+assert KafkaError.INVALID_CONFIG == INVALID_CONFIG
+assert KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND == NOT_ENOUGH_REPLICAS_AFTER_APPEND
+
+# A mirror topic must exist this soon after its home topic was created (contract: ~1-3 s).
+MIRROR_CREATE_LIMIT_S = 5.0
+# After producing stops over the bad WAN, lag must be 0 again this soon ("a few seconds").
+CATCH_UP_LIMIT_S = 10.0
+# lag_seconds may exceed the replication delay measured from broker offsets by this much
+# (sampling granularity, polling of /v1/lag).
+LAG_SECONDS_SLACK = 2.0
+
+
+# ---------------------------------------------------------------------------
+# Fixtures and helpers
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="class")
+def two_regions(tmp_path_factory, chronik_cluster_binary):
+    r = Regions(tmp_path_factory.mktemp("dclink-2r"), names=(US, EU), brokers=3, binary=chronik_cluster_binary)
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def regions(two_regions):
+    """The shared two-region deployment, healed (everything running, no impairment)."""
+    two_regions.heal()
+    yield two_regions
+
+
+@pytest.fixture
+def regions_factory(tmp_path, chronik_cluster_binary):
+    """Start deployments owned by one test: regions_factory(names=..., brokers=..., ...) -> started
+    Regions (stopped at teardown; their processes' logs are attached to a failure report)."""
+    made: list[Regions] = []
+    started: list = []
+
+    def make(**kw) -> Regions:
+        r = Regions(tmp_path / f"regions{len(made)}", binary=chronik_cluster_binary, **kw)
+        made.append(r)
+        started.extend(r.started)
+        return r.start()
+
+    make.started = started
+    yield make
+    for r in made:
+        r.stop()
+
+
+def make_topic(regions: Regions, region: str, topic: str, partitions: int = 3, config: dict | None = None) -> None:
+    c = regions.cluster(region)
+    create_topic(c, topic, partitions=partitions, replication_factor=min(3, c.n), config=config or {})
+
+
+def wait_topic_in(regions: Regions, region: str, topic: str, partitions: int, timeout: float = 30.0) -> float:
+    """Wait until `region` lists `topic` with `partitions` led partitions; return the seconds it took."""
+    t0 = time.monotonic()
+    bs = regions.bootstrap(region)
+
+    def present():
+        ps = topic_partitions(bs, topic)
+        return ps is not None and len(ps) == partitions and all(v >= 0 for v in ps.values())
+
+    wait_until(present, timeout, interval=0.05, what=f"topic {topic} with {partitions} partitions in {region}")
+    return time.monotonic() - t0
+
+
+def describe(bootstrap: str, topic: str) -> dict[str, str]:
+    res = admin(bootstrap).describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+    (fut,) = res.values()
+    return {k: v.value for k, v in fut.result(timeout=30).items()}
+
+
+def create_error(bootstrap: str, topic: str, config: dict) -> KafkaError | None:
+    fut = admin(bootstrap).create_topics([NewTopic(topic, 1, config=config)], operation_timeout=30)[topic]
+    return future_error(fut, 30)
+
+
+def alter_error(bootstrap: str, topic: str, name: str, value: str) -> KafkaError | None:
+    r = ConfigResource(ConfigResource.Type.TOPIC, topic,
+                       incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])
+    (fut,) = admin(bootstrap).incremental_alter_configs([r]).values()
+    return future_error(fut, 30)
+
+
+def leader_bootstrap(regions: Regions, region: str, topic: str, p: int) -> str:
+    c = regions.cluster(region)
+    return c.nodes[c.leader_of(topic, p)].bootstrap
+
+
+def raw_produce(bootstrap: str, topic: str, p: int, values: list[bytes], acks: int = -1, timeout_ms: int = 10000,
+                sock_timeout: float = 60.0) -> tuple[int, int, str | None, float]:
+    """One Produce v8 request to the broker at `bootstrap`: (error, base_offset, error_message, seconds)."""
+    batch = kwire.record_batch([(None, v) for v in values])
+    t0 = time.monotonic()
+    with kwire.Conn(bootstrap, timeout=sock_timeout) as c:
+        res = c.request(kwire.PRODUCE, 8, kwire.produce_body(topic, p, batch, acks=acks, timeout_ms=timeout_ms))
+    took = time.monotonic() - t0
+    assert res is not None, f"broker {bootstrap} closed the connection on Produce"
+    r = kwire.parse_produce_v8(res[1])[(topic, p)]
+    return r["error"], r["base_offset"], r["error_message"], took
+
+
+def check_mirror_has_every_ack(regions: Regions, topic: str, partitions: int, acks: AckLog, home: str = US,
+                               mirrors=None) -> dict[int, int]:
+    """Read every partition back from the home region and from each mirror region through
+    a client: the home log holds every ack exactly once, in order, without gaps, and each
+    mirror reads exactly the same {offset: value}. Returns {p: record count}."""
+    out = {}
+    for p in range(partitions):
+        home_log, lo, hi = read_partition(regions.bootstrap(home), topic, p, timeout=90)
+        verify_partition(p, home_log, acks, lo, hi)
+        for m in mirrors or regions.mirrors_of(home):
+            try:
+                m_log, mlo, mhi = read_partition(regions.bootstrap(m), topic, p, timeout=60)
+            except AssertionError as e:
+                raise AssertionError(f"a consumer in mirror region {m} cannot read {topic}/{p}: {e}; mirror "
+                                     f"leader state: {regions.leader_state(m, topic, p)[1]}") from e
+            assert (mlo, mhi) == (lo, hi), f"{topic}/{p}: {m} reads offsets [{mlo}, {mhi}), {home} [{lo}, {hi})"
+            if m_log != home_log:
+                diff = sorted(o for o in set(m_log) | set(home_log) if m_log.get(o) != home_log.get(o))
+                raise AssertionError(f"{topic}/{p}: {m} differs from {home} at {len(diff)} offsets, e.g. {diff[:10]}")
+            verify_partition(p, m_log, acks, mlo, mhi)
+        out[p] = len(home_log)
+    return out
+
+
+class DelaySampler:
+    """Samples, per partition, the home leader's high watermark and the mirror leader's log
+    end (admin HTTP on the leaders found at the start). max_delay(): the largest t - t' such
+    that at sample time t the mirror did not yet hold what the home held at sample time t'
+    (an upper bound of the replication delay, at sampling granularity)."""
+
+    def __init__(self, regions: Regions, topic: str, partitions: int, home: str, mirror: str) -> None:
+        self.regions, self.topic, self.partitions = regions, topic, partitions
+        self.home, self.mirror = home, mirror
+        self.leaders = {(r, p): regions.cluster(r).leader_of(topic, p) for r in (home, mirror)
+                        for p in range(partitions)}
+        self.home_hw: list[tuple[float, dict[int, int]]] = []
+        self.mirror_end: list[tuple[float, dict[int, int]]] = []
+
+    def _read(self, region: str, key: str) -> dict[int, int] | None:
+        c = self.regions.cluster(region)
+        out = {}
+        for p in range(self.partitions):
+            try:
+                s = c.partition_state(self.leaders[(region, p)], self.topic, p, timeout=1.0)
+            except (OSError, RuntimeError, ValueError):
+                return None
+            if not s:
+                return None
+            out[p] = s[key]
+        return out
+
+    def sample(self) -> None:
+        t = time.monotonic()
+        hw = self._read(self.home, "high_watermark")
+        end = self._read(self.mirror, "log_end_offset")
+        if hw is not None:
+            self.home_hw.append((t, hw))
+        if end is not None:
+            self.mirror_end.append((time.monotonic(), end))
+
+    def max_delay(self) -> float:
+        worst = 0.0
+        for t, end in self.mirror_end:
+            # The first home sample holding records the mirror lacks at time t: the oldest of
+            # them was written after the home sample before it.
+            lacking = [th for th, hw in self.home_hw if th <= t and any(hw[p] > end[p] for p in hw)]
+            if lacking:
+                prev = [th for th, _ in self.home_hw if th < lacking[0]]
+                worst = max(worst, t - (prev[-1] if prev else lacking[0]))
+        return worst
+
+
+def run_out(prod: ProducerThread, timeout: float) -> ProducerThread:
+    """Let a ProducerThread reach its max_messages (or max_seconds), then check its outcome."""
+    prod.join(timeout)
+    return prod.stop(timeout=60)
+
+
+def corrupt_frames_total(regions: Regions, receiver: str, link: str) -> float:
+    v = prometheus_value(regions.metrics(receiver), "chronik_dclink_frames_corrupt_total", link=link)
+    return v or 0.0
+
+
+def wan_corrupted(regions: Regions, region: str) -> int:
+    st = regions.wan_stats(region)
+    return sum(p["up"]["corrupted"] + p["down"]["corrupted"] for p in st["udp"])
+
+
+# ---------------------------------------------------------------------------
+# The shared two-region deployment
+# ---------------------------------------------------------------------------
+
+
+class TestTwoRegions:
+
+    def test_policy_configs_validated_described_and_reported(self, regions):
+        us, eu = regions.bootstrap(US), regions.bootstrap(EU)
+
+        # Unknown chronik.* config and a bad replication mode: INVALID_CONFIG, nothing created.
+        for cfg in ({"chronik.nope": "1"}, {"chronik.replication.mode": "bogus"}):
+            t = unique_topic("badcfg")
+            err = create_error(us, t, cfg)
+            assert err is not None and err.code() == INVALID_CONFIG, f"{cfg}: {err}"
+            assert topic_partitions(us, t) is None, f"{cfg}: topic created anyway"
+
+        # Described: explicit values, and the defaults of a plain topic.
+        t = unique_topic("cfg")
+        make_topic(regions, US, t, 1, {"chronik.mirror.regions": EU, "chronik.replication.mode": "async"})
+        cfg = describe(us, t)
+        assert cfg.get("chronik.mirror.regions") == EU, cfg
+        assert cfg.get("chronik.replication.mode") == "async", cfg
+        assert "chronik.home.region" in cfg, f"chronik.home.region not described: {sorted(cfg)}"
+        plain = unique_topic("plain")
+        make_topic(regions, US, plain, 1)
+        pc = describe(us, plain)
+        for k in ("chronik.home.region", "chronik.mirror.regions", "chronik.replication.mode"):
+            assert k in pc, f"{k} not described for a plain topic: {sorted(pc)}"
+        assert pc["chronik.mirror.regions"] == "*", pc
+        assert pc["chronik.replication.mode"] == "async", pc
+
+        # IncrementalAlterConfigs checks the same way and a failed alter changes nothing.
+        err = alter_error(us, t, "chronik.nope", "x")
+        assert err is not None and err.code() == INVALID_CONFIG, err
+        err = alter_error(us, t, "chronik.replication.mode", "bogus")
+        assert err is not None and err.code() == INVALID_CONFIG, err
+        assert describe(us, t)["chronik.replication.mode"] == "async"
+
+        # A topic that mirrors itself: valid syntax for the broker, a policy error for dc-link.
+        selfish = unique_topic("selfmirror")
+        make_topic(regions, US, selfish, 1, {"chronik.mirror.regions": US})
+        assert describe(us, selfish)["chronik.mirror.regions"] == US
+
+        def reported():
+            return regions.lag(US).get("policy_errors", {}).get(selfish)
+
+        msg = wait_until(reported, 15, interval=0.2, what=f"{US} dc-link reporting a policy error for {selfish}")
+        print(f"\npolicy error reported for {selfish}: {msg!r}")
+        assert US in msg, f"the policy error should name the region: {msg!r}"
+        assert selfish not in regions.lag(EU).get("policy_errors", {}), "eu-west reports us-east's topic"
+        # Nothing is mirrored anywhere (the valid topic `t` is, for contrast).
+        wait_topic_in(regions, EU, t, 1, timeout=15)
+        time.sleep(2)
+        assert topic_partitions(eu, selfish) is None, f"{selfish} was mirrored to {EU} despite its policy error"
+
+    def test_mirror_topic_created_with_same_partitions_and_configs_and_read_only(self, regions):
+        us, eu = regions.bootstrap(US), regions.bootstrap(EU)
+        topic = unique_topic("mirror")
+        configs = {"retention.ms": "7200000", "max.message.bytes": "500000"}
+        make_topic(regions, US, topic, 3, configs)
+        took = wait_topic_in(regions, EU, topic, 3, timeout=30)
+        print(f"\nmirror topic {topic} present in {EU} {took:.2f}s after CreateTopics returned in {US}")
+        assert took < MIRROR_CREATE_LIMIT_S, f"mirror topic appeared only after {took:.1f}s"
+
+        home_cfg, mirror_cfg = describe(us, topic), describe(eu, topic)
+        for k, v in configs.items():
+            assert home_cfg[k] == v, home_cfg
+            assert mirror_cfg[k] == v, f"{k}: mirror has {mirror_cfg.get(k)!r}, home {v!r}"
+        assert mirror_cfg.get("chronik.home.region") == US, mirror_cfg
+        for k in ("chronik.mirror.regions", "chronik.replication.mode"):
+            assert mirror_cfg.get(k) == home_cfg.get(k), f"{k}: mirror {mirror_cfg.get(k)!r}, home {home_cfg.get(k)!r}"
+
+        acks = AckLog()
+        for p in range(3):
+            produce_batch(us, topic, p, 50, acks, timeout=60)
+        hws = regions.wait_mirrored(topic, 3, US, timeout=30)
+        assert hws == {0: 50, 1: 50, 2: 50}, hws
+        ms = regions.mirror_state(EU, topic, 0)
+        assert ms is not None and ms.get("mirror_of") == US, ms
+        assert (regions.mirror_state(US, topic, 0) or {}).get("mirror_of") is None
+
+        # Produce to the mirror: POLICY_VIOLATION naming the home region, nothing written.
+        err, _, message, _ = raw_produce(leader_bootstrap(regions, EU, topic, 0), topic, 0, [b"nope"])
+        assert err == POLICY_VIOLATION, f"produce to the mirror: error {err} ({message!r})"
+        assert message and "read-only mirror" in message and US in message, message
+        reports = produce_all(eu, topic, [{"value": b"nope", "partition": 1}], acks="all",
+                              **{"message.timeout.ms": 15000})
+        assert reports[0][0] is not None and reports[0][0].code() == POLICY_VIOLATION, reports
+        time.sleep(1)
+        assert regions.wait_mirrored(topic, 3, US, timeout=10) == hws
+        assert regions.mirror_progress(topic, 3, US) == {(EU, p): (50, 50, 50) for p in range(3)}
+        for p in range(3):
+            regions.assert_identical(topic, p, US)
+
+    @pytest.mark.timeout(600)
+    def test_identical_logs_under_kills_and_blackhole(self, regions):
+        topic = unique_topic("chaos")
+        us_c, eu_c = regions.cluster(US), regions.cluster(EU)
+        make_topic(regions, US, topic, 3)
+        wait_topic_in(regions, EU, topic, 3)
+        acks = AckLog()
+        prod = ProducerThread(us_c.bootstrap, topic, [0, 1, 2], acks=acks, rate=250, max_messages=20_000,
+                              max_seconds=240)
+        timeline = []
+        t_start = time.monotonic()
+
+        def note(what):
+            timeline.append(f"{time.monotonic() - t_start:6.1f}s acks {acks.count():6d}  {what}")
+
+        def after_more(n):
+            target = acks.count() + n
+            wait_until(lambda: acks.count() >= target, 90, interval=0.1, what=f"{target} acks")
+
+        prod.start()
+        try:
+            after_more(800)
+            note(f"kill -9 dc-link {US} (home)")
+            regions.kill9_dclink(US)
+            time.sleep(2)
+            regions.restart_dclink(US)
+            note(f"dc-link {US} restarted")
+
+            after_more(800)
+            note(f"kill -9 dc-link {EU} (mirror)")
+            regions.kill9_dclink(EU)
+            time.sleep(2)
+            regions.restart_dclink(EU)
+            note(f"dc-link {EU} restarted")
+
+            after_more(800)
+            victim = us_c.leader_of(topic, 0)
+            note(f"kill -9 {US} broker {victim} (leader of {topic}/0)")
+            us_c.kill9(victim)
+            time.sleep(3)
+            us_c.restart(victim)
+            note(f"{US} broker {victim} restarted")
+
+            after_more(800)
+            victim = eu_c.leader_of(topic, 1)
+            note(f"kill -9 {EU} broker {victim} (leader of mirror {topic}/1)")
+            eu_c.kill9(victim)
+            time.sleep(3)
+            eu_c.restart(victim)
+            note(f"{EU} broker {victim} restarted")
+
+            after_more(800)
+            note(f"blackhole {US}->{EU} for 30 s")
+            regions.blackhole(EU)
+            time.sleep(5)
+            frozen = regions.mirror_progress(topic, 3, US)
+            time.sleep(24)
+            later = regions.mirror_progress(topic, 3, US)
+            lag_rows = regions.lag_rows(US, topic)
+            time.sleep(1)
+            regions.blackhole(EU, on=False)
+            note("blackhole lifted; lag rows then: "
+                 + ", ".join(f"p{r['partition']} lag {r['lag_records']} rec {r['lag_seconds']:.1f}s" for r in lag_rows))
+            mirror_ends = lambda prog: sum(leo or 0 for (_, _), (_, leo, _) in prog.items())  # noqa: E731
+            home_hws = lambda prog: max(hw or 0 for (_, _), (hw, _, _) in prog.items())  # noqa: E731
+            assert mirror_ends(later) == mirror_ends(frozen), \
+                f"the mirror advanced during the blackhole: {frozen} -> {later}"
+            assert home_hws(later) > home_hws(frozen), "the home did not advance during the blackhole (no produce?)"
+            assert sum(r["lag_records"] for r in lag_rows) > 0, f"no lag reported during the blackhole: {lag_rows}"
+        except BaseException:
+            prod.abandon()
+            print("\n" + "\n".join(timeline))
+            raise
+        run_out(prod, 240)
+        note(f"producer done: {prod.produced} produced")
+        print("\n" + "\n".join(timeline))
+        assert not acks.failed, f"{len(acks.failed)} records failed, e.g. {acks.failed[:3]}"
+        assert acks.count() == prod.produced == 20_000, (acks.count(), prod.produced)
+
+        t0 = time.monotonic()
+        hws = regions.wait_mirrored(topic, 3, US, timeout=120)
+        print(f"mirrored {hws} {time.monotonic() - t0:.1f}s after the last ack")
+        for p in range(3):
+            regions.assert_identical(topic, p, US)
+        counts = check_mirror_has_every_ack(regions, topic, 3, acks)
+        assert sum(counts.values()) == 20_000, counts
+
+    def test_mirror_consumer_group_reads_home_records_and_commits(self, regions):
+        us, eu = regions.bootstrap(US), regions.bootstrap(EU)
+        topic = unique_topic("local")
+        make_topic(regions, US, topic, 2)
+        wait_topic_in(regions, EU, topic, 2)
+        # A home leader failover first, so partition 1's home leader epoch is ahead of the
+        # mirror partition's own (Raft) term: mirror readers must not care.
+        us_c = regions.cluster(US)
+        old = us_c.leader_of(topic, 1)
+        us_c.kill9(old)
+        us_c.leader_of(topic, 1, nodes=[i for i in us_c.ids if i != old])
+        us_c.restart(old)
+        base_ts = int(time.time() * 1000) - 60_000
+        msgs = [{"partition": i % 2, "key": f"k{i}".encode() if i % 5 else None, "value": f"v{i}".encode() * (1 + i % 7),
+                 "headers": [("h", f"{i}".encode()), ("empty", b"")] if i % 3 else None, "timestamp": base_ts + i}
+                for i in range(300)]
+        reports = produce_all(us, topic, msgs, acks="all", **{"enable.idempotence": True})
+        assert all(r[0] is None for r in reports), [r for r in reports if r[0] is not None][:3]
+        hws = regions.wait_mirrored(topic, 2, US, timeout=30)
+        for p in range(2):
+            regions.assert_identical(topic, p, US)
+        epochs = {(r, p): regions.leader_state(r, topic, p)[1] for r in (US, EU) for p in range(2)}
+        print("\n" + "; ".join(f"{r}/{p}: term {s['term']} epochs {s['epochs']}" for (r, p), s in epochs.items()))
+
+        def tuples(m):
+            return (m.partition(), m.offset(), m.key(), m.value(), tuple(m.headers() or ()), m.timestamp())
+
+        home = sorted(tuples(m) for p in range(2) for m in consume(us, topic, p, count=hws[p], timeout=30))
+        assert len(home) == 300
+
+        group = "g-" + uuid.uuid4().hex[:8]
+
+        def group_consumer():
+            return Consumer({"bootstrap.servers": eu, "group.id": group, "auto.offset.reset": "earliest",
+                             "enable.auto.commit": False, "session.timeout.ms": 10000, "fetch.wait.max.ms": 100})
+
+        c = group_consumer()
+        seen = []
+        try:
+            c.subscribe([topic])
+            deadline = time.monotonic() + 60
+            while len(seen) < 300 and time.monotonic() < deadline:
+                for m in c.consume(num_messages=500, timeout=0.5):
+                    assert not m.error(), m.error()
+                    seen.append(tuples(m))
+            per_partition = {p: sum(1 for t in seen if t[0] == p) for p in range(2)}
+            assert len(seen) == 300, (f"the {EU} group read {len(seen)} of 300 records in 60 s: per partition "
+                                      f"{per_partition}, mirror holds {hws}")
+            c.commit(asynchronous=False)
+            committed = c.committed([TopicPartition(topic, p) for p in range(2)], timeout=15)
+            assert {tp.partition: tp.offset for tp in committed} == hws, committed
+        finally:
+            c.close()
+        assert sorted(seen) == home, "the mirror region's group read other records than the home holds: " + \
+            str(next((a, b) for a, b in zip(sorted(seen), home) if a != b))
+
+        # The commit lives in the mirror region: a new member resumes after it.
+        more = [{"partition": i % 2, "value": f"more{i}".encode(), "timestamp": base_ts + 1000 + i} for i in range(20)]
+        produce_all(us, topic, more, acks="all")
+        hws2 = regions.wait_mirrored(topic, 2, US, timeout=30)
+        c = group_consumer()
+        got = []
+        try:
+            c.subscribe([topic])
+            deadline = time.monotonic() + 40
+            while len(got) < 20 and time.monotonic() < deadline:
+                for m in c.consume(num_messages=100, timeout=0.5):
+                    assert not m.error(), m.error()
+                    got.append(tuples(m))
+            time.sleep(1)
+            got += [tuples(m) for m in c.consume(num_messages=100, timeout=0.5) if not m.error()]
+        finally:
+            c.close()
+        assert sorted((p, o) for p, o, *_ in got) == sorted(
+            (p, o) for p in range(2) for o in range(hws[p], hws2[p])), f"resumed group read {sorted(got)[:5]}..."
+        assert sorted(g[3] for g in got) == sorted(m["value"] for m in more)
+
+    def test_ctl_lag_json_and_table(self, regions):
+        topic = unique_topic("ctl")
+        make_topic(regions, US, topic, 2)
+        acks = AckLog()
+        for p in range(2):
+            produce_batch(regions.bootstrap(US), topic, p, 100 + p, acks, timeout=60)
+        hws = regions.wait_mirrored(topic, 2, US, timeout=30)
+        url = regions.dclink_url(US)
+        binary = str(regions.binary)
+
+        def ctl(*args):
+            r = subprocess.run([binary, "ctl", "lag", "--dc-link", url, *args], capture_output=True, text=True,
+                               timeout=30)
+            assert r.returncode == 0, f"chronik ctl lag {args} exited {r.returncode}: {r.stderr}"
+            return r.stdout
+
+        def rows_caught_up():
+            reports = json.loads(ctl("--json"))
+            assert isinstance(reports, list) and len(reports) == 1, reports
+            rep = reports[0]
+            assert rep["region"] == US, rep
+            rows = {r["partition"]: r for r in rep["partitions"] if r["topic"] == topic}
+            ok = sorted(rows) == [0, 1] and all(
+                r["link"] == f"{US}->{EU}" and r["source_high_watermark"] == hws[p] and r["mirror_log_end"] == hws[p]
+                and r["lag_records"] == 0 and r["lag_bytes"] == 0 for p, r in rows.items())
+            return (rep, rows) if ok else None
+
+        rep, rows = wait_until(rows_caught_up, 20, interval=0.5, what=f"ctl lag --json showing {topic} caught up")
+        link = {l["link"]: l for l in rep["links"]}.get(f"{US}->{EU}")
+        assert link and link["connected"] and link["from"] == US and link["to"] == EU, rep["links"]
+        assert link["records_sent"] >= sum(hws.values()) and link["frames_sent"] > 0, link
+        for k in ("rtt_ms", "raw_bytes_sent", "wire_bytes_sent", "frames_in_flight", "reconnects", "compression_ratio",
+                  "throughput_records_per_sec", "throughput_bytes_per_sec"):
+            assert k in link, f"{k} missing from {link}"
+        table = ctl()
+        assert f"{US}->{EU}" in table and topic in table, table
+        print(f"\n{table}")
+
+    @pytest.mark.timeout(420)
+    def test_bad_wan_lag_recovers(self, regions):
+        topic = unique_topic("wan")
+        make_topic(regions, US, topic, 3)
+        wait_topic_in(regions, EU, topic, 3)
+        for r in (US, EU):
+            regions.set_wan(r, delay_ms=50, loss=0.01)
+
+        def rtt():
+            link = {l["link"]: l for l in regions.lag(US)["links"]}[f"{US}->{EU}"]
+            return link["connected"] and link["rtt_ms"] >= 90 and link["rtt_ms"]
+
+        rtt_ms = wait_until(rtt, 30, interval=0.5, what=f"{US}->{EU} RTT >= 90 ms with 50 ms each way")
+        print(f"\nlink RTT with 50 ms each way + 1% loss: {rtt_ms:.1f} ms")
+
+        acks = AckLog()
+        rate, seconds = 2000, 20
+        prod = ProducerThread(regions.cluster(US).bootstrap, topic, [0, 1, 2], acks=acks, rate=rate,
+                              max_messages=rate * seconds, max_seconds=seconds + 10)
+        # Independently of dc-link's own report: the home leaders' high watermarks and the mirror
+        # leaders' log ends, sampled; the mirror at time t holds what the home had at t' =>
+        # the replication delay at t is at most t - t'.
+        sampler = DelaySampler(regions, topic, 3, US, EU)
+        max_lag_s, max_lag_rec = 0.0, 0
+        t0 = time.monotonic()
+        prod.start()
+        try:
+            while prod.is_alive() and time.monotonic() - t0 < seconds + 60:
+                rows = regions.lag_rows(US, topic)
+                if rows:
+                    max_lag_s = max(max_lag_s, max(r["lag_seconds"] for r in rows))
+                    max_lag_rec = max(max_lag_rec, sum(r["lag_records"] for r in rows))
+                sampler.sample()
+                time.sleep(0.25)
+        except BaseException:
+            prod.abandon()
+            raise
+        prod.stop(timeout=90)
+        produce_s = time.monotonic() - t0
+        t_stop = time.monotonic()
+        hws = {p: regions.leader_state(US, topic, p)[1]["high_watermark"] for p in range(3)}
+
+        def caught_up():
+            rows = {r["partition"]: r for r in regions.lag_rows(US, topic)}
+            return sorted(rows) == [0, 1, 2] and all(
+                rows[p]["lag_records"] == 0 and rows[p]["mirror_log_end"] == hws[p] for p in range(3))
+
+        wait_until(caught_up, 60, interval=0.1, what="lag back to 0 after producing stopped")
+        catch_up = time.monotonic() - t_stop
+        delay = sampler.max_delay()
+        print(f"produced {prod.produced} records in {produce_s:.1f}s ({prod.produced / produce_s:.0f}/s) over "
+              f"50 ms each way + 1% loss; max lag reported by dc-link while producing: {max_lag_s:.3f} s, "
+              f"{max_lag_rec} records; replication delay measured from broker offsets: <= {delay:.2f} s; "
+              f"lag 0 again {catch_up:.2f}s after the last ack")
+        assert not acks.failed, f"{len(acks.failed)} records failed, e.g. {acks.failed[:3]}"
+        assert prod.produced == rate * seconds, f"produced only {prod.produced} of {rate * seconds}"
+        assert catch_up <= CATCH_UP_LIMIT_S, f"lag took {catch_up:.1f}s to return to 0 (limit {CATCH_UP_LIMIT_S}s)"
+        assert max_lag_s <= delay + LAG_SECONDS_SLACK, (
+            f"dc-link reported lag_seconds up to {max_lag_s:.2f} s while the mirror was never more than "
+            f"{delay:.2f} s behind the home (broker offsets sampled every ~0.3 s; {max_lag_rec} records max)")
+        regions.wait_mirrored(topic, 3, US, timeout=30)
+        for r in (US, EU):
+            regions.set_wan(r)
+        for p in range(3):
+            regions.assert_identical(topic, p, US)
+        check_mirror_has_every_ack(regions, topic, 3, acks)
+
+    def test_udp_corruption_dropped_by_quic(self, regions):
+        topic = unique_topic("udpcorrupt")
+        make_topic(regions, US, topic, 2)
+        wait_topic_in(regions, EU, topic, 2)
+        link = f"{US}->{EU}"
+        before_frames = corrupt_frames_total(regions, EU, link)
+        before_wan = wan_corrupted(regions, EU)
+        for r in (US, EU):
+            regions.set_wan(r, corrupt=0.01)
+        acks = AckLog()
+        prod = ProducerThread(regions.cluster(US).bootstrap, topic, [0, 1], acks=acks, rate=1000, max_messages=8000,
+                              max_seconds=40)
+        run_out(prod.start(), 90)
+        assert not acks.failed, acks.failed[:3]
+        regions.wait_mirrored(topic, 2, US, timeout=60)
+        corrupted = wan_corrupted(regions, EU) - before_wan
+        print(f"\nwan-sim corrupted {corrupted} datagrams into {EU}; mirror complete")
+        assert corrupted > 0, "wan-sim corrupted nothing: the link did not go through it?"
+        for r in (US, EU):
+            regions.set_wan(r)
+        for p in range(2):
+            regions.assert_identical(topic, p, US)
+        check_mirror_has_every_ack(regions, topic, 2, acks)
+        # QUIC's AEAD drops corrupted packets: no corrupt frame ever reaches dc-link's framing.
+        assert corrupt_frames_total(regions, EU, link) == before_frames
+
+    @pytest.mark.timeout(420)
+    def test_corrupt_frames_detected_and_link_resumes(self, regions):
+        link = f"{US}->{EU}"
+        before = corrupt_frames_total(regions, EU, link)
+        us_log, eu_log = log_size(regions.dclink(US)), log_size(regions.dclink(EU))
+        regions.restart_dclink(US, faults={"corrupt_frame_every": 5})
+        try:
+            topic = unique_topic("framecorrupt")
+            make_topic(regions, US, topic, 2)
+            wait_topic_in(regions, EU, topic, 2)
+            acks = AckLog()
+            # Many small produce rounds: many data frames, so every 5th is corrupted repeatedly.
+            for i in range(30):
+                for p in range(2):
+                    produce_batch(regions.bootstrap(US), topic, p, 50, acks, timeout=60, start_seq=i * 50,
+                                  tag=f"fc{p}")
+                time.sleep(0.1)
+            assert not acks.failed and acks.count() == 3000, (acks.count(), acks.failed[:3])
+            t0 = time.monotonic()
+            regions.wait_mirrored(topic, 2, US, timeout=180)
+            after = corrupt_frames_total(regions, EU, link)
+            print(f"\nmirrored {time.monotonic() - t0:.1f}s after the last ack; receiver counted "
+                  f"{after - before:.0f} corrupt frames on {link}")
+            assert after > before, f"chronik_dclink_frames_corrupt_total{{link={link}}} did not grow ({before} -> {after})"
+            injected = grep_log(regions.dclink(US), r"corrupting data frame", us_log)
+            detected = grep_log(regions.dclink(EU), r"corrupt frame", eu_log)
+            assert injected, "the home dc-link logged no fault injection"
+            assert detected, "the receiving dc-link logged no corrupt frame"
+            for p in range(2):
+                hw, dump = regions.assert_identical(topic, p, US)
+                assert hw == 1500, hw
+            check_mirror_has_every_ack(regions, topic, 2, acks)
+        finally:
+            regions.restart_dclink(US, faults={})
+
+    @pytest.mark.timeout(400)
+    def test_global_quorum(self, regions):
+        topic = unique_topic("gq")
+        make_topic(regions, US, topic, 1, {"chronik.replication.mode": "global_quorum"})
+        wait_topic_in(regions, EU, topic, 1)
+        plain = unique_topic("gq-async")
+        make_topic(regions, US, plain, 1)
+        wait_topic_in(regions, EU, plain, 1)
+
+        def leader():
+            return leader_bootstrap(regions, US, topic, 0)
+
+        # Healthy link: acks=all succeeds (first one may wait for the link to offer the topic).
+        err, off, msg, took = raw_produce(leader(), topic, 0, [b"warm"], timeout_ms=20000)
+        assert err == 0, f"global_quorum produce on a healthy link: error {err} {msg!r} after {took:.2f}s"
+        healthy = []
+        for i in range(10):
+            err, _, msg, took = raw_produce(leader(), topic, 0, [f"h{i}".encode()], timeout_ms=10000)
+            assert err == 0, (err, msg)
+            healthy.append(took)
+
+        # 50 ms each way on the link into the mirror region: every ack needs a round trip.
+        regions.set_wan(EU, delay_ms=50)
+        wait_until(lambda: {l["link"]: l for l in regions.lag(US)["links"]}[f"{US}->{EU}"]["rtt_ms"] >= 90, 30,
+                   interval=0.5, what="RTT >= 90 ms")
+        slow, fast = [], []
+        for i in range(10):
+            err, _, msg, took = raw_produce(leader(), topic, 0, [f"d{i}".encode()], timeout_ms=10000)
+            assert err == 0, (err, msg)
+            slow.append(took)
+            err, _, msg, took = raw_produce(leader_bootstrap(regions, US, plain, 0), plain, 0, [f"a{i}".encode()])
+            assert err == 0, (err, msg)
+            fast.append(took)
+        print(f"\nglobal_quorum acks=all latency, healthy link: median {statistics.median(healthy) * 1000:.1f} ms; "
+              f"with 50 ms each way: min {min(slow) * 1000:.1f} ms, median {statistics.median(slow) * 1000:.1f} ms, "
+              f"max {max(slow) * 1000:.1f} ms; async topic over the same link: median "
+              f"{statistics.median(fast) * 1000:.1f} ms")
+        assert min(slow) >= 0.100, f"global_quorum produce returned in {min(slow) * 1000:.1f} ms < one 100 ms RTT"
+        assert statistics.median(fast) < 0.100, \
+            f"async produce took {statistics.median(fast) * 1000:.1f} ms: it must not wait for the mirror"
+        regions.set_wan(EU)
+
+        # Mirror unreachable: the produce fails after its timeout, retriably.
+        regions.blackhole(EU)
+        try:
+            err, _, msg, took = raw_produce(leader(), topic, 0, [b"blackholed"], timeout_ms=3000, sock_timeout=30)
+            print(f"blackholed: error {err} {msg!r} after {took:.2f}s")
+            assert err == NOT_ENOUGH_REPLICAS_AFTER_APPEND, f"error {err} ({msg!r}) after {took:.2f}s"
+            assert 2.5 <= took <= 10, f"answered after {took:.2f}s with a 3 s request timeout"
+            # The async topic is not held up by the blackhole.
+            err, _, msg, took = raw_produce(leader_bootstrap(regions, US, plain, 0), plain, 0, [b"async-ok"])
+            assert err == 0 and took < 2, (err, msg, took)
+        finally:
+            regions.blackhole(EU, on=False)
+        t0 = time.monotonic()
+        deadline = t0 + 60
+        attempts = []
+        while True:
+            err, _, msg, took = raw_produce(leader(), topic, 0, [b"after"], timeout_ms=5000, sock_timeout=30)
+            attempts.append(err)
+            if err == 0 or time.monotonic() > deadline:
+                break
+            assert err == NOT_ENOUGH_REPLICAS_AFTER_APPEND, (err, msg)
+        print(f"after un-blackholing: produce succeeded {time.monotonic() - t0:.1f}s later (attempts: {attempts})")
+        assert err == 0, f"global_quorum produce still failing 60 s after un-blackholing: {attempts}"
+        hws = regions.wait_mirrored(topic, 1, US, timeout=30)
+        regions.assert_identical(topic, 0, US)
+        assert hws[0] == 1 + 10 + 10 + 1 + len(attempts), hws
+
+    def test_mtls_certificate_from_another_ca_refused(self, regions, tmp_path):
+        """A dc-link presenting a certificate from another CA (but trusting the real one, so
+        only the accepting side can refuse it) dials us-east's real dc-link: refused, logged,
+        and nothing of what it offers reaches us-east."""
+        rogue_certs = certs_init(regions.binary, tmp_path / "rogue-certs", [EU])
+        fake = Chronik(None, tmp_path / "fake-eu" / "data", region=EU, binary=regions.binary)
+        fake.name = "chronik-fake-eu-west"
+        regions.extra.append(fake)
+        rogue = None
+        try:
+            fake.start()
+            rogue_topic = unique_topic("rogue")
+            from kclient import create_topic as create_single
+
+            create_single(fake.bootstrap, rogue_topic, 1)
+            produce_all(fake.bootstrap, rogue_topic, [{"value": b"rogue%d" % i} for i in range(10)], acks="all")
+
+            from regions import free_udp_port
+            from harness import free_port
+
+            rogue_udp = ("127.0.0.1", free_udp_port())
+            us_entry = regions.region_entry(US, dc_link=regions.listen_addr[US])  # straight to the real dc-link
+            eu_entry = "\n".join([
+                "[[regions]]",
+                f'name = "{EU}"',
+                f'bootstrap = ["{fake.bootstrap}"]',
+                f'brokers_admin = ["{fake.host}:{fake.admin_port}"]',
+                f'dc_link = "{rogue_udp[0]}:{rogue_udp[1]}"',
+                f'cert = "{rogue_certs / (EU + ".pem")}"',
+                f'key = "{rogue_certs / (EU + ".key")}"',
+            ]) + "\n"
+            topo = tmp_path / "rogue-topology.toml"
+            topo.write_text(regions.topology_toml([US, EU], ca=regions.certs_dir / "ca.pem",
+                                                  entries={US: us_entry, EU: eu_entry}))
+            regions.check_topology(topo)
+            admin_port = free_port()
+            cfg = tmp_path / "rogue-dclink.toml"
+            cfg.write_text(regions.dclink_toml(EU, topology=topo, listen=rogue_udp, admin_port=admin_port, faults={}))
+            rogue = DcLink(EU, cfg, admin_port, tmp_path / "rogue-dclink.log", regions.binary, name="dc-link-rogue")
+            regions.extra.append(rogue)
+            us_log = log_size(regions.dclink(US))
+            rogue.start(timeout=30)
+
+            pattern = r"untrusted|certificate|refusing"
+            lines = wait_until(lambda: grep_log(regions.dclink(US), pattern, us_log), 30, interval=0.25,
+                               what=f"{US} dc-link logging the refused certificate")
+            print(f"\n{US} dc-link: {lines[0]}")
+            link = {l["link"]: l for l in rogue.lag()["links"]}.get(f"{EU}->{US}", {})
+            print(f"rogue's view of its link: {link}")
+            time.sleep(5)
+            assert not any(l.get("connected") for l in rogue.lag()["links"]), rogue.lag()["links"]
+            assert topic_partitions(regions.bootstrap(US), rogue_topic) is None, \
+                f"{rogue_topic}, offered by the rogue dc-link, exists in {US}"
+            assert not grep_log(regions.dclink(US), rogue_topic, us_log), \
+                f"{US} dc-link handled {rogue_topic}: " + "; ".join(grep_log(regions.dclink(US), rogue_topic, us_log))[:500]
+            # The legitimate links are unaffected.
+            regions.wait_links_connected(15)
+        finally:
+            if rogue is not None:
+                rogue.stop()
+            fake.stop()
+
+
+# ---------------------------------------------------------------------------
+# Three regions (own deployment, after the shared one is stopped)
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(420)
+def test_three_regions_identical_after_dclink_kill(regions_factory):
+    regions = regions_factory(names=(US, EU, AP), brokers=1)
+    topic = unique_topic("three")
+    make_topic(regions, US, topic, 3)
+    for m in (EU, AP):
+        wait_topic_in(regions, m, topic, 3)
+    acks = AckLog()
+    prod = ProducerThread(regions.bootstrap(US), topic, [0, 1, 2], acks=acks, rate=500, max_messages=6000,
+                          max_seconds=90)
+    prod.start()
+    try:
+        wait_until(lambda: acks.count() >= 2000, 60, what="2000 acks")
+        regions.kill9_dclink(US)
+        time.sleep(2)
+        regions.restart_dclink(US)
+    except BaseException:
+        prod.abandon()
+        raise
+    run_out(prod, 120)
+    assert not acks.failed and acks.count() == 6000, (acks.count(), acks.failed[:3])
+    hws = regions.wait_mirrored(topic, 3, US, timeout=90)
+    assert sum(hws.values()) == 6000, hws
+    for p in range(3):
+        regions.assert_identical(topic, p, US, mirrors=[EU, AP])
+    check_mirror_has_every_ack(regions, topic, 3, acks, mirrors=[EU, AP])

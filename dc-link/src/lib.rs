@@ -419,7 +419,12 @@ fn transport(topo: &Topology) -> quinn::TransportConfig {
         .max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(10)).expect("small"),
         ))
-        .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+        .congestion_controller_factory(match topo.cross_dc.congestion {
+            chronik_topology::Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+            chronik_topology::Congestion::Cubic => {
+                Arc::new(quinn::congestion::CubicConfig::default())
+            }
+        });
     t
 }
 

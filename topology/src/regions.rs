@@ -25,6 +25,17 @@ pub enum Compression {
     Zstd,
 }
 
+/// QUIC congestion control of dc-link connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Congestion {
+    /// Model-based: keeps the rate through random loss (WAN default).
+    #[default]
+    Bbr,
+    /// Loss-based: backs off on every loss.
+    Cubic,
+}
+
 /// Link tuning shared by every dc-link (`[cross_dc]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -44,6 +55,7 @@ pub struct CrossDc {
     /// `global_quorum` topics: how many mirror regions must hold a write
     /// before acks=all is answered. 0 = all of the topic's mirror regions.
     pub global_quorum_regions: u32,
+    pub congestion: Congestion,
 }
 
 impl Default for CrossDc {
@@ -51,11 +63,12 @@ impl Default for CrossDc {
         CrossDc {
             compression: Compression::Zstd,
             compression_level: 3,
-            pipeline_depth: 32,
+            pipeline_depth: 128,
             frame_max_bytes: 1 << 20,
             link_bandwidth_mbit: 1000,
             link_rtt_ms: 100,
             global_quorum_regions: 0,
+            congestion: Congestion::Bbr,
         }
     }
 }
@@ -394,7 +407,7 @@ key = "certs/eu-west.key"
     fn a_two_region_topology_parses_with_defaults() {
         let t = parse(&two()).unwrap();
         assert_eq!(t.regions.len(), 2);
-        assert_eq!(t.cross_dc.pipeline_depth, 32);
+        assert_eq!(t.cross_dc.pipeline_depth, 128);
         assert_eq!(t.cross_dc.compression, Compression::Zstd);
         assert_eq!(t.tls.ca, PathBuf::from("/etc/chronik/certs/ca.pem"));
         assert_eq!(t.cross_dc.bdp_bytes(), 12_500_000);

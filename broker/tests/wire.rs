@@ -913,3 +913,33 @@ async fn a_data_dir_belongs_to_one_node_id() {
     assert!(err.contains("node 1") && err.contains("node 2"), "{err}");
     Broker::start(mk(1)).await.unwrap().shutdown().await;
 }
+
+/// A null and an empty key list both mean every config (Kafka 4.1 answers
+/// both with the full list); a named key means just that one.
+#[tokio::test]
+async fn describe_configs_empty_key_list_means_all() {
+    use describe_configs_request::DescribeConfigsResource;
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    create_topic(&mut c, "cfg", 1).await;
+    let mut counts = Vec::new();
+    for keys in [
+        None,
+        Some(vec![]),
+        Some(vec![StrBytes::from_static_str("retention.ms")]),
+    ] {
+        let req = DescribeConfigsRequest::default().with_resources(vec![
+            DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("cfg"))
+                .with_configuration_keys(keys),
+        ]);
+        let resp: DescribeConfigsResponse = c.call(ApiKey::DescribeConfigs, 4, &req).await;
+        assert_eq!(resp.results[0].error_code, 0);
+        counts.push(resp.results[0].configs.len());
+    }
+    assert!(counts[0] > 20, "{counts:?}");
+    assert_eq!(counts[1], counts[0], "empty list = all");
+    assert_eq!(counts[2], 1);
+    b.shutdown().await;
+}

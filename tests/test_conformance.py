@@ -27,6 +27,7 @@ from confluent_kafka.admin import (
 )
 
 import kwire
+from harness import wait_until
 from kclient import (
     admin,
     consume,
@@ -393,7 +394,10 @@ def test_incremental_alter_configs(broker):
     a = admin(broker)
     default = _describe(a, topic)["retention.ms"].value
     assert _alter(a, topic, "retention.ms", "12345") is None
-    assert _describe(a, topic)["retention.ms"].value == "12345"
+    # A multi-broker Kafka applies config changes on each broker asynchronously,
+    # so a describe answered by another broker may briefly show the old value.
+    wait_until(lambda: _describe(a, topic)["retention.ms"].value == "12345", timeout=15,
+               what="retention.ms=12345 described")
 
     err = _alter(a, topic, "no.such.config", "1")
     assert err is not None and err.code() == INVALID_CONFIG, err
@@ -406,7 +410,8 @@ def test_incremental_alter_configs(broker):
     assert err is not None and err.code() == UNKNOWN_TOPIC_OR_PARTITION, err
 
     assert _alter(a, topic, "retention.ms", None, AlterConfigOpType.DELETE) is None
-    assert _describe(a, topic)["retention.ms"].value == default
+    wait_until(lambda: _describe(a, topic)["retention.ms"].value == default, timeout=15,
+               what="retention.ms back to its default")
 
 
 @pytest.mark.oracle_only

@@ -112,26 +112,8 @@ def test_dev_refuses_what_it_cannot_run(tmp_path):
 
 
 def _port_block(n: int) -> int:
-    """A base port with n Kafka ports, their +4000 admin twins and +50 raft ports free."""
-    import random
-    import socket
-
-    for _ in range(200):
-        p = random.randint(20000, 27000)
-        socks = []
-        try:
-            for i in range(n):
-                for q in (p + i, p + i + 4000, p + i + 50):
-                    s = socket.socket()
-                    socks.append(s)
-                    s.bind(("127.0.0.1", q))
-            return p
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port block")
+    """A base port with n Kafka ports, their +4000 admin and +50 raft twins free."""
+    return _region_port_block(1, n)
 
 
 def test_dev_three_node_region_replicates(tmp_path):

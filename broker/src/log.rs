@@ -103,6 +103,21 @@ pub enum AppendedInto {
     },
 }
 
+/// Records that `epoch` starts at `base` if it is newer than the history's
+/// last epoch; returns whether the history changed. A trailing entry that
+/// never got a batch is replaced, so the history only names epochs that own
+/// data (besides the initial one).
+fn note_epoch(st: &mut LogState, epoch: i32, base: i64) -> bool {
+    if st.epochs.last().is_some_and(|(e, _)| *e >= epoch) {
+        return false;
+    }
+    if st.epochs.len() > 1 && st.epochs.last().is_some_and(|(_, o)| *o == base) {
+        st.epochs.pop();
+    }
+    st.epochs.push((epoch, base));
+    true
+}
+
 pub struct PartitionLog {
     pub log_id: u64,
     pub topic: Arc<str>,
@@ -304,6 +319,45 @@ impl PartitionLog {
         Ok(h)
     }
 
+    /// Adds one offset-stamped batch to `wb` (data, index entry, and the
+    /// producer's state when it is idempotent) and moves `st` past it.
+    fn put_batch(
+        &self,
+        wb: &mut WriteBatch,
+        st: &mut LogState,
+        h: &BatchHeader,
+        base: i64,
+        bytes: &[u8],
+        max_timestamp: i64,
+    ) {
+        let last = base + h.last_offset_delta as i64;
+        let key = log_key(self.log_id, base);
+        wb.put_cf(self.store.cf(CF_LOG), key, bytes);
+        let idx = IndexEntry {
+            base_offset: base,
+            last_offset: last,
+            max_timestamp,
+            size: bytes.len() as u32,
+        };
+        wb.put_cf(self.store.cf(CF_INDEX), key, idx.encode());
+        if h.has_producer_id() && !h.is_control() {
+            let meta = BatchMeta {
+                first_seq: h.base_sequence,
+                last_seq: h.last_sequence(),
+                first_offset: base,
+                last_offset: last,
+            };
+            let entry = st.producers.record(h.producer_id, h.producer_epoch, meta);
+            wb.put_cf(
+                self.store.cf(CF_PRODUCERS),
+                log_key(self.log_id, h.producer_id),
+                entry.encode(),
+            );
+        }
+        st.next_offset = last + 1;
+        st.size_bytes += bytes.len() as u64;
+    }
+
     /// Adds batches copied from the topic's home region (see
     /// [`crate::raft::types::Command::MirrorAppend`]) to `wb`, unchanged: they
     /// keep the offsets and leader epochs the home region stamped, so the
@@ -343,47 +397,14 @@ impl PartitionLog {
         for (h, range) in &batches {
             let bytes = &records[range.clone()];
             let base = h.base_offset;
-            let last = h.last_offset();
-            if st
-                .epochs
-                .last()
-                .is_none_or(|(e, _)| *e < h.partition_leader_epoch)
-            {
-                if st.epochs.len() > 1 && st.epochs.last().is_some_and(|(_, o)| *o == base) {
-                    st.epochs.pop();
-                }
-                st.epochs.push((h.partition_leader_epoch, base));
+            if note_epoch(&mut st, h.partition_leader_epoch, base) {
                 self.current_epoch
                     .fetch_max(h.partition_leader_epoch, Ordering::AcqRel);
                 history_changed = true;
             }
-            let key = log_key(self.log_id, base);
-            wb.put_cf(self.store.cf(CF_LOG), key, bytes);
-            let idx = IndexEntry {
-                base_offset: base,
-                last_offset: last,
-                max_timestamp: h.max_timestamp,
-                size: bytes.len() as u32,
-            };
-            wb.put_cf(self.store.cf(CF_INDEX), key, idx.encode());
             // Producer state travels with the data, so a mirror promoted to
             // home keeps deduplicating the same producers.
-            if h.has_producer_id() && !h.is_control() {
-                let meta = BatchMeta {
-                    first_seq: h.base_sequence,
-                    last_seq: h.last_sequence(),
-                    first_offset: base,
-                    last_offset: last,
-                };
-                let entry = st.producers.record(h.producer_id, h.producer_epoch, meta);
-                wb.put_cf(
-                    self.store.cf(CF_PRODUCERS),
-                    log_key(self.log_id, h.producer_id),
-                    entry.encode(),
-                );
-            }
-            st.next_offset = last + 1;
-            st.size_bytes += bytes.len() as u64;
+            self.put_batch(wb, &mut st, h, base, bytes, h.max_timestamp);
         }
         if history_changed {
             let rec = PartitionRecord {
@@ -445,13 +466,7 @@ impl PartitionLog {
         }
         let base = st.next_offset;
         let last = base + h.last_offset_delta as i64;
-        if st.epochs.last().is_none_or(|(e, _)| *e < epoch) {
-            // Drop a trailing entry that never got a batch, so the history
-            // only names epochs that own data (besides the initial one).
-            if st.epochs.len() > 1 && st.epochs.last().is_some_and(|(_, o)| *o == base) {
-                st.epochs.pop();
-            }
-            st.epochs.push((epoch, base));
+        if note_epoch(&mut st, epoch, base) {
             let rec = PartitionRecord {
                 log_start_offset: self.log_start_offset(),
                 epochs: st.epochs.clone(),
@@ -468,31 +483,7 @@ impl PartitionLog {
         } else {
             h.max_timestamp
         };
-        let key = log_key(self.log_id, base);
-        wb.put_cf(self.store.cf(CF_LOG), key, &stamped);
-        let idx = IndexEntry {
-            base_offset: base,
-            last_offset: last,
-            max_timestamp: max_ts,
-            size: stamped.len() as u32,
-        };
-        wb.put_cf(self.store.cf(CF_INDEX), key, idx.encode());
-        if h.has_producer_id() {
-            let meta = BatchMeta {
-                first_seq: h.base_sequence,
-                last_seq: h.last_sequence(),
-                first_offset: base,
-                last_offset: last,
-            };
-            let entry = st.producers.record(h.producer_id, h.producer_epoch, meta);
-            wb.put_cf(
-                self.store.cf(CF_PRODUCERS),
-                log_key(self.log_id, h.producer_id),
-                entry.encode(),
-            );
-        }
-        st.next_offset = last + 1;
-        st.size_bytes += stamped.len() as u64;
+        self.put_batch(wb, &mut st, &h, base, &stamped, max_ts);
         self.log_end.store(last + 1, Ordering::Release);
         drop(st);
         metrics::counter!("chronik_produced_records_total").increment(h.records_count as u64);

@@ -245,6 +245,51 @@ async fn probe_ready(admin: SocketAddr) -> bool {
     buf.starts_with(b"HTTP/1.0 200") || buf.starts_with(b"HTTP/1.1 200")
 }
 
+/// Waits until the process answers ready on `admin`; fails if it exits
+/// first or `deadline` passes.
+async fn await_ready(
+    admin: SocketAddr,
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    deadline: Instant,
+) -> Result<(), String> {
+    while !probe_ready(admin).await {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited with {status} during startup; see {}",
+                log.display()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} not ready in time; see {}", log.display()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// Starts `chronik <command> --config <config>`, its output appended to the
+/// config's path with a `.log` extension.
+fn spawn_logged(exe: &Path, command: &str, config: &Path) -> Result<Child, String> {
+    let log_path = config.with_extension("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    Command::new(exe)
+        .arg(command)
+        .arg("--config")
+        .arg(config)
+        .stdout(log)
+        .stderr(log2)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
 fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     std::fs::write(&tmp, data)?;
@@ -303,21 +348,7 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
         }
         std::fs::write(&p.config_path, p.config.to_toml())
             .map_err(|e| format!("{}: {e}", p.config_path.display()))?;
-        let log_path = p.config_path.with_extension("log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&exe)
-            .arg("broker")
-            .arg("--config")
-            .arg(&p.config_path)
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(true)
-            .spawn()
+        let child = spawn_logged(&exe, "broker", &p.config_path)
             .map_err(|e| format!("starting broker {}: {e}", p.config.node_id))?;
         children.push((child, format!("broker-{}", p.config.node_id)));
     }
@@ -329,70 +360,33 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
     };
     let brokers_started = children.len();
     for l in &links {
-        let log_path = l.config_path.with_extension("log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(|e| format!("{}: {e}", log_path.display()))?;
-        let log2 = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&exe)
-            .arg("dc-link")
-            .arg("--config")
-            .arg(&l.config_path)
-            .stdout(log)
-            .stderr(log2)
-            .kill_on_drop(true)
-            .spawn()
+        let child = spawn_logged(&exe, "dc-link", &l.config_path)
             .map_err(|e| format!("starting the dc-link of {}: {e}", l.region))?;
         children.push((child, format!("dc-link-{}", l.region)));
     }
 
+    // Brokers first (a dc-link is ready only once it reached its brokers).
     let deadline = Instant::now() + Duration::from_secs(args.ready_timeout);
-    for (i, p) in planned.iter().enumerate() {
-        loop {
-            if probe_ready(p.config.listeners.admin_addr()).await {
-                break;
-            }
-            if let Ok(Some(status)) = children[i].0.try_wait() {
-                let log = p.config_path.with_extension("log");
-                stop_all(&mut children).await;
-                return Err(format!(
-                    "broker {} exited with {status} during startup; see {}",
-                    p.config.node_id,
-                    log.display()
-                ));
-            }
-            if Instant::now() > deadline {
-                stop_all(&mut children).await;
-                return Err(format!(
-                    "broker {} not ready after {} s",
-                    p.config.node_id, args.ready_timeout
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    for (i, l) in links.iter().enumerate() {
-        while !probe_ready(l.admin).await {
-            if let Ok(Some(status)) = children[brokers_started + i].0.try_wait() {
-                let log = l.config_path.with_extension("log");
-                stop_all(&mut children).await;
-                return Err(format!(
-                    "the dc-link of {} exited with {status} during startup; see {}",
-                    l.region,
-                    log.display()
-                ));
-            }
-            if Instant::now() > deadline {
-                stop_all(&mut children).await;
-                return Err(format!(
-                    "the dc-link of {} not ready after {} s",
-                    l.region, args.ready_timeout
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let waits = planned
+        .iter()
+        .map(|p| {
+            (
+                p.config.listeners.admin_addr(),
+                format!("broker {}", p.config.node_id),
+                p.config_path.with_extension("log"),
+            )
+        })
+        .chain(links.iter().map(|l| {
+            (
+                l.admin,
+                format!("the dc-link of {}", l.region),
+                l.config_path.with_extension("log"),
+            )
+        }));
+    for (i, (admin, what, log)) in waits.enumerate() {
+        if let Err(e) = await_ready(admin, &mut children[i].0, &what, &log, deadline).await {
+            stop_all(&mut children).await;
+            return Err(e);
         }
     }
 

@@ -54,6 +54,55 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Envelopes from one QUIC receive stream.
+pub(crate) struct FrameReader {
+    recv: quinn::RecvStream,
+    dec: proto::Decoder,
+    buf: Vec<u8>,
+}
+
+pub(crate) enum ReadError {
+    /// A corrupt frame: the stream cannot be trusted after it.
+    Frame(proto::FrameError),
+    /// The stream failed or the peer closed it.
+    Stream(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Frame(e) => write!(f, "corrupt frame: {e}"),
+            ReadError::Stream(e) => f.write_str(e),
+        }
+    }
+}
+
+impl FrameReader {
+    pub(crate) fn new(recv: quinn::RecvStream) -> FrameReader {
+        FrameReader {
+            recv,
+            dec: proto::Decoder::default(),
+            buf: vec![0u8; 256 << 10],
+        }
+    }
+
+    /// The next envelope and its size on the wire.
+    pub(crate) async fn next(&mut self) -> Result<(proto::Envelope, usize), ReadError> {
+        loop {
+            if let Some(x) = self.dec.next_frame().map_err(ReadError::Frame)? {
+                return Ok(x);
+            }
+            let n = self
+                .recv
+                .read(&mut self.buf)
+                .await
+                .map_err(|e| ReadError::Stream(e.to_string()))?
+                .ok_or_else(|| ReadError::Stream("the peer closed the stream".into()))?;
+            self.dec.push(&self.buf[..n]);
+        }
+    }
+}
+
 /// A topic homed in this region, with its resolved policy.
 #[derive(Debug, Clone)]
 pub struct HomedTopic {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::broker_http::{AdminConn, HttpError};
 use crate::proto::{self, Ack, Body, Chunk, Envelope, Position, TopicOffer, TopicReady};
-use crate::{kafka, Shared};
+use crate::{kafka, FrameReader, ReadError, Shared};
 
 /// Largest single append sent to a broker (several chunks concatenated).
 const MAX_APPEND: usize = 8 << 20;
@@ -37,26 +37,19 @@ pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
 }
 
 async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), String> {
-    let (mut send, mut recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+    let (mut send, recv) = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
         .await
         .map_err(|_| "no stream within 10 s".to_string())?
         .map_err(|e| e.to_string())?;
-    let mut dec = proto::Decoder::default();
-    let mut buf = vec![0u8; 256 << 10];
+    let mut frames = FrameReader::new(recv);
     // Hello, then the peer's identity check.
-    let hello = loop {
-        if let Some((env, _)) = dec.next_frame().map_err(|e| e.to_string())? {
-            match env.body {
-                Some(Body::Hello(h)) => break h,
-                _ => return Err("first message was not Hello".into()),
-            }
-        }
-        let n = recv
-            .read(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("closed before Hello")?;
-        dec.push(&buf[..n]);
+    let hello = match tokio::time::timeout(Duration::from_secs(10), frames.next()).await {
+        Err(_) => return Err("no Hello within 10 s".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Ok(Ok((env, _))) => match env.body {
+            Some(Body::Hello(h)) => h,
+            _ => return Err("first message was not Hello".into()),
+        },
     };
     let peer = hello.region.clone();
     if hello.protocol_version != proto::PROTOCOL_VERSION {
@@ -105,56 +98,50 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
         let mut appenders: HashMap<(String, i32), mpsc::UnboundedSender<(u64, Chunk)>> =
             HashMap::new();
         loop {
-            while let Some((env, size)) = match dec.next_frame() {
+            let (env, size) = match frames.next().await {
                 Ok(x) => x,
-                Err(e) => {
+                Err(ReadError::Stream(e)) => return Err(e),
+                Err(ReadError::Frame(e)) => {
                     metrics::counter!("chronik_dclink_frames_corrupt_total", "link" => format!("{peer}->{}", shared.region)).increment(1);
                     tracing::error!(peer = %peer, error = %e, "corrupt frame: resetting the link; nothing from it was appended");
                     return Err(format!("corrupt frame: {e}"));
                 }
-            } {
-                metrics::counter!("chronik_dclink_received_bytes_total", "link" => format!("{peer}->{}", shared.region)).increment(size as u64);
-                match env.body {
-                    Some(Body::TopicOffer(offer)) => {
-                        let ctx = ctx.clone();
-                        let id = env.id;
-                        tokio::spawn(async move {
-                            let ready = ensure_mirror(&ctx, &offer).await;
-                            ctx.send(Envelope {
-                                id: 0,
-                                reply_to: id,
-                                body: Some(Body::TopicReady(ready)),
-                            });
+            };
+            metrics::counter!("chronik_dclink_received_bytes_total", "link" => format!("{peer}->{}", shared.region)).increment(size as u64);
+            match env.body {
+                Some(Body::TopicOffer(offer)) => {
+                    let ctx = ctx.clone();
+                    let id = env.id;
+                    tokio::spawn(async move {
+                        let ready = ensure_mirror(&ctx, &offer).await;
+                        ctx.send(Envelope {
+                            id: 0,
+                            reply_to: id,
+                            body: Some(Body::TopicReady(ready)),
                         });
-                    }
-                    Some(Body::Data(data)) => {
-                        if data.chunks.is_empty() {
-                            ctx.send_ack(data.seq, Vec::new());
-                            continue;
-                        }
-                        ctx.frames
-                            .lock()
-                            .unwrap()
-                            .insert(data.seq, (data.chunks.len(), BTreeMap::new()));
-                        for c in data.chunks {
-                            let key = (c.topic.clone(), c.partition);
-                            let tx = appenders.entry(key.clone()).or_insert_with(|| {
-                                let (tx, rx) = mpsc::unbounded_channel();
-                                tokio::spawn(append_loop(ctx.clone(), key.0, key.1, rx));
-                                tx
-                            });
-                            let _ = tx.send((data.seq, c));
-                        }
-                    }
-                    _ => {}
+                    });
                 }
+                Some(Body::Data(data)) => {
+                    if data.chunks.is_empty() {
+                        ctx.send_ack(data.seq, Vec::new());
+                        continue;
+                    }
+                    ctx.frames
+                        .lock()
+                        .unwrap()
+                        .insert(data.seq, (data.chunks.len(), BTreeMap::new()));
+                    for c in data.chunks {
+                        let key = (c.topic.clone(), c.partition);
+                        let tx = appenders.entry(key.clone()).or_insert_with(|| {
+                            let (tx, rx) = mpsc::unbounded_channel();
+                            tokio::spawn(append_loop(ctx.clone(), key.0, key.1, rx));
+                            tx
+                        });
+                        let _ = tx.send((data.seq, c));
+                    }
+                }
+                _ => {}
             }
-            let n = recv
-                .read(&mut buf)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("peer closed the stream")?;
-            dec.push(&buf[..n]);
         }
     };
     tokio::select! {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::proto::{self, Body, Chunk, Data, Envelope, Hello, TopicOffer};
-use crate::{kafka, HomedTopic, Shared};
+use crate::{kafka, FrameReader, HomedTopic, Shared};
 
 /// Where a partition is being read from, and a generation that a resend
 /// request bumps so reads of the old position are discarded.
@@ -26,6 +26,9 @@ struct ReadPos {
     gen: u64,
     from_log_start: bool,
 }
+
+/// Data frames sent and not yet acked: the window permit each holds.
+type InFlight = Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>>;
 
 struct Session {
     shared: Arc<Shared>,
@@ -87,7 +90,7 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
         .map_err(|e| e.to_string())?
         .await
         .map_err(|e| format!("connecting to {peer} at {addr}: {e}"))?;
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let hello = Envelope {
         id: 0,
         reply_to: 0,
@@ -99,30 +102,21 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
     send.write_all(&proto::encode(&hello, None).0)
         .await
         .map_err(|e| e.to_string())?;
-    let mut dec = proto::Decoder::default();
-    let mut buf = vec![0u8; 256 << 10];
-    let ack = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Some((env, _)) = dec.next_frame().map_err(|e| e.to_string())? {
-                return match env.body {
-                    Some(Body::HelloAck(h)) if h.region == peer => Ok(h),
-                    Some(Body::HelloAck(h)) => Err(format!(
-                        "{addr} answered as region {}, expected {peer}",
-                        h.region
-                    )),
-                    _ => Err("expected HelloAck".to_string()),
-                };
+    let mut frames = FrameReader::new(recv);
+    let ack = match tokio::time::timeout(Duration::from_secs(10), frames.next()).await {
+        Err(_) => return Err("no HelloAck within 10 s".into()),
+        Ok(Err(e)) => return Err(format!("during the handshake: {e}")),
+        Ok(Ok((env, _))) => match env.body {
+            Some(Body::HelloAck(h)) if h.region == peer => h,
+            Some(Body::HelloAck(h)) => {
+                return Err(format!(
+                    "{addr} answered as region {}, expected {peer}",
+                    h.region
+                ))
             }
-            let n = recv
-                .read(&mut buf)
-                .await
-                .map_err(|e| e.to_string())?
-                .ok_or("closed during the handshake")?;
-            dec.push(&buf[..n]);
-        }
-    })
-    .await
-    .map_err(|_| "no HelloAck within 10 s".to_string())??;
+            _ => return Err("expected HelloAck".to_string()),
+        },
+    };
     tracing::info!(link = %link, peer = %ack.region, remote = %addr, "link up");
     shared.link_stats(link, |s| {
         s.connected = true;
@@ -145,8 +139,7 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
         closed,
     });
     let window = Arc::new(Semaphore::new(cross.pipeline_depth as usize));
-    let inflight: Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>> =
-        Arc::new(Mutex::new(HashMap::new()));
+    let inflight: InFlight = Arc::new(Mutex::new(HashMap::new()));
 
     let writer = write_frames(
         session.clone(),
@@ -156,7 +149,7 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
         window.clone(),
         inflight.clone(),
     );
-    let reader = read_replies(session.clone(), recv, dec, buf, inflight.clone());
+    let reader = read_replies(session.clone(), frames, inflight.clone());
     let offers = offer_topics(session.clone());
     let stats = {
         let conn = conn.clone();
@@ -195,7 +188,7 @@ async fn write_frames(
     mut chunks: mpsc::Receiver<Chunk>,
     mut control: mpsc::UnboundedReceiver<Envelope>,
     window: Arc<Semaphore>,
-    inflight: Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>>,
+    inflight: InFlight,
 ) -> Result<(), String> {
     let cross = s.shared.topology.cross_dc.clone();
     let level = match cross.compression {
@@ -279,46 +272,37 @@ async fn write_frames(
 
 async fn read_replies(
     s: Arc<Session>,
-    mut recv: quinn::RecvStream,
-    mut dec: proto::Decoder,
-    mut buf: Vec<u8>,
-    inflight: Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>>,
+    mut frames: FrameReader,
+    inflight: InFlight,
 ) -> Result<(), String> {
     loop {
-        while let Some((env, _)) = dec.next_frame().map_err(|e| e.to_string())? {
-            match env.body {
-                Some(Body::TopicReady(r)) => {
-                    if let Some(tx) = s.pending.lock().unwrap().remove(&env.reply_to) {
-                        let _ = tx.send(r);
-                    }
+        let (env, _) = frames.next().await.map_err(|e| e.to_string())?;
+        match env.body {
+            Some(Body::TopicReady(r)) => {
+                if let Some(tx) = s.pending.lock().unwrap().remove(&env.reply_to) {
+                    let _ = tx.send(r);
                 }
-                Some(Body::Ack(a)) => {
-                    inflight.lock().unwrap().remove(&a.seq);
-                    let now = Instant::now();
-                    for p in a.positions {
-                        s.shared
-                            .acked(&s.link, &p.topic, p.partition, p.offset, now);
-                    }
-                }
-                Some(Body::Resync(p)) => {
-                    let mut pos = s.positions.lock().unwrap();
-                    if let Some(rp) = pos.get_mut(&(p.topic.clone(), p.partition)) {
-                        tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = rp.offset, to = p.offset, "mirror asked for a resend");
-                        rp.offset = p.offset;
-                        rp.gen += 1;
-                        rp.from_log_start = false;
-                    }
-                }
-                Some(Body::Error(e)) => return Err(format!("peer error: {}", e.message)),
-                _ => {}
             }
+            Some(Body::Ack(a)) => {
+                inflight.lock().unwrap().remove(&a.seq);
+                let now = Instant::now();
+                for p in a.positions {
+                    s.shared
+                        .acked(&s.link, &p.topic, p.partition, p.offset, now);
+                }
+            }
+            Some(Body::Resync(p)) => {
+                let mut pos = s.positions.lock().unwrap();
+                if let Some(rp) = pos.get_mut(&(p.topic.clone(), p.partition)) {
+                    tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = rp.offset, to = p.offset, "mirror asked for a resend");
+                    rp.offset = p.offset;
+                    rp.gen += 1;
+                    rp.from_log_start = false;
+                }
+            }
+            Some(Body::Error(e)) => return Err(format!("peer error: {}", e.message)),
+            _ => {}
         }
-        let n = recv
-            .read(&mut buf)
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("peer closed the stream")?;
-        dec.push(&buf[..n]);
     }
 }
 

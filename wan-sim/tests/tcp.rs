@@ -2,7 +2,7 @@
 
 mod common;
 
-use chronik_wan_sim::Impairment;
+use chronik_wan_sim::{Impairment, WanSim};
 use common::*;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -88,6 +88,24 @@ async fn delay_adds_round_trip_latency() {
     }
 }
 
+/// Writes `n` bytes through the proxy and closes; returns what the sink
+/// counted at EOF and how long that took.
+async fn send_through(
+    sim: &WanSim,
+    totals: &mut tokio::sync::mpsc::UnboundedReceiver<usize>,
+    n: usize,
+) -> (usize, Duration) {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(sim.tcp_addrs()[0]).await.unwrap();
+    s.write_all(&vec![1u8; n]).await.unwrap();
+    s.shutdown().await.unwrap();
+    let total = timeout(Duration::from_secs(5), totals.recv())
+        .await
+        .expect("sink sees EOF")
+        .unwrap();
+    (total, start.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bandwidth_limits_throughput() {
     let (sink, mut totals) = tcp_sink().await;
@@ -99,15 +117,7 @@ async fn bandwidth_limits_throughput() {
         },
     )
     .await;
-    let start = Instant::now();
-    let mut s = TcpStream::connect(sim.tcp_addrs()[0]).await.unwrap();
-    s.write_all(&vec![3u8; 1_000_000]).await.unwrap();
-    s.shutdown().await.unwrap();
-    let total = timeout(Duration::from_secs(5), totals.recv())
-        .await
-        .expect("sink sees EOF")
-        .unwrap();
-    let took = start.elapsed();
+    let (total, took) = send_through(&sim, &mut totals, 1_000_000).await;
     assert_eq!(total, 1_000_000);
     assert!(took >= Duration::from_millis(900), "took {took:?}");
     assert!(took < Duration::from_millis(2500), "took {took:?}");
@@ -126,15 +136,7 @@ async fn window_limits_a_single_connection_to_window_per_rtt() {
     .await;
     // 12 MiB through a 4 MiB window with a 200 ms round trip: at least two full round
     // trips of waiting for credit plus the final one-way delay.
-    let start = Instant::now();
-    let mut s = TcpStream::connect(sim.tcp_addrs()[0]).await.unwrap();
-    s.write_all(&vec![1u8; 12 << 20]).await.unwrap();
-    s.shutdown().await.unwrap();
-    let total = timeout(Duration::from_secs(5), totals.recv())
-        .await
-        .expect("sink sees EOF")
-        .unwrap();
-    let took = start.elapsed();
+    let (total, took) = send_through(&sim, &mut totals, 12 << 20).await;
     assert_eq!(total, 12 << 20);
     assert!(took >= Duration::from_millis(500), "took {took:?}");
     assert!(took < Duration::from_millis(2000), "took {took:?}");

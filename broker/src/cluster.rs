@@ -10,7 +10,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use prost::Message;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 
 use chronik_topology::BrokerConfig;
@@ -19,7 +18,7 @@ use crate::catalog::{BrokerEndpoint, Catalog, ControllerProposer, Topic, TopicEr
 use crate::log::PartitionLog;
 use crate::raft::codec::{self, kind, Frame};
 use crate::raft::sm::Target;
-use crate::raft::transport::{Inbound, Transport};
+use crate::raft::transport::{Inbound, PeerIo, TcpIo, Transport};
 use crate::raft::types::{Command, CommandResult, ControllerCommand};
 use crate::raft::{
     GroupStatus, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup, CONTROLLER_GROUP,
@@ -88,6 +87,17 @@ impl Cluster {
         store: Arc<Store>,
         catalog: Arc<Catalog>,
     ) -> Result<Arc<Cluster>, String> {
+        Self::start_with_io(cfg, store, catalog, Arc::new(TcpIo)).await
+    }
+
+    /// [`Cluster::start`] with the peer sockets from `io` (the deterministic
+    /// simulation passes simulated ones).
+    pub async fn start_with_io(
+        cfg: &BrokerConfig,
+        store: Arc<Store>,
+        catalog: Arc<Catalog>,
+        io: Arc<dyn PeerIo>,
+    ) -> Result<Arc<Cluster>, String> {
         let c = &cfg.cluster;
         let settings = RaftSettings {
             heartbeat_ms: c.heartbeat_interval_ms,
@@ -103,10 +113,11 @@ impl Cluster {
             .iter()
             .map(|p| (p.id as u64, p.raft.clone()))
             .collect();
-        let transport = Transport::new(cfg.node_id as u64, peers);
+        let transport = Transport::with_io(cfg.node_id as u64, peers, io);
         let listener = match (c.peers.is_empty(), cfg.listeners.raft) {
             (false, Some(addr)) => Some(
-                TcpListener::bind(addr)
+                transport
+                    .bind(addr)
                     .await
                     .map_err(|e| format!("binding raft listener {addr}: {e}"))?,
             ),

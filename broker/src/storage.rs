@@ -15,6 +15,12 @@
 //! All writes go through [`Store::submit`], which hands them to a single
 //! writer thread. That thread writes every queued job, then makes them
 //! durable with one WAL sync, so many produce requests share one fdatasync.
+//!
+//! [`Store::open_inline`] has no writer thread: each write is done and
+//! completed on the caller's thread before `submit` returns. The
+//! deterministic simulation needs that: a completion arriving from another
+//! thread would land at a point in simulated time that depends on the OS
+//! scheduler, and a failing seed would not replay.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -64,6 +70,9 @@ pub struct Store {
     tx: Option<mpsc::Sender<Job>>,
     writer: Option<std::thread::JoinHandle<()>>,
     failed: Arc<AtomicBool>,
+    /// Set for [`Store::open_inline`]: the durability, and the first write
+    /// failure (after which every write fails, as on the writer thread).
+    inline: Option<(Durability, std::sync::Mutex<Option<String>>)>,
 }
 
 impl Drop for Store {
@@ -132,6 +141,37 @@ impl IndexEntry {
 
 impl Store {
     pub fn open(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
+        let db = Self::open_db(dir)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let failed = Arc::new(AtomicBool::new(false));
+        let writer_db = db.clone();
+        let writer_failed = failed.clone();
+        let writer = std::thread::Builder::new()
+            .name("chronik-commit".into())
+            .spawn(move || writer_loop(writer_db, rx, durability, writer_failed))
+            .map_err(|e| StoreError::Rocks(format!("spawning writer thread: {e}")))?;
+        Ok(Store {
+            db,
+            tx: Some(tx),
+            writer: Some(writer),
+            failed,
+            inline: None,
+        })
+    }
+
+    /// A store that writes on the caller's thread, one job at a time (see
+    /// the module docs). Same ordering and failure rules, no group commit.
+    pub fn open_inline(dir: &Path, durability: Durability) -> Result<Store, StoreError> {
+        Ok(Store {
+            db: Self::open_db(dir)?,
+            tx: None,
+            writer: None,
+            failed: Arc::new(AtomicBool::new(false)),
+            inline: Some((durability, std::sync::Mutex::new(None))),
+        })
+    }
+
+    fn open_db(dir: &Path) -> Result<Arc<DB>, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Rocks(format!("creating {}: {e}", dir.display())))?;
         let mut opts = Options::default();
@@ -163,21 +203,7 @@ impl Store {
             ColumnFamilyDescriptor::new(CF_META, small),
             ColumnFamilyDescriptor::new(CF_RAFT, raft_opts),
         ];
-        let db = Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?);
-        let (tx, rx) = mpsc::channel::<Job>();
-        let failed = Arc::new(AtomicBool::new(false));
-        let writer_db = db.clone();
-        let writer_failed = failed.clone();
-        let writer = std::thread::Builder::new()
-            .name("chronik-commit".into())
-            .spawn(move || writer_loop(writer_db, rx, durability, writer_failed))
-            .map_err(|e| StoreError::Rocks(format!("spawning writer thread: {e}")))?;
-        Ok(Store {
-            db,
-            tx: Some(tx),
-            writer: Some(writer),
-            failed,
-        })
+        Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
     }
 
     pub fn db(&self) -> &DB {
@@ -217,6 +243,19 @@ impl Store {
     }
 
     fn enqueue(&self, job: Job) {
+        if let Some((durability, broken)) = &self.inline {
+            let mut group = vec![job];
+            // The lock only orders writers; completions run after it is
+            // released, since they may submit again.
+            let (result, dones) = {
+                let mut broken = broken.lock().unwrap();
+                write_group(&self.db, &mut group, *durability, &mut broken, &self.failed)
+            };
+            for done in dones {
+                done(result.clone());
+            }
+            return;
+        }
         let unsent = match &self.tx {
             Some(tx) => tx.send(job).err().map(|e| e.0),
             None => Some(job),
@@ -302,10 +341,7 @@ fn writer_loop(
     failed: Arc<AtomicBool>,
 ) {
     const MAX_GROUP: usize = 4096;
-    let mut wo = WriteOptions::default();
-    wo.set_sync(false);
     let mut group: Vec<Job> = Vec::with_capacity(64);
-    let mut dones: Vec<Completion> = Vec::with_capacity(64);
     let mut broken: Option<String> = None;
     while let Ok(first) = rx.recv() {
         group.push(first);
@@ -315,44 +351,59 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let n = group.len();
-        let start = Instant::now();
-        let mut result: Result<(), StoreError> = match &broken {
-            Some(e) => Err(StoreError::Failed(e.clone())),
-            None => Ok(()),
-        };
-        let needs_sync = group.iter().any(|j| j.sync);
-        for job in group.drain(..) {
-            if result.is_ok() {
-                if let Err(e) = db.write_opt(job.batch, &wo) {
-                    result = Err(e.into());
-                }
-            }
-            dones.push(job.done);
-        }
-        if result.is_ok() && durability == Durability::Fsync && needs_sync {
-            let sync_start = Instant::now();
-            if let Err(e) = db.flush_wal(true) {
-                result = Err(e.into());
-            }
-            metrics::histogram!("chronik_wal_sync_seconds")
-                .record(sync_start.elapsed().as_secs_f64());
-        }
-        if let Err(e) = &result {
-            if broken.is_none() {
-                // After a failed write the log may have a hole; refuse every
-                // later write rather than acknowledge data past it.
-                tracing::error!(error = %e, "storage write failed; broker stops accepting writes");
-                failed.store(true, Ordering::Release);
-                broken = Some(e.to_string());
-            }
-        }
-        metrics::histogram!("chronik_commit_group_size").record(n as f64);
-        metrics::histogram!("chronik_commit_seconds").record(start.elapsed().as_secs_f64());
-        for done in dones.drain(..) {
+        let (result, dones) = write_group(&db, &mut group, durability, &mut broken, &failed);
+        for done in dones {
             done(result.clone());
         }
     }
+}
+
+/// Writes `group` in order and makes it durable with at most one WAL sync.
+/// Returns the outcome and the completions, for the caller to run.
+fn write_group(
+    db: &DB,
+    group: &mut Vec<Job>,
+    durability: Durability,
+    broken: &mut Option<String>,
+    failed: &AtomicBool,
+) -> (Result<(), StoreError>, Vec<Completion>) {
+    let mut wo = WriteOptions::default();
+    wo.set_sync(false);
+    let n = group.len();
+    let start = Instant::now();
+    let mut result: Result<(), StoreError> = match &*broken {
+        Some(e) => Err(StoreError::Failed(e.clone())),
+        None => Ok(()),
+    };
+    let needs_sync = group.iter().any(|j| j.sync);
+    let mut dones = Vec::with_capacity(n);
+    for job in group.drain(..) {
+        if result.is_ok() {
+            if let Err(e) = db.write_opt(job.batch, &wo) {
+                result = Err(e.into());
+            }
+        }
+        dones.push(job.done);
+    }
+    if result.is_ok() && durability == Durability::Fsync && needs_sync {
+        let sync_start = Instant::now();
+        if let Err(e) = db.flush_wal(true) {
+            result = Err(e.into());
+        }
+        metrics::histogram!("chronik_wal_sync_seconds").record(sync_start.elapsed().as_secs_f64());
+    }
+    if let Err(e) = &result {
+        if broken.is_none() {
+            // After a failed write the log may have a hole; refuse every
+            // later write rather than acknowledge data past it.
+            tracing::error!(error = %e, "storage write failed; broker stops accepting writes");
+            failed.store(true, Ordering::Release);
+            *broken = Some(e.to_string());
+        }
+    }
+    metrics::histogram!("chronik_commit_group_size").record(n as f64);
+    metrics::histogram!("chronik_commit_seconds").record(start.elapsed().as_secs_f64());
+    (result, dones)
 }
 
 #[cfg(test)]
@@ -382,6 +433,19 @@ mod tests {
         };
         assert_eq!(IndexEntry::decode(&log_key(5, 10), &e.encode()), Some(e));
         assert_eq!(IndexEntry::decode(&log_key(5, 10), &[0; 3]), None);
+    }
+
+    #[test]
+    fn inline_store_completes_before_submit_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_inline(dir.path(), Durability::Fsync).unwrap();
+        let done = Arc::new(AtomicBool::new(false));
+        let mut b = WriteBatch::default();
+        b.put_cf(store.cf(CF_LOG), log_key(1, 0), b"x");
+        let d = done.clone();
+        store.submit(b, Box::new(move |r| d.store(r.is_ok(), Ordering::Release)));
+        assert!(done.load(Ordering::Acquire));
+        assert!(store.db().get_cf(store.cf(CF_LOG), log_key(1, 0)).unwrap().is_some());
     }
 
     #[test]

@@ -7,8 +7,13 @@
 //! so the heartbeats of many groups to the same peer share packets.
 //!
 //! Frames are a 4-byte big-endian length followed by a prost [`Frame`].
+//!
+//! Sockets come from a [`PeerIo`]: TCP in production, simulated sockets in
+//! the deterministic simulation (`broker/tests/sim`), so the simulation
+//! runs this very code, connection handling included.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +21,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use prost::Message;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -44,6 +49,54 @@ pub trait Inbound: Send + Sync + 'static {
     fn notify(&self, from: u64, frame: Frame);
 }
 
+/// A connection's byte stream.
+pub trait PeerStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for T {}
+
+/// Where the transport's sockets come from.
+pub trait PeerIo: Send + Sync + 'static {
+    fn connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>>;
+    fn bind(&self, addr: SocketAddr)
+        -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>>;
+}
+
+pub trait PeerListener: Send + 'static {
+    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Box<dyn PeerStream>>>;
+}
+
+/// Production sockets: TCP without Nagle (Raft RPCs are small and latency
+/// bound; the writer already coalesces).
+pub struct TcpIo;
+
+impl PeerIo for TcpIo {
+    fn connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>> {
+        Box::pin(async move {
+            let sock = TcpStream::connect(&addr).await?;
+            let _ = sock.set_nodelay(true);
+            Ok(Box::new(sock) as Box<dyn PeerStream>)
+        })
+    }
+
+    fn bind(
+        &self,
+        addr: SocketAddr,
+    ) -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>> {
+        Box::pin(async move {
+            Ok(Box::new(TcpListener::bind(addr).await?) as Box<dyn PeerListener>)
+        })
+    }
+}
+
+impl PeerListener for TcpListener {
+    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Box<dyn PeerStream>>> {
+        Box::pin(async move {
+            let (sock, _) = TcpListener::accept(self).await?;
+            let _ = sock.set_nodelay(true);
+            Ok(Box::new(sock) as Box<dyn PeerStream>)
+        })
+    }
+}
+
 struct Conn {
     peer: u64,
     tx: mpsc::UnboundedSender<Frame>,
@@ -54,6 +107,7 @@ struct Conn {
 pub struct Transport {
     node_id: u64,
     peers: HashMap<u64, String>,
+    io: Arc<dyn PeerIo>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     inbound: std::sync::OnceLock<Arc<dyn Inbound>>,
     next_id: AtomicU64,
@@ -64,9 +118,18 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(node_id: u64, peers: HashMap<u64, String>) -> Arc<Transport> {
+        Self::with_io(node_id, peers, Arc::new(TcpIo))
+    }
+
+    pub fn with_io(
+        node_id: u64,
+        peers: HashMap<u64, String>,
+        io: Arc<dyn PeerIo>,
+    ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
             peers,
+            io,
             conns: Mutex::new(HashMap::new()),
             inbound: std::sync::OnceLock::new(),
             next_id: AtomicU64::new(1),
@@ -76,6 +139,11 @@ impl Transport {
 
     pub fn node_id(&self) -> u64 {
         self.node_id
+    }
+
+    /// Opens the peer listener through this transport's [`PeerIo`].
+    pub async fn bind(&self, addr: SocketAddr) -> std::io::Result<Box<dyn PeerListener>> {
+        self.io.bind(addr).await
     }
 
     pub fn peer_ids(&self) -> Vec<u64> {
@@ -105,14 +173,18 @@ impl Transport {
 
     /// Starts accepting peers on `listener` and dialing every peer with a
     /// higher id than ours.
-    pub fn start(self: &Arc<Self>, listener: Option<TcpListener>, inbound: Arc<dyn Inbound>) {
+    pub fn start(
+        self: &Arc<Self>,
+        listener: Option<Box<dyn PeerListener>>,
+        inbound: Arc<dyn Inbound>,
+    ) {
         let _ = self.inbound.set(inbound);
-        if let Some(listener) = listener {
+        if let Some(mut listener) = listener {
             let me = self.clone();
             tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
-                        Ok((sock, _)) => {
+                        Ok(sock) => {
                             let me = me.clone();
                             tokio::spawn(async move { me.accepted(sock).await });
                         }
@@ -124,7 +196,9 @@ impl Transport {
                 }
             });
         }
-        for (&peer, addr) in &self.peers {
+        // In id order, so that a simulation run replays exactly.
+        for peer in self.peer_ids() {
+            let addr = &self.peers[&peer];
             if peer > self.node_id {
                 let me = self.clone();
                 let addr = addr.clone();
@@ -136,9 +210,9 @@ impl Transport {
     async fn dial_loop(self: Arc<Self>, peer: u64, addr: String) {
         let mut logged = false;
         loop {
-            match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(&addr)).await {
+            match tokio::time::timeout(Duration::from_secs(2), self.io.connect(addr.clone())).await
+            {
                 Ok(Ok(mut sock)) => {
-                    let _ = sock.set_nodelay(true);
                     let hello = Frame {
                         kind: kind::HELLO,
                         group: self.node_id,
@@ -161,8 +235,7 @@ impl Transport {
         }
     }
 
-    async fn accepted(self: Arc<Self>, mut sock: TcpStream) {
-        let _ = sock.set_nodelay(true);
+    async fn accepted(self: Arc<Self>, mut sock: Box<dyn PeerStream>) {
         let hello = match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut sock)).await
         {
             Ok(Ok(f)) if f.kind == kind::HELLO => f,
@@ -182,8 +255,8 @@ impl Transport {
     }
 
     /// Serves one connection until it fails.
-    async fn run(self: &Arc<Self>, peer: u64, sock: TcpStream) {
-        let (mut rd, mut wr) = sock.into_split();
+    async fn run(self: &Arc<Self>, peer: u64, sock: Box<dyn PeerStream>) {
+        let (mut rd, mut wr) = tokio::io::split(sock);
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         let conn = Arc::new(Conn {
             peer,
@@ -210,6 +283,9 @@ impl Transport {
                 }
                 buf.clear();
             }
+            // Tell the peer we stopped writing, as dropping a TCP write
+            // half would.
+            let _ = wr.shutdown().await;
         });
         let inbound = self.inbound.get().cloned();
         loop {
@@ -359,13 +435,13 @@ fn put_frame(buf: &mut BytesMut, f: &Frame) {
     f.encode(buf).expect("reserved");
 }
 
-async fn write_frame(sock: &mut TcpStream, f: &Frame) -> std::io::Result<()> {
+async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(sock: &mut W, f: &Frame) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     put_frame(&mut buf, f);
     sock.write_all(&buf).await
 }
 
-async fn read_frame<R: tokio::io::AsyncRead + Unpin>(rd: &mut R) -> std::io::Result<Frame> {
+async fn read_frame<R: AsyncRead + Unpin + ?Sized>(rd: &mut R) -> std::io::Result<Frame> {
     let len = rd.read_u32().await? as usize;
     if len > MAX_FRAME {
         return Err(std::io::Error::other(format!("peer frame of {len} bytes")));

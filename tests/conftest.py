@@ -123,7 +123,7 @@ def pytest_runtest_makereport(item, call):
             procs.extend(getattr(proc, "started", ()) if isinstance(proc, WholeCluster) else ())
             if isinstance(proc, (ApacheKafka, Chronik)) and id(proc) not in seen:
                 seen.add(id(proc))
-                rep.sections.append((f"{proc.name} log tail ({getattr(proc, 'bootstrap', '')})", proc.log_tail(40)))
+                rep.sections.append((f"{proc.name} log tail ({getattr(proc, 'bootstrap', '')})", proc.log_tail(150)))
 
 
 class WholeCluster:

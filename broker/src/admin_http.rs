@@ -163,6 +163,7 @@ async fn partition(
         "snapshot_index": st.snapshot_index,
         "purged_index": st.purged_index,
         "epochs": log.epoch_history(),
+        "raft": s.ctx.cluster.local_debug(log.log_id),
     }))
     .into_response()
 }

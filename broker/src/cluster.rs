@@ -21,7 +21,8 @@ use crate::raft::sm::Target;
 use crate::raft::transport::{Inbound, PeerIo, TcpIo, Transport};
 use crate::raft::types::{Command, CommandResult, ControllerCommand};
 use crate::raft::{
-    GroupStatus, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup, CONTROLLER_GROUP,
+    GroupDebug, GroupStatus, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup,
+    CONTROLLER_GROUP,
 };
 use crate::storage::Store;
 
@@ -56,6 +57,9 @@ pub struct Cluster {
     hints: Mutex<HashMap<u64, Hint>>,
     reconcile: Arc<tokio::sync::Notify>,
     stopping: std::sync::atomic::AtomicBool,
+    /// Whether this broker hears from less than a majority of its region;
+    /// refreshed by the election loop, read on every client request.
+    cut_off: std::sync::atomic::AtomicBool,
     /// Kafka's auto.leader.rebalance.enable.
     auto_leader_rebalance: bool,
     /// Partition groups with a reassignment step running.
@@ -154,6 +158,7 @@ impl Cluster {
             hints: Mutex::new(HashMap::new()),
             reconcile: Arc::new(tokio::sync::Notify::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            cut_off: std::sync::atomic::AtomicBool::new(false),
             auto_leader_rebalance: cfg.cluster.auto_leader_rebalance,
             moving: Mutex::new(Default::default()),
         });
@@ -195,6 +200,37 @@ impl Cluster {
     fn alive(&self, node: u64) -> bool {
         self.transport
             .heard_from(node, Duration::from_millis(self.settings.election_min_ms))
+    }
+
+    /// Whether this broker hears from less than a majority of its region
+    /// (itself included). Such a broker can commit nothing, and a leader
+    /// it still believes it is has been replaced on the other side; see
+    /// `server::serve_connection` for what it does about its clients.
+    pub fn is_cut_off(&self) -> bool {
+        self.cut_off.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn refresh_cut_off(&self) {
+        let peers = self.transport.peer_ids();
+        let alive = peers.iter().filter(|p| self.alive(**p)).count();
+        let now = !peers.is_empty() && (alive + 1) * 2 <= peers.len() + 1;
+        let was = self.cut_off.swap(now, std::sync::atomic::Ordering::Relaxed);
+        if now != was {
+            if now {
+                tracing::warn!(
+                    alive_peers = alive,
+                    peers = peers.len(),
+                    "cut off from the region's majority: dropping Kafka clients until it is back"
+                );
+            } else {
+                tracing::info!(
+                    alive_peers = alive,
+                    peers = peers.len(),
+                    "back in touch with the region's majority: serving Kafka clients again"
+                );
+            }
+        }
+        metrics::gauge!("chronik_broker_cut_off").set(if now { 1.0 } else { 0.0 });
     }
 
     pub fn controller_status(&self) -> GroupStatus {
@@ -399,7 +435,7 @@ impl Cluster {
                         if c.auto_leader_rebalance
                             && tick.is_multiple_of(40)
                             && preferred != c.node_id
-                            && st.isr.contains(&(preferred as u64))
+                            && st.caught_up_now.contains(&(preferred as u64))
                         {
                             g.transfer_leadership(preferred as u64).await;
                         }
@@ -432,6 +468,7 @@ impl Cluster {
         loop {
             tokio::time::sleep(tick).await;
             let Some(c) = me.upgrade() else { return };
+            c.refresh_cut_off();
             let me_id = c.node_id as u64;
             let mut returned = Vec::new();
             for peer in c.transport.peer_ids() {
@@ -789,6 +826,11 @@ impl Cluster {
     /// Every replica group's status, for the admin API.
     pub fn local_status(&self, log_id: u64) -> Option<GroupStatus> {
         self.group(log_id).map(|g| g.status())
+    }
+
+    /// A local replica's Raft internals, for people debugging a stall.
+    pub fn local_debug(&self, log_id: u64) -> Option<GroupDebug> {
+        self.group(log_id).map(|g| g.debug())
     }
 
     pub async fn shutdown(&self) {

@@ -288,6 +288,10 @@ async fn accept_loop(
             _ = shutdown.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    if ctx.cluster.is_cut_off() {
+                        tracing::debug!(%peer, "refusing a client: this broker is cut off from its region's majority");
+                        continue;
+                    }
                     let _ = stream.set_nodelay(true);
                     let ctx = ctx.clone();
                     let shutdown = shutdown.clone();
@@ -385,13 +389,30 @@ async fn serve_connection(
                 Ok(0) => break Ok(()),
                 Ok(_) => {}
                 Err(e) => break Err(e.to_string()),
-            }
+            },
+            // A broker cut off from its region's majority drops its clients,
+            // as a ZooKeeper server without quorum does. Otherwise a client
+            // keeps asking it for metadata (librdkafka prefers brokers it is
+            // connected to), is told that this broker still leads, and never
+            // finds the leader the majority elected: writes stalled for as
+            // long as the partition lasted.
+            _ = cut_off_watch(&ctx) => break Err("cut off from the region's majority".into()),
         }
     };
     // Answer what was already accepted before closing, as Kafka does.
     drop(tx);
     let _ = writer.await;
     result
+}
+
+/// Resolves once the broker is cut off from its region's majority.
+async fn cut_off_watch(ctx: &BrokerCtx) {
+    loop {
+        if ctx.cluster.is_cut_off() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 async fn retention_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {

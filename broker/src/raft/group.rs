@@ -80,6 +80,52 @@ pub struct GroupStatus {
     /// reach a lagging follower only by snapshot install.
     pub purged_index: Option<u64>,
     pub snapshot_index: Option<u64>,
+    /// On the leader: voters other than itself whose log reaches the
+    /// commit index right now and whose broker is alive. Unlike the ISR
+    /// (caught up at some point within `replica_lag`), this is what a
+    /// leadership transfer needs: a target that is behind refuses it.
+    pub caught_up_now: Vec<u64>,
+}
+
+/// Everything a person debugging a stalled partition wants to see of one
+/// replica's Raft state, as served by `/v1/partitions/<t>/<p>` (`raft`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GroupDebug {
+    pub state: String,
+    pub vote: String,
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    /// On the leader: time since a quorum last acknowledged it (the lease).
+    pub quorum_ack_age_ms: Option<u64>,
+    /// On the leader: per follower, the last log index it is known to hold.
+    pub replication: BTreeMap<u64, Option<u64>>,
+    /// On the leader: per follower, time since it last acknowledged a
+    /// heartbeat or an append.
+    pub heartbeat_ack_age_ms: BTreeMap<u64, Option<u64>>,
+    /// Peers the node-level failure detector considers alive.
+    pub peers_alive: BTreeMap<u64, bool>,
+    pub submitter: SubmitterView,
+    /// A leadership transfer this replica started and has not seen through.
+    pub transfer: Option<TransferView>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SubmitterView {
+    /// Commands submitted and not yet handed to openraft.
+    pub queued: u64,
+    /// `idle`, `renewing lease` or `proposing`.
+    pub phase: &'static str,
+    pub phase_age_ms: u64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TransferView {
+    pub to: u64,
+    pub term: u64,
+    pub age_ms: u64,
+    pub attempts: u32,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -114,8 +160,11 @@ pub trait ReplicaGroup: Send + Sync + 'static {
     fn initialize(&self, members: Vec<u64>) -> BoxFuture<'_, bool>;
     fn is_initialized(&self) -> BoxFuture<'_, bool>;
     fn shutdown(&self) -> BoxFuture<'_, ()>;
-    /// Asks `to` to take over leadership (preferred-leader balancing).
+    /// Asks `to` to take over leadership (preferred-leader balancing,
+    /// reassignment), and sees it through: see [`see_transfer_through`].
     fn transfer_leadership(&self, to: u64) -> BoxFuture<'_, ()>;
+    /// The replica's Raft state for people debugging it.
+    fn debug(&self) -> GroupDebug;
     /// Starts an election (after a pre-vote, so a healthy leader stays).
     fn elect(&self) -> BoxFuture<'_, ()>;
     /// Sends one round of heartbeats now (a leader, to re-sync followers).
@@ -148,12 +197,59 @@ pub struct OpenraftGroup {
     partition: Option<(Arc<PartitionLog>, Arc<Store>)>,
     /// Batches received for a snapshot install in progress.
     staged: Mutex<Option<Arc<Mutex<Staged>>>>,
+    submitting: Arc<SubmitterStats>,
+    transfer: Arc<Mutex<Option<Transfer>>>,
+    election_min: Duration,
+}
+
+/// What the submitter is doing, shared with the debug view.
+struct SubmitterStats {
+    queued: std::sync::atomic::AtomicU64,
+    phase: Mutex<(&'static str, Instant)>,
+}
+
+impl SubmitterStats {
+    fn enter(&self, phase: &'static str) {
+        *self.phase.lock().unwrap() = (phase, Instant::now());
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Transfer {
+    to: u64,
+    term: u64,
+    since: Instant,
+    attempts: u32,
 }
 
 type Proposal = (
     Command,
     oneshot::Sender<Result<CommandResult, ProposeError>>,
 );
+
+/// Resolves once this replica leads but its broker-level failure detector
+/// sees no live majority of the voters: the quiescent-group equivalent of
+/// a lost lease. A write waiting for a commit that cannot come should not
+/// hold the client for its whole request timeout (30 s by default), when
+/// a new leader is elected on the other side within seconds.
+async fn cut_off(raft: &Raft, alive: &Liveness) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lost = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+            let live = voters
+                .iter()
+                .filter(|v| Some(**v) == m.current_leader || alive(**v))
+                .count();
+            m.state.is_leader() && voters.len() > 1 && live * 2 <= voters.len()
+        };
+        if lost {
+            return;
+        }
+    }
+}
 
 /// Feeds queued commands to openraft one at a time, so their order in the
 /// Raft log is their submission order; results are awaited concurrently.
@@ -168,7 +264,10 @@ async fn submitter(
     mut rx: mpsc::UnboundedReceiver<Proposal>,
     quiescent: bool,
     lease: Duration,
+    stats: Arc<SubmitterStats>,
+    alive: Liveness,
 ) {
+    use std::sync::atomic::Ordering;
     let fresh = |raft: &Raft| {
         let m = raft.metrics();
         let m = m.borrow_watched();
@@ -180,20 +279,44 @@ async fn submitter(
                 .is_some_and(|t| (**t).elapsed() < lease / 2)
     };
     while let Some((cmd, tx)) = rx.recv().await {
+        stats.queued.fetch_sub(1, Ordering::Relaxed);
         if quiescent && !fresh(&raft) {
+            stats.enter("renewing lease");
             let _ = raft.trigger().heartbeat().await;
             let deadline = Instant::now() + lease;
             while !fresh(&raft) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
+        stats.enter("proposing");
         let (responder, done) = openraft::impls::ProgressResponder::complete_only();
-        if raft.write(cmd).responder(responder).await.is_err() {
+        let proposed = raft.write(cmd).responder(responder).await;
+        stats.enter("idle");
+        if proposed.is_err() {
             let _ = tx.send(Err(ProposeError::Unavailable("raft stopped".into())));
             continue;
         }
+        let (raft, alive) = (raft.clone(), alive.clone());
         tokio::spawn(async move {
-            let r = match done.await {
+            let mut done = done;
+            let outcome = if quiescent {
+                tokio::select! {
+                    r = &mut done => Some(r),
+                    _ = cut_off(&raft, &alive) => None,
+                }
+            } else {
+                Some(done.await)
+            };
+            let Some(outcome) = outcome else {
+                // The entry may still commit if this leader keeps its
+                // role, so the outcome is unknown (REQUEST_TIMED_OUT):
+                // an idempotent retry is deduplicated either way.
+                let _ = tx.send(Err(ProposeError::Unavailable(
+                    "the leader is cut off from a majority of its replicas".into(),
+                )));
+                return;
+            };
+            let r = match outcome {
                 Ok(Ok(w)) => Ok(w.data),
                 Ok(Err(openraft::error::ClientWriteError::ForwardToLeader(f))) => {
                     Err(ProposeError::NotLeader(f.leader_id))
@@ -207,6 +330,15 @@ async fn submitter(
 }
 
 impl OpenraftGroup {
+    /// No leader, or one whose broker the failure detector sees as dead.
+    fn leader_gone(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        !m.state.is_leader()
+            && m.current_leader
+                .is_none_or(|l| l != self.node && !(self.alive)(l))
+    }
+
     pub async fn start(
         id: u64,
         node: u64,
@@ -249,13 +381,22 @@ impl OpenraftGroup {
             .await
             .map_err(|e| e.to_string())?;
         let (queue, rx) = mpsc::unbounded_channel();
+        let submitting = Arc::new(SubmitterStats {
+            queued: Default::default(),
+            phase: Mutex::new(("idle", Instant::now())),
+        });
         tokio::spawn(submitter(
             raft.clone(),
             rx,
             settings.quiescent,
             Duration::from_millis(settings.election_max_ms),
+            submitting.clone(),
+            alive.clone(),
         ));
         Ok(Arc::new(OpenraftGroup {
+            submitting,
+            transfer: Arc::new(Mutex::new(None)),
+            election_min: Duration::from_millis(settings.election_min_ms),
             partition,
             staged: Mutex::new(None),
             queue,
@@ -291,6 +432,7 @@ impl ReplicaGroup for OpenraftGroup {
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
         let committed = m.local_committed.as_ref().map(|l| l.index());
         let mut isr = Vec::new();
+        let mut caught_up_now = Vec::new();
         if is_leader {
             isr.push(self.node);
             let now = Instant::now();
@@ -313,6 +455,7 @@ impl ReplicaGroup for OpenraftGroup {
                     let caught = matched.as_ref().map(|l| l.index()) >= committed;
                     if caught && acked_recently {
                         cu.insert(*node, now);
+                        caught_up_now.push(*node);
                     }
                     if acked_recently
                         && cu
@@ -350,11 +493,78 @@ impl ReplicaGroup for OpenraftGroup {
             last_log_index: m.last_log_index,
             purged_index: m.purged.as_ref().map(|l| l.index()),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
+            caught_up_now,
+        }
+    }
+
+    fn debug(&self) -> GroupDebug {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let ms = |d: Duration| d.as_millis().min(u64::MAX as u128) as u64;
+        let replication = m
+            .replication
+            .as_ref()
+            .map(|r| {
+                r.iter()
+                    .map(|(n, l)| (*n, l.as_ref().map(|l| l.index())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let heartbeat_ack_age_ms = m
+            .heartbeat
+            .as_ref()
+            .map(|h| {
+                h.iter()
+                    .map(|(n, t)| (*n, t.as_ref().map(|t| ms((**t).elapsed()))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let peers_alive = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(n, _)| *n)
+            .filter(|n| *n != self.node)
+            .map(|n| (n, (self.alive)(n)))
+            .collect();
+        let (phase, since) = *self.submitting.phase.lock().unwrap();
+        GroupDebug {
+            state: format!("{:?}", m.state),
+            vote: m.vote.to_string(),
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed_index: m.local_committed.as_ref().map(|l| l.index()),
+            applied_index: m.last_applied.as_ref().map(|l| l.index()),
+            quorum_ack_age_ms: m.last_quorum_acked.as_ref().map(|t| ms((**t).elapsed())),
+            replication,
+            heartbeat_ack_age_ms,
+            peers_alive,
+            submitter: SubmitterView {
+                queued: self
+                    .submitting
+                    .queued
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                phase,
+                phase_age_ms: ms(since.elapsed()),
+            },
+            transfer: self
+                .transfer
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|t| TransferView {
+                    to: t.to,
+                    term: t.term,
+                    age_ms: ms(t.since.elapsed()),
+                    attempts: t.attempts,
+                }),
         }
     }
 
     fn submit(&self, cmd: Command) -> oneshot::Receiver<Result<CommandResult, ProposeError>> {
         let (tx, rx) = oneshot::channel();
+        self.submitting
+            .queued
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(mpsc::error::SendError((_, tx))) = self.queue.send((cmd, tx)) {
             let _ = tx.send(Err(ProposeError::Unavailable("the group stopped".into())));
         }
@@ -377,12 +587,32 @@ impl ReplicaGroup for OpenraftGroup {
                 kind::VOTE | kind::PRE_VOTE => {
                     let req = codec::PbVoteRequest::decode(body).map_err(|e| e.to_string())?;
                     let req = codec::vote_req_from_pb(req).map_err(|e| e.to_string())?;
+                    let candidate_log = req.last_log_id;
                     let resp = if k == kind::VOTE {
                         self.raft.vote(req).await
                     } else {
                         self.raft.pre_vote(req).await
                     }
                     .map_err(|e| e.to_string())?;
+                    if self.quiescent
+                        && !resp.vote_granted
+                        && candidate_log < resp.last_log_id
+                        && self.leader_gone()
+                    {
+                        // The broker picks one replica per leaderless group
+                        // to campaign (the first live one in preference
+                        // order), but it cannot win when its log is behind
+                        // ours, which is normal: a leader commits on the
+                        // fastest majority. The others would wait twice the
+                        // election timeout before trying, so a stale
+                        // candidate held writes up for 5 s. We know it
+                        // cannot win and we can: campaign now (pre-vote
+                        // first, so a live leader is never disturbed).
+                        let raft = self.raft.clone();
+                        tokio::spawn(async move {
+                            let _ = raft.trigger().elect(true).await;
+                        });
+                    }
                     Ok(codec::vote_resp_to_pb(&resp).encode_to_vec().into())
                 }
                 kind::SNAP_BEGIN => {
@@ -514,7 +744,36 @@ impl ReplicaGroup for OpenraftGroup {
 
     fn transfer_leadership(&self, to: u64) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let _ = self.raft.trigger().transfer_leader(to).await;
+            let term = {
+                let m = self.raft.metrics();
+                let m = m.borrow_watched();
+                if !(m.state.is_leader() && m.current_leader == Some(self.node)) {
+                    return;
+                }
+                m.current_term
+            };
+            {
+                let mut t = self.transfer.lock().unwrap();
+                if t.as_ref().is_some_and(|t| t.term == term) {
+                    return; // already being seen through
+                }
+                *t = Some(Transfer {
+                    to,
+                    term,
+                    since: Instant::now(),
+                    attempts: 1,
+                });
+            }
+            if self.raft.trigger().transfer_leader(to).await.is_err() {
+                *self.transfer.lock().unwrap() = None;
+                return;
+            }
+            tokio::spawn(see_transfer_through(
+                self.raft.clone(),
+                self.node,
+                self.transfer.clone(),
+                self.election_min,
+            ));
         })
     }
 
@@ -580,7 +839,7 @@ impl ReplicaGroup for OpenraftGroup {
             // stays first, so the partition never waits for an election.
             if !target.contains(&self.node) {
                 if let Some(next) = target.iter().find(|n| voters.contains(n)) {
-                    let _ = self.raft.trigger().transfer_leader(*next).await;
+                    self.transfer_leadership(*next).await;
                     return Ok(false);
                 }
             }
@@ -590,6 +849,77 @@ impl ReplicaGroup for OpenraftGroup {
                 .map_err(|e| e.to_string())?;
             Ok(true)
         })
+    }
+}
+
+/// Retries a leadership transfer until some other replica leads.
+///
+/// openraft marks a transferring leader for good: from then on it refuses
+/// writes and sends no heartbeats, and only a higher vote ends that. The
+/// target takes over only if its log already reaches the leader's when the
+/// request arrives (it waits `election_timeout_min` for that), so a target
+/// that is a little behind refuses, and nothing else would ever elect:
+/// quiescent followers see the leader's broker alive. That left partitions
+/// unwritable until the next rebalance round, 10 s or more later.
+///
+/// So every `retry` the leader, if it still leads in the same term, asks
+/// again: the original target if it has caught up by now, else any voter
+/// that has, else the original target again (it may catch up while the
+/// leader takes no new writes).
+async fn see_transfer_through(
+    raft: Raft,
+    me: u64,
+    state: Arc<Mutex<Option<Transfer>>>,
+    retry: Duration,
+) {
+    loop {
+        tokio::time::sleep(retry).await;
+        let Some(t) = state.lock().unwrap().clone() else {
+            return;
+        };
+        let next = {
+            let m = raft.metrics();
+            let m = m.borrow_watched();
+            if !(m.state.is_leader() && m.current_leader == Some(me)) || m.current_term != t.term {
+                None
+            } else {
+                let last = m.last_log_index;
+                let holds_all = |n: &u64| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(n))
+                        .is_some_and(|l| l.as_ref().map(|l| l.index()) >= last)
+                };
+                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+                Some(if holds_all(&t.to) {
+                    t.to
+                } else {
+                    voters
+                        .iter()
+                        .copied()
+                        .find(|n| *n != me && holds_all(n))
+                        .unwrap_or(t.to)
+                })
+            }
+        };
+        let Some(to) = next else {
+            *state.lock().unwrap() = None;
+            return;
+        };
+        tracing::info!(
+            to,
+            first_target = t.to,
+            attempts = t.attempts,
+            waited_ms = t.since.elapsed().as_millis() as u64,
+            "leadership transfer not taken up yet; asking again"
+        );
+        if let Some(cur) = state.lock().unwrap().as_mut() {
+            cur.attempts += 1;
+        }
+        if raft.trigger().transfer_leader(to).await.is_err() {
+            *state.lock().unwrap() = None;
+            return;
+        }
     }
 }
 

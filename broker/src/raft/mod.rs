@@ -13,7 +13,9 @@ pub mod sm;
 pub mod transport;
 pub mod types;
 
-pub use group::{GroupStatus, Liveness, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup};
+pub use group::{
+    GroupDebug, GroupStatus, Liveness, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup,
+};
 
 /// The controller group's id. Partition groups use their log id, which is
 /// allocated from 1 and never reused.

@@ -27,6 +27,8 @@ import json
 import os
 import time
 
+import pytest
+
 from ackcheck import AckLog, ProducerThread, _check_replicas_and_read, verify_partition
 from cluster import PartitionMonitor, create_topic
 from harness import wait_until
@@ -67,6 +69,8 @@ def _raft_dump(cluster, topic: str) -> str:
     return "\n".join(out)
 
 
+@pytest.mark.chronik
+@pytest.mark.timeout(ITERATIONS * 60 + 180)
 def test_writes_resume_after_every_leadership_change(chronik_cluster_factory):
     cluster = chronik_cluster_factory(3)
     topic = unique_topic("stall")

@@ -31,13 +31,14 @@ import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 import kwire
-from ackcheck import AckLog, ProducerThread, produce_batch, read_partition, verify_partition
+from ackcheck import (IDEMPOTENT, AckLog, ProducerThread, _drive, make_value, produce_batch, read_partition,
+                      records_from_dump, verify_partition)
 from cluster import create_topic
-from harness import Chronik, wait_until
+from harness import Chronik, http_get, wait_until
 from kclient import admin, consume, future_error, produce_all, topic_partitions, unique_topic
 from regions import DcLink, Regions, certs_init, grep_log, log_size, prometheus_value
 
@@ -776,7 +777,13 @@ class TestTwoRegions:
             rogue = DcLink(EU, cfg, admin_port, tmp_path / "rogue-dclink.log", regions.binary, name="dc-link-rogue")
             regions.extra.append(rogue)
             us_log = log_size(regions.dclink(US))
-            rogue.start(timeout=30)
+            rogue.launch()
+            # It reaches its broker and must ship rogue_topic to us-east, which refuses it:
+            # never ready, and /health/ready says why.
+            status, why = wait_until(lambda: (lambda r: r if f"link to {US}" in r[1] else None)(
+                http_get(rogue.admin_url + "/health/ready")), 30, interval=0.25,
+                what="the rogue dc-link reporting its link to us-east as the reason it is not ready")
+            assert status == 503, (status, why)
 
             pattern = r"untrusted|certificate|refusing"
             lines = wait_until(lambda: grep_log(regions.dclink(US), pattern, us_log), 30, interval=0.25,
@@ -796,6 +803,149 @@ class TestTwoRegions:
             if rogue is not None:
                 rogue.stop()
             fake.stop()
+
+
+    @pytest.mark.timeout(360)
+    def test_deleted_mirror_topic_fails_alone_and_the_link_keeps_mirroring(self, regions):
+        """Poison pill: one of two mirrored topics is deleted in the mirror region. Its partition
+        is reported failed (the sender's /v1/lag and /metrics, the receiver's /v1/lag incoming
+        rows and /metrics, each side's log once), and it never stalls the link: the other topic
+        keeps mirroring, byte-identical up to the high watermark, while more data frames than
+        the pipeline window holds (pipeline_depth 128) are produced for both topics. A new
+        session (dc-link restart) recreates the mirror topic and refills it from offset 0."""
+        us, eu = regions.bootstrap(US), regions.bootstrap(EU)
+        victim, other = unique_topic("poison"), unique_topic("healthy")
+        for t in (victim, other):
+            make_topic(regions, US, t, 1)
+        for t in (victim, other):
+            wait_topic_in(regions, EU, t, 1)
+        # One AckLog per topic: it keys acks by (partition, offset).
+        acks = {victim: AckLog(), other: AckLog()}
+        producers = {t: Producer({"bootstrap.servers": us, **IDEMPOTENT}) for t in (victim, other)}
+        seq = {victim: 0, other: 0}
+
+        def produce_round(n: int = 2) -> None:
+            # One flush per topic and round: one batch, so (usually) one chunk per data frame.
+            deadline = time.monotonic() + 60
+            for t, p in producers.items():
+                for _ in range(n):
+                    assert _drive(p, t, 0, make_value(t, 0, seq[t]), acks[t], deadline), "producer queue full"
+                    seq[t] += 1
+                assert p.flush(max(1.0, deadline - time.monotonic())) == 0, f"{t}: records neither acked nor failed"
+
+        for _ in range(5):
+            produce_round()
+        regions.wait_mirrored(victim, 1, US, timeout=60)
+        regions.wait_mirrored(other, 1, US, timeout=60)
+        link = f"{US}->{EU}"
+        us_log, eu_log = log_size(regions.dclink(US)), log_size(regions.dclink(EU))
+
+        err = future_error(admin(eu).delete_topics([victim], operation_timeout=30)[victim], 30)
+        assert err is None, f"DeleteTopics {victim} in {EU}: {err}"
+        wait_until(lambda: topic_partitions(eu, victim) is None, 30, interval=0.2, what=f"{victim} gone from {EU}")
+        t_deleted = time.monotonic()
+
+        def row(t: str) -> dict:
+            rows = regions.lag_rows(US, t)
+            return rows[0] if rows else {}
+
+        # Well past the window: with a stalled partition, frames holding its chunks stay unacked.
+        rounds = 200
+        for _ in range(rounds):
+            produce_round()
+        assert not acks[victim].failed and not acks[other].failed, (acks[victim].failed[:3], acks[other].failed[:3])
+
+        # The healthy topic went on: complete and identical, through all of it.
+        hws = regions.wait_mirrored(other, 1, US, timeout=60)
+        assert hws[0] == 2 * (5 + rounds), hws
+        regions.assert_identical(other, 0, US)
+        check_mirror_has_every_ack(regions, other, 1, acks[other])
+        wait_until(lambda: row(other).get("lag_records") == 0, 15, interval=0.25, what=f"{other} lag 0")
+        assert row(other).get("state") == "ok", row(other)
+
+        failed = wait_until(lambda: row(victim) if row(victim).get("state") == "failed" else None, 30, interval=0.25,
+                            what=f"{US} dc-link reporting {victim}/0 as failed")
+        print(f"\n{victim}/0 on {link}: {failed}")
+        assert victim in failed["error"] and "does not exist" in failed["error"] and EU in failed["error"], failed
+        home_hw = regions.leader_state(US, victim, 0)[1]["high_watermark"]
+        wait_until(lambda: row(victim).get("source_high_watermark") == home_hw, 15, interval=0.25,
+                   what="the failed partition's home high watermark in the lag report")
+        r = row(victim)
+        assert r["mirror_log_end"] == 10 and r["lag_records"] == home_hw - 10, r
+        incoming = [x for x in regions.lag(EU).get("incoming", []) if x["topic"] == victim]
+        assert [(x["link"], x["partition"], x["state"]) for x in incoming] == [(link, 0, "failed")], incoming
+
+        us_metrics, eu_metrics = regions.metrics(US), regions.metrics(EU)
+        assert prometheus_value(us_metrics, "chronik_dclink_partition_failed", link=link, topic=victim,
+                                partition=0) == 1, "the sender's failed gauge"
+        assert prometheus_value(us_metrics, "chronik_dclink_partition_failed", link=link, topic=other,
+                                partition=0) == 0
+        assert prometheus_value(eu_metrics, "chronik_dclink_incoming_failed", link=link, topic=victim,
+                                partition=0) == 1, "the receiver's failed gauge"
+
+        # Logged when it failed, not once per retry (at most once a minute after that).
+        allowed = 1 + int((time.monotonic() - t_deleted) // 60)
+        eu_lines = grep_log(regions.dclink(EU), rf"(?=.*mirror partition failed)(?=.*{victim})", eu_log)
+        us_lines = grep_log(regions.dclink(US), rf"(?=.*cannot take this partition)(?=.*{victim})", us_log)
+        print(f"{EU}: {eu_lines[:1]}\n{US}: {us_lines[:1]}")
+        assert 1 <= len(eu_lines) <= allowed, eu_lines
+        assert 1 <= len(us_lines) <= allowed, us_lines
+
+        # A new session offers the topic again: the mirror is recreated and refilled, exactly once.
+        regions.restart_dclink(US)
+        regions.wait_mirrored(victim, 1, US, timeout=90)
+        hw, dump = regions.assert_identical(victim, 0, US)
+        assert hw == 2 * (5 + rounds) and len(records_from_dump(dump)) == hw, hw
+        wait_until(lambda: row(victim).get("state") == "ok", 15, interval=0.25, what=f"{victim}/0 reported ok again")
+        check_mirror_has_every_ack(regions, victim, 1, acks[victim])
+
+
+@pytest.mark.timeout(300)
+def test_dclink_ready_only_while_it_reaches_its_brokers_and_peers(regions_factory):
+    """/health/ready is 503 with the reason while the dc-link cannot reach its region's brokers
+    or a peer region it must ship to, and 200 again once it can. A peer it ships nothing to
+    does not count."""
+    regions = regions_factory(names=(US, EU), brokers=1)
+
+    def ready(region: str) -> tuple[int, str]:
+        return http_get(regions.dclink(region).admin_url + "/health/ready")
+
+    def wait_ready(region: str, ok: bool, reason: str = "", timeout: float = 60) -> tuple[float, str]:
+        t0 = time.monotonic()
+        status, body = wait_until(lambda: (lambda r: r if (r[0] == 200) == ok and reason in r[1] else None)(
+            ready(region)), timeout, interval=0.25,
+            what=f"{region} dc-link {'ready' if ok else 'not ready: ' + reason}")
+        return time.monotonic() - t0, body
+
+    topic = unique_topic("ready")
+    make_topic(regions, US, topic, 1)
+    wait_topic_in(regions, EU, topic, 1)
+    assert ready(US) == (200, "ready\n") and ready(EU)[0] == 200
+
+    # The link us-east->eu-west (carrying the topic) cut: us-east not ready once QUIC gives up.
+    regions.blackhole(EU)
+    try:
+        took, body = wait_ready(US, False, f"link to {EU}", timeout=40)
+        print(f"\n{US} not ready {took:.1f}s after the blackhole: {body.strip()}")
+        # eu-west ships nothing to us-east: its readiness does not depend on that link.
+        assert ready(EU)[0] == 200, ready(EU)
+    finally:
+        regions.blackhole(EU, on=False)
+    took, _ = wait_ready(US, True)
+    print(f"{US} ready again {took:.1f}s after the heal")
+
+    # Its own region's only broker killed: not ready, naming the brokers; back after a restart.
+    c = regions.cluster(US)
+    node = c.ids[0]
+    c.kill9(node)
+    try:
+        took, body = wait_ready(US, False, "brokers not reached", timeout=40)
+        print(f"{US} not ready {took:.1f}s after its broker was killed: {body.strip()}")
+    finally:
+        c.restart(node)
+    took, _ = wait_ready(US, True)
+    print(f"{US} ready again {took:.1f}s after the broker restart")
+    regions.wait_mirrored(topic, 1, US, timeout=60)
 
 
 # ---------------------------------------------------------------------------

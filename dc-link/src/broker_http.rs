@@ -208,6 +208,9 @@ impl AdminConn {
 pub struct MirrorState {
     pub is_leader: bool,
     pub leader: Option<i32>,
+    /// The topic's home region, when it is a mirror here.
+    #[serde(default)]
+    pub mirror_of: Option<String>,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
 }

@@ -150,6 +150,18 @@ impl ClusterView {
     }
 }
 
+/// A connection to the first broker of `bootstrap` that accepts one.
+pub async fn connect_any(bootstrap: &[String]) -> Result<Conn> {
+    let mut last = KafkaError::Kafka("no bootstrap address".into());
+    for addr in bootstrap {
+        match Conn::connect(addr).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
 /// Asks one broker of `bootstrap` for the whole cluster's metadata.
 pub async fn metadata(bootstrap: &[String], topics: Option<&[String]>) -> Result<ClusterView> {
     let mut last = KafkaError::Kafka("no bootstrap address".into());

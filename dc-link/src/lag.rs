@@ -8,6 +8,22 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+/// Whether a mirror partition is being appended to. Decided by the
+/// receiving dc-link, which sees the mirror region's answers, and reported
+/// back to the sender; one partition's state never holds up another's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PartitionState {
+    #[default]
+    Ok,
+    /// Appends have failed transiently (no leader, timeouts) for a while;
+    /// nothing is shipped until the mirror partition answers again.
+    Retrying,
+    /// Appends cannot succeed until something changes in the mirror region
+    /// (the mirror topic was deleted or replaced, or it refuses the data).
+    Failed,
+}
+
 /// A shipped-but-unacked chunk: where it ends, its first record's
 /// timestamp, and its size.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +45,9 @@ pub struct PartitionLag {
     behind_since: Option<Instant>,
     /// Bytes per record of what was shipped, for the unshipped estimate.
     bytes_per_record: f64,
+    pub state: PartitionState,
+    /// Why the state is not `Ok`.
+    pub error: Option<String>,
 }
 
 impl PartitionLag {
@@ -80,6 +99,11 @@ impl PartitionLag {
         }
     }
 
+    pub fn set_state(&mut self, state: PartitionState, error: Option<String>) {
+        self.state = state;
+        self.error = error;
+    }
+
     pub fn records(&self) -> i64 {
         (self.source_high_watermark - self.acked).max(0)
     }
@@ -108,6 +132,16 @@ impl PartitionLag {
     }
 }
 
+impl PartitionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PartitionState::Ok => "ok",
+            PartitionState::Retrying => "retrying",
+            PartitionState::Failed => "failed",
+        }
+    }
+}
+
 /// Per-link totals.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct LinkStats {
@@ -122,6 +156,9 @@ pub struct LinkStats {
     pub frames_in_flight: u64,
     pub reconnects: u64,
     pub last_error: Option<String>,
+    /// When the link last went down; `None` while up or before it ever was.
+    #[serde(skip)]
+    pub down_since: Option<Instant>,
 }
 
 impl LinkStats {
@@ -144,6 +181,21 @@ pub struct PartitionRow {
     pub lag_records: i64,
     pub lag_bytes: u64,
     pub lag_seconds: f64,
+    #[serde(default)]
+    pub state: PartitionState,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A mirror partition this dc-link appends to (receiving side) that is not
+/// `Ok`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IncomingRow {
+    pub link: String,
+    pub topic: String,
+    pub partition: i32,
+    pub state: PartitionState,
+    pub error: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,6 +218,9 @@ pub struct Report {
     pub partitions: Vec<PartitionRow>,
     /// Topics whose replication policy is invalid, with the reason.
     pub policy_errors: BTreeMap<String, String>,
+    /// Receiving side: mirror partitions here that cannot be appended to.
+    #[serde(default)]
+    pub incoming: Vec<IncomingRow>,
 }
 
 impl Report {
@@ -194,13 +249,21 @@ impl Report {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<22} {:<24} {:>4} {:>12} {:>12} {:>10} {:>12} {:>9}",
-            "LINK", "TOPIC", "PART", "HOME_HW", "MIRROR_END", "LAG", "LAG_BYTES", "LAG_SEC"
+            "{:<22} {:<24} {:>4} {:>12} {:>12} {:>10} {:>12} {:>9} {:>8}",
+            "LINK",
+            "TOPIC",
+            "PART",
+            "HOME_HW",
+            "MIRROR_END",
+            "LAG",
+            "LAG_BYTES",
+            "LAG_SEC",
+            "STATE"
         );
         for p in &self.partitions {
             let _ = writeln!(
                 out,
-                "{:<22} {:<24} {:>4} {:>12} {:>12} {:>10} {:>12} {:>9.3}",
+                "{:<22} {:<24} {:>4} {:>12} {:>12} {:>10} {:>12} {:>9.3} {:>8}",
                 p.link,
                 p.topic,
                 p.partition,
@@ -208,7 +271,30 @@ impl Report {
                 p.mirror_log_end,
                 p.lag_records,
                 p.lag_bytes,
-                p.lag_seconds
+                p.lag_seconds,
+                p.state.as_str()
+            );
+        }
+        for p in self.partitions.iter().filter(|p| p.error.is_some()) {
+            let _ = writeln!(
+                out,
+                "{} {}/{}: {}: {}",
+                p.link,
+                p.topic,
+                p.partition,
+                p.state.as_str(),
+                p.error.as_deref().unwrap_or_default()
+            );
+        }
+        for p in &self.incoming {
+            let _ = writeln!(
+                out,
+                "incoming {} {}/{}: {}: {}",
+                p.link,
+                p.topic,
+                p.partition,
+                p.state.as_str(),
+                p.error
             );
         }
         for (t, e) in &self.policy_errors {

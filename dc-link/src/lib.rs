@@ -9,6 +9,7 @@
 //! appends). See docs/dc-link.md.
 
 pub mod broker_http;
+pub mod health;
 pub mod kafka;
 pub mod lag;
 pub mod proto;
@@ -31,7 +32,9 @@ use tokio::sync::Notify;
 
 use crate::broker_http::{AdminConn, HttpError};
 use crate::kafka::ClusterView;
-use crate::lag::{LinkRow, LinkStats, PartitionLag, PartitionRow, Report};
+use crate::lag::{
+    IncomingRow, LinkRow, LinkStats, PartitionLag, PartitionRow, PartitionState, Report,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DcLinkError {
@@ -52,6 +55,39 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Keeps a repeated log line from flooding the log: the first passes, then
+/// at most one per `every`, counting those held back in between.
+#[derive(Debug)]
+pub(crate) struct LogEvery {
+    every: Duration,
+    last: Option<Instant>,
+    held: u64,
+}
+
+impl LogEvery {
+    pub(crate) const fn new(every: Duration) -> LogEvery {
+        LogEvery {
+            every,
+            last: None,
+            held: 0,
+        }
+    }
+
+    /// `Some(held)`: log now, mentioning `held` lines held back since the
+    /// last one; `None`: stay quiet.
+    pub(crate) fn check(&mut self, now: Instant) -> Option<u64> {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
+            self.held += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.held))
+    }
 }
 
 /// Envelopes from one QUIC receive stream.
@@ -117,6 +153,9 @@ pub struct HomedTopic {
 /// rates (records/s, bytes/s) over the last interval.
 type RateSample = (Instant, u64, u64, f64, f64);
 
+/// (link, topic, partition).
+type LinkPartition = (String, String, i32);
+
 /// State shared by every task of the process.
 pub struct Shared {
     pub region: String,
@@ -129,6 +168,11 @@ pub struct Shared {
     homed: Mutex<Vec<HomedTopic>>,
     policy_errors: Mutex<BTreeMap<String, String>>,
     lag: Mutex<BTreeMap<(String, String, i32), PartitionLag>>,
+    /// Receiving side: mirror partitions that are not taking data, by
+    /// (link, topic, partition).
+    incoming: Mutex<BTreeMap<LinkPartition, (PartitionState, String)>>,
+    /// The last discovery that succeeded, and the last error.
+    discovery: Mutex<(Option<Instant>, Option<String>)>,
     links: Mutex<BTreeMap<String, LinkStats>>,
     rates: Mutex<BTreeMap<String, RateSample>>,
     refresh: Notify,
@@ -251,6 +295,83 @@ impl Shared {
         }
     }
 
+    /// The receiving side's view of a sending link's partition, from its
+    /// `PartitionStatus` messages.
+    fn set_partition_state(
+        &self,
+        link: &str,
+        topic: &str,
+        p: i32,
+        state: PartitionState,
+        error: Option<String>,
+    ) {
+        self.with_lag(link, topic, p, |l| l.set_state(state, error));
+    }
+
+    /// Receiving side: a mirror partition stopped (`Some`) or takes data.
+    fn set_incoming(&self, link: &str, topic: &str, p: i32, st: Option<(PartitionState, String)>) {
+        let key = (link.to_string(), topic.to_string(), p);
+        let mut m = self.incoming.lock().unwrap();
+        match st {
+            Some(st) => {
+                m.insert(key, st);
+            }
+            None => {
+                m.remove(&key);
+            }
+        }
+    }
+
+    /// Forgets a link's stopped partitions (its session ended); returns them.
+    fn clear_incoming(&self, link: &str) -> Vec<(String, i32)> {
+        let mut m = self.incoming.lock().unwrap();
+        let gone: Vec<_> = m.keys().filter(|k| k.0 == link).cloned().collect();
+        gone.into_iter()
+            .map(|k| {
+                m.remove(&k);
+                (k.1, k.2)
+            })
+            .collect()
+    }
+
+    /// Readiness, from the last discovery and the links' states.
+    fn readiness(&self) -> Result<(), Vec<String>> {
+        let (discovered, discovery_error) = self.discovery.lock().unwrap().clone();
+        let must_ship_to = self
+            .homed
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|t| t.policy.mirrors.iter().cloned())
+            .filter(|m| *m != self.region)
+            .collect();
+        let prefix = format!("{}->", self.region);
+        let links = self
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(name, s)| {
+                let peer = name.strip_prefix(&prefix)?;
+                Some((
+                    peer.to_string(),
+                    health::LinkHealth {
+                        connected: s.connected,
+                        down_since: s.down_since,
+                        last_error: s.last_error.clone(),
+                    },
+                ))
+            })
+            .collect();
+        health::readiness(&health::Observed {
+            now: Instant::now(),
+            discovered,
+            discovery_error,
+            must_ship_to,
+            links,
+        })
+    }
+
     fn policy_error(&self, topic: &str, message: String) {
         self.policy_errors
             .lock()
@@ -303,6 +424,21 @@ impl Shared {
                 lag_records: l.records(),
                 lag_bytes: l.bytes(),
                 lag_seconds: l.seconds(now, now_ms),
+                state: l.state,
+                error: l.error.clone(),
+            })
+            .collect();
+        let incoming = self
+            .incoming
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|((link, topic, p), (state, error))| IncomingRow {
+                link: link.clone(),
+                topic: topic.clone(),
+                partition: *p,
+                state: *state,
+                error: error.clone(),
             })
             .collect();
         let rates = self.rates.lock().unwrap().clone();
@@ -330,6 +466,7 @@ impl Shared {
             links,
             partitions,
             policy_errors: self.policy_errors.lock().unwrap().clone(),
+            incoming,
         }
     }
 
@@ -354,8 +491,20 @@ impl Shared {
         }
     }
 
-    /// Re-reads the region's topics: which are homed here, and their policy.
+    /// Re-reads the region's topics (see [`Shared::discover_once`]) and
+    /// records the outcome for readiness.
     async fn discover(&self) -> Result<(), String> {
+        let r = self.discover_once().await;
+        let mut d = self.discovery.lock().unwrap();
+        match &r {
+            Ok(()) => *d = (Some(Instant::now()), None),
+            Err(e) => d.1 = Some(e.clone()),
+        }
+        r
+    }
+
+    /// Re-reads the region's topics: which are homed here, and their policy.
+    async fn discover_once(&self) -> Result<(), String> {
         let local = self.local_region();
         let view = kafka::metadata(&local.bootstrap, None)
             .await
@@ -366,7 +515,7 @@ impl Shared {
             .filter(|(n, t)| t.error == 0 && !n.starts_with("__"))
             .map(|(n, _)| n.clone())
             .collect();
-        let mut c = kafka::Conn::connect(&local.bootstrap[0])
+        let mut c = kafka::connect_any(&local.bootstrap)
             .await
             .map_err(|e| e.to_string())?;
         let configs = if names.is_empty() {
@@ -539,6 +688,8 @@ pub async fn run(
         homed: Mutex::new(Vec::new()),
         policy_errors: Mutex::new(BTreeMap::new()),
         lag: Mutex::new(BTreeMap::new()),
+        incoming: Mutex::new(BTreeMap::new()),
+        discovery: Mutex::new((None, None)),
         links: Mutex::new(BTreeMap::new()),
         rates: Mutex::new(BTreeMap::new()),
         refresh: Notify::new(),
@@ -610,14 +761,13 @@ async fn lag_json(State((s, _)): State<AppState>) -> impl IntoResponse {
     axum::Json(s.report())
 }
 
-async fn ready(State((s, _)): State<AppState>) -> (StatusCode, &'static str) {
-    if s.view.lock().unwrap().is_some() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+async fn ready(State((s, _)): State<AppState>) -> (StatusCode, String) {
+    match s.readiness() {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: brokers not reached\n",
-        )
+            format!("not ready: {}\n", why.join("; ")),
+        ),
     }
 }
 
@@ -632,6 +782,10 @@ async fn render_metrics(State((s, m)): State<AppState>) -> String {
         metrics::gauge!("chronik_dclink_lag_records", &labels).set(p.lag_records as f64);
         metrics::gauge!("chronik_dclink_lag_bytes", &labels).set(p.lag_bytes as f64);
         metrics::gauge!("chronik_dclink_lag_seconds", &labels).set(p.lag_seconds);
+        metrics::gauge!("chronik_dclink_partition_failed", &labels)
+            .set((p.state == PartitionState::Failed) as u8 as f64);
+        metrics::gauge!("chronik_dclink_partition_retrying", &labels)
+            .set((p.state == PartitionState::Retrying) as u8 as f64);
     }
     for l in &r.links {
         let labels = [("link", l.link.clone())];
@@ -644,5 +798,28 @@ async fn render_metrics(State((s, m)): State<AppState>) -> String {
             .set(l.throughput_records_per_sec);
     }
     metrics::gauge!("chronik_dclink_policy_errors").set(r.policy_errors.len() as f64);
+    metrics::gauge!("chronik_dclink_ready").set(s.readiness().is_ok() as u8 as f64);
     m.render()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_log_line_passes_once_then_once_per_interval() {
+        let t0 = Instant::now();
+        let mut l = LogEvery::new(Duration::from_secs(60));
+        assert_eq!(l.check(t0), Some(0));
+        for s in 1..=3 {
+            assert_eq!(l.check(t0 + Duration::from_secs(s)), None);
+        }
+        assert_eq!(
+            l.check(t0 + Duration::from_secs(60)),
+            Some(3),
+            "says how many it held back"
+        );
+        assert_eq!(l.check(t0 + Duration::from_secs(61)), None);
+        assert_eq!(l.check(t0 + Duration::from_secs(120)), Some(1));
+    }
 }

@@ -33,7 +33,7 @@ pub struct Envelope {
     /// Non-zero: this answers the envelope with that id.
     #[prost(uint64, tag = "2")]
     pub reply_to: u64,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17")]
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18")]
     pub body: Option<Body>,
 }
 
@@ -61,6 +61,11 @@ pub enum Body {
     Resync(Position),
     #[prost(message, tag = "17")]
     Error(ErrorMsg),
+    /// Receiver -> sender, on every change: a mirror partition stopped
+    /// taking appends (stop shipping it), or takes them again (resume from
+    /// `offset`).
+    #[prost(message, tag = "18")]
+    PartitionStatus(PartitionStatus),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -143,6 +148,30 @@ pub struct Ack {
     /// Durable mirror log end of every partition the frame touched.
     #[prost(message, repeated, tag = "2")]
     pub positions: Vec<Position>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PartitionStatus {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    #[prost(enumeration = "Health", tag = "3")]
+    pub health: i32,
+    /// Why, when not `Ok`.
+    #[prost(string, tag = "4")]
+    pub error: String,
+    /// With `Ok`: the mirror's durable log end, where shipping resumes.
+    #[prost(int64, tag = "5")]
+    pub offset: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum Health {
+    Ok = 0,
+    Retrying = 1,
+    Failed = 2,
 }
 
 #[derive(Clone, PartialEq, Message)]

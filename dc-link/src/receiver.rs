@@ -10,19 +10,29 @@
 //! so even two receivers racing (a restart, a standby) cannot write a gap or
 //! a duplicate.
 
+mod appender;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::broker_http::{AdminConn, HttpError};
+use crate::broker_http::AdminConn;
+use crate::kafka::ClusterView;
+use crate::lag::PartitionState;
 use crate::proto::{self, Ack, Body, Chunk, Envelope, Position, TopicOffer, TopicReady};
-use crate::{kafka, FrameReader, ReadError, Shared};
+use crate::{kafka, FrameReader, LogEvery, ReadError, Shared};
+use appender::{Appender, Change, Failure, MirrorView, Step};
 
 /// Largest single append sent to a broker (several chunks concatenated).
 const MAX_APPEND: usize = 8 << 20;
+/// One append or log-end request may take this long. The broker gives up
+/// on a commit after 30 s; a partition whose leader hangs must be stopped
+/// (see `appender::STOP_AFTER`) well before that, or it stalls the link.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Pause between retries of a transiently failing request.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// Serves one accepted connection until it fails.
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
@@ -91,9 +101,13 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
     let ctx = Arc::new(SessionCtx {
         shared: shared.clone(),
         peer: peer.clone(),
+        link: format!("{peer}->{}", shared.region),
         out: out_tx,
         frames: Mutex::new(HashMap::new()),
     });
+    // Partitions stopped in this session are reported until it ends; the
+    // next session starts them afresh from the mirror's log end.
+    let _clear = ClearIncoming(ctx.clone());
     let reader = async {
         let mut appenders: HashMap<(String, i32), mpsc::UnboundedSender<(u64, Chunk)>> =
             HashMap::new();
@@ -156,6 +170,8 @@ type PendingFrame = (usize, BTreeMap<(String, i32), i64>);
 struct SessionCtx {
     shared: Arc<Shared>,
     peer: String,
+    /// "home->here", as the sending side names the link.
+    link: String,
     out: mpsc::UnboundedSender<Envelope>,
     /// Data frames not fully appended: chunks left, positions reached.
     frames: Mutex<HashMap<u64, PendingFrame>>,
@@ -174,15 +190,19 @@ impl SessionCtx {
         });
     }
 
-    /// One chunk of frame `seq` is done (appended, or known present).
-    fn chunk_done(&self, seq: u64, topic: &str, partition: i32, log_end: i64) {
+    /// One chunk of frame `seq` is done: appended, known present, or
+    /// dropped (a gap, a stopped partition). `log_end`: the mirror's durable
+    /// end, when known.
+    fn chunk_done(&self, seq: u64, topic: &str, partition: i32, log_end: Option<i64>) {
         let mut frames = self.frames.lock().unwrap();
         let Some((left, pos)) = frames.get_mut(&seq) else {
             return;
         };
         *left -= 1;
-        let e = pos.entry((topic.to_string(), partition)).or_insert(log_end);
-        *e = (*e).max(log_end);
+        if let Some(log_end) = log_end {
+            let e = pos.entry((topic.to_string(), partition)).or_insert(log_end);
+            *e = (*e).max(log_end);
+        }
         if *left == 0 {
             let (_, pos) = frames.remove(&seq).expect("present");
             drop(frames);
@@ -251,7 +271,7 @@ async fn prepare(
         .await
         .map_err(|e| e.to_string())?;
     let existing = view.topics.get(&name).filter(|t| t.error == 0);
-    let mut c = kafka::Conn::connect(&bootstrap[0])
+    let mut c = kafka::connect_any(bootstrap)
         .await
         .map_err(|e| e.to_string())?;
     match existing {
@@ -304,161 +324,194 @@ async fn prepare(
     Ok(positions)
 }
 
-/// Appends one partition's chunks in order, forever (until the session's
-/// channel closes).
+/// Removes a session's stopped partitions from the reports when it ends.
+struct ClearIncoming(Arc<SessionCtx>);
+
+impl Drop for ClearIncoming {
+    fn drop(&mut self) {
+        for (topic, partition) in self.0.shared.clear_incoming(&self.0.link) {
+            set_incoming_gauges(&self.0.link, &topic, partition, PartitionState::Ok);
+        }
+    }
+}
+
+fn set_incoming_gauges(link: &str, topic: &str, partition: i32, state: PartitionState) {
+    let labels = [
+        ("link", link.to_string()),
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ];
+    metrics::gauge!("chronik_dclink_incoming_failed", &labels)
+        .set((state == PartitionState::Failed) as u8 as f64);
+    metrics::gauge!("chronik_dclink_incoming_retrying", &labels)
+        .set((state == PartitionState::Retrying) as u8 as f64);
+}
+
+/// Appends one partition's chunks in order (see `appender` for every
+/// decision), until the session's channel closes.
 async fn append_loop(
     ctx: Arc<SessionCtx>,
     topic: String,
     partition: i32,
     mut rx: mpsc::UnboundedReceiver<(u64, Chunk)>,
 ) {
-    // Where the mirror ends, as far as this appender knows; learned from the
-    // leader before the first append.
-    let mut expected: Option<i64> = None;
-    // A resend was asked for at this offset and not yet seen.
-    let mut resync_sent: Option<i64> = None;
+    let mut app = Appender::new(&topic, partition, &ctx.peer, &ctx.shared.region);
     let mut admin: Option<AdminConn> = None;
-    let link = format!("{}->{}", ctx.peer, ctx.shared.region);
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-            if batch.iter().map(|(_, c)| c.records.len()).sum::<usize>() > MAX_APPEND {
-                break;
+    // A failing partition is logged when it fails, then at most this often.
+    let mut retry_log = LogEvery::new(Duration::from_secs(30));
+    let mut stop_log = LogEvery::new(Duration::from_secs(60));
+    loop {
+        let probe_at = app.probe_at();
+        let first = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => return,
+            },
+            _ = tokio::time::sleep_until(probe_at.unwrap_or_else(Instant::now).into()), if probe_at.is_some() => {
+                let r = locate(&ctx, &mut admin, &topic, partition).await;
+                let change = app.probed(r, Instant::now());
+                report(&ctx, &topic, partition, change, &mut stop_log);
+                continue;
             }
+        };
+        let mut seqs = vec![first.0];
+        let mut chunks = vec![first.1];
+        let mut size = chunks[0].records.len();
+        while size <= MAX_APPEND {
+            let Ok((seq, c)) = rx.try_recv() else { break };
+            size += c.records.len();
+            seqs.push(seq);
+            chunks.push(c);
         }
-        // Build one append of contiguous bytes starting at the log end.
         loop {
-            let exp = match expected {
-                Some(e) => e,
-                None => match mirror_end(&ctx, &mut admin, &topic, partition).await {
-                    Some(e) => {
-                        expected = Some(e);
-                        e
+            if ctx.out.is_closed() {
+                return;
+            }
+            let started = Instant::now();
+            let failure = match app.step(&chunks, started) {
+                Step::Done {
+                    ack_end,
+                    resend_from,
+                } => {
+                    if let Some(offset) = resend_from {
+                        request_resend(&ctx, &topic, partition, offset);
                     }
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        if ctx.out.is_closed() {
-                            return;
-                        }
-                        continue;
+                    for seq in &seqs {
+                        ctx.chunk_done(*seq, &topic, partition, ack_end);
                     }
-                },
-            };
-            let mut body: Vec<Bytes> = Vec::new();
-            let mut base = None;
-            let mut end = exp;
-            let mut from_log_start = false;
-            let mut gap = false;
-            for (_, c) in &batch {
-                if c.next_offset <= end {
-                    continue; // already in the mirror
-                }
-                if c.base_offset > end {
-                    if base.is_none() && c.from_log_start {
-                        // The home log starts later (retention): an empty
-                        // mirror may start there; the log decides.
-                        base = Some(c.base_offset);
-                        from_log_start = true;
-                        body.push(c.records.clone());
-                        end = c.next_offset;
-                        continue;
-                    }
-                    gap = true; // everything from here waits for a resend
                     break;
                 }
-                let bytes = if c.base_offset < end {
-                    match trim_to(&c.records, end) {
-                        Some(b) => b,
-                        None => {
-                            gap = true;
-                            break;
-                        }
-                    }
-                } else {
-                    c.records.clone()
-                };
-                base.get_or_insert(end);
-                body.push(bytes);
-                end = c.next_offset;
-            }
-            let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
-            if let Some(b) = base {
-                if from_log_start {
-                    tracing::warn!(topic = %topic, partition, mirror_end = exp, home_start = b, "home log starts after the mirror's end (retention); starting the mirror there if it is empty");
-                }
-                let records = Bytes::from(body.concat());
-                match append(
-                    &ctx,
-                    &mut admin,
-                    &topic,
-                    partition,
-                    b,
-                    records,
-                    from_log_start,
-                )
-                .await
-                {
-                    Ok(a) => {
-                        expected = Some(a.log_end_offset);
-                        if !a.appended {
-                            if a.log_end_offset != exp {
-                                // The log ends elsewhere than this appender
-                                // thought (an earlier append that timed out
-                                // did commit, or another writer): weigh the
-                                // same chunks against the real end.
-                                continue;
-                            }
-                            // Refused at the log end itself: a start the
-                            // log cannot take. Ask for a resend from there.
-                            resync_sent = None;
-                            gap = true;
-                        } else {
-                            metrics::counter!("chronik_dclink_appended_bytes_total", "link" => link.clone())
-                            .increment(batch.iter().map(|(_, c)| c.records.len() as u64).sum());
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic = %topic, partition, error = %e, "mirror append failed; retrying");
-                        admin = None;
-                        if matches!(e, HttpError::NotLeader { .. }) {
-                            expected = None;
-                        }
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        if ctx.out.is_closed() {
-                            return;
-                        }
+                Step::Locate => match locate(&ctx, &mut admin, &topic, partition).await {
+                    Ok(view) => {
+                        let change = app.located(&view, Instant::now());
+                        report(&ctx, &topic, partition, change, &mut stop_log);
                         continue;
                     }
+                    Err(f) => f,
+                },
+                Step::Append(a) => {
+                    let answer = tokio::time::timeout(
+                        ATTEMPT_TIMEOUT,
+                        append(&ctx, &mut admin, &topic, partition, &a),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Failure::Transient(format!(
+                            "no answer to an append within {} s",
+                            ATTEMPT_TIMEOUT.as_secs()
+                        )))
+                    });
+                    match answer {
+                        Ok(done) => {
+                            if done.appended {
+                                metrics::counter!("chronik_dclink_appended_bytes_total", "link" => ctx.link.clone())
+                                    .increment(a.records.len() as u64);
+                            }
+                            let change = app.answered(
+                                &a,
+                                done.appended,
+                                done.log_end_offset,
+                                Instant::now(),
+                            );
+                            report(&ctx, &topic, partition, change, &mut stop_log);
+                            continue;
+                        }
+                        Err(f) => f,
+                    }
+                }
+            };
+            // A request failed; the connection may be the reason.
+            admin = None;
+            let class = if failure.is_permanent() {
+                "permanent"
+            } else {
+                "transient"
+            };
+            metrics::counter!("chronik_dclink_append_errors_total", "link" => ctx.link.clone(), "class" => class)
+                .increment(1);
+            if !failure.is_permanent() {
+                if let Some(held) = retry_log.check(Instant::now()) {
+                    tracing::warn!(topic = %topic, partition, error = failure.message(), similar_since_last = held, "mirror append failed; retrying");
                 }
             }
-            let now_end = expected.unwrap_or(end);
-            if gap {
-                request_resend(&ctx, &mut resync_sent, &topic, partition, now_end);
-            } else if resync_sent.is_some_and(|r| r <= now_end) {
-                resync_sent = None;
+            let change = app.failed(failure, started, Instant::now());
+            let stopped = !matches!(change, Change::None);
+            report(&ctx, &topic, partition, change, &mut stop_log);
+            if !stopped {
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
-            for seq in seqs {
-                ctx.chunk_done(seq, &topic, partition, now_end);
-            }
-            break;
         }
     }
 }
 
-fn request_resend(
-    ctx: &SessionCtx,
-    sent: &mut Option<i64>,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) {
-    // One request per gap: later chunks of the same gap were already on
-    // their way and are dropped quietly.
-    if *sent == Some(offset) {
-        return;
+/// Tells the sender, the reports and the log about a stopped or resumed
+/// partition.
+fn report(ctx: &SessionCtx, topic: &str, partition: i32, change: Change, log: &mut LogEvery) {
+    if ctx.out.is_closed() {
+        return; // the session is over; the next one starts afresh
     }
-    *sent = Some(offset);
+    let (health, error, offset, state) = match change {
+        Change::None => return,
+        Change::Stopped { state, error } => {
+            if let Some(held) = log.check(Instant::now()) {
+                match state {
+                    PartitionState::Failed => {
+                        tracing::error!(link = %ctx.link, topic, partition, error = %error, similar_since_last = held, "mirror partition failed: not appending to it (the link's other partitions go on); probing it every {} s", appender::PROBE_FAILED.as_secs())
+                    }
+                    _ => {
+                        tracing::warn!(link = %ctx.link, topic, partition, error = %error, similar_since_last = held, "mirror partition not answering: pausing it (the link's other partitions go on)")
+                    }
+                }
+            }
+            ctx.shared
+                .set_incoming(&ctx.link, topic, partition, Some((state, error.clone())));
+            let health = match state {
+                PartitionState::Failed => proto::Health::Failed,
+                _ => proto::Health::Retrying,
+            };
+            (health, error, 0, state)
+        }
+        Change::Resumed { offset } => {
+            tracing::info!(link = %ctx.link, topic, partition, from = offset, "mirror partition takes data again; resuming");
+            ctx.shared.set_incoming(&ctx.link, topic, partition, None);
+            (proto::Health::Ok, String::new(), offset, PartitionState::Ok)
+        }
+    };
+    set_incoming_gauges(&ctx.link, topic, partition, state);
+    ctx.send(Envelope {
+        id: 0,
+        reply_to: 0,
+        body: Some(Body::PartitionStatus(proto::PartitionStatus {
+            topic: topic.to_string(),
+            partition,
+            health: health as i32,
+            error,
+            offset,
+        })),
+    });
+}
+
+fn request_resend(ctx: &SessionCtx, topic: &str, partition: i32, offset: i64) {
     tracing::debug!(topic, partition, offset, "asking for a resend");
     ctx.send(Envelope {
         id: 0,
@@ -471,40 +524,91 @@ fn request_resend(
     });
 }
 
-/// The batches of `records` from the one containing `offset` on; `None`
-/// if `offset` falls inside a batch (cannot split one) or they do not parse.
-fn trim_to(records: &Bytes, offset: i64) -> Option<Bytes> {
-    let batches = chronik_wire::batch::split_stored(records).ok()?;
-    let (_, range) = batches.iter().find(|(h, _)| h.base_offset >= offset)?;
-    if batches
-        .iter()
-        .any(|(h, _)| h.base_offset < offset && h.last_offset() >= offset)
-    {
-        return None;
+/// Why the metadata says `topic`/`partition` does not exist here, if it
+/// does not.
+fn topic_gone(view: &ClusterView, topic: &str, partition: i32, region: &str) -> Option<String> {
+    match view.topics.get(topic) {
+        None => Some(format!(
+            "mirror topic {topic} does not exist in {region} (deleted there?); it is recreated when the link reconnects"
+        )),
+        Some(t) if t.error == UNKNOWN_TOPIC_OR_PARTITION => Some(format!(
+            "mirror topic {topic} does not exist in {region} (deleted there?); it is recreated when the link reconnects"
+        )),
+        Some(t) if t.error == 0 && partition as usize >= t.leaders.len() => Some(format!(
+            "mirror topic {topic} in {region} has {} partitions, not {}",
+            t.leaders.len(),
+            partition + 1
+        )),
+        Some(_) => None,
     }
-    Some(records.slice(range.start..))
 }
 
-async fn mirror_end(
+const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+
+/// A connection to the admin listener of the partition's leader here.
+async fn connect_leader(
     ctx: &SessionCtx,
-    admin: &mut Option<AdminConn>,
     topic: &str,
     partition: i32,
-) -> Option<i64> {
-    let view = kafka::metadata(
+) -> Result<AdminConn, Failure> {
+    let bootstrap = &ctx.shared.local_region().bootstrap;
+    let view = kafka::metadata(bootstrap, Some(&[topic.to_string()]))
+        .await
+        .map_err(|e| Failure::Transient(format!("metadata: {e}")))?;
+    if let Some(why) = topic_gone(&view, topic, partition, &ctx.shared.region) {
+        return Err(Failure::Gone(why));
+    }
+    ctx.shared
+        .leader_admin(&view, topic, partition)
+        .await
+        .map_err(|e| Failure::from_http(&e))
+}
+
+/// A 404 from a broker: gone if the metadata no longer has the partition.
+async fn resolve(ctx: &SessionCtx, topic: &str, partition: i32, f: Failure) -> Failure {
+    if !matches!(f, Failure::NoReplica(_)) {
+        return f;
+    }
+    let gone = match kafka::metadata(
         &ctx.shared.local_region().bootstrap,
         Some(&[topic.to_string()]),
     )
     .await
-    .ok()?;
-    let mut a = ctx
-        .shared
-        .leader_admin(&view, topic, partition)
+    {
+        Ok(view) => topic_gone(&view, topic, partition, &ctx.shared.region),
+        Err(_) => None,
+    };
+    f.resolve_no_replica(gone)
+}
+
+/// Asks the partition's leader where the mirror ends.
+async fn locate(
+    ctx: &SessionCtx,
+    admin: &mut Option<AdminConn>,
+    topic: &str,
+    partition: i32,
+) -> Result<MirrorView, Failure> {
+    let attempt = async {
+        let mut a = connect_leader(ctx, topic, partition).await?;
+        let st = match a.mirror_state(topic, partition).await {
+            Ok(st) => st,
+            Err(e) => return Err(resolve(ctx, topic, partition, Failure::from_http(&e)).await),
+        };
+        *admin = Some(a);
+        Ok(MirrorView {
+            log_start: st.log_start_offset,
+            log_end: st.log_end_offset,
+            mirror_of: st.mirror_of,
+        })
+    };
+    tokio::time::timeout(ATTEMPT_TIMEOUT, attempt)
         .await
-        .ok()?;
-    let end = a.mirror_state(topic, partition).await.ok()?.log_end_offset;
-    *admin = Some(a);
-    Some(end)
+        .unwrap_or_else(|_| {
+            Err(Failure::Transient(format!(
+                "the mirror's leader did not say where it ends within {} s",
+                ATTEMPT_TIMEOUT.as_secs()
+            )))
+        })
 }
 
 async fn append(
@@ -512,25 +616,24 @@ async fn append(
     admin: &mut Option<AdminConn>,
     topic: &str,
     partition: i32,
-    base: i64,
-    records: Bytes,
-    from_log_start: bool,
-) -> Result<crate::broker_http::Appended, HttpError> {
-    if admin.as_ref().is_none_or(|a| !a.is_open()) {
-        let view = kafka::metadata(
-            &ctx.shared.local_region().bootstrap,
-            Some(&[topic.to_string()]),
-        )
-        .await
-        .map_err(|e| HttpError::Transport {
-            addr: "metadata".into(),
-            message: e.to_string(),
-        })?;
-        *admin = Some(ctx.shared.leader_admin(&view, topic, partition).await?);
+    a: &appender::Append,
+) -> Result<crate::broker_http::Appended, Failure> {
+    if admin.as_ref().is_none_or(|c| !c.is_open()) {
+        *admin = Some(connect_leader(ctx, topic, partition).await?);
     }
-    admin
+    let r = admin
         .as_mut()
         .expect("connected above")
-        .mirror_append(topic, partition, base, records, from_log_start)
-        .await
+        .mirror_append(
+            topic,
+            partition,
+            a.base,
+            a.records.clone(),
+            a.from_log_start,
+        )
+        .await;
+    match r {
+        Ok(done) => Ok(done),
+        Err(e) => Err(resolve(ctx, topic, partition, Failure::from_http(&e)).await),
+    }
 }

@@ -7,6 +7,8 @@
 //! on every new connection and on every resend request), never from local
 //! memory, so a restart of either side resumes exactly where the mirror is.
 
+mod book;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,20 +17,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
+use crate::lag::PartitionState;
 use crate::proto::{self, Body, Chunk, Data, Envelope, Hello, TopicOffer};
-use crate::{kafka, FrameReader, HomedTopic, Shared};
-
-/// Where a partition is being read from, and a generation that a resend
-/// request bumps so reads of the old position are discarded.
-#[derive(Debug, Clone, Copy)]
-struct ReadPos {
-    offset: i64,
-    gen: u64,
-    from_log_start: bool,
-}
+use crate::{kafka, FrameReader, HomedTopic, LogEvery, Shared};
+use book::{Cursor, Unacked};
 
 /// Data frames sent and not yet acked: the window permit each holds.
-type InFlight = Arc<Mutex<HashMap<u64, (tokio::sync::OwnedSemaphorePermit, Instant)>>>;
+type InFlight = Arc<Mutex<Unacked<tokio::sync::OwnedSemaphorePermit>>>;
+
+/// The receiver acks every frame within a few attempt timeouts, even when
+/// a partition in it cannot take data; a frame unacked this long means the
+/// session is broken, and a new one resumes from the mirror's log ends.
+const ACK_TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Session {
     shared: Arc<Shared>,
@@ -36,7 +36,9 @@ struct Session {
     link: String,
     out: mpsc::Sender<Chunk>,
     control: mpsc::UnboundedSender<Envelope>,
-    positions: Mutex<HashMap<(String, i32), ReadPos>>,
+    positions: Mutex<HashMap<(String, i32), Cursor>>,
+    /// Per partition: failure reports from the receiver, rate-limited.
+    failure_log: Mutex<HashMap<(String, i32), LogEvery>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<proto::TopicReady>>>,
     next_id: AtomicU64,
     closed: tokio::sync::watch::Sender<bool>,
@@ -60,6 +62,9 @@ pub async fn run_link(shared: Arc<Shared>, peer: String) {
             Err(e) => {
                 tracing::warn!(link = %link, error = %e, "link down; reconnecting");
                 shared.link_stats(&link, |s| {
+                    if s.connected {
+                        s.down_since = Some(Instant::now());
+                    }
                     s.connected = false;
                     s.reconnects += 1;
                     s.last_error = Some(e.clone());
@@ -120,6 +125,7 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
     tracing::info!(link = %link, peer = %ack.region, remote = %addr, "link up");
     shared.link_stats(link, |s| {
         s.connected = true;
+        s.down_since = None;
         s.last_error = None;
     });
 
@@ -134,12 +140,13 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
         out: chunk_tx,
         control: control_tx,
         positions: Mutex::new(HashMap::new()),
+        failure_log: Mutex::new(HashMap::new()),
         pending: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
         closed,
     });
     let window = Arc::new(Semaphore::new(cross.pipeline_depth as usize));
-    let inflight: InFlight = Arc::new(Mutex::new(HashMap::new()));
+    let inflight: InFlight = Arc::new(Mutex::new(Unacked::default()));
 
     let writer = write_frames(
         session.clone(),
@@ -160,11 +167,20 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let rtt = conn.rtt().as_secs_f64() * 1000.0;
-                let n = inflight.lock().unwrap().len() as u64;
+                let (n, overdue) = {
+                    let u = inflight.lock().unwrap();
+                    (u.len() as u64, u.overdue(Instant::now(), ACK_TIMEOUT))
+                };
                 shared.link_stats(&link, |s| {
                     s.rtt_ms = rtt;
                     s.frames_in_flight = n;
                 });
+                if let Some((seq, age)) = overdue {
+                    return Err::<(), String>(format!(
+                        "frame {seq} unacked for {} s; resetting the link",
+                        age.as_secs()
+                    ));
+                }
             }
         }
     };
@@ -172,7 +188,7 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
         r = writer => r,
         r = reader => r,
         r = offers => r,
-        _ = stats => Ok(()),
+        r = stats => r,
         e = conn.closed() => Err(e.to_string()),
     };
     let _ = session.closed.send(true);
@@ -250,10 +266,7 @@ async fn write_frames(
         } else {
             frame
         };
-        inflight
-            .lock()
-            .unwrap()
-            .insert(seq, (permit, Instant::now()));
+        inflight.lock().unwrap().sent(seq, Instant::now(), permit);
         send.write_all(&frame).await.map_err(|e| e.to_string())?;
         let wire = frame.len() as u64;
         s.shared.link_stats(&s.link, |st| {
@@ -284,7 +297,7 @@ async fn read_replies(
                 }
             }
             Some(Body::Ack(a)) => {
-                inflight.lock().unwrap().remove(&a.seq);
+                drop(inflight.lock().unwrap().acked(a.seq));
                 let now = Instant::now();
                 for p in a.positions {
                     s.shared
@@ -293,13 +306,12 @@ async fn read_replies(
             }
             Some(Body::Resync(p)) => {
                 let mut pos = s.positions.lock().unwrap();
-                if let Some(rp) = pos.get_mut(&(p.topic.clone(), p.partition)) {
-                    tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = rp.offset, to = p.offset, "mirror asked for a resend");
-                    rp.offset = p.offset;
-                    rp.gen += 1;
-                    rp.from_log_start = false;
+                if let Some(c) = pos.get_mut(&(p.topic.clone(), p.partition)) {
+                    tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = c.offset(), to = p.offset, "mirror asked for a resend");
+                    c.resend_from(p.offset);
                 }
             }
+            Some(Body::PartitionStatus(st)) => partition_status(&s, st),
             Some(Body::Error(e)) => return Err(format!("peer error: {}", e.message)),
             _ => {}
         }
@@ -352,14 +364,19 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                 if p.partition < already {
                     continue;
                 }
-                s.positions.lock().unwrap().insert(
-                    (p.topic.clone(), p.partition),
-                    ReadPos {
-                        offset: p.offset,
-                        gen: 0,
-                        from_log_start: false,
-                    },
+                // A new session starts every partition afresh: the mirror
+                // topic was just checked (and recreated if it was gone).
+                s.shared.set_partition_state(
+                    &s.link,
+                    &p.topic,
+                    p.partition,
+                    PartitionState::Ok,
+                    None,
                 );
+                s.positions
+                    .lock()
+                    .unwrap()
+                    .insert((p.topic.clone(), p.partition), Cursor::new(p.offset));
                 tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = p.offset, "mirroring");
                 tokio::spawn(read_partition(s.clone(), p.topic.clone(), p.partition));
             }
@@ -374,15 +391,17 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
 async fn read_partition(s: Arc<Session>, topic: String, partition: i32) {
     let max_bytes = (s.shared.topology.cross_dc.frame_max_bytes as i32).max(1 << 20);
     let mut conn: Option<kafka::Conn> = None;
+    let key = (topic.clone(), partition);
     while !s.is_closed() {
-        let Some(pos) = s
-            .positions
-            .lock()
-            .unwrap()
-            .get(&(topic.clone(), partition))
-            .copied()
-        else {
-            return;
+        let ticket = match s.positions.lock().unwrap().get(&key).map(Cursor::ticket) {
+            None => return,
+            Some(t) => t,
+        };
+        let Some(pos) = ticket else {
+            // Stopped by the receiver: nothing to read until it resumes.
+            conn = None;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
         };
         if conn.is_none() {
             let Some(addr) = s.shared.leader_addr(&topic, partition) else {
@@ -416,11 +435,9 @@ async fn read_partition(s: Arc<Session>, topic: String, partition: i32) {
             // what the mirror lacks; start from what the home still has.
             1 if f.log_start_offset > pos.offset => {
                 let mut positions = s.positions.lock().unwrap();
-                if let Some(rp) = positions.get_mut(&(topic.clone(), partition)) {
-                    if rp.gen == pos.gen {
+                if let Some(c) = positions.get_mut(&key) {
+                    if c.restart_at_log_start(&pos, f.log_start_offset) {
                         tracing::warn!(topic = %topic, partition, mirror_end = pos.offset, home_start = f.log_start_offset, "home log no longer holds the mirror's next records (retention); continuing from the home log start");
-                        rp.offset = f.log_start_offset;
-                        rp.from_log_start = true;
                     }
                 }
                 continue;
@@ -472,15 +489,14 @@ async fn read_partition(s: Arc<Session>, topic: String, partition: i32) {
             records: records.slice(first_r.start..),
             from_log_start: pos.from_log_start,
         };
-        {
-            let mut positions = s.positions.lock().unwrap();
-            match positions.get_mut(&(topic.clone(), partition)) {
-                Some(rp) if rp.gen == pos.gen => {
-                    rp.offset = next;
-                    rp.from_log_start = false;
-                }
-                _ => continue, // a resend was asked for meanwhile
-            }
+        let current = s
+            .positions
+            .lock()
+            .unwrap()
+            .get_mut(&key)
+            .is_some_and(|c| c.advance(&pos, next));
+        if !current {
+            continue; // a resend was asked for, or the partition stopped, meanwhile
         }
         s.shared.shipped(
             &s.link,
@@ -495,6 +511,45 @@ async fn read_partition(s: Arc<Session>, topic: String, partition: i32) {
             return;
         }
     }
+}
+
+/// The receiver stopped a partition, or resumed it.
+fn partition_status(s: &Session, st: proto::PartitionStatus) {
+    let key = (st.topic.clone(), st.partition);
+    let health = proto::Health::try_from(st.health).unwrap_or(proto::Health::Failed);
+    let state = match health {
+        proto::Health::Ok => PartitionState::Ok,
+        proto::Health::Retrying => PartitionState::Retrying,
+        proto::Health::Failed => PartitionState::Failed,
+    };
+    {
+        let mut positions = s.positions.lock().unwrap();
+        let Some(c) = positions.get_mut(&key) else {
+            return;
+        };
+        match state {
+            PartitionState::Ok => c.resume(st.offset),
+            _ => c.pause(),
+        }
+    }
+    if state == PartitionState::Ok {
+        tracing::info!(link = %s.link, topic = %st.topic, partition = st.partition, from = st.offset, "mirror partition takes data again; resuming");
+        s.shared
+            .set_partition_state(&s.link, &st.topic, st.partition, state, None);
+        return;
+    }
+    let held = s
+        .failure_log
+        .lock()
+        .unwrap()
+        .entry(key)
+        .or_insert_with(|| LogEvery::new(Duration::from_secs(60)))
+        .check(Instant::now());
+    if let Some(held) = held {
+        tracing::error!(link = %s.link, topic = %st.topic, partition = st.partition, state = state.as_str(), error = %st.error, similar_since_last = held, "mirror region cannot take this partition; not shipping it (the link's other partitions go on)");
+    }
+    s.shared
+        .set_partition_state(&s.link, &st.topic, st.partition, state, Some(st.error));
 }
 
 /// For `global_quorum` topics: the mirrors' acks, pushed to the home

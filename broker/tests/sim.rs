@@ -167,8 +167,8 @@ fn run_child(seed: u64, verbose: bool) -> ChildResult {
 fn report(r: &ChildResult) -> String {
     let o = &r.outcome;
     format!(
-        "seed {}: {} ms simulated, {} faults, {} acks, {} events, {} bytes delivered, digest {:016x}, {} ms CPU",
-        o.seed, o.sim_ms, o.faults, o.acks, o.events, o.delivered_bytes, o.digest, r.cpu_ms
+        "seed {}: {} ms simulated, {} faults, {} elections, {} snapshot installs, {} acks, {} events, {} bytes delivered, digest {:016x}, {} ms CPU",
+        o.seed, o.sim_ms, o.faults, o.elections, o.snapshot_installs, o.acks, o.events, o.delivered_bytes, o.digest, r.cpu_ms
     )
 }
 
@@ -214,9 +214,11 @@ fn seeds() {
     let results = results.into_inner().unwrap();
     let cpu: u64 = results.iter().map(|r| r.cpu_ms).sum();
     let acks: u64 = results.iter().map(|r| r.outcome.acks).sum();
+    let elections: u64 = results.iter().map(|r| r.outcome.elections).sum();
+    let installs: u64 = results.iter().map(|r| r.outcome.snapshot_installs).sum();
     let failed: Vec<&ChildResult> = results.iter().filter(|r| !r.outcome.violations.is_empty()).collect();
     println!(
-        "{n} seeds from {base}: {} violated; {acks} acknowledged batches checked; CPU {:.1} s total, {:.2} s per seed; wall {:.1} s",
+        "{n} seeds from {base}: {} violated; {acks} acknowledged batches checked; {elections} elections; {installs} snapshot installs; CPU {:.1} s total, {:.2} s per seed; wall {:.1} s",
         failed.len(),
         cpu as f64 / 1000.0,
         cpu as f64 / 1000.0 / n.max(1) as f64,

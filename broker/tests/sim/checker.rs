@@ -38,6 +38,10 @@ pub struct History {
     pub leaders: BTreeMap<(u64, u64), u64>,
     /// Violations seen while the run went on.
     pub violations: Vec<String>,
+    /// Per (broker, partition): the last snapshot and purged Raft indexes
+    /// seen, to count snapshot installs (coverage, not an invariant).
+    pub snapshots: BTreeMap<(u64, i32), (Option<u64>, Option<u64>)>,
+    pub snapshot_installs: u64,
 }
 
 impl History {
@@ -49,6 +53,24 @@ impl History {
             ));
         }
         prev != Some(hw)
+    }
+
+    /// Returns whether the replica installed a snapshot since last seen. A
+    /// snapshot the replica built itself purges the Raft log only up to
+    /// `keep_behind_snapshot` entries before it; an installed one replaces
+    /// the log up to its last index.
+    pub fn observe_snapshot(
+        &mut self,
+        node: u64,
+        partition: i32,
+        snapshot: Option<u64>,
+        purged: Option<u64>,
+    ) -> bool {
+        let prev = self.snapshots.insert((node, partition), (snapshot, purged));
+        let installed =
+            snapshot.is_some() && purged == snapshot && prev != Some((snapshot, purged));
+        self.snapshot_installs += installed as u64;
+        installed
     }
 
     /// Returns whether this (group, term) had no leader recorded yet.

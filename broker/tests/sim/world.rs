@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout, Instant};
 
@@ -73,6 +72,9 @@ pub struct Outcome {
     pub delivered_bytes: u64,
     pub acks: u64,
     pub faults: u64,
+    /// (group, term) pairs that had a leader: elections won.
+    pub elections: u64,
+    pub snapshot_installs: u64,
     pub trace: Vec<String>,
 }
 
@@ -90,7 +92,17 @@ fn region() -> RegionSettings {
     }
 }
 
-fn broker_config(node: u64, dir: &Path) -> BrokerConfig {
+/// Per-seed settings shared by every broker of the run.
+#[derive(Debug, Clone, Copy)]
+struct Profile {
+    /// Small values make followers that were down or cut off catch up by
+    /// snapshot install (batches streamed from the leader's partition log)
+    /// rather than by log replay.
+    snapshot_every: u64,
+    keep_behind_snapshot: u64,
+}
+
+fn broker_config(node: u64, dir: &Path, profile: Profile) -> BrokerConfig {
     let mut cfg = BrokerConfig {
         node_id: node as i32,
         data_dir: dir.to_path_buf(),
@@ -101,6 +113,8 @@ fn broker_config(node: u64, dir: &Path) -> BrokerConfig {
     cfg.listeners.raft = Some(format!("0.0.0.0:{RAFT_PORT}").parse().unwrap());
     cfg.cluster.replication_factor = 3;
     cfg.cluster.min_insync_replicas = 2;
+    cfg.cluster.raft_snapshot_entries = profile.snapshot_every;
+    cfg.cluster.raft_log_keep_entries = profile.keep_behind_snapshot;
     cfg.cluster.peers = (1..=BROKERS)
         .filter(|p| *p != node)
         .map(|p| Peer {
@@ -123,10 +137,15 @@ fn open(dir: &Path) -> Result<(Arc<Store>, Arc<Catalog>), String> {
 /// A broker process: what `Broker::start` does for replication, with the
 /// sim's sockets and an inline store, plus a tiny request port for the
 /// client (the same leadership check and proposal as `handlers::produce`).
-async fn broker_main(node: u64, dir: PathBuf, shared: Arc<Shared>) -> turmoil::Result {
+async fn broker_main(
+    node: u64,
+    dir: PathBuf,
+    profile: Profile,
+    shared: Arc<Shared>,
+) -> turmoil::Result {
     shared.event(sim_ms(), format!("{} starts", name(node)));
     let (store, catalog) = open(&dir)?;
-    let cfg = broker_config(node, &dir);
+    let cfg = broker_config(node, &dir, profile);
     let io = Arc::new(SimIo {
         node,
         shared: shared.clone(),
@@ -198,10 +217,7 @@ async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Respo
             let Some((g, _)) = cluster.leader_group(log) else {
                 return Response::NotLeader(cluster.view(&t, log).leader);
             };
-            let cmd = Command::Produce {
-                records: Bytes::from(records),
-                now_ms,
-            };
+            let cmd = produce_command(records, now_ms);
             match timeout(Duration::from_secs(5), g.propose(cmd)).await {
                 Ok(Ok(CommandResult::Produced { base_offset, .. })) => {
                     Response::Produced { base_offset }
@@ -221,6 +237,17 @@ async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Respo
     }
 }
 
+/// The entry `handlers::produce` proposes for a batch of a CreateTime
+/// topic. Built through serde, not a struct literal, because the entry's
+/// fields are changing (the leader now decides the timestamp type) and
+/// serde ignores the field an older shape lacks.
+fn produce_command(records: Vec<u8>, now_ms: i64) -> Command {
+    serde_json::from_value(serde_json::json!({
+        "Produce": { "records": records, "now_ms": now_ms, "log_append_time": false }
+    }))
+    .expect("a produce entry")
+}
+
 /// Samples what the checker watches while the run goes on: each replica's
 /// high watermark and who leads which term.
 async fn monitor(node: u64, cluster: Arc<Cluster>, catalog: Arc<Catalog>, shared: Arc<Shared>) {
@@ -234,6 +261,12 @@ async fn monitor(node: u64, cluster: Arc<Cluster>, catalog: Arc<Catalog>, shared
             let changed = shared.with_history(|h| h.observe_hw(node, log.partition, hw, t));
             if changed {
                 shared.event(t, format!("{} p{} hw {hw}", name(node), log.partition));
+            }
+            if let Some(st) = cluster.local_status(log.log_id) {
+                let (snap, purged) = (st.snapshot_index, st.purged_index);
+                if shared.with_history(|h| h.observe_snapshot(node, log.partition, snap, purged)) {
+                    shared.event(t, format!("{} p{} installed a snapshot up to {snap:?}", name(node), log.partition));
+                }
             }
             if let Some(g) = cluster.group(log.log_id) {
                 let (_, term, leads) = g.brief();
@@ -599,6 +632,10 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
     let shared = Arc::new(Shared::new(verbose));
     let mut rng = Rng::new(seed);
     let base_latency = rng.range_ms(1, 25);
+    let profile = Profile {
+        snapshot_every: [64, 500, 50_000][rng.below(3) as usize],
+        keep_behind_snapshot: [8, 200][rng.below(2) as usize],
+    };
     let mut sim = turmoil::Builder::new()
         .rng_seed(rng.next())
         .tick_duration(Duration::from_millis(1))
@@ -609,7 +646,7 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
     let dirs: Vec<PathBuf> = (1..=BROKERS).map(|n| root.path().join(name(n))).collect();
     for n in 1..=BROKERS {
         let (dir, sh) = (dirs[n as usize - 1].clone(), shared.clone());
-        sim.host(name(n), move || broker_main(n, dir.clone(), sh.clone()));
+        sim.host(name(n), move || broker_main(n, dir.clone(), profile, sh.clone()));
     }
     sim.client("client", client_main(seed, shared.clone()));
     let brokers = (1..=BROKERS).map(|n| sim.lookup(name(n))).collect();
@@ -625,6 +662,7 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
         base_latency,
         faults: 0,
     };
+    shared.event(0, format!("{profile:?}, link latency up to {base_latency:?}"));
     let mut sim_error = None;
     loop {
         let now = sim.elapsed();
@@ -694,6 +732,8 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
         delivered_bytes,
         acks: history.acks.len() as u64,
         faults: nemesis.faults,
+        elections: history.leaders.len() as u64,
+        snapshot_installs: history.snapshot_installs,
         trace,
     }
 }

@@ -545,6 +545,170 @@ def test_partitioned_leader_is_replaced_and_cannot_commit(chronik_cluster_factor
 
 
 # ---------------------------------------------------------------------------
+# Topic config changes under produce
+# ---------------------------------------------------------------------------
+
+# Below the large records' batches, far above the steady producer's (batch.size 1000).
+SMALL_MAX_MESSAGE_BYTES = 2048
+LARGE_RECORD_PAD = 3000
+LOG_APPEND_TIME_BIT = 0x08
+
+
+class _OneByOne(threading.Thread):
+    """Produces one large record at a time (acks=all, no retries, so each report is the
+    broker's verdict on exactly that batch) round-robin over `partitions`, until stop()."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: list[int], acks: AckLog) -> None:
+        super().__init__(daemon=True, name=f"large-{topic}")
+        self.p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": False,
+                           "retries": 0, "linger.ms": 0, "compression.type": "none",
+                           "max.in.flight.requests.per.connection": 1, "request.timeout.ms": 15000,
+                           "message.timeout.ms": 30000})
+        self.topic, self.partitions, self.acks = topic, partitions, acks
+        self.tag = new_tag("L")
+        self.error: BaseException | None = None
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            seq = 0
+            while not self._stop_evt.is_set():
+                part = self.partitions[seq % len(self.partitions)]
+                v = make_value(self.tag, part, seq) + b"L" * LARGE_RECORD_PAD
+                self.acks.on_sent(v)
+                self.p.produce(self.topic, value=v, partition=part, on_delivery=self.acks.on_delivery)
+                if self.p.flush(45) != 0:
+                    raise AssertionError(f"no delivery report for large record {seq} within 45s")
+                seq += 1
+        except BaseException as e:  # noqa: BLE001 - reported by stop()
+            self.error = e
+
+    def abandon(self) -> None:
+        self._stop_evt.set()
+        self.join(60)
+
+    def stop(self) -> None:
+        self.abandon()
+        assert not self.is_alive(), "large-record producer did not finish"
+        assert self.error is None, f"large-record producer failed: {self.error!r}"
+
+
+@pytest.mark.chronik
+def test_config_changes_under_produce_keep_replicas_identical(chronik_cluster_factory):
+    """Topic configs live in the controller group, which each broker applies at its own pace.
+    If a partition's apply read them (LogAppendTime stamping, the max.message.bytes check),
+    a change would take effect at a different log position on each replica: different bytes,
+    or a batch refused on one replica and stored on another. Toggle message.timestamp.type
+    and max.message.bytes many times under continuous produce; the replicas must end
+    byte-identical, keep every acked record and hold no refused one."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from kclient import admin, future_error
+
+    cluster = chronik_cluster_factory(3)
+    topic = unique_topic("cfgrace")
+    # Partition leaders spread over the brokers, so most of them are not the controller leader.
+    parts = list(range(3))
+    create_topic(cluster, topic, partitions=len(parts), replication_factor=3)
+    acks, large_acks = AckLog(), AckLog()
+    prod = ProducerThread(cluster.bootstrap, topic, parts, acks=acks, rate=1500, max_seconds=300,
+                          **{"batch.size": 1000})
+    large = _OneByOne(cluster.bootstrap, topic, parts, large_acks)
+    a = admin(cluster.bootstrap)
+    rounds = 40
+    prod.start(), large.start()
+    try:
+        for i in range(rounds):
+            # All four combinations, each change landing among in-flight batches.
+            ts_type = "LogAppendTime" if i % 2 == 0 else "CreateTime"
+            max_bytes = SMALL_MAX_MESSAGE_BYTES if (i // 2) % 2 == 0 else 1048588
+            res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+                ConfigEntry("message.timestamp.type", ts_type, incremental_operation=AlterConfigOpType.SET),
+                ConfigEntry("max.message.bytes", str(max_bytes), incremental_operation=AlterConfigOpType.SET)])
+            (fut,) = a.incremental_alter_configs([res]).values()
+            err = future_error(fut, 30)
+            assert err is None, f"round {i}: altering configs failed: {err}"
+            goal = acks.count() + 100
+            wait_until(lambda: acks.count() >= goal, 30, interval=0.01, what=f"100 more acks in round {i}")
+    except BaseException:
+        prod.abandon()
+        large.abandon()
+        raise
+    prod.stop()
+    large.stop()
+    assert not acks.failed, f"{len(acks.failed)} small records failed, e.g. {acks.failed[:3]}"
+    refused = set(large_acks.failed_values({KafkaError.MSG_SIZE_TOO_LARGE}))
+    assert refused and large_acks.count(), (f"the large records were not both refused ({len(refused)}) and "
+                                            f"accepted ({large_acks.count()}): the size toggles had no effect")
+
+    stamped = {"LogAppendTime": 0, "CreateTime": 0}
+    for p in parts:
+        log, lo, hi = _check_replicas_and_read(cluster, topic, p, timeout=60)
+        verify_partition(p, log, acks, lo, hi)
+        verify_partition(p, log, large_acks, lo, hi)
+        stored_refused = refused & set(log.values())
+        assert not stored_refused, (f"partition {p}: {len(stored_refused)} records refused with "
+                                    f"MESSAGE_TOO_LARGE are stored")
+        for b in kwire.parse_record_batches(cluster.dump_log(cluster.leader_of(topic, p), topic, p)):
+            stamped["LogAppendTime" if b["attributes"] & LOG_APPEND_TIME_BIT else "CreateTime"] += 1
+    assert all(stamped.values()), f"batches per timestamp type {stamped}: the type toggles had no effect"
+    print(f"\n{rounds} config rounds: {acks.count()} small and {large_acks.count()} large records acked, "
+          f"{len(refused)} large refused, batches by timestamp type {stamped}")
+
+
+@pytest.mark.chronik
+def test_retention_trims_every_replica_at_the_same_offset(chronik_cluster_factory):
+    """Retention is the leader's decision, replicated as a trim: followers do not trim on
+    their own, so they must end with the leader's log start, bytes and epoch history,
+    also when a new leader (a new epoch) makes the next trim."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    from kclient import admin, future_error, produce_all
+
+    cluster = chronik_cluster_factory(3, retention_check_interval_ms=300)
+    topic = unique_topic("ret")
+    hour = 3_600_000
+    create_topic(cluster, topic, partitions=1, replication_factor=3, config={"retention.ms": str(2 * hour)})
+
+    def produce(tag: str, age_ms: int, n: int, bootstrap: str) -> int:
+        """n records of one client batch, timestamped age_ms ago; the first one's offset."""
+        now = int(time.time() * 1000)
+        reports = produce_all(bootstrap, topic, [{"value": f"{tag}-{i}".encode(), "partition": 0,
+                                                  "timestamp": now - age_ms + i} for i in range(n)], acks="all")
+        assert all(r[0] is None for r in reports), [r for r in reports if r[0] is not None][:3]
+        return reports[0][2]
+
+    def trimmed_to(offset: int, nodes):
+        starts = {i: (cluster.partition_state(i, topic, 0) or {}).get("log_start_offset") for i in nodes}
+        return all(s == offset for s in starts.values()) and starts
+
+    produce("expired", 3 * hour, 100, cluster.bootstrap)
+    mid = produce("mid", hour, 10, cluster.bootstrap)
+    wait_until(lambda: trimmed_to(mid, cluster.ids), 30, what=f"every replica's log start at {mid}")
+
+    old = cluster.leader_of(topic, 0)
+    cluster.kill9(old)
+    live = [i for i in cluster.ids if i != old]
+    recent = produce("recent", 0, 10, cluster.bootstrap_of(live))
+    cluster.restart(old)
+    # (Altered with every broker up: librdkafka's admin client waits for the controller it
+    # last saw, which may be the killed broker.)
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", str(hour // 2), incremental_operation=AlterConfigOpType.SET)])
+    (fut,) = admin(cluster.bootstrap).incremental_alter_configs([res]).values()
+    assert future_error(fut, 30) is None
+    wait_until(lambda: trimmed_to(recent, cluster.ids), 60, what=f"every replica's log start at {recent}")
+    hw, dump = cluster.wait_replicas_converged(topic, 0, cluster.ids, 60)
+    states = {i: cluster.partition_state(i, topic, 0) for i in cluster.ids}
+    histories = {i: (s["log_start_offset"], s["epochs"]) for i, s in states.items()}
+    assert len({repr(h) for h in histories.values()}) == 1, f"replicas differ: {histories}"
+    assert histories[old][1][-1][1] == recent, f"no epoch starting at the new leader's batch: {histories[old]}"
+    kept = records_from_dump(dump)
+    assert (sorted(kept), hw) == (list(range(recent, recent + 10)), recent + 10), (sorted(kept)[:5], hw)
+    assert [v for _, v in sorted(kept.items())] == [f"recent-{i}".encode() for i in range(10)]
+
+
+# ---------------------------------------------------------------------------
 # Chaos
 # ---------------------------------------------------------------------------
 

@@ -302,17 +302,26 @@ impl PartitionLog {
         self.state.lock().unwrap().size_bytes
     }
 
-    /// Checks a batch as the leader does before replicating it: framing,
-    /// CRC, size and features. Deterministic, so every replica applying the
-    /// same bytes reaches the same verdict.
+    /// Checks a batch as the leader does before replicating it: everything
+    /// [`PartitionLog::validate`] checks, and the topic's `max.message.bytes`.
+    /// Only the leader applies the size limit, once, when it proposes: the
+    /// config can change between proposal and apply, and replicas learn of
+    /// the change at different log positions.
     pub fn check_batch(records: &[u8], cfg: &EffectiveConfig) -> Result<BatchHeader, AppendError> {
-        let h: BatchHeader = batch::validate_produce_batch(records)?;
+        let h = Self::validate(records)?;
         if records.len() > cfg.max_message_bytes.max(0) as usize {
             return Err(AppendError::TooLarge {
                 size: records.len(),
                 max: cfg.max_message_bytes,
             });
         }
+        Ok(h)
+    }
+
+    /// Framing, CRC and features: a function of the bytes alone, so every
+    /// replica applying the same entry reaches the same verdict.
+    pub fn validate(records: &[u8]) -> Result<BatchHeader, AppendError> {
+        let h: BatchHeader = batch::validate_produce_batch(records)?;
         if h.is_transactional() {
             return Err(AppendError::Transactional);
         }
@@ -433,16 +442,21 @@ impl PartitionLog {
     /// in-memory state moves at once, so the next append sees these offsets;
     /// the high watermark moves only when the caller reports the write done
     /// through [`PartitionLog::committed`]. `epoch` is stamped into the batch
-    /// and recorded in the epoch history when it is new.
+    /// and recorded in the epoch history when it is new; `log_append_time`,
+    /// when set, is stamped as the batch's LogAppendTime.
+    ///
+    /// No topic config is read here: the outcome depends only on the
+    /// arguments and this log's state, so replicas applying the same entries
+    /// write the same bytes. Config-dependent checks belong to the leader
+    /// ([`PartitionLog::check_batch`]).
     pub fn append_into(
         &self,
         wb: &mut WriteBatch,
         records: &[u8],
         epoch: i32,
-        cfg: &EffectiveConfig,
-        now_ms: i64,
+        log_append_time: Option<i64>,
     ) -> Result<AppendedInto, AppendError> {
-        let h = Self::check_batch(records, cfg)?;
+        let h = Self::validate(records)?;
         let mut st = self.state.lock().unwrap();
         if self.deleted.load(Ordering::Acquire) {
             return Err(AppendError::Deleted);
@@ -477,12 +491,8 @@ impl PartitionLog {
                 serde_json::to_vec(&rec).expect("serializes"),
             );
         }
-        let stamped = batch::stamp(records, base, epoch, cfg.log_append_time.then_some(now_ms));
-        let max_ts = if cfg.log_append_time {
-            now_ms
-        } else {
-            h.max_timestamp
-        };
+        let stamped = batch::stamp(records, base, epoch, log_append_time);
+        let max_ts = log_append_time.unwrap_or(h.max_timestamp);
         self.put_batch(wb, &mut st, &h, base, &stamped, max_ts);
         self.log_end.store(last + 1, Ordering::Release);
         drop(st);
@@ -499,11 +509,13 @@ impl PartitionLog {
         cfg: &EffectiveConfig,
         now_ms: i64,
     ) -> Result<Appended, AppendError> {
+        Self::check_batch(records, cfg)?;
         let mut wb = WriteBatch::default();
         let epoch = self.leader_epoch();
         // The lock keeps the store's queue in offset order.
         let _order = self.submit_order.lock().unwrap();
-        match self.append_into(&mut wb, records, epoch, cfg, now_ms)? {
+        let append_time = cfg.log_append_time.then_some(now_ms);
+        match self.append_into(&mut wb, records, epoch, append_time)? {
             AppendedInto::Duplicate { base_offset } => Ok(Appended::Duplicate { base_offset }),
             AppendedInto::New { base, last } => {
                 let (tx, rx) = oneshot::channel();
@@ -703,9 +715,13 @@ impl PartitionLog {
             .or(Some((e.base_offset, e.max_timestamp))))
     }
 
-    /// Deletes whole batches from the front per `retention.ms` and
-    /// `retention.bytes`. Returns the new log start offset if it moved.
-    pub async fn apply_retention(
+    /// Where `retention.ms` and `retention.bytes` would move the log start
+    /// (the base offset of the first batch to keep, or the high watermark),
+    /// if past the current one. The leader decides this and proposes it as a
+    /// trim ([`PartitionLog::trim_into`] through the Raft log), so every
+    /// replica cuts at the same offset and the partition record is only ever
+    /// written by the apply path.
+    pub fn retention_cutoff(
         &self,
         cfg: &EffectiveConfig,
         now_ms: i64,
@@ -735,35 +751,7 @@ impl PartitionLog {
             .get(cut)
             .map(|e| e.base_offset)
             .unwrap_or(entries[cut - 1].last_offset + 1);
-        let freed: u64 = entries[..cut].iter().map(|e| e.size as u64).sum();
-        self.truncate_prefix(new_start).await?;
-        let mut st = self.state.lock().unwrap();
-        st.size_bytes = st.size_bytes.saturating_sub(freed);
-        Ok(Some(new_start))
-    }
-
-    /// Removes every batch below `new_start` (which must be a batch
-    /// boundary or the log end) and records the new log start offset.
-    async fn truncate_prefix(&self, new_start: i64) -> Result<(), StoreError> {
-        let mut wb = WriteBatch::default();
-        // The epoch history as of now: a later epoch change rewrites the
-        // whole record with the then-current log start.
-        let epochs = self.state.lock().unwrap().epochs.clone();
-        let rec = PartitionRecord {
-            log_start_offset: new_start,
-            epochs,
-        };
-        let (from, to) = (log_key(self.log_id, 0), log_key(self.log_id, new_start));
-        wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
-        wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
-        wb.put_cf(
-            self.store.cf(CF_META),
-            partition_key(self.log_id),
-            serde_json::to_vec(&rec).expect("serializes"),
-        );
-        self.store.write(wb).await?;
-        self.log_start.fetch_max(new_start, Ordering::AcqRel);
-        Ok(())
+        Ok((new_start > self.log_start_offset()).then_some(new_start))
     }
 
     /// DeleteRecords, applied from the partition's Raft log on every
@@ -783,9 +771,10 @@ impl PartitionLog {
         if offset <= start {
             return Ok(start);
         }
-        // Batches applied just before may still be on their way to the
-        // store; any of those wholly below `offset` stay until retention,
-        // unreadable behind the new log start.
+        // Read from the store: the caller has written every earlier append
+        // (the state machine writes its pending batch before a trim), or a
+        // batch below `offset` would survive here and not on a replica that
+        // applied it in an earlier write.
         let entries = self.store.index_entries(self.log_id)?;
         let gone: Vec<&crate::storage::IndexEntry> = entries
             .iter()
@@ -929,7 +918,7 @@ mod tests {
         ] {
             let mut wb = WriteBatch::default();
             let AppendedInto::New { last, .. } =
-                home.append_into(&mut wb, &b, epoch, &cfg(), 0).unwrap()
+                home.append_into(&mut wb, &b, epoch, None).unwrap()
             else {
                 panic!("not new")
             };
@@ -1091,8 +1080,20 @@ mod tests {
         ));
     }
 
+    /// Writes `wb` and moves the high watermark, as the state machine does.
+    async fn commit(log: &PartitionLog, store: &Store, wb: WriteBatch) {
+        store.write(wb).await.unwrap();
+        log.committed(log.log_end_offset());
+    }
+
+    async fn trim(log: &PartitionLog, store: &Store, offset: i64) {
+        let mut wb = WriteBatch::default();
+        log.trim_into(&mut wb, offset).unwrap();
+        commit(log, store, wb).await;
+    }
+
     #[tokio::test]
-    async fn retention_deletes_whole_old_batches() {
+    async fn retention_cuts_at_whole_old_batches() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
         let log = open(&store);
@@ -1101,7 +1102,10 @@ mod tests {
         append(&log, &build::simple(2, 9_000, None)).await; // 4-5
         let mut c = cfg();
         c.retention_ms = 5_000;
-        assert_eq!(log.apply_retention(&c, 10_000).await.unwrap(), Some(4));
+        assert_eq!(log.retention_cutoff(&c, 10_000).unwrap(), Some(4));
+        // Deciding changes nothing: the trim goes through the Raft log.
+        assert_eq!(log.log_start_offset(), 0);
+        trim(&log, &store, 4).await;
         assert_eq!(log.log_start_offset(), 4);
         assert!(matches!(
             log.read(0, 1 << 20, true),
@@ -1113,17 +1117,97 @@ mod tests {
                 .base_offset,
             4
         );
-        assert_eq!(log.apply_retention(&c, 10_000).await.unwrap(), None);
+        assert_eq!(log.retention_cutoff(&c, 10_000).unwrap(), None);
         // Size-based: keep at most one batch's worth.
         let one = log.size_bytes() as i64;
         append(&log, &build::simple(2, 9_500, None)).await;
         c.retention_ms = -1;
         c.retention_bytes = one;
-        assert_eq!(log.apply_retention(&c, 10_000).await.unwrap(), Some(6));
+        assert_eq!(log.retention_cutoff(&c, 10_000).unwrap(), Some(6));
+        trim(&log, &store, 6).await;
+        assert_eq!(log.size_bytes() as i64, one);
         drop(log);
         let log = open(&store);
         assert_eq!(log.log_start_offset(), 6);
         assert_eq!(log.log_end_offset(), 8);
+    }
+
+    /// Retention used to write the partition record from its own task, so
+    /// an apply recording a new epoch at the same time could lose the epoch
+    /// or the log start. Both now come through the apply path, in order.
+    #[tokio::test]
+    async fn a_trim_and_a_new_epoch_in_one_write_keep_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        for (id, trim_first) in [(1u64, true), (2, false)] {
+            let log = PartitionLog::open(store.clone(), id, "t".into(), 0).unwrap();
+            let mut wb = WriteBatch::default();
+            for ts in [1_000, 2_000, 9_000] {
+                log.append_into(&mut wb, &build::simple(2, ts, None), 1, None)
+                    .unwrap();
+            }
+            commit(&log, &store, wb).await;
+            let mut c = cfg();
+            c.retention_ms = 5_000;
+            let cut = log.retention_cutoff(&c, 10_000).unwrap().unwrap();
+            let mut wb = WriteBatch::default();
+            let next = build::simple(1, 9_500, None);
+            if trim_first {
+                log.trim_into(&mut wb, cut).unwrap();
+                log.append_into(&mut wb, &next, 2, None).unwrap();
+            } else {
+                log.append_into(&mut wb, &next, 2, None).unwrap();
+                log.trim_into(&mut wb, cut).unwrap();
+            }
+            commit(&log, &store, wb).await;
+            drop(log);
+            let log = PartitionLog::open(store.clone(), id, "t".into(), 0).unwrap();
+            assert_eq!(
+                (log.log_start_offset(), log.epoch_history()),
+                (4, vec![(0, 0), (1, 0), (2, 6)]),
+                "trim first: {trim_first}"
+            );
+        }
+    }
+
+    /// What append_into writes is a function of its arguments and the log:
+    /// no config is consulted, so a limit or timestamp type that changed on
+    /// one replica cannot make it write something else there.
+    #[tokio::test]
+    async fn append_into_stamps_only_what_it_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let (a, b) = (
+            open(&store),
+            PartitionLog::open(store.clone(), 2, "t".into(), 0).unwrap(),
+        );
+        let big = build::simple(50, 100, None);
+        let mut tiny = cfg();
+        tiny.max_message_bytes = 64;
+        assert!(matches!(
+            PartitionLog::check_batch(&big, &tiny),
+            Err(AppendError::TooLarge { .. })
+        ));
+        for log in [&a, &b] {
+            let mut wb = WriteBatch::default();
+            log.append_into(&mut wb, &big, 3, None).unwrap();
+            log.append_into(&mut wb, &build::simple(2, 100, None), 3, Some(7_000))
+                .unwrap();
+            commit(log, &store, wb).await;
+        }
+        let dump = a.dump().unwrap();
+        assert_eq!(dump, b.dump().unwrap());
+        let first = BatchHeader::parse(&dump).unwrap();
+        let second = BatchHeader::parse(&dump[first.total_len()..]).unwrap();
+        assert_eq!((first.max_timestamp, first.attributes & 0x08), (149, 0));
+        assert_eq!(
+            (second.max_timestamp, second.attributes & 0x08),
+            (7_000, 0x08)
+        );
+        assert_eq!(
+            a.offset_for_timestamp(7_000).unwrap().map(|x| x.0),
+            Some(50)
+        );
     }
 
     #[tokio::test]

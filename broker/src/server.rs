@@ -27,6 +27,7 @@ use crate::cluster::Cluster;
 use crate::framing::FrameDecoder;
 use crate::handlers::{self, BoxFuture, Reply};
 use crate::protocol::{self, Parsed};
+use crate::raft::types::{Command, CommandResult};
 use crate::storage::{Store, StoreError, CF_META};
 
 const CLUSTER_ID_KEY: &str = "cluster_id";
@@ -415,6 +416,15 @@ async fn cut_off_watch(ctx: &BrokerCtx) {
     }
 }
 
+/// How long one round waits for its trims to apply.
+const RETENTION_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Retention is decided by each partition's leader (its clock, the topic's
+/// configs as it sees them) and applied through the partition's Raft log as
+/// a trim, like DeleteRecords. Every replica then cuts at the same log
+/// position, and the partition record (log start, epoch history) is written
+/// only by the apply path: a cut written from here could interleave with an
+/// apply that records a new epoch, and one of the two updates would be lost.
 async fn retention_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
     let every = Duration::from_millis(ctx.config.topics.retention_check_interval_ms);
     loop {
@@ -423,22 +433,46 @@ async fn retention_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>
             _ = tokio::time::sleep(every) => {}
         }
         let now = handlers::now_ms();
+        let mut trims = Vec::new();
         for (topic, log) in ctx.catalog.all_partitions() {
             if log.is_deleted() {
                 continue;
             }
-            match log.apply_retention(&topic.effective, now).await {
-                Ok(Some(start)) => tracing::info!(
-                    topic = topic.name(),
-                    partition = log.partition,
-                    log_start_offset = start,
-                    "retention advanced log start"
-                ),
+            let Some((group, _)) = ctx.cluster.leader_group(&log) else {
+                continue;
+            };
+            match log.retention_cutoff(&topic.effective, now) {
+                Ok(Some(offset)) => {
+                    let done = group.submit(Command::DeleteRecords { offset });
+                    trims.push((topic, log, offset, done));
+                }
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(topic = topic.name(), partition = log.partition, error = %e, "retention failed")
                 }
             }
         }
+        let waits = trims.into_iter().map(|(topic, log, offset, done)| async move {
+            match tokio::time::timeout(RETENTION_APPLY_TIMEOUT, done).await {
+                Ok(Ok(Ok(CommandResult::Trimmed { low_watermark }))) => tracing::info!(
+                    topic = topic.name(),
+                    partition = log.partition,
+                    log_start_offset = low_watermark,
+                    "retention advanced log start"
+                ),
+                // Leadership moved: the new leader decides again.
+                Ok(Ok(Err(e))) => {
+                    tracing::debug!(topic = topic.name(), partition = log.partition, error = %e, "retention not proposed")
+                }
+                other => tracing::warn!(
+                    topic = topic.name(),
+                    partition = log.partition,
+                    offset,
+                    outcome = ?other,
+                    "retention trim failed"
+                ),
+            }
+        });
+        futures_util::future::join_all(waits).await;
     }
 }

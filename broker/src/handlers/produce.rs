@@ -168,9 +168,14 @@ pub fn handle(
                 )));
                 continue;
             }
+            // The size check above and the timestamp type are decided here,
+            // once, from this broker's catalog: replicas apply the entry
+            // without reading configs, which each of them learns at its own
+            // log position.
             let done = group.submit(Command::Produce {
                 records,
                 now_ms: now,
+                log_append_time: Some(t.effective.log_append_time),
             });
             let global = (acks == -1 && t.effective.global_quorum)
                 .then(|| (log.clone(), header.last_offset_delta));

@@ -127,6 +127,10 @@ pub struct PbCommand {
     pub mirror_base_offset: Option<i64>,
     #[prost(bool, tag = "6")]
     pub mirror_from_log_start: bool,
+    /// Produce: the leader's `message.timestamp.type` decision. Absent in
+    /// entries written before it was recorded (see `Command::Produce`).
+    #[prost(bool, optional, tag = "7")]
+    pub log_append_time: Option<bool>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -339,13 +343,18 @@ pub fn membership_from_pb(p: &PbMembership) -> Result<Membership, DecodeError> {
 
 pub fn command_to_pb(c: &Command) -> PbCommand {
     match c {
-        Command::Produce { records, now_ms } => PbCommand {
+        Command::Produce {
+            records,
+            now_ms,
+            log_append_time,
+        } => PbCommand {
             records: records.clone(),
             now_ms: *now_ms,
             controller: Bytes::new(),
             delete_records: None,
             mirror_base_offset: None,
             mirror_from_log_start: false,
+            log_append_time: *log_append_time,
         },
         Command::Controller(cmd) => PbCommand {
             records: Bytes::new(),
@@ -354,6 +363,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             delete_records: None,
             mirror_base_offset: None,
             mirror_from_log_start: false,
+            log_append_time: None,
         },
         Command::DeleteRecords { offset } => PbCommand {
             records: Bytes::new(),
@@ -362,6 +372,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             delete_records: Some(*offset),
             mirror_base_offset: None,
             mirror_from_log_start: false,
+            log_append_time: None,
         },
         Command::MirrorAppend {
             records,
@@ -374,6 +385,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             delete_records: None,
             mirror_base_offset: Some(*base_offset),
             mirror_from_log_start: *from_log_start,
+            log_append_time: None,
         },
     }
 }
@@ -395,6 +407,7 @@ pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
         Ok(Command::Produce {
             records: p.records,
             now_ms: p.now_ms,
+            log_append_time: p.log_append_time,
         })
     }
 }
@@ -562,6 +575,15 @@ mod tests {
                 payload: openraft::EntryPayload::Normal(Command::Produce {
                     records: Bytes::from_static(b"batch"),
                     now_ms: 42,
+                    log_append_time: Some(true),
+                }),
+            },
+            Entry {
+                log_id: LogId::new_term_index(3, 9),
+                payload: openraft::EntryPayload::Normal(Command::Produce {
+                    records: Bytes::from_static(b"batch"),
+                    now_ms: 43,
+                    log_append_time: Some(false),
                 }),
             },
             Entry {
@@ -579,6 +601,43 @@ mod tests {
             let back = decode_entry(&encode_entry(&e)).unwrap();
             assert_eq!(format!("{e:?}"), format!("{back:?}"));
         }
+    }
+
+    /// `PbCommand` as brokers wrote it before the timestamp decision was
+    /// recorded; their entries may still sit in Raft logs.
+    #[derive(Clone, PartialEq, Message)]
+    struct PbCommandV1 {
+        #[prost(bytes = "bytes", tag = "1")]
+        records: Bytes,
+        #[prost(int64, tag = "2")]
+        now_ms: i64,
+    }
+
+    #[test]
+    fn produce_entries_without_a_timestamp_decision_still_decode() {
+        let old = PbCommandV1 {
+            records: Bytes::from_static(b"batch"),
+            now_ms: 42,
+        }
+        .encode_to_vec();
+        let cmd = command_from_pb(PbCommand::decode(old.as_slice()).unwrap()).unwrap();
+        assert_eq!(
+            cmd,
+            Command::Produce {
+                records: Bytes::from_static(b"batch"),
+                now_ms: 42,
+                log_append_time: None,
+            }
+        );
+        // And brokers that predate the field read new entries as before.
+        let new = command_to_pb(&Command::Produce {
+            records: Bytes::from_static(b"batch"),
+            now_ms: 42,
+            log_append_time: Some(false),
+        })
+        .encode_to_vec();
+        let back = PbCommandV1::decode(new.as_slice()).unwrap();
+        assert_eq!((back.records.as_ref(), back.now_ms), (&b"batch"[..], 42));
     }
 
     #[test]

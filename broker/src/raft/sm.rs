@@ -46,6 +46,8 @@ type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub enum Target {
     Partition {
         log: Arc<PartitionLog>,
+        /// Read only for produce entries of older brokers (`legacy_produce`):
+        /// the catalog is another group's state, not ordered with this log.
         catalog: Arc<Catalog>,
     },
     Controller(Arc<Catalog>),
@@ -138,33 +140,34 @@ impl StateMachine {
         hw: &mut Option<i64>,
     ) -> CommandResult {
         match (&self.target, cmd) {
-            (Target::Partition { log, catalog }, Command::Produce { records, now_ms }) => {
-                let cfg = match catalog.get(&log.topic) {
-                    Some(t) => t.effective.clone(),
-                    None => {
-                        return CommandResult::Rejected {
-                            code: kafka_protocol::error::ResponseError::UnknownTopicOrPartition
-                                .code(),
-                            message: "the topic was deleted".into(),
-                        }
-                    }
+            (
+                Target::Partition { log, catalog },
+                Command::Produce {
+                    records,
+                    now_ms,
+                    log_append_time,
+                },
+            ) => {
+                let append_time = match log_append_time {
+                    Some(lat) => lat.then_some(*now_ms),
+                    None => match legacy_produce(log, catalog, records, *now_ms) {
+                        Ok(t) => t,
+                        Err(rejected) => return rejected,
+                    },
                 };
                 let epoch = log_id.committed_leader_id().term.min(i32::MAX as u64) as i32;
-                match log.append_into(wb, records, epoch, &cfg, *now_ms) {
+                match log.append_into(wb, records, epoch, append_time) {
                     Ok(AppendedInto::New { base, last }) => {
                         *hw = Some(last + 1);
                         CommandResult::Produced {
                             base_offset: base,
-                            log_append_time: if cfg.log_append_time { *now_ms } else { -1 },
+                            log_append_time: append_time.unwrap_or(-1),
                         }
                     }
                     Ok(AppendedInto::Duplicate { base_offset }) => {
                         CommandResult::Duplicate { base_offset }
                     }
-                    Err(e) => CommandResult::Rejected {
-                        code: e.kafka_code(),
-                        message: e.to_string(),
-                    },
+                    Err(e) => rejected(&e),
                 }
             }
             (
@@ -184,18 +187,12 @@ impl StateMachine {
                         appended: m.appended,
                     }
                 }
-                Err(e) => CommandResult::Rejected {
-                    code: e.kafka_code(),
-                    message: e.to_string(),
-                },
+                Err(e) => rejected(&e),
             },
             (Target::Partition { log, .. }, Command::DeleteRecords { offset }) => {
                 match log.trim_into(wb, *offset) {
                     Ok(low_watermark) => CommandResult::Trimmed { low_watermark },
-                    Err(e) => CommandResult::Rejected {
-                        code: e.kafka_code(),
-                        message: e.to_string(),
-                    },
+                    Err(e) => rejected(&e),
                 }
             }
             (Target::Controller(cat), Command::Controller(c)) => match cat.apply(c, wb) {
@@ -203,16 +200,29 @@ impl StateMachine {
                     post.push(p);
                     CommandResult::Done
                 }
-                Err(e) => CommandResult::Rejected {
-                    code: e.kafka_code(),
-                    message: e.to_string(),
-                },
+                Err(e) => rejected(&e),
             },
             _ => CommandResult::Rejected {
                 code: kafka_protocol::error::ResponseError::InvalidRequest.code(),
                 message: "command does not belong to this group".into(),
             },
         }
+    }
+
+    /// Writes what the entries applied so far in this batch added to `wb`,
+    /// with their applied log id, and moves the high watermark over them.
+    async fn write_applied(
+        &self,
+        wb: &mut WriteBatch,
+        last: &Option<LogId>,
+        hw: &mut Option<i64>,
+    ) -> io::Result<()> {
+        self.put_json(wb, "applied", last);
+        self.write(std::mem::take(wb)).await?;
+        if let (Some(hw), Target::Partition { log, .. }) = (hw.take(), &self.target) {
+            log.committed(hw);
+        }
+        Ok(())
     }
 
     async fn write(&self, wb: WriteBatch) -> io::Result<()> {
@@ -267,6 +277,34 @@ impl StateMachine {
         };
         Ok((Bytes::from(desc), applied, membership))
     }
+}
+
+fn rejected<E: KafkaCode + std::fmt::Display>(e: &E) -> CommandResult {
+    CommandResult::Rejected {
+        code: e.kafka_code(),
+        message: e.to_string(),
+    }
+}
+
+/// A produce entry without the leader's timestamp decision was proposed by a
+/// broker that predates it. Such a broker applies it with its own catalog's
+/// configs (size limit and timestamp type), and so does this one, so a group
+/// of mixed versions agrees as well as the old version did. This is the one
+/// apply input not ordered with the entry, and only for those old entries.
+fn legacy_produce(
+    log: &PartitionLog,
+    catalog: &Catalog,
+    records: &[u8],
+    now_ms: i64,
+) -> Result<Option<i64>, CommandResult> {
+    let Some(t) = catalog.get(&log.topic) else {
+        return Err(CommandResult::Rejected {
+            code: kafka_protocol::error::ResponseError::UnknownTopicOrPartition.code(),
+            message: "the topic was deleted".into(),
+        });
+    };
+    PartitionLog::check_batch(records, &t.effective).map_err(|e| rejected(&e))?;
+    Ok(t.effective.log_append_time.then_some(now_ms))
 }
 
 /// A captured state, turned into a snapshot by openraft's builder task.
@@ -327,8 +365,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut post = Vec::new();
         let mut hw = None;
         let controller = matches!(self.target, Target::Controller(_));
+        let mut unwritten = false;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            if unwritten
+                && matches!(
+                    entry.payload,
+                    EntryPayload::Normal(Command::DeleteRecords { .. })
+                )
+            {
+                // A trim finds the batches below its offset in the store.
+                // Where an apply batch ends differs between replicas, so the
+                // entries before it must be in the store here too, or this
+                // replica would keep batches that the others removed.
+                self.write_applied(&mut wb, &last, &mut hw).await?;
+            }
             let result = match &entry.payload {
                 EntryPayload::Blank => CommandResult::None,
                 EntryPayload::Normal(cmd) => {
@@ -341,6 +392,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             last = Some(entry.log_id);
+            unwritten = true;
             responses.push((responder, result));
             if controller {
                 // Each controller command sees the effects of the one before.
@@ -353,12 +405,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             }
         }
-        if last.is_some() && !controller {
-            self.put_json(&mut wb, "applied", &last);
-            self.write(wb).await?;
-            if let (Some(hw), Target::Partition { log, .. }) = (hw, &self.target) {
-                log.committed(hw);
-            }
+        if unwritten && !controller {
+            self.write_applied(&mut wb, &last, &mut hw).await?;
         }
         if controller && last.is_some() {
             (self.on_change)();
@@ -463,5 +511,210 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 staged: None,
             },
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chronik_topology::{Durability, TopicDefaults};
+
+    use super::*;
+    use crate::batch::{build, BatchHeader};
+    use crate::catalog::{ConfigOp, RegionSettings};
+    use crate::raft::types::Entry;
+
+    const LOG_APPEND_TIME: i16 = 1 << 3;
+
+    /// One broker's copy of partition t/0, applied through a state machine.
+    struct Replica {
+        _dir: tempfile::TempDir,
+        cat: Arc<Catalog>,
+        log: Arc<PartitionLog>,
+        sm: StateMachine,
+    }
+
+    async fn replica() -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let cat = Arc::new(
+            Catalog::open(
+                store.clone(),
+                TopicDefaults::default(),
+                RegionSettings::single(1),
+            )
+            .unwrap(),
+        );
+        cat.create_topic("t", 1, -1, &[], &BTreeMap::new(), false)
+            .await
+            .unwrap();
+        let log = cat.get("t").unwrap().partition(0).unwrap().clone();
+        let target = Target::Partition {
+            log: log.clone(),
+            catalog: cat.clone(),
+        };
+        let sm = StateMachine::new(store, log.log_id, target, Arc::new(|| {}));
+        Replica {
+            _dir: dir,
+            cat,
+            log,
+            sm,
+        }
+    }
+
+    async fn set(cat: &Catalog, name: &str, value: &str) {
+        cat.alter_configs("t", vec![ConfigOp::Set(name.into(), value.into())], false)
+            .await
+            .unwrap();
+    }
+
+    fn entry(index: u64, cmd: Command) -> Entry {
+        Entry {
+            log_id: LogId::new_term_index(2, index),
+            payload: EntryPayload::Normal(cmd),
+        }
+    }
+
+    fn produce(records: Vec<u8>, now_ms: i64, log_append_time: Option<bool>) -> Command {
+        Command::Produce {
+            records: records.into(),
+            now_ms,
+            log_append_time,
+        }
+    }
+
+    /// Applies `entries` as openraft does, in one call.
+    async fn apply(r: &mut Replica, entries: Vec<Entry>) {
+        let items: Vec<io::Result<EntryResponder<TypeConfig>>> =
+            entries.into_iter().map(|e| Ok((e, None))).collect();
+        r.sm.apply(futures_util::stream::iter(items)).await.unwrap();
+    }
+
+    /// (max timestamp, LogAppendTime?) of each stored batch.
+    fn stamps(log: &PartitionLog) -> Vec<(i64, bool)> {
+        let dump = log.dump().unwrap();
+        let mut out = Vec::new();
+        let mut pos = 0;
+        while pos < dump.len() {
+            let h = BatchHeader::parse(&dump[pos..]).unwrap();
+            out.push((h.max_timestamp, h.attributes & LOG_APPEND_TIME != 0));
+            pos += h.total_len();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn produce_apply_does_not_read_the_local_topic_configs() {
+        let (mut a, mut b) = (replica().await, replica().await);
+        // Replica b has applied a config change that a has not seen yet.
+        set(&b.cat, "message.timestamp.type", "LogAppendTime").await;
+        set(&b.cat, "max.message.bytes", "10").await;
+        let entries = || {
+            vec![
+                entry(
+                    1,
+                    produce(build::simple(3, 100, Some((7, 0, 0))), 5_000, Some(false)),
+                ),
+                entry(
+                    2,
+                    produce(build::simple(3, 200, Some((7, 0, 3))), 6_000, Some(true)),
+                ),
+                // An idempotent retry applies as a duplicate on both.
+                entry(
+                    3,
+                    produce(build::simple(3, 100, Some((7, 0, 0))), 7_000, Some(true)),
+                ),
+            ]
+        };
+        apply(&mut a, entries()).await;
+        apply(&mut b, entries()).await;
+        assert_eq!(stamps(&a.log), vec![(102, false), (6_000, true)]);
+        assert_eq!(a.log.dump().unwrap(), b.log.dump().unwrap());
+        assert_eq!(a.log.producers(), b.log.producers());
+        assert_eq!(a.log.epoch_history(), b.log.epoch_history());
+        assert_eq!(b.log.high_watermark(), 6);
+    }
+
+    #[tokio::test]
+    async fn produce_results_report_the_entrys_append_time() {
+        let r = replica().await;
+        set(&r.cat, "message.timestamp.type", "LogAppendTime").await;
+        let mut wb = WriteBatch::default();
+        let (mut post, mut hw) = (Vec::new(), None);
+        let id = LogId::new_term_index(2, 1);
+        let cmd = produce(build::simple(2, 100, None), 9_000, Some(false));
+        assert_eq!(
+            r.sm.apply_one(&mut wb, &id, &cmd, &mut post, &mut hw),
+            CommandResult::Produced {
+                base_offset: 0,
+                log_append_time: -1
+            }
+        );
+        let cmd = produce(build::simple(2, 100, None), 9_000, Some(true));
+        assert_eq!(
+            r.sm.apply_one(&mut wb, &id, &cmd, &mut post, &mut hw),
+            CommandResult::Produced {
+                base_offset: 2,
+                log_append_time: 9_000
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn entries_of_older_brokers_apply_with_the_local_configs() {
+        let mut r = replica().await;
+        set(&r.cat, "message.timestamp.type", "LogAppendTime").await;
+        apply(
+            &mut r,
+            vec![entry(1, produce(build::simple(2, 100, None), 5_000, None))],
+        )
+        .await;
+        assert_eq!(stamps(&r.log), vec![(5_000, true)]);
+        set(&r.cat, "max.message.bytes", "10").await;
+        let mut wb = WriteBatch::default();
+        let (mut post, mut hw) = (Vec::new(), None);
+        let old = produce(build::simple(2, 100, None), 6_000, None);
+        let res = r.sm.apply_one(
+            &mut wb,
+            &LogId::new_term_index(2, 2),
+            &old,
+            &mut post,
+            &mut hw,
+        );
+        assert!(
+            matches!(res, CommandResult::Rejected { code, .. }
+                if code == kafka_protocol::error::ResponseError::MessageTooLarge.code()),
+            "{res:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_trim_removes_the_same_batches_wherever_the_apply_batch_ends() {
+        let (mut a, mut b) = (replica().await, replica().await);
+        let batches: Vec<Entry> = (0..4u64)
+            .map(|i| entry(i + 1, produce(build::simple(2, 100, None), 0, Some(false))))
+            .collect();
+        let trim = entry(5, Command::DeleteRecords { offset: 6 });
+        let more = entry(6, produce(build::simple(1, 100, None), 0, Some(false)));
+        // A leader applies entries as they commit; a follower catching up
+        // gets them all in one call.
+        for e in batches.clone() {
+            apply(&mut a, vec![e]).await;
+        }
+        apply(&mut a, vec![trim.clone(), more.clone()]).await;
+        let mut all = batches;
+        all.extend([trim, more]);
+        apply(&mut b, all).await;
+        for r in [&a, &b] {
+            assert_eq!((r.log.log_start_offset(), r.log.log_end_offset()), (6, 9));
+        }
+        assert_eq!(a.log.dump().unwrap(), b.log.dump().unwrap());
+        assert_eq!(a.log.size_bytes(), b.log.size_bytes());
+        assert_eq!(
+            stamps(&b.log).len(),
+            2,
+            "batches below the log start stayed"
+        );
     }
 }

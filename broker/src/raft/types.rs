@@ -28,12 +28,25 @@ pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub enum Command {
     /// A producer's record batch, exactly as received. Offsets are assigned
     /// at apply time, from the replica's own log, so all replicas agree.
+    /// Everything that depends on the topic's configs (the
+    /// `max.message.bytes` check, the timestamp type) is decided by the
+    /// leader when it proposes: configs live in the controller group, which
+    /// each broker applies at its own pace, so a replica's catalog at apply
+    /// time is not ordered with this entry.
     Produce {
         records: Bytes,
+        /// The leader's wall clock when it proposed the batch.
         now_ms: i64,
+        /// `Some(true)`: stamp `now_ms` as the batch's LogAppendTime.
+        /// `None` only in entries proposed by brokers that predate this
+        /// field: they are applied as those brokers apply them (see
+        /// `sm::legacy_produce`).
+        log_append_time: Option<bool>,
     },
     Controller(ControllerCommand),
-    /// DeleteRecords: move the partition's log start to `offset`.
+    /// Move the partition's log start to `offset`: DeleteRecords, and
+    /// retention (the leader picks the cutoff from its clock and the
+    /// topic's configs, so every replica trims at the same log position).
     DeleteRecords {
         offset: i64,
     },

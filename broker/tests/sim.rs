@@ -10,6 +10,7 @@
 //! cargo test --release -p chronik-broker --test sim                 # default seeds
 //! SIM_SEEDS=1000 cargo test --release -p chronik-broker --test sim seeds -- --nocapture
 //! SIM_SEED=17 cargo test --release -p chronik-broker --test sim seeds -- --nocapture   # replay, prints the trace
+//! SIM_SEED=17 SIM_LOG=openraft=info,chronik_broker=info cargo test ...   # plus the brokers' logs on stderr
 //! ```
 //!
 //! Why a process per seed: everything random in the process (std's
@@ -117,6 +118,15 @@ fn child() {
         return;
     };
     let verbose = std::env::var("SIM_CHILD_VERBOSE").is_ok();
+    // The brokers' and openraft's own logs, for digging into a replayed
+    // seed (no timestamps: the wall clock means nothing here).
+    if let Ok(filter) = std::env::var("SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     let outcome = run_here(seed.parse().expect("seed"), verbose);
     let r = ChildResult {
         outcome,
@@ -141,6 +151,9 @@ fn run_child(seed: u64, verbose: bool) -> ChildResult {
         .env("SIM_CHILD_OUT", &out);
     if verbose {
         cmd.env("SIM_CHILD_VERBOSE", "1");
+    }
+    if std::env::var("SIM_LOG").is_ok() {
+        cmd.stderr(std::process::Stdio::inherit());
     }
     let o = cmd.output().expect("starting the seed's process");
     match std::fs::read(&out).ok().and_then(|b| serde_json::from_slice(&b).ok()) {

@@ -73,6 +73,19 @@ impl Shared {
         }
     }
 
+    /// A diagnostic line for the printed trace only: never in the digest,
+    /// so a replay prints more without changing what it replays.
+    pub fn note(&self, t_ms: u64, what: impl FnOnce() -> String) {
+        let mut g = self.inner.lock().unwrap();
+        if let Some(lines) = &mut g.lines {
+            lines.push(format!("{:>7}.{:03}s  . {}", t_ms / 1000, t_ms % 1000, what()));
+        }
+    }
+
+    pub fn verbose(&self) -> bool {
+        self.inner.lock().unwrap().lines.is_some()
+    }
+
     pub fn link_generation(&self, link: (IpAddr, IpAddr)) -> u64 {
         *self.inner.lock().unwrap().links.get(&link).unwrap_or(&0)
     }

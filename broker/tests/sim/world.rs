@@ -275,6 +275,24 @@ async fn monitor(node: u64, cluster: Arc<Cluster>, catalog: Arc<Catalog>, shared
                 }
             }
         }
+        // Once the faults have healed, a replay prints each replica's Raft
+        // state every second: what a stuck partition is waiting for.
+        if shared.verbose() && t >= WORK.as_millis() as u64 && t % 1000 < 20 {
+            let mut parts = catalog.all_partitions();
+            parts.sort_by_key(|(_, l)| l.partition);
+            for (_, log) in parts {
+                if let Some(d) = cluster.local_debug(log.log_id) {
+                    shared.note(t, || {
+                        format!(
+                            "{} p{} {} vote {} leader {:?} log {:?} committed {:?} applied {:?} quorum_ack {:?} ms, replication {:?}, peers alive {:?}, submitter {:?}, transfer {:?}",
+                            name(node), log.partition, d.state, d.vote, d.leader, d.last_log_index,
+                            d.committed_index, d.applied_index, d.quorum_ack_age_ms, d.replication,
+                            d.peers_alive, d.submitter, d.transfer
+                        )
+                    });
+                }
+            }
+        }
         let st = cluster.controller_status();
         if st.is_leader && shared.with_history(|h| h.observe_leader(0, st.term, node, t)) {
             shared.event(t, format!("{} leads the controller, term {}", name(node), st.term));
@@ -407,7 +425,10 @@ async fn producer(seed: u64, k: usize, start: Instant, shared: Arc<Shared>) {
                     });
                     return;
                 }
-                _ => {
+                other => {
+                    shared.note(sim_ms(), || {
+                        format!("producer {producer_id} seq {seq} -> {}: {other:?}", name(broker))
+                    });
                     broker = next_broker(broker);
                     sleep(Duration::from_millis(100)).await;
                     continue;

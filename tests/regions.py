@@ -137,6 +137,25 @@ class DcLink(Chronik):
                     cwd=self.config_path.parent, log_path=self.stdout_path, env=env)
         return self
 
+    def wait_live(self, timeout: float = 60.0) -> "DcLink":
+        """Wait until /health/live is 200 (the process serves its admin API); on failure
+        (timeout, exit) the process is killed."""
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if harness.http_get(self.admin_url + "/health/live", 1.0)[0] == 200:
+                        return self
+                except (OSError, ValueError):
+                    pass
+                self._check_alive("starting")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name} not live after {timeout}s; log:\n{self.log_tail()}")
+                time.sleep(0.1)
+        except BaseException:
+            self._hard_kill()
+            raise
+
     def lag(self, timeout: float = 5.0) -> dict:
         status, body = http_json(self.admin_url + "/v1/lag", timeout)
         if status != 200 or body is None:
@@ -491,9 +510,11 @@ class Regions:
     def stop_dclink(self, region: str) -> None:
         self.dclinks[region].stop()
 
-    def restart_dclink(self, region: str, faults: dict | None = None, timeout: float = 60.0) -> DcLink:
+    def restart_dclink(self, region: str, faults: dict | None = None, timeout: float = 60.0,
+                       ready: bool = True) -> DcLink:
         """(Re)start a region's dc-link. faults: new [faults] for it ({} clears them);
-        None keeps the current ones."""
+        None keeps the current ones. ready=False waits for /health/live only: /health/ready
+        also needs every peer region it ships to reachable (down dc-link, blackhole)."""
         d = self.dclinks[region]
         if d.running:
             d.stop()
@@ -501,7 +522,10 @@ class Regions:
             self.faults[region] = dict(faults)
         d.config_path.write_text(self.dclink_toml(region))
         d.launch()
-        d.wait_ready(timeout)
+        if ready:
+            d.wait_ready(timeout)
+        else:
+            d.wait_live(timeout)
         return d
 
     def kill9_broker(self, region: str, node: int) -> None:
@@ -525,11 +549,16 @@ class Regions:
                 w.launch()
                 w.wait_ready(30)
             w.set()
+        # Launch every dc-link that needs it before waiting for any to be ready: a dc-link
+        # is ready only once its peers are reachable.
+        restarted = []
         for r in self.names:
             if self.faults.get(r):
-                self.restart_dclink(r, faults={})
+                restarted.append(self.restart_dclink(r, faults={}, ready=False))
             elif not self.dclinks[r].running:
-                self.restart_dclink(r)
+                restarted.append(self.restart_dclink(r, ready=False))
+        for d in restarted:
+            d.wait_ready(timeout)
         self.wait_links_connected(timeout)
 
     # -- WAN -----------------------------------------------------------------------

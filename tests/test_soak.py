@@ -41,7 +41,9 @@ Checked:
       at least once, with the value the home log holds; committed offsets (its own
       successful commits and the coordinator's answers, sampled every 2 s) never went
       backwards; librdkafka never reset a position it was fetching from (OFFSET_OUT_OF_RANGE
-      for an offset the partition had already served, seen through the client's log);
+      for an offset the partition had already served, seen through the client's log), and
+      never jumped forward past offsets it was not given; each member's client log is
+      saved as client-<group>.log in the deployment directory;
   * the async topic (home always has a majority) never went SOAK_MAX_PAUSE_S without an ack.
 Summary line (always printed, `-s` to see it): `SOAK SUMMARY seed=... faults={...}
 acked=... largest_write_pause=...`.
@@ -119,6 +121,8 @@ class GroupMember(threading.Thread):
         self._stop_evt = threading.Event()
         # librdkafka's own log lines (e.g. "offset reset (at offset N ...)"), kept, not printed.
         self.client_log: list[str] = []
+        self.last_offset: dict[tuple[str, int], int] = {}
+        self.jumps: list[str] = []
         self.logger = logging.getLogger(f"soak.{self.group}")
         self.logger.propagate = False
         self.logger.setLevel(logging.INFO)
@@ -185,6 +189,13 @@ class GroupMember(threading.Thread):
                             self.errors[str(m.error().code())] += 1
                             continue
                         key = (m.topic(), m.partition(), m.offset())
+                        last = self.last_offset.get(key[:2])
+                        if last is not None and m.offset() > last + 1:
+                            # Forward past records never delivered (a fetch that answered
+                            # from a later offset than asked); backwards is a rebalance.
+                            self.jumps.append(f"{time.strftime('%H:%M:%S')} {key[0]}/{key[1]}: offset {last} "
+                                              f"then {m.offset()} (leader epoch {m.leader_epoch()})")
+                        self.last_offset[key[:2]] = m.offset()
                         prev = self.delivered.get(key)
                         if prev is not None and prev != m.value():
                             self.conflicts.append(f"{key}: {prev[:24]!r} then {m.value()[:24]!r}")
@@ -414,6 +425,7 @@ def group_problems(g: GroupMember, logs: dict[str, dict[int, dict[int, bytes]]])
     out = list(g.regressions[:10]) + [f"{g.group}: conflicting deliveries {c}" for c in g.conflicts[:5]]
     out += [f"{g.group} ({g.region}): OFFSET_OUT_OF_RANGE for an offset already served: {x}"
             for x in g.offset_resets()[:5]]
+    out += [f"{g.group} ({g.region}): consumer skipped records: {x}" for x in g.jumps[:5]]
     for (t, p, o), v in sorted(g.delivered.items()):
         if logs[t][p].get(o) != v:
             out.append(f"{g.group}: delivered {t}/{p}@{o} = {v[:24]!r}, the home log has "
@@ -495,8 +507,11 @@ def _soak(regions: Regions, seed: int, duration: float) -> None:
             gq_witness=f"{witness.checked} ok / {len(witness.violations)} violations / {witness.unreadable} unread",
             groups={g.group: {"delivered": len(g.delivered), "commits": g.commits,
                               "errors": sum(g.errors.values()), "offset_resets": len(g.offset_resets()),
-                              "commit_regressions": len(g.regressions)} for g in groups.values()},
+                              "commit_regressions": len(g.regressions), "skips": len(g.jumps)}
+                    for g in groups.values()},
         )
+        for g in groups.values():  # librdkafka's log of each group member, for diagnosis
+            (regions.base_dir / f"client-{g.group}.log").write_text("\n".join(g.client_log + g.jumps) + "\n")
         print("\n".join(chaos.events))
         print("SOAK SUMMARY " + " ".join(f"{k}={v}" for k, v in summary.items()))
 

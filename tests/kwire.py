@@ -1,10 +1,11 @@
 """Minimal hand-rolled Kafka wire protocol helpers for raw-socket tests.
 
 Only what the raw-socket tests need: framing, request headers, ApiVersions,
-Metadata, Produce (non-flexible versions), ListOffsets, a RecordBatch v2
-encoder with CRC-32C, and the consumer-group coordinator APIs (FindCoordinator,
-JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit, OffsetFetch; for
-test_groups.py). Everything is big-endian, as on the wire.
+Metadata, Produce (non-flexible versions), ListOffsets, Fetch (v4, and v16 with
+topic ids), a RecordBatch v2 encoder with CRC-32C, and the consumer-group
+coordinator APIs (FindCoordinator, JoinGroup, SyncGroup, Heartbeat, LeaveGroup,
+OffsetCommit, OffsetFetch; for test_groups.py). Everything is big-endian, as on
+the wire.
 """
 
 from __future__ import annotations
@@ -526,6 +527,56 @@ def parse_fetch_v4(body: bytes) -> dict:
             out[(name, idx)] = {"error": err, "high_watermark": hw, "last_stable_offset": lso, "records": records}
     if r.remaining() != 0:
         raise ValueError(f"{r.remaining()} trailing bytes in Fetch v4 response")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Fetch v16 (flexible, topics by id): max_wait min_bytes max_bytes isolation
+#   session_id session_epoch [topic_id [partition current_leader_epoch fetch_offset
+#   last_fetched_epoch log_start_offset partition_max_bytes]] [forgotten] rack_id
+# ---------------------------------------------------------------------------
+
+
+def fetch_v16_body(partitions: list[tuple[bytes, int, int, int]], max_wait_ms: int, min_bytes: int = 1,
+                   max_bytes: int = 1 << 20, partition_max_bytes: int = 1 << 20) -> bytes:
+    """partitions: (topic id (16 bytes), partition, fetch offset, current leader epoch or -1)."""
+    by_topic: dict[bytes, list[bytes]] = {}
+    for topic_id, partition, offset, epoch in partitions:
+        assert len(topic_id) == 16, topic_id
+        by_topic.setdefault(topic_id, []).append(
+            i32(partition) + i32(epoch) + i64(offset) + i32(-1) + i64(-1) + i32(partition_max_bytes) + EMPTY_TAGS)
+    topics = [tid + compact_array(parts) + EMPTY_TAGS for tid, parts in by_topic.items()]
+    return (
+        i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0) + i32(0) + i32(-1)
+        + compact_array(topics) + compact_array([]) + compact_string("") + EMPTY_TAGS
+    )
+
+
+def parse_fetch_v16(body: bytes) -> dict:
+    """{"error", "session_id", "partitions": {(topic id, partition): {...}}}; a partition's
+    "records" is None when the wire carries a null records field. Exactly consumed."""
+    r = Reader(body)
+    r.i32()  # throttle
+    out = {"error": r.i16(), "session_id": r.i32(), "partitions": {}}
+    for _ in range(r.uvarint() - 1):
+        tid = r.take(16)
+        for _ in range(r.uvarint() - 1):
+            idx, err, hw, lso, start = r.i32(), r.i16(), r.i64(), r.i64(), r.i64()
+            n_aborted = r.uvarint() - 1  # -1: null
+            for _ in range(max(n_aborted, 0)):
+                r.i64(), r.i64()
+                r.skip_tags()
+            preferred = r.i32()
+            n = r.uvarint()
+            records = None if n == 0 else r.take(n - 1)
+            r.skip_tags()
+            out["partitions"][(tid, idx)] = {"error": err, "high_watermark": hw, "last_stable_offset": lso,
+                                             "log_start_offset": start, "preferred_read_replica": preferred,
+                                             "records": records}
+        r.skip_tags()
+    r.skip_tags()
+    if r.remaining() != 0:
+        raise ValueError(f"{r.remaining()} trailing bytes in Fetch v16 response")
     return out
 
 

@@ -8,14 +8,18 @@ consumer groups).
 
 from __future__ import annotations
 
+import json
+import struct
 import threading
 import time
+import uuid
 
 import pytest
 from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_CREATE_TIME,
     KafkaError,
+    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import (
@@ -44,7 +48,10 @@ from kclient import (
 )
 
 # Kafka protocol error codes used below.
+OFFSET_OUT_OF_RANGE = 1
 UNKNOWN_TOPIC_OR_PARTITION = 3
+UNKNOWN_LEADER_EPOCH = 75
+UNKNOWN_TOPIC_ID = 100
 INVALID_TOPIC_EXCEPTION = 17
 TOPIC_ALREADY_EXISTS = 36
 INVALID_PARTITIONS = 37
@@ -285,6 +292,121 @@ def test_fetch_max_wait_when_idle(broker):
         # Fetching at the log end waits again; fetching past it is OFFSET_OUT_OF_RANGE (1).
         res = conn.request(kwire.FETCH, 4, kwire.fetch_v4_body(topic, 0, 5, max_wait_ms=100))
         assert kwire.parse_fetch_v4(res[1])[(topic, 0)]["error"] == 1
+
+
+def _topic_id(bootstrap, topic) -> bytes:
+    """The topic's id as its 16 wire bytes (DescribeTopics via the admin client)."""
+    d = admin(bootstrap).describe_topics(TopicCollection([topic]), request_timeout=15)[topic].result(timeout=30)
+    u = d.topic_id
+    mask = (1 << 64) - 1
+    return struct.pack(">QQ", u.get_most_significant_bits() & mask, u.get_least_significant_bits() & mask)
+
+
+def test_fetch_error_partitions_carry_empty_records(broker):
+    """Raw Fetch v16 (topic ids) and v4 (names): a partition answered with an error
+    (offset out of range, unknown leader epoch, unknown partition, unknown topic id)
+    carries an empty records field, never a null one. librdkafka fails the whole Fetch
+    response on a null one ("invalid MessageSetSize -1")."""
+    topic = unique_topic("ferr")
+    create_topic(broker, topic)
+    produce_all(broker, topic, [{"value": f"v{i}".encode()} for i in range(3)], acks="all")
+    tid = _topic_id(broker, topic)
+    unknown_id = uuid.uuid4().bytes
+    v16_cases = [
+        ("past the log end", (tid, 0, 1000, -1), OFFSET_OUT_OF_RANGE),
+        ("a leader epoch from the future", (tid, 0, 0, 1_000_000), UNKNOWN_LEADER_EPOCH),
+        ("a partition the topic does not have", (tid, 7, 0, -1), UNKNOWN_TOPIC_OR_PARTITION),
+        ("an unknown topic id", (unknown_id, 0, 0, -1), UNKNOWN_TOPIC_ID),
+    ]
+    with kwire.Conn(leader_of(broker, topic), timeout=15) as conn:
+        for what, part, code in v16_cases:
+            res = conn.request(kwire.FETCH, 16, kwire.fetch_v16_body([part], max_wait_ms=500), flexible=True)
+            assert res is not None, f"connection closed on Fetch v16 for {what}"
+            r = kwire.parse_fetch_v16(res[1])
+            assert r["error"] == 0, (what, r)
+            p = r["partitions"][(part[0], part[1])]
+            assert p["error"] == code, (what, p)
+            assert p["records"] is not None, f"Fetch v16 for {what}: null records"
+            assert p["records"] == b"", (what, p)
+
+        # An error partition next to one with data: both answered, the data intact.
+        res = conn.request(kwire.FETCH, 16, kwire.fetch_v16_body([(tid, 0, 0, -1), (tid, 7, 0, -1)], max_wait_ms=500),
+                           flexible=True)
+        r = kwire.parse_fetch_v16(res[1])["partitions"]
+        assert (r[(tid, 7)]["error"], r[(tid, 7)]["records"]) == (UNKNOWN_TOPIC_OR_PARTITION, b"")
+        assert r[(tid, 0)]["error"] == 0 and r[(tid, 0)]["high_watermark"] == 3
+        batches = kwire.parse_record_batches(r[(tid, 0)]["records"])
+        assert [rec[3] for b in batches for rec in b["records"]] == [b"v0", b"v1", b"v2"]
+
+        for what, partition, offset, code in [("past the log end", 0, 1000, OFFSET_OUT_OF_RANGE),
+                                             ("a partition the topic does not have", 7, 0,
+                                              UNKNOWN_TOPIC_OR_PARTITION)]:
+            res = conn.request(kwire.FETCH, 4, kwire.fetch_v4_body(topic, partition, offset, max_wait_ms=500))
+            assert res is not None, f"connection closed on Fetch v4 for {what}"
+            p = kwire.parse_fetch_v4(res[1])[(topic, partition)]
+            assert p["error"] == code, (what, p)
+            assert p["records"] == b"", f"Fetch v4 for {what}: records {p['records']!r}"
+
+
+def _partition_stats(stats_json: str, topic: str, partition: int) -> dict | None:
+    t = json.loads(stats_json).get("topics", {}).get(topic)
+    return None if t is None else t.get("partitions", {}).get(str(partition))
+
+
+@pytest.mark.parametrize("reset", ["earliest", "latest"])
+def test_fetch_out_of_range_applies_auto_offset_reset(broker, reset):
+    """A librdkafka consumer assigned an offset past the log end gets OFFSET_OUT_OF_RANGE
+    from Fetch and applies auto.offset.reset: `earliest` reads from the log start,
+    `latest` moves to the log end and reads what is produced next. Nothing is reported
+    as an error on the way (a null records field in the error partition made librdkafka
+    fail the whole response with a parse error and never reset)."""
+    topic = unique_topic(f"oor-{reset}")
+    create_topic(broker, topic)
+    produce_all(broker, topic, [{"value": f"v{i}".encode()} for i in range(10)], acks="all")
+    errors: list = []
+    stats: dict = {}
+
+    def on_stats(js):
+        p = _partition_stats(js, topic, 0)
+        if p is not None:
+            stats["p"] = p
+
+    c = consumer(broker, **{"auto.offset.reset": reset, "error_cb": errors.append,
+                            "statistics.interval.ms": 100, "stats_cb": on_stats})
+    got = []
+
+    def poll_once():
+        m = c.poll(0.1)
+        if m is not None:
+            assert m.error() is None, m.error()
+            got.append((m.offset(), m.value()))
+
+    try:
+        c.assign([TopicPartition(topic, 0, 1000)])
+        deadline = time.monotonic() + 30
+        if reset == "earliest":
+            while len(got) < 10:
+                assert time.monotonic() < deadline, f"got {got} (stats {stats.get('p')}, errors {errors})"
+                poll_once()
+            assert got == [(i, f"v{i}".encode()) for i in range(10)]
+        else:
+            # The reset is visible in the statistics: fetching again, from the log end.
+            def reset_done():
+                p = stats.get("p") or {}
+                return p.get("next_offset") == 10 and p.get("fetch_state") == "active"
+
+            while not reset_done():
+                assert time.monotonic() < deadline, f"no reset to the log end: stats {stats.get('p')}, errors {errors}"
+                poll_once()
+            assert got == [], "latest must not deliver records from before the reset"
+            produce_all(broker, topic, [{"value": b"after-reset"}], acks="all")
+            while not got:
+                assert time.monotonic() < deadline, f"nothing consumed after the reset (stats {stats.get('p')})"
+                poll_once()
+            assert got == [(10, b"after-reset")]
+    finally:
+        c.close()
+    assert errors == [], errors
 
 
 # ---------------------------------------------------------------------------

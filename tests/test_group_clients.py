@@ -38,6 +38,10 @@ Tests
   test_group_consumers_other_clients
                             franz-go, kafkajs and kafka-python each consume a 3-partition topic
                             in a group, commit the log end, leave; a second run resumes there.
+  test_static_leader_return_does_not_rebalance
+                            KIP-345: a static group leader's process is replaced within its session
+                            (Java: JoinGroup v9 with skipAssignment; librdkafka: v5); it gets its
+                            partitions back and the other member sees no rebalance.
   test_java_consumer_protocol_is_refused_like_kafka
                             KIP-848: the Java consumer with group.protocol=consumer must fail
                             on Chronik exactly as on Apache Kafka 4.1 with
@@ -463,6 +467,71 @@ def test_group_churn(broker, members):
             if k > 1:
                 assert any(p in ps for ps, _, _ in failures[name]), (
                     f"{name} processed {p}/{o} {k} times without a refused commit on partition {p}")
+
+
+@pytest.mark.parametrize("client", ["java", "confluent-kafka"])
+def test_static_leader_return_does_not_rebalance(broker, members, client):
+    """KIP-345 through each client's own group code: two static members share 4 partitions; the
+    first (it created the group, so it leads) is stopped (a static member's close sends no
+    LeaveGroup) and a new process with its instance id starts well within the 30 s session. It
+    gets the same partitions back, the other member logs no revoke, lost or assign, and both
+    keep consuming. Java joins with JoinGroup v9, where the coordinator tells the returning
+    leader to skip the assignment (KIP-814); librdkafka with v5, where it is told the old
+    leader id and syncs as a follower."""
+    topic, group = unique_topic("gcc-static"), f"gcc-static-{unique_topic('g')}"
+    P = 4
+    create_topic(broker, topic, partitions=P)
+
+    def member(name: str, instance: str) -> GroupMember:
+        return members(name, client, broker, topic, group, session_ms=30000, extra=("--instance-id", instance))
+
+    def processed(m: GroupMember, tag: str) -> set[int]:
+        return {p for p, _o, v in m.records()[0] if v == f"{tag}-{p}"}
+
+    def consumes(pairs, tag: str, what: str) -> None:
+        produce_all(broker, topic, [{"value": f"{tag}-{p}".encode(), "partition": p} for p in range(P)], acks="all")
+        last = {}
+
+        def done():
+            last.update({m.name: (processed(m, tag), want) for m, want in pairs})
+            return all(got == want for got, want in last.values())
+
+        try:
+            wait_until(done, 60, interval=0.2, what=what)
+        except TimeoutError:
+            raise AssertionError(f"{what}: (processed, owned) {last}")
+
+    a = member("a", "static-a")
+    wait_group_settled(broker, group, [a], P, 60, "a alone owns every partition")
+    b = member("b", "static-b")
+    owned = wait_group_settled(broker, group, [a, b], P, 60, "a and b split the partitions")
+    kept, others = owned[a.client_id], owned[b.client_id]
+    consumes([(a, kept), (b, others)], "before", "both consume")
+    b_events = b.events()
+
+    assert a.stop() == 0, a.describe()
+    a2 = member("a2", "static-a")
+    # The coordinator keeps the replaced member's client id (Kafka: only the member id changes).
+    want = {"static-a": (a.client_id, kept), "static-b": (b.client_id, others)}
+    last = None
+
+    def returned():
+        nonlocal last
+        d = describe_group(broker, group)
+        last = (d.state, {m.group_instance_id: (m.client_id, {tp.partition for tp in m.assignment.topic_partitions})
+                          for m in d.members}, a2.assignment())
+        return last == (ConsumerGroupState.STABLE, want, kept)
+
+    try:
+        wait_until(returned, 60, interval=0.2, what="a2 takes a's place")
+    except TimeoutError:
+        raise AssertionError(f"a2 did not take a's place: (state, members, a2's own view) {last}, want {want}")
+    consumes([(a2, kept), (b, others)], "after", "both consume after the return")
+
+    assert b.events() == b_events, f"b saw a rebalance: {b.events()[len(b_events):]}"
+    assert [(ev, ps) for _, ev, ps, _ in a2.events() if ev in ("assigned", "revoked", "lost")] == [("assigned", kept)]
+    for m in (a2, b):
+        assert m.running and not [e for e in m.events() if e[1] in ("error", "client-error")], m.describe()
 
 
 OTHER_CLIENTS = ["franz-go", "kafkajs", "kafka-python"]

@@ -12,7 +12,9 @@ protocol, `group.protocol=classic`; KIP-848 is out of scope here). What it prove
     is revoked) and incremental (`cooperative-sticky`: only moved partitions are);
   * static membership (`group.instance.id`): a second consumer with the same
     instance id fences the first (fatal FENCED_INSTANCE_ID), and a static member's
-    close does not leave the group (it stays until its session times out);
+    close does not leave the group (it stays until its session times out); a static
+    member replaced by a new process (leader or follower) gets its partitions back
+    without rebalancing the group: the other member sees no callback;
   * the admin group APIs: ListGroups (with state filter), DescribeGroups,
     DeleteGroups (NON_EMPTY_GROUP, GROUP_ID_NOT_FOUND), OffsetFetch via the admin
     client, AlterConsumerGroupOffsets (UNKNOWN_MEMBER_ID while the group is in
@@ -387,6 +389,71 @@ def test_static_membership_fencing_and_close(broker, make_consumer):
     d = wait_group_state(broker, group, ConsumerGroupState.EMPTY, timeout=SESSION_MS / 1000 + 15)
     assert d.members == []
     assert time.monotonic() - closed >= SESSION_MS / 1000 - 1.5, "the static member left before its session expired"
+
+
+@pytest.mark.parametrize("returning", ["leader", "follower"])
+def test_static_member_return_does_not_rebalance(broker, make_consumer, returning):
+    """KIP-345: a static member's process is replaced (close, then a new consumer with the
+    same group.instance.id) well within its session timeout. The coordinator swaps in the
+    new member id and keeps the assignment: the returning member gets its old partitions
+    back, and the other member sees no rebalance at all (no revoke, no assign callback),
+    keeps its member id and partitions, and keeps consuming. Both for the group's leader
+    (the consumer that created the group) and a follower coming back."""
+    topic, group = unique_topic("grp-return"), unique_group()
+    partitions = 4
+    create_topic(broker, topic, partitions=partitions)
+    everything = set(range(partitions))
+    events: dict[str, list] = {}
+
+    def static(name: str, instance: str) -> Consumer:
+        # A long session: the old member must still be in the group when its successor joins.
+        c = make_consumer(group, **{"group.instance.id": instance, "session.timeout.ms": 30000,
+                                    "partition.assignment.strategy": "range"})
+        events[name] = []
+        c.subscribe([topic],
+                    on_assign=lambda _c, tps: events[name].append(("assign", {tp.partition for tp in tps})),
+                    on_revoke=lambda _c, tps: events[name].append(("revoke", {tp.partition for tp in tps})))
+        return c
+
+    a = static("a", "inst-a")
+    poll_until({"a": a}, lambda: assigned(a) == everything, 30, "a owns every partition")
+    b = static("b", "inst-b")
+    poll_until({"a": a, "b": b}, lambda: split_between(a, b, partitions), 30, "a and b split the partitions")
+    # a created the group, so it leads; its rejoin in b's rebalance keeps it the leader.
+    consumers = {"a": a, "b": b}
+    gone, other = ("a", "b") if returning == "leader" else ("b", "a")
+    instance = f"inst-{gone}"
+    kept, others = assigned(consumers[gone]), assigned(consumers[other])
+    other_member = consumers[other].memberid()
+
+    def consumed(records, name, tag) -> set[int]:
+        return {p for p, _o, v in records.get(name, []) if v == f"{tag}-{p}".encode()}
+
+    # Both consume before the swap.
+    records: dict[str, list] = {}
+    produce_all(broker, topic, [{"value": f"before-{p}".encode(), "partition": p} for p in everything], acks="all")
+    poll_until(consumers, lambda: consumed(records, gone, "before") == kept
+               and consumed(records, other, "before") == others, 30, "both consume", records)
+    other_events = list(events[other])
+
+    consumers[gone].close()  # static: no LeaveGroup, the member stays for its session
+    new = static("new", instance)
+    consumers = {other: consumers[other], "new": new}
+    poll_until(consumers, lambda: assigned(new) == kept, 30, "the returning member gets its partitions back", records)
+    produce_all(broker, topic, [{"value": f"after-{p}".encode(), "partition": p} for p in everything], acks="all")
+    poll_until(consumers, lambda: consumed(records, "new", "after") == kept
+               and consumed(records, other, "after") == others, 30, "both consume after the return", records)
+
+    assert events[other] == other_events, f"the other member saw a rebalance: {events[other][len(other_events):]}"
+    assert events["new"] == [("assign", kept)], events["new"]
+    assert assigned(consumers[other]) == others
+    assert consumers[other].memberid() == other_member
+    assert {p for p, _o, _v in records[other]} <= others, "the other member read partitions it does not own"
+    d = describe_group(broker, group)
+    assert d.state == ConsumerGroupState.STABLE
+    got = {m.group_instance_id: (m.member_id, {tp.partition for tp in m.assignment.topic_partitions})
+           for m in d.members}
+    assert got == {instance: (new.memberid(), kept), f"inst-{other}": (other_member, others)}, got
 
 
 def test_admin_list_describe_delete_group(broker, make_consumer):

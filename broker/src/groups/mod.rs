@@ -396,15 +396,7 @@ impl Coordinator {
     }
 
     pub async fn join(&self, group: &str, req: JoinRequest) -> JoinResult {
-        let error = |code: i16| JoinResult {
-            error: code,
-            generation: -1,
-            protocol_type: None,
-            protocol: None,
-            leader: String::new(),
-            member_id: req.member_id.clone(),
-            members: Vec::new(),
-        };
+        let error = |code: i16| JoinResult::error(code, &req.member_id);
         if group.is_empty() || group.contains('\0') {
             return error(err::INVALID_GROUP_ID);
         }

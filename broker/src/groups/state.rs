@@ -98,6 +98,8 @@ pub struct JoinRequest {
     pub protocols: Vec<(String, Vec<u8>)>,
     /// v4+ clients take a member id from MEMBER_ID_REQUIRED and rejoin.
     pub require_known_member_id: bool,
+    /// v9+ clients understand `JoinResult::skip_assignment` (KIP-814).
+    pub supports_skip_assignment: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -110,10 +112,13 @@ pub struct JoinResult {
     pub member_id: String,
     /// Filled for the leader only: (member id, instance id, metadata).
     pub members: Vec<(String, Option<String>, Vec<u8>)>,
+    /// The leader is told who is in the group but must not compute an
+    /// assignment: a static leader came back to a stable group (KIP-814).
+    pub skip_assignment: bool,
 }
 
 impl JoinResult {
-    fn error(error: i16, member_id: &str) -> JoinResult {
+    pub fn error(error: i16, member_id: &str) -> JoinResult {
         JoinResult {
             error,
             generation: -1,
@@ -122,6 +127,7 @@ impl JoinResult {
             leader: String::new(),
             member_id: member_id.to_string(),
             members: Vec::new(),
+            skip_assignment: false,
         }
     }
 }
@@ -329,6 +335,7 @@ impl Group {
             } else {
                 Vec::new()
             },
+            skip_assignment: false,
         }
     }
 
@@ -489,7 +496,9 @@ impl Group {
 
     /// A static member came back with a new process (empty member id): it
     /// takes over the old member's place and assignment; the old member id
-    /// is fenced from now on.
+    /// is fenced from now on. As in Kafka, a stable group does not
+    /// rebalance for it, leader or not, unless its protocols change the
+    /// protocol the group would select; the other members hear nothing.
     fn replace_static(
         &mut self,
         old: String,
@@ -518,17 +527,17 @@ impl Group {
             fx.syncs
                 .push((old.clone(), SyncResult::error(code::FENCED_INSTANCE_ID)));
         }
-        let same = m.rec.protocols == req.protocols;
+        // Kafka keeps the member's client id and host as they were (what
+        // DescribeGroups shows); it takes the new timeouts and protocols.
         m.rec.id = new_id.clone();
-        m.rec.client_id = req.client_id;
-        m.rec.client_host = req.client_host;
         m.rec.session_timeout_ms = req.session_timeout_ms;
         m.rec.rebalance_timeout_ms = req.rebalance_timeout_ms;
         m.rec.protocols = req.protocols;
         m.deadline_ms = now_ms + req.session_timeout_ms as u64;
         m.awaiting_join = false;
         m.awaiting_sync = false;
-        let was_leader = self.leader.as_deref() == Some(old.as_str());
+        let old_leader = self.leader.clone();
+        let was_leader = old_leader.as_deref() == Some(old.as_str());
         if was_leader {
             self.leader = Some(new_id.clone());
         }
@@ -536,11 +545,21 @@ impl Group {
         self.static_ids
             .insert(req.instance_id.clone().unwrap_or_default(), new_id.clone());
         match self.state {
-            // No rebalance for a returning static member whose subscription
-            // is unchanged: it resumes its assignment.
-            State::Stable if same && !was_leader => {
+            State::Stable if self.select_protocol() == self.protocol => {
+                // It resumes its assignment (SyncGroup in a stable group
+                // answers the stored one).
                 fx.persist = true;
-                (Step::Now(self.current_join_result(&new_id)), fx)
+                let mut r = self.current_join_result(&new_id);
+                if was_leader && !req.supports_skip_assignment {
+                    // A leader told it leads would compute an assignment
+                    // that a stable group never hands out; answering with
+                    // the old leader id makes it sync as a follower.
+                    r.leader = old_leader.unwrap_or_default();
+                    r.members.clear();
+                } else {
+                    r.skip_assignment = was_leader;
+                }
+                (Step::Now(r), fx)
             }
             _ => {
                 self.members.get_mut(&new_id).unwrap().awaiting_join = true;
@@ -900,6 +919,7 @@ mod tests {
             protocol_type: "consumer".into(),
             protocols: vec![(proto.into(), vec![1])],
             require_known_member_id: true,
+            supports_skip_assignment: false,
         }
     }
 
@@ -1032,47 +1052,210 @@ mod tests {
         );
     }
 
-    #[test]
-    fn static_member_replacement_fences_the_old_id_without_rebalance() {
+    /// A join request offering `protocols` as (name, metadata).
+    fn preq(member: &str, instance: Option<&str>, protocols: &[(&str, &[u8])]) -> JoinRequest {
+        JoinRequest {
+            protocols: protocols
+                .iter()
+                .map(|(n, m)| (n.to_string(), m.to_vec()))
+                .collect(),
+            ..req(member, instance, "unused")
+        }
+    }
+
+    /// A stable generation-1 group of these members, who joined together
+    /// within the initial delay; the first is the leader and member i is
+    /// assigned `[i]`. Returns the member ids in join order.
+    fn stable_group(reqs: Vec<JoinRequest>) -> (Group, Vec<String>) {
+        let limits = Limits {
+            initial_rebalance_delay_ms: 1_000,
+            ..NO_DELAY
+        };
         let mut g = Group::new("g");
-        let (step, fx) = g.join(req("", Some("i1"), "range"), &NO_DELAY, 0);
+        let mut ids = Vec::new();
+        for mut r in reqs {
+            r.require_known_member_id = false;
+            let (Step::Wait(id), _) = g.join(r, &limits, 0) else {
+                panic!("joins wait for the initial delay")
+            };
+            ids.push(id);
+        }
+        let fx = g.tick(&limits, 1_000);
+        assert_eq!(fx.joins.len(), ids.len());
+        assert_eq!(g.leader.as_ref(), Some(&ids[0]));
+        let assignments = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), vec![i as u8]))
+            .collect();
+        let inst = g.members[&ids[0]].rec.instance_id.clone();
+        g.sync(&ids[0], inst.as_deref(), 1, None, None, assignments);
+        assert_eq!((g.state, g.generation), (State::Stable, 1));
+        (g, ids)
+    }
+
+    /// Rejoins `instance` as a new process (empty member id) at `now`.
+    fn rejoin_static(
+        g: &mut Group,
+        instance: &str,
+        protocols: &[(&str, &[u8])],
+        skip_support: bool,
+        now: u64,
+    ) -> (Step<JoinResult>, Effects) {
+        let r = JoinRequest {
+            supports_skip_assignment: skip_support,
+            ..preq("", Some(instance), protocols)
+        };
+        g.join(r, &NO_DELAY, now)
+    }
+
+    #[test]
+    fn static_leader_returns_to_a_stable_group_without_rebalance() {
+        // librdkafka (JoinGroup v5): the new process's subscription metadata
+        // differs from its predecessor's (no owned partitions yet).
+        let (mut g, ids) = stable_group(vec![
+            preq("", Some("s"), &[("range", b"owned:0")]),
+            preq("", None, &[("range", b"")]),
+        ]);
+        let (old, b) = (ids[0].clone(), ids[1].clone());
+        let (step, fx) = rejoin_static(&mut g, "s", &[("range", b"")], false, 2_000);
+        let Step::Now(r) = step else {
+            panic!("a returning static leader must not rebalance a stable group")
+        };
+        assert!(
+            fx.persist,
+            "the new member id is made durable before the answer"
+        );
+        assert!(fx.joins.is_empty() && fx.syncs.is_empty());
+        assert_ne!(r.member_id, old);
+        // Told the old leader id, the new process syncs as a follower
+        // instead of computing an assignment nobody would receive.
+        assert_eq!(
+            (r.error, r.generation, r.leader.as_str(), r.members.len()),
+            (code::NONE, 1, old.as_str(), 0)
+        );
+        assert!(!r.skip_assignment);
+        assert_eq!((g.state, g.generation), (State::Stable, 1));
+        assert_eq!(g.leader.as_ref(), Some(&r.member_id), "it still leads");
+        // The other member carries on in its generation.
+        assert_eq!(g.heartbeat(&b, None, 1, 2_100), code::NONE);
+        assert_eq!(
+            g.heartbeat(&old, Some("s"), 1, 2_100),
+            code::FENCED_INSTANCE_ID
+        );
+        let Step::Now(sr) = g.sync(&r.member_id, Some("s"), 1, None, None, vec![]).0 else {
+            panic!("a stable group answers SyncGroup at once")
+        };
+        assert_eq!(sr.assignment, vec![0], "it resumes its assignment");
+        assert_eq!(g.heartbeat(&r.member_id, Some("s"), 1, 2_200), code::NONE);
+        let rec = g.record();
+        assert!(rec
+            .members
+            .iter()
+            .any(|m| m.id == r.member_id && m.assignment == vec![0]));
+        assert!(!rec.members.iter().any(|m| m.id == old));
+    }
+
+    #[test]
+    fn static_replacement_keeps_client_id_and_takes_new_timeouts() {
+        let (mut g, ids) = stable_group(vec![
+            preq("", Some("s"), &[("range", b"")]),
+            preq("", None, &[("range", b"")]),
+        ]);
+        let mut r = preq("", Some("s"), &[("range", b"")]);
+        r.client_id = "new-process".into();
+        r.client_host = "/10.0.0.9".into();
+        r.session_timeout_ms = 20_000;
+        let (Step::Now(res), _) = g.join(r, &NO_DELAY, 2_000) else {
+            panic!()
+        };
+        assert_ne!(res.member_id, ids[0]);
+        let m = &g.members[&res.member_id].rec;
+        assert_eq!(
+            (m.client_id.as_str(), m.client_host.as_str()),
+            ("c", "/127.0.0.1")
+        );
+        assert_eq!(m.session_timeout_ms, 20_000);
+        assert_eq!(g.members[&res.member_id].deadline_ms, 22_000);
+    }
+
+    #[test]
+    fn static_leader_that_can_skip_assignment_is_told_it_leads() {
+        // JoinGroup v9+ (KIP-814): the leader learns the members but skips
+        // the assignment; its SyncGroup gets the stored assignment back.
+        let (mut g, ids) = stable_group(vec![
+            preq("", Some("s"), &[("range", b"")]),
+            preq("", None, &[("range", b"")]),
+        ]);
+        let (step, _) = rejoin_static(&mut g, "s", &[("range", b"")], true, 2_000);
+        let Step::Now(r) = step else { panic!() };
+        assert_eq!(r.leader, r.member_id);
+        assert!(r.skip_assignment);
+        let mut listed: Vec<&String> = r.members.iter().map(|m| &m.0).collect();
+        listed.sort();
+        let mut expect = vec![&r.member_id, &ids[1]];
+        expect.sort();
+        assert_eq!(listed, expect);
+        let bogus = vec![(ids[1].clone(), vec![9])];
+        let Step::Now(sr) = g.sync(&r.member_id, Some("s"), 1, None, None, bogus).0 else {
+            panic!()
+        };
+        assert_eq!(sr.assignment, vec![0]);
+        assert_eq!(
+            g.members[&ids[1]].rec.assignment,
+            vec![1],
+            "a stable group keeps its assignment"
+        );
+        assert_eq!(g.heartbeat(&ids[1], None, 1, 2_100), code::NONE);
+    }
+
+    #[test]
+    fn static_member_whose_protocols_change_the_selection_rebalances() {
+        let (mut g, ids) = stable_group(vec![
+            preq("", None, &[("roundrobin", b""), ("range", b"")]),
+            preq("", None, &[("range", b""), ("roundrobin", b"")]),
+            preq("", Some("s"), &[("range", b""), ("roundrobin", b"")]),
+        ]);
+        assert_eq!(g.protocol.as_deref(), Some("range"));
+        // Preferring roundrobin now tips the vote: the group must rebalance.
+        let (step, _) = rejoin_static(
+            &mut g,
+            "s",
+            &[("roundrobin", b""), ("range", b"")],
+            false,
+            2_000,
+        );
+        assert!(matches!(step, Step::Wait(_)));
+        assert_eq!(g.state, State::PreparingRebalance);
+        assert_eq!(
+            g.heartbeat(&ids[1], None, 1, 2_100),
+            code::REBALANCE_IN_PROGRESS
+        );
+    }
+
+    #[test]
+    fn static_member_replaced_while_completing_rebalance_rebalances_again() {
+        let mut g = Group::new("g");
+        let (step, fx) = g.join(req("", Some("s"), "range"), &NO_DELAY, 0);
         assert!(
             matches!(step, Step::Wait(_)),
             "static members skip MEMBER_ID_REQUIRED"
         );
         let old = fx.joins[0].0.clone();
-        g.sync(
-            &old,
-            Some("i1"),
-            1,
-            None,
-            None,
-            vec![(old.clone(), vec![7])],
-        );
-        let (b, _) = join_new(&mut g, 10);
-        g.join(req(&old, Some("i1"), "range"), &NO_DELAY, 20);
-        let (_, fx) = g.sync(
-            &old,
-            Some("i1"),
-            2,
-            None,
-            None,
-            vec![(old.clone(), vec![7]), (b.clone(), vec![8])],
-        );
-        assert_eq!(fx.syncs.len(), 1);
-        // A new process with the same instance id, while b is the follower.
-        let (step, _) = g.join(req("", Some("i1"), "range"), &NO_DELAY, 30);
-        match step {
-            // i1 was the leader, so it rebalances; answered via effects.
-            Step::Wait(_) => assert_eq!(g.state, State::PreparingRebalance),
-            Step::Now(r) => panic!("leader replacement must rebalance, got {r:?}"),
-        }
+        // The leader's assignment may already name the old id: rebalance.
+        assert_eq!(g.state, State::CompletingRebalance);
+        let (step, _) = g.join(req("", Some("s"), "range"), &NO_DELAY, 10);
+        let Step::Wait(new) = step else { panic!() };
+        assert_ne!(new, old);
         assert_eq!(
-            g.heartbeat(&old, Some("i1"), 2, 40),
-            code::FENCED_INSTANCE_ID
+            g.generation, 2,
+            "the only member rejoined: generation 2 completes"
         );
-        let (_, fx) = g.join(req(&b, None, "range"), &NO_DELAY, 50);
-        assert_eq!(fx.joins.len(), 2, "both members complete the rebalance");
+        assert_eq!(g.state, State::CompletingRebalance);
+        let Step::Now(sr) = g.sync(&old, Some("s"), 2, None, None, vec![]).0 else {
+            panic!()
+        };
+        assert_eq!(sr.error, code::FENCED_INSTANCE_ID);
     }
 
     #[test]
@@ -1092,10 +1275,14 @@ mod tests {
             None,
             vec![(a.clone(), vec![1]), (s.clone(), vec![2])],
         );
-        let (step, fx) = g.join(req("", Some("s"), "range"), &NO_DELAY, 30);
+        // Its subscription metadata differs (no owned partitions yet); only
+        // the selected protocol matters.
+        let (step, fx) = rejoin_static(&mut g, "s", &[("range", b"fresh")], false, 30);
         let Step::Now(r) = step else {
             panic!("a returning static follower is answered at once")
         };
+        assert_eq!(r.leader, a);
+        assert_eq!(g.heartbeat(&a, None, 2, 40), code::NONE);
         assert_eq!((r.error, r.generation), (0, 2));
         assert!(fx.persist);
         let (step, _) = g.sync(&r.member_id, Some("s"), 2, None, None, vec![]);

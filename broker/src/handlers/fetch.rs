@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::fetch_response::{
     FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
@@ -65,7 +66,9 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
         } else {
             ctx.catalog.get(&ft.topic)
         };
-        let missing = if by_id {
+        // Kafka: an unknown id is UNKNOWN_TOPIC_ID, but a partition that a
+        // known topic does not have is UNKNOWN_TOPIC_OR_PARTITION.
+        let missing = if by_id && topic.is_none() {
             E::UnknownTopicId.code()
         } else {
             E::UnknownTopicOrPartition.code()
@@ -149,7 +152,7 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
     }
     metrics::counter!("chronik_fetch_requests_total").increment(1);
     for s in slots {
-        topics[s.topic_index].partitions.push(s.data);
+        topics[s.topic_index].partitions.push(answered(s.data));
     }
     FetchResponse::default().with_responses(topics)
 }
@@ -195,11 +198,23 @@ fn read_all(slots: &mut [Slot], max_bytes: usize, version: i16) -> (usize, bool)
                 } else {
                     -1
                 };
-                s.data.records = None;
+                s.data.records = Some(Bytes::new());
             }
         }
     }
     (total, any_error)
+}
+
+/// A partition as it goes on the wire. Kafka answers every partition,
+/// errors included, with records present (empty when there is nothing to
+/// return), never null: librdkafka refuses a null records field ("invalid
+/// MessageSetSize -1") and fails the whole response, so a consumer with an
+/// out-of-range offset would never get to apply auto.offset.reset.
+fn answered(mut data: PartitionData) -> PartitionData {
+    if data.records.is_none() {
+        data.records = Some(Bytes::new());
+    }
+    data
 }
 
 pub fn handle_list_offsets(
@@ -277,5 +292,56 @@ fn list_offset(
             .with_leader_epoch(epoch),
         Ok(None) => resp.with_leader_epoch(epoch),
         Err(e) => resp.with_error_code(e.kafka_code()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::Store;
+    use chronik_topology::Durability;
+
+    fn slot(log: Option<Arc<PartitionLog>>, error_code: i16, fetch_offset: i64) -> Slot {
+        Slot {
+            topic_index: 0,
+            log,
+            data: PartitionData::default().with_error_code(error_code),
+            fetch_offset,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn error_partitions_are_answered_with_empty_records_never_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = PartitionLog::open(store, 1, "t".into(), 0).unwrap();
+        let mut slots = vec![
+            // Past the log end (0): OFFSET_OUT_OF_RANGE.
+            slot(Some(log.clone()), 0, 5),
+            // Below the log start.
+            slot(Some(log.clone()), 0, -3),
+            // Errors decided before reading: unknown topic, stale epoch.
+            slot(None, E::UnknownTopicId.code(), 0),
+            slot(Some(log), E::FencedLeaderEpoch.code(), 0),
+        ];
+        let (_, any_error) = read_all(&mut slots, usize::MAX, 16);
+        assert!(any_error);
+        let codes: Vec<i16> = slots.iter().map(|s| s.data.error_code).collect();
+        assert_eq!(
+            codes,
+            vec![
+                E::OffsetOutOfRange.code(),
+                E::OffsetOutOfRange.code(),
+                E::UnknownTopicId.code(),
+                E::FencedLeaderEpoch.code()
+            ]
+        );
+        for s in slots {
+            assert_eq!(s.data.records, Some(Bytes::new()));
+            assert_eq!(answered(s.data).records, Some(Bytes::new()));
+        }
+        let nulled = PartitionData::default().with_records(None);
+        assert_eq!(answered(nulled).records, Some(Bytes::new()));
     }
 }

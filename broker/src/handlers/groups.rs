@@ -138,6 +138,7 @@ pub async fn join_group(
                     .map(|p| (p.name.to_string(), p.metadata.to_vec()))
                     .collect(),
                 require_known_member_id: version >= 4,
+                supports_skip_assignment: version >= 9,
             },
         )
         .await;
@@ -151,6 +152,7 @@ pub async fn join_group(
             Some(s(r.protocol.unwrap_or_default()))
         })
         .with_leader(s(r.leader))
+        .with_skip_assignment(r.skip_assignment)
         .with_member_id(s(r.member_id))
         .with_members(
             r.members

@@ -501,7 +501,7 @@ impl Cluster {
                 let Some((t, log)) = logs.get(&g.id()) else {
                     continue;
                 };
-                let hinted = c.hints.lock().unwrap().get(&g.id()).cloned();
+                let hinted = c.fresh_hint(g.id());
                 let leader = match (cur_leader, hinted) {
                     (Some(_), Some(h)) if h.term > term => Some(h.leader as u64),
                     (Some(l), _) => Some(l),
@@ -744,6 +744,21 @@ impl Cluster {
         st.leader_fresh.then_some((g, st))
     }
 
+    /// A peer's claim to lead group `id`, if it repeated it recently. Leaders
+    /// repeat their claims every 250 ms; a claim that stopped coming is from
+    /// a broker that no longer leads (it stepped down on seeing a higher
+    /// term), and trusting it forever would leave the group without anyone
+    /// starting an election.
+    fn fresh_hint(&self, id: u64) -> Option<Hint> {
+        let stale = Duration::from_millis(self.settings.election_max_ms * 2 + 1000);
+        self.hints
+            .lock()
+            .unwrap()
+            .get(&id)
+            .filter(|h| h.at.elapsed() <= stale)
+            .cloned()
+    }
+
     /// Leader, epoch, replicas and ISR of a partition, from the local group
     /// when hosted here and from peers' leader hints otherwise (the newest
     /// term wins).
@@ -765,12 +780,11 @@ impl Cluster {
                 best = Some((term, l as i32, isr, log.leader_epoch()));
             }
         }
-        let stale = Duration::from_millis(self.settings.election_max_ms * 2 + 1000);
-        if let Some(h) = self.hints.lock().unwrap().get(&log.log_id) {
+        if let Some(h) = self.fresh_hint(log.log_id) {
             let newer = best.as_ref().is_none_or(|(term, _, isr, _)| {
                 h.term > *term || (h.term == *term && isr.is_empty())
             });
-            if newer && h.at.elapsed() <= stale {
+            if newer {
                 let epoch = h.epoch.max(log.leader_epoch());
                 best = Some((h.term, h.leader, h.isr.clone(), epoch));
             }

@@ -131,6 +131,9 @@ pub struct PbCommand {
     /// entries written before it was recorded (see `Command::Produce`).
     #[prost(bool, optional, tag = "7")]
     pub log_append_time: Option<bool>,
+    /// `Command::Noop`.
+    #[prost(bool, tag = "8")]
+    pub noop: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -355,6 +358,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: None,
             mirror_from_log_start: false,
             log_append_time: *log_append_time,
+            noop: false,
         },
         Command::Controller(cmd) => PbCommand {
             records: Bytes::new(),
@@ -364,6 +368,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: None,
             mirror_from_log_start: false,
             log_append_time: None,
+            noop: false,
         },
         Command::DeleteRecords { offset } => PbCommand {
             records: Bytes::new(),
@@ -373,6 +378,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: None,
             mirror_from_log_start: false,
             log_append_time: None,
+            noop: false,
         },
         Command::MirrorAppend {
             records,
@@ -386,12 +392,19 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: Some(*base_offset),
             mirror_from_log_start: *from_log_start,
             log_append_time: None,
+            noop: false,
+        },
+        Command::Noop => PbCommand {
+            noop: true,
+            ..Default::default()
         },
     }
 }
 
 pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
-    if !p.controller.is_empty() {
+    if p.noop {
+        Ok(Command::Noop)
+    } else if !p.controller.is_empty() {
         let cmd = serde_json::from_slice(&p.controller)
             .map_err(|e| DecodeError(format!("controller command: {e}")))?;
         Ok(Command::Controller(cmd))
@@ -595,6 +608,10 @@ mod tests {
                 payload: openraft::EntryPayload::Normal(Command::Controller(
                     ControllerCommand::DeleteTopic { name: "t".into() },
                 )),
+            },
+            Entry {
+                log_id: LogId::new_term_index(4, 11),
+                payload: openraft::EntryPayload::Normal(Command::Noop),
             },
         ];
         for e in entries {

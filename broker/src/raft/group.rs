@@ -764,6 +764,13 @@ impl ReplicaGroup for OpenraftGroup {
                     attempts: 1,
                 });
             }
+            // A marker entry the target must hold before it is asked (see
+            // `Command::Noop`). Only while the marker is written can this
+            // leader still take writes; once asked, it refuses them.
+            if !self.marker_reached(to).await {
+                *self.transfer.lock().unwrap() = None;
+                return;
+            }
             if self.raft.trigger().transfer_leader(to).await.is_err() {
                 *self.transfer.lock().unwrap() = None;
                 return;
@@ -920,6 +927,41 @@ async fn see_transfer_through(
             *state.lock().unwrap() = None;
             return;
         }
+    }
+}
+
+impl OpenraftGroup {
+    /// Writes a `Command::Noop` and waits, bounded, until `to` holds it.
+    /// False if this replica lost leadership or the marker did not commit;
+    /// a target that is merely slow is still asked (the transfer is
+    /// repeated until it takes, see [`see_transfer_through`]).
+    async fn marker_reached(&self, to: u64) -> bool {
+        let wait = self.election_min * 4;
+        match tokio::time::timeout(wait, self.propose(Command::Noop)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(group = self.id, to, error = %e, "leadership transfer: marker not written");
+                return false;
+            }
+            Err(_) => return false,
+        }
+        let mut metrics = self.raft.metrics();
+        let index = metrics.borrow_watched().last_log_index;
+        let _ = tokio::time::timeout(self.election_min, async {
+            loop {
+                let holds = metrics
+                    .borrow_watched()
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to))
+                    .is_some_and(|l| l.as_ref().map(|l| l.index()) >= index);
+                if holds || metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        true
     }
 }
 

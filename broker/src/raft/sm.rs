@@ -202,6 +202,7 @@ impl StateMachine {
                 }
                 Err(e) => rejected(&e),
             },
+            (_, Command::Noop) => CommandResult::None,
             _ => CommandResult::Rejected {
                 code: kafka_protocol::error::ResponseError::InvalidRequest.code(),
                 message: "command does not belong to this group".into(),

@@ -61,6 +61,12 @@ pub enum Command {
         /// before): an empty mirror may start there instead of at its end.
         from_log_start: bool,
     },
+    /// Changes nothing. A leader writes one before handing leadership over:
+    /// a replica that restarted has appended nothing under the current
+    /// leader yet, and openraft's target refuses a transfer until it has
+    /// ("log not flushed"), however complete its log is. Written, the
+    /// marker gives it that append.
+    Noop,
 }
 
 /// Changes to the region's catalog, decided by the controller group. Every
@@ -163,6 +169,7 @@ impl std::fmt::Display for Command {
                 base_offset,
                 ..
             } => write!(f, "mirror-append(@{base_offset}, {} bytes)", records.len()),
+            Command::Noop => write!(f, "noop"),
         }
     }
 }

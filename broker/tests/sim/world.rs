@@ -33,8 +33,13 @@ const CLIENT_PORT: u16 = 9000;
 
 /// How long the nemesis is active; then every fault is healed.
 const WORK: Duration = Duration::from_secs(30);
-/// After healing, every producer's pending batch must be acknowledged
-/// within this (liveness).
+/// Producers keep writing this long after the faults heal. A partition
+/// can turn unwritable after the heal (preferred-leader balancing, every
+/// 10 s, hands leadership to a replica that just came back), and only a
+/// write sent after that shows it.
+const SETTLE: Duration = Duration::from_secs(15);
+/// Every producer's last batch must be acknowledged within this after it
+/// stops writing (liveness).
 const RECOVER: Duration = Duration::from_secs(60);
 
 /// SplitMix64: tiny, and the same sequence on every platform.
@@ -376,7 +381,7 @@ async fn producer(seed: u64, k: usize, start: Instant, shared: Arc<Shared>) {
     // Kafka sequences count records: a batch's base sequence is the
     // previous batch's plus its record count.
     let (mut seq, mut batch) = (0i32, 0usize);
-    while start.elapsed() < WORK {
+    while start.elapsed() < WORK + SETTLE {
         let n = 1 + batch % 3;
         let values: Vec<Vec<u8>> = (0..n)
             .map(|i| format!("s{seed}-p{producer_id}-q{seq}-r{i}").into_bytes())
@@ -393,11 +398,11 @@ async fn producer(seed: u64, k: usize, start: Instant, shared: Arc<Shared>) {
             .collect();
         let records = build::batch(sim_ms() as i64, Some((producer_id, 0, seq)), &recs);
         loop {
-            if start.elapsed() > WORK + RECOVER {
+            if start.elapsed() > WORK + SETTLE + RECOVER {
                 shared.with_history(|h| {
                     h.violations.push(format!(
                         "liveness: producer {producer_id} (partition {partition}) sequence {seq} not acknowledged {} s after the faults healed",
-                        RECOVER.as_secs()
+                        (SETTLE + RECOVER).as_secs()
                     ))
                 });
                 return;
@@ -662,7 +667,7 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_millis(1))
         .max_message_latency(base_latency)
-        .simulation_duration(WORK + RECOVER + Duration::from_secs(60))
+        .simulation_duration(WORK + SETTLE + RECOVER + Duration::from_secs(60))
         .build();
     let dirs: Vec<PathBuf> = (1..=BROKERS).map(|n| root.path().join(name(n))).collect();
     for n in 1..=BROKERS {

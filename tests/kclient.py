@@ -206,11 +206,29 @@ def consume(bootstrap: str, topic: str, partition: int = 0, start: int = OFFSET_
     return out
 
 
+# Errors a client retries after refreshing metadata: the partition's leader is moving.
+_LEADERSHIP_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                      KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH}
+
+
 def watermarks(bootstrap: str, topic: str, partition: int = 0, timeout: float = 10.0) -> tuple[int, int]:
-    """(earliest, latest) offsets via ListOffsets (not cached)."""
+    """(earliest, latest) offsets via ListOffsets (not cached).
+
+    librdkafka gives up on the first retriable error (NOT_LEADER while leadership moves,
+    e.g. preferred-leader balancing after a restart); the Java client retries those after a
+    metadata refresh, and so does this until `timeout`."""
     c = consumer(bootstrap)
+    deadline = time.monotonic() + timeout
     try:
-        return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout, cached=False)
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=max(left, 0.1),
+                                               cached=False)
+            except KafkaException as e:
+                if e.args[0].code() not in _LEADERSHIP_MOVING or left <= 0.5:
+                    raise
+                time.sleep(0.2)
     finally:
         c.close()
 

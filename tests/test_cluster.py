@@ -96,6 +96,99 @@ def test_leader_kill9_fails_over_and_keeps_every_ack(any_cluster):
     assert failover < limit, f"first ack {failover:.2f}s after killing the leader (limit {limit}s)"
 
 
+OFFSET_OUT_OF_RANGE = 1
+# Answers a replica that does not lead may give: the client refreshes metadata and retries.
+NOT_LEADING = {3, 5, 6, 74}  # UNKNOWN_TOPIC_OR_PARTITION, LEADER_NOT_AVAILABLE, NOT_LEADER, FENCED_LEADER_EPOCH
+
+
+def _probe_replica(conn: kwire.Conn, topic: str, offset: int) -> tuple[int, int | None, int, int | None]:
+    """ListOffsets(latest) and Fetch(offset) of partition 0 on one broker's connection:
+    (list error, latest offset, fetch error, bytes fetched). Raises OSError if it does not answer."""
+    lo = conn.request(kwire.LIST_OFFSETS, 1, kwire.list_offsets_v1_body(topic, 0, -1))
+    fe = conn.request(kwire.FETCH, 4, kwire.fetch_v4_body(topic, 0, offset, max_wait_ms=0))
+    if lo is None or fe is None:
+        raise OSError("no answer")
+    lrow = kwire.parse_list_offsets_v1(lo[1])[(topic, 0)]
+    frow = kwire.parse_fetch_v4(fe[1])[(topic, 0)]
+    return (lrow["error"], lrow["offset"] if lrow["error"] == 0 else None,
+            frow["error"], len(frow["records"] or b"") if frow["error"] == 0 else None)
+
+
+@pytest.mark.chronik
+def test_restarted_former_leader_never_serves_its_stale_log(chronik_cluster_factory):
+    """A partition leader is killed, a new one commits more records, and the old one
+    restarts on its disk, whose log ends where it was killed, cut off from the new leader
+    (not from the third broker) for 6 s. From the moment it answers again it must not act
+    as the leader of that stale log: a consumer still pointed at it
+    would get OFFSET_OUT_OF_RANGE for records that exist and reset its position (skipping
+    them), and ListOffsets would report an end that went backwards. Acceptable answers:
+    NOT_LEADER (and the like, so the client refreshes metadata), or the current log, once
+    it leads again."""
+    cluster = chronik_cluster_factory(3)
+    topic = unique_topic("staleleader")
+    create_topic(cluster, topic, partitions=1, replication_factor=3)
+    acks = AckLog()
+    produce_batch(cluster.bootstrap, topic, 0, 20, acks, timeout=60)
+    old = cluster.leader_of(topic, 0)
+    cluster.kill9(old)
+    others = [i for i in cluster.ids if i != old]
+    new = cluster.leader_of(topic, 0, nodes=others, timeout=30)
+    produce_batch(cluster.bootstrap_of(others), topic, 0, 50, acks, timeout=60)
+    assert not acks.failed, acks.failed[:3]
+    end = cluster.partition_state(new, topic, 0)["high_watermark"]
+    assert end == 70, end
+
+    # Probe the restarting broker from before it listens until well after it is back.
+    seen: list[tuple[float, tuple]] = []
+    stop = threading.Event()
+
+    def probe():
+        # One connection kept open while it works: the window in which a stale leader
+        # answers may be a few tens of milliseconds.
+        conn = None
+        while not stop.is_set():
+            try:
+                conn = conn or kwire.Conn(cluster.nodes[old].bootstrap, timeout=3)
+                seen.append((time.monotonic(), _probe_replica(conn, topic, 20)))
+                stop.wait(0.002)
+            except (OSError, TimeoutError, ValueError):
+                if conn is not None:
+                    conn.close()
+                conn = None
+                stop.wait(0.005)
+        if conn is not None:
+            conn.close()
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    # The new leader cannot reach the restarted broker for a while (the third broker can):
+    # nothing then tells a broker that restored its old leadership that it was replaced.
+    cluster.mesh.partition([old], [new])
+    try:
+        cluster.restart(old)
+        t_ready = time.monotonic()
+        wait_until(lambda: time.monotonic() - t_ready >= 6, 60, interval=0.1,
+                   what="6 s of probing the restarted broker, cut off from the new leader")
+        cluster.mesh.heal()
+        t_heal = time.monotonic()
+        wait_until(lambda: time.monotonic() - t_heal >= 3, 60, interval=0.1,
+                   what="3 s of probing after the heal")
+    finally:
+        cluster.mesh.heal()
+        stop.set()
+        prober.join(10)
+    bad = [(round(t - t_ready, 2), r) for t, r in seen
+           if r[0] not in NOT_LEADING | {0} or r[2] not in NOT_LEADING | {0}
+           or (r[0] == 0 and r[1] < end) or (r[2] == 0 and not r[3])]
+    answers = sorted({(r[0], r[2]) for _, r in seen})
+    print(f"\nrestarted former leader {old} (new leader {new}, end {end}): {len(seen)} probes, "
+          f"(ListOffsets error, Fetch error) pairs seen {answers}")
+    assert not bad, (f"the restarted former leader served its stale log ({len(bad)} of {len(seen)} probes, "
+                     f"seconds after ready, (list error, latest, fetch error, bytes)): {bad[:5]}")
+    log, lo, hi = _check_replicas_and_read(cluster, topic, 0)
+    verify_partition(0, log, acks, lo, hi)
+
+
 def test_idle_partitions_accept_writes_at_once(any_cluster):
     """Partitions left idle longer than a leader lease (Chronik's partition groups send no
     heartbeats while idle) must take writes again at once, on every partition."""

@@ -1403,6 +1403,7 @@ class TestKnownGaps:
         assert mirror_dump == home_dump, "the restarted mirror differs from the home log"
         assert sorted(records_from_dump(mirror_dump)) == list(range(50, 60))
         assert ms["log_start_offset"] == hs["log_start_offset"] == 50, (ms, hs)
+        assert ms["epochs"] == hs["epochs"], (ms["epochs"], hs["epochs"])
         delete_home_topic(regions, US, gap_t)
 
 

@@ -118,6 +118,20 @@ fn note_epoch(st: &mut LogState, epoch: i32, base: i64) -> bool {
     true
 }
 
+/// Forgets the epochs that no longer start a record of the log once it
+/// starts at `start`, as Kafka's leader-epoch cache does: the epoch in
+/// effect at `start` is kept, moved to start there. Every replica and every
+/// mirror that starts at the same offset then holds the same history,
+/// whatever happened below it.
+fn truncate_epochs_from_start(epochs: &mut Vec<(i32, i64)>, start: i64) {
+    let below = epochs.iter().take_while(|(_, o)| *o <= start).count();
+    if below == 0 {
+        return;
+    }
+    let epoch = epochs[below - 1].0;
+    epochs.splice(..below, [(epoch, start)]);
+}
+
 pub struct PartitionLog {
     pub log_id: u64,
     pub topic: Arc<str>,
@@ -401,6 +415,9 @@ impl PartitionLog {
         if base_offset > st.next_offset {
             start = base_offset;
             st.next_offset = base_offset;
+            // The home's history was cut at this same start (retention);
+            // the first batch's epoch begins the copy's.
+            st.epochs.clear();
         }
         let mut history_changed = start != self.log_start_offset();
         for (h, range) in &batches {
@@ -759,7 +776,7 @@ impl PartitionLog {
     /// inside a batch, as in Kafka), and every batch wholly below it is
     /// removed. Returns the new log start offset.
     pub fn trim_into(&self, wb: &mut WriteBatch, offset: i64) -> Result<i64, ReadError> {
-        let st = self.state.lock().unwrap();
+        let mut st = self.state.lock().unwrap();
         let start = self.log_start_offset();
         if offset < 0 || offset > st.next_offset {
             return Err(ReadError::OutOfRange {
@@ -788,6 +805,7 @@ impl PartitionLog {
             wb.delete_range_cf(self.store.cf(CF_LOG), from.clone(), to.clone());
             wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
         }
+        truncate_epochs_from_start(&mut st.epochs, offset);
         let rec = PartitionRecord {
             log_start_offset: offset,
             epochs: st.epochs.clone(),
@@ -974,6 +992,21 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_log_start_keeps_only_the_epoch_in_effect_there() {
+        let cut = |mut e: Vec<(i32, i64)>, start| {
+            truncate_epochs_from_start(&mut e, start);
+            e
+        };
+        let h = vec![(0, 0), (1, 0), (3, 10), (4, 20)];
+        assert_eq!(cut(h.clone(), 0), vec![(1, 0), (3, 10), (4, 20)]);
+        assert_eq!(cut(h.clone(), 9), vec![(1, 9), (3, 10), (4, 20)]);
+        assert_eq!(cut(h.clone(), 10), vec![(3, 10), (4, 20)]);
+        assert_eq!(cut(h.clone(), 25), vec![(4, 25)]);
+        assert_eq!(cut(vec![(2, 5)], 3), vec![(2, 5)], "nothing below the start");
+        assert_eq!(cut(vec![], 3), vec![]);
+    }
+
     #[tokio::test]
     async fn an_empty_mirror_may_start_where_the_home_log_starts() {
         let dir = tempfile::tempdir().unwrap();
@@ -996,6 +1029,11 @@ mod tests {
             }
         );
         assert_eq!(copy.log_start_offset(), 4);
+        // The home's retention cut its history at the same start: the two agree.
+        let mut wb = WriteBatch::default();
+        assert_eq!(home.trim_into(&mut wb, 4).unwrap(), 4);
+        store.write(wb).await.unwrap();
+        assert_eq!(copy.epoch_history(), home.epoch_history());
         // Once it holds data, a gap is refused.
         let m = mirror_from(&copy, &store, &all[2 * len..], 10, true).await;
         assert!(!m.appended);
@@ -1164,7 +1202,7 @@ mod tests {
             let log = PartitionLog::open(store.clone(), id, "t".into(), 0).unwrap();
             assert_eq!(
                 (log.log_start_offset(), log.epoch_history()),
-                (4, vec![(0, 0), (1, 0), (2, 6)]),
+                (4, vec![(1, 4), (2, 6)]),
                 "trim first: {trim_first}"
             );
         }

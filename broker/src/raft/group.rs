@@ -362,6 +362,13 @@ impl OpenraftGroup {
             enable_tick: !settings.quiescent,
             enable_heartbeat: !settings.quiescent,
             enable_elect: !settings.quiescent,
+            // A broker restarting on a disk where it led would otherwise
+            // lead again at once, in its old term, before hearing that
+            // others elected a successor and committed more: it would serve
+            // its shorter log to consumers (OFFSET_OUT_OF_RANGE for records
+            // that exist) until someone deposed it. Starting as a follower
+            // costs one election when the whole region restarts.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

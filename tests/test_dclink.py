@@ -1213,6 +1213,10 @@ class TestKnownGaps:
             regions.assert_identical(topic, p, US)
         check_mirror_has_every_ack(regions, topic, 3, acks)
 
+    # A known gap, listed under "What is not done yet" in docs/dc-link.md: strict, so the
+    # day the dc-link tells incarnations apart this xpasses and fails until the mark goes.
+    @pytest.mark.xfail(strict=True, reason="dc-link offers carry no topic id: a re-created home topic is "
+                                           "appended to its old mirror (docs/dc-link.md, What is not done yet)")
     @pytest.mark.timeout(300)
     def test_home_topic_recreated_while_mirror_ahead_never_mixes_incarnations(self, gap_regions):
         """A home topic is deleted and re-created under the same name while its mirror holds

@@ -493,7 +493,10 @@ impl Cluster {
                 let (cur_leader, term, is_leader) = g.brief();
                 if is_leader {
                     leaderless.remove(&g.id());
-                    if !returned.is_empty() {
+                    // Until a quorum answers, a leader restored at startup
+                    // serves nothing (see `leader_fresh`); the heartbeat
+                    // either confirms it or shows it the successor's term.
+                    if !returned.is_empty() || g.leadership_unconfirmed() {
                         g.heartbeat().await;
                     }
                     continue;

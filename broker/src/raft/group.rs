@@ -169,6 +169,10 @@ pub trait ReplicaGroup: Send + Sync + 'static {
     fn elect(&self) -> BoxFuture<'_, ()>;
     /// Sends one round of heartbeats now (a leader, to re-sync followers).
     fn heartbeat(&self) -> BoxFuture<'_, ()>;
+    /// A leader no quorum has acknowledged in this process yet: openraft
+    /// restores a leader from its committed vote on disk at startup, and
+    /// only a heartbeat round tells whether a successor was elected since.
+    fn leadership_unconfirmed(&self) -> bool;
     /// Removes the group's Raft state (its partition was deleted).
     fn destroy_into(&self, wb: &mut rocksdb::WriteBatch);
     /// On the leader, one step towards voters = `target` (partition
@@ -362,13 +366,6 @@ impl OpenraftGroup {
             enable_tick: !settings.quiescent,
             enable_heartbeat: !settings.quiescent,
             enable_elect: !settings.quiescent,
-            // A broker restarting on a disk where it led would otherwise
-            // lead again at once, in its old term, before hearing that
-            // others elected a successor and committed more: it would serve
-            // its shorter log to consumers (OFFSET_OUT_OF_RANGE for records
-            // that exist) until someone deposed it. Starting as a follower
-            // costs one election when the whole region restarts.
-            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
@@ -483,7 +480,10 @@ impl ReplicaGroup for OpenraftGroup {
                         .iter()
                         .filter(|v| **v == self.node || (self.alive)(**v))
                         .count();
-                    live * 2 > voters.len()
+                    // A leader restored from disk at startup has heard from
+                    // no one in this process: a successor may have been
+                    // elected and committed more while it was down.
+                    live * 2 > voters.len() && m.last_quorum_acked.is_some()
                 } else {
                     quorum_ack_age.is_some_and(|a| a <= self.election_max)
                 });
@@ -795,6 +795,14 @@ impl ReplicaGroup for OpenraftGroup {
         Box::pin(async move {
             let _ = self.raft.trigger().elect(true).await;
         })
+    }
+
+    fn leadership_unconfirmed(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state.is_leader()
+            && m.last_quorum_acked.is_none()
+            && m.membership_config.membership().voter_ids().nth(1).is_some()
     }
 
     fn heartbeat(&self) -> BoxFuture<'_, ()> {

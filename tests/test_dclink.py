@@ -1213,10 +1213,6 @@ class TestKnownGaps:
             regions.assert_identical(topic, p, US)
         check_mirror_has_every_ack(regions, topic, 3, acks)
 
-    # A known gap, listed under "What is not done yet" in docs/dc-link.md: strict, so the
-    # day the dc-link tells incarnations apart this xpasses and fails until the mark goes.
-    @pytest.mark.xfail(strict=True, reason="dc-link offers carry no topic id: a re-created home topic is "
-                                           "appended to its old mirror (docs/dc-link.md, What is not done yet)")
     @pytest.mark.timeout(300)
     def test_home_topic_recreated_while_mirror_ahead_never_mixes_incarnations(self, gap_regions):
         """A home topic is deleted and re-created under the same name while its mirror holds
@@ -1225,9 +1221,8 @@ class TestKnownGaps:
         past it. Acceptable: the mirror keeps the old incarnation untouched and says so
         (a non-`ok` partition state in /v1/lag, or a logged error), or it follows the new
         incarnation exactly. Not acceptable: a mirror holding the deleted incarnation's
-        records below 100 and the new one's from 100 on, reported caught up (lag 0). The
-        latter is listed under "What is not done yet" in docs/dc-link.md (no topic ids in the
-        offer); this test fails until it is fixed."""
+        records below 100 and the new one's from 100 on, reported caught up (lag 0), which
+        is what happened before offers carried topic ids."""
         regions = gap_regions
         us = regions.bootstrap(US)
         topic = unique_topic("recreate")
@@ -1248,8 +1243,13 @@ class TestKnownGaps:
         acks = AckLog()
         produce_batch(us, topic, 0, 30, acks, tag="new", timeout=60)
         ahead = r"mirror is ahead of its home log"
-        wait_until(lambda: grep_log(regions.dclink(US), ahead, us_log), 30, interval=0.25,
-                   what=f"{US} dc-link noticing the mirror ahead of the re-created home log")
+
+        def noticed():
+            rows = regions.lag_rows(US, topic)
+            return (rows and rows[0].get("state", "ok") != "ok") or grep_log(regions.dclink(US), ahead, us_log)
+
+        wait_until(noticed, 30, interval=0.25,
+                   what=f"{US} dc-link noticing the re-created home topic (failed state) or the mirror ahead of it")
         ms, dump = mirror()
         assert ms["log_end_offset"] == 100 and dump == old_dump, \
             f"the mirror changed while the new home log was behind it: {ms}"
@@ -1293,6 +1293,16 @@ class TestKnownGaps:
                 assert dump == old_dump, f"the mirror moved ({outcome}) but did not follow the new home log: {ms}"
                 assert outcome == "reported" or grep_log(regions.dclink(US), ahead, us_log), \
                     "the mirror kept the old incarnation without reporting it"
+                # The documented way out: delete the mirror topic in the mirror region; the
+                # dc-link offers the refused topic again within 30 s and refills a new mirror.
+                delete_home_topic(regions, EU, topic)
+                t_del = time.monotonic()
+                regions.wait_mirrored(topic, 1, US, timeout=90)
+                _, dump = regions.assert_identical(topic, 0, US)
+                assert records_from_dump(dump) == home, "the refilled mirror is not the new incarnation"
+                wait_until(lambda: (regions.lag_rows(US, topic) or [{}])[0].get("state") == "ok", 30,
+                           interval=0.5, what=f"{topic}/0 back to ok")
+                print(f"mirror deleted and refilled with the new incarnation in {time.monotonic() - t_del:.1f}s")
         finally:
             delete_home_topic(regions, US, topic)
 

@@ -291,6 +291,13 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         None,
         "`async`: acks=all waits for the local quorum only. `global_quorum`: acks=all also waits until the mirror regions hold the write durably (RPO 0).",
     ),
+    def(
+        MIRROR_SOURCE_TOPIC_ID,
+        T::String,
+        "",
+        None,
+        "Set by the dc-link on the mirror topics it creates: the topic id of the home topic the mirror copies. A home topic deleted and re-created under the same name has a new id, and the dc-link refuses to append it to this mirror.",
+    ),
 ];
 
 /// Chronik's own per-topic configs (reserved namespace).
@@ -298,6 +305,7 @@ pub const CHRONIK_PREFIX: &str = "chronik.";
 pub const HOME_REGION: &str = "chronik.home.region";
 pub const MIRROR_REGIONS: &str = "chronik.mirror.regions";
 pub const REPLICATION_MODE: &str = "chronik.replication.mode";
+pub const MIRROR_SOURCE_TOPIC_ID: &str = "chronik.mirror.source.topic.id";
 
 pub use chronik_topology::valid_region_name;
 

@@ -137,6 +137,8 @@ pub struct ClusterView {
 #[derive(Debug, Clone, Default)]
 pub struct TopicView {
     pub error: i16,
+    /// The topic's id: which incarnation of the name this is.
+    pub id: uuid::Uuid,
     /// Leader id per partition (-1: none known).
     pub leaders: Vec<i32>,
     pub replication_factor: i32,
@@ -200,6 +202,7 @@ async fn metadata_from(addr: &str, topics: Option<&[String]>) -> Result<ClusterV
             name.to_string(),
             TopicView {
                 error: t.error_code,
+                id: t.topic_id,
                 leaders: parts.iter().map(|p| p.leader_id.0).collect(),
                 replication_factor: parts.first().map_or(0, |p| p.replica_nodes.len() as i32),
             },
@@ -310,10 +313,13 @@ pub struct Fetched {
 }
 
 /// Fetches committed batches of one partition from its leader, waiting up
-/// to `max_wait_ms` for data.
+/// to `max_wait_ms` for data. With a topic id (not nil) the fetch names
+/// the topic by id (Fetch v13), so it reads that incarnation of the name
+/// only: a topic deleted and re-created since answers UNKNOWN_TOPIC_ID.
 pub async fn fetch(
     c: &mut Conn,
     topic: &str,
+    topic_id: uuid::Uuid,
     partition: i32,
     offset: i64,
     max_bytes: i32,
@@ -329,6 +335,7 @@ pub async fn fetch(
         .with_session_epoch(-1)
         .with_topics(vec![FetchTopic::default()
             .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_topic_id(topic_id)
             .with_partitions(vec![FetchPartition::default()
                 .with_partition(partition)
                 .with_current_leader_epoch(-1)
@@ -336,7 +343,8 @@ pub async fn fetch(
                 .with_last_fetched_epoch(-1)
                 .with_log_start_offset(-1)
                 .with_partition_max_bytes(max_bytes)])]);
-    let resp: FetchResponse = c.call(ApiKey::Fetch, 12, &req).await?;
+    let version = if topic_id.is_nil() { 12 } else { 13 };
+    let resp: FetchResponse = c.call(ApiKey::Fetch, version, &req).await?;
     if resp.error_code != 0 {
         return Ok(Fetched {
             error: resp.error_code,

@@ -143,6 +143,8 @@ impl FrameReader {
 #[derive(Debug, Clone)]
 pub struct HomedTopic {
     pub name: String,
+    /// Which incarnation of the name (nil if the broker gave none).
+    pub id: uuid::Uuid,
     pub partitions: i32,
     pub replication_factor: i32,
     pub configs: BTreeMap<String, String>,
@@ -539,6 +541,7 @@ impl Shared {
                 Ok(p) if p.home == self.region => {
                     let t = &view.topics[&name];
                     homed.push(HomedTopic {
+                        id: t.id,
                         partitions: t.leaders.len() as i32,
                         replication_factor: t.replication_factor,
                         name,

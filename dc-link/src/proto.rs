@@ -89,6 +89,10 @@ pub struct TopicOffer {
     pub configs: std::collections::BTreeMap<String, String>,
     #[prost(string, tag = "5")]
     pub home_region: String,
+    /// The home topic's id (hyphenated UUID), telling incarnations of one
+    /// name apart; empty from a peer that predates it.
+    #[prost(string, tag = "6")]
+    pub topic_id: String,
 }
 
 #[derive(Clone, PartialEq, Message)]

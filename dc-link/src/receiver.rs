@@ -11,6 +11,7 @@
 //! a duplicate.
 
 mod appender;
+mod incarnation;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -241,16 +242,21 @@ async fn ensure_mirror(ctx: &SessionCtx, offer: &TopicOffer) -> TopicReady {
     let local = shared.local_region();
     let mut configs = offer.configs.clone();
     configs.insert("chronik.home.region".into(), offer.home_region.clone());
+    if !offer.topic_id.is_empty() {
+        configs.insert(incarnation::SOURCE_TOPIC_ID.into(), offer.topic_id.clone());
+    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         match prepare(shared, &local.bootstrap, offer, &configs).await {
-            Ok(positions) => {
+            Ok(Ok(positions)) => {
                 return TopicReady {
                     name: offer.name.clone(),
                     positions,
                     error: String::new(),
                 }
             }
+            // Waiting does not change these.
+            Ok(Err(refused)) => return fail(refused),
             Err(e) if tokio::time::Instant::now() > deadline => return fail(e),
             Err(e) => {
                 tracing::debug!(topic = %offer.name, error = %e, "mirror topic not ready yet");
@@ -265,7 +271,7 @@ async fn prepare(
     bootstrap: &[String],
     offer: &TopicOffer,
     configs: &BTreeMap<String, String>,
-) -> Result<Vec<Position>, String> {
+) -> Result<Result<Vec<Position>, String>, String> {
     let name = offer.name.clone();
     let view = kafka::metadata(bootstrap, Some(std::slice::from_ref(&name)))
         .await
@@ -301,6 +307,12 @@ async fn prepare(
     let home = current
         .get(&name)
         .and_then(|cfg| cfg.get("chronik.home.region").cloned());
+    let recorded = current
+        .get(&name)
+        .and_then(|cfg| cfg.get(incarnation::SOURCE_TOPIC_ID).cloned());
+    if let Err(refused) = incarnation::check(&name, recorded.as_deref(), &offer.topic_id) {
+        return Ok(Err(refused));
+    }
     if home.as_deref() != Some(offer.home_region.as_str()) {
         return Err(format!(
             "a topic named {name} already exists in this region and is not a mirror of {} (its home: {}); refusing to mirror into it",
@@ -321,7 +333,7 @@ async fn prepare(
             offset: state.log_end_offset,
         });
     }
-    Ok(positions)
+    Ok(Ok(positions))
 }
 
 /// Removes a session's stopped partitions from the reports when it ends.

@@ -318,17 +318,40 @@ async fn read_replies(
     }
 }
 
+/// How long a topic the peer refused waits before it is offered again.
+const REOFFER_REFUSED: Duration = Duration::from_secs(30);
+
 /// Offers every topic homed here that mirrors to this peer, once per
 /// session (again when its partition count grows), and starts reading it.
 async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
-    let mut offered: HashMap<String, i32> = HashMap::new();
+    // Partitions offered so far and the incarnation (topic id) offered.
+    let mut offered: HashMap<String, (i32, uuid::Uuid)> = HashMap::new();
+    // Offers the peer refused, and when: offered again now and then, so the
+    // link picks the topic up once an operator fixed the cause (deleted a
+    // mirror of an older incarnation, say) without a restart.
+    let mut refused: HashMap<String, (Instant, uuid::Uuid)> = HashMap::new();
     loop {
         let topics: Vec<HomedTopic> = s.shared.homed_topics();
         for t in topics {
             if !t.policy.mirrors.contains(&s.peer) {
                 continue;
             }
-            if offered.get(&t.name).is_some_and(|n| *n >= t.partitions) {
+            match offered.get(&t.name) {
+                Some((_, id)) if *id != t.id => {
+                    // Deleted and re-created at home: the readers of the old
+                    // incarnation stop (they fetch by id and would find
+                    // nothing anyway), and the new one is offered afresh.
+                    tracing::warn!(link = %s.link, topic = %t.name, old_id = %id, new_id = %t.id, "home topic re-created; offering the new incarnation");
+                    s.positions.lock().unwrap().retain(|(topic, _), _| *topic != t.name);
+                    offered.remove(&t.name);
+                }
+                Some((n, _)) if *n >= t.partitions => continue,
+                _ => {}
+            }
+            if refused
+                .get(&t.name)
+                .is_some_and(|(at, id)| *id == t.id && at.elapsed() < REOFFER_REFUSED)
+            {
                 continue;
             }
             let id = s.next_id.fetch_add(1, Ordering::Relaxed);
@@ -343,6 +366,7 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     replication_factor: t.replication_factor,
                     configs: t.configs.clone(),
                     home_region: s.shared.region.clone(),
+                    topic_id: if t.id.is_nil() { String::new() } else { t.id.to_string() },
                 })),
             });
             let ready = tokio::time::timeout(Duration::from_secs(90), rx)
@@ -353,11 +377,21 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                 tracing::error!(link = %s.link, topic = %t.name, error = %ready.error, "peer cannot mirror topic");
                 s.shared
                     .policy_error(&t.name, format!("{}: {}", s.peer, ready.error));
-                offered.insert(t.name.clone(), t.partitions);
+                for p in 0..t.partitions {
+                    s.shared.set_partition_state(
+                        &s.link,
+                        &t.name,
+                        p,
+                        PartitionState::Failed,
+                        Some(ready.error.clone()),
+                    );
+                }
+                refused.insert(t.name.clone(), (Instant::now(), t.id));
                 continue;
             }
+            refused.remove(&t.name);
             let now = Instant::now();
-            let already = offered.get(&t.name).copied().unwrap_or(0);
+            let already = offered.get(&t.name).map_or(0, |(n, _)| *n);
             for p in ready.positions {
                 s.shared
                     .acked(&s.link, &p.topic, p.partition, p.offset, now);
@@ -378,9 +412,9 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     .unwrap()
                     .insert((p.topic.clone(), p.partition), Cursor::new(p.offset));
                 tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = p.offset, "mirroring");
-                tokio::spawn(read_partition(s.clone(), p.topic.clone(), p.partition));
+                tokio::spawn(read_partition(s.clone(), p.topic.clone(), t.id, p.partition));
             }
-            offered.insert(t.name.clone(), t.partitions);
+            offered.insert(t.name.clone(), (t.partitions, t.id));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
@@ -388,7 +422,7 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
 
 /// Reads one partition's committed batches from its leader here and hands
 /// them to the frame writer, until the session ends.
-async fn read_partition(s: Arc<Session>, topic: String, partition: i32) {
+async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, partition: i32) {
     let max_bytes = (s.shared.topology.cross_dc.frame_max_bytes as i32).max(1 << 20);
     let mut conn: Option<kafka::Conn> = None;
     let key = (topic.clone(), partition);
@@ -420,7 +454,7 @@ async fn read_partition(s: Arc<Session>, topic: String, partition: i32) {
             }
         }
         let c = conn.as_mut().expect("connected above");
-        let f = match kafka::fetch(c, &topic, partition, pos.offset, max_bytes, 500).await {
+        let f = match kafka::fetch(c, &topic, topic_id, partition, pos.offset, max_bytes, 500).await {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(topic = %topic, partition, error = %e, "fetch failed");

@@ -618,7 +618,8 @@ fn transport(topo: &Topology) -> quinn::TransportConfig {
         .initial_rtt(Duration::from_millis(topo.cross_dc.link_rtt_ms as u64))
         .keep_alive_interval(Some(Duration::from_secs(1)))
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_secs(10)).expect("small"),
+            quinn::IdleTimeout::try_from(Duration::from_millis(topo.cross_dc.idle_timeout_ms as u64))
+                .expect("validated: at most 600 s"),
         ))
         .congestion_controller_factory(match topo.cross_dc.congestion {
             chronik_topology::Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),

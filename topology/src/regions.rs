@@ -56,6 +56,10 @@ pub struct CrossDc {
     /// before acks=all is answered. 0 = all of the topic's mirror regions.
     pub global_quorum_regions: u32,
     pub congestion: Congestion,
+    /// A link with no packet from its peer for this long is closed and
+    /// redialed: how soon a blackholed peer is noticed. Keep-alives go out
+    /// every second, so a live peer never reaches it.
+    pub idle_timeout_ms: u32,
 }
 
 impl Default for CrossDc {
@@ -69,6 +73,7 @@ impl Default for CrossDc {
             link_rtt_ms: 100,
             global_quorum_regions: 0,
             congestion: Congestion::Bbr,
+            idle_timeout_ms: 10_000,
         }
     }
 }
@@ -195,6 +200,13 @@ impl Topology {
             return bad(
                 "cross_dc.link_bandwidth_mbit".into(),
                 "link_bandwidth_mbit and link_rtt_ms must be > 0".into(),
+            );
+        }
+        if !(3_000..=600_000).contains(&c.idle_timeout_ms) {
+            // Below 3 s a keep-alive lost twice in a row would drop a live link.
+            return bad(
+                "cross_dc.idle_timeout_ms".into(),
+                format!("must be 3000..=600000, got {}", c.idle_timeout_ms),
             );
         }
         if self.regions.is_empty() {
@@ -411,6 +423,7 @@ key = "certs/eu-west.key"
         assert_eq!(t.cross_dc.compression, Compression::Zstd);
         assert_eq!(t.tls.ca, PathBuf::from("/etc/chronik/certs/ca.pem"));
         assert_eq!(t.cross_dc.bdp_bytes(), 12_500_000);
+        assert_eq!(t.cross_dc.idle_timeout_ms, 10_000);
     }
 
     #[test]
@@ -430,6 +443,12 @@ key = "certs/eu-west.key"
             .unwrap_err()
             .to_string();
         assert!(e.contains("cross_dc.pipeline_depth"), "{e}");
+        let e = parse(&format!("[cross_dc]\nidle_timeout_ms = 1000\n{}", two()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cross_dc.idle_timeout_ms"), "{e}");
+        let t = parse(&format!("[cross_dc]\nidle_timeout_ms = 30000\n{}", two())).unwrap();
+        assert_eq!(t.cross_dc.idle_timeout_ms, 30_000);
         let e = parse(&format!("[cross_dc]\ncompresion = \"zstd\"\n{}", two()))
             .unwrap_err()
             .to_string();

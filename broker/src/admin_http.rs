@@ -72,7 +72,11 @@ pub async fn serve(
             axum::routing::post(mirror_append)
                 .layer(axum::extract::DefaultBodyLimit::max(MIRROR_BODY_LIMIT)),
         )
-        .with_state(AppState { ctx, metrics });
+        .with_state(AppState {
+            ctx: ctx.clone(),
+            metrics,
+        })
+        .merge(crate::global_meta::http::router(ctx));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
@@ -85,6 +89,7 @@ pub async fn serve(
 }
 
 async fn render_metrics(State(s): State<AppState>) -> String {
+    crate::global_meta::http::record_metrics(&s.ctx);
     for (topic, log) in s.ctx.catalog.all_partitions() {
         let labels = [
             ("topic", topic.name().to_string()),

@@ -16,16 +16,24 @@ use uuid::Uuid;
 use chronik_topology::TopicDefaults;
 
 use crate::configs::{self, ConfigValueError, EffectiveConfig};
+use crate::global_meta::GlobalMeta;
 use crate::groups::record as groups;
 use crate::log::PartitionLog;
 use crate::raft::types::ControllerCommand;
 use crate::storage::{Store, StoreError, CF_META};
 
+mod meta_apply;
+
 const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
 const BROKER_PREFIX: &str = "broker/";
 /// Keyed controller entries besides topics that a snapshot carries whole.
-const SNAPSHOT_PREFIXES: [&str; 3] = [BROKER_PREFIX, groups::GROUP_PREFIX, groups::OFFSET_PREFIX];
+const SNAPSHOT_PREFIXES: [&str; 4] = [
+    BROKER_PREFIX,
+    groups::GROUP_PREFIX,
+    groups::OFFSET_PREFIX,
+    crate::global_meta::PREFIX,
+];
 
 /// A broker's Kafka listener as clients should reach it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +47,8 @@ pub struct BrokerEndpoint {
 /// Region-wide settings the catalog needs to place replicas.
 #[derive(Debug, Clone)]
 pub struct RegionSettings {
+    /// The region's name (its copy of the global `__meta` is named so).
+    pub name: String,
     /// Every broker of the region, ascending.
     pub brokers: Vec<i32>,
     pub default_replication_factor: i16,
@@ -48,6 +58,7 @@ pub struct RegionSettings {
 impl RegionSettings {
     pub fn single(node_id: i32) -> RegionSettings {
         RegionSettings {
+            name: "local".to_string(),
             brokers: vec![node_id],
             default_replication_factor: 1,
             default_min_insync_replicas: 1,
@@ -197,7 +208,15 @@ pub struct Catalog {
     next_log_id: AtomicU64,
     /// Serializes catalog changes so two creates of one name cannot race.
     admin: tokio::sync::Mutex<()>,
+    /// This region's copy of the global `__meta`.
+    pub global: GlobalMeta,
+    /// Told which committed offsets a merge changed (the live group
+    /// coordinator re-reads them).
+    offsets_hook: std::sync::OnceLock<OffsetsHook>,
 }
+
+/// (group, topic, partition) of offsets changed by another region.
+pub type OffsetsHook = Box<dyn Fn(Vec<(String, String, i32)>) + Send + Sync>;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -217,6 +236,7 @@ impl Catalog {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().unwrap()),
             _ => 1,
         };
+        let region_name = region.name.clone();
         let cat = Catalog {
             store: store.clone(),
             defaults,
@@ -228,6 +248,8 @@ impl Catalog {
             by_id: RwLock::new(HashMap::new()),
             next_log_id: AtomicU64::new(next),
             admin: tokio::sync::Mutex::new(()),
+            global: GlobalMeta::open(&store, &region_name)?,
+            offsets_hook: std::sync::OnceLock::new(),
         };
         for (key, value) in store.scan_meta(TOPIC_PREFIX)? {
             let record: TopicRecord =
@@ -325,6 +347,11 @@ impl Catalog {
         &self.region
     }
 
+    /// Called after a merge changed committed offsets (see [`OffsetsHook`]).
+    pub fn on_remote_offsets(&self, hook: OffsetsHook) {
+        let _ = self.offsets_hook.set(hook);
+    }
+
     /// Routes catalog changes through the regional controller from now on.
     pub fn attach_controller(&self, c: Arc<dyn ControllerProposer>) {
         let _ = self.controller.set(c);
@@ -419,6 +446,7 @@ impl Catalog {
         if self.get(name).is_some() {
             return Err(TopicError::AlreadyExists(name.to_string()));
         }
+        self.check_global_name(name, configs)?;
         let replicas = if !assignments.is_empty() {
             if partitions != -1 || replication_factor != -1 {
                 return Err(TopicError::InvalidReplicaAssignment(
@@ -494,6 +522,7 @@ impl Catalog {
         let topic = self.get(name).ok_or(TopicError::Unknown)?;
         self.submit(ControllerCommand::DeleteTopic {
             name: name.to_string(),
+            now_ms: now_ms(),
         })
         .await?;
         self.await_local(|| self.get(name).is_none().then_some(()))
@@ -516,6 +545,7 @@ impl Catalog {
             name: name.to_string(),
             count,
             assignments: assignments.map(|a| a.to_vec()),
+            now_ms: now_ms(),
         })
         .await?;
         self.await_local(|| {
@@ -590,6 +620,7 @@ impl Catalog {
         self.submit(ControllerCommand::AlterConfigs {
             name: name.to_string(),
             ops,
+            now_ms: now_ms(),
         })
         .await?;
         self.await_local(|| {
@@ -759,25 +790,29 @@ impl Catalog {
                     assignments,
                     configs,
                 )?;
-                let log_ids = self.alloc_log_ids(replicas.len(), wb);
-                for lid in &log_ids {
-                    PartitionLog::init_record(&self.store, wb, *lid);
-                }
-                let record = TopicRecord {
+                let mut record = TopicRecord {
                     name: name.clone(),
                     id: *id,
-                    partitions: log_ids,
+                    partitions: vec![0; replicas.len()],
                     replicas,
                     configs,
                     created_ms: *now_ms,
                     version: 1,
                     reassigning: BTreeMap::new(),
                 };
+                // First, since it may refuse the topic (a name taken in
+                // the global metadata) before anything is written.
+                self.global_created(&record, *now_ms, wb)?;
+                record.partitions = self.alloc_log_ids(record.replicas.len(), wb);
+                for lid in &record.partitions {
+                    PartitionLog::init_record(&self.store, wb, *lid);
+                }
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
             }
-            ControllerCommand::DeleteTopic { name } => {
+            ControllerCommand::DeleteTopic { name, now_ms } => {
                 let topic = self.get(name).ok_or(TopicError::Unknown)?;
+                self.global_deleted(&topic, *now_ms, wb)?;
                 wb.delete_cf(self.store.cf(CF_META), format!("{TOPIC_PREFIX}{name}"));
                 for p in &topic.partitions {
                     p.delete_into(wb);
@@ -788,6 +823,7 @@ impl Catalog {
                 name,
                 count,
                 assignments,
+                now_ms,
             } => {
                 let (topic, replicas) =
                     self.plan_partitions(name, *count, assignments.as_deref())?;
@@ -804,14 +840,16 @@ impl Catalog {
                 record.partitions.extend(new_ids.iter().copied());
                 record.replicas.extend(replicas);
                 record.version += 1;
+                self.global_changed(&record, true, *now_ms, wb)?;
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
             }
-            ControllerCommand::AlterConfigs { name, ops } => {
+            ControllerCommand::AlterConfigs { name, ops, now_ms } => {
                 let topic = self.get(name).ok_or(TopicError::Unknown)?;
                 let mut record = topic.record.clone();
                 record.configs = Self::altered_configs(&topic, ops)?;
                 record.version += 1;
+                self.global_changed(&record, false, *now_ms, wb)?;
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
             }
@@ -868,7 +906,12 @@ impl Catalog {
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
             }
-            ControllerCommand::PutGroup { group, record } => {
+            ControllerCommand::PutGroup {
+                group,
+                record,
+                now_ms,
+                regional,
+            } => {
                 let meta = self.store.cf(CF_META);
                 match record {
                     Some(r) => wb.put_cf(
@@ -882,6 +925,9 @@ impl Catalog {
                         // writes may still be on their way to the store.
                         let (from, to) = groups::group_offsets_range(group);
                         wb.delete_range_cf(meta, from, to);
+                        if !regional {
+                            self.global_offsets_deleted(group, None, *now_ms, wb);
+                        }
                     }
                 }
                 Ok(PostApply::Nothing)
@@ -895,14 +941,34 @@ impl Catalog {
                         serde_json::to_vec(r).expect("serializes"),
                     );
                 }
+                self.global_offsets(group, offsets, wb);
                 Ok(PostApply::Nothing)
             }
-            ControllerCommand::DeleteOffsets { group, partitions } => {
+            ControllerCommand::DeleteOffsets {
+                group,
+                partitions,
+                now_ms,
+                regional,
+            } => {
                 let meta = self.store.cf(CF_META);
                 for (t, p) in partitions {
                     wb.delete_cf(meta, groups::offset_key(group, t, *p));
                 }
+                if !regional {
+                    self.global_offsets_deleted(group, Some(partitions), *now_ms, wb);
+                }
                 Ok(PostApply::Nothing)
+            }
+            ControllerCommand::MetaRegions { regions } => {
+                self.apply_meta_regions(regions, wb);
+                Ok(PostApply::Nothing)
+            }
+            ControllerCommand::MetaMerge { delta, wall_ms } => {
+                self.apply_meta_merge(delta, *wall_ms, wb)
+            }
+            ControllerCommand::MetaPeerSummary { summary } => self.apply_peer_summary(summary, wb),
+            ControllerCommand::MetaReconcile { topic_id } => {
+                self.apply_meta_reconcile(topic_id, wb)
             }
             ControllerCommand::Barrier => Ok(PostApply::Nothing),
         }
@@ -997,6 +1063,7 @@ impl Catalog {
             }
         }
         self.load_brokers()?;
+        self.global.reload(&self.store)?;
         Ok(())
     }
 
@@ -1023,6 +1090,9 @@ pub enum PostApply {
     Remove(Arc<Topic>),
     /// Consumer-group entries: the coordinator keeps its own memory.
     Nothing,
+    /// Committed offsets another region changed: tell the coordinator.
+    RemoteOffsets(Vec<(String, String, i32)>),
+    Many(Vec<PostApply>),
 }
 
 impl PostApply {
@@ -1052,6 +1122,18 @@ impl PostApply {
                 cat.install(cat.with_partitions(record, parts));
             }
             PostApply::Nothing => return Ok(()),
+            PostApply::RemoteOffsets(keys) => {
+                if let Some(hook) = cat.offsets_hook.get() {
+                    hook(keys);
+                }
+                return Ok(());
+            }
+            PostApply::Many(posts) => {
+                for p in posts {
+                    p.run(cat)?;
+                }
+                return Ok(());
+            }
             PostApply::Remove(topic) => {
                 cat.topics.write().unwrap().remove(topic.name());
                 cat.by_id.write().unwrap().remove(&topic.id());
@@ -1144,6 +1226,52 @@ mod tests {
             .await
             .unwrap();
         assert!(!old.contains(&again.record.partitions[0]));
+    }
+
+    #[tokio::test]
+    async fn topics_enter_the_global_meta_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let digest;
+        {
+            let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+            let cat =
+                Catalog::open(store, TopicDefaults::default(), RegionSettings::single(1)).unwrap();
+            let t = cat
+                .create_topic("orders", 2, 1, &[], &BTreeMap::new(), false)
+                .await
+                .unwrap();
+            cat.create_topic("gone", 1, 1, &[], &BTreeMap::new(), false)
+                .await
+                .unwrap();
+            cat.alter_configs(
+                "orders",
+                vec![ConfigOp::Set("retention.ms".into(), "5000".into())],
+                false,
+            )
+            .await
+            .unwrap();
+            cat.delete_topic("gone").await.unwrap();
+            let rep = cat.global.read();
+            let id = rep.topic_by_name("orders").expect("global entry");
+            assert_eq!(id.0, *t.id().as_bytes());
+            let home = rep.home(&id).unwrap();
+            assert_eq!((home.home.as_str(), home.epoch), ("local", 1));
+            let def = rep.topics().find(|(i, _, _)| *i == id).unwrap().2;
+            assert_eq!(def.partitions, 2);
+            assert_eq!(def.configs.get("retention.ms").map(String::as_str), Some("5000"));
+            assert!(rep.topic_by_name("gone").is_none());
+            // No other region to wait for: the tombstone is gone at once.
+            assert_eq!(rep.tombstones(), 0);
+            digest = rep.digest();
+            drop(rep);
+            // The name is global: another topic cannot take it.
+            let err = cat.check_global_name("orders", &BTreeMap::new()).unwrap_err();
+            assert!(matches!(err, TopicError::AlreadyExists(_)), "{err}");
+        }
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let cat =
+            Catalog::open(store, TopicDefaults::default(), RegionSettings::single(1)).unwrap();
+        assert_eq!(cat.global.read().digest(), digest);
     }
 
     #[tokio::test]

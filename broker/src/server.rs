@@ -167,6 +167,7 @@ impl Broker {
         };
         let recovery = std::time::Instant::now();
         let region = RegionSettings {
+            name: config.region.clone(),
             brokers: config.cluster.broker_ids(config.node_id),
             default_replication_factor: config.cluster.effective_replication_factor(config.node_id)
                 as i16,

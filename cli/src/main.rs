@@ -93,6 +93,35 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The global `__meta` (metadata-sync) of every region.
+    Meta {
+        #[command(subcommand)]
+        what: MetaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MetaCommand {
+    /// Per region: digest, entries, tombstones, conflicts, and the lag to
+    /// each peer region in entries and seconds.
+    Status(MetaArgs),
+    /// Every resolved conflict each region has recorded, with both sides.
+    Conflicts(MetaArgs),
+}
+
+#[derive(clap::Args)]
+struct MetaArgs {
+    /// A broker admin address of a region (repeatable; one per region).
+    /// Default: every region in DEV_DIR/dev.json.
+    #[arg(long = "broker", value_name = "ADDR")]
+    brokers: Vec<String>,
+    /// A dc-link admin address (repeatable), for the per-peer lag.
+    #[arg(long = "dc-link", value_name = "ADDR")]
+    dc_links: Vec<String>,
+    #[arg(long, default_value = "./chronik-dev")]
+    dev_dir: PathBuf,
+    #[arg(long)]
+    json: bool,
 }
 
 fn init_tracing() {
@@ -162,6 +191,9 @@ fn main() -> ExitCode {
                     json,
                 },
         } => ctl_lag(dc_link, &dev_dir, json),
+        Command::Ctl {
+            command: CtlCommand::Meta { what },
+        } => meta_cli::run(what),
         Command::WanSim(args) => {
             init_tracing();
             chronik_wan_sim::run(args)
@@ -277,6 +309,8 @@ fn run_dc_link(config: &std::path::Path) -> ExitCode {
         }
     })
 }
+
+mod meta_cli;
 
 fn ctl_lag(mut addrs: Vec<String>, dev_dir: &std::path::Path, json: bool) -> ExitCode {
     if addrs.is_empty() {

@@ -131,6 +131,21 @@ impl AdminConn {
         Ok(())
     }
 
+    /// A request to the broker's `/v1/meta/...` API; the body on success.
+    pub async fn meta(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        json: bool,
+    ) -> Result<Bytes, HttpError> {
+        let (status, resp) = self
+            .request_with(method, path, body, json.then_some(JSON))
+            .await?;
+        self.check(status, &resp)?;
+        Ok(resp)
+    }
+
     fn json<T: for<'de> Deserialize<'de>>(&self, body: &Bytes) -> Result<T, HttpError> {
         serde_json::from_slice(body).map_err(|e| HttpError::Transport {
             addr: self.addr.clone(),

@@ -12,6 +12,7 @@ pub mod broker_http;
 pub mod health;
 pub mod kafka;
 pub mod lag;
+pub mod meta_sync;
 pub mod proto;
 mod receiver;
 mod sender;
@@ -179,6 +180,8 @@ pub struct Shared {
     rates: Mutex<BTreeMap<String, RateSample>>,
     refresh: Notify,
     quorum_changed: Notify,
+    /// metadata-sync, per peer region.
+    meta: Mutex<BTreeMap<String, meta_sync::MetaPeer>>,
 }
 
 impl Shared {
@@ -618,8 +621,10 @@ fn transport(topo: &Topology) -> quinn::TransportConfig {
         .initial_rtt(Duration::from_millis(topo.cross_dc.link_rtt_ms as u64))
         .keep_alive_interval(Some(Duration::from_secs(1)))
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(Duration::from_millis(topo.cross_dc.idle_timeout_ms as u64))
-                .expect("validated: at most 600 s"),
+            quinn::IdleTimeout::try_from(Duration::from_millis(
+                topo.cross_dc.idle_timeout_ms as u64,
+            ))
+            .expect("validated: at most 600 s"),
         ))
         .congestion_controller_factory(match topo.cross_dc.congestion {
             chronik_topology::Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
@@ -698,6 +703,7 @@ pub async fn run(
         rates: Mutex::new(BTreeMap::new()),
         refresh: Notify::new(),
         quorum_changed: Notify::new(),
+        meta: Mutex::new(BTreeMap::new()),
     });
     tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, "dc-link started");
 
@@ -744,6 +750,7 @@ pub async fn run(
     let app = axum::Router::new()
         .route("/metrics", get(render_metrics))
         .route("/v1/lag", get(lag_json))
+        .route("/v1/meta", get(meta_json))
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
         .with_state((shared.clone(), metrics));
@@ -760,6 +767,10 @@ pub async fn run(
 }
 
 type AppState = (Arc<Shared>, PrometheusHandle);
+
+async fn meta_json(State((s, _)): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({"region": s.region, "peers": s.meta_report()}))
+}
 
 async fn lag_json(State((s, _)): State<AppState>) -> impl IntoResponse {
     axum::Json(s.report())
@@ -800,6 +811,13 @@ async fn render_metrics(State((s, m)): State<AppState>) -> String {
             .set(l.stats.frames_in_flight as f64);
         metrics::gauge!("chronik_dclink_throughput_records_per_second", &labels)
             .set(l.throughput_records_per_sec);
+    }
+    for (peer, p) in s.meta_report() {
+        metrics::gauge!("chronik_meta_sync_lag_seconds", "peer" => peer.clone()).set(p.lag_seconds);
+        metrics::gauge!("chronik_meta_sync_pending_entries", "peer" => peer.clone())
+            .set(p.pending_entries as f64);
+        metrics::gauge!("chronik_meta_sync_connected", "peer" => peer)
+            .set(p.connected as u8 as f64);
     }
     metrics::gauge!("chronik_dclink_policy_errors").set(r.policy_errors.len() as f64);
     metrics::gauge!("chronik_dclink_ready").set(s.readiness().is_ok() as u8 as f64);

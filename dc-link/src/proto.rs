@@ -33,7 +33,7 @@ pub struct Envelope {
     /// Non-zero: this answers the envelope with that id.
     #[prost(uint64, tag = "2")]
     pub reply_to: u64,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18")]
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20")]
     pub body: Option<Body>,
 }
 
@@ -66,6 +66,16 @@ pub enum Body {
     /// `offset`).
     #[prost(message, tag = "18")]
     PartitionStatus(PartitionStatus),
+    /// Metadata stream only: a region's `__meta` summary
+    /// (`chronik_metadata_sync::Summary`, encoded). The pushing side sends
+    /// its own first; the merging side answers with its own after every
+    /// merge, which tells the pusher what is still missing.
+    #[prost(bytes = "bytes", tag = "19")]
+    MetaSummary(Bytes),
+    /// Metadata stream only, pusher -> merger: entries the merger lacks
+    /// (`chronik_metadata_sync::Delta`, encoded).
+    #[prost(bytes = "bytes", tag = "20")]
+    MetaDelta(Bytes),
 }
 
 #[derive(Clone, PartialEq, Message)]

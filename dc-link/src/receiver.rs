@@ -159,7 +159,30 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
             }
         }
     };
+    // Every further stream the peer opens carries metadata-sync.
+    let meta = async {
+        loop {
+            let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+            let (shared, peer) = (shared.clone(), peer.clone());
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::meta_sync::serve(shared, peer.clone(), send, recv).await {
+                    if e.starts_with("malformed")
+                        || e.contains("refused")
+                        || e.starts_with("unexpected")
+                    {
+                        conn.close(2u32.into(), e.as_bytes());
+                    } else {
+                        tracing::info!(peer = %peer, error = %e, "metadata-sync stream ended");
+                    }
+                }
+            });
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), String>(())
+    };
     tokio::select! {
+        r = meta => r,
         r = reader => r,
         r = writer => r,
     }
@@ -240,14 +263,9 @@ async fn ensure_mirror(ctx: &SessionCtx, offer: &TopicOffer) -> TopicReady {
     }
     let shared = &ctx.shared;
     let local = shared.local_region();
-    let mut configs = offer.configs.clone();
-    configs.insert("chronik.home.region".into(), offer.home_region.clone());
-    if !offer.topic_id.is_empty() {
-        configs.insert(incarnation::SOURCE_TOPIC_ID.into(), offer.topic_id.clone());
-    }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        match prepare(shared, &local.bootstrap, offer, &configs).await {
+        match prepare(shared, &local.bootstrap, offer).await {
             Ok(Ok(positions)) => {
                 return TopicReady {
                     name: offer.name.clone(),
@@ -267,10 +285,9 @@ async fn ensure_mirror(ctx: &SessionCtx, offer: &TopicOffer) -> TopicReady {
 }
 
 async fn prepare(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     bootstrap: &[String],
     offer: &TopicOffer,
-    configs: &BTreeMap<String, String>,
 ) -> Result<Result<Vec<Position>, String>, String> {
     let name = offer.name.clone();
     let view = kafka::metadata(bootstrap, Some(std::slice::from_ref(&name)))
@@ -280,24 +297,22 @@ async fn prepare(
     let mut c = kafka::connect_any(bootstrap)
         .await
         .map_err(|e| e.to_string())?;
+    // Mirror topics are created and grown by metadata-sync, from the
+    // topic's global entry, in the controller of this region; the offer
+    // only waits for that to have happened.
     match existing {
         None => {
-            // The mirror gets the home's replication factor when this
-            // region has enough brokers, else as many as it has.
-            let rf = offer
-                .replication_factor
-                .clamp(1, view.brokers.len().max(1) as i32) as i16;
-            kafka::create_topic(&mut c, &name, offer.partitions, rf, configs)
-                .await
-                .map_err(|e| e.to_string())?;
-            tracing::info!(topic = %name, partitions = offer.partitions, "created mirror topic");
-            return Err("created; waiting for leaders".into());
+            // Deleted here, or not created yet: the global entry decides.
+            if !offer.topic_id.is_empty() {
+                let mut local = crate::meta_sync::LocalMeta::new(shared.clone());
+                if let Err(e) = local.reconcile(&offer.topic_id).await {
+                    tracing::debug!(topic = %name, error = %e, "mirror topic not re-created yet");
+                }
+            }
+            return Err("waiting for metadata-sync to create the mirror topic".into());
         }
         Some(t) if (t.leaders.len() as i32) < offer.partitions => {
-            kafka::create_partitions(&mut c, &name, offer.partitions)
-                .await
-                .map_err(|e| e.to_string())?;
-            return Err("grown; waiting for leaders".into());
+            return Err("waiting for metadata-sync to add the new partitions".into());
         }
         Some(_) => {}
     }

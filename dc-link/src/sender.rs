@@ -184,11 +184,32 @@ async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result
             }
         }
     };
+    let meta = {
+        let shared = shared.clone();
+        let conn = conn.clone();
+        let peer = peer.to_string();
+        async move {
+            // A metadata failure never takes the data link down with it.
+            loop {
+                if let Err(e) =
+                    crate::meta_sync::push(shared.clone(), conn.clone(), peer.clone()).await
+                {
+                    tracing::warn!(peer = %peer, error = %e, "metadata-sync: stream to {peer} ended; restarting it");
+                    shared.meta_peer(&peer, |p| {
+                        p.connected = false;
+                        p.last_error = Some(e);
+                    });
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
     let result = tokio::select! {
         r = writer => r,
         r = reader => r,
         r = offers => r,
         r = stats => r,
+        r = meta => r,
         e = conn.closed() => Err(e.to_string()),
     };
     let _ = session.closed.send(true);
@@ -342,7 +363,10 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     // incarnation stop (they fetch by id and would find
                     // nothing anyway), and the new one is offered afresh.
                     tracing::warn!(link = %s.link, topic = %t.name, old_id = %id, new_id = %t.id, "home topic re-created; offering the new incarnation");
-                    s.positions.lock().unwrap().retain(|(topic, _), _| *topic != t.name);
+                    s.positions
+                        .lock()
+                        .unwrap()
+                        .retain(|(topic, _), _| *topic != t.name);
                     offered.remove(&t.name);
                 }
                 Some((n, _)) if *n >= t.partitions => continue,
@@ -366,7 +390,11 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     replication_factor: t.replication_factor,
                     configs: t.configs.clone(),
                     home_region: s.shared.region.clone(),
-                    topic_id: if t.id.is_nil() { String::new() } else { t.id.to_string() },
+                    topic_id: if t.id.is_nil() {
+                        String::new()
+                    } else {
+                        t.id.to_string()
+                    },
                 })),
             });
             let ready = tokio::time::timeout(Duration::from_secs(90), rx)
@@ -412,7 +440,12 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     .unwrap()
                     .insert((p.topic.clone(), p.partition), Cursor::new(p.offset));
                 tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = p.offset, "mirroring");
-                tokio::spawn(read_partition(s.clone(), p.topic.clone(), t.id, p.partition));
+                tokio::spawn(read_partition(
+                    s.clone(),
+                    p.topic.clone(),
+                    t.id,
+                    p.partition,
+                ));
             }
             offered.insert(t.name.clone(), (t.partitions, t.id));
         }
@@ -454,7 +487,8 @@ async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, pa
             }
         }
         let c = conn.as_mut().expect("connected above");
-        let f = match kafka::fetch(c, &topic, topic_id, partition, pos.offset, max_bytes, 500).await {
+        let f = match kafka::fetch(c, &topic, topic_id, partition, pos.offset, max_bytes, 500).await
+        {
             Ok(f) => f,
             Err(e) => {
                 tracing::debug!(topic = %topic, partition, error = %e, "fetch failed");

@@ -32,8 +32,8 @@ pub use key::{kind, Key, MergeRule, TopicId};
 pub use knowledge::{Knowledge, Row};
 pub use region::{InvalidRegion, RegionId};
 pub use replica::{
-    Conflict, ConflictKind, Counters, Effect, Limits, MergeError, MergeReport, Replica, Side,
-    UpdateError, Written,
+    Changes, Conflict, ConflictKind, Counters, Effect, Limits, MergeError, MergeReport, Replica,
+    RestoreError, Side, UpdateError, Written,
 };
 pub use value::{valid_topic_name, HomeValue, OffsetValue, TopicDef, HOME_REGION_CONFIG};
 pub use vv::{Causality, VersionVector};

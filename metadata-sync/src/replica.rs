@@ -267,7 +267,15 @@ pub struct Replica {
     conflict_bytes: usize,
     next_conflict: u64,
     counters: Counters,
+    /// Keys whose entry or acknowledgements changed since the last
+    /// [`Replica::take_changes`]: what the caller must write to its store.
+    dirty: BTreeSet<Key>,
+    /// Conflict records above this sequence number are not yet persisted.
+    persisted_conflicts: u64,
 }
+
+mod persist;
+pub use persist::{Changes, RestoreError};
 
 impl Replica {
     /// `regions`: every region of the topology, this one included.
@@ -294,6 +302,8 @@ impl Replica {
             conflict_bytes: 0,
             next_conflict: 0,
             counters: Counters::default(),
+            dirty: BTreeSet::new(),
+            persisted_conflicts: 0,
         }
     }
 
@@ -310,6 +320,11 @@ impl Replica {
     pub fn set_regions(&mut self, regions: impl IntoIterator<Item = RegionId>) {
         self.regions = regions.into_iter().collect();
         self.regions.insert(self.region.clone());
+    }
+
+    /// Every region of the topology, this one included.
+    pub fn regions(&self) -> impl Iterator<Item = &RegionId> + '_ {
+        self.regions.iter()
     }
 
     pub fn get(&self, key: &Key) -> Option<&Entry> {
@@ -620,6 +635,7 @@ impl Replica {
     fn store(&mut self, entry: Entry) {
         let new_tomb = entry.is_tombstone();
         self.gc_acks.remove(&entry.key);
+        self.dirty.insert(entry.key.clone());
         let old = self.entries.insert(entry.key.clone(), entry);
         let old_tomb = old.is_some_and(|e| e.is_tombstone());
         match (old_tomb, new_tomb) {
@@ -1010,11 +1026,11 @@ impl Replica {
         let own = peer.knowledge.base(&peer.region);
         for (key, e) in &self.entries {
             if e.is_tombstone() && peer.knowledge.covers(&e.vv) {
-                self.gc_acks
-                    .entry(key.clone())
-                    .or_default()
-                    .entry(peer.region.clone())
-                    .or_insert(own);
+                let acks = self.gc_acks.entry(key.clone()).or_default();
+                if !acks.contains_key(&peer.region) {
+                    acks.insert(peer.region.clone(), own);
+                    self.dirty.insert(key.clone());
+                }
             }
         }
         Ok(())
@@ -1024,6 +1040,18 @@ impl Replica {
     /// Also records the summary as the peer's acknowledgement.
     pub fn delta_since(&mut self, peer: &Summary) -> Result<Delta, MergeError> {
         self.record_summary(peer)?;
+        self.delta_for(peer)
+    }
+
+    /// The entries `peer` lacks, without taking the summary as an
+    /// acknowledgement: for readers that may not change the replica (a
+    /// broker serving a peer from its applied state records summaries
+    /// through its controller instead, so every broker collects alike).
+    pub fn delta_for(&self, peer: &Summary) -> Result<Delta, MergeError> {
+        if peer.region == self.region {
+            return Err(MergeError::FromSelf);
+        }
+        self.known_region(&peer.region)?;
         // Room for the envelope and the context.
         let budget = self.limits.max_message_bytes / 2;
         let mut used = 0usize;
@@ -1079,6 +1107,7 @@ impl Replica {
             }
             let e = self.entries.remove(&key).expect("present");
             self.gc_acks.remove(&key);
+            self.dirty.insert(key.clone());
             self.tombstones -= 1;
             self.gc_floor = self.gc_floor.max(e.hlc);
             self.counters.tombstones_collected += 1;

@@ -596,3 +596,99 @@ impl Replica {
         .unwrap();
     }
 }
+
+/// A store as the broker keeps one: key records, conflict records and the
+/// state record, updated only through `take_changes`.
+#[derive(Default)]
+struct SavedReplica {
+    keys: std::collections::BTreeMap<Vec<u8>, Bytes>,
+    conflicts: std::collections::BTreeMap<u64, Bytes>,
+    state: Option<Bytes>,
+}
+
+impl SavedReplica {
+    fn save(&mut self, rep: &mut Replica) {
+        let c = rep.take_changes();
+        for (key, rec) in c.keys {
+            let mut k = key.kind().to_be_bytes().to_vec();
+            k.extend_from_slice(&key.encode());
+            match rec {
+                Some(v) => self.keys.insert(k, v),
+                None => self.keys.remove(&k),
+            };
+        }
+        for (seq, v) in c.conflicts {
+            self.conflicts.insert(seq, v);
+        }
+        self.conflicts = self.conflicts.split_off(&c.conflicts_from);
+        self.state = Some(c.state);
+    }
+
+    fn load(&self, name: &str, limits: Limits) -> Replica {
+        Replica::restore(
+            r(name),
+            REGIONS.iter().map(|n| r(n)),
+            limits,
+            self.state.as_deref(),
+            self.keys.values().map(|v| v.as_ref()),
+            self.conflicts.values().map(|v| v.as_ref()),
+        )
+        .unwrap()
+    }
+}
+
+#[test]
+fn a_replica_restored_from_its_saved_changes_is_the_same_replica() {
+    // Small logs, so eviction of conflict records is saved too.
+    let limits = Limits {
+        max_conflict_log: 3,
+        ..Limits::default()
+    };
+    let mut a = replica_with("us-east", limits.clone());
+    let mut b = replica_with("eu-west", limits.clone());
+    let mut c = replica_with("ap-south", limits.clone());
+    let mut saved = SavedReplica::default();
+    assert!(saved
+        .load("us-east", limits.clone())
+        .same_state(&replica_with("us-east", limits.clone())));
+    let mut wall = 1_000;
+    for round in 0..6i64 {
+        wall += 10;
+        // Concurrent commits: conflicts in every round.
+        a.commit_offset("g", "t", 0, offset(round), wall).unwrap();
+        b.commit_offset("g", "t", 0, offset(100 + round), wall)
+            .unwrap();
+        let id = TopicId([round as u8 + 1; 16]);
+        a.put_topic(id, TopicDef::new("orders", 2, 1), wall)
+            .unwrap();
+        let other = TopicId([round as u8 + 101; 16]);
+        b.put_topic(other, TopicDef::new("orders", 2, 1), wall + 1)
+            .unwrap();
+        pull(&mut a, &mut b, wall + 2);
+        pull(&mut b, &mut a, wall + 3);
+        pull(&mut c, &mut a, wall + 4);
+        a.delete_topic(id, wall + 5).unwrap();
+        b.delete_topic(other, wall + 5).unwrap();
+        pull(&mut a, &mut b, wall + 6);
+        pull(&mut b, &mut a, wall + 6);
+        pull(&mut c, &mut a, wall + 7);
+        // Acknowledgements and collection.
+        a.record_summary(&b.summary()).unwrap();
+        a.record_summary(&c.summary()).unwrap();
+        a.collect_garbage();
+        saved.save(&mut a);
+        let back = saved.load("us-east", limits.clone());
+        assert!(back.same_state(&a), "round {round}: {back:#?}\nvs\n{a:#?}");
+    }
+    assert!(a.counters().tombstones_collected > 0, "{:?}", a.counters());
+    assert!(a.counters().conflicts_evicted > 0, "{:?}", a.counters());
+    // The restored replica goes on exactly like the original.
+    let mut back = saved.load("us-east", limits);
+    let wa = a.commit_offset("g", "t", 1, offset(5), wall + 100).unwrap();
+    let wb = back
+        .commit_offset("g", "t", 1, offset(5), wall + 100)
+        .unwrap();
+    assert_eq!(wa, wb);
+    assert!(back.same_state(&a));
+    assert_eq!(back.digest(), a.digest());
+}

@@ -130,7 +130,7 @@ fn check_version(v: u32) -> Result<(), MergeError> {
     Ok(())
 }
 
-fn knowledge_to_wire(k: &Knowledge) -> Vec<WireKnowledge> {
+pub(crate) fn knowledge_to_wire(k: &Knowledge) -> Vec<WireKnowledge> {
     k.rows()
         .map(|(r, row)| WireKnowledge {
             region: r.to_string(),
@@ -140,7 +140,10 @@ fn knowledge_to_wire(k: &Knowledge) -> Vec<WireKnowledge> {
         .collect()
 }
 
-fn knowledge_from_wire(rows: Vec<WireKnowledge>, limits: &Limits) -> Result<Knowledge, MergeError> {
+pub(crate) fn knowledge_from_wire(
+    rows: Vec<WireKnowledge>,
+    limits: &Limits,
+) -> Result<Knowledge, MergeError> {
     if rows.len() > limits.max_regions {
         return Err(MergeError::Malformed(format!(
             "knowledge of {} regions",

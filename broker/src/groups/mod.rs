@@ -180,7 +180,69 @@ impl Coordinator {
             }),
         });
         tokio::spawn(Self::run(Arc::downgrade(&c)));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        c.catalog.on_remote_offsets(Box::new(move |keys| {
+            let _ = tx.send(keys);
+        }));
+        tokio::spawn(Self::follow_remote_offsets(Arc::downgrade(&c), rx));
         c
+    }
+
+    /// Offsets committed in another region reach this region's store through
+    /// a merge; the live coordinator re-reads them, or its next commit of
+    /// the group would be based on a stale copy and clients would fetch
+    /// stale positions. Keys noticed while the coordinator loads wait until
+    /// it is active: its load may have read the store just before them.
+    async fn follow_remote_offsets(
+        me: Weak<Coordinator>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<Vec<(String, String, i32)>>,
+    ) {
+        let mut pending: Vec<(String, String, i32)> = Vec::new();
+        while let Some(keys) = rx.recv().await {
+            pending.extend(keys);
+            while let Ok(more) = rx.try_recv() {
+                pending.extend(more);
+            }
+            let Some(c) = me.upgrade() else { return };
+            loop {
+                let phase = match c.inner.lock().unwrap().phase {
+                    Phase::Active(_) => Some(true),
+                    Phase::Loading => None,
+                    Phase::Inactive => Some(false),
+                };
+                match phase {
+                    Some(true) => break,
+                    // A later load reads the store after these writes.
+                    Some(false) => {
+                        pending.clear();
+                        break;
+                    }
+                    None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            for (g, t, p) in pending.drain(..) {
+                c.refresh_offset(&g, &t, p).await;
+            }
+        }
+    }
+
+    async fn refresh_offset(&self, group: &str, topic: &str, partition: i32) {
+        let key = record::offset_key(group, topic, partition);
+        let rec: Option<OffsetRecord> = match self.store.get_meta(&key) {
+            Ok(v) => v.and_then(|v| serde_json::from_slice(&v).ok()),
+            Err(e) => {
+                tracing::warn!(error = %e, key, "could not read a merged offset");
+                return;
+            }
+        };
+        let Ok(Some(slot)) = self.slot(group, rec.is_some()) else {
+            return;
+        };
+        let mut s = slot.lock().await;
+        match rec {
+            Some(r) => s.offsets.insert((topic.to_string(), partition), r),
+            None => s.offsets.remove(&(topic.to_string(), partition)),
+        };
     }
 
     /// Follows controller leadership, expires sessions, and drops offsets
@@ -338,6 +400,9 @@ impl Coordinator {
         self.write(ControllerCommand::PutGroup {
             group: slot.g.id.clone(),
             record,
+            now_ms: now_ms() as i64,
+            // Deletions that must reach other regions write their own.
+            regional: true,
         })
         .await
     }
@@ -727,6 +792,8 @@ impl Coordinator {
             .write(ControllerCommand::PutGroup {
                 group: group.to_string(),
                 record: None,
+                now_ms: now_ms() as i64,
+                regional: false,
             })
             .await
         {
@@ -774,6 +841,8 @@ impl Coordinator {
             self.write(ControllerCommand::DeleteOffsets {
                 group: group.to_string(),
                 partitions: gone.clone(),
+                now_ms: now_ms() as i64,
+                regional: false,
             })
             .await?;
             for k in gone {
@@ -818,6 +887,8 @@ impl Coordinator {
                     .write(ControllerCommand::PutGroup {
                         group: group.clone(),
                         record: None,
+                        now_ms: now,
+                        regional: true,
                     })
                     .await
                     .is_ok()
@@ -833,6 +904,8 @@ impl Coordinator {
                 .write(ControllerCommand::DeleteOffsets {
                     group: group.clone(),
                     partitions: expired.clone(),
+                    now_ms: now,
+                    regional: true,
                 })
                 .await
                 .is_ok()

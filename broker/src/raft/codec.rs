@@ -606,7 +606,10 @@ mod tests {
             Entry {
                 log_id: LogId::new_term_index(4, 10),
                 payload: openraft::EntryPayload::Normal(Command::Controller(
-                    ControllerCommand::DeleteTopic { name: "t".into() },
+                    ControllerCommand::DeleteTopic {
+                        name: "t".into(),
+                        now_ms: 0,
+                    },
                 )),
             },
             Entry {

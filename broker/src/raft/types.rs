@@ -91,16 +91,24 @@ pub enum ControllerCommand {
     },
     DeleteTopic {
         name: String,
+        /// The proposer's wall clock (stamps the global `__meta` change);
+        /// 0 in entries of brokers that predate it.
+        #[serde(default)]
+        now_ms: i64,
     },
     CreatePartitions {
         name: String,
         count: i32,
         assignments: Option<Vec<Vec<i32>>>,
+        #[serde(default)]
+        now_ms: i64,
     },
     /// `None` deletes the key (back to the default).
     AlterConfigs {
         name: String,
         ops: Vec<(String, Option<String>)>,
+        #[serde(default)]
+        now_ms: i64,
     },
     /// Start (`Some`), redirect or cancel (`None`) moving a partition's
     /// replicas (AlterPartitionReassignments).
@@ -121,6 +129,13 @@ pub enum ControllerCommand {
     PutGroup {
         group: String,
         record: Option<crate::groups::record::GroupRecord>,
+        #[serde(default)]
+        now_ms: i64,
+        /// A deletion by offset retention: it stays in this region. Other
+        /// regions may hold the group non-empty, so expiry never deletes
+        /// the global offsets (DeleteGroups does).
+        #[serde(default)]
+        regional: bool,
     },
     CommitOffsets {
         group: String,
@@ -129,7 +144,27 @@ pub enum ControllerCommand {
     DeleteOffsets {
         group: String,
         partitions: Vec<(String, i32)>,
+        #[serde(default)]
+        now_ms: i64,
+        /// See `PutGroup::regional`.
+        #[serde(default)]
+        regional: bool,
     },
+    /// The regions of the topology, as the dc-link knows them: the global
+    /// `__meta` waits for each one's acknowledgement before it forgets a
+    /// tombstone, and refuses entries that name any other.
+    MetaRegions { regions: Vec<String> },
+    /// A peer region's anti-entropy delta (`chronik_metadata_sync::Delta`,
+    /// encoded), merged into the global `__meta`; mirror topics and
+    /// committed offsets follow what changed.
+    MetaMerge { delta: Vec<u8>, wall_ms: i64 },
+    /// A peer region's summary, taken as its acknowledgement of the
+    /// tombstones it covers; tombstones every region has seen are dropped.
+    MetaPeerSummary { summary: Vec<u8> },
+    /// Bring this region's copy of one topic (by id) back in line with its
+    /// global entry: a mirror deleted here is created again when the
+    /// dc-link offers the topic anew.
+    MetaReconcile { topic_id: Uuid },
     /// Changes nothing: once applied, everything committed before it is
     /// applied too (a new group coordinator waits for this before loading).
     Barrier,

@@ -91,6 +91,7 @@ fn name(n: u64) -> String {
 
 fn region() -> RegionSettings {
     RegionSettings {
+        name: "sim".to_string(),
         brokers: (1..=BROKERS as i32).collect(),
         default_replication_factor: 3,
         default_min_insync_replicas: 2,
@@ -156,7 +157,12 @@ async fn broker_main(
         shared: shared.clone(),
     });
     let cluster = Cluster::start_with_io(&cfg, store, catalog.clone(), io).await?;
-    tokio::spawn(monitor(node, cluster.clone(), catalog.clone(), shared.clone()));
+    tokio::spawn(monitor(
+        node,
+        cluster.clone(),
+        catalog.clone(),
+        shared.clone(),
+    ));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", CLIENT_PORT)).await?;
     loop {
         let (mut sock, _) = listener.accept().await?;
@@ -173,8 +179,14 @@ async fn broker_main(
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum Request {
-    CreateTopic { id: u128 },
-    Produce { partition: i32, records: Vec<u8>, now_ms: i64 },
+    CreateTopic {
+        id: u128,
+    },
+    Produce {
+        partition: i32,
+        records: Vec<u8>,
+        now_ms: i64,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -270,13 +282,23 @@ async fn monitor(node: u64, cluster: Arc<Cluster>, catalog: Arc<Catalog>, shared
             if let Some(st) = cluster.local_status(log.log_id) {
                 let (snap, purged) = (st.snapshot_index, st.purged_index);
                 if shared.with_history(|h| h.observe_snapshot(node, log.partition, snap, purged)) {
-                    shared.event(t, format!("{} p{} installed a snapshot up to {snap:?}", name(node), log.partition));
+                    shared.event(
+                        t,
+                        format!(
+                            "{} p{} installed a snapshot up to {snap:?}",
+                            name(node),
+                            log.partition
+                        ),
+                    );
                 }
             }
             if let Some(g) = cluster.group(log.log_id) {
                 let (_, term, leads) = g.brief();
                 if leads && shared.with_history(|h| h.observe_leader(log.log_id, term, node, t)) {
-                    shared.event(t, format!("{} leads p{} term {term}", name(node), log.partition));
+                    shared.event(
+                        t,
+                        format!("{} leads p{} term {term}", name(node), log.partition),
+                    );
                 }
             }
         }
@@ -300,7 +322,10 @@ async fn monitor(node: u64, cluster: Arc<Cluster>, catalog: Arc<Catalog>, shared
         }
         let st = cluster.controller_status();
         if st.is_leader && shared.with_history(|h| h.observe_leader(0, st.term, node, t)) {
-            shared.event(t, format!("{} leads the controller, term {}", name(node), st.term));
+            shared.event(
+                t,
+                format!("{} leads the controller, term {}", name(node), st.term),
+            );
         }
     }
 }
@@ -330,10 +355,13 @@ async fn read_msg<T: serde::de::DeserializeOwned>(
 /// drops client traffic) costs a timeout, never a stuck client.
 async fn call(broker: u64, req: &Request) -> Result<Response, String> {
     let addr = (name(broker), CLIENT_PORT);
-    let mut s = timeout(Duration::from_secs(1), turmoil::net::TcpStream::connect(addr))
-        .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    let mut s = timeout(
+        Duration::from_secs(1),
+        turmoil::net::TcpStream::connect(addr),
+    )
+    .await
+    .map_err(|_| "connect timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     timeout(Duration::from_secs(8), async {
         write_msg(&mut s, req).await?;
         read_msg::<Response>(&mut s).await
@@ -351,7 +379,14 @@ async fn client_main(seed: u64, shared: Arc<Shared>) -> turmoil::Result {
     let start = Instant::now();
     let mut b = 1 + seed % BROKERS;
     loop {
-        match call(b, &Request::CreateTopic { id: seed as u128 | 1 << 100 }).await {
+        match call(
+            b,
+            &Request::CreateTopic {
+                id: seed as u128 | 1 << 100,
+            },
+        )
+        .await
+        {
             Ok(Response::Created) => break,
             _ => {
                 b = next_broker(b);
@@ -432,7 +467,10 @@ async fn producer(seed: u64, k: usize, start: Instant, shared: Arc<Shared>) {
                 }
                 other => {
                     shared.note(sim_ms(), || {
-                        format!("producer {producer_id} seq {seq} -> {}: {other:?}", name(broker))
+                        format!(
+                            "producer {producer_id} seq {seq} -> {}: {other:?}",
+                            name(broker)
+                        )
                     });
                     broker = next_broker(broker);
                     sleep(Duration::from_millis(100)).await;
@@ -527,7 +565,10 @@ impl Nemesis {
     }
 
     fn peers(&self, b: u64, with_client: bool) -> Vec<IpAddr> {
-        let mut v: Vec<IpAddr> = (1..=BROKERS).filter(|p| *p != b).map(|p| self.ip(p)).collect();
+        let mut v: Vec<IpAddr> = (1..=BROKERS)
+            .filter(|p| *p != b)
+            .map(|p| self.ip(p))
+            .collect();
         if with_client {
             v.push(self.client);
         }
@@ -634,7 +675,10 @@ impl Nemesis {
             }
             Action::Lasting(f) => {
                 let until = now + self.rng.range_ms(300, 6000);
-                shared.event(t, format!("nemesis: start {f:?} for {} ms", (until - now).as_millis()));
+                shared.event(
+                    t,
+                    format!("nemesis: start {f:?} for {} ms", (until - now).as_millis()),
+                );
                 self.start(sim, &f);
                 self.active.push((until, f));
             }
@@ -672,7 +716,9 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
     let dirs: Vec<PathBuf> = (1..=BROKERS).map(|n| root.path().join(name(n))).collect();
     for n in 1..=BROKERS {
         let (dir, sh) = (dirs[n as usize - 1].clone(), shared.clone());
-        sim.host(name(n), move || broker_main(n, dir.clone(), profile, sh.clone()));
+        sim.host(name(n), move || {
+            broker_main(n, dir.clone(), profile, sh.clone())
+        });
     }
     sim.client("client", client_main(seed, shared.clone()));
     let brokers = (1..=BROKERS).map(|n| sim.lookup(name(n))).collect();
@@ -688,7 +734,10 @@ pub fn run_seed(seed: u64, verbose: bool) -> Outcome {
         base_latency,
         faults: 0,
     };
-    shared.event(0, format!("{profile:?}, link latency up to {base_latency:?}"));
+    shared.event(
+        0,
+        format!("{profile:?}, link latency up to {base_latency:?}"),
+    );
     let mut sim_error = None;
     loop {
         let now = sim.elapsed();

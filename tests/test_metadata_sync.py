@@ -1,0 +1,281 @@
+"""metadata-sync: the global `__meta` across regions, with real processes.
+
+One two-region deployment (us-east, eu-west, 3 brokers each, wan-sim in front of each
+dc-link; tests/regions.py) shared by the tests of the class, healed before each.
+
+After every case the regions' `__meta` must be identical: the digest each region's
+brokers print in `/v1/meta/status` (the one `chronik ctl meta status --json` shows) must
+be equal in both regions and on every broker of a region.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
+
+from cluster import create_topic
+from harness import http_get, wait_until
+from kclient import admin, produce_all, topic_partitions, unique_topic
+from regions import Regions
+from test_dclink import describe
+
+pytestmark = pytest.mark.chronik
+
+US, EU = "us-east", "eu-west"
+# Propagation limits on loopback (the benchmark measures it over a WAN).
+PROPAGATE_S = 30.0
+
+
+@pytest.fixture(scope="class")
+def two_regions(tmp_path_factory, chronik_cluster_binary):
+    r = Regions(tmp_path_factory.mktemp("meta-2r"), names=(US, EU), brokers=3, binary=chronik_cluster_binary)
+    r.start()
+    yield r
+    r.stop()
+
+
+@pytest.fixture
+def regions(two_regions):
+    two_regions.heal()
+    yield two_regions
+
+
+def meta_status(regions: Regions, region: str, node: int | None = None) -> dict:
+    c = regions.cluster(region)
+    ids = [node] if node is not None else c.live_ids()
+    last = None
+    for i in ids:
+        code, body = http_get(c.admin_url(i) + "/v1/meta/status", timeout=5)
+        if code == 200:
+            return json.loads(body)
+        last = (code, body)
+    raise AssertionError(f"no broker of {region} answered /v1/meta/status: {last}")
+
+
+def digests(regions: Regions) -> dict[str, set[str]]:
+    """Region -> the digests its running brokers show."""
+    out = {}
+    for r in regions.names:
+        c = regions.cluster(r)
+        out[r] = {meta_status(regions, r, i)["digest"] for i in c.live_ids()}
+    return out
+
+
+def ctl_meta(regions: Regions, what: str) -> dict:
+    """`chronik ctl meta <what> --json`, one --broker (and --dc-link) per region."""
+    args = []
+    for r in regions.names:
+        c = regions.cluster(r)
+        args += ["--broker", c.admin_url(c.live_ids()[0]).removeprefix("http://")]
+    if what == "status":
+        for r in regions.names:
+            args += ["--dc-link", regions.dclink_url(r).removeprefix("http://")]
+    out = subprocess.run([str(regions.binary), "ctl", "meta", what, "--json", *args],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def wait_identical(regions: Regions, timeout: float = PROPAGATE_S) -> str:
+    """Every broker of every region shows one digest; `ctl meta status` prints it too."""
+    def same():
+        d = digests(regions)
+        flat = set().union(*d.values())
+        return flat.pop() if len(flat) == 1 else None
+    digest = wait_until(same, timeout, interval=0.2, what="every broker of every region showing one __meta digest")
+    status = ctl_meta(regions, "status")["regions"]
+    assert [r["digest"] for r in status] == [digest] * len(regions.names), status
+    return digest
+
+
+def alter(bootstrap: str, topic: str, name: str, value: str) -> None:
+    res = admin(bootstrap).incremental_alter_configs([ConfigResource(
+        ConfigResource.Type.TOPIC, topic,
+        incremental_configs=[ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])])
+    for f in res.values():
+        f.result(timeout=30)
+
+
+def global_topic(regions: Regions, region: str, topic: str) -> dict | None:
+    return next((t for t in meta_status(regions, region)["topics"] if t["name"] == topic), None)
+
+
+def partitions_in(regions: Regions, region: str, topic: str) -> int:
+    ps = topic_partitions(regions.bootstrap(region), topic)
+    return 0 if ps is None else len(ps)
+
+
+class TestMetadataSync:
+
+    def test_topic_lifecycle_reaches_the_mirror(self, regions):
+        topic = unique_topic("meta-life")
+        create_topic(regions.cluster(US), topic, partitions=3, replication_factor=3,
+                     config={"retention.ms": "7200000", "max.message.bytes": "500000"})
+        home = global_topic(regions, US, topic)
+        assert home and home["home"] == US and home["epoch"] == 1 and home["partitions"] == 3, home
+
+        # Created at home: the mirror appears with the same partitions, configs and id.
+        wait_until(lambda: partitions_in(regions, EU, topic) == 3, PROPAGATE_S, what="mirror with 3 partitions")
+        cfg = describe(regions.bootstrap(EU), topic)
+        assert cfg["retention.ms"] == "7200000" and cfg["max.message.bytes"] == "500000", cfg
+        assert cfg["chronik.home.region"] == US, cfg
+        assert cfg["chronik.mirror.source.topic.id"] == home["id"], (cfg, home)
+        wait_identical(regions)
+        status = {r["region"]: r for r in ctl_meta(regions, "status")["regions"]}
+        assert status[US]["peers"][EU]["connected"] and status[EU]["peers"][US]["connected"], status
+        assert status[US]["peers"][EU]["entries_sent"] > 0, status
+
+        # Records still flow to the mirror created this way.
+        produce_all(regions.bootstrap(US), topic, [{"value": b"v%d" % i, "partition": i % 3} for i in range(30)],
+                    acks="all")
+        regions.wait_mirrored(topic, 3, home=US)
+
+        # A config altered at home reaches the mirror.
+        alter(regions.bootstrap(US), topic, "retention.ms", "3600000")
+        wait_until(lambda: describe(regions.bootstrap(EU), topic)["retention.ms"] == "3600000", PROPAGATE_S,
+                   what="altered retention.ms in the mirror")
+        wait_identical(regions)
+
+        # Partitions added at home reach the mirror, and are mirrored.
+        for f in admin(regions.bootstrap(US)).create_partitions([NewPartitions(topic, 5)]).values():
+            f.result(timeout=30)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 5, PROPAGATE_S, what="mirror grown to 5 partitions")
+        produce_all(regions.bootstrap(US), topic, [{"value": b"w%d" % i, "partition": i % 5} for i in range(25)],
+                    acks="all")
+        regions.wait_mirrored(topic, 5, home=US)
+        for p in range(5):
+            regions.assert_identical(topic, p, home=US)
+        wait_identical(regions)
+
+        # Deleted at home: the mirror goes.
+        for f in admin(regions.bootstrap(US)).delete_topics([topic]).values():
+            f.result(timeout=30)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 0, PROPAGATE_S, what="mirror deleted")
+        assert global_topic(regions, EU, topic) is None
+        wait_identical(regions)
+
+    def test_topic_name_is_global(self, regions):
+        topic = unique_topic("meta-name")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+        wait_until(lambda: global_topic(regions, EU, topic), PROPAGATE_S, what="global entry in eu-west")
+        # Drop eu-west's copy, then try to create the name there as a topic of its own.
+        for f in admin(regions.bootstrap(EU)).delete_topics([topic]).values():
+            f.result(timeout=30)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 0, 30, what="eu-west copy deleted")
+        from confluent_kafka.admin import NewTopic
+        fut = admin(regions.bootstrap(EU)).create_topics([NewTopic(topic, 1, 3)])[topic]
+        with pytest.raises(Exception) as e:
+            fut.result(timeout=30)
+        assert "us-east" in str(e.value), e.value
+        # The home topic is untouched everywhere.
+        assert global_topic(regions, US, topic)["home"] == US
+
+    def test_concurrent_config_changes_converge_and_the_conflict_is_visible(self, regions):
+        topic = unique_topic("meta-conc")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 1, PROPAGATE_S, what="mirror")
+        wait_identical(regions)
+        before = {r: meta_status(regions, r)["conflicts"]["concurrent"] for r in regions.names}
+        regions.blackhole(US, True)
+        regions.blackhole(EU, True)
+        try:
+            alter(regions.bootstrap(US), topic, "retention.ms", "1111111")
+            alter(regions.bootstrap(EU), topic, "retention.ms", "2222222")
+        finally:
+            regions.blackhole(US, False)
+            regions.blackhole(EU, False)
+        regions.wait_links_connected(timeout=60)
+        wait_identical(regions, timeout=60)
+        values = {r: describe(regions.bootstrap(r), topic)["retention.ms"] for r in regions.names}
+        assert len(set(values.values())) == 1 and values[US] in ("1111111", "2222222"), values
+        after = {r: meta_status(regions, r)["conflicts"]["concurrent"] for r in regions.names}
+        assert sum(after.values()) > sum(before.values()), (before, after)
+        # Both sides of it are listed.
+        report = ctl_meta(regions, "conflicts")
+        listed = [c for reg in report["regions"] for c in reg["conflicts"] if c["key"].startswith("topic/")]
+        assert listed, report
+        sides = {str(c["kept"]["value"].get("configs", {}).get("retention.ms")) for c in listed} | \
+                {str(c["lost"]["value"].get("configs", {}).get("retention.ms")) for c in listed}
+        assert {"1111111", "2222222"} <= sides, listed
+
+    @pytest.mark.parametrize("first,second", [(US, EU), (EU, US)])
+    def test_consumer_group_moves_between_regions(self, regions, first, second):
+        topic = unique_topic("meta-move")
+        n = 400
+        create_topic(regions.cluster(US), topic, partitions=2, replication_factor=3)
+        produce_all(regions.bootstrap(US), topic,
+                    [{"value": b"r%04d" % i, "partition": i % 2} for i in range(n)], acks="all")
+        regions.wait_mirrored(topic, 2, home=US)
+        group = unique_topic("g-move")
+
+        def group_consumer(region: str) -> Consumer:
+            c = Consumer({"bootstrap.servers": regions.bootstrap(region), "group.id": group,
+                          "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                          "enable.partition.eof": False, "fetch.wait.max.ms": 100})
+            c.subscribe([topic])
+            return c
+
+        seen: list[bytes] = []
+        # About half in the first region, committed, then the consumer stops.
+        c = group_consumer(first)
+        deadline = time.monotonic() + 60
+        while len(seen) < n // 2 and time.monotonic() < deadline:
+            for m in c.consume(num_messages=n // 2 - len(seen), timeout=0.5):
+                assert not m.error(), m.error()
+                seen.append(m.value())
+        assert len(seen) == n // 2, f"read {len(seen)} of {n // 2} in {first}"
+        c.commit(asynchronous=False)
+        # Partitions the group never read have no committed offset (-1001).
+        committed = {tp.partition: tp.offset for tp in
+                     c.committed([TopicPartition(topic, p) for p in range(2)], timeout=30) if tp.offset >= 0}
+        assert sum(committed.values()) == n // 2, committed
+        c.close()
+
+        # The second region holds the same committed offsets before the group starts there.
+        def fetched_in_second():
+            a = admin(regions.bootstrap(second))
+            from confluent_kafka import ConsumerGroupTopicPartitions
+            f = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+            got = {tp.partition: tp.offset for tp in f.result(timeout=30).topic_partitions
+                   if tp.topic == topic and tp.offset >= 0}
+            return got == committed
+        wait_until(fetched_in_second, PROPAGATE_S, what=f"group offsets {committed} in {second}")
+
+        # The rest in the second region, read to the high watermark.
+        c = group_consumer(second)
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=30)[1] for p in range(2)}
+        assert sum(ends.values()) == n, ends
+        pos: dict[int, int] = dict(committed)
+        deadline = time.monotonic() + 60
+        while any(pos.get(p, 0) < ends[p] for p in range(2)) and time.monotonic() < deadline:
+            for m in c.consume(num_messages=500, timeout=0.5):
+                assert not m.error(), m.error()
+                seen.append(m.value())
+                pos[m.partition()] = m.offset() + 1
+        c.commit(asynchronous=False)
+        c.close()
+        assert len(seen) == n, f"consumed {len(seen)} records across both regions, want {n}"
+        assert sorted(seen) == sorted(b"r%04d" % i for i in range(n)), "a record was skipped or consumed twice"
+        wait_identical(regions)
+
+    def test_controller_restart_loses_nothing(self, regions):
+        topic = unique_topic("meta-restart")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 1, PROPAGATE_S, what="mirror")
+        digest = wait_identical(regions)
+        # Every broker of eu-west, controller included, killed and restarted in turn.
+        for node in regions.cluster(EU).ids:
+            regions.kill9_broker(EU, node)
+            regions.restart_broker(EU, node)
+        for node in regions.cluster(EU).ids:
+            assert meta_status(regions, EU, node)["digest"] == digest
+        # And it keeps syncing afterwards.
+        alter(regions.bootstrap(US), topic, "retention.ms", "4444444")
+        wait_until(lambda: describe(regions.bootstrap(EU), topic)["retention.ms"] == "4444444", PROPAGATE_S,
+                   what="change after the restarts")
+        wait_identical(regions)

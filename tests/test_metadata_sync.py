@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 from cluster import create_topic
+from ackcheck import records_from_dump
 from harness import http_get, wait_until
 from kclient import admin, produce_all, topic_partitions, unique_topic
 from regions import Regions
@@ -279,3 +280,42 @@ class TestMetadataSync:
         wait_until(lambda: describe(regions.bootstrap(EU), topic)["retention.ms"] == "4444444", PROPAGATE_S,
                    what="change after the restarts")
         wait_identical(regions)
+
+    def test_same_name_created_in_two_cut_off_regions(self, regions):
+        """Both regions create one name while blackholed and write to it. On healing, the
+        topic created first (us-east's) keeps the name; eu-west's is renamed in place to
+        `<name>.conflict-eu-west`, keeps its records, and is mirrored under that name. Every
+        acknowledged record of both sides is readable in both regions."""
+        topic = unique_topic("meta-dup")
+        renamed = f"{topic}.conflict-{EU}"
+        regions.blackhole(US, True)
+        regions.blackhole(EU, True)
+        try:
+            create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+            # Created after us-east's returned, so stamped later (HLCs follow the wall clock).
+            create_topic(regions.cluster(EU), topic, partitions=1, replication_factor=3)
+            produce_all(regions.bootstrap(US), topic, [{"value": b"us-%d" % i} for i in range(20)], acks="all")
+            produce_all(regions.bootstrap(EU), topic, [{"value": b"eu-%d" % i} for i in range(30)], acks="all")
+        finally:
+            regions.blackhole(US, False)
+            regions.blackhole(EU, False)
+        regions.wait_links_connected(timeout=60)
+        wait_identical(regions, timeout=60)
+        for r in regions.names:
+            names = {t["name"]: t["home"] for t in meta_status(regions, r)["topics"]}
+            assert names.get(topic) == US and names.get(renamed) == EU, (r, names)
+        # Renamed in place in eu-west: its records are still there, under the new name.
+        wait_until(lambda: partitions_in(regions, EU, renamed) == 1 and partitions_in(regions, US, renamed) == 1,
+                   PROPAGATE_S, what=f"{renamed} in both regions")
+        regions.wait_mirrored(topic, 1, home=US)
+        regions.wait_mirrored(renamed, 1, home=EU)
+        for t, home, prefix, n in ((topic, US, b"us-", 20), (renamed, EU, b"eu-", 30)):
+            for r in regions.names:
+                c = regions.cluster(r)
+                recs = records_from_dump(c.dump_log(regions.leader_state(r, t, 0)[0], t, 0))
+                assert sorted(recs.values()) == sorted(prefix + b"%d" % i for i in range(n)), (t, r, recs)
+        counted = sum(meta_status(regions, r)["conflicts"]["topic_name"] for r in regions.names)
+        assert counted >= 1
+        listed = [c for reg in ctl_meta(regions, "conflicts")["regions"] for c in reg["conflicts"]
+                  if isinstance(c["kind"], dict) and c["kind"].get("renamed_to") == renamed]
+        assert listed, "the name conflict is not listed"

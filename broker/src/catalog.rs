@@ -1102,7 +1102,14 @@ impl PostApply {
                 cat.endpoints.write().unwrap().insert(ep.id, ep);
             }
             PostApply::Install(record) => {
-                let old = cat.get(&record.name).filter(|t| t.id() == record.id);
+                // By id: a topic renamed in place keeps its open logs.
+                let old = cat.get_by_id(&record.id);
+                if let Some(o) = old.as_ref().filter(|o| o.name() != record.name) {
+                    let mut topics = cat.topics.write().unwrap();
+                    if topics.get(o.name()).is_some_and(|t| t.id() == record.id) {
+                        topics.remove(o.name());
+                    }
+                }
                 let name: Arc<str> = record.name.as_str().into();
                 let mut parts = Vec::with_capacity(record.partitions.len());
                 for (i, lid) in record.partitions.iter().enumerate() {
@@ -1258,14 +1265,19 @@ mod tests {
             assert_eq!((home.home.as_str(), home.epoch), ("local", 1));
             let def = rep.topics().find(|(i, _, _)| *i == id).unwrap().2;
             assert_eq!(def.partitions, 2);
-            assert_eq!(def.configs.get("retention.ms").map(String::as_str), Some("5000"));
+            assert_eq!(
+                def.configs.get("retention.ms").map(String::as_str),
+                Some("5000")
+            );
             assert!(rep.topic_by_name("gone").is_none());
             // No other region to wait for: the tombstone is gone at once.
             assert_eq!(rep.tombstones(), 0);
             digest = rep.digest();
             drop(rep);
             // The name is global: another topic cannot take it.
-            let err = cat.check_global_name("orders", &BTreeMap::new()).unwrap_err();
+            let err = cat
+                .check_global_name("orders", &BTreeMap::new())
+                .unwrap_err();
             assert!(matches!(err, TopicError::AlreadyExists(_)), "{err}");
         }
         let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());

@@ -58,6 +58,11 @@ enum Op {
         to: usize,
         from: usize,
     },
+    /// The region's process restarts: its replica is saved (what changed
+    /// since its last save) and rebuilt from the store alone.
+    Restart {
+        at: usize,
+    },
     Collect {
         at: usize,
     },
@@ -81,6 +86,7 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         2 => any::<u16>().prop_map(|pick| Op::Drop { pick }),
         2 => (at.clone(), 0..n).prop_map(|(to, from)| Op::Sync { to, from }),
         2 => at.clone().prop_map(|at| Op::Collect { at }),
+        1 => at.clone().prop_map(|at| Op::Restart { at }),
         2 => (at, 0u16..3000).prop_map(|(at, ms)| Op::Tick { at, ms }),
     ]
 }
@@ -91,9 +97,18 @@ struct Msg {
     entries: Vec<Entry>,
 }
 
+/// A region's store, written only through `Replica::take_changes`.
+#[derive(Default)]
+struct Saved {
+    keys: BTreeMap<Vec<u8>, bytes::Bytes>,
+    conflicts: BTreeMap<u64, bytes::Bytes>,
+    state: Option<bytes::Bytes>,
+}
+
 struct World {
     names: Vec<RegionId>,
     reps: Vec<Replica>,
+    saved: Vec<Saved>,
     wall: Vec<u64>,
     net: Vec<Msg>,
     /// Every entry any replica ever wrote itself, as written.
@@ -141,6 +156,7 @@ impl World {
                 .iter()
                 .map(|r| Replica::new(r.clone(), names.clone(), limits()))
                 .collect(),
+            saved: (0..n).map(|_| Saved::default()).collect(),
             names,
             wall: skew.iter().map(|s| 1_000_000 + s).collect(),
             net: Vec::new(),
@@ -149,6 +165,38 @@ impl World {
             next_topic: 0,
             home_rank: vec![BTreeMap::new(); n],
         }
+    }
+
+    fn restart(&mut self, at: usize) {
+        let c = self.reps[at].take_changes();
+        let saved = &mut self.saved[at];
+        for (key, rec) in c.keys {
+            let mut k = key.kind().to_be_bytes().to_vec();
+            k.extend_from_slice(&key.encode());
+            match rec {
+                Some(v) => saved.keys.insert(k, v),
+                None => saved.keys.remove(&k),
+            };
+        }
+        saved.conflicts.extend(c.conflicts);
+        saved.conflicts = saved.conflicts.split_off(&c.conflicts_from);
+        saved.state = Some(c.state);
+        let before = self.reps[at].digest();
+        self.reps[at] = Replica::restore(
+            self.names[at].clone(),
+            self.names.clone(),
+            limits(),
+            saved.state.as_deref(),
+            saved.keys.values().map(|v| v.as_ref()),
+            saved.conflicts.values().map(|v| v.as_ref()),
+        )
+        .unwrap();
+        assert_eq!(
+            self.reps[at].digest(),
+            before,
+            "restart changed {}",
+            self.names[at]
+        );
     }
 
     /// Records what region `at` wrote and sends it to every other region.
@@ -305,6 +353,7 @@ impl World {
                 }
             }
             Op::Sync { to, from } => self.pull(to, from),
+            Op::Restart { at } => self.restart(at),
             Op::Collect { at } => self.collect(at),
             Op::Tick { at, ms } => self.wall[at] += u64::from(ms),
         }

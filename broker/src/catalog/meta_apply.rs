@@ -278,7 +278,7 @@ impl Catalog {
     ) -> Result<PostApply, TopicError> {
         let rep = self.global.read();
         Ok(self
-            .reconcile(&rep, topic_id(id), wb)?
+            .reconcile(&rep, topic_id(id), &mut Vec::new(), wb)?
             .unwrap_or(PostApply::Nothing))
     }
 
@@ -317,9 +317,7 @@ impl Catalog {
         let meta = self.store.cf(CF_META);
         for fx in &report.effects {
             match fx {
-                Effect::RenameTopic { id, from, to } => {
-                    tracing::warn!(%id, from, to, "global metadata: topic renamed by a name conflict; renaming a local topic in place is not implemented yet");
-                }
+                Effect::RenameTopic { id, .. } if !topics.contains(id) => topics.push(*id),
                 Effect::HomeChanged { id, .. } if !topics.contains(id) => topics.push(*id),
                 Effect::OffsetCommitted {
                     group,
@@ -347,9 +345,15 @@ impl Catalog {
                 _ => {}
             }
         }
+        // Topics this region already holds first: a rename frees a name
+        // that a mirror created in the same step may take.
+        let (held, new): (Vec<TopicId>, Vec<TopicId>) = topics
+            .into_iter()
+            .partition(|id| self.get_by_id(&Uuid::from_bytes(id.0)).is_some());
         let mut posts = Vec::new();
-        for id in topics {
-            if let Some(p) = self.reconcile(&rep, id, wb)? {
+        let mut freed = Vec::new();
+        for id in held.into_iter().chain(new) {
+            if let Some(p) = self.reconcile(&rep, id, &mut freed, wb)? {
                 posts.push(p);
             }
         }
@@ -360,10 +364,12 @@ impl Catalog {
     }
 
     /// Makes this region's copy of topic `id` match its global entry.
+    /// `freed`: names that topics reconciled earlier in this step gave up.
     fn reconcile(
         &self,
         rep: &chronik_metadata_sync::Replica,
         id: TopicId,
+        freed: &mut Vec<String>,
         wb: &mut WriteBatch,
     ) -> Result<Option<PostApply>, TopicError> {
         let uuid = Uuid::from_bytes(id.0);
@@ -402,7 +408,7 @@ impl Catalog {
             if !mirrored_in(&def, &home.home, here, &regions) {
                 return Ok(None);
             }
-            if let Some(other) = self.get(name) {
+            if let Some(other) = self.get(name).filter(|_| !freed.iter().any(|f| f == name)) {
                 tracing::warn!(topic = name, local_id = %other.id(), global_id = %uuid, "global metadata: a regional topic holds this name; the mirror is not created");
                 return Ok(None);
             }
@@ -429,6 +435,26 @@ impl Catalog {
         };
         let mut record = topic.record.clone();
         let mut changed = false;
+        if record.name != name {
+            // A name conflict was resolved against this topic: renamed in
+            // place (a catalog change; the partition logs stay as they are).
+            if self.get(name).is_some_and(|t| t.id() != uuid) && !freed.iter().any(|f| f == name) {
+                tracing::warn!(
+                    topic = record.name,
+                    to = name,
+                    "global metadata: cannot rename, a regional topic holds the new name"
+                );
+            } else {
+                tracing::warn!(from = record.name, to = name, id = %uuid, "global metadata: topic renamed by a name conflict");
+                wb.delete_cf(
+                    self.store.cf(CF_META),
+                    format!("{TOPIC_PREFIX}{}", record.name),
+                );
+                freed.push(record.name.clone());
+                record.name = name.to_string();
+                changed = true;
+            }
+        }
         if record.configs != configs {
             record.configs = configs;
             changed = true;

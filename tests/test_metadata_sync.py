@@ -319,3 +319,41 @@ class TestMetadataSync:
         listed = [c for reg in ctl_meta(regions, "conflicts")["regions"] for c in reg["conflicts"]
                   if isinstance(c["kind"], dict) and c["kind"].get("renamed_to") == renamed]
         assert listed, "the name conflict is not listed"
+
+
+def test_three_regions_converge_and_collect_tombstones(tmp_path, chronik_cluster_binary):
+    """Three regions, one broker each: a topic created in us-east is mirrored in both
+    others; a group commits in ap-south and reads on in eu-west; the topic deleted at home
+    leaves every region, and its tombstones are collected everywhere once all three have
+    acknowledged them."""
+    AP = "ap-south"
+    with Regions(tmp_path / "meta-3r", names=(US, EU, AP), brokers=1, binary=chronik_cluster_binary) as regions:
+        topic = unique_topic("meta-3r")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=1)
+        for r in (EU, AP):
+            wait_until(lambda r=r: partitions_in(regions, r, topic) == 1, PROPAGATE_S, what=f"mirror in {r}")
+        produce_all(regions.bootstrap(US), topic, [{"value": b"v%d" % i} for i in range(10)], acks="all")
+        regions.wait_mirrored(topic, 1, home=US)
+        group = unique_topic("g3")
+        c = Consumer({"bootstrap.servers": regions.bootstrap(AP), "group.id": group, "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
+        c.close()
+
+        def offset_in(region):
+            from confluent_kafka import ConsumerGroupTopicPartitions
+            f = admin(regions.bootstrap(region)).list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0)])])[group]
+            return [tp.offset for tp in f.result(timeout=30).topic_partitions if tp.topic == topic]
+        for r in (US, EU):
+            wait_until(lambda r=r: offset_in(r) == [7], PROPAGATE_S, what=f"ap-south's commit in {r}")
+        wait_identical(regions)
+
+        for f in admin(regions.bootstrap(US)).delete_topics([topic]).values():
+            f.result(timeout=30)
+        for r in (EU, AP):
+            wait_until(lambda r=r: partitions_in(regions, r, topic) == 0, PROPAGATE_S, what=f"mirror gone in {r}")
+        # Every region acknowledges (every 5 s per link), then each collects.
+        wait_until(lambda: all(meta_status(regions, r)["tombstones"] == 0 for r in regions.names), 60,
+                   what="tombstones collected in every region")
+        assert all(meta_status(regions, r)["tombstones_collected"] > 0 for r in regions.names)
+        wait_identical(regions)

@@ -257,6 +257,10 @@ pub(crate) async fn push(
     let mut peer_summary: Option<Bytes> = None;
     let mut sent_at: Option<Instant> = None;
     let mut last_ack = Instant::now() - ACK_EVERY;
+    // The newest summary not yet recorded as the peer's acknowledgement: the
+    // last one before a quiet spell must be recorded too, or tombstones it
+    // covers would wait for the next change.
+    let mut unacked: Option<Bytes> = None;
     loop {
         tokio::select! {
             frame = frames.next() => {
@@ -265,12 +269,7 @@ pub(crate) async fn push(
                     Some(Body::MetaSummary(s)) => {
                         let d = digest_of(&s);
                         shared.meta_peer(&peer, |p| p.peer_digest = d);
-                        if last_ack.elapsed() >= ACK_EVERY {
-                            last_ack = Instant::now();
-                            if let Err(e) = local.ack(s.clone()).await {
-                                tracing::debug!(error = %e, "metadata-sync: acknowledgement not recorded");
-                            }
-                        }
+                        unacked = Some(s.clone());
                         peer_summary = Some(s);
                         sent_at = None;
                     }
@@ -281,6 +280,15 @@ pub(crate) async fn push(
                 if changed.is_err() {
                     return Err("the local long poll stopped".into());
                 }
+            }
+            _ = tokio::time::sleep_until((last_ack + ACK_EVERY).into()), if unacked.is_some() => {
+                last_ack = Instant::now();
+                let s = unacked.take().expect("guarded");
+                if let Err(e) = local.ack(s.clone()).await {
+                    tracing::debug!(error = %e, "metadata-sync: acknowledgement not recorded; retrying");
+                    unacked = Some(s);
+                }
+                continue;
             }
             _ = tokio::time::sleep(ANSWER_TIMEOUT), if sent_at.is_some() => {
                 tracing::warn!(peer = %peer, "metadata-sync: no answer to a delta within {ANSWER_TIMEOUT:?}; sending again");

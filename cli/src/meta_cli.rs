@@ -134,6 +134,15 @@ pub fn run(cmd: MetaCommand) -> ExitCode {
     })
 }
 
+/// A JSON value as table text (strings unquoted, so widths apply).
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
 fn print_status(regions: &[Value]) {
     println!(
         "{:<12} {:<18} {:>8} {:>10} {:>10} {:>9}  KNOWLEDGE",
@@ -154,8 +163,8 @@ fn print_status(regions: &[Value]) {
             "{:<12} {:<18} {:>8} {:>10} {:>10} {:>9}  {}",
             r["region"].as_str().unwrap_or("?"),
             r["digest"].as_str().unwrap_or("?"),
-            r["entries"],
-            r["tombstones"],
+            cell(&r["entries"]),
+            cell(&r["tombstones"]),
             total,
             r["offsets_beyond_log_end"].as_array().map_or(0, Vec::len),
             knowledge.join(" ")
@@ -172,10 +181,10 @@ fn print_status(regions: &[Value]) {
                 "{:<12} {:<12} {:>9} {:>8} {:>10.1} {:>10}  {}",
                 r["region"].as_str().unwrap_or("?"),
                 peer,
-                p["connected"],
-                p["pending_entries"],
+                cell(&p["connected"]),
+                cell(&p["pending_entries"]),
                 p["lag_seconds"].as_f64().unwrap_or(0.0),
-                p["entries_sent"],
+                cell(&p["entries_sent"]),
                 p["last_error"].as_str().unwrap_or("-")
             );
         }

@@ -81,12 +81,20 @@ async fn delta(State(ctx): Ctx, body: Bytes) -> Response {
 async fn merge(State(ctx): Ctx, body: Bytes) -> Response {
     let checked = {
         let rep = ctx.catalog.global.read();
-        Delta::decode(&body, rep.limits()).map(|d| d.from != *rep.region())
+        Delta::decode(&body, rep.limits()).map(|d| {
+            if d.from == *rep.region() {
+                return Err(());
+            }
+            Ok(teaches(rep.knowledge(), &d))
+        })
     };
     match checked {
         Err(e) => return refused(e),
-        Ok(false) => return refused("a delta from this region itself"),
-        Ok(true) => {}
+        Ok(Err(())) => return refused("a delta from this region itself"),
+        // Every region echoes what it merged back once (its peer's summary
+        // is a round trip old): answered without a controller write.
+        Ok(Ok(false)) => return (StatusCode::OK, "known\n").into_response(),
+        Ok(Ok(true)) => {}
     }
     written(
         ctx.cluster
@@ -96,6 +104,17 @@ async fn merge(State(ctx): Ctx, body: Bytes) -> Response {
             })
             .await,
     )
+}
+
+/// Whether merging `d` could change anything here: an entry not yet seen,
+/// or knowledge this region lacks.
+fn teaches(k: &chronik_metadata_sync::Knowledge, d: &Delta) -> bool {
+    d.entries.iter().any(|e| !k.covers(&e.vv))
+        || d.context.as_ref().is_some_and(|c| {
+            c.rows().any(|(r, row)| {
+                row.base > k.base(r) || row.extra.iter().any(|n| !k.contains(r, *n))
+            })
+        })
 }
 
 /// A peer's summary, as its acknowledgement of the tombstones it covers.

@@ -1496,3 +1496,24 @@ def test_global_quorum_three_regions_waits_for_both_mirrors(regions_factory):
     hws = regions.wait_mirrored(topic, 1, US, timeout=60)
     assert hws[0] == written, (hws, written)
     regions.assert_identical(topic, 0, US, mirrors=[EU, AP])
+
+
+def test_delete_records_at_home_reaches_the_mirror(regions_factory):
+    """DeleteRecords at home moves the mirror's log start too (with the next records
+    shipped), so a mirror never serves records deleted at home."""
+    regions = regions_factory()
+    us = regions.bootstrap(US)
+    topic = unique_topic("delrec")
+    make_topic(regions, US, topic, 1)
+    wait_topic_in(regions, EU, topic, 1)
+    produce_all(us, topic, [{"value": b"a%d" % i, "partition": 0} for i in range(20)], acks="all")
+    regions.wait_mirrored(topic, 1, US, timeout=60)
+    (f,) = admin(us).delete_records([TopicPartition(topic, 0, 12)], operation_timeout=30).values()
+    assert f.result(timeout=60).low_watermark == 12
+    produce_all(us, topic, [{"value": b"b%d" % i, "partition": 0} for i in range(5)], acks="all")
+    regions.wait_mirrored(topic, 1, US, timeout=60)
+    wait_until(lambda: regions.leader_state(EU, topic, 0)[1]["log_start_offset"] == 12, 30, interval=0.25,
+               what="the mirror's log start at 12")
+    regions.assert_identical(topic, 0, US)
+    got = consume(regions.bootstrap(EU), topic, 0, count=13, timeout=30)
+    assert [m.offset() for m in got][0] == 12 and len(got) == 13, [m.offset() for m in got]

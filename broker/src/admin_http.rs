@@ -236,9 +236,19 @@ async fn mirror_append(
     State(s): State<AppState>,
     Path((topic, partition, base_offset)): Path<(String, i32, i64)>,
     headers: axum::http::HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
     body: axum::body::Bytes,
 ) -> Response {
     use crate::raft::types::{Command, CommandResult};
+    // Where the home log starts: records below it were deleted at home
+    // (DeleteRecords, retention) and are trimmed here too after the append.
+    let home_log_start: i64 = query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("home_log_start="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     use crate::raft::ProposeError;
     let ctx = &s.ctx;
     let Some((t, log)) = local_partition(ctx, &topic, partition) else {
@@ -272,11 +282,24 @@ async fn mirror_append(
         Ok(Ok(Ok(CommandResult::Mirrored {
             log_end_offset,
             appended,
-        }))) => axum::Json(serde_json::json!({
-            "log_end_offset": log_end_offset,
-            "appended": appended,
-        }))
-        .into_response(),
+        }))) => {
+            let trim_to = home_log_start.min(log_end_offset);
+            if trim_to > log.log_start_offset() {
+                // Best effort: the next append asks again if this fails.
+                let trimmed = group.submit(Command::DeleteRecords { offset: trim_to });
+                match tokio::time::timeout(Duration::from_secs(10), trimmed).await {
+                    Ok(Ok(Ok(CommandResult::Trimmed { .. }))) => {}
+                    other => {
+                        tracing::warn!(topic, partition, trim_to, result = ?other, "mirror not trimmed to the home log start yet")
+                    }
+                }
+            }
+            axum::Json(serde_json::json!({
+                "log_end_offset": log_end_offset,
+                "appended": appended,
+            }))
+            .into_response()
+        }
         Ok(Ok(Ok(CommandResult::Rejected { code, message }))) => json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({"error": message, "code": code}),

@@ -186,8 +186,12 @@ impl AdminConn {
         base_offset: i64,
         records: Bytes,
         from_log_start: bool,
+        home_log_start: i64,
     ) -> Result<Appended, HttpError> {
-        let path = format!("/v1/mirror/{}/{p}/{base_offset}", encode_segment(topic));
+        let path = format!(
+            "/v1/mirror/{}/{p}/{base_offset}?home_log_start={home_log_start}",
+            encode_segment(topic)
+        );
         let (st, body) = self
             .request_with(
                 Method::POST,

@@ -153,6 +153,11 @@ pub struct Chunk {
     /// before): an empty mirror may start there.
     #[prost(bool, tag = "6")]
     pub from_log_start: bool,
+    /// Where the home log starts when the chunk was read (0: unknown, from
+    /// an older peer). The mirror is trimmed to it, so records deleted at
+    /// home (DeleteRecords, retention) are not served from the mirror.
+    #[prost(int64, tag = "7")]
+    pub home_log_start: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -293,6 +298,7 @@ mod tests {
                     next_offset: 110,
                     records: Bytes::from(b"key=value;".repeat(n)),
                     from_log_start: false,
+                    home_log_start: 0,
                 }],
             })),
         }

@@ -105,6 +105,7 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
         link: format!("{peer}->{}", shared.region),
         out: out_tx,
         frames: Mutex::new(HashMap::new()),
+        home_starts: Mutex::new(HashMap::new()),
     });
     // Partitions stopped in this session are reported until it ends; the
     // next session starts them afresh from the mirror's log end.
@@ -147,6 +148,11 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
                         .insert(data.seq, (data.chunks.len(), BTreeMap::new()));
                     for c in data.chunks {
                         let key = (c.topic.clone(), c.partition);
+                        if c.home_log_start > 0 {
+                            let mut starts = ctx.home_starts.lock().unwrap();
+                            let s = starts.entry(key.clone()).or_insert(0);
+                            *s = (*s).max(c.home_log_start);
+                        }
                         let tx = appenders.entry(key.clone()).or_insert_with(|| {
                             let (tx, rx) = mpsc::unbounded_channel();
                             tokio::spawn(append_loop(ctx.clone(), key.0, key.1, rx));
@@ -199,6 +205,8 @@ struct SessionCtx {
     out: mpsc::UnboundedSender<Envelope>,
     /// Data frames not fully appended: chunks left, positions reached.
     frames: Mutex<HashMap<u64, PendingFrame>>,
+    /// The newest home log start each partition's chunks carried.
+    home_starts: Mutex<HashMap<(String, i32), i64>>,
 }
 
 impl SessionCtx {
@@ -648,6 +656,13 @@ async fn append(
     if admin.as_ref().is_none_or(|c| !c.is_open()) {
         *admin = Some(connect_leader(ctx, topic, partition).await?);
     }
+    let home_start = ctx
+        .home_starts
+        .lock()
+        .unwrap()
+        .get(&(topic.to_string(), partition))
+        .copied()
+        .unwrap_or(0);
     let r = admin
         .as_mut()
         .expect("connected above")
@@ -657,6 +672,7 @@ async fn append(
             a.base,
             a.records.clone(),
             a.from_log_start,
+            home_start,
         )
         .await;
     match r {

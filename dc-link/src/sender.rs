@@ -556,6 +556,7 @@ async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, pa
             next_offset: next,
             records: records.slice(first_r.start..),
             from_log_start: pos.from_log_start,
+            home_log_start: f.log_start_offset.max(0),
         };
         let current = s
             .positions

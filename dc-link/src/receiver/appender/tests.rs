@@ -29,6 +29,7 @@ fn chunk(batches: &[(i64, usize)], from_log_start: bool) -> Chunk {
         next_offset: last + n as i64,
         records: Bytes::from(records),
         from_log_start,
+        home_log_start: 0,
     }
 }
 

@@ -264,6 +264,33 @@ class TestMetadataSync:
         assert sorted(seen) == sorted(b"r%04d" % i for i in range(n)), "a record was skipped or consumed twice"
         wait_identical(regions)
 
+    def test_committed_offset_beyond_the_local_log_is_reported_not_clamped(self, regions):
+        topic = unique_topic("meta-beyond")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+        produce_all(regions.bootstrap(US), topic, [{"value": b"x%d" % i} for i in range(5)], acks="all")
+        regions.wait_mirrored(topic, 1, home=US)
+        group = unique_topic("g-beyond")
+        c = Consumer({"bootstrap.servers": regions.bootstrap(US), "group.id": group, "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(topic, 0, 50)], asynchronous=False)
+        c.close()
+
+        def reported():
+            rows = [o for o in meta_status(regions, EU)["offsets_beyond_log_end"] if o["group"] == group]
+            return rows and rows[0]
+        row = wait_until(reported, PROPAGATE_S, what="the offset reported beyond eu-west's log end")
+        assert (row["offset"], row["log_end"], row["committed_in"]) == (50, 5, US), row
+        status = {r["region"]: r for r in ctl_meta(regions, "status")["regions"]}
+        assert any(o["group"] == group for o in status[EU]["offsets_beyond_log_end"]), status[EU]
+        # Not clamped: eu-west's OffsetFetch answers 50.
+        from confluent_kafka import ConsumerGroupTopicPartitions
+        f = admin(regions.bootstrap(EU)).list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0)])])[group]
+        assert [tp.offset for tp in f.result(timeout=30).topic_partitions] == [50]
+        c = regions.cluster(EU)
+        code, body = http_get(c.admin_url(c.live_ids()[0]) + "/metrics", timeout=5)
+        line = [l for l in body.splitlines() if l.startswith("chronik_meta_offsets_beyond_log_end ")]
+        assert line and float(line[0].split()[1]) >= 1, line
+
     def test_controller_restart_loses_nothing(self, regions):
         topic = unique_topic("meta-restart")
         create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)

@@ -283,8 +283,11 @@ async fn mirror_append(
             log_end_offset,
             appended,
         }))) => {
-            let trim_to = home_log_start.min(log_end_offset);
-            if trim_to > log.log_start_offset() {
+            // Only within what the mirror holds: a home start past the
+            // mirror's end is a gap, which the dc-link reports; emptying the
+            // mirror here would hide it.
+            let trim_to = home_log_start;
+            if trim_to <= log_end_offset && trim_to > log.log_start_offset() {
                 // Best effort: the next append asks again if this fails.
                 let trimmed = group.submit(Command::DeleteRecords { offset: trim_to });
                 match tokio::time::timeout(Duration::from_secs(10), trimmed).await {

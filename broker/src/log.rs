@@ -1003,7 +1003,11 @@ mod tests {
         assert_eq!(cut(h.clone(), 9), vec![(1, 9), (3, 10), (4, 20)]);
         assert_eq!(cut(h.clone(), 10), vec![(3, 10), (4, 20)]);
         assert_eq!(cut(h.clone(), 25), vec![(4, 25)]);
-        assert_eq!(cut(vec![(2, 5)], 3), vec![(2, 5)], "nothing below the start");
+        assert_eq!(
+            cut(vec![(2, 5)], 3),
+            vec![(2, 5)],
+            "nothing below the start"
+        );
         assert_eq!(cut(vec![], 3), vec![]);
     }
 

@@ -445,7 +445,11 @@ mod tests {
         let d = done.clone();
         store.submit(b, Box::new(move |r| d.store(r.is_ok(), Ordering::Release)));
         assert!(done.load(Ordering::Acquire));
-        assert!(store.db().get_cf(store.cf(CF_LOG), log_key(1, 0)).unwrap().is_some());
+        assert!(store
+            .db()
+            .get_cf(store.cf(CF_LOG), log_key(1, 0))
+            .unwrap()
+            .is_some());
     }
 
     #[test]

@@ -113,8 +113,10 @@ struct ChildResult {
 #[test]
 #[ignore = "started by the other tests, one process per seed"]
 fn child() {
-    let (Ok(seed), Ok(out)) = (std::env::var("SIM_CHILD_SEED"), std::env::var("SIM_CHILD_OUT"))
-    else {
+    let (Ok(seed), Ok(out)) = (
+        std::env::var("SIM_CHILD_SEED"),
+        std::env::var("SIM_CHILD_OUT"),
+    ) else {
         return;
     };
     let verbose = std::env::var("SIM_CHILD_VERBOSE").is_ok();
@@ -146,9 +148,16 @@ fn run_child(seed: u64, verbose: bool) -> ChildResult {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("result.json");
     let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--exact", "child", "--ignored", "--nocapture", "--test-threads=1", "-q"])
-        .env("SIM_CHILD_SEED", seed.to_string())
-        .env("SIM_CHILD_OUT", &out);
+    cmd.args([
+        "--exact",
+        "child",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("SIM_CHILD_SEED", seed.to_string())
+    .env("SIM_CHILD_OUT", &out);
     if verbose {
         cmd.env("SIM_CHILD_VERBOSE", "1");
     }
@@ -156,7 +165,10 @@ fn run_child(seed: u64, verbose: bool) -> ChildResult {
         cmd.stderr(std::process::Stdio::inherit());
     }
     let o = cmd.output().expect("starting the seed's process");
-    match std::fs::read(&out).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+    match std::fs::read(&out)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+    {
         Some(r) => r,
         None => {
             let err = String::from_utf8_lossy(&o.stderr);
@@ -219,7 +231,15 @@ fn seeds() {
                     return;
                 }
                 let r = run_child(seed, false);
-                println!("{}{}", report(&r), if r.outcome.violations.is_empty() { "" } else { "  VIOLATED" });
+                println!(
+                    "{}{}",
+                    report(&r),
+                    if r.outcome.violations.is_empty() {
+                        ""
+                    } else {
+                        "  VIOLATED"
+                    }
+                );
                 results.lock().unwrap().push(r);
             });
         }
@@ -229,7 +249,10 @@ fn seeds() {
     let acks: u64 = results.iter().map(|r| r.outcome.acks).sum();
     let elections: u64 = results.iter().map(|r| r.outcome.elections).sum();
     let installs: u64 = results.iter().map(|r| r.outcome.snapshot_installs).sum();
-    let failed: Vec<&ChildResult> = results.iter().filter(|r| !r.outcome.violations.is_empty()).collect();
+    let failed: Vec<&ChildResult> = results
+        .iter()
+        .filter(|r| !r.outcome.violations.is_empty())
+        .collect();
     println!(
         "{n} seeds from {base}: {} violated; {acks} acknowledged batches checked; {elections} elections; {installs} snapshot installs; CPU {:.1} s total, {:.2} s per seed; wall {:.1} s",
         failed.len(),
@@ -237,7 +260,10 @@ fn seeds() {
         cpu as f64 / 1000.0 / n.max(1) as f64,
         started.elapsed().as_secs_f64()
     );
-    assert!(acks > 0, "no seed acknowledged a single write: the workload is not running");
+    assert!(
+        acks > 0,
+        "no seed acknowledged a single write: the workload is not running"
+    );
     if !failed.is_empty() {
         let mut msg = String::new();
         for r in failed {
@@ -285,5 +311,8 @@ fn same_seed_same_trace() {
         );
     }
     assert_eq!(a.outcome.trace, b.outcome.trace);
-    assert_ne!(a.outcome.digest, c.outcome.digest, "the digest ignores the history");
+    assert_ne!(
+        a.outcome.digest, c.outcome.digest,
+        "the digest ignores the history"
+    );
 }

@@ -802,7 +802,11 @@ impl ReplicaGroup for OpenraftGroup {
         let m = m.borrow_watched();
         m.state.is_leader()
             && m.last_quorum_acked.is_none()
-            && m.membership_config.membership().voter_ids().nth(1).is_some()
+            && m.membership_config
+                .membership()
+                .voter_ids()
+                .nth(1)
+                .is_some()
     }
 
     fn heartbeat(&self) -> BoxFuture<'_, ()> {

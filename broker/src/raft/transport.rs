@@ -56,8 +56,7 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for T {}
 /// Where the transport's sockets come from.
 pub trait PeerIo: Send + Sync + 'static {
     fn connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>>;
-    fn bind(&self, addr: SocketAddr)
-        -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>>;
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>>;
 }
 
 pub trait PeerListener: Send + 'static {
@@ -77,13 +76,10 @@ impl PeerIo for TcpIo {
         })
     }
 
-    fn bind(
-        &self,
-        addr: SocketAddr,
-    ) -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>> {
-        Box::pin(async move {
-            Ok(Box::new(TcpListener::bind(addr).await?) as Box<dyn PeerListener>)
-        })
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>> {
+        Box::pin(
+            async move { Ok(Box::new(TcpListener::bind(addr).await?) as Box<dyn PeerListener>) },
+        )
     }
 }
 
@@ -435,7 +431,10 @@ fn put_frame(buf: &mut BytesMut, f: &Frame) {
     f.encode(buf).expect("reserved");
 }
 
-async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(sock: &mut W, f: &Frame) -> std::io::Result<()> {
+async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(
+    sock: &mut W,
+    f: &Frame,
+) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     put_frame(&mut buf, f);
     sock.write_all(&buf).await

@@ -145,10 +145,7 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
                     check_dense(r, &b, &mut v);
                     parsed.push((*r, b));
                 }
-                Err(e) => v.push(format!(
-                    "partition {p} on broker {}: {e}",
-                    r.node
-                )),
+                Err(e) => v.push(format!("partition {p} on broker {}: {e}", r.node)),
             }
         }
         // Pairwise: the shorter committed log is a prefix of the longer.
@@ -162,7 +159,9 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
                 if !long.bytes.starts_with(&short.bytes) {
                     let first = sb
                         .iter()
-                        .find(|x| long.bytes.get(x.range.clone()) != short.bytes.get(x.range.clone()))
+                        .find(|x| {
+                            long.bytes.get(x.range.clone()) != short.bytes.get(x.range.clone())
+                        })
                         .map(|x| x.base)
                         .unwrap_or(-1);
                     v.push(format!(
@@ -173,7 +172,9 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
             }
         }
         // Acknowledged writes, against the longest log.
-        let Some((longest, lb)) = parsed.iter().max_by_key(|(r, _)| (r.high_watermark, r.node))
+        let Some((longest, lb)) = parsed
+            .iter()
+            .max_by_key(|(r, _)| (r.high_watermark, r.node))
         else {
             continue;
         };
@@ -245,7 +246,11 @@ fn check_dense(r: &Replica, bs: &[Batch], v: &mut Vec<String>) {
             }
         }
     }
-    let end = if bs.is_empty() { r.log_start.max(r.high_watermark) } else { next };
+    let end = if bs.is_empty() {
+        r.log_start.max(r.high_watermark)
+    } else {
+        next
+    };
     if end != r.high_watermark {
         v.push(format!(
             "partition {p} on broker {n}: high watermark {} but committed batches end at {end}",
@@ -315,7 +320,11 @@ mod tests {
     fn a_correct_run_passes() {
         let (bytes, acks) = log(6);
         let (short, _) = log(4);
-        let reps = [replica(1, bytes.clone()), replica(2, bytes), replica(3, short)];
+        let reps = [
+            replica(1, bytes.clone()),
+            replica(2, bytes),
+            replica(3, short),
+        ];
         assert_eq!(check(&history(acks), &reps), Vec::<String>::new());
     }
 
@@ -324,8 +333,14 @@ mod tests {
         let (bytes, mut acks) = log(4);
         let (_, more) = log(5);
         acks.push(more[4].clone()); // acknowledged, but in no replica
-        let v = check(&history(acks), &[replica(1, bytes.clone()), replica(2, bytes)]);
-        assert!(v.len() == 1 && v[0].contains("acknowledged batch lost"), "{v:?}");
+        let v = check(
+            &history(acks),
+            &[replica(1, bytes.clone()), replica(2, bytes)],
+        );
+        assert!(
+            v.len() == 1 && v[0].contains("acknowledged batch lost"),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -347,7 +362,11 @@ mod tests {
         other.splice(at..at + forged.len(), forged.iter().copied());
         assert_eq!(other.len(), bytes.len());
         let v = check(&history(acks), &[replica(1, bytes), replica(2, other)]);
-        assert!(v.iter().any(|m| m.contains("diverge below the high watermark")), "{v:?}");
+        assert!(
+            v.iter()
+                .any(|m| m.contains("diverge below the high watermark")),
+            "{v:?}"
+        );
     }
 
     #[test]
@@ -376,7 +395,11 @@ mod tests {
         h.observe_hw(2, 0, 3, 7); // another broker may lag
         assert!(h.violations.is_empty());
         h.observe_hw(1, 0, 11, 8);
-        assert!(h.violations[0].contains("moved backwards"), "{:?}", h.violations);
+        assert!(
+            h.violations[0].contains("moved backwards"),
+            "{:?}",
+            h.violations
+        );
 
         let mut h = History::default();
         assert!(h.observe_leader(5, 3, 1, 0));
@@ -384,7 +407,11 @@ mod tests {
         assert!(h.observe_leader(5, 4, 2, 2));
         assert!(h.violations.is_empty());
         h.observe_leader(5, 4, 3, 3);
-        assert!(h.violations[0].contains("two leaders in term 4"), "{:?}", h.violations);
+        assert!(
+            h.violations[0].contains("two leaders in term 4"),
+            "{:?}",
+            h.violations
+        );
         assert!(!check(&h, &[]).is_empty());
     }
 }

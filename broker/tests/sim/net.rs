@@ -29,10 +29,7 @@ impl PeerIo for SimIo {
         })
     }
 
-    fn bind(
-        &self,
-        addr: SocketAddr,
-    ) -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>> {
+    fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>> {
         let (node, shared) = (self.node, self.shared.clone());
         Box::pin(async move {
             let l = turmoil::net::TcpListener::bind(addr).await?;
@@ -68,7 +65,11 @@ pub struct Traced {
 }
 
 impl Traced {
-    fn new(node: u64, inner: turmoil::net::TcpStream, shared: Arc<Shared>) -> std::io::Result<Self> {
+    fn new(
+        node: u64,
+        inner: turmoil::net::TcpStream,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Self> {
         let (me, peer) = (inner.local_addr()?.ip(), inner.peer_addr()?.ip());
         let link = if me < peer { (me, peer) } else { (peer, me) };
         let generation = shared.link_generation(link);
@@ -124,10 +125,7 @@ impl AsyncWrite for Traced {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         // Even on a reset link: the FIN is how the peer's reader learns.
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }

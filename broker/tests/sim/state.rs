@@ -30,9 +30,7 @@ struct Inner {
 
 /// Simulated time, when called from inside the simulation.
 pub fn sim_ms() -> u64 {
-    turmoil::sim_elapsed()
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
+    turmoil::sim_elapsed().unwrap_or(Duration::ZERO).as_millis() as u64
 }
 
 impl Shared {
@@ -78,7 +76,12 @@ impl Shared {
     pub fn note(&self, t_ms: u64, what: impl FnOnce() -> String) {
         let mut g = self.inner.lock().unwrap();
         if let Some(lines) = &mut g.lines {
-            lines.push(format!("{:>7}.{:03}s  . {}", t_ms / 1000, t_ms % 1000, what()));
+            lines.push(format!(
+                "{:>7}.{:03}s  . {}",
+                t_ms / 1000,
+                t_ms % 1000,
+                what()
+            ));
         }
     }
 

@@ -34,8 +34,14 @@ mod tests {
         assert!(check("t", Some(a), a).is_ok());
         assert!(check("t", Some(a), &a.to_uppercase()).is_ok());
         let e = check("t", Some(a), b).unwrap_err();
-        assert!(e.contains("re-created") && e.contains(a) && e.contains(b), "{e}");
-        assert!(check("t", None, b).is_ok(), "a mirror from before ids were recorded");
+        assert!(
+            e.contains("re-created") && e.contains(a) && e.contains(b),
+            "{e}"
+        );
+        assert!(
+            check("t", None, b).is_ok(),
+            "a mirror from before ids were recorded"
+        );
         assert!(check("t", Some(""), b).is_ok());
         assert!(check("t", Some(a), "").is_ok(), "a peer that sends no id");
     }

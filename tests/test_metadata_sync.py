@@ -15,7 +15,7 @@ import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 from cluster import create_topic
@@ -23,7 +23,8 @@ from ackcheck import records_from_dump
 from harness import http_get, wait_until
 from kclient import admin, produce_all, topic_partitions, unique_topic
 from regions import Regions
-from test_dclink import describe
+# The shared two-region deployment (class-scoped, healed before each test).
+from test_dclink import describe, regions, two_regions  # noqa: F401
 
 pytestmark = pytest.mark.chronik
 
@@ -32,18 +33,10 @@ US, EU = "us-east", "eu-west"
 PROPAGATE_S = 30.0
 
 
-@pytest.fixture(scope="class")
-def two_regions(tmp_path_factory, chronik_cluster_binary):
-    r = Regions(tmp_path_factory.mktemp("meta-2r"), names=(US, EU), brokers=3, binary=chronik_cluster_binary)
-    r.start()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
-def regions(two_regions):
-    two_regions.heal()
-    yield two_regions
+def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    """The group's committed offsets of `topic` (OffsetFetch), by partition; none: -1001."""
+    f = admin(bootstrap).list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
+    return {tp.partition: tp.offset for tp in f.result(timeout=30).topic_partitions if tp.topic == topic}
 
 
 def meta_status(regions: Regions, region: str, node: int | None = None) -> dict:
@@ -239,12 +232,8 @@ class TestMetadataSync:
 
         # The second region holds the same committed offsets before the group starts there.
         def fetched_in_second():
-            a = admin(regions.bootstrap(second))
-            from confluent_kafka import ConsumerGroupTopicPartitions
-            f = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)])[group]
-            got = {tp.partition: tp.offset for tp in f.result(timeout=30).topic_partitions
-                   if tp.topic == topic and tp.offset >= 0}
-            return got == committed
+            got = group_offsets(regions.bootstrap(second), group, topic)
+            return {p: o for p, o in got.items() if o >= 0} == committed
         wait_until(fetched_in_second, PROPAGATE_S, what=f"group offsets {committed} in {second}")
 
         # The rest in the second region, read to the high watermark.
@@ -282,10 +271,7 @@ class TestMetadataSync:
         status = {r["region"]: r for r in ctl_meta(regions, "status")["regions"]}
         assert any(o["group"] == group for o in status[EU]["offsets_beyond_log_end"]), status[EU]
         # Not clamped: eu-west's OffsetFetch answers 50.
-        from confluent_kafka import ConsumerGroupTopicPartitions
-        f = admin(regions.bootstrap(EU)).list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0)])])[group]
-        assert [tp.offset for tp in f.result(timeout=30).topic_partitions] == [50]
+        assert group_offsets(regions.bootstrap(EU), group, topic) == {0: 50}
         c = regions.cluster(EU)
         code, body = http_get(c.admin_url(c.live_ids()[0]) + "/metrics", timeout=5)
         line = [l for l in body.splitlines() if l.startswith("chronik_meta_offsets_beyond_log_end ")]
@@ -366,13 +352,8 @@ def test_three_regions_converge_and_collect_tombstones(tmp_path, chronik_cluster
         c.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
         c.close()
 
-        def offset_in(region):
-            from confluent_kafka import ConsumerGroupTopicPartitions
-            f = admin(regions.bootstrap(region)).list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0)])])[group]
-            return [tp.offset for tp in f.result(timeout=30).topic_partitions if tp.topic == topic]
         for r in (US, EU):
-            wait_until(lambda r=r: offset_in(r) == [7], PROPAGATE_S, what=f"ap-south's commit in {r}")
+            wait_until(lambda r=r: group_offsets(regions.bootstrap(r), group, topic) == {0: 7}, PROPAGATE_S, what=f"ap-south's commit in {r}")
         wait_identical(regions)
 
         for f in admin(regions.bootstrap(US)).delete_topics([topic]).values():

@@ -747,6 +747,25 @@ impl Cluster {
         st.leader_fresh.then_some((g, st))
     }
 
+    /// [`Cluster::leader_group`] for a read at `offset`. An offset past the
+    /// log end is answered OFFSET_OUT_OF_RANGE, and a consumer then resets
+    /// its position, so that answer must come from the current leader: a
+    /// quiescent leader that was cut off cannot tell from its own state
+    /// that a successor has committed more. Only then is leadership
+    /// confirmed with a quorum round.
+    pub async fn leader_for_read(
+        &self,
+        log: &PartitionLog,
+        offset: i64,
+    ) -> Option<(Arc<dyn ReplicaGroup>, GroupStatus)> {
+        let (g, st) = self.leader_group(log)?;
+        if offset <= log.log_end_offset() || g.confirm_leadership().await {
+            Some((g, st))
+        } else {
+            None
+        }
+    }
+
     /// A peer's claim to lead group `id`, if it repeated it recently. Leaders
     /// repeat their claims every 250 ms; a claim that stopped coming is from
     /// a broker that no longer leads (it stepped down on seeing a higher

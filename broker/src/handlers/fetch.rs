@@ -90,7 +90,13 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
                 .with_log_start_offset(-1);
             match &log {
                 None => data.error_code = missing,
-                Some(l) if ctx.cluster.leader_group(l).is_none() => {
+                Some(l)
+                    if ctx
+                        .cluster
+                        .leader_for_read(l, fp.fetch_offset)
+                        .await
+                        .is_none() =>
+                {
                     // Consumers read from the leader; point them at it.
                     let v = ctx
                         .cluster

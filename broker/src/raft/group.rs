@@ -169,6 +169,12 @@ pub trait ReplicaGroup: Send + Sync + 'static {
     fn elect(&self) -> BoxFuture<'_, ()>;
     /// Sends one round of heartbeats now (a leader, to re-sync followers).
     fn heartbeat(&self) -> BoxFuture<'_, ()>;
+    /// Whether a quorum still follows this leader, asked now (Raft's
+    /// ReadIndex: one heartbeat round, then the state machine has applied
+    /// everything committed before it). False when no quorum answers
+    /// within an election timeout. For the rare answers a stale leader
+    /// must never give, like OFFSET_OUT_OF_RANGE.
+    fn confirm_leadership(&self) -> BoxFuture<'_, bool>;
     /// A leader no quorum has acknowledged in this process yet: openraft
     /// restores a leader from its committed vote on disk at startup, and
     /// only a heartbeat round tells whether a successor was elected since.
@@ -473,7 +479,17 @@ impl ReplicaGroup for OpenraftGroup {
             isr.sort_unstable();
         }
         let quorum_ack_age = m.last_quorum_acked.as_ref().map(|t| (**t).elapsed());
+        // A new leader holds every committed entry in its Raft log, but its
+        // partition log (the state machine) has them only once it applied
+        // the blank entry of its own term. Before that, a fetch between its
+        // applied end and the old high watermark would be answered
+        // OFFSET_OUT_OF_RANGE, and a consumer would reset its position.
+        let applied_own_term = m
+            .last_applied
+            .as_ref()
+            .is_some_and(|l| l.committed_leader_id().term == m.current_term);
         let leader_fresh = is_leader
+            && applied_own_term
             && (voters.len() <= 1
                 || if self.quiescent {
                     let live = voters
@@ -812,6 +828,18 @@ impl ReplicaGroup for OpenraftGroup {
     fn heartbeat(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let _ = self.raft.trigger().heartbeat().await;
+        })
+    }
+
+    fn confirm_leadership(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let read = self
+                .raft
+                .ensure_linearizable(openraft::raft::ReadPolicy::ReadIndex);
+            matches!(
+                tokio::time::timeout(self.election_max, read).await,
+                Ok(Ok(_))
+            )
         })
     }
 

@@ -29,9 +29,22 @@ pub struct Ack {
     pub at_ms: u64,
 }
 
+/// A batch a consumer was served by a leader.
+#[derive(Debug, Clone)]
+pub struct ReadBatch {
+    pub partition: i32,
+    pub broker: u64,
+    pub base: i64,
+    pub bytes: Vec<u8>,
+    pub at_ms: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct History {
     pub acks: Vec<Ack>,
+    /// Every batch the consumers were served.
+    pub reads: Vec<ReadBatch>,
+    pub producers_done: bool,
     /// Last high watermark seen per (broker, partition).
     pub hw: BTreeMap<(u64, i32), i64>,
     /// Leader seen per (group, term).
@@ -132,6 +145,23 @@ fn batches(r: &Replica) -> Result<Vec<Batch>, String> {
     Ok(out)
 }
 
+/// Splits a fetch answer into (base offset, last offset, bytes) per batch.
+pub fn split_batches(bytes: &[u8]) -> Result<Vec<(i64, i64, Vec<u8>)>, String> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let h = BatchHeader::parse(&bytes[at..])
+            .map_err(|e| format!("an unparsable batch at byte {at}: {e}"))?;
+        let end = at + h.total_len();
+        if end > bytes.len() {
+            return Err(format!("a truncated batch at byte {at}"));
+        }
+        out.push((h.base_offset, h.last_offset(), bytes[at..end].to_vec()));
+        at = end;
+    }
+    Ok(out)
+}
+
 /// Every violation found; empty when the run kept every invariant.
 pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
     let mut v = history.violations.clone();
@@ -178,6 +208,22 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
         else {
             continue;
         };
+        // What consumers were served is what the log holds: a read of
+        // anything else came from a leader that should not have answered.
+        let at: BTreeMap<i64, &Batch> = lb.iter().map(|b| (b.base, b)).collect();
+        for r in history.reads.iter().filter(|r| r.partition == p) {
+            let stored = at.get(&r.base).map(|b| &longest.bytes[b.range.clone()]);
+            if stored != Some(r.bytes.as_slice()) {
+                v.push(format!(
+                    "partition {p}: broker {} served a batch at offset {} ({} ms) that the final log (broker {}) {}",
+                    r.broker,
+                    r.base,
+                    r.at_ms,
+                    longest.node,
+                    if stored.is_some() { "holds with other bytes" } else { "does not have" }
+                ));
+            }
+        }
         let mut by_producer: BTreeMap<(i64, i32), Vec<&Batch>> = BTreeMap::new();
         for b in lb {
             if let Some(k) = b.producer {
@@ -413,5 +459,35 @@ mod tests {
             h.violations
         );
         assert!(!check(&h, &[]).is_empty());
+    }
+
+    #[test]
+    fn catches_a_read_the_final_log_does_not_hold() {
+        let (bytes, acks) = log(4);
+        let served = |base: i64, bytes: Vec<u8>| ReadBatch {
+            partition: 0,
+            broker: 2,
+            base,
+            bytes,
+            at_ms: 0,
+        };
+        let mut h = history(acks);
+        let first = split_batches(&bytes).unwrap();
+        h.reads = first
+            .iter()
+            .map(|(b, _, x)| served(*b, x.clone()))
+            .collect();
+        assert_eq!(
+            check(&h, &[replica(1, bytes.clone())]),
+            Vec::<String>::new()
+        );
+        // A stale leader served its own batch at offset 4.
+        let forged = stamp(&build::simple(1, 5000, Some((9, 0, 0))), 4, 1, None);
+        h.reads.push(served(4, forged.to_vec()));
+        let v = check(&h, &[replica(1, bytes)]);
+        assert!(
+            v.len() == 1 && v[0].contains("holds with other bytes"),
+            "{v:?}"
+        );
     }
 }

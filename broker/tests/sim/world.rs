@@ -15,12 +15,13 @@ use tokio::time::{sleep, timeout, Instant};
 use chronik_broker::batch::build;
 use chronik_broker::catalog::{Catalog, RegionSettings, TopicError};
 use chronik_broker::cluster::Cluster;
+use chronik_broker::log::ReadError;
 use chronik_broker::raft::types::{Command, CommandResult, ControllerCommand};
 use chronik_broker::raft::ProposeError;
 use chronik_broker::storage::Store;
 use chronik_topology::{BrokerConfig, Durability, Peer, TopicDefaults};
 
-use super::checker::{self, Ack, Replica};
+use super::checker::{self, Ack, ReadBatch, Replica};
 use super::net::SimIo;
 use super::state::{sim_ms, Shared};
 
@@ -168,11 +169,18 @@ async fn broker_main(
         let (mut sock, _) = listener.accept().await?;
         let (cluster, catalog) = (cluster.clone(), catalog.clone());
         tokio::spawn(async move {
-            let Ok(req) = read_msg::<Request>(&mut sock).await else {
-                return;
-            };
-            let resp = serve(&cluster, &catalog, req).await;
-            let _ = write_msg(&mut sock, &resp).await;
+            // Producers send one request per connection, the consumers
+            // keep theirs open. An idle connection is closed: the client's
+            // close may have been dropped (ClientLoss), and a socket held
+            // forever would collide with its port's next use.
+            while let Ok(Ok(req)) =
+                timeout(Duration::from_secs(5), read_msg::<Request>(&mut sock)).await
+            {
+                let resp = serve(&cluster, &catalog, req).await;
+                if write_msg(&mut sock, &resp).await.is_err() {
+                    return;
+                }
+            }
         });
     }
 }
@@ -187,16 +195,37 @@ enum Request {
         records: Vec<u8>,
         now_ms: i64,
     },
+    /// What `handlers::fetch` serves: whole batches from the one holding
+    /// `offset`, up to the high watermark, from a fresh leader only.
+    Fetch {
+        partition: i32,
+        offset: i64,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum Response {
     Created,
-    Produced { base_offset: i64 },
-    Duplicate { base_offset: i64 },
+    Produced {
+        base_offset: i64,
+    },
+    Duplicate {
+        base_offset: i64,
+    },
     NotLeader(Option<i32>),
     Unavailable(String),
-    Rejected { code: i16, message: String },
+    Rejected {
+        code: i16,
+        message: String,
+    },
+    Fetched {
+        records: Vec<u8>,
+        high_watermark: i64,
+    },
+    OutOfRange {
+        start: i64,
+        end: i64,
+    },
 }
 
 async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Response {
@@ -249,6 +278,27 @@ async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Respo
                 Ok(Err(ProposeError::NotLeader(l))) => Response::NotLeader(l.map(|l| l as i32)),
                 Ok(Err(e)) => Response::Unavailable(e.to_string()),
                 Err(_) => Response::Unavailable("timed out".into()),
+            }
+        }
+        Request::Fetch { partition, offset } => {
+            let Some(t) = catalog.get(TOPIC) else {
+                return Response::Unavailable("no topic here yet".into());
+            };
+            let Some(log) = t.partition(partition) else {
+                return Response::Unavailable("no such partition".into());
+            };
+            if cluster.leader_for_read(log, offset).await.is_none() {
+                return Response::NotLeader(cluster.view(&t, log).leader);
+            }
+            match log.read(offset, 16 * 1024, true) {
+                Ok(r) => Response::Fetched {
+                    records: r.records.to_vec(),
+                    high_watermark: r.high_watermark,
+                },
+                Err(ReadError::OutOfRange { start, end, .. }) => {
+                    Response::OutOfRange { start, end }
+                }
+                Err(e) => Response::Unavailable(e.to_string()),
             }
         }
     }
@@ -371,6 +421,42 @@ async fn call(broker: u64, req: &Request) -> Result<Response, String> {
     .map_err(|e| e.to_string())
 }
 
+/// [`call`] on a connection kept open between requests, as a Kafka
+/// consumer keeps its own: opening one per poll would cycle through the
+/// client's ephemeral ports and reuse a port whose old connection a
+/// broker still holds. Any error drops the connection.
+async fn call_kept(
+    conn: &mut Option<(u64, turmoil::net::TcpStream)>,
+    broker: u64,
+    req: &Request,
+) -> Result<Response, String> {
+    if conn.as_ref().is_some_and(|(b, _)| *b != broker) {
+        *conn = None;
+    }
+    if conn.is_none() {
+        let s = timeout(
+            Duration::from_secs(1),
+            turmoil::net::TcpStream::connect((name(broker), CLIENT_PORT)),
+        )
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        *conn = Some((broker, s));
+    }
+    let (_, s) = conn.as_mut().expect("connected above");
+    let r = timeout(Duration::from_secs(8), async {
+        write_msg(s, req).await?;
+        read_msg::<Response>(s).await
+    })
+    .await
+    .map_err(|_| "request timed out".to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    if r.is_err() {
+        *conn = None;
+    }
+    r
+}
+
 fn next_broker(b: u64) -> u64 {
     b % BROKERS + 1
 }
@@ -403,8 +489,124 @@ async fn client_main(seed: u64, shared: Arc<Shared>) -> turmoil::Result {
     }
     shared.event(sim_ms(), "topic created".into());
     let producers = (0..PRODUCERS).map(|k| producer(seed, k, start, shared.clone()));
-    futures_util::future::join_all(producers).await;
+    let consumers = (0..PARTITIONS).map(|p| consumer(seed, p, start, shared.clone()));
+    futures_util::future::join(
+        async {
+            futures_util::future::join_all(producers).await;
+            shared.with_history(|h| h.producers_done = true);
+        },
+        futures_util::future::join_all(consumers),
+    )
+    .await;
     Ok(())
+}
+
+/// A consumer reading one partition from its leader, as a Kafka consumer
+/// does: from its position, following NOT_LEADER hints. Every answer must
+/// start with the batch holding the position and continue densely (else a
+/// record was skipped), and an offset it was already served must never be
+/// out of range (a stale leader). What it read is compared with the final
+/// log at the end. It stops once the producers are done and it has read
+/// everything they were acknowledged for.
+async fn consumer(seed: u64, partition: i32, start: Instant, shared: Arc<Shared>) {
+    let mut broker = 1 + (seed + partition as u64 + 1) % BROKERS;
+    let mut pos = 0i64;
+    let mut conn = None;
+    loop {
+        let (done, acked_end) = shared.with_history(|h| {
+            let end = h
+                .acks
+                .iter()
+                .filter(|a| a.partition == partition)
+                .map(|a| a.base_offset + a.records as i64)
+                .max()
+                .unwrap_or(0);
+            (h.producers_done, end)
+        });
+        if done && pos >= acked_end {
+            return;
+        }
+        if start.elapsed() > WORK + SETTLE + RECOVER {
+            shared.with_history(|h| {
+                h.violations.push(format!(
+                    "liveness: the consumer of partition {partition} is at {pos}, acknowledged up to {acked_end}, {} s after the faults healed",
+                    (SETTLE + RECOVER).as_secs()
+                ))
+            });
+            return;
+        }
+        let req = Request::Fetch {
+            partition,
+            offset: pos,
+        };
+        match call_kept(&mut conn, broker, &req).await {
+            Ok(Response::Fetched {
+                records,
+                high_watermark,
+            }) => {
+                let t = sim_ms();
+                match checker::split_batches(&records) {
+                    Ok(batches) if batches.is_empty() => {
+                        sleep(Duration::from_millis(50)).await;
+                    }
+                    Ok(batches) => {
+                        let (first, last) = (batches[0].0, batches[batches.len() - 1].1);
+                        shared.event(
+                            t,
+                            format!("read p{partition} from b{broker} at {pos}: {first}..={last} (hw {high_watermark})"),
+                        );
+                        shared.with_history(|h| {
+                            let mut next = pos;
+                            for (base, last, bytes) in batches {
+                                let skipped = if next == pos { base > pos || last < pos } else { base != next };
+                                if skipped {
+                                    h.violations.push(format!(
+                                        "partition {partition}: a read at {pos} from broker {broker} answered a batch {base}..={last} where {next} was next (at {t} ms)"
+                                    ));
+                                }
+                                next = last + 1;
+                                h.reads.push(ReadBatch {
+                                    partition,
+                                    broker,
+                                    base,
+                                    bytes,
+                                    at_ms: t,
+                                });
+                            }
+                        });
+                        pos = last + 1;
+                    }
+                    Err(e) => {
+                        shared.with_history(|h| {
+                            h.violations.push(format!(
+                                "partition {partition}: broker {broker} answered a read at {pos} with {e}"
+                            ))
+                        });
+                        return;
+                    }
+                }
+            }
+            Ok(Response::OutOfRange { start: lo, end }) => {
+                // No retention or DeleteRecords here: only a leader whose
+                // log lacks records it once served says this.
+                shared.with_history(|h| {
+                    h.violations.push(format!(
+                        "partition {partition}: broker {broker} answered a read at {pos} with OFFSET_OUT_OF_RANGE [{lo}, {end}] (at {} ms)",
+                        sim_ms()
+                    ))
+                });
+                sleep(Duration::from_millis(100)).await;
+            }
+            Ok(Response::NotLeader(Some(l))) if l as u64 != broker => {
+                broker = l as u64;
+                sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                broker = next_broker(broker);
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// An idempotent producer with one batch in flight: retries the same bytes

@@ -736,6 +736,57 @@ class TestTwoRegions:
         regions.assert_identical(topic, 0, US)
         assert hws[0] == 1 + 10 + 10 + 1 + len(attempts), hws
 
+    @pytest.mark.timeout(300)
+    def test_global_quorum_consumers_see_only_what_the_mirror_holds(self, regions):
+        """A global_quorum record committed in the home region but not yet held by the mirror
+        (blackholed) is invisible to home consumers: ListOffsets latest and the Fetch high
+        watermark stop below it, and a consumer at that offset gets nothing. Once the link heals,
+        the dc-link (which reads as Kafka's debugging replica, -2) ships it and consumers see it.
+        An async topic over the same link is not held back."""
+        topic, plain = unique_topic("gq-vis"), unique_topic("gq-vis-async")
+        make_topic(regions, US, topic, 1, {"chronik.replication.mode": "global_quorum"})
+        make_topic(regions, US, plain, 1)
+        wait_topic_in(regions, EU, topic, 1)
+        wait_topic_in(regions, EU, plain, 1)
+        for i in range(3):
+            err, _, msg, _ = raw_produce(leader_bootstrap(regions, US, topic, 0), topic, 0, [f"w{i}".encode()],
+                                         timeout_ms=20000)
+            assert err == 0, (err, msg)
+        tp = TopicPartition(topic, 0)
+        c = Consumer({"bootstrap.servers": regions.bootstrap(US), "group.id": f"g-{topic}",
+                      "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+        try:
+            assert c.get_watermark_offsets(tp, timeout=10, cached=False)[1] == 3
+            regions.blackhole(EU)
+            try:
+                # acks=1: committed in us-east at once, never waiting for the mirror.
+                err, off, msg, _ = raw_produce(leader_bootstrap(regions, US, topic, 0), topic, 0, [b"only-home"],
+                                               acks=1)
+                assert (err, off) == (0, 3), (err, off, msg)
+                err, _, msg, _ = raw_produce(leader_bootstrap(regions, US, plain, 0), plain, 0, [b"async"], acks=1)
+                assert err == 0, (err, msg)
+                _, st = regions.leader_state(US, topic, 0)
+                assert st["high_watermark"] == 4, st
+                assert c.get_watermark_offsets(tp, timeout=10, cached=False)[1] == 3, \
+                    "a global_quorum record no mirror holds is visible to home consumers"
+                assert c.get_watermark_offsets(TopicPartition(plain, 0), timeout=10, cached=False)[1] == 1
+                c.assign([TopicPartition(topic, 0, 3)])
+                got = c.consume(num_messages=10, timeout=3)
+                assert [m.value() for m in got if not m.error()] == [], \
+                    "a home consumer read a global_quorum record no mirror holds"
+            finally:
+                regions.blackhole(EU, on=False)
+            got = []
+            deadline = time.monotonic() + 60
+            while not got and time.monotonic() < deadline:
+                got = [m for m in c.consume(num_messages=10, timeout=1) if not m.error()]
+            assert [(m.offset(), m.value()) for m in got] == [(3, b"only-home")], got
+            assert c.get_watermark_offsets(tp, timeout=10, cached=False)[1] == 4
+        finally:
+            c.close()
+        regions.wait_mirrored(topic, 1, US, timeout=30)
+        regions.assert_identical(topic, 0, US)
+
     def test_mtls_certificate_from_another_ca_refused(self, regions, tmp_path):
         """A dc-link presenting a certificate from another CA (but trusting the real one, so
         only the accepting side can refuse it) dials us-east's real dc-link: refused, logged,

@@ -113,6 +113,12 @@ impl Topic {
             .filter(|home| *home != local)
     }
 
+    /// Whether consumers here see only what the required mirror regions
+    /// hold: a `global_quorum` topic at its home.
+    pub fn reads_wait_for_mirrors(&self, local: &str) -> bool {
+        self.effective.global_quorum && self.mirror_of(local).is_none()
+    }
+
     /// The target replicas of a reassignment of partition `index` in progress.
     pub fn reassigning(&self, index: i32) -> Option<&Vec<i32>> {
         self.record.reassigning.get(&index)

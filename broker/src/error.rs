@@ -47,6 +47,7 @@ impl KafkaCode for AppendError {
             AppendError::Transactional => E::InvalidRecord.code(),
             AppendError::Storage(s) => s.kafka_code(),
             AppendError::Deleted => E::UnknownTopicOrPartition.code(),
+            AppendError::EpochRegressed { .. } => E::FencedLeaderEpoch.code(),
         }
     }
 }

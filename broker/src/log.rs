@@ -53,6 +53,15 @@ pub enum AppendError {
     Storage(#[from] StoreError),
     #[error("the partition was deleted")]
     Deleted,
+    #[error(
+        "mirrored batch at offset {offset} has leader epoch {epoch}, below this log's latest epoch {latest}: \
+         the home's history is not this mirror's (was the home moved?)"
+    )]
+    EpochRegressed {
+        offset: i64,
+        epoch: i32,
+        latest: i32,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -411,6 +420,24 @@ impl PartitionLog {
                 appended: false,
             });
         }
+        // Leader epochs only grow along a log; a batch that goes back would
+        // make OffsetForLeaderEpoch answer for data this log does not hold
+        // (KIP-320's divergence check would miss it). Checked for the whole
+        // chunk first, so nothing of a refused chunk is written.
+        let mut latest = st.epochs.last().map(|(e, _)| *e).unwrap_or(0);
+        if base_offset > st.next_offset {
+            latest = 0;
+        }
+        for (h, _) in &batches {
+            if h.partition_leader_epoch < latest {
+                return Err(AppendError::EpochRegressed {
+                    offset: h.base_offset,
+                    epoch: h.partition_leader_epoch,
+                    latest,
+                });
+            }
+            latest = h.partition_leader_epoch;
+        }
         let mut start = self.log_start_offset();
         if base_offset > st.next_offset {
             start = base_offset;
@@ -590,6 +617,35 @@ impl PartitionLog {
             }
             *req = Some(required);
         });
+        // The high watermark that global_quorum consumers see may have moved.
+        self.wake_waiters();
+    }
+
+    /// For a `global_quorum` topic at home: the offset below which enough
+    /// mirror regions hold the log, as the home dc-link last reported;
+    /// `None` until it has reported to this leader.
+    pub fn mirrored_through(&self) -> Option<i64> {
+        let acks = self.mirror_acks.borrow();
+        let required = acks.1?;
+        if required == 0 {
+            return Some(i64::MAX);
+        }
+        let mut ends: Vec<i64> = acks.0.values().copied().collect();
+        ends.sort_unstable_by(|a, b| b.cmp(a));
+        Some(ends.get(required - 1).copied().unwrap_or(i64::MIN))
+    }
+
+    /// The high watermark consumers see. For a `global_quorum` topic at
+    /// home it stops where the required mirror regions hold the log: a
+    /// record only the home region holds can still be lost in a failover,
+    /// so no consumer may act on it yet.
+    pub fn visible_high_watermark(&self, wait_for_mirrors: bool) -> i64 {
+        let hw = self.high_watermark();
+        if !wait_for_mirrors {
+            return hw;
+        }
+        let floor = self.log_start_offset();
+        hw.min(self.mirrored_through().unwrap_or(floor).max(floor))
     }
 
     /// Resolves once enough mirror regions hold everything below `offset`.
@@ -621,7 +677,20 @@ impl PartitionLog {
         max_bytes: usize,
         min_one: bool,
     ) -> Result<ReadResult, ReadError> {
-        let hw = self.high_watermark();
+        self.read_below(offset, max_bytes, min_one, i64::MAX)
+    }
+
+    /// [`PartitionLog::read`], stopping at `limit` too when it is below the
+    /// high watermark (see [`PartitionLog::visible_high_watermark`]); the
+    /// high watermark answered is the lower of the two.
+    pub fn read_below(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        min_one: bool,
+        limit: i64,
+    ) -> Result<ReadResult, ReadError> {
+        let hw = self.high_watermark().min(limit);
         let start = self.log_start_offset();
         let end = self.log_end_offset();
         if offset < start || offset > end {
@@ -920,6 +989,78 @@ mod tests {
             log.committed(m.log_end_offset);
         }
         m
+    }
+
+    #[tokio::test]
+    async fn global_quorum_consumers_see_only_what_enough_mirrors_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = open(&store);
+        for _ in 0..5 {
+            append(&log, &build::simple(2, 100, None)).await;
+        }
+        assert_eq!(log.high_watermark(), 10);
+        // Nothing reported yet (a new leader): nothing is visible.
+        assert_eq!(log.mirrored_through(), None);
+        assert_eq!(log.visible_high_watermark(true), 0);
+        assert_eq!(log.visible_high_watermark(false), 10);
+        // Two regions required: the second best decides.
+        let acks = |v: &[(&str, i64)]| -> std::collections::BTreeMap<String, i64> {
+            v.iter().map(|(r, o)| (r.to_string(), *o)).collect()
+        };
+        log.report_mirror_acks(&acks(&[("eu", 6)]), 2);
+        assert_eq!(log.visible_high_watermark(true), 0);
+        log.report_mirror_acks(&acks(&[("ap", 4)]), 2);
+        assert_eq!(log.visible_high_watermark(true), 4);
+        let r = log.read_below(0, 1 << 20, true, 4).unwrap();
+        assert_eq!(r.high_watermark, 4);
+        let batches = crate::batch::split_stored(&r.records).unwrap();
+        assert_eq!(batches.last().unwrap().0.last_offset(), 3);
+        // An offset between the visible and the local high watermark is in
+        // range and answers nothing yet.
+        let r = log.read_below(6, 1 << 20, true, 4).unwrap();
+        assert!(r.records.is_empty());
+        // Acks only move forward, and never past the local high watermark.
+        log.report_mirror_acks(&acks(&[("ap", 2), ("eu", 12)]), 1);
+        assert_eq!(log.visible_high_watermark(true), 10);
+        log.report_mirror_acks(&Default::default(), 0);
+        assert_eq!(log.mirrored_through(), Some(i64::MAX));
+    }
+
+    #[tokio::test]
+    async fn a_mirrored_chunk_whose_epoch_goes_back_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let copy = PartitionLog::open(store.clone(), 2, "copy".into(), 0).unwrap();
+        let stamped = |base: i64, epoch: i32| {
+            crate::batch::stamp(&build::simple(2, 100, None), base, epoch, None).to_vec()
+        };
+        assert!(mirror(&copy, &store, &stamped(0, 5), 0).await.appended);
+        // Epoch 7 then 3 in one chunk: nothing of it is written.
+        let mut chunk = stamped(2, 7);
+        chunk.extend_from_slice(&stamped(4, 3));
+        let mut wb = WriteBatch::default();
+        let e = copy.mirror_into(&mut wb, &chunk, 2, false).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AppendError::EpochRegressed {
+                    offset: 4,
+                    epoch: 3,
+                    latest: 7
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(crate::error::KafkaCode::kafka_code(&e), 74); // FENCED_LEADER_EPOCH
+        assert_eq!(copy.log_end_offset(), 2);
+        assert_eq!(copy.epoch_history(), vec![(0, 0), (5, 0)]);
+        let mut wb = WriteBatch::default();
+        assert!(copy.mirror_into(&mut wb, &stamped(2, 4), 2, false).is_err());
+        // The same epoch, or a newer one, continues the log.
+        assert!(mirror(&copy, &store, &stamped(2, 5), 2).await.appended);
+        assert!(mirror(&copy, &store, &stamped(4, 9), 4).await.appended);
+        assert_eq!(copy.epoch_history(), vec![(0, 0), (5, 0), (9, 4)]);
     }
 
     #[tokio::test]

@@ -54,9 +54,21 @@ impl ProducerIdAllocator {
         })
     }
 
-    /// A producer id unique across the region: the low 10 bits are this
-    /// broker's node id, so brokers never hand out the same id.
-    pub async fn next(&self, store: &Store, node_id: i32) -> Result<i64, StoreError> {
+    /// A producer id unique across regions: the low 10 bits are this
+    /// broker's node id and the next 16 its region's tag, so no two brokers
+    /// of any regions hand out the same id. Mirrors carry the home's
+    /// producer state; an id from another region matching one there would
+    /// make a promoted mirror drop a new producer's batches as duplicates.
+    ///
+    /// The counter above them only grows, and ids minted before the region
+    /// tag existed (`counter << 10 | node`) stay below every new one with
+    /// the same low bits, so none is reused.
+    pub async fn next(
+        &self,
+        store: &Store,
+        node_id: i32,
+        region_tag: u16,
+    ) -> Result<i64, StoreError> {
         let mut st = self.state.lock().await;
         if st.0 >= st.1 {
             let new_limit = st.1 + PRODUCER_ID_BLOCK;
@@ -67,8 +79,12 @@ impl ProducerIdAllocator {
         }
         let seq = st.0;
         st.0 += 1;
-        Ok((seq << 10) | (node_id as i64 & 0x3ff))
+        Ok(producer_id(seq, region_tag, node_id))
     }
+}
+
+fn producer_id(seq: i64, region_tag: u16, node_id: i32) -> i64 {
+    (seq << 26) | ((region_tag as i64) << 10) | (node_id as i64 & 0x3ff)
 }
 
 /// Everything a request handler may touch.
@@ -475,5 +491,31 @@ async fn retention_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>
             }
         });
         futures_util::future::join_all(waits).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn producer_ids_differ_across_regions_and_from_ids_minted_before_tags() {
+        let (us, eu) = (
+            chronik_topology::region_tag("us-east"),
+            chronik_topology::region_tag("eu-west"),
+        );
+        // Both regions number brokers from 1 and count from the same place.
+        assert_ne!(producer_id(7, us, 1), producer_id(7, eu, 1));
+        assert_ne!(producer_id(7, us, 1), producer_id(7, us, 2));
+        // Before the tag, ids were `counter << 10 | node`, below the
+        // counter the allocator resumes from.
+        let resumed = 5_000;
+        let new: Vec<i64> = (resumed..resumed + 100)
+            .flat_map(|seq| [us, eu, 0, u16::MAX].map(|t| producer_id(seq, t, 1)))
+            .collect();
+        for old in (0..resumed).map(|c| (c << 10) | 1) {
+            assert!(!new.contains(&old), "old id {old} minted again");
+        }
+        assert!(new.iter().all(|id| *id > 0));
     }
 }

@@ -312,6 +312,11 @@ pub struct Fetched {
     pub records: Bytes,
 }
 
+/// Kafka's debugging replica id: the home broker then serves the records of
+/// a `global_quorum` topic that its consumers cannot see yet, because no
+/// mirror region holds them; shipping them is how the mirrors come to.
+const DEBUGGING_REPLICA_ID: i32 = -2;
+
 /// Fetches committed batches of one partition from its leader, waiting up
 /// to `max_wait_ms` for data. With a topic id (not nil) the fetch names
 /// the topic by id (Fetch v13), so it reads that incarnation of the name
@@ -326,7 +331,7 @@ pub async fn fetch(
     max_wait_ms: i32,
 ) -> Result<Fetched> {
     let req = FetchRequest::default()
-        .with_replica_id(BrokerId(-1))
+        .with_replica_id(BrokerId(DEBUGGING_REPLICA_ID))
         .with_max_wait_ms(max_wait_ms)
         .with_min_bytes(1)
         .with_max_bytes(max_bytes)
@@ -379,7 +384,7 @@ pub async fn high_watermarks(
         by_topic.entry(t.as_str()).or_default().push(*p);
     }
     let req = ListOffsetsRequest::default()
-        .with_replica_id(BrokerId(-1))
+        .with_replica_id(BrokerId(DEBUGGING_REPLICA_ID))
         .with_topics(
             by_topic
                 .into_iter()

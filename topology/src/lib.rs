@@ -337,8 +337,14 @@ impl BrokerConfig {
     /// Checks values that parse but make no sense. Returns (key, problem).
     pub fn validate(&self) -> Result<(), (String, String)> {
         let bad = |k: &str, m: String| Err((k.to_string(), m));
-        if self.node_id < 0 {
-            return bad("node_id", format!("must be >= 0, got {}", self.node_id));
+        if !(0..=MAX_NODE_ID).contains(&self.node_id) {
+            return bad(
+                "node_id",
+                format!(
+                    "must be 0..={MAX_NODE_ID} (producer ids hold it in 10 bits), got {}",
+                    self.node_id
+                ),
+            );
         }
         if !valid_region_name(&self.region) {
             return bad(
@@ -524,6 +530,22 @@ pub fn valid_region_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
+
+/// A region's 16-bit tag in the producer ids its brokers hand out (FNV-1a
+/// of the name, folded). Mirrors carry the home's producer state, so after
+/// a home move a producer id from another region must never match a live
+/// one here; the topology refuses regions whose tags collide.
+pub fn region_tag(name: &str) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    ((h >> 16) ^ (h & 0xffff)) as u16
+}
+
+/// Node ids are the low bits of a producer id (see [`region_tag`]).
+pub const MAX_NODE_ID: i32 = 1023;
 
 fn describe_toml_error(e: &toml::de::Error) -> String {
     // toml's message already names the offending key and line; keep it on one line.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{describe_toml_error, valid_region_name, ConfigError};
+use crate::{describe_toml_error, region_tag, valid_region_name, ConfigError};
 
 /// How dc-link compresses frames on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -213,6 +213,7 @@ impl Topology {
             return bad("regions".into(), "at least one region is required".into());
         }
         let mut names = BTreeSet::new();
+        let mut tags: BTreeMap<u16, &str> = BTreeMap::new();
         let mut addrs: BTreeMap<String, String> = BTreeMap::new();
         for (i, r) in self.regions.iter().enumerate() {
             let key = |k: &str| format!("regions[{i}].{k}");
@@ -227,6 +228,15 @@ impl Topology {
             }
             if !names.insert(r.name.as_str()) {
                 return bad(key("name"), format!("region {} is defined twice", r.name));
+            }
+            if let Some(other) = tags.insert(region_tag(&r.name), r.name.as_str()) {
+                return bad(
+                    key("name"),
+                    format!(
+                        "regions {other} and {} would hand out the same producer ids (their names hash alike); rename one",
+                        r.name
+                    ),
+                );
             }
             if r.bootstrap.is_empty() {
                 return bad(key("bootstrap"), "at least one broker address".into());
@@ -435,6 +445,18 @@ key = "certs/eu-west.key"
         let e = parse(&addr).unwrap_err().to_string();
         assert!(e.contains("used twice"), "{e}");
         assert!(e.contains("regions[1].dc_link"), "{e}");
+    }
+
+    #[test]
+    fn regions_whose_producer_id_tags_collide_are_rejected() {
+        assert_eq!(region_tag("r42"), region_tag("r410"));
+        assert_ne!(region_tag("us-east"), region_tag("eu-west"));
+        let clash = two().replace("us-east", "r42").replace("eu-west", "r410");
+        let e = parse(&clash).unwrap_err().to_string();
+        assert!(
+            e.contains("same producer ids") && e.contains("regions[1].name"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -32,6 +32,11 @@ const LIST_OFFSETS_EPOCH_VERSION: i16 = 4;
 /// Upper bound on a long-poll, whatever the client asks for.
 const MAX_WAIT_CAP_MS: i32 = 60_000;
 
+/// Kafka's replica id for a consumer that may read what ordinary consumers
+/// may not yet see. Here: the dc-link, which must ship a `global_quorum`
+/// topic's records before its mirrors hold them.
+pub const DEBUGGING_REPLICA_ID: i32 = -2;
+
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 const MAX_TIMESTAMP: i64 = -3;
@@ -53,11 +58,19 @@ struct Slot {
     data: PartitionData,
     fetch_offset: i64,
     max_bytes: usize,
+    /// Read only what the required mirror regions hold (`global_quorum`).
+    wait_for_mirrors: bool,
 }
 
 pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) -> FetchResponse {
     let node = BrokerId(ctx.config.node_id);
     let by_id = version >= FETCH_TOPIC_ID_VERSION;
+    let replica_id = if version >= 15 {
+        req.replica_state.replica_id.0
+    } else {
+        req.replica_id.0
+    };
+    let debugging = replica_id == DEBUGGING_REPLICA_ID;
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
     let mut slots: Vec<Slot> = Vec::new();
     for ft in &req.topics {
@@ -122,6 +135,10 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
                 data,
                 fetch_offset: fp.fetch_offset,
                 max_bytes: fp.partition_max_bytes.max(0) as usize,
+                wait_for_mirrors: !debugging
+                    && topic
+                        .as_ref()
+                        .is_some_and(|t| t.reads_wait_for_mirrors(&ctx.config.region)),
             });
         }
     }
@@ -185,7 +202,8 @@ fn read_all(slots: &mut [Slot], max_bytes: usize, version: i16) -> (usize, bool)
         }
         s.data.error_code = 0;
         let budget = s.max_bytes.min(max_bytes.saturating_sub(total));
-        match log.read(s.fetch_offset, budget, total == 0) {
+        let limit = log.visible_high_watermark(s.wait_for_mirrors);
+        match log.read_below(s.fetch_offset, budget, total == 0, limit) {
             Ok(r) => {
                 total += r.records.len();
                 s.data.high_watermark = r.high_watermark;
@@ -197,8 +215,8 @@ fn read_all(slots: &mut [Slot], max_bytes: usize, version: i16) -> (usize, bool)
             Err(e) => {
                 any_error = true;
                 s.data.error_code = e.kafka_code();
-                s.data.high_watermark = log.high_watermark();
-                s.data.last_stable_offset = log.high_watermark();
+                s.data.high_watermark = limit;
+                s.data.last_stable_offset = limit;
                 s.data.log_start_offset = if with_start {
                     log.log_start_offset()
                 } else {
@@ -233,6 +251,10 @@ pub fn handle_list_offsets(
         .into_iter()
         .map(|t| {
             let topic = ctx.catalog.get(&t.name);
+            let wait_for_mirrors = req.replica_id.0 != DEBUGGING_REPLICA_ID
+                && topic
+                    .as_ref()
+                    .is_some_and(|t| t.reads_wait_for_mirrors(&ctx.config.region));
             let partitions = t
                 .partitions
                 .into_iter()
@@ -244,6 +266,7 @@ pub fn handle_list_offsets(
                         p.partition_index,
                         p.current_leader_epoch,
                         p.timestamp,
+                        wait_for_mirrors,
                     )
                 })
                 .collect();
@@ -262,6 +285,7 @@ fn list_offset(
     partition: i32,
     leader_epoch: i32,
     ts: i64,
+    wait_for_mirrors: bool,
 ) -> ListOffsetsPartitionResponse {
     let resp = ListOffsetsPartitionResponse::default()
         .with_partition_index(partition)
@@ -281,11 +305,15 @@ fn list_offset(
     let found = match ts {
         EARLIEST => Ok(Some((log.log_start_offset(), -1))),
         EARLIEST_LOCAL if version >= 8 => Ok(Some((log.log_start_offset(), -1))),
-        LATEST => Ok(Some((log.high_watermark(), -1))),
+        LATEST => Ok(Some((log.visible_high_watermark(wait_for_mirrors), -1))),
         MAX_TIMESTAMP if version >= 7 => log.max_timestamp_offset(),
         t if t >= 0 => log.offset_for_timestamp(t),
         _ => return resp.with_error_code(E::UnsupportedVersion.code()),
     };
+    // A record consumers may not see yet is not found by timestamp either.
+    let visible = log.visible_high_watermark(wait_for_mirrors);
+    let by_timestamp = ts >= 0 || ts == MAX_TIMESTAMP;
+    let found = found.map(|f| f.filter(|(offset, _)| !by_timestamp || *offset < visible));
     let epoch = if version >= LIST_OFFSETS_EPOCH_VERSION {
         epoch
     } else {
@@ -314,6 +342,7 @@ mod tests {
             data: PartitionData::default().with_error_code(error_code),
             fetch_offset,
             max_bytes: 1 << 20,
+            wait_for_mirrors: false,
         }
     }
 

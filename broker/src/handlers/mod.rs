@@ -409,7 +409,12 @@ async fn handle_init_producer_id(
         // out a producer id whose transactional guarantees we cannot keep.
         return resp.with_error_code(E::TransactionalIdAuthorizationFailed.code());
     }
-    match ctx.producer_ids.next(&ctx.store, ctx.config.node_id).await {
+    let tag = chronik_topology::region_tag(&ctx.config.region);
+    match ctx
+        .producer_ids
+        .next(&ctx.store, ctx.config.node_id, tag)
+        .await
+    {
         // Kafka gives idempotent (non-transactional) producers a fresh id on
         // every InitProducerId, including epoch-bump retries.
         Ok(pid) => resp

@@ -15,8 +15,8 @@ Propagation, --samples times each, one at a time:
   commit  OffsetCommit (confluent-kafka, synchronous) of a new offset in
           us-east; from its acknowledgement until eu-west's OffsetFetch
           (ListConsumerGroupOffsets) shows it.
-Both are measured idle and while another group commits --load-rate offsets
-per second in us-east (asynchronous commits, paced). Target: p99 < RTT + 200 ms.
+Both are measured idle and while --load-groups other groups commit --load-rate
+offsets per second between them in us-east (asynchronous commits, paced). Target: p99 < RTT + 200 ms.
 
 CPU per commit: the us-east brokers' CPU time (utime + stime of the broker
 processes, /proc) over --cpu-seconds of --load-rate commits per second,
@@ -24,7 +24,7 @@ divided by the commits acknowledged. The peer is a three-broker region of
 --baseline-binary (a build without metadata-sync) under the same load, in
 the same run; without --baseline-binary only Chronik's own figure is printed.
 
-    bench/meta_sync.sh [--delay-ms 50] [--samples 60] [--load-rate 1000]
+    bench/meta_sync.sh [--delay-ms 50] [--samples 60] [--load-rate 1000] [--load-groups 4]
                        [--cpu-seconds 20] [--brokers 3] [--baseline-binary PATH]
 
 Prints a Markdown table and writes every figure to --json. Every wait is
@@ -97,49 +97,67 @@ def group_client(bootstrap: str, group: str) -> Consumer:
 
 
 class CommitLoad:
-    """`rate` asynchronous commits per second of increasing offsets (partition 1),
-    on a group of its own, from a thread."""
+    """`rate` asynchronous commits per second of increasing offsets (partition 1), spread
+    over `groups` groups, each its own client and thread. One librdkafka client has one
+    OffsetCommit in flight per coordinator at a time, so a single group tops out at one
+    commit per round trip to the controller's quorum (about 400 per second here)."""
 
-    def __init__(self, bootstrap: str, topic: str, rate: int) -> None:
-        self.topic, self.rate = topic, rate
-        self.acked = self.failed = 0
+    def __init__(self, bootstrap: str, topic: str, rate: int, groups: int = 4) -> None:
+        self.topic, self.rate, self.groups = topic, rate, max(1, groups)
+        self._acked = [0] * self.groups
+        self._failed = [0] * self.groups
         self.stop = threading.Event()
-        self.c = Consumer({"bootstrap.servers": bootstrap,
-                           "group.id": "bench-load-%d-%d" % (os.getpid(), time.time_ns()),
-                           "enable.auto.commit": False, "on_commit": self.cb})
-        self.t = threading.Thread(target=self.run, daemon=True)
+        tag = "%d-%d" % (os.getpid(), time.time_ns())
+        self.clients = [Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-load-{tag}-{i}",
+                                  "enable.auto.commit": False, "on_commit": self._cb(i)})
+                        for i in range(self.groups)]
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(self.groups)]
 
-    def cb(self, err, _parts) -> None:
-        if err:
-            self.failed += 1
-        else:
-            self.acked += 1
+    @property
+    def acked(self) -> int:
+        return sum(self._acked)
 
-    def run(self) -> None:
+    @property
+    def failed(self) -> int:
+        return sum(self._failed)
+
+    def _cb(self, i: int):
+        def cb(err, _parts) -> None:
+            if err:
+                self._failed[i] += 1
+            else:
+                self._acked[i] += 1
+        return cb
+
+    def run(self, i: int) -> None:
+        c, rate = self.clients[i], self.rate / self.groups
         k = 0
         start = time.monotonic()
         while not self.stop.is_set():
-            due = start + k / self.rate
+            due = start + k / rate
             now = time.monotonic()
             if now < due:
-                self.c.poll(min(0.002, due - now))
+                c.poll(min(0.002, due - now))
                 continue
             k += 1
             try:
-                self.c.commit(offsets=[TopicPartition(self.topic, 1, k)], asynchronous=True)
+                c.commit(offsets=[TopicPartition(self.topic, 1, k)], asynchronous=True)
             except Exception:
-                self.failed += 1
-            self.c.poll(0)
-        self.c.poll(1.0)
+                self._failed[i] += 1
+            c.poll(0)
+        c.poll(1.0)
 
     def start(self) -> "CommitLoad":
-        self.t.start()
+        for t in self.threads:
+            t.start()
         return self
 
     def close(self) -> None:
         self.stop.set()
-        self.t.join(timeout=30)
-        self.c.close()
+        for t in self.threads:
+            t.join(timeout=30)
+        for c in self.clients:
+            c.close()
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -151,8 +169,9 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / tick
 
 
-def cpu_per_commit(bootstrap: str, pids: list[int], topic: str, rate: int, seconds: float) -> dict:
-    load = CommitLoad(bootstrap, topic, rate).start()
+def cpu_per_commit(bootstrap: str, pids: list[int], topic: str, rate: int, seconds: float,
+                   groups: int) -> dict:
+    load = CommitLoad(bootstrap, topic, rate, groups).start()
     try:
         time.sleep(2.0)  # warm-up: connections, coordinator
         a0, c0, t0 = load.acked, cpu_seconds(pids), time.monotonic()
@@ -197,6 +216,7 @@ def main() -> int:
     ap.add_argument("--delay-ms", type=int, default=50)
     ap.add_argument("--samples", type=int, default=60)
     ap.add_argument("--load-rate", type=int, default=1000)
+    ap.add_argument("--load-groups", type=int, default=4, help="groups the load's commits are spread over")
     ap.add_argument("--cpu-seconds", type=float, default=20.0)
     ap.add_argument("--brokers", type=int, default=3)
     ap.add_argument("--binary", type=Path, default=None)
@@ -218,7 +238,7 @@ def main() -> int:
                        what="the mirror topic in eu-west")
             measure(regions, topic, 5, "warmup")
             idle = measure(regions, topic, args.samples, "idle")
-            load = CommitLoad(regions.bootstrap(US), topic, args.load_rate).start()
+            load = CommitLoad(regions.bootstrap(US), topic, args.load_rate, args.load_groups).start()
             try:
                 time.sleep(2.0)
                 a0 = load.acked
@@ -229,7 +249,8 @@ def main() -> int:
                 load.close()
             us = regions.cluster(US)
             pids = [us.nodes[i].pid for i in us.live_ids()]
-            out["cpu_sync"] = cpu_per_commit(regions.bootstrap(US), pids, topic, args.load_rate, args.cpu_seconds)
+            out["cpu_sync"] = cpu_per_commit(regions.bootstrap(US), pids, topic, args.load_rate, args.cpu_seconds,
+                                             args.load_groups)
         finally:
             regions.stop()
         if args.baseline_binary:
@@ -239,7 +260,7 @@ def main() -> int:
                 create_topic(c, "bench-meta", partitions=2, replication_factor=min(3, args.brokers))
                 pids = [c.nodes[i].pid for i in c.live_ids()]
                 out["cpu_baseline"] = cpu_per_commit(c.bootstrap_of(c.live_ids()), pids, "bench-meta",
-                                                     args.load_rate, args.cpu_seconds)
+                                                     args.load_rate, args.cpu_seconds, args.load_groups)
             finally:
                 c.stop()
     out["idle"] = {k: summarize(v) for k, v in idle.items()}

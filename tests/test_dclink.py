@@ -1551,7 +1551,8 @@ def test_global_quorum_three_regions_waits_for_both_mirrors(regions_factory):
 
 def test_delete_records_at_home_reaches_the_mirror(regions_factory):
     """DeleteRecords at home moves the mirror's log start too (with the next records
-    shipped), so a mirror never serves records deleted at home."""
+    shipped, or on its own when the partition is idle), so a mirror never serves records
+    deleted at home."""
     regions = regions_factory()
     us = regions.bootstrap(US)
     topic = unique_topic("delrec")
@@ -1568,3 +1569,11 @@ def test_delete_records_at_home_reaches_the_mirror(regions_factory):
     regions.assert_identical(topic, 0, US)
     got = consume(regions.bootstrap(EU), topic, 0, count=13, timeout=30)
     assert [m.offset() for m in got][0] == 12 and len(got) == 13, [m.offset() for m in got]
+    # Idle: nothing is produced after this DeleteRecords.
+    (f,) = admin(us).delete_records([TopicPartition(topic, 0, 22)], operation_timeout=30).values()
+    assert f.result(timeout=60).low_watermark == 22
+    wait_until(lambda: regions.leader_state(EU, topic, 0)[1]["log_start_offset"] == 22, 30, interval=0.25,
+               what="the idle mirror's log start at 22")
+    regions.assert_identical(topic, 0, US)
+    got = consume(regions.bootstrap(EU), topic, 0, count=3, timeout=30)
+    assert [m.offset() for m in got] == [22, 23, 24], [m.offset() for m in got]

@@ -153,6 +153,15 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
                             let s = starts.entry(key.clone()).or_insert(0);
                             *s = (*s).max(c.home_log_start);
                         }
+                        if c.records.is_empty() {
+                            // Only a new home log start, from an idle
+                            // partition: no data to order, so no appender.
+                            ctx.chunk_done(data.seq, &c.topic, c.partition, None);
+                            if c.home_log_start > 0 {
+                                tokio::spawn(trim_idle(ctx.clone(), key.0, key.1, c.base_offset));
+                            }
+                            continue;
+                        }
                         let tx = appenders.entry(key.clone()).or_insert_with(|| {
                             let (tx, rx) = mpsc::unbounded_channel();
                             tokio::spawn(append_loop(ctx.clone(), key.0, key.1, rx));
@@ -644,6 +653,27 @@ async fn locate(
                 ATTEMPT_TIMEOUT.as_secs()
             )))
         })
+}
+
+/// Trims an idle mirror partition to the home log start: an append of
+/// nothing at `at`, which the broker answers by trimming within the
+/// mirror's records. Best effort: the sender says it again later.
+async fn trim_idle(ctx: Arc<SessionCtx>, topic: String, partition: i32, at: i64) {
+    let nothing = appender::Append {
+        base: at,
+        records: bytes::Bytes::new(),
+        next: at,
+        from_log_start: false,
+    };
+    let mut admin = None;
+    let answer = tokio::time::timeout(
+        ATTEMPT_TIMEOUT,
+        append(&ctx, &mut admin, &topic, partition, &nothing),
+    )
+    .await;
+    if !matches!(answer, Ok(Ok(_))) {
+        tracing::debug!(topic = %topic, partition, "mirror not trimmed to the home log start yet");
+    }
 }
 
 async fn append(

@@ -453,12 +453,26 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
     }
 }
 
+/// How often an idle partition's home log start is told to the mirror
+/// again (a lost one would otherwise wait for the next records).
+const LOG_START_AGAIN: Duration = Duration::from_secs(30);
+
+/// Whether an idle partition's home log start `start` is worth a chunk of
+/// its own: it moved past what the mirror was last told (`sent`), or that
+/// was long enough ago to say it again. Only within what was shipped (`at`,
+/// the read position): further is a retention gap, handled with data.
+fn log_start_news(start: i64, at: i64, sent: i64, since_sent: Duration) -> bool {
+    start > 0 && start <= at && (start > sent || since_sent >= LOG_START_AGAIN)
+}
+
 /// Reads one partition's committed batches from its leader here and hands
 /// them to the frame writer, until the session ends.
 async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, partition: i32) {
     let max_bytes = (s.shared.topology.cross_dc.frame_max_bytes as i32).max(1 << 20);
     let mut conn: Option<kafka::Conn> = None;
     let key = (topic.clone(), partition);
+    // The home log start last told to the mirror, and when.
+    let mut start_sent: (i64, Instant) = (0, Instant::now());
     while !s.is_closed() {
         let ticket = match s.positions.lock().unwrap().get(&key).map(Cursor::ticket) {
             None => return,
@@ -526,6 +540,25 @@ async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, pa
             .observe_high_watermark(&s.link, &topic, partition, f.high_watermark);
         let whole = chronik_wire::batch::whole_batches_len(&f.records);
         if whole == 0 {
+            // Idle here: a DeleteRecords (or retention) at home would reach
+            // the mirror only with the next records, so the new log start
+            // travels alone, and again now and then in case it was lost.
+            let start = f.log_start_offset;
+            if log_start_news(start, pos.offset, start_sent.0, start_sent.1.elapsed()) {
+                start_sent = (start, Instant::now());
+                let trim = Chunk {
+                    topic: topic.clone(),
+                    partition,
+                    base_offset: pos.offset,
+                    next_offset: pos.offset,
+                    records: Bytes::new(),
+                    from_log_start: false,
+                    home_log_start: start,
+                };
+                if s.out.send(trim).await.is_err() {
+                    return;
+                }
+            }
             continue;
         }
         let records = f.records.slice(..whole);
@@ -549,6 +582,7 @@ async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, pa
         let (last_h, _) = batches.last().expect("non-empty");
         let base = first_h.base_offset;
         let next = last_h.last_offset() + 1;
+        start_sent = (f.log_start_offset.max(0), Instant::now());
         let chunk = Chunk {
             topic: topic.clone(),
             partition,
@@ -663,5 +697,26 @@ pub async fn report_quorum_acks(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_partition_tells_a_new_home_log_start_and_repeats_it_rarely() {
+        let now = Duration::ZERO;
+        assert!(
+            !log_start_news(0, 10, 0, LOG_START_AGAIN),
+            "log start 0 is no news"
+        );
+        assert!(log_start_news(4, 10, 0, now));
+        assert!(!log_start_news(4, 10, 4, now));
+        assert!(log_start_news(4, 10, 4, LOG_START_AGAIN));
+        assert!(log_start_news(6, 10, 4, now));
+        assert!(log_start_news(10, 10, 4, now));
+        // Past what was shipped: a gap, not a trim.
+        assert!(!log_start_news(11, 10, 4, LOG_START_AGAIN));
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod codec;
 mod group;
+pub(crate) mod json_bytes;
 pub mod log_store;
 pub mod sm;
 pub mod transport;

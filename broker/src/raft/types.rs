@@ -157,10 +157,17 @@ pub enum ControllerCommand {
     /// A peer region's anti-entropy delta (`chronik_metadata_sync::Delta`,
     /// encoded), merged into the global `__meta`; mirror topics and
     /// committed offsets follow what changed.
-    MetaMerge { delta: Vec<u8>, wall_ms: i64 },
+    MetaMerge {
+        #[serde(with = "super::json_bytes")]
+        delta: Vec<u8>,
+        wall_ms: i64,
+    },
     /// A peer region's summary, taken as its acknowledgement of the
     /// tombstones it covers; tombstones every region has seen are dropped.
-    MetaPeerSummary { summary: Vec<u8> },
+    MetaPeerSummary {
+        #[serde(with = "super::json_bytes")]
+        summary: Vec<u8>,
+    },
     /// Bring this region's copy of one topic (by id) back in line with its
     /// global entry: a mirror deleted here is created again when the
     /// dc-link offers the topic anew.

@@ -418,7 +418,7 @@ impl Cluster {
             for g in &groups {
                 let (_, term, is_leader) = g.brief();
                 if let Some((t, log)) = logs.get(&g.id()) {
-                    log.set_leader_epoch(term.min(i32::MAX as u64) as i32);
+                    log.note_term(term.min(i32::MAX as u64) as i32);
                     if is_leader {
                         let st = g.status();
                         leaders_here += 1;
@@ -743,7 +743,7 @@ impl Cluster {
         let st = g.status();
         // Clients learn the epoch from Metadata (the term) and send it back;
         // the log must know it before it is asked.
-        log.set_leader_epoch(st.term.min(i32::MAX as u64) as i32);
+        log.note_term(st.term.min(i32::MAX as u64) as i32);
         st.leader_fresh.then_some((g, st))
     }
 
@@ -792,7 +792,7 @@ impl Cluster {
             // Only the leader knows the ISR; elsewhere the cheap brief() does,
             // since Metadata asks this for every partition.
             let (leader, term, is_leader) = g.brief();
-            log.set_leader_epoch(term.min(i32::MAX as u64) as i32);
+            log.note_term(term.min(i32::MAX as u64) as i32);
             if let Some(l) = leader {
                 let isr = if is_leader {
                     g.status().isr.iter().map(|i| *i as i32).collect()

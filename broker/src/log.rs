@@ -33,6 +33,45 @@ pub struct PartitionRecord {
     /// Leader epoch -> first offset written in it, oldest first; the basis
     /// for finding where two copies of a log diverge.
     pub epochs: Vec<(i32, i64)>,
+    /// Added to the partition group's Raft term to give the leader epoch
+    /// stamped on produced batches (see [`stamp_epoch`]).
+    #[serde(default)]
+    pub epoch_base: i32,
+    /// Whether the newest epoch in `epochs` was stamped by a produce here,
+    /// rather than copied from another region by a mirror append. Records
+    /// written before this existed have none, and count as stamped here: a
+    /// home topic then keeps its epoch, and replicas still running the
+    /// previous build (which stamp the bare term) write the same bytes.
+    #[serde(default)]
+    pub own_latest: Option<bool>,
+}
+
+impl Default for PartitionRecord {
+    fn default() -> Self {
+        PartitionRecord {
+            log_start_offset: 0,
+            epochs: vec![(0, 0)],
+            epoch_base: 0,
+            own_latest: Some(false),
+        }
+    }
+}
+
+/// The leader epoch for a batch produced here in Raft term `term`: the term
+/// plus the partition's epoch base, which moves up when needed so that the
+/// epoch is never below the newest epoch in the log, and is above it when
+/// that epoch came from another region (a mirror that became the home).
+/// Kafka clients tell divergent histories apart by epoch (KIP-320), so two
+/// regions must never stamp the same epoch on different records. Decided at
+/// apply, from the entry's term and replicated state only, so every replica
+/// stamps the same. Returns (epoch, new base).
+pub fn stamp_epoch(term: i32, base: i32, latest: i32, own_latest: bool) -> (i32, i32) {
+    let epoch = term.saturating_add(base);
+    if epoch > latest || (epoch == latest && own_latest) {
+        return (epoch, base);
+    }
+    let wanted = latest.saturating_add(1);
+    (wanted, wanted.saturating_sub(term))
 }
 
 fn partition_key(log_id: u64) -> String {
@@ -86,8 +125,22 @@ struct LogState {
     next_offset: i64,
     /// Epoch -> first offset history, newest last (mirrors PartitionRecord).
     epochs: Vec<(i32, i64)>,
+    /// See [`PartitionRecord::epoch_base`] and [`PartitionRecord::own_latest`].
+    epoch_base: i32,
+    own_latest: bool,
     producers: ProducerStates,
     size_bytes: u64,
+}
+
+impl LogState {
+    fn record(&self, log_start_offset: i64) -> PartitionRecord {
+        PartitionRecord {
+            log_start_offset,
+            epochs: self.epochs.clone(),
+            epoch_base: self.epoch_base,
+            own_latest: Some(self.own_latest),
+        }
+    }
 }
 
 /// The outcome of [`PartitionLog::mirror_into`].
@@ -150,6 +203,8 @@ pub struct PartitionLog {
     high_watermark: AtomicI64,
     /// The leader epoch clients see (the partition group's current term).
     current_epoch: std::sync::atomic::AtomicI32,
+    /// A copy of the state's epoch base, for [`PartitionLog::note_term`].
+    epoch_base: std::sync::atomic::AtomicI32,
     log_end: AtomicI64,
     log_start: AtomicI64,
     deleted: AtomicBool,
@@ -175,14 +230,19 @@ pub struct ReadResult {
 impl PartitionLog {
     /// Adds the writes that create a new, empty partition to `wb`.
     pub fn init_record(store: &Store, wb: &mut WriteBatch, log_id: u64) {
-        let rec = PartitionRecord {
-            log_start_offset: 0,
-            epochs: vec![(0, 0)],
-        };
         wb.put_cf(
             store.cf(CF_META),
             partition_key(log_id),
-            serde_json::to_vec(&rec).expect("serializes"),
+            serde_json::to_vec(&PartitionRecord::default()).expect("serializes"),
+        );
+    }
+
+    /// Adds the write of this partition's durable state (besides batches).
+    fn put_record(&self, wb: &mut WriteBatch, st: &LogState, log_start_offset: i64) {
+        wb.put_cf(
+            self.store.cf(CF_META),
+            partition_key(self.log_id),
+            serde_json::to_vec(&st.record(log_start_offset)).expect("serializes"),
         );
     }
 
@@ -198,6 +258,7 @@ impl PartitionLog {
         let (st, log_start) = Self::load_state(&store, log_id)?;
         let next_offset = st.next_offset;
         let leader_epoch = st.epochs.last().map(|e| e.0).unwrap_or(0);
+        let epoch_base = st.epoch_base;
         Ok(Arc::new(PartitionLog {
             log_id,
             topic,
@@ -206,6 +267,7 @@ impl PartitionLog {
             state: Mutex::new(st),
             high_watermark: AtomicI64::new(next_offset),
             current_epoch: std::sync::atomic::AtomicI32::new(leader_epoch),
+            epoch_base: std::sync::atomic::AtomicI32::new(epoch_base),
             log_end: AtomicI64::new(next_offset),
             log_start: AtomicI64::new(log_start),
             deleted: AtomicBool::new(false),
@@ -224,6 +286,7 @@ impl PartitionLog {
         if let Some((e, _)) = fresh.epochs.last() {
             self.current_epoch.fetch_max(*e, Ordering::AcqRel);
         }
+        self.epoch_base.store(fresh.epoch_base, Ordering::Release);
         *st = fresh;
         self.log_end.store(next, Ordering::Release);
         self.log_start.store(log_start, Ordering::Release);
@@ -240,10 +303,7 @@ impl PartitionLog {
                 key: key.clone(),
                 detail: e.to_string(),
             })?,
-            None => PartitionRecord {
-                log_start_offset: 0,
-                epochs: vec![(0, 0)],
-            },
+            None => PartitionRecord::default(),
         };
         let entries = store.index_entries(log_id)?;
         let size_bytes = entries.iter().map(|e| e.size as u64).sum();
@@ -279,6 +339,8 @@ impl PartitionLog {
             LogState {
                 next_offset,
                 epochs: rec.epochs,
+                epoch_base: rec.epoch_base,
+                own_latest: rec.own_latest.unwrap_or(true),
                 producers,
                 size_bytes,
             },
@@ -306,8 +368,12 @@ impl PartitionLog {
         self.current_epoch.load(Ordering::Acquire)
     }
 
-    pub fn set_leader_epoch(&self, epoch: i32) {
-        self.current_epoch.fetch_max(epoch, Ordering::AcqRel);
+    /// The partition group's current Raft term: the epoch clients see is
+    /// at least the epoch a produce in that term would stamp.
+    pub fn note_term(&self, term: i32) {
+        let base = self.epoch_base.load(Ordering::Acquire);
+        self.current_epoch
+            .fetch_max(term.saturating_add(base), Ordering::AcqRel);
     }
 
     /// The durable (epoch, start offset) history, oldest first.
@@ -455,20 +521,17 @@ impl PartitionLog {
                     .fetch_max(h.partition_leader_epoch, Ordering::AcqRel);
                 history_changed = true;
             }
+            // Even at an epoch equal to one stamped here: it came from
+            // elsewhere, so the next produce here must stamp above it.
+            if std::mem::take(&mut st.own_latest) {
+                history_changed = true;
+            }
             // Producer state travels with the data, so a mirror promoted to
             // home keeps deduplicating the same producers.
             self.put_batch(wb, &mut st, h, base, bytes, h.max_timestamp);
         }
         if history_changed {
-            let rec = PartitionRecord {
-                log_start_offset: start,
-                epochs: st.epochs.clone(),
-            };
-            wb.put_cf(
-                self.store.cf(CF_META),
-                partition_key(self.log_id),
-                serde_json::to_vec(&rec).expect("serializes"),
-            );
+            self.put_record(wb, &st, start);
         }
         self.log_start.fetch_max(start, Ordering::AcqRel);
         self.log_end.store(st.next_offset, Ordering::Release);
@@ -485,8 +548,9 @@ impl PartitionLog {
     /// writes (data, index, producer state, epoch history) to `wb`. The
     /// in-memory state moves at once, so the next append sees these offsets;
     /// the high watermark moves only when the caller reports the write done
-    /// through [`PartitionLog::committed`]. `epoch` is stamped into the batch
-    /// and recorded in the epoch history when it is new; `log_append_time`,
+    /// through [`PartitionLog::committed`]. The epoch from `term` (see
+    /// [`stamp_epoch`]) is stamped into the batch and recorded in the epoch
+    /// history when it is new; `log_append_time`,
     /// when set, is stamped as the batch's LogAppendTime.
     ///
     /// No topic config is read here: the outcome depends only on the
@@ -497,7 +561,7 @@ impl PartitionLog {
         &self,
         wb: &mut WriteBatch,
         records: &[u8],
-        epoch: i32,
+        term: i32,
         log_append_time: Option<i64>,
     ) -> Result<AppendedInto, AppendError> {
         let h = Self::validate(records)?;
@@ -524,16 +588,14 @@ impl PartitionLog {
         }
         let base = st.next_offset;
         let last = base + h.last_offset_delta as i64;
+        let latest = st.epochs.last().map(|(e, _)| *e).unwrap_or(0);
+        let (epoch, epoch_base) = stamp_epoch(term, st.epoch_base, latest, st.own_latest);
+        st.epoch_base = epoch_base;
+        self.epoch_base.store(epoch_base, Ordering::Release);
         if note_epoch(&mut st, epoch, base) {
-            let rec = PartitionRecord {
-                log_start_offset: self.log_start_offset(),
-                epochs: st.epochs.clone(),
-            };
-            wb.put_cf(
-                self.store.cf(CF_META),
-                partition_key(self.log_id),
-                serde_json::to_vec(&rec).expect("serializes"),
-            );
+            st.own_latest = true;
+            self.current_epoch.fetch_max(epoch, Ordering::AcqRel);
+            self.put_record(wb, &st, self.log_start_offset());
         }
         let stamped = batch::stamp(records, base, epoch, log_append_time);
         let max_ts = log_append_time.unwrap_or(h.max_timestamp);
@@ -875,15 +937,7 @@ impl PartitionLog {
             wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
         }
         truncate_epochs_from_start(&mut st.epochs, offset);
-        let rec = PartitionRecord {
-            log_start_offset: offset,
-            epochs: st.epochs.clone(),
-        };
-        wb.put_cf(
-            self.store.cf(CF_META),
-            partition_key(self.log_id),
-            serde_json::to_vec(&rec).expect("serializes"),
-        );
+        self.put_record(wb, &st, offset);
         drop(st);
         let freed: u64 = gone.iter().map(|e| e.size as u64).sum();
         let mut st = self.state.lock().unwrap();
@@ -1025,6 +1079,84 @@ mod tests {
         assert_eq!(log.visible_high_watermark(true), 10);
         log.report_mirror_acks(&Default::default(), 0);
         assert_eq!(log.mirrored_through(), Some(i64::MAX));
+    }
+
+    #[test]
+    fn produced_epochs_never_go_back_and_rise_above_foreign_ones() {
+        // A home region: the term is the epoch, and stays while it leads.
+        assert_eq!(stamp_epoch(3, 0, 0, false), (3, 0));
+        assert_eq!(stamp_epoch(3, 0, 3, true), (3, 0));
+        assert_eq!(stamp_epoch(4, 0, 3, true), (4, 0));
+        // A mirror that held the home's epoch 16 and is now written here in
+        // its own term 3: above 16, and the base keeps later terms above.
+        assert_eq!(stamp_epoch(3, 0, 16, false), (17, 14));
+        assert_eq!(stamp_epoch(3, 14, 17, true), (17, 14));
+        assert_eq!(stamp_epoch(5, 14, 17, true), (19, 14));
+        // The same number copied from elsewhere is not ours to continue.
+        assert_eq!(stamp_epoch(3, 14, 17, false), (18, 15));
+    }
+
+    /// Any sequence of produces (terms only grow) and mirror appends
+    /// (epochs never below the log's newest): produced epochs never go
+    /// back, and a produce after a mirrored epoch is strictly above it.
+    #[test]
+    fn stamp_epoch_holds_its_rules_over_random_histories() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        for _ in 0..2_000 {
+            let (mut term, mut base, mut latest, mut own) = (0i32, 0i32, 0i32, false);
+            for _ in 0..40 {
+                if next(3) == 0 {
+                    latest += next(5) as i32;
+                    own = false;
+                } else {
+                    term += next(3) as i32;
+                    let (epoch, b) = stamp_epoch(term, base, latest, own);
+                    assert!(epoch >= latest);
+                    assert!(own || epoch > latest, "{epoch} after foreign {latest}");
+                    assert!(b >= base && epoch == term + b);
+                    (base, latest, own) = (b, epoch, true);
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_promoted_mirror_stamps_epochs_above_the_mirrored_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = PartitionLog::open(store.clone(), 2, "copy".into(), 0).unwrap();
+        let home = crate::batch::stamp(&build::simple(2, 100, None), 0, 16, None);
+        assert!(mirror(&log, &store, &home, 0).await.appended);
+        assert_eq!(log.leader_epoch(), 16);
+        // Written here now, in this region's Raft term 3.
+        let mut wb = WriteBatch::default();
+        let AppendedInto::New { base, .. } = log
+            .append_into(&mut wb, &build::simple(1, 200, None), 3, None)
+            .unwrap()
+        else {
+            panic!("not new")
+        };
+        store.write(wb).await.unwrap();
+        assert_eq!(base, 2);
+        assert_eq!(log.epoch_history(), vec![(0, 0), (16, 0), (17, 2)]);
+        assert_eq!(log.leader_epoch(), 17);
+        // A new term here shows as a new epoch to clients before any write.
+        log.note_term(4);
+        assert_eq!(log.leader_epoch(), 18);
+        // The base is durable.
+        drop(log);
+        let log = PartitionLog::open(store.clone(), 2, "copy".into(), 0).unwrap();
+        let mut wb = WriteBatch::default();
+        log.append_into(&mut wb, &build::simple(1, 300, None), 4, None)
+            .unwrap();
+        store.write(wb).await.unwrap();
+        assert_eq!(log.epoch_history(), vec![(0, 0), (16, 0), (17, 2), (18, 3)]);
     }
 
     #[tokio::test]

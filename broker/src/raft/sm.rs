@@ -155,8 +155,8 @@ impl StateMachine {
                         Err(rejected) => return rejected,
                     },
                 };
-                let epoch = log_id.committed_leader_id().term.min(i32::MAX as u64) as i32;
-                match log.append_into(wb, records, epoch, append_time) {
+                let term = log_id.committed_leader_id().term.min(i32::MAX as u64) as i32;
+                match log.append_into(wb, records, term, append_time) {
                     Ok(AppendedInto::New { base, last }) => {
                         *hw = Some(last + 1);
                         CommandResult::Produced {
@@ -439,10 +439,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let lid = log.log_id;
                 let meta_cf = self.store.cf(CF_META);
                 let mut record: crate::log::PartitionRecord = if desc.record.is_empty() {
-                    crate::log::PartitionRecord {
-                        log_start_offset: 0,
-                        epochs: vec![(0, 0)],
-                    }
+                    crate::log::PartitionRecord::default()
                 } else {
                     serde_json::from_slice(&desc.record).map_err(io_err)?
                 };

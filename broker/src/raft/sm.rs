@@ -443,6 +443,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 } else {
                     serde_json::from_slice(&desc.record).map_err(io_err)?
                 };
+                // Batches this replica holds wholly below the leader's log
+                // start were deleted there (DeleteRecords, retention) by
+                // entries the snapshot replaces: delete them here too, or
+                // they stay on disk under a record that says they are gone.
+                let below = self
+                    .store
+                    .index_entries(lid)
+                    .map_err(io_err)?
+                    .into_iter()
+                    .take_while(|e| e.last_offset < record.log_start_offset)
+                    .last();
+                if let Some(e) = below {
+                    for cf in [CF_LOG, CF_INDEX] {
+                        wb.delete_range_cf(
+                            self.store.cf(cf),
+                            log_key(lid, 0),
+                            log_key(lid, e.last_offset + 1),
+                        );
+                    }
+                }
                 if let Some(staged) = &data.staged {
                     let staged = std::mem::take(&mut *staged.lock().unwrap());
                     if let Some(reset) = staged.reset_to {

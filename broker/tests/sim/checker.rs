@@ -45,6 +45,8 @@ pub struct History {
     /// Every batch the consumers were served.
     pub reads: Vec<ReadBatch>,
     pub producers_done: bool,
+    /// DeleteRecords asked, as (partition, offset), before each was sent.
+    pub trims: Vec<(i32, i64)>,
     /// Last high watermark seen per (broker, partition).
     pub hw: BTreeMap<(u64, i32), i64>,
     /// Leader seen per (group, term).
@@ -178,21 +180,45 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
                 Err(e) => v.push(format!("partition {p} on broker {}: {e}", r.node)),
             }
         }
-        // Pairwise: the shorter committed log is a prefix of the longer.
+        // Pairwise, from where both still hold batches (a replica may not
+        // have applied the last DeleteRecords yet): the shorter committed
+        // log is a prefix of the longer.
         for (i, (a, ab)) in parsed.iter().enumerate() {
             for (b, bb) in parsed.iter().skip(i + 1) {
-                let (short, sb, long) = if a.bytes.len() <= b.bytes.len() {
-                    (a, ab, b)
-                } else {
-                    (b, bb, a)
+                let first = |bs: &[Batch]| bs.first().map_or(i64::MAX, |x| x.base);
+                let from = first(ab).max(first(bb));
+                let tail = |r: &Replica, bs: &[Batch]| {
+                    bs.iter()
+                        .find(|x| x.base == from)
+                        .map(|x| r.bytes[x.range.start..].to_vec())
                 };
-                if !long.bytes.starts_with(&short.bytes) {
-                    let first = sb
-                        .iter()
-                        .find(|x| {
-                            long.bytes.get(x.range.clone()) != short.bytes.get(x.range.clone())
+                let (Some(at), Some(bt)) = (tail(a, ab), tail(b, bb)) else {
+                    // One log ends before the other starts, or they do not
+                    // share the batch boundary where the later one starts.
+                    let end = |bs: &[Batch]| bs.last().map_or(-1, |x| x.last);
+                    if from != i64::MAX && end(ab).min(end(bb)) >= from {
+                        v.push(format!(
+                            "partition {p}: replicas on brokers {} and {} have no batch starting at {from} in common",
+                            a.node, b.node
+                        ));
+                    }
+                    continue;
+                };
+                let (short, st, long, lt) = if at.len() <= bt.len() {
+                    (a, at, b, bt)
+                } else {
+                    (b, bt, a, at)
+                };
+                if !lt.starts_with(&st) {
+                    let mut pos = 0;
+                    let first = split_batches(&st)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find_map(|(base, _, x)| {
+                            let same = lt.get(pos..pos + x.len()) == Some(x.as_slice());
+                            pos += x.len();
+                            (!same).then_some(base)
                         })
-                        .map(|x| x.base)
                         .unwrap_or(-1);
                     v.push(format!(
                         "partition {p}: replicas on brokers {} (hw {}) and {} (hw {}) diverge below the high watermark, first at offset {first}",
@@ -211,7 +237,13 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
         // What consumers were served is what the log holds: a read of
         // anything else came from a leader that should not have answered.
         let at: BTreeMap<i64, &Batch> = lb.iter().map(|b| (b.base, b)).collect();
-        for r in history.reads.iter().filter(|r| r.partition == p) {
+        // Below the final log's first batch, records were deleted.
+        let kept_from = lb.first().map_or(longest.log_start, |b| b.base);
+        for r in history
+            .reads
+            .iter()
+            .filter(|r| r.partition == p && r.base >= kept_from)
+        {
             let stored = at.get(&r.base).map(|b| &longest.bytes[b.range.clone()]);
             if stored != Some(r.bytes.as_slice()) {
                 v.push(format!(
@@ -243,6 +275,8 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
             }
             let found = by_producer.get(&key).map(Vec::as_slice).unwrap_or(&[]);
             match found {
+                // Deleted by a DeleteRecords: below where the log starts.
+                [] if a.base_offset + a.records as i64 <= longest.log_start => {}
                 [] => v.push(format!(
                     "partition {p}: acknowledged batch lost: producer {} sequence {} acked at offset {} ({} ms), longest replica (broker {}) ends at {}",
                     a.producer_id, a.sequence, a.base_offset, a.at_ms, longest.node, longest.high_watermark

@@ -201,6 +201,12 @@ enum Request {
         partition: i32,
         offset: i64,
     },
+    /// What `handlers::partition_admin` does for DeleteRecords (and the
+    /// retention task for an expired segment): a trim through the log.
+    DeleteRecords {
+        partition: i32,
+        offset: i64,
+    },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -225,6 +231,9 @@ enum Response {
     OutOfRange {
         start: i64,
         end: i64,
+    },
+    Trimmed {
+        low_watermark: i64,
     },
 }
 
@@ -270,6 +279,34 @@ async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Respo
                 }
                 Ok(Ok(CommandResult::Duplicate { base_offset })) => {
                     Response::Duplicate { base_offset }
+                }
+                Ok(Ok(CommandResult::Rejected { code, message })) => {
+                    Response::Rejected { code, message }
+                }
+                Ok(Ok(other)) => Response::Unavailable(format!("unexpected {other:?}")),
+                Ok(Err(ProposeError::NotLeader(l))) => Response::NotLeader(l.map(|l| l as i32)),
+                Ok(Err(e)) => Response::Unavailable(e.to_string()),
+                Err(_) => Response::Unavailable("timed out".into()),
+            }
+        }
+        Request::DeleteRecords { partition, offset } => {
+            let Some(t) = catalog.get(TOPIC) else {
+                return Response::Unavailable("no topic here yet".into());
+            };
+            let Some(log) = t.partition(partition) else {
+                return Response::Unavailable("no such partition".into());
+            };
+            let Some((g, _)) = cluster.leader_group(log) else {
+                return Response::NotLeader(cluster.view(&t, log).leader);
+            };
+            match timeout(
+                Duration::from_secs(5),
+                g.propose(Command::DeleteRecords { offset }),
+            )
+            .await
+            {
+                Ok(Ok(CommandResult::Trimmed { low_watermark })) => {
+                    Response::Trimmed { low_watermark }
                 }
                 Ok(Ok(CommandResult::Rejected { code, message })) => {
                     Response::Rejected { code, message }
@@ -490,15 +527,60 @@ async fn client_main(seed: u64, shared: Arc<Shared>) -> turmoil::Result {
     shared.event(sim_ms(), "topic created".into());
     let producers = (0..PRODUCERS).map(|k| producer(seed, k, start, shared.clone()));
     let consumers = (0..PARTITIONS).map(|p| consumer(seed, p, start, shared.clone()));
-    futures_util::future::join(
+    futures_util::future::join3(
         async {
             futures_util::future::join_all(producers).await;
             shared.with_history(|h| h.producers_done = true);
         },
         futures_util::future::join_all(consumers),
+        trimmer(seed, start, shared.clone()),
     )
     .await;
     Ok(())
+}
+
+/// DeleteRecords now and then while the faults run, up to an offset some
+/// time behind the producers: retention and DeleteRecords go through the
+/// same log entry. The consumers may then find their position below the
+/// log start, and every replica must trim alike.
+async fn trimmer(seed: u64, start: Instant, shared: Arc<Shared>) {
+    let mut rng = Rng::new(seed ^ 0x7472_696d);
+    let mut broker = 1 + seed % BROKERS;
+    while start.elapsed() < WORK {
+        sleep(rng.range_ms(2000, 6000)).await;
+        let partition = rng.below(PARTITIONS as u64) as i32;
+        // Halfway into what this partition has acknowledged.
+        let offset = shared.with_history(|h| {
+            let acked: Vec<i64> = h
+                .acks
+                .iter()
+                .filter(|a| a.partition == partition)
+                .map(|a| a.base_offset)
+                .collect();
+            acked.get(acked.len() / 2).copied()
+        });
+        let Some(offset) = offset.filter(|o| *o > 0) else {
+            continue;
+        };
+        shared.with_history(|h| h.trims.push((partition, offset)));
+        for _ in 0..10 {
+            let req = Request::DeleteRecords { partition, offset };
+            match call(broker, &req).await {
+                Ok(Response::Trimmed { low_watermark }) => {
+                    shared.event(
+                        sim_ms(),
+                        format!("trimmed p{partition} to {offset}: low watermark {low_watermark}"),
+                    );
+                    break;
+                }
+                Ok(Response::NotLeader(Some(l))) if l as u64 != broker => broker = l as u64,
+                _ => {
+                    broker = next_broker(broker);
+                    sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
 }
 
 /// A consumer reading one partition from its leader, as a Kafka consumer
@@ -586,9 +668,33 @@ async fn consumer(seed: u64, partition: i32, start: Instant, shared: Arc<Shared>
                     }
                 }
             }
+            Ok(Response::OutOfRange { start: lo, .. }) if pos < lo => {
+                // Trimmed below the position: a consumer resets to the log
+                // start (auto.offset.reset=earliest). Only a DeleteRecords
+                // asked for may have moved the start that far.
+                let t = sim_ms();
+                shared.with_history(|h| {
+                    let asked = h
+                        .trims
+                        .iter()
+                        .filter(|(p, _)| *p == partition)
+                        .map(|(_, o)| *o)
+                        .max();
+                    if asked.is_none_or(|a| a < lo) {
+                        h.violations.push(format!(
+                            "partition {partition}: broker {broker} starts its log at {lo}, above every DeleteRecords asked ({asked:?}), at {t} ms"
+                        ));
+                    }
+                });
+                shared.event(
+                    t,
+                    format!("consumer p{partition} reset from {pos} to the log start {lo}"),
+                );
+                pos = lo;
+            }
             Ok(Response::OutOfRange { start: lo, end }) => {
-                // No retention or DeleteRecords here: only a leader whose
-                // log lacks records it once served says this.
+                // Past the log end: only a leader whose log lacks records it
+                // once served says this.
                 shared.with_history(|h| {
                     h.violations.push(format!(
                         "partition {partition}: broker {broker} answered a read at {pos} with OFFSET_OUT_OF_RANGE [{lo}, {end}] (at {} ms)",

@@ -3,7 +3,8 @@
 //! RocksDB stores run in one process on turmoil's simulated network and
 //! clocks, under a seeded nemesis (crashes with disk kept, restarts,
 //! partitions, one-way cuts, slow links, connection resets, client packet
-//! loss), while idempotent producers write through whichever broker leads.
+//! loss), while idempotent producers write through whichever broker leads,
+//! consumers read from it, and DeleteRecords trims the partitions.
 //! `sim/checker.rs` then checks the invariants.
 //!
 //! ```sh

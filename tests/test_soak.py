@@ -506,7 +506,7 @@ def _soak(regions: Regions, seed: int, duration: float) -> None:
             longest_blackhole=f"{max(chaos.blackhole_s, default=0):.1f}s",
             gq_witness=f"{witness.checked} ok / {len(witness.violations)} violations / {witness.unreadable} unread",
             groups={g.group: {"delivered": len(g.delivered), "commits": g.commits,
-                              "errors": sum(g.errors.values()), "offset_resets": len(g.offset_resets()),
+                              "errors": dict(g.errors), "offset_resets": len(g.offset_resets()),
                               "commit_regressions": len(g.regressions), "skips": len(g.jumps)}
                     for g in groups.values()},
         )

@@ -25,6 +25,8 @@ use crate::server::BrokerCtx;
 
 /// Topic ids replace names in Fetch from this version on.
 const FETCH_TOPIC_ID_VERSION: i16 = 13;
+/// The fetching replica's id moves into `replica_state` from this version on.
+const FETCH_REPLICA_STATE_VERSION: i16 = 15;
 /// Fetch responses carry the log start offset from v5.
 const FETCH_LOG_START_VERSION: i16 = 5;
 /// ListOffsets responses carry the leader epoch from v4.
@@ -65,7 +67,7 @@ struct Slot {
 pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) -> FetchResponse {
     let node = BrokerId(ctx.config.node_id);
     let by_id = version >= FETCH_TOPIC_ID_VERSION;
-    let replica_id = if version >= 15 {
+    let replica_id = if version >= FETCH_REPLICA_STATE_VERSION {
         req.replica_state.replica_id.0
     } else {
         req.replica_id.0

@@ -39,6 +39,15 @@ def group_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     return {tp.partition: tp.offset for tp in f.result(timeout=30).topic_partitions if tp.topic == topic}
 
 
+def commit_offset(bootstrap: str, group: str, topic: str, partition: int, offset: int) -> None:
+    """One synchronous OffsetCommit for `group`, from a client that never joins it."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        c.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
+    finally:
+        c.close()
+
+
 def meta_status(regions: Regions, region: str, node: int | None = None) -> dict:
     c = regions.cluster(region)
     ids = [node] if node is not None else c.live_ids()
@@ -259,9 +268,7 @@ class TestMetadataSync:
         produce_all(regions.bootstrap(US), topic, [{"value": b"x%d" % i} for i in range(5)], acks="all")
         regions.wait_mirrored(topic, 1, home=US)
         group = unique_topic("g-beyond")
-        c = Consumer({"bootstrap.servers": regions.bootstrap(US), "group.id": group, "enable.auto.commit": False})
-        c.commit(offsets=[TopicPartition(topic, 0, 50)], asynchronous=False)
-        c.close()
+        commit_offset(regions.bootstrap(US), group, topic, 0, 50)
 
         def reported():
             rows = [o for o in meta_status(regions, EU)["offsets_beyond_log_end"] if o["group"] == group]
@@ -348,9 +355,7 @@ def test_three_regions_converge_and_collect_tombstones(tmp_path, chronik_cluster
         produce_all(regions.bootstrap(US), topic, [{"value": b"v%d" % i} for i in range(10)], acks="all")
         regions.wait_mirrored(topic, 1, home=US)
         group = unique_topic("g3")
-        c = Consumer({"bootstrap.servers": regions.bootstrap(AP), "group.id": group, "enable.auto.commit": False})
-        c.commit(offsets=[TopicPartition(topic, 0, 7)], asynchronous=False)
-        c.close()
+        commit_offset(regions.bootstrap(AP), group, topic, 0, 7)
 
         for r in (US, EU):
             wait_until(lambda r=r: group_offsets(regions.bootstrap(r), group, topic) == {0: 7}, PROPAGATE_S, what=f"ap-south's commit in {r}")

@@ -242,11 +242,7 @@ async fn mirror_append(
     use crate::raft::types::{Command, CommandResult};
     // Where the home log starts: records below it were deleted at home
     // (DeleteRecords, retention) and are trimmed here too after the append.
-    let home_log_start: i64 = query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("home_log_start="))
+    let home_log_start: i64 = query_param(query.as_deref(), "home_log_start")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     use crate::raft::ProposeError;
@@ -330,6 +326,14 @@ async fn mirror_append(
 struct MirrorAcks {
     acks: std::collections::BTreeMap<String, i64>,
     required: usize,
+}
+
+/// One `name=value` parameter of a raw query string. Not percent-decoded:
+/// the values asked for here are numbers and hex digests.
+pub(crate) fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// The home dc-link reports how far mirror regions hold a `global_quorum`

@@ -153,15 +153,6 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
                             let s = starts.entry(key.clone()).or_insert(0);
                             *s = (*s).max(c.home_log_start);
                         }
-                        if c.records.is_empty() {
-                            // Only a new home log start, from an idle
-                            // partition: no data to order, so no appender.
-                            ctx.chunk_done(data.seq, &c.topic, c.partition, None);
-                            if c.home_log_start > 0 {
-                                tokio::spawn(trim_idle(ctx.clone(), key.0, key.1, c.base_offset));
-                            }
-                            continue;
-                        }
                         let tx = appenders.entry(key.clone()).or_insert_with(|| {
                             let (tx, rx) = mpsc::unbounded_channel();
                             tokio::spawn(append_loop(ctx.clone(), key.0, key.1, rx));
@@ -418,11 +409,23 @@ async fn append_loop(
                 continue;
             }
         };
+        if first.1.records.is_empty() {
+            // Only a new home log start, from an idle partition: nothing
+            // to order against the log end.
+            trim_idle(&ctx, &mut admin, &topic, partition, first.1.base_offset).await;
+            ctx.chunk_done(first.0, &topic, partition, None);
+            continue;
+        }
         let mut seqs = vec![first.0];
         let mut chunks = vec![first.1];
         let mut size = chunks[0].records.len();
         while size <= MAX_APPEND {
             let Ok((seq, c)) = rx.try_recv() else { break };
+            if c.records.is_empty() {
+                // The data appended now carries the newest home log start.
+                ctx.chunk_done(seq, &topic, partition, None);
+                continue;
+            }
             size += c.records.len();
             seqs.push(seq);
             chunks.push(c);
@@ -656,23 +659,33 @@ async fn locate(
 }
 
 /// Trims an idle mirror partition to the home log start: an append of
-/// nothing at `at`, which the broker answers by trimming within the
-/// mirror's records. Best effort: the sender says it again later.
-async fn trim_idle(ctx: Arc<SessionCtx>, topic: String, partition: i32, at: i64) {
+/// nothing at `at`, on the partition's own connection, which the broker
+/// answers by trimming within the mirror's records. Best effort: the
+/// sender says it again later.
+async fn trim_idle(
+    ctx: &SessionCtx,
+    admin: &mut Option<AdminConn>,
+    topic: &str,
+    partition: i32,
+    at: i64,
+) {
     let nothing = appender::Append {
         base: at,
         records: bytes::Bytes::new(),
         next: at,
         from_log_start: false,
     };
-    let mut admin = None;
     let answer = tokio::time::timeout(
         ATTEMPT_TIMEOUT,
-        append(&ctx, &mut admin, &topic, partition, &nothing),
+        append(ctx, admin, topic, partition, &nothing),
     )
     .await;
     if !matches!(answer, Ok(Ok(_))) {
-        tracing::debug!(topic = %topic, partition, "mirror not trimmed to the home log start yet");
+        tracing::debug!(
+            topic,
+            partition,
+            "mirror not trimmed to the home log start yet"
+        );
     }
 }
 

@@ -188,15 +188,9 @@ async fn regions(State(ctx): Ctx, Json(mut regions): Json<Vec<String>>) -> Respo
 /// (at most 30 s): lets the dc-link push changes as they are applied.
 /// `digest`: the hex digest the caller last saw; `timeout_ms`.
 async fn wait(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
-    let param = |name: &str| {
-        q.as_deref()
-            .unwrap_or("")
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-            .map(str::to_string)
-    };
+    let param = |name: &str| crate::admin_http::query_param(q.as_deref(), name);
     let seen = param("digest")
-        .and_then(|d| u64::from_str_radix(&d, 16).ok())
+        .and_then(|d| u64::from_str_radix(d, 16).ok())
         .unwrap_or(0);
     let timeout_ms: u64 = param("timeout_ms")
         .and_then(|t| t.parse().ok())

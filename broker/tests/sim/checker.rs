@@ -187,12 +187,7 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
             for (b, bb) in parsed.iter().skip(i + 1) {
                 let first = |bs: &[Batch]| bs.first().map_or(i64::MAX, |x| x.base);
                 let from = first(ab).max(first(bb));
-                let tail = |r: &Replica, bs: &[Batch]| {
-                    bs.iter()
-                        .find(|x| x.base == from)
-                        .map(|x| r.bytes[x.range.start..].to_vec())
-                };
-                let (Some(at), Some(bt)) = (tail(a, ab), tail(b, bb)) else {
+                let (Some(at), Some(bt)) = (tail_from(a, ab, from), tail_from(b, bb, from)) else {
                     // One log ends before the other starts, or they do not
                     // share the batch boundary where the later one starts.
                     let end = |bs: &[Batch]| bs.last().map_or(-1, |x| x.last);
@@ -209,9 +204,9 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
                 } else {
                     (b, bt, a, at)
                 };
-                if !lt.starts_with(&st) {
+                if !lt.starts_with(st) {
                     let mut pos = 0;
-                    let first = split_batches(&st)
+                    let first = split_batches(st)
                         .unwrap_or_default()
                         .into_iter()
                         .find_map(|(base, _, x)| {
@@ -297,6 +292,13 @@ pub fn check(history: &History, replicas: &[Replica]) -> Vec<String> {
         }
     }
     v
+}
+
+/// A replica's bytes from its batch starting at `base`, if it has one.
+fn tail_from<'a>(r: &'a Replica, bs: &[Batch], base: i64) -> Option<&'a [u8]> {
+    bs.iter()
+        .find(|x| x.base == base)
+        .map(|x| &r.bytes[x.range.start..])
 }
 
 fn check_dense(r: &Replica, bs: &[Batch], v: &mut Vec<String>) {

@@ -13,9 +13,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{sleep, timeout, Instant};
 
 use chronik_broker::batch::build;
-use chronik_broker::catalog::{Catalog, RegionSettings, TopicError};
+use chronik_broker::catalog::{Catalog, RegionSettings, Topic, TopicError};
 use chronik_broker::cluster::Cluster;
-use chronik_broker::log::ReadError;
+use chronik_broker::log::{PartitionLog, ReadError};
 use chronik_broker::raft::types::{Command, CommandResult, ControllerCommand};
 use chronik_broker::raft::ProposeError;
 use chronik_broker::storage::Store;
@@ -262,70 +262,34 @@ async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Respo
             partition,
             records,
             now_ms,
-        } => {
-            let Some(t) = catalog.get(TOPIC) else {
-                return Response::Unavailable("no topic here yet".into());
-            };
-            let Some(log) = t.partition(partition) else {
-                return Response::Unavailable("no such partition".into());
-            };
-            let Some((g, _)) = cluster.leader_group(log) else {
-                return Response::NotLeader(cluster.view(&t, log).leader);
-            };
-            let cmd = produce_command(records, now_ms);
-            match timeout(Duration::from_secs(5), g.propose(cmd)).await {
-                Ok(Ok(CommandResult::Produced { base_offset, .. })) => {
-                    Response::Produced { base_offset }
-                }
-                Ok(Ok(CommandResult::Duplicate { base_offset })) => {
-                    Response::Duplicate { base_offset }
-                }
-                Ok(Ok(CommandResult::Rejected { code, message })) => {
-                    Response::Rejected { code, message }
-                }
-                Ok(Ok(other)) => Response::Unavailable(format!("unexpected {other:?}")),
-                Ok(Err(ProposeError::NotLeader(l))) => Response::NotLeader(l.map(|l| l as i32)),
-                Ok(Err(e)) => Response::Unavailable(e.to_string()),
-                Err(_) => Response::Unavailable("timed out".into()),
-            }
-        }
+        } => match propose_on_leader(
+            cluster,
+            catalog,
+            partition,
+            produce_command(records, now_ms),
+        )
+        .await
+        {
+            Ok(CommandResult::Produced { base_offset, .. }) => Response::Produced { base_offset },
+            Ok(CommandResult::Duplicate { base_offset }) => Response::Duplicate { base_offset },
+            Ok(other) => unexpected(other),
+            Err(r) => r,
+        },
         Request::DeleteRecords { partition, offset } => {
-            let Some(t) = catalog.get(TOPIC) else {
-                return Response::Unavailable("no topic here yet".into());
-            };
-            let Some(log) = t.partition(partition) else {
-                return Response::Unavailable("no such partition".into());
-            };
-            let Some((g, _)) = cluster.leader_group(log) else {
-                return Response::NotLeader(cluster.view(&t, log).leader);
-            };
-            match timeout(
-                Duration::from_secs(5),
-                g.propose(Command::DeleteRecords { offset }),
-            )
-            .await
-            {
-                Ok(Ok(CommandResult::Trimmed { low_watermark })) => {
-                    Response::Trimmed { low_watermark }
-                }
-                Ok(Ok(CommandResult::Rejected { code, message })) => {
-                    Response::Rejected { code, message }
-                }
-                Ok(Ok(other)) => Response::Unavailable(format!("unexpected {other:?}")),
-                Ok(Err(ProposeError::NotLeader(l))) => Response::NotLeader(l.map(|l| l as i32)),
-                Ok(Err(e)) => Response::Unavailable(e.to_string()),
-                Err(_) => Response::Unavailable("timed out".into()),
+            let cmd = Command::DeleteRecords { offset };
+            match propose_on_leader(cluster, catalog, partition, cmd).await {
+                Ok(CommandResult::Trimmed { low_watermark }) => Response::Trimmed { low_watermark },
+                Ok(other) => unexpected(other),
+                Err(r) => r,
             }
         }
         Request::Fetch { partition, offset } => {
-            let Some(t) = catalog.get(TOPIC) else {
-                return Response::Unavailable("no topic here yet".into());
+            let (t, log) = match local_log(catalog, partition) {
+                Ok(found) => found,
+                Err(r) => return r,
             };
-            let Some(log) = t.partition(partition) else {
-                return Response::Unavailable("no such partition".into());
-            };
-            if cluster.leader_for_read(log, offset).await.is_none() {
-                return Response::NotLeader(cluster.view(&t, log).leader);
+            if cluster.leader_for_read(&log, offset).await.is_none() {
+                return Response::NotLeader(cluster.view(&t, &log).leader);
             }
             match log.read(offset, 16 * 1024, true) {
                 Ok(r) => Response::Fetched {
@@ -339,6 +303,49 @@ async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Respo
             }
         }
     }
+}
+
+/// The partition's log here, or the answer a client gets without one.
+fn local_log(
+    catalog: &Catalog,
+    partition: i32,
+) -> Result<(Arc<Topic>, Arc<PartitionLog>), Response> {
+    let t = catalog
+        .get(TOPIC)
+        .ok_or_else(|| Response::Unavailable("no topic here yet".into()))?;
+    let log = t
+        .partition(partition)
+        .cloned()
+        .ok_or_else(|| Response::Unavailable("no such partition".into()))?;
+    Ok((t, log))
+}
+
+/// What the handlers do with a write: `Cluster::leader_group`, then
+/// propose, bounded. Failures come back as the client's answer; rejections
+/// too, since no request here expects one.
+async fn propose_on_leader(
+    cluster: &Arc<Cluster>,
+    catalog: &Catalog,
+    partition: i32,
+    cmd: Command,
+) -> Result<CommandResult, Response> {
+    let (t, log) = local_log(catalog, partition)?;
+    let Some((g, _)) = cluster.leader_group(&log) else {
+        return Err(Response::NotLeader(cluster.view(&t, &log).leader));
+    };
+    match timeout(Duration::from_secs(5), g.propose(cmd)).await {
+        Ok(Ok(CommandResult::Rejected { code, message })) => {
+            Err(Response::Rejected { code, message })
+        }
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(ProposeError::NotLeader(l))) => Err(Response::NotLeader(l.map(|l| l as i32))),
+        Ok(Err(e)) => Err(Response::Unavailable(e.to_string())),
+        Err(_) => Err(Response::Unavailable("timed out".into())),
+    }
+}
+
+fn unexpected(r: CommandResult) -> Response {
+    Response::Unavailable(format!("unexpected {r:?}"))
 }
 
 /// The entry `handlers::produce` proposes for a batch of a CreateTime

@@ -11,18 +11,20 @@ be equal in both regions and on every broker of a region.
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import time
 
 import pytest
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Producer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions
 
 from cluster import create_topic
 from ackcheck import records_from_dump
 from harness import http_get, wait_until
-from kclient import admin, produce_all, topic_partitions, unique_topic
-from regions import Regions
+from kclient import admin, produce_all, topic_partitions, unique_topic, watermarks
+from regions import Regions, grep_log, log_size
 # The shared two-region deployment (class-scoped, healed before each test).
 from test_dclink import describe, regions, two_regions  # noqa: F401
 
@@ -162,6 +164,66 @@ class TestMetadataSync:
         assert global_topic(regions, EU, topic) is None
         wait_identical(regions)
 
+    def test_deleting_a_home_topic_drains_it_to_the_mirror_first(self, regions):
+        """DeleteTopics at home while the mirror lags: the home stops taking writes at once
+        but keeps the data until its dc-link has shipped all of it; only then does the
+        topic go, in both regions. Each eu-west broker logs what it held of every
+        partition when its copy went: the home's final log ends."""
+        topic = unique_topic("meta-drain")
+        create_topic(regions.cluster(US), topic, partitions=2, replication_factor=3)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 2, PROPAGATE_S, what="mirror created")
+        since = {i: log_size(n) for i, n in regions.cluster(EU).nodes.items()}
+        # A thin link into eu-west: ~1.2 MB of incompressible records take seconds.
+        regions.set_wan(EU, bandwidth_mbit=3)
+        payload = [os.urandom(800) for _ in range(1500)]
+        produce_all(regions.bootstrap(US), topic, [{"value": v, "partition": i % 2} for i, v in enumerate(payload)],
+                    acks="all")
+        ends = {p: watermarks(regions.bootstrap(US), topic, p)[1] for p in range(2)}
+        assert sum(ends.values()) == len(payload), ends
+        mirrored = {p: watermarks(regions.bootstrap(EU), topic, p)[1] for p in range(2)}
+        assert mirrored != ends, f"the mirror already caught up ({mirrored}), nothing to drain"
+
+        for f in admin(regions.bootstrap(US)).delete_topics([topic], operation_timeout=30).values():
+            f.result(timeout=30)
+        # Writes stop at once; the topic stays until drained.
+        p = Producer({"bootstrap.servers": regions.bootstrap(US), "message.timeout.ms": 3000})
+        errors = []
+        p.produce(topic, b"late", partition=0, on_delivery=lambda err, msg: errors.append(err))
+        p.flush(10)
+        assert errors and errors[0] is not None, f"a produce after DeleteTopics was accepted: {errors}"
+
+        wait_until(lambda: partitions_in(regions, EU, topic) == 0, 120, what="mirror deleted after the drain")
+        wait_until(lambda: partitions_in(regions, US, topic) == 0, PROPAGATE_S, what="home topic deleted")
+        held = {p: 0 for p in range(2)}
+        pattern = rf"deleting this region's copy.*{re.escape(topic)}|{re.escape(topic)}.*deleting this region's copy"
+        for i, node in regions.cluster(EU).nodes.items():
+            for line in grep_log(node, pattern, since[i]):
+                m = re.search(r"log_ends=\[([0-9, ]*)\]", re.sub(r"\x1b\[[0-9;]*m", "", line))
+                assert m, line
+                for p, end in enumerate(int(x) for x in m.group(1).split(",") if x.strip()):
+                    held[p] = max(held[p], end)
+        assert held == ends, f"the mirror went holding {held}, the home ended at {ends}"
+        wait_identical(regions)
+
+    def test_deleting_a_home_topic_with_the_link_down_does_not_wait(self, regions):
+        """With the link to eu-west down there is nobody to drain to: the home topic goes at
+        once (not after the drain timeout), and the mirror goes once the link is back."""
+        topic = unique_topic("meta-drain-down")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 1, PROPAGATE_S, what="mirror created")
+        regions.blackhole(EU)
+        wait_until(lambda: not regions.links_connected().get(f"{US}->{EU}", True), 60, what="link down")
+        produce_all(regions.bootstrap(US), topic, [{"value": b"r%d" % i} for i in range(50)], acks="all")
+        t0 = time.monotonic()
+        for f in admin(regions.bootstrap(US)).delete_topics([topic], operation_timeout=30).values():
+            f.result(timeout=30)
+        wait_until(lambda: partitions_in(regions, US, topic) == 0, 20, what="home topic deleted")
+        assert time.monotonic() - t0 < 20
+        assert partitions_in(regions, EU, topic) == 1, "the mirror went while the link was down"
+        regions.blackhole(EU, on=False)
+        wait_until(lambda: partitions_in(regions, EU, topic) == 0, 120, what="mirror deleted after the heal")
+        wait_identical(regions)
+
     def test_topic_name_is_global(self, regions):
         topic = unique_topic("meta-name")
         create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
@@ -279,10 +341,14 @@ class TestMetadataSync:
         assert any(o["group"] == group for o in status[EU]["offsets_beyond_log_end"]), status[EU]
         # Not clamped: eu-west's OffsetFetch answers 50.
         assert group_offsets(regions.bootstrap(EU), group, topic) == {0: 50}
+        # The metric is recounted at most every 10 s.
         c = regions.cluster(EU)
-        code, body = http_get(c.admin_url(c.live_ids()[0]) + "/metrics", timeout=5)
-        line = [l for l in body.splitlines() if l.startswith("chronik_meta_offsets_beyond_log_end ")]
-        assert line and float(line[0].split()[1]) >= 1, line
+
+        def metric():
+            code, body = http_get(c.admin_url(c.live_ids()[0]) + "/metrics", timeout=5)
+            line = [l for l in body.splitlines() if l.startswith("chronik_meta_offsets_beyond_log_end ")]
+            return line and float(line[0].split()[1]) >= 1
+        wait_until(metric, 30, interval=1, what="chronik_meta_offsets_beyond_log_end >= 1")
 
     def test_controller_restart_loses_nothing(self, regions):
         topic = unique_topic("meta-restart")
@@ -316,6 +382,10 @@ class TestMetadataSync:
             create_topic(regions.cluster(EU), topic, partitions=1, replication_factor=3)
             produce_all(regions.bootstrap(US), topic, [{"value": b"us-%d" % i} for i in range(20)], acks="all")
             produce_all(regions.bootstrap(EU), topic, [{"value": b"eu-%d" % i} for i in range(30)], acks="all")
+            # A group of each side commits a position in its own region's topic.
+            us_group, eu_group = unique_topic("g-dup-us"), unique_topic("g-dup-eu")
+            commit_offset(regions.bootstrap(US), us_group, topic, 0, 12)
+            commit_offset(regions.bootstrap(EU), eu_group, topic, 0, 17)
         finally:
             regions.blackhole(US, False)
             regions.blackhole(EU, False)
@@ -334,6 +404,14 @@ class TestMetadataSync:
                 c = regions.cluster(r)
                 recs = records_from_dump(c.dump_log(regions.leader_state(r, t, 0)[0], t, 0))
                 assert sorted(recs.values()) == sorted(prefix + b"%d" % i for i in range(n)), (t, r, recs)
+        # The renamed topic's committed offsets moved with it; the winner's stayed.
+        for r in regions.names:
+            wait_until(lambda: group_offsets(regions.bootstrap(r), eu_group, renamed).get(0) == 17, PROPAGATE_S,
+                       what=f"{eu_group}'s offset under {renamed} in {r}")
+            assert group_offsets(regions.bootstrap(r), eu_group, topic).get(0, -1001) < 0, \
+                f"{eu_group} still has an offset under {topic} in {r} (it points into us-east's records)"
+            assert group_offsets(regions.bootstrap(r), us_group, topic).get(0) == 12, r
+        wait_identical(regions)
         counted = sum(meta_status(regions, r)["conflicts"]["topic_name"] for r in regions.names)
         assert counted >= 1
         listed = [c for reg in ctl_meta(regions, "conflicts")["regions"] for c in reg["conflicts"]

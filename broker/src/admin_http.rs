@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -67,6 +67,8 @@ pub async fn serve(
             "/v1/mirror-acks/{topic}/{partition}",
             axum::routing::post(mirror_acks),
         )
+        .route("/v1/deleting", get(deleting))
+        .route("/v1/deleting/{topic}", axum::routing::post(drained))
         .route(
             "/v1/mirror/{topic}/{partition}/{base_offset}",
             axum::routing::post(mirror_append)
@@ -129,6 +131,62 @@ async fn cluster(State(s): State<AppState>) -> Response {
         "brokers": brokers,
     }))
     .into_response()
+}
+
+/// Home topics deleted while mirrored, waiting for the dc-link to drain
+/// them.
+async fn deleting(State(s): State<AppState>) -> Response {
+    let topics: Vec<serde_json::Value> = s
+        .ctx
+        .catalog
+        .deleting()
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "name": t.name(),
+                "id": t.id().to_string(),
+                "since_ms": t.record.deleting_since_ms,
+            })
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "topics": topics })).into_response()
+}
+
+/// The dc-link has drained a deleting topic (`?id=` names the incarnation):
+/// delete it now, here and in every mirror region.
+async fn drained(
+    State(s): State<AppState>,
+    Path(topic): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let Some(id) = query_param(query.as_deref(), "id").and_then(|v| uuid::Uuid::parse_str(v).ok())
+    else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "id=<topic id> is required"}),
+        );
+    };
+    if !s
+        .ctx
+        .catalog
+        .get(&topic)
+        .is_some_and(|t| t.id() == id && t.is_deleting())
+    {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no topic with this name and id is being deleted"}),
+        );
+    }
+    match s.ctx.catalog.finish_delete(&topic, Some(id)).await {
+        Ok(()) => {
+            tracing::info!(topic, %id, "deleted topic drained by the dc-link; deleting it everywhere");
+            axum::Json(serde_json::json!({"ok": true})).into_response()
+        }
+        Err(e) => json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"error": e.to_string()}),
+        ),
+    }
 }
 
 fn local_partition(
@@ -236,7 +294,7 @@ async fn mirror_append(
     State(s): State<AppState>,
     Path((topic, partition, base_offset)): Path<(String, i32, i64)>,
     headers: axum::http::HeaderMap,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    RawQuery(query): RawQuery,
     body: axum::body::Bytes,
 ) -> Response {
     use crate::raft::types::{Command, CommandResult};

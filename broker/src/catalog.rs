@@ -87,7 +87,18 @@ pub struct TopicRecord {
     /// partition's leader moves the Raft voters there, then completes it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reassigning: BTreeMap<i32, Vec<i32>>,
+    /// Deleted at home while mirrored: the data stays until the dc-link
+    /// has shipped it to every mirror region it can reach (or
+    /// [`DRAIN_TIMEOUT_MS`] passed), then the topic goes everywhere. Set
+    /// to the proposer's wall clock when the deletion was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleting_since_ms: Option<i64>,
 }
+
+/// How long a home topic deleted while mirrored waits for the dc-link to
+/// drain it before it is deleted anyway (a dc-link that is down never
+/// answers).
+pub const DRAIN_TIMEOUT_MS: i64 = 60_000;
 
 pub struct Topic {
     pub record: TopicRecord,
@@ -111,6 +122,12 @@ impl Topic {
             .home_region
             .as_deref()
             .filter(|home| *home != local)
+    }
+
+    /// Deleted at home and waiting for its dc-link to drain it: readable,
+    /// not writable.
+    pub fn is_deleting(&self) -> bool {
+        self.record.deleting_since_ms.is_some()
     }
 
     /// Whether consumers here see only what the required mirror regions
@@ -507,6 +524,7 @@ impl Catalog {
                 created_ms: now_ms(),
                 version: 1,
                 reassigning: BTreeMap::new(),
+                deleting_since_ms: None,
             };
             return Ok(self.with_partitions(record, vec![]));
         }
@@ -524,16 +542,58 @@ impl Catalog {
             .await
     }
 
+    /// DeleteTopics. A home topic that other regions mirror is only marked
+    /// (no more writes) until its dc-link has drained it, see
+    /// [`TopicRecord::deleting_since_ms`]; everything else goes at once.
     pub async fn delete_topic(&self, name: &str) -> Result<Arc<Topic>, TopicError> {
         let topic = self.get(name).ok_or(TopicError::Unknown)?;
+        if topic.is_deleting() {
+            return Ok(topic);
+        }
+        if self.mirrored_elsewhere(&topic.record) {
+            let id = topic.id();
+            self.submit(ControllerCommand::MarkTopicDeleting {
+                name: name.to_string(),
+                id,
+                now_ms: now_ms(),
+            })
+            .await?;
+            self.await_local(|| {
+                self.get(name)
+                    .is_none_or(|t| t.id() != id || t.is_deleting())
+                    .then_some(())
+            })
+            .await?;
+            return Ok(topic);
+        }
+        self.finish_delete(name, None).await?;
+        Ok(topic)
+    }
+
+    /// Deletes the topic now (everywhere, if it is homed here). With `id`,
+    /// only that incarnation of the name: a drain report or timeout that
+    /// arrives late must not delete a topic created again since.
+    pub async fn finish_delete(&self, name: &str, id: Option<Uuid>) -> Result<(), TopicError> {
         self.submit(ControllerCommand::DeleteTopic {
             name: name.to_string(),
             now_ms: now_ms(),
+            id,
         })
         .await?;
-        self.await_local(|| self.get(name).is_none().then_some(()))
-            .await?;
-        Ok(topic)
+        self.await_local(|| {
+            self.get(name)
+                .is_none_or(|t| id.is_some_and(|id| t.id() != id))
+                .then_some(())
+        })
+        .await
+    }
+
+    /// Topics marked for deletion that wait for their dc-link to drain.
+    pub fn deleting(&self) -> Vec<Arc<Topic>> {
+        self.list()
+            .into_iter()
+            .filter(|t| t.is_deleting())
+            .collect()
     }
 
     pub async fn create_partitions(
@@ -805,6 +865,7 @@ impl Catalog {
                     created_ms: *now_ms,
                     version: 1,
                     reassigning: BTreeMap::new(),
+                    deleting_since_ms: None,
                 };
                 // First, since it may refuse the topic (a name taken in
                 // the global metadata) before anything is written.
@@ -816,8 +877,25 @@ impl Catalog {
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
             }
-            ControllerCommand::DeleteTopic { name, now_ms } => {
-                let topic = self.get(name).ok_or(TopicError::Unknown)?;
+            ControllerCommand::MarkTopicDeleting { name, id, now_ms } => {
+                let topic = self
+                    .get(name)
+                    .filter(|t| t.id() == *id)
+                    .ok_or(TopicError::Unknown)?;
+                if topic.is_deleting() {
+                    return Ok(PostApply::Nothing);
+                }
+                let mut record = topic.record.clone();
+                record.deleting_since_ms = Some(*now_ms);
+                record.version += 1;
+                self.put_record(wb, &record);
+                Ok(PostApply::Install(record))
+            }
+            ControllerCommand::DeleteTopic { name, now_ms, id } => {
+                let topic = self
+                    .get(name)
+                    .filter(|t| id.is_none_or(|id| t.id() == id))
+                    .ok_or(TopicError::Unknown)?;
                 self.global_deleted(&topic, *now_ms, wb)?;
                 wb.delete_cf(self.store.cf(CF_META), format!("{TOPIC_PREFIX}{name}"));
                 for p in &topic.partitions {

@@ -36,6 +36,9 @@ pub struct GlobalMeta {
     replica: RwLock<Replica>,
     /// Woken whenever an apply changed an entry (the dc-link's long poll).
     pub changed: tokio::sync::Notify,
+    /// `/metrics`: when committed offsets beyond the log end were last
+    /// counted, and how many there were.
+    pub beyond_log_end: std::sync::Mutex<Option<(std::time::Instant, usize)>>,
 }
 
 fn corrupt(key: &str, detail: impl ToString) -> StoreError {
@@ -62,6 +65,7 @@ impl GlobalMeta {
             region,
             replica: RwLock::new(replica),
             changed: tokio::sync::Notify::new(),
+            beyond_log_end: Default::default(),
         })
     }
 

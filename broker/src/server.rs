@@ -254,7 +254,8 @@ impl Broker {
                 metrics_handle,
                 shutdown_rx.clone(),
             )),
-            tokio::spawn(retention_loop(ctx.clone(), shutdown_rx)),
+            tokio::spawn(retention_loop(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(drain_timeout_loop(ctx.clone(), shutdown_rx)),
         ];
         ctx.ready.store(true, Ordering::Release);
         tracing::info!(%kafka_addr, %admin_addr, node_id = ctx.config.node_id, durability = %ctx.config.durability, "broker ready");
@@ -435,6 +436,32 @@ async fn cut_off_watch(ctx: &BrokerCtx) {
 
 /// How long one round waits for its trims to apply.
 const RETENTION_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A home topic deleted while mirrored waits for its dc-link to report it
+/// drained; a dc-link that is down never will. The controller leader
+/// deletes such topics once [`crate::catalog::DRAIN_TIMEOUT_MS`] passed.
+async fn drain_timeout_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        if ctx.cluster.controller_status().leader != Some(ctx.config.node_id as u64) {
+            continue;
+        }
+        let now = handlers::now_ms();
+        for t in ctx.catalog.deleting() {
+            let since = t.record.deleting_since_ms.unwrap_or(now);
+            if now - since < crate::catalog::DRAIN_TIMEOUT_MS {
+                continue;
+            }
+            tracing::warn!(topic = t.name(), waited_ms = now - since, "deleted topic not reported drained by the dc-link in time; deleting it everywhere now");
+            if let Err(e) = ctx.catalog.finish_delete(t.name(), Some(t.id())).await {
+                tracing::warn!(topic = t.name(), error = %e, "deleting a drained topic failed; retrying");
+            }
+        }
+    }
+}
 
 /// Retention is decided by each partition's leader (its clock, the topic's
 /// configs as it sees them) and applied through the partition's Raft log as

@@ -242,7 +242,7 @@ pub struct Appended {
 
 /// Topic names are `[a-zA-Z0-9._-]`, all safe in a path; anything else is
 /// percent-encoded rather than trusted.
-fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"._-".contains(&b) {

@@ -9,6 +9,7 @@
 //! appends). See docs/dc-link.md.
 
 pub mod broker_http;
+pub mod drain;
 pub mod health;
 pub mod kafka;
 pub mod lag;
@@ -31,7 +32,7 @@ use chronik_topology::{DcLinkConfig, Faults, Region, TopicPolicy, Topology};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::Notify;
 
-use crate::broker_http::{AdminConn, HttpError};
+use crate::broker_http::{encode_segment, AdminConn, HttpError};
 use crate::kafka::ClusterView;
 use crate::lag::{
     IncomingRow, LinkRow, LinkStats, PartitionLag, PartitionRow, PartitionState, Report,
@@ -182,6 +183,9 @@ pub struct Shared {
     quorum_changed: Notify,
     /// metadata-sync, per peer region.
     meta: Mutex<BTreeMap<String, meta_sync::MetaPeer>>,
+    /// Discovery rounds started, and the deleting home topics seen in them.
+    rounds: std::sync::atomic::AtomicU64,
+    draining: Mutex<drain::Tracker>,
 }
 
 impl Shared {
@@ -510,6 +514,8 @@ impl Shared {
 
     /// Re-reads the region's topics: which are homed here, and their policy.
     async fn discover_once(&self) -> Result<(), String> {
+        self.rounds
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let local = self.local_region();
         let view = kafka::metadata(&local.bootstrap, None)
             .await
@@ -572,6 +578,71 @@ impl Shared {
 
     /// Lag must stay visible while a link is down (nothing is fetched then),
     /// so the home high watermarks are also read here, once a second.
+    /// Home topics deleted while mirrored: once this dc-link has shipped
+    /// them to every mirror region it can reach, the brokers delete them
+    /// (see [`drain`]).
+    async fn drain_deleted(&self, local: &mut meta_sync::LocalMeta) -> Result<(), HttpError> {
+        let body = local
+            .call(
+                hyper::Method::GET,
+                "/v1/deleting",
+                bytes::Bytes::new(),
+                false,
+            )
+            .await?;
+        let listed: drain::DeletingList =
+            serde_json::from_slice(&body).map_err(|e| HttpError::Transport {
+                addr: "/v1/deleting".into(),
+                message: format!("bad JSON: {e}"),
+            })?;
+        let round = self.rounds.load(std::sync::atomic::Ordering::Acquire);
+        let settled = self.draining.lock().unwrap().settled(&listed.topics, round);
+        let homed = self.homed_topics();
+        for d in settled {
+            let done = match homed.iter().find(|t| t.name == d.name && t.id == d.id) {
+                // Not shipped from here: nothing to wait for.
+                None => true,
+                Some(t) => {
+                    let links = self.links.lock().unwrap();
+                    let lag = self.lag.lock().unwrap();
+                    drain::drained(
+                        t.partitions,
+                        &t.policy.mirrors,
+                        |m| {
+                            links
+                                .get(&format!("{}->{m}", self.region))
+                                .is_some_and(|l| l.connected)
+                        },
+                        |m, p| {
+                            lag.get(&(format!("{}->{m}", self.region), t.name.clone(), p))
+                                .map(|l| drain::Shipped {
+                                    home_end: l.source_high_watermark,
+                                    acked: l.acked,
+                                    state: l.state,
+                                })
+                        },
+                    )
+                }
+            };
+            if !done {
+                continue;
+            }
+            let path = format!("/v1/deleting/{}?id={}", encode_segment(&d.name), d.id);
+            match local
+                .call(hyper::Method::POST, &path, bytes::Bytes::new(), false)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(topic = %d.name, id = %d.id, "deleted home topic drained to its mirrors; the brokers delete it now")
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %d.name, error = %e, "reporting a drained topic failed; retrying")
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn observe_home_watermarks(&self, view: &ClusterView, homed: &[HomedTopic]) {
         let mut by_leader: BTreeMap<String, Vec<(String, i32)>> = BTreeMap::new();
         for t in homed.iter().filter(|t| !t.policy.mirrors.is_empty()) {
@@ -704,6 +775,8 @@ pub async fn run(
         refresh: Notify::new(),
         quorum_changed: Notify::new(),
         meta: Mutex::new(BTreeMap::new()),
+        rounds: Default::default(),
+        draining: Default::default(),
     });
     tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, "dc-link started");
 
@@ -711,9 +784,12 @@ pub async fn run(
     {
         let shared = shared.clone();
         tasks.spawn(async move {
+            let mut local = meta_sync::LocalMeta::new(shared.clone());
             loop {
                 if let Err(e) = shared.discover().await {
                     tracing::warn!(error = %e, "cannot read this region's topics");
+                } else if let Err(e) = shared.drain_deleted(&mut local).await {
+                    tracing::warn!(error = %e, "cannot read the home topics being deleted");
                 }
                 shared.sample_rates();
                 tokio::select! {

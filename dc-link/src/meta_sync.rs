@@ -66,7 +66,7 @@ impl LocalMeta {
         }
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &mut self,
         method: Method,
         path: &str,

@@ -340,6 +340,15 @@ impl Replica {
         &self.knowledge
     }
 
+    /// Entries held, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn tombstones(&self) -> usize {
         self.tombstones
     }

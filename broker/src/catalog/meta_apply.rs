@@ -77,6 +77,26 @@ impl Catalog {
             .is_none_or(|h| h.is_empty() || *h == self.region.name)
     }
 
+    /// Whether a topic homed here has a copy in another region (its
+    /// deletion then waits for the dc-link to drain it).
+    pub(super) fn mirrored_elsewhere(&self, record: &TopicRecord) -> bool {
+        if !self.is_home_here(record) {
+            return false;
+        }
+        let rep = self.global.read();
+        let Some(def) = rep
+            .get(&Key::Topic(topic_id(&record.id)))
+            .and_then(Entry::topic_def)
+        else {
+            return false;
+        };
+        let here = self.global.region();
+        let regions: Vec<RegionId> = rep.regions().cloned().collect();
+        regions
+            .iter()
+            .any(|r| mirrored_in(&def, here.as_str(), r, &regions))
+    }
+
     /// CreateTopics: refuses a name another region's topic already holds
     /// (topic names are global), before anything is proposed.
     pub(super) fn check_global_name(
@@ -350,6 +370,19 @@ impl Catalog {
         let (held, new): (Vec<TopicId>, Vec<TopicId>) = topics
             .into_iter()
             .partition(|id| self.get_by_id(&Uuid::from_bytes(id.0)).is_some());
+        // Topics homed here that a name conflict renames: their committed
+        // offsets move with them (below).
+        let here = self.global.region().as_str();
+        let renaming: Vec<(String, String, Uuid)> = held
+            .iter()
+            .filter_map(|id| {
+                let uuid = Uuid::from_bytes(id.0);
+                let local = self.get_by_id(&uuid)?;
+                let name = rep.topic_name(id)?;
+                (local.name() != name && rep.home(id)?.home == here)
+                    .then(|| (local.name().to_string(), name.to_string(), uuid))
+            })
+            .collect();
         let mut posts = Vec::new();
         let mut freed = Vec::new();
         for id in held.into_iter().chain(new) {
@@ -357,10 +390,75 @@ impl Catalog {
                 posts.push(p);
             }
         }
+        for (from, to, id) in renaming.iter().filter(|(from, ..)| freed.contains(from)) {
+            self.move_offsets(&mut rep, from, to, id, wall(wall_ms), wb, &mut offsets);
+        }
         if !offsets.is_empty() {
             posts.push(PostApply::RemoteOffsets(offsets));
         }
         Ok(PostApply::Many(posts))
+    }
+
+    /// A topic homed here was renamed by a name conflict: the offsets its
+    /// groups committed (those that name its topic id) move to the new
+    /// name, globally and in this region, so the groups resume where they
+    /// were instead of inside the other topic's records under the old name.
+    #[allow(clippy::too_many_arguments)]
+    fn move_offsets(
+        &self,
+        rep: &mut chronik_metadata_sync::Replica,
+        from: &str,
+        to: &str,
+        id: &Uuid,
+        wall_ms: u64,
+        wb: &mut WriteBatch,
+        touched: &mut Vec<(String, String, i32)>,
+    ) {
+        let moving: Vec<(String, i32, OffsetValue)> = rep
+            .entries()
+            .filter_map(|e| match &e.key {
+                Key::GroupOffset {
+                    group,
+                    topic,
+                    partition,
+                } if topic == from => Some((group.clone(), *partition, e.offset()?)),
+                _ => None,
+            })
+            .filter(|(.., v)| v.topic_id.as_ref() == id.as_bytes())
+            .collect();
+        let meta = self.store.cf(CF_META);
+        for (group, partition, v) in moving {
+            let record = OffsetRecord {
+                offset: v.offset,
+                leader_epoch: v.leader_epoch,
+                metadata: v.metadata.clone(),
+                commit_ms: v.commit_ms,
+            };
+            let moved = rep
+                .commit_offset(&group, to, partition, v, wall_ms)
+                .and_then(|_| rep.delete_offset(&group, from, partition, wall_ms));
+            if let Err(e) = moved {
+                tracing::warn!(group, topic = from, to, partition, error = %e, "committed offset not moved with its renamed topic");
+                continue;
+            }
+            tracing::info!(
+                group,
+                topic = from,
+                to,
+                partition,
+                offset = record.offset,
+                "committed offset moved with its renamed topic"
+            );
+            wb.put_cf(
+                meta,
+                groups::offset_key(&group, to, partition),
+                serde_json::to_vec(&record).expect("serializes"),
+            );
+            wb.delete_cf(meta, groups::offset_key(&group, from, partition));
+            touched.push((group.clone(), to.to_string(), partition));
+            touched.push((group, from.to_string(), partition));
+        }
+        self.global.save(&self.store, rep, wb);
     }
 
     /// Makes this region's copy of topic `id` match its global entry.
@@ -378,8 +476,16 @@ impl Catalog {
         let deleted = rep.get(&Key::Topic(id)).is_some_and(Entry::is_tombstone);
         if deleted {
             let Some(topic) = local else { return Ok(None) };
+            // What this broker held of each partition when it went: after a
+            // drained deletion, the home's final log ends.
+            let log_ends: Vec<i64> = topic
+                .partitions
+                .iter()
+                .map(|p| p.log_end_offset())
+                .collect();
             tracing::info!(
                 topic = topic.name(),
+                ?log_ends,
                 "global metadata: topic deleted at home; deleting this region's copy"
             );
             wb.delete_cf(
@@ -428,6 +534,7 @@ impl Catalog {
                 created_ms: def.created_ms as i64,
                 version: 1,
                 reassigning: BTreeMap::new(),
+                deleting_since_ms: None,
             };
             tracing::info!(topic = name, home = %home.home, partitions = def.partitions, "global metadata: creating the mirror topic");
             self.put_record(wb, &record);

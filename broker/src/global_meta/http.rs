@@ -361,8 +361,23 @@ pub async fn status(State(ctx): Ctx) -> Response {
 }
 
 /// Prometheus gauges of the replica, rendered with the broker's metrics.
+/// How stale `chronik_meta_offsets_beyond_log_end` may be.
+const BEYOND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn record_metrics(ctx: &BrokerCtx) {
-    let beyond = offsets_beyond_log_end(ctx).len();
+    // Counting offsets beyond the log end walks every committed offset:
+    // done at most every BEYOND_EVERY, not on every scrape.
+    let beyond = {
+        let mut cached = ctx.catalog.global.beyond_log_end.lock().unwrap();
+        match *cached {
+            Some((at, n)) if at.elapsed() < BEYOND_EVERY => n,
+            _ => {
+                let n = offsets_beyond_log_end(ctx).len();
+                *cached = Some((std::time::Instant::now(), n));
+                n
+            }
+        }
+    };
     let rep = ctx.catalog.global.read();
     let c = rep.counters();
     for (kind, n) in [
@@ -372,7 +387,7 @@ pub fn record_metrics(ctx: &BrokerCtx) {
     ] {
         metrics::counter!("chronik_meta_conflicts_total", "kind" => kind).absolute(n);
     }
-    metrics::gauge!("chronik_meta_entries").set(rep.entries().count() as f64);
+    metrics::gauge!("chronik_meta_entries").set(rep.len() as f64);
     metrics::gauge!("chronik_meta_tombstones").set(rep.tombstones() as f64);
     metrics::gauge!("chronik_meta_offsets_beyond_log_end").set(beyond as f64);
     metrics::counter!("chronik_meta_rejected_messages_total").absolute(c.rejected_messages);

@@ -117,7 +117,17 @@ pub fn handle(
                 ok = ok.with_log_start_offset(log.log_start_offset());
             }
             // The one place that decides whether this partition is
-            // writable here: its home region, then its Raft leader.
+            // writable here: not being deleted, its home region, then its
+            // Raft leader.
+            if t.is_deleting() {
+                outcomes.push(Outcome::Done(partition_error(
+                    version,
+                    idx,
+                    E::UnknownTopicOrPartition.code(),
+                    Some(format!("topic {} is being deleted", t.name())),
+                )));
+                continue;
+            }
             if let Some(home) = t.mirror_of(&ctx.config.region) {
                 outcomes.push(Outcome::Done(partition_error(
                     version,

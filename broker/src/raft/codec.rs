@@ -609,6 +609,7 @@ mod tests {
                     ControllerCommand::DeleteTopic {
                         name: "t".into(),
                         now_ms: 0,
+                        id: None,
                     },
                 )),
             },

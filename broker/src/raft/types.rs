@@ -95,7 +95,13 @@ pub enum ControllerCommand {
         /// 0 in entries of brokers that predate it.
         #[serde(default)]
         now_ms: i64,
+        /// Only this incarnation of the name (a drained deletion).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<Uuid>,
     },
+    /// DeleteTopics at home of a mirrored topic: no more writes; the data
+    /// stays until the dc-link has drained it (then `DeleteTopic`).
+    MarkTopicDeleting { name: String, id: Uuid, now_ms: i64 },
     CreatePartitions {
         name: String,
         count: i32,

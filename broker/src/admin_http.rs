@@ -78,7 +78,8 @@ pub async fn serve(
             ctx: ctx.clone(),
             metrics,
         })
-        .merge(crate::global_meta::http::router(ctx));
+        .merge(crate::global_meta::http::router(ctx.clone()))
+        .merge(crate::home_http::router(ctx));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;

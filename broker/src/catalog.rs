@@ -22,7 +22,10 @@ use crate::log::PartitionLog;
 use crate::raft::types::ControllerCommand;
 use crate::storage::{Store, StoreError, CF_META};
 
+mod home_move;
 mod meta_apply;
+
+pub use home_move::HomeMove;
 
 const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
@@ -93,6 +96,10 @@ pub struct TopicRecord {
     /// to the proposer's wall clock when the deletion was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleting_since_ms: Option<i64>,
+    /// A move of the home role away from this region, under way (writes
+    /// stopped; see `catalog/home_move.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moving: Option<HomeMove>,
 }
 
 /// How long a home topic deleted while mirrored waits for the dc-link to
@@ -525,6 +532,7 @@ impl Catalog {
                 version: 1,
                 reassigning: BTreeMap::new(),
                 deleting_since_ms: None,
+                moving: None,
             };
             return Ok(self.with_partitions(record, vec![]));
         }
@@ -551,23 +559,39 @@ impl Catalog {
             return Ok(topic);
         }
         if self.mirrored_elsewhere(&topic.record) {
-            let id = topic.id();
-            self.submit(ControllerCommand::MarkTopicDeleting {
-                name: name.to_string(),
-                id,
-                now_ms: now_ms(),
-            })
-            .await?;
-            self.await_local(|| {
-                self.get(name)
-                    .is_none_or(|t| t.id() != id || t.is_deleting())
-                    .then_some(())
-            })
+            self.change_topic(
+                name,
+                |id| ControllerCommand::MarkTopicDeleting {
+                    name: name.to_string(),
+                    id,
+                    now_ms: now_ms(),
+                },
+                Topic::is_deleting,
+            )
             .await?;
             return Ok(topic);
         }
         self.finish_delete(name, None).await?;
         Ok(topic)
+    }
+
+    /// Submits a change to topic `name` (the command is built from its id)
+    /// and waits until this broker applied it: `done` holds, or the name is
+    /// gone or belongs to another incarnation.
+    async fn change_topic(
+        &self,
+        name: &str,
+        cmd: impl FnOnce(Uuid) -> ControllerCommand,
+        done: impl Fn(&Topic) -> bool,
+    ) -> Result<(), TopicError> {
+        let id = self.get(name).ok_or(TopicError::Unknown)?.id();
+        self.submit(cmd(id)).await?;
+        self.await_local(|| {
+            self.get(name)
+                .is_none_or(|t| t.id() != id || done(&t))
+                .then_some(())
+        })
+        .await
     }
 
     /// Deletes the topic now (everywhere, if it is homed here). With `id`,
@@ -760,6 +784,28 @@ impl Catalog {
     ) -> Result<BTreeMap<String, String>, TopicError> {
         let mut configs = topic.record.configs.clone();
         for (k, v) in ops {
+            // The home role moves only with its fencing epoch (`chronik ctl
+            // switchover`); a config write would skip the fence and let two
+            // regions take writes.
+            let read_only = match k.as_str() {
+                configs::HOME_REGION => Some(
+                    "the home region moves with `chronik ctl switchover` (or failover), which fences it",
+                ),
+                configs::MIRROR_SOURCE_TOPIC_ID => Some("it is set by metadata-sync on mirror topics"),
+                _ => None,
+            };
+            if let Some(why) = read_only {
+                let now = configs.get(k.as_str());
+                let next = v.as_ref().map(|v| configs::validate(k, v)).transpose()?;
+                if now != next.as_ref() {
+                    return Err(ConfigValueError::ReadOnly {
+                        name: k.clone(),
+                        why,
+                    }
+                    .into());
+                }
+                continue;
+            }
             match v {
                 Some(v) => {
                     let v = configs::validate(k, v)?;
@@ -866,6 +912,7 @@ impl Catalog {
                     version: 1,
                     reassigning: BTreeMap::new(),
                     deleting_since_ms: None,
+                    moving: None,
                 };
                 // First, since it may refuse the topic (a name taken in
                 // the global metadata) before anything is written.
@@ -891,6 +938,21 @@ impl Catalog {
                 self.put_record(wb, &record);
                 Ok(PostApply::Install(record))
             }
+            ControllerCommand::FenceHome {
+                name,
+                id,
+                to,
+                epoch,
+                now_ms,
+            } => self.apply_fence_home(name, id, to, *epoch, *now_ms, wb),
+            ControllerCommand::UnfenceHome { name, id } => self.apply_unfence_home(name, id, wb),
+            ControllerCommand::MoveHome {
+                name,
+                id,
+                to,
+                epoch,
+                now_ms,
+            } => self.apply_move_home(name, id, to, *epoch, *now_ms, wb),
             ControllerCommand::DeleteTopic { name, now_ms, id } => {
                 let topic = self
                     .get(name)

@@ -335,6 +335,8 @@ pub enum ConfigValueError {
     },
     #[error("Configuration {0} is in Chronik's reserved `chronik.` namespace, and no such Chronik config exists")]
     UnknownChronik(String),
+    #[error("Configuration {name} cannot be altered: {why}")]
+    ReadOnly { name: String, why: &'static str },
 }
 
 /// Validates one `name = value` pair and returns the normalized value.

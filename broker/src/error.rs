@@ -6,6 +6,7 @@ use kafka_protocol::error::ResponseError as E;
 use crate::batch::BatchError;
 use crate::catalog::TopicError;
 use crate::configs::ConfigValueError;
+use crate::home_role::RoleError;
 use crate::log::{AppendError, ReadError};
 use crate::producer::SequenceError;
 use crate::storage::StoreError;
@@ -48,6 +49,11 @@ impl KafkaCode for AppendError {
             AppendError::Storage(s) => s.kafka_code(),
             AppendError::Deleted => E::UnknownTopicOrPartition.code(),
             AppendError::EpochRegressed { .. } => E::FencedLeaderEpoch.code(),
+            // Retriable: the producer refreshes metadata and tries again
+            // (the home is moving, or moved to another region).
+            AppendError::Role(RoleError::NotHome { .. }) => E::NotLeaderOrFollower.code(),
+            AppendError::Role(RoleError::IsHome { .. }) => E::PolicyViolation.code(),
+            AppendError::Role(RoleError::StaleEpoch { .. }) => E::FencedLeaderEpoch.code(),
         }
     }
 }

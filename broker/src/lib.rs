@@ -9,8 +9,11 @@ pub mod error;
 pub mod global_meta;
 pub mod groups;
 mod handlers;
+mod home_http;
+pub mod home_role;
 pub mod log;
 pub mod raft;
+mod role_keeper;
 pub mod server;
 pub mod storage;
 

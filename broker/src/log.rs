@@ -21,6 +21,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::batch::{self, BatchError, BatchHeader};
 use crate::configs::EffectiveConfig;
+use crate::home_role::{self, Role};
 use crate::producer::{BatchMeta, ProducerEntry, ProducerStates, SequenceCheck, SequenceError};
 use crate::storage::{
     log_key, split_log_key, IndexEntry, Store, StoreError, CF_INDEX, CF_LOG, CF_META, CF_PRODUCERS,
@@ -44,6 +45,10 @@ pub struct PartitionRecord {
     /// previous build (which stamp the bare term) write the same bytes.
     #[serde(default)]
     pub own_latest: Option<bool>,
+    /// The home role the last `SetRole` entry gave this copy; `None` until
+    /// its topic first moves (see [`crate::home_role`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 impl Default for PartitionRecord {
@@ -53,6 +58,7 @@ impl Default for PartitionRecord {
             epochs: vec![(0, 0)],
             epoch_base: 0,
             own_latest: Some(false),
+            role: None,
         }
     }
 }
@@ -92,6 +98,8 @@ pub enum AppendError {
     Storage(#[from] StoreError),
     #[error("the partition was deleted")]
     Deleted,
+    #[error(transparent)]
+    Role(#[from] home_role::RoleError),
     #[error(
         "mirrored batch at offset {offset} has leader epoch {epoch}, below this log's latest epoch {latest}: \
          the home's history is not this mirror's (was the home moved?)"
@@ -128,6 +136,8 @@ struct LogState {
     /// See [`PartitionRecord::epoch_base`] and [`PartitionRecord::own_latest`].
     epoch_base: i32,
     own_latest: bool,
+    /// See [`PartitionRecord::role`].
+    role: Option<Role>,
     producers: ProducerStates,
     size_bytes: u64,
 }
@@ -139,6 +149,7 @@ impl LogState {
             epochs: self.epochs.clone(),
             epoch_base: self.epoch_base,
             own_latest: Some(self.own_latest),
+            role: self.role,
         }
     }
 }
@@ -341,6 +352,7 @@ impl PartitionLog {
                 epochs: rec.epochs,
                 epoch_base: rec.epoch_base,
                 own_latest: rec.own_latest.unwrap_or(true),
+                role: rec.role,
                 producers,
                 size_bytes,
             },
@@ -475,6 +487,7 @@ impl PartitionLog {
         if self.deleted.load(Ordering::Acquire) {
             return Err(AppendError::Deleted);
         }
+        home_role::check_mirror(st.role)?;
         let first = batches.first().map(|(h, _)| h.base_offset);
         let empty = st.size_bytes == 0 && self.log_start_offset() == st.next_offset;
         let starts_here = first == Some(base_offset)
@@ -586,6 +599,9 @@ impl PartitionLog {
                 });
             }
         }
+        // After the duplicate check: a retry of a batch written before a
+        // demotion is still answered with its offset.
+        home_role::check_produce(st.role)?;
         let base = st.next_offset;
         let last = base + h.last_offset_delta as i64;
         let latest = st.epochs.last().map(|(e, _)| *e).unwrap_or(0);
@@ -906,6 +922,26 @@ impl PartitionLog {
     /// replica: the log start moves to exactly `offset` (which may fall
     /// inside a batch, as in Kafka), and every batch wholly below it is
     /// removed. Returns the new log start offset.
+    /// The home role this copy's log gave it (`None`: never moved).
+    pub fn role(&self) -> Option<Role> {
+        self.state.lock().unwrap().role
+    }
+
+    /// Applies a `SetRole` entry: from here on, produce or mirror appends
+    /// are refused at apply as the role says.
+    pub fn set_role_into(&self, wb: &mut WriteBatch, next: Role) -> Result<Role, AppendError> {
+        let mut st = self.state.lock().unwrap();
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(AppendError::Deleted);
+        }
+        let role = home_role::apply(st.role, next)?;
+        if st.role != Some(role) {
+            st.role = Some(role);
+            self.put_record(wb, &st, self.log_start_offset());
+        }
+        Ok(role)
+    }
+
     pub fn trim_into(&self, wb: &mut WriteBatch, offset: i64) -> Result<i64, ReadError> {
         let mut st = self.state.lock().unwrap();
         let start = self.log_start_offset();
@@ -1263,6 +1299,61 @@ mod tests {
             (again.log_end_offset(), again.epoch_history()),
             (9, home.epoch_history())
         );
+    }
+
+    #[tokio::test]
+    async fn the_role_in_the_log_decides_what_applies_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = PartitionLog::open(store.clone(), 3, "moving".into(), 0).unwrap();
+        let set = |log: &PartitionLog, home, epoch| {
+            let mut wb = WriteBatch::default();
+            let r = log.set_role_into(&mut wb, Role { home, epoch });
+            (r, wb)
+        };
+        let idem = build::simple(2, 100, Some((7, 0, 0)));
+        append(&log, &idem).await;
+        // Demoted (a fence): produce no longer applies, a retry of a
+        // batch already written is still answered with its offset.
+        let (r, wb) = set(&log, false, 1);
+        r.unwrap();
+        store.write(wb).await.unwrap();
+        let mut wb = WriteBatch::default();
+        assert!(matches!(
+            log.append_into(&mut wb, &build::simple(1, 100, None), 1, None),
+            Err(AppendError::Role(home_role::RoleError::NotHome {
+                epoch: 1
+            }))
+        ));
+        assert!(matches!(
+            log.append_into(&mut wb, &idem, 1, None),
+            Ok(AppendedInto::Duplicate { base_offset: 0 })
+        ));
+        // A mirror now: appends from the new home apply.
+        let new_home = crate::batch::stamp(&build::simple(1, 100, None), 2, 9, None);
+        assert!(mirror(&log, &store, &new_home, 2).await.appended);
+        // Taking the home role back needs a newer epoch.
+        assert!(matches!(set(&log, true, 1).0, Err(AppendError::Role(_))));
+        let (r, wb) = set(&log, true, 3);
+        r.unwrap();
+        store.write(wb).await.unwrap();
+        let again = PartitionLog::open(store.clone(), 3, "moving".into(), 0).unwrap();
+        assert_eq!(
+            again.role(),
+            Some(Role {
+                home: true,
+                epoch: 3
+            })
+        );
+        let mut wb = WriteBatch::default();
+        let more = crate::batch::stamp(&build::simple(1, 100, None), 3, 9, None);
+        assert!(matches!(
+            again.mirror_into(&mut wb, &more, 3, false),
+            Err(AppendError::Role(home_role::RoleError::IsHome { epoch: 3 }))
+        ));
+        assert!(again
+            .append_into(&mut wb, &build::simple(1, 100, None), 1, None)
+            .is_ok());
     }
 
     #[test]

@@ -255,7 +255,8 @@ impl Broker {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(retention_loop(ctx.clone(), shutdown_rx.clone())),
-            tokio::spawn(drain_timeout_loop(ctx.clone(), shutdown_rx)),
+            tokio::spawn(drain_timeout_loop(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::role_keeper::run(ctx.clone(), shutdown_rx)),
         ];
         ctx.ready.store(true, Ordering::Release);
         tracing::info!(%kafka_addr, %admin_addr, node_id = ctx.config.node_id, durability = %ctx.config.durability, "broker ready");

@@ -98,6 +98,9 @@ enum CtlCommand {
         #[command(subcommand)]
         what: MetaCommand,
     },
+    /// Planned move of topics' home role to another region, with zero loss:
+    /// fence writes, drain the mirror, move the fencing epoch, promote.
+    Switchover(switchover::Args),
 }
 
 #[derive(Subcommand)]
@@ -194,6 +197,9 @@ fn main() -> ExitCode {
         Command::Ctl {
             command: CtlCommand::Meta { what },
         } => meta_cli::run(what),
+        Command::Ctl {
+            command: CtlCommand::Switchover(args),
+        } => switchover::run(args),
         Command::WanSim(args) => {
             init_tracing();
             chronik_wan_sim::run(args)
@@ -311,6 +317,7 @@ fn run_dc_link(config: &std::path::Path) -> ExitCode {
 }
 
 mod meta_cli;
+mod switchover;
 
 fn ctl_lag(mut addrs: Vec<String>, dev_dir: &std::path::Path, json: bool) -> ExitCode {
     if addrs.is_empty() {

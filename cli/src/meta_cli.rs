@@ -27,16 +27,7 @@ fn targets(args: &MetaArgs) -> Result<Vec<Target>, String> {
         }
         return Ok(out);
     }
-    let path = args.dev_dir.join("dev.json");
-    let dev: Value = std::fs::read(&path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-        .map_err(|e| {
-            format!(
-                "{}: {e} (pass --broker ADDR or --dev-dir DIR)",
-                path.display()
-            )
-        })?;
+    let dev = dev_json(&args.dev_dir)?;
     Ok(dev["regions"]
         .as_array()
         .into_iter()
@@ -54,6 +45,21 @@ fn targets(args: &MetaArgs) -> Result<Vec<Target>, String> {
             )
         })
         .collect())
+}
+
+/// A `chronik dev` deployment's dev.json (`ctl` commands without explicit
+/// addresses).
+pub(crate) fn dev_json(dir: &std::path::Path) -> Result<Value, String> {
+    let path = dir.join("dev.json");
+    std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            format!(
+                "{}: {e} (pass --broker ADDR or --dev-dir DIR)",
+                path.display()
+            )
+        })
 }
 
 /// The first broker of the region that answers.

@@ -242,7 +242,7 @@ pub struct Appended {
 
 /// Topic names are `[a-zA-Z0-9._-]`, all safe in a path; anything else is
 /// percent-encoded rather than trusted.
-pub(crate) fn encode_segment(s: &str) -> String {
+pub fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"._-".contains(&b) {
@@ -260,9 +260,26 @@ pub async fn get_json<T: for<'de> Deserialize<'de>>(
     addr: &str,
     path: &str,
 ) -> Result<T, HttpError> {
+    one_json(Method::GET, addr, path).await
+}
+
+async fn one_json<T: for<'de> Deserialize<'de>>(
+    method: Method,
+    addr: &str,
+    path: &str,
+) -> Result<T, HttpError> {
     let host = addr.trim_start_matches("http://").trim_end_matches('/');
     let mut c = AdminConn::connect(host).await?;
-    let (st, body) = c.request(Method::GET, path, Bytes::new()).await?;
+    let (st, body) = c.request(method, path, Bytes::new()).await?;
     c.check(st, &body)?;
     c.json(&body)
+}
+
+/// POST to `path` (no body) at an HTTP address and parse the JSON answer
+/// (`chronik ctl`).
+pub async fn post_json<T: for<'de> Deserialize<'de>>(
+    addr: &str,
+    path: &str,
+) -> Result<T, HttpError> {
+    one_json(Method::POST, addr, path).await
 }

@@ -353,6 +353,26 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
     let mut refused: HashMap<String, (Instant, uuid::Uuid)> = HashMap::new();
     loop {
         let topics: Vec<HomedTopic> = s.shared.homed_topics();
+        // Topics no longer shipped from here to this peer (their home moved
+        // away, or the peer was dropped from their mirrors): their readers
+        // stop. Offered again from the mirror's end if they come back.
+        let gone: Vec<String> = offered
+            .keys()
+            .filter(|n| {
+                !topics
+                    .iter()
+                    .any(|t| t.name == **n && t.policy.mirrors.contains(&s.peer))
+            })
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(link = %s.link, topic = %name, "topic no longer homed here for this peer; stopped shipping it");
+            s.positions
+                .lock()
+                .unwrap()
+                .retain(|(topic, _), _| *topic != name);
+            offered.remove(&name);
+        }
         for t in topics {
             if !t.policy.mirrors.contains(&s.peer) {
                 continue;

@@ -27,7 +27,7 @@ pub(super) fn topic_id(id: &Uuid) -> TopicId {
     TopicId(*id.as_bytes())
 }
 
-fn wall(ms: i64) -> u64 {
+pub(super) fn wall(ms: i64) -> u64 {
     ms.max(0) as u64
 }
 
@@ -59,7 +59,12 @@ fn update_error(e: UpdateError) -> TopicError {
 /// Does `region` keep a copy of a topic homed in `home`? The same rule as
 /// the dc-link's policy: `chronik.mirror.regions` unset or `*` means every
 /// other region of the topology.
-fn mirrored_in(def: &TopicDef, home: &str, region: &RegionId, regions: &[RegionId]) -> bool {
+pub(super) fn mirrored_in(
+    def: &TopicDef,
+    home: &str,
+    region: &RegionId,
+    regions: &[RegionId],
+) -> bool {
     if home == region.as_str() {
         return false;
     }
@@ -535,6 +540,7 @@ impl Catalog {
                 version: 1,
                 reassigning: BTreeMap::new(),
                 deleting_since_ms: None,
+                moving: None,
             };
             tracing::info!(topic = name, home = %home.home, partitions = def.partitions, "global metadata: creating the mirror topic");
             self.put_record(wb, &record);

@@ -128,6 +128,15 @@ pub fn handle(
                 )));
                 continue;
             }
+            if let Some(refusal) = moved_refusal(t, log, &ctx.config.region) {
+                outcomes.push(Outcome::Done(partition_error(
+                    version,
+                    idx,
+                    E::NotLeaderOrFollower.code(),
+                    Some(refusal),
+                )));
+                continue;
+            }
             if let Some(home) = t.mirror_of(&ctx.config.region) {
                 outcomes.push(Outcome::Done(partition_error(
                     version,
@@ -282,4 +291,32 @@ pub fn handle(
             &ProduceResponse::default().with_responses(responses),
         )
     }))
+}
+
+/// Produce to a topic whose home is moving, or moved away from here, gets a
+/// retriable error (clients refresh metadata and retry) rather than the
+/// read-only mirror's policy violation: writes resume in the new home, and
+/// write-forwarding will carry them there. Checked again at apply, from the
+/// partition's own role (see `crate::home_role`).
+fn moved_refusal(t: &Topic, log: &PartitionLog, region: &str) -> Option<String> {
+    if let Some(m) = &t.record.moving {
+        return Some(format!(
+            "topic {} is moving its home from {region} to {}; writes are fenced until it completes",
+            t.name(),
+            m.to
+        ));
+    }
+    let role = log.role()?;
+    match t.mirror_of(region) {
+        Some(home) => Some(format!(
+            "topic {} moved its home to {home} (epoch {}); produce there",
+            t.name(),
+            role.epoch
+        )),
+        None if !role.home => Some(format!(
+            "topic {} became homed in {region}; its partitions are being promoted",
+            t.name()
+        )),
+        None => None,
+    }
 }

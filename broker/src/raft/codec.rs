@@ -134,6 +134,11 @@ pub struct PbCommand {
     /// `Command::Noop`.
     #[prost(bool, tag = "8")]
     pub noop: bool,
+    /// `Command::SetRole`: the fencing epoch, and whether the copy is home.
+    #[prost(uint64, optional, tag = "9")]
+    pub role_epoch: Option<u64>,
+    #[prost(bool, tag = "10")]
+    pub role_home: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -358,7 +363,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: None,
             mirror_from_log_start: false,
             log_append_time: *log_append_time,
-            noop: false,
+            ..Default::default()
         },
         Command::Controller(cmd) => PbCommand {
             records: Bytes::new(),
@@ -368,7 +373,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: None,
             mirror_from_log_start: false,
             log_append_time: None,
-            noop: false,
+            ..Default::default()
         },
         Command::DeleteRecords { offset } => PbCommand {
             records: Bytes::new(),
@@ -378,7 +383,7 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: None,
             mirror_from_log_start: false,
             log_append_time: None,
-            noop: false,
+            ..Default::default()
         },
         Command::MirrorAppend {
             records,
@@ -392,10 +397,15 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             mirror_base_offset: Some(*base_offset),
             mirror_from_log_start: *from_log_start,
             log_append_time: None,
-            noop: false,
+            ..Default::default()
         },
         Command::Noop => PbCommand {
             noop: true,
+            ..Default::default()
+        },
+        Command::SetRole { role } => PbCommand {
+            role_epoch: Some(role.epoch),
+            role_home: role.home,
             ..Default::default()
         },
     }
@@ -404,6 +414,13 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
 pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
     if p.noop {
         Ok(Command::Noop)
+    } else if let Some(epoch) = p.role_epoch {
+        Ok(Command::SetRole {
+            role: crate::home_role::Role {
+                home: p.role_home,
+                epoch,
+            },
+        })
     } else if !p.controller.is_empty() {
         let cmd = serde_json::from_slice(&p.controller)
             .map_err(|e| DecodeError(format!("controller command: {e}")))?;
@@ -616,6 +633,15 @@ mod tests {
             Entry {
                 log_id: LogId::new_term_index(4, 11),
                 payload: openraft::EntryPayload::Normal(Command::Noop),
+            },
+            Entry {
+                log_id: LogId::new_term_index(4, 12),
+                payload: openraft::EntryPayload::Normal(Command::SetRole {
+                    role: crate::home_role::Role {
+                        home: false,
+                        epoch: 7,
+                    },
+                }),
             },
         ];
         for e in entries {

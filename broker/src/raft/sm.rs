@@ -195,6 +195,12 @@ impl StateMachine {
                     Err(e) => rejected(&e),
                 }
             }
+            (Target::Partition { log, .. }, Command::SetRole { role }) => {
+                match log.set_role_into(wb, *role) {
+                    Ok(_) => CommandResult::Done,
+                    Err(e) => rejected(&e),
+                }
+            }
             (Target::Controller(cat), Command::Controller(c)) => match cat.apply(c, wb) {
                 Ok(p) => {
                     post.push(p);

@@ -61,6 +61,12 @@ pub enum Command {
         /// before): an empty mirror may start there instead of at its end.
         from_log_start: bool,
     },
+    /// This copy's home role from here on (see `crate::home_role`):
+    /// ordered with the data, so no produce applies after a demotion and
+    /// no mirror append after a promotion.
+    SetRole {
+        role: crate::home_role::Role,
+    },
     /// Changes nothing. A leader writes one before handing leadership over:
     /// a replica that restarted has appended nothing under the current
     /// leader yet, and openraft's target refuses a transfer until it has
@@ -102,6 +108,26 @@ pub enum ControllerCommand {
     /// DeleteTopics at home of a mirrored topic: no more writes; the data
     /// stays until the dc-link has drained it (then `DeleteTopic`).
     MarkTopicDeleting { name: String, id: Uuid, now_ms: i64 },
+    /// A planned move of the topic's home to `to`: stop writes here
+    /// (`epoch`: the home epoch being left). See `catalog/home_move.rs`.
+    FenceHome {
+        name: String,
+        id: Uuid,
+        to: String,
+        epoch: u64,
+        now_ms: i64,
+    },
+    /// Lift a fence before the move happened.
+    UnfenceHome { name: String, id: Uuid },
+    /// The topic's home becomes `to` at fencing epoch `epoch`; this
+    /// region's copy becomes a mirror.
+    MoveHome {
+        name: String,
+        id: Uuid,
+        to: String,
+        epoch: u64,
+        now_ms: i64,
+    },
     CreatePartitions {
         name: String,
         count: i32,
@@ -218,6 +244,12 @@ impl std::fmt::Display for Command {
                 ..
             } => write!(f, "mirror-append(@{base_offset}, {} bytes)", records.len()),
             Command::Noop => write!(f, "noop"),
+            Command::SetRole { role } => write!(
+                f,
+                "set-role({} @ epoch {})",
+                if role.home { "home" } else { "mirror" },
+                role.epoch
+            ),
         }
     }
 }

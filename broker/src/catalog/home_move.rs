@@ -1,0 +1,264 @@
+//! Moving a topic's home role to another region, as the current home's
+//! controller applies it (`chronik ctl switchover`):
+//!
+//! 1. `FenceHome`: the topic stops taking writes here. The record keeps the
+//!    move's target, and each partition's leader writes a demotion into its
+//!    own log (see [`crate::home_role`]), after which no produce applies.
+//! 2. The caller waits until the target's copy holds every partition up to
+//!    the log end the fence left.
+//! 3. `MoveHome`: the topic's global home entry gets the target and the next
+//!    fencing epoch (the path reserved for it in metadata-sync: highest epoch
+//!    wins, never last writer), and this region's copy becomes a mirror of
+//!    the target. The target promotes its copy when the entry reaches it.
+//!
+//! Only the current home writes these entries, so a planned move has one
+//! writer; every step is idempotent, so a move interrupted by a crash is
+//! completed by running it again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chronik_metadata_sync::{Entry, Key, RegionId};
+use kafka_protocol::error::ResponseError as E;
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::meta_apply::{mirrored_in, topic_id, wall};
+use super::{now_ms, Catalog, PostApply, Topic, TopicError};
+use crate::configs::{HOME_REGION, MIRROR_SOURCE_TOPIC_ID};
+use crate::raft::types::ControllerCommand;
+
+/// A move of the home role away from this region, under way: writes have
+/// stopped here; the target's copy is draining.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HomeMove {
+    pub to: String,
+    /// The fencing epoch being left.
+    pub epoch: u64,
+    pub since_ms: i64,
+}
+
+fn refused(message: String) -> TopicError {
+    TopicError::Rejected {
+        code: E::InvalidRequest.code(),
+        message,
+    }
+}
+
+impl Catalog {
+    /// Stops writes to a topic homed here before moving its home to `to`.
+    /// `epoch`: the home epoch it is at.
+    pub async fn fence_home(&self, name: &str, to: &str, epoch: u64) -> Result<(), TopicError> {
+        self.change_topic(
+            name,
+            |id| ControllerCommand::FenceHome {
+                name: name.to_string(),
+                id,
+                to: to.to_string(),
+                epoch,
+                now_ms: now_ms(),
+            },
+            |t| t.record.moving.is_some(),
+        )
+        .await
+    }
+
+    /// Lifts a fence whose move has not happened.
+    pub async fn unfence_home(&self, name: &str) -> Result<(), TopicError> {
+        self.change_topic(
+            name,
+            |id| ControllerCommand::UnfenceHome {
+                name: name.to_string(),
+                id,
+            },
+            |t| t.record.moving.is_none(),
+        )
+        .await
+    }
+
+    /// Gives the topic's home to `to` at fencing epoch `epoch` (the fenced
+    /// epoch + 1); this region's copy becomes its mirror.
+    pub async fn move_home(&self, name: &str, to: &str, epoch: u64) -> Result<(), TopicError> {
+        self.change_topic(
+            name,
+            |id| ControllerCommand::MoveHome {
+                name: name.to_string(),
+                id,
+                to: to.to_string(),
+                epoch,
+                now_ms: now_ms(),
+            },
+            |t| t.mirror_of(&self.region.name) == Some(to),
+        )
+        .await
+    }
+
+    /// The topic `name` of incarnation `id`, this region's name, and the
+    /// topic's global (home, epoch).
+    fn topic_at_home(
+        &self,
+        name: &str,
+        id: &Uuid,
+    ) -> Result<(Arc<Topic>, String, (String, u64)), TopicError> {
+        let topic = self
+            .get(name)
+            .filter(|t| t.id() == *id)
+            .ok_or(TopicError::Unknown)?;
+        let home = self
+            .home_of(id)
+            .ok_or_else(|| refused(format!("topic {name} has no global home entry")))?;
+        Ok((topic, self.global.region().to_string(), home))
+    }
+
+    /// The topic's global home and fencing epoch, if it has one.
+    pub fn home_of(&self, id: &Uuid) -> Option<(String, u64)> {
+        self.global
+            .read()
+            .home(&topic_id(id))
+            .map(|h| (h.home, h.epoch))
+    }
+
+    pub(super) fn apply_fence_home(
+        &self,
+        name: &str,
+        id: &Uuid,
+        to: &str,
+        epoch: u64,
+        now_ms: i64,
+        wb: &mut WriteBatch,
+    ) -> Result<PostApply, TopicError> {
+        let (topic, here, (home, current)) = self.topic_at_home(name, id)?;
+        if home != here {
+            return Err(refused(format!(
+                "topic {name} is homed in {home}, not in {here}: only its home can move it"
+            )));
+        }
+        if current != epoch {
+            return Err(refused(format!(
+                "topic {name} is at home epoch {current}, not {epoch}"
+            )));
+        }
+        if to == here {
+            return Err(refused(format!("topic {name} is already homed in {to}")));
+        }
+        if let Some(m) = &topic.record.moving {
+            if m.to == to {
+                return Ok(PostApply::Nothing);
+            }
+            return Err(refused(format!(
+                "a move of topic {name} to {} is already under way",
+                m.to
+            )));
+        }
+        {
+            let rep = self.global.read();
+            let regions: Vec<RegionId> = rep.regions().cloned().collect();
+            let target = RegionId::new(to.to_string())
+                .ok()
+                .filter(|r| regions.contains(r))
+                .ok_or_else(|| refused(format!("unknown region {to}")))?;
+            let def = rep
+                .get(&Key::Topic(topic_id(id)))
+                .and_then(Entry::topic_def)
+                .ok_or_else(|| refused(format!("topic {name} has no global definition")))?;
+            if !mirrored_in(&def, &here, &target, &regions) {
+                return Err(refused(format!(
+                    "region {to} holds no mirror of topic {name} (chronik.mirror.regions)"
+                )));
+            }
+        }
+        Ok(self.put_moving(
+            &topic,
+            Some(HomeMove {
+                to: to.to_string(),
+                epoch,
+                since_ms: now_ms,
+            }),
+            wb,
+        ))
+    }
+
+    fn put_moving(
+        &self,
+        topic: &Topic,
+        moving: Option<HomeMove>,
+        wb: &mut WriteBatch,
+    ) -> PostApply {
+        let mut record = topic.record.clone();
+        record.moving = moving;
+        record.version += 1;
+        self.put_record(wb, &record);
+        PostApply::Install(record)
+    }
+
+    /// Lifts a fence that has not moved the home yet (`--abort`).
+    pub(super) fn apply_unfence_home(
+        &self,
+        name: &str,
+        id: &Uuid,
+        wb: &mut WriteBatch,
+    ) -> Result<PostApply, TopicError> {
+        let topic = self
+            .get(name)
+            .filter(|t| t.id() == *id)
+            .ok_or(TopicError::Unknown)?;
+        if topic.record.moving.is_none() {
+            return Ok(PostApply::Nothing);
+        }
+        Ok(self.put_moving(&topic, None, wb))
+    }
+
+    pub(super) fn apply_move_home(
+        &self,
+        name: &str,
+        id: &Uuid,
+        to: &str,
+        epoch: u64,
+        now_ms: i64,
+        wb: &mut WriteBatch,
+    ) -> Result<PostApply, TopicError> {
+        let (topic, here, (home, current)) = self.topic_at_home(name, id)?;
+        let mut record = topic.record.clone();
+        if home == to && current >= epoch {
+            // Done before (a re-run after a crash).
+            if record.moving.take().is_none() {
+                return Ok(PostApply::Nothing);
+            }
+        } else {
+            match &record.moving {
+                Some(m) if m.to == to && home == here && current + 1 == epoch => {}
+                Some(m) if m.to != to => {
+                    return Err(refused(format!(
+                        "topic {name} is being moved to {}, not {to}",
+                        m.to
+                    )))
+                }
+                None => {
+                    return Err(refused(format!(
+                        "topic {name} is not fenced for a move; fence it first"
+                    )))
+                }
+                Some(_) => {
+                    return Err(refused(format!(
+                        "topic {name} is at home epoch {current} in {home}; cannot move it to epoch {epoch}"
+                    )))
+                }
+            }
+            let target = RegionId::new(to.to_string()).map_err(|e| refused(e.to_string()))?;
+            let mut rep = self.global.write();
+            rep.set_home(topic_id(id), &target, epoch, wall(now_ms))
+                .map_err(|e| refused(format!("global home not moved: {e}")))?;
+            self.global.save(&self.store, &mut rep, wb);
+            record.moving = None;
+            tracing::warn!(topic = name, from = here, to, epoch, "home role moved");
+        }
+        let mut configs: BTreeMap<String, String> = record.configs.clone();
+        configs.insert(HOME_REGION.to_string(), to.to_string());
+        configs.insert(MIRROR_SOURCE_TOPIC_ID.to_string(), id.to_string());
+        record.configs = Self::validate_configs(&configs)?;
+        record.version += 1;
+        self.put_record(wb, &record);
+        Ok(PostApply::Install(record))
+    }
+}

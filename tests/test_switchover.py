@@ -1,0 +1,287 @@
+"""The home role moves between regions: `chronik ctl switchover` (planned, zero loss).
+
+Runs on the shared two-region deployment of test_dclink (us-east, eu-west, 3 brokers
+each, wan-sim in front of each dc-link), healed before each test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from confluent_kafka import KafkaError, Producer
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+from cluster import create_topic
+from harness import wait_until
+from ackcheck import records_from_dump
+from kclient import admin, produce_all, unique_topic
+from regions import Regions
+from test_dclink import regions, two_regions  # noqa: F401
+
+pytestmark = pytest.mark.chronik
+
+US, EU = "us-east", "eu-west"
+
+
+def http_post(url: str, timeout: float = 30.0) -> tuple[int, str]:
+    req = urllib.request.Request(url, data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def switchover(regions: Regions, to: str, *topics: str, extra: tuple = (), check: bool = True):
+    """`chronik ctl switchover --to TO --topic T... --json` with every broker of the deployment."""
+    args = []
+    for r in regions.names:
+        c = regions.cluster(r)
+        for i in c.live_ids():
+            args += ["--broker", c.admin_url(i).removeprefix("http://")]
+    for t in topics:
+        args += ["--topic", t]
+    out = subprocess.run([str(regions.binary), "ctl", "switchover", "--to", to, "--json", *args, *extra],
+                         capture_output=True, text=True, timeout=180)
+    if check:
+        assert out.returncode == 0, (out.stdout, out.stderr)
+    return out
+
+
+class TestSwitchover:
+
+    def test_switchover_and_back_keeps_logs_identical(self, regions):
+        topic = unique_topic("sw-basic")
+        create_topic(regions.cluster(US), topic, partitions=2, replication_factor=3)
+        produce_all(regions.bootstrap(US), topic, [{"value": b"us-%d" % i, "partition": i % 2} for i in range(40)],
+                    acks="all")
+        regions.wait_mirrored(topic, 2, home=US)
+        out = switchover(regions, EU, topic)
+        res = json.loads(out.stdout)["topics"][0]
+        assert res["from"] == US and res["to"] == EU and res["epoch"] == 2, res
+        produce_all(regions.bootstrap(EU), topic, [{"value": b"eu-%d" % i, "partition": i % 2} for i in range(40)],
+                    acks="all")
+        regions.wait_mirrored(topic, 2, home=EU)
+        for p in range(2):
+            regions.assert_identical(topic, p, home=EU)
+        out = switchover(regions, US, topic)
+        res = json.loads(out.stdout)["topics"][0]
+        assert res["from"] == EU and res["epoch"] == 3, res
+        produce_all(regions.bootstrap(US), topic, [{"value": b"us2-%d" % i, "partition": i % 2} for i in range(40)],
+                    acks="all")
+        regions.wait_mirrored(topic, 2, home=US)
+        for p in range(2):
+            regions.assert_identical(topic, p, home=US)
+
+
+class Load:
+    """One idempotent librdkafka producer writing `prefix-<i>` for i from `start`, partition
+    i % partitions, in a thread, until stopped or `limit` sends. Delivery reports are kept:
+    acked[i] = (partition, offset); failed = indexes that got an error."""
+
+    def __init__(self, bootstrap: str, topic: str, prefix: str, partitions: int, indexes, limit: int = 100_000):
+        self.topic, self.prefix, self.partitions = topic, prefix, partitions
+        self.indexes = iter(indexes)
+        self.limit = limit
+        self.acked: dict[int, tuple[int, int]] = {}
+        self.failed: dict[int, str] = {}
+        self.sent = 0
+        self.stop = threading.Event()
+        self.p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all",
+                           "linger.ms": 5, "message.timeout.ms": 15000, "compression.type": "none"})
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def value(self, i: int) -> bytes:
+        return b"%s-%d" % (self.prefix.encode(), i)
+
+    def _cb(self, i):
+        def cb(err, msg):
+            if err is None:
+                self.acked[i] = (msg.partition(), msg.offset())
+            else:
+                self.failed[i] = str(err)
+        return cb
+
+    def _run(self):
+        for i in self.indexes:
+            if self.stop.is_set() or self.sent >= self.limit:
+                break
+            while True:
+                try:
+                    self.p.produce(self.topic, self.value(i), partition=i % self.partitions, on_delivery=self._cb(i))
+                    break
+                except BufferError:
+                    self.p.poll(0.05)
+            self.sent += 1
+            self.p.poll(0)
+            if self.sent % 20 == 0:
+                time.sleep(0.002)
+        self.p.flush(60)
+
+    def start(self) -> "Load":
+        self.thread.start()
+        return self
+
+    def finish(self) -> "Load":
+        self.stop.set()
+        self.thread.join(90)
+        assert not self.thread.is_alive(), "producer thread did not finish"
+        return self
+
+
+def epochs_and_values(dump: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, partition leader epoch, value) of every record of a log dump, in log order."""
+    out, pos = [], 0
+    recs = records_from_dump(dump)
+    while pos < len(dump):
+        base = int.from_bytes(dump[pos:pos + 8], "big", signed=True)
+        length = int.from_bytes(dump[pos + 8:pos + 12], "big", signed=True)
+        epoch = int.from_bytes(dump[pos + 12:pos + 16], "big", signed=True)
+        last_delta = int.from_bytes(dump[pos + 23:pos + 27], "big", signed=True)
+        for o in range(base, base + last_delta + 1):
+            if o in recs:
+                out.append((o, epoch, recs[o]))
+        pos += 12 + length
+    return out
+
+
+def check_exactly_once(regions: Regions, topic: str, partitions: int, home: str, loads: list[Load]) -> dict:
+    """The home's log (identical in every region) holds every acknowledged record exactly once
+    at its acknowledged offset, each producer's records in send order per partition, nothing
+    that was not sent, and leader epochs that never go down. Returns {p: [(offset, epoch, value)]}."""
+    logs = {}
+    for p in range(partitions):
+        _, dump = regions.assert_identical(topic, p, home=home)
+        logs[p] = epochs_and_values(dump)
+    sent = {}
+    for load in loads:
+        for i in list(load.acked) + list(load.failed):
+            sent[load.value(i)] = load
+    seen: dict[bytes, tuple[int, int]] = {}
+    for p, recs in logs.items():
+        epochs = [e for _, e, _ in recs]
+        assert epochs == sorted(epochs), f"p{p}: leader epochs go down along the log"
+        for off, _, v in recs:
+            assert v in sent, f"p{p}@{off}: {v!r} was never sent"
+            assert v not in seen, f"{v!r} written twice: {seen[v]} and {(p, off)}"
+            seen[v] = (p, off)
+    for load in loads:
+        for i, (p, off) in load.acked.items():
+            assert seen.get(load.value(i)) == (p, off), \
+                f"acked {load.value(i)!r} at {(p, off)}, the log has it at {seen.get(load.value(i))}"
+        by_p: dict[int, list[int]] = {}
+        for i in sorted(load.acked):
+            by_p.setdefault(load.acked[i][0], []).append(load.acked[i][1])
+        for p, offs in by_p.items():
+            assert offs == sorted(offs), f"{load.prefix}: p{p} acked out of send order"
+    return logs
+
+
+class TestSwitchoverUnderLoad:
+
+    def test_switchover_under_load_loses_and_duplicates_nothing(self, regions):
+        """An idempotent producer writes in us-east; the home moves to eu-west under it.
+        Its unacknowledged records are sent again by a producer restarted against eu-west.
+        Every acknowledged record is in both regions' (identical) logs once, at its offset;
+        the eu-west records carry higher leader epochs than the us-east ones."""
+        topic = unique_topic("sw-load")
+        parts = 3
+        create_topic(regions.cluster(US), topic, partitions=parts, replication_factor=3)
+        regions.wait_mirrored(topic, parts, home=US)
+        first = Load(regions.bootstrap(US), topic, "a", parts, range(100_000)).start()
+        wait_until(lambda: len(first.acked) >= 3000, 60, what="3000 acks in us-east")
+        out = switchover(regions, EU, topic)
+        res = json.loads(out.stdout)["topics"][0]
+        first.finish()
+        assert first.acked, "nothing acknowledged before the switchover"
+        # Restarted against eu-west: first what was not acknowledged, then new records.
+        retry = sorted(first.failed) + list(range(first.sent, first.sent + 3000))
+        second = Load(regions.bootstrap(EU), topic, "a", parts, retry).start()
+        wait_until(lambda: len(second.acked) + len(second.failed) >= len(retry), 120, what="eu-west producer done")
+        second.finish()
+        assert not second.failed, f"eu-west refused records: {list(second.failed.items())[:5]}"
+        regions.wait_mirrored(topic, parts, home=EU)
+        logs = check_exactly_once(regions, topic, parts, EU, [first, second])
+        # The epochs at the move: eu-west's first batch is above everything us-east wrote.
+        us_values = {first.value(i) for i in first.acked}
+        for p, recs in logs.items():
+            us = [e for _, e, v in recs if v in us_values]
+            eu = [e for _, e, v in recs if v not in us_values]
+            if us and eu:
+                assert min(eu) > max(us), f"p{p}: eu-west epoch {min(eu)} not above us-east's {max(us)}"
+        print(f"switchover: write pause {res['write_pause_ms']} ms (fence to promotion); "
+              f"{len(first.acked)} + {len(second.acked)} acked, {len(first.failed)} resent")
+
+    def test_repeated_moves_under_load_keep_logs_identical(self, regions):
+        """us-east -> eu-west -> us-east -> eu-west, a producer restarted in each new home."""
+        topic = unique_topic("sw-repeat")
+        parts = 2
+        create_topic(regions.cluster(US), topic, partitions=parts, replication_factor=3)
+        regions.wait_mirrored(topic, parts, home=US)
+        loads, home, next_index, pending = [], US, 0, []
+        for to in (EU, US, EU):
+            indexes = pending + list(range(next_index, next_index + 100_000))
+            load = Load(regions.bootstrap(home), topic, "r", parts, indexes).start()
+            loads.append(load)
+            wait_until(lambda: len(load.acked) >= 1000, 60, what=f"1000 acks in {home}")
+            switchover(regions, to, topic)
+            load.finish()
+            pending = sorted(load.failed) + [i for i in indexes[:load.sent] if i not in load.acked
+                                              and i not in load.failed]
+            next_index = max(next_index, max(indexes[:load.sent]) + 1)
+            home = to
+        last = Load(regions.bootstrap(home), topic, "r", parts, pending).start()
+        wait_until(lambda: len(last.acked) + len(last.failed) >= len(pending), 60, what="resent records acked")
+        last.finish()
+        assert not last.failed
+        loads.append(last)
+        regions.wait_mirrored(topic, parts, home=home)
+        check_exactly_once(regions, topic, parts, home, loads)
+
+
+class TestSwitchoverBadInput:
+
+    def test_bad_moves_are_refused_and_change_nothing(self, regions):
+        topic = unique_topic("sw-bad")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+        regions.wait_mirrored(topic, 1, home=US)
+        for to, topics, want in ((EU, ("no-such-topic-x",), "unknown topic"),
+                                 ("mars", (topic,), "unknown region mars"),
+                                 (US, (topic,), "already homed in us-east")):
+            out = switchover(regions, to, *topics, check=False)
+            assert out.returncode != 0 and want in out.stderr, (to, topics, out.stderr)
+        # A fence left behind (a crashed run), then a move elsewhere: refused.
+        c = regions.cluster(US)
+        status, body = http_post(f"{c.admin_url(c.live_ids()[0])}/v1/home/{topic}/fence?to={EU}&epoch=1")
+        assert status == 200, body
+        status, body = http_post(f"{c.admin_url(c.live_ids()[0])}/v1/home/{topic}/fence?to={US}&epoch=1")
+        assert status == 409 and "already homed" in str(body), (status, body)
+        # Writes are fenced, with a retriable error.
+        p = Producer({"bootstrap.servers": regions.bootstrap(US), "message.timeout.ms": 3000})
+        errs = []
+        p.produce(topic, b"x", on_delivery=lambda err, msg: errs.append(err))
+        p.flush(10)
+        # librdkafka retries a retriable error until message.timeout.ms; a non-retriable one
+        # (a mirror's POLICY_VIOLATION) would fail the message at once with that code.
+        assert errs and errs[0] is not None and errs[0].code() == KafkaError._MSG_TIMED_OUT, errs
+        # --abort lifts it; writes resume.
+        out = switchover(regions, EU, topic, extra=("--abort",))
+        produce_all(regions.bootstrap(US), topic, [{"value": b"after-abort"}], acks="all")
+        # Fence again and re-run the command: it completes the move.
+        status, body = http_post(f"{c.admin_url(c.live_ids()[0])}/v1/home/{topic}/fence?to={EU}&epoch=1")
+        assert status == 200, body
+        res = json.loads(switchover(regions, EU, topic).stdout)["topics"][0]
+        assert res["to"] == EU and res["epoch"] == 2, res
+        # chronik.home.region cannot be changed by a config write.
+        res = ConfigResource("topic", topic, incremental_configs=[
+            ConfigEntry("chronik.home.region", US, incremental_operation=AlterConfigOpType.SET)])
+        with pytest.raises(Exception) as e:
+            for f in admin(regions.bootstrap(EU)).incremental_alter_configs([res]).values():
+                f.result(timeout=30)
+        assert "switchover" in str(e.value), e.value

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from confluent_kafka import KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from cluster import create_topic
@@ -135,6 +135,49 @@ class Load:
         return self
 
 
+class Reader:
+    """A consumer group member reading `topic` in one region in a thread, from the
+    earliest offset, committing as it goes. Keeps every (partition, offset) -> value it
+    was given, the ones given twice, and every error."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str):
+        self.got: dict[tuple[int, int], bytes] = {}
+        self.twice: list[tuple[int, int]] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                           "enable.auto.commit": True, "auto.commit.interval.ms": 500})
+        self.c.subscribe([topic])
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            m = self.c.poll(0.2)
+            if m is None:
+                continue
+            if m.error():
+                self.errors.append(str(m.error()))
+                continue
+            k = (m.partition(), m.offset())
+            if k in self.got:
+                self.twice.append(k)
+            self.got[k] = m.value()
+        self.c.close()
+
+    def finish(self, logs: dict) -> None:
+        """Waits (bounded) until every record of `logs` was read, then stops; asserts each
+        was given once, with the log's value, and no error was seen."""
+        want = {(p, off): v for p, recs in logs.items() for off, _, v in recs}
+        wait_until(lambda: want.keys() <= self.got.keys(), 90, what="the consumer read every record")
+        self.stop.set()
+        self.thread.join(30)
+        assert not self.twice, f"records given twice: {self.twice[:10]}"
+        assert not self.errors, f"consumer errors: {self.errors[:5]}"
+        wrong = [k for k in want if self.got[k] != want[k]]
+        assert not wrong, f"records read with other values than the log's: {wrong[:5]}"
+
+
 def epochs_and_values(dump: bytes) -> list[tuple[int, int, bytes]]:
     """(offset, partition leader epoch, value) of every record of a log dump, in log order."""
     out, pos = [], 0
@@ -189,11 +232,14 @@ class TestSwitchoverUnderLoad:
         """An idempotent producer writes in us-east; the home moves to eu-west under it.
         Its unacknowledged records are sent again by a producer restarted against eu-west.
         Every acknowledged record is in both regions' (identical) logs once, at its offset;
-        the eu-west records carry higher leader epochs than the us-east ones."""
+        the eu-west records carry higher leader epochs than the us-east ones. A consumer
+        group in each region reads throughout: every record once, no error."""
         topic = unique_topic("sw-load")
         parts = 3
         create_topic(regions.cluster(US), topic, partitions=parts, replication_factor=3)
         regions.wait_mirrored(topic, parts, home=US)
+        # Consumer groups read in both regions throughout.
+        readers = [Reader(regions.bootstrap(r), topic, unique_topic(f"sw-g-{r}")) for r in (US, EU)]
         first = Load(regions.bootstrap(US), topic, "a", parts, range(100_000)).start()
         wait_until(lambda: len(first.acked) >= 3000, 60, what="3000 acks in us-east")
         out = switchover(regions, EU, topic)
@@ -208,6 +254,8 @@ class TestSwitchoverUnderLoad:
         assert not second.failed, f"eu-west refused records: {list(second.failed.items())[:5]}"
         regions.wait_mirrored(topic, parts, home=EU)
         logs = check_exactly_once(regions, topic, parts, EU, [first, second])
+        for reader in readers:
+            reader.finish(logs)
         # The epochs at the move: eu-west's first batch is above everything us-east wrote.
         us_values = {first.value(i) for i in first.acked}
         for p, recs in logs.items():

@@ -43,6 +43,9 @@ pub struct Args {
     /// each broker says its region). Default: every broker in DEV_DIR/dev.json.
     #[arg(long = "broker", value_name = "ADDR")]
     brokers: Vec<String>,
+    /// The deployment's topology file: every region's `brokers_admin`.
+    #[arg(long, value_name = "FILE", conflicts_with = "brokers")]
+    topology: Option<PathBuf>,
     #[arg(long, default_value = "./chronik-dev")]
     dev_dir: PathBuf,
     /// Print the result as JSON (progress still goes to stderr).
@@ -64,6 +67,13 @@ async fn deployment(args: &Args) -> Result<Deployment, String> {
                 .as_str()
                 .ok_or_else(|| format!("broker {b}: no region in /v1/cluster"))?;
             out.entry(region.to_string()).or_default().push(b.clone());
+        }
+        return Ok(out);
+    }
+    if let Some(path) = &args.topology {
+        let topo = chronik_topology::Topology::load(path).map_err(|e| e.to_string())?;
+        for r in topo.regions {
+            out.insert(r.name, r.brokers_admin);
         }
         return Ok(out);
     }

@@ -29,6 +29,11 @@ pytestmark = pytest.mark.chronik
 US, EU = "us-east", "eu-west"
 
 
+def assert_acked(reports: list) -> None:
+    errors = [r[0] for r in reports if r[0] is not None]
+    assert not errors, f"{len(errors)} records not acknowledged: {errors[:3]}"
+
+
 def http_post(url: str, timeout: float = 30.0) -> tuple[int, str]:
     req = urllib.request.Request(url, data=b"", method="POST")
     try:
@@ -59,22 +64,22 @@ class TestSwitchover:
     def test_switchover_and_back_keeps_logs_identical(self, regions):
         topic = unique_topic("sw-basic")
         create_topic(regions.cluster(US), topic, partitions=2, replication_factor=3)
-        produce_all(regions.bootstrap(US), topic, [{"value": b"us-%d" % i, "partition": i % 2} for i in range(40)],
-                    acks="all")
+        records = [{"value": b"us-%d" % i, "partition": i % 2} for i in range(40)]
+        assert_acked(produce_all(regions.bootstrap(US), topic, records, acks="all"))
         regions.wait_mirrored(topic, 2, home=US)
         out = switchover(regions, EU, topic)
         res = json.loads(out.stdout)["topics"][0]
         assert res["from"] == US and res["to"] == EU and res["epoch"] == 2, res
-        produce_all(regions.bootstrap(EU), topic, [{"value": b"eu-%d" % i, "partition": i % 2} for i in range(40)],
-                    acks="all")
+        records = [{"value": b"eu-%d" % i, "partition": i % 2} for i in range(40)]
+        assert_acked(produce_all(regions.bootstrap(EU), topic, records, acks="all"))
         regions.wait_mirrored(topic, 2, home=EU)
         for p in range(2):
             regions.assert_identical(topic, p, home=EU)
         out = switchover(regions, US, topic)
         res = json.loads(out.stdout)["topics"][0]
         assert res["from"] == EU and res["epoch"] == 3, res
-        produce_all(regions.bootstrap(US), topic, [{"value": b"us2-%d" % i, "partition": i % 2} for i in range(40)],
-                    acks="all")
+        records = [{"value": b"us2-%d" % i, "partition": i % 2} for i in range(40)]
+        assert_acked(produce_all(regions.bootstrap(US), topic, records, acks="all"))
         regions.wait_mirrored(topic, 2, home=US)
         for p in range(2):
             regions.assert_identical(topic, p, home=US)
@@ -319,8 +324,9 @@ class TestSwitchoverBadInput:
         # (a mirror's POLICY_VIOLATION) would fail the message at once with that code.
         assert errs and errs[0] is not None and errs[0].code() == KafkaError._MSG_TIMED_OUT, errs
         # --abort lifts it; writes resume.
-        out = switchover(regions, EU, topic, extra=("--abort",))
-        produce_all(regions.bootstrap(US), topic, [{"value": b"after-abort"}], acks="all")
+        switchover(regions, EU, topic, extra=("--abort",))
+        ((err, *_),) = produce_all(regions.bootstrap(US), topic, [{"value": b"after-abort"}], acks="all")
+        assert err is None, f"produce after --abort: {err}"
         # Fence again and re-run the command: it completes the move.
         status, body = http_post(f"{c.admin_url(c.live_ids()[0])}/v1/home/{topic}/fence?to={EU}&epoch=1")
         assert status == 200, body

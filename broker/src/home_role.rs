@@ -31,19 +31,19 @@ pub enum RoleError {
     StaleEpoch { current: u64, proposed: u64 },
 }
 
-/// The role after applying `next` to `current`. Epochs never go back; at
-/// one epoch a copy may go from home to mirror (a fence before a move) but
-/// never from mirror to home: a promotion always comes with a new epoch.
+/// The role after applying `next` to `current`: epochs never go back. At
+/// one epoch a copy may be fenced (home to mirror) and unfenced again (an
+/// aborted move): the fence is lifted by the same controller that would
+/// have moved the home, so a lifted fence means no move happened; a move
+/// raises the epoch, and the old home's copy then wants a mirror role at
+/// the new epoch.
 pub fn apply(current: Option<Role>, next: Role) -> Result<Role, RoleError> {
     match current {
-        None => Ok(next),
-        Some(c) if next.epoch < c.epoch || (next.epoch == c.epoch && next.home && !c.home) => {
-            Err(RoleError::StaleEpoch {
-                current: c.epoch,
-                proposed: next.epoch,
-            })
-        }
-        Some(_) => Ok(next),
+        Some(c) if next.epoch < c.epoch => Err(RoleError::StaleEpoch {
+            current: c.epoch,
+            proposed: next.epoch,
+        }),
+        _ => Ok(next),
     }
 }
 
@@ -64,15 +64,16 @@ pub fn check_mirror(role: Option<Role>) -> Result<(), RoleError> {
 }
 
 /// What a topic's state says this region's copies should be, or `None`
-/// while the topic has never moved (no role entries are written then).
-/// `home_here`/`epoch`: the topic's global home; `fenced`: a move away from
-/// this region is under way (writes stopped before the mirrors drain).
-pub fn desired(home_here: bool, epoch: u64, fenced: bool) -> Option<Role> {
+/// while the topic has never been fenced or moved (no role entries are
+/// written then). `home_here`/`epoch`: the topic's global home; `fenced`: a
+/// move away from this region is under way (writes stopped before the
+/// mirrors drain); `has_role`: the copy already holds a role entry.
+pub fn desired(home_here: bool, epoch: u64, fenced: bool, has_role: bool) -> Option<Role> {
     if fenced {
         return Some(Role { home: false, epoch });
     }
     // Epoch 1 is the creation: no move yet, the configs already agree.
-    (epoch > 1).then_some(Role {
+    (epoch > 1 || has_role).then_some(Role {
         home: home_here,
         epoch,
     })
@@ -93,11 +94,8 @@ mod tests {
         assert_eq!(apply(Some(r(true, 1)), r(false, 1)), Ok(r(false, 1)));
         assert_eq!(apply(Some(r(false, 1)), r(false, 2)), Ok(r(false, 2)));
         assert_eq!(apply(Some(r(false, 2)), r(true, 3)), Ok(r(true, 3)));
-        // A fenced copy cannot take its home role back at the same epoch.
-        assert!(matches!(
-            apply(Some(r(false, 2)), r(true, 2)),
-            Err(RoleError::StaleEpoch { .. })
-        ));
+        // A lifted fence gives the role back at the same epoch.
+        assert_eq!(apply(Some(r(false, 2)), r(true, 2)), Ok(r(true, 2)));
         assert!(matches!(
             apply(Some(r(true, 4)), r(false, 3)),
             Err(RoleError::StaleEpoch {
@@ -126,11 +124,13 @@ mod tests {
     }
 
     #[test]
-    fn roles_are_written_only_once_a_topic_moves() {
-        assert_eq!(desired(true, 1, false), None);
-        assert_eq!(desired(false, 1, false), None);
-        assert_eq!(desired(true, 1, true), Some(r(false, 1)));
-        assert_eq!(desired(true, 2, false), Some(r(true, 2)));
-        assert_eq!(desired(false, 2, false), Some(r(false, 2)));
+    fn roles_are_written_only_once_a_topic_is_fenced_or_moves() {
+        assert_eq!(desired(true, 1, false, false), None);
+        assert_eq!(desired(false, 1, false, false), None);
+        assert_eq!(desired(true, 1, true, false), Some(r(false, 1)));
+        // The fence lifted: home again at the same epoch.
+        assert_eq!(desired(true, 1, false, true), Some(r(true, 1)));
+        assert_eq!(desired(true, 2, false, false), Some(r(true, 2)));
+        assert_eq!(desired(false, 2, false, false), Some(r(false, 2)));
     }
 }

@@ -1332,7 +1332,10 @@ mod tests {
         // A mirror now: appends from the new home apply.
         let new_home = crate::batch::stamp(&build::simple(1, 100, None), 2, 9, None);
         assert!(mirror(&log, &store, &new_home, 2).await.appended);
-        // Taking the home role back needs a newer epoch.
+        // Epochs never go back.
+        let (r, wb) = set(&log, false, 2);
+        r.unwrap();
+        store.write(wb).await.unwrap();
         assert!(matches!(set(&log, true, 1).0, Err(AppendError::Role(_))));
         let (r, wb) = set(&log, true, 3);
         r.unwrap();

@@ -31,10 +31,13 @@ pub async fn run(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
                 continue;
             };
             let fenced = topic.record.moving.is_some();
-            let Some(want) = home_role::desired(home == ctx.config.region, epoch, fenced) else {
+            let have = log.role();
+            let Some(want) =
+                home_role::desired(home == ctx.config.region, epoch, fenced, have.is_some())
+            else {
                 continue;
             };
-            if log.role() == Some(want) {
+            if have == Some(want) {
                 continue;
             }
             let Some((group, _)) = ctx.cluster.leader_group(&log) else {

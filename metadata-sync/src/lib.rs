@@ -19,6 +19,7 @@ mod entry;
 mod hlc;
 mod key;
 mod knowledge;
+pub mod lease;
 pub mod names;
 mod region;
 mod replica;

@@ -23,6 +23,7 @@ from ackcheck import records_from_dump
 from kclient import admin, produce_all, unique_topic
 from regions import Regions
 from test_dclink import regions, two_regions  # noqa: F401
+from test_metadata_sync import commit_offset, group_offsets, meta_status
 
 pytestmark = pytest.mark.chronik
 
@@ -296,6 +297,32 @@ class TestSwitchoverUnderLoad:
         loads.append(last)
         regions.wait_mirrored(topic, parts, home=home)
         check_exactly_once(regions, topic, parts, home, loads)
+
+
+class TestPromotion:
+
+    def test_committed_offsets_beyond_the_new_home_log_end_move_to_it(self, regions):
+        """A group's committed offset past the partition's log end (as after a failover that
+        lost records) is moved to the log end when the new home promotes the partition, so
+        the group resumes at the first record written after the move; the move is listed in
+        /v1/meta/status and reaches every region."""
+        topic = unique_topic("sw-beyond")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3)
+        assert_acked(produce_all(regions.bootstrap(US), topic, [{"value": b"x%d" % i} for i in range(5)],
+                                 acks="all"))
+        regions.wait_mirrored(topic, 1, home=US)
+        group, fine = unique_topic("g-beyond"), unique_topic("g-fine")
+        commit_offset(regions.bootstrap(US), group, topic, 0, 50)
+        commit_offset(regions.bootstrap(US), fine, topic, 0, 3)
+        wait_until(lambda: group_offsets(regions.bootstrap(EU), group, topic).get(0) == 50, 30,
+                   what="the offset in eu-west")
+        switchover(regions, EU, topic)
+        for r in (EU, US):
+            wait_until(lambda: group_offsets(regions.bootstrap(r), group, topic).get(0) == 5, 30,
+                       what=f"{group}'s offset moved to the log end in {r}")
+            assert group_offsets(regions.bootstrap(r), fine, topic).get(0) == 3, "an offset within the log moved"
+        moved = [m for m in meta_status(regions, EU)["offsets_moved_at_promotion"] if m["group"] == group]
+        assert [(m["topic"], m["partition"], m["from"], m["to"]) for m in moved] == [(topic, 0, 50, 5)], moved
 
 
 class TestSwitchoverBadInput:

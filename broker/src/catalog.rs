@@ -25,17 +25,18 @@ use crate::storage::{Store, StoreError, CF_META};
 mod home_move;
 mod meta_apply;
 
-pub use home_move::HomeMove;
+pub use home_move::{HomeMove, OffsetMove, OFFSET_MOVED_PREFIX};
 
 const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
 const BROKER_PREFIX: &str = "broker/";
 /// Keyed controller entries besides topics that a snapshot carries whole.
-const SNAPSHOT_PREFIXES: [&str; 4] = [
+const SNAPSHOT_PREFIXES: [&str; 5] = [
     BROKER_PREFIX,
     groups::GROUP_PREFIX,
     groups::OFFSET_PREFIX,
     crate::global_meta::PREFIX,
+    OFFSET_MOVED_PREFIX,
 ];
 
 /// A broker's Kafka listener as clients should reach it.
@@ -946,6 +947,9 @@ impl Catalog {
                 now_ms,
             } => self.apply_fence_home(name, id, to, *epoch, *now_ms, wb),
             ControllerCommand::UnfenceHome { name, id } => self.apply_unfence_home(name, id, wb),
+            ControllerCommand::MoveOffsets { moves, now_ms } => {
+                self.apply_move_offsets(moves, *now_ms, wb)
+            }
             ControllerCommand::MoveHome {
                 name,
                 id,

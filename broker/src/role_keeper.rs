@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use chronik_metadata_sync::Key;
+
+use crate::catalog::OffsetMove;
 use crate::home_role;
 use crate::raft::types::{Command, CommandResult};
 use crate::server::BrokerCtx;
@@ -45,13 +48,24 @@ pub async fn run(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
             };
             let done = group.submit(Command::SetRole { role: want });
             match tokio::time::timeout(SET_ROLE_TIMEOUT, done).await {
-                Ok(Ok(Ok(CommandResult::Done))) => tracing::info!(
-                    topic = topic.name(),
-                    partition = log.partition,
-                    home = want.home,
-                    epoch = want.epoch,
-                    "partition home role set"
-                ),
+                Ok(Ok(Ok(CommandResult::Done))) => {
+                    tracing::info!(
+                        topic = topic.name(),
+                        partition = log.partition,
+                        home = want.home,
+                        epoch = want.epoch,
+                        "partition home role set"
+                    );
+                    if want.home && have.is_none_or(|h| !h.home) {
+                        move_offsets_beyond(
+                            &ctx,
+                            topic.name(),
+                            log.partition,
+                            log.log_end_offset(),
+                        )
+                        .await;
+                    }
+                }
                 other => tracing::warn!(
                     topic = topic.name(),
                     partition = log.partition,
@@ -62,5 +76,42 @@ pub async fn run(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
                 ),
             }
         }
+    }
+}
+
+/// Committed offsets of a just-promoted partition that lie beyond its log
+/// end (a forced failover lost records the group had consumed) move to the
+/// log end, so the group resumes at the first record written after the
+/// promotion instead of at its `auto.offset.reset`.
+async fn move_offsets_beyond(ctx: &BrokerCtx, topic: &str, partition: i32, end: i64) {
+    let moves: Vec<OffsetMove> = ctx
+        .catalog
+        .global
+        .read()
+        .entries()
+        .filter_map(|e| match &e.key {
+            Key::GroupOffset {
+                group,
+                topic: t,
+                partition: p,
+            } if t == topic && *p == partition => {
+                let v = e.offset()?;
+                (v.offset > end).then(|| OffsetMove {
+                    group: group.clone(),
+                    topic: topic.to_string(),
+                    partition,
+                    from: v.offset,
+                    to: end,
+                    at_ms: 0,
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    if moves.is_empty() {
+        return;
+    }
+    if let Err(e) = ctx.catalog.move_offsets_to_log_end(moves).await {
+        tracing::warn!(topic, partition, error = %e, "committed offsets beyond the promoted log end not moved");
     }
 }

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chronik_metadata_sync::{Entry, Key, RegionId};
+use chronik_metadata_sync::{Entry, Key, OffsetValue, RegionId};
 use kafka_protocol::error::ResponseError as E;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,27 @@ use uuid::Uuid;
 use super::meta_apply::{mirrored_in, topic_id, wall};
 use super::{now_ms, Catalog, PostApply, Topic, TopicError};
 use crate::configs::{HOME_REGION, MIRROR_SOURCE_TOPIC_ID};
+use crate::groups::record::{self as groups, OffsetRecord};
 use crate::raft::types::ControllerCommand;
+use crate::storage::CF_META;
+
+/// A committed offset beyond a partition's log end when this region's copy
+/// was promoted, moved to that log end (after a forced failover the new home
+/// may hold less than the old one did): the group resumes at the first
+/// record written after the promotion rather than at `auto.offset.reset`.
+/// Kept under [`OFFSET_MOVED_PREFIX`] for `/v1/meta/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OffsetMove {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub from: i64,
+    pub to: i64,
+    #[serde(default)]
+    pub at_ms: i64,
+}
+
+pub const OFFSET_MOVED_PREFIX: &str = "offset-moved/";
 
 /// A move of the home role away from this region, under way: writes have
 /// stopped here; the target's copy is draining.
@@ -92,6 +112,87 @@ impl Catalog {
             |t| t.mirror_of(&self.region.name) == Some(to),
         )
         .await
+    }
+
+    /// Moves committed offsets of a just-promoted partition to its log end.
+    pub async fn move_offsets_to_log_end(&self, moves: Vec<OffsetMove>) -> Result<(), TopicError> {
+        self.submit(ControllerCommand::MoveOffsets {
+            moves,
+            now_ms: now_ms(),
+        })
+        .await
+    }
+
+    /// Offsets moved at promotions, oldest first.
+    pub fn offsets_moved(&self) -> Result<Vec<OffsetMove>, TopicError> {
+        Ok(self
+            .store
+            .scan_meta(OFFSET_MOVED_PREFIX)?
+            .iter()
+            .filter_map(|(_, v)| serde_json::from_slice(v).ok())
+            .collect())
+    }
+
+    pub(super) fn apply_move_offsets(
+        &self,
+        moves: &[OffsetMove],
+        now_ms: i64,
+        wb: &mut WriteBatch,
+    ) -> Result<PostApply, TopicError> {
+        let meta = self.store.cf(CF_META);
+        let mut rep = self.global.write();
+        let mut keys = Vec::new();
+        for (i, m) in moves.iter().enumerate() {
+            let key = groups::offset_key(&m.group, &m.topic, m.partition);
+            let Some(mut record) = self
+                .store
+                .get_meta(&key)?
+                .and_then(|v| serde_json::from_slice::<OffsetRecord>(&v).ok())
+                .filter(|r| r.offset == m.from)
+            else {
+                continue; // committed again since: the new commit stands
+            };
+            record.offset = m.to;
+            record.leader_epoch = -1;
+            record.commit_ms = now_ms;
+            wb.put_cf(meta, &key, serde_json::to_vec(&record).expect("serializes"));
+            let value = OffsetValue {
+                offset: m.to,
+                leader_epoch: -1,
+                metadata: record.metadata.clone(),
+                commit_ms: now_ms,
+                topic_id: self
+                    .get(&m.topic)
+                    .map(|t| bytes::Bytes::copy_from_slice(t.id().as_bytes()))
+                    .unwrap_or_default(),
+                committed_in: String::new(),
+            };
+            if let Err(e) = rep.commit_offset(&m.group, &m.topic, m.partition, value, wall(now_ms))
+            {
+                tracing::warn!(group = m.group, topic = m.topic, partition = m.partition, error = %e, "moved offset not made global");
+            }
+            let moved = OffsetMove {
+                at_ms: now_ms,
+                ..m.clone()
+            };
+            wb.put_cf(
+                meta,
+                format!("{OFFSET_MOVED_PREFIX}{now_ms:016x}/{i:08x}"),
+                serde_json::to_vec(&moved).expect("serializes"),
+            );
+            tracing::warn!(
+                group = m.group,
+                topic = m.topic,
+                partition = m.partition,
+                from = m.from,
+                to = m.to,
+                "committed offset beyond the promoted partition's log end moved to it"
+            );
+            metrics::counter!("chronik_offsets_moved_at_promotion_total").increment(1);
+            keys.push((m.group.clone(), m.topic.clone(), m.partition));
+        }
+        self.global.save(&self.store, &mut rep, wb);
+        Ok(PostApply::RemoteOffsets(keys))
     }
 
     /// The topic `name` of incarnation `id`, this region's name, and the

@@ -396,7 +396,7 @@ impl Catalog {
             }
         }
         for (from, to, id) in renaming.iter().filter(|(from, ..)| freed.contains(from)) {
-            self.move_offsets(&mut rep, from, to, id, wall(wall_ms), wb, &mut offsets);
+            self.rename_offsets(&mut rep, from, to, id, wall(wall_ms), wb, &mut offsets);
         }
         if !offsets.is_empty() {
             posts.push(PostApply::RemoteOffsets(offsets));
@@ -409,7 +409,7 @@ impl Catalog {
     /// name, globally and in this region, so the groups resume where they
     /// were instead of inside the other topic's records under the old name.
     #[allow(clippy::too_many_arguments)]
-    fn move_offsets(
+    fn rename_offsets(
         &self,
         rep: &mut chronik_metadata_sync::Replica,
         from: &str,

@@ -308,6 +308,9 @@ pub fn offsets_beyond_log_end(ctx: &BrokerCtx) -> Vec<Value> {
 
 pub async fn status(State(ctx): Ctx) -> Response {
     let beyond = offsets_beyond_log_end(&ctx);
+    // The newest hundred.
+    let moved = ctx.catalog.offsets_moved().unwrap_or_default();
+    let moved = &moved[moved.len().saturating_sub(100)..];
     let rep = ctx.catalog.global.read();
     let knowledge: serde_json::Map<String, Value> = rep
         .knowledge()
@@ -356,6 +359,7 @@ pub async fn status(State(ctx): Ctx) -> Response {
         "rejected_messages": c.rejected_messages,
         "topics": topics,
         "offsets_beyond_log_end": beyond,
+        "offsets_moved_at_promotion": moved,
     }))
     .into_response()
 }

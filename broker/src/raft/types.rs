@@ -117,6 +117,12 @@ pub enum ControllerCommand {
         epoch: u64,
         now_ms: i64,
     },
+    /// Committed offsets beyond a promoted partition's log end, moved to it
+    /// (each only if the group's offset is still `from`).
+    MoveOffsets {
+        moves: Vec<crate::catalog::OffsetMove>,
+        now_ms: i64,
+    },
     /// Lift a fence before the move happened.
     UnfenceHome { name: String, id: Uuid },
     /// The topic's home becomes `to` at fencing epoch `epoch`; this

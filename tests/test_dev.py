@@ -257,6 +257,25 @@ def test_dev_default_is_two_mirrored_regions(tmp_path):
         table = subprocess.run([str(harness.chronik_bin()), "ctl", "lag", "--dev-dir", str(data)],
                                capture_output=True, text=True, timeout=30)
         assert table.returncode == 0 and "us-east->eu-west" in table.stdout and "dev-mirrored" in table.stdout
+        # The home moves to eu-west with `chronik ctl switchover`, finding the brokers in dev.json.
+        out = subprocess.run([str(harness.chronik_bin()), "ctl", "switchover", "--to", "eu-west",
+                              "--topic", "dev-mirrored", "--dev-dir", str(data), "--json"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        (res,) = json.loads(out.stdout)["topics"]
+        assert (res["from"], res["to"], res["epoch"]) == ("us-east", "eu-west", 2), res
+        more = [{"key": f"k{i}".encode(), "value": f"v{i}".encode()} for i in range(300, 310)]
+        assert [r[0] for r in produce_all(mirror["bootstrap"], "dev-mirrored", more, acks="all")] == [None] * 10
+
+        def back_in_us_east():
+            try:
+                got = consume(home["bootstrap"], "dev-mirrored", count=310, timeout=5)
+            except Exception:
+                return None
+            return got if len(got) == 310 else None
+
+        got = harness.wait_until(back_in_us_east, timeout=60, what="eu-west's records mirrored to us-east")
+        assert [(m.offset(), m.value()) for m in got][300:] == [(i, f"v{i}".encode()) for i in range(300, 310)]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)

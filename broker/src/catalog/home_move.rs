@@ -48,6 +48,8 @@ pub struct OffsetMove {
 }
 
 pub const OFFSET_MOVED_PREFIX: &str = "offset-moved/";
+/// How many offset moves are kept for reporting (the oldest go first).
+pub const OFFSET_MOVES_KEPT: usize = 1_000;
 
 /// A move of the home role away from this region, under way: writes have
 /// stopped here; the target's copy is draining.
@@ -192,6 +194,13 @@ impl Catalog {
             keys.push((m.group.clone(), m.topic.clone(), m.partition));
         }
         self.global.save(&self.store, &mut rep, wb);
+        // Bounded: the oldest records beyond the newest OFFSET_MOVES_KEPT go
+        // (the moves themselves stay in the offsets).
+        let stored = self.store.scan_meta(OFFSET_MOVED_PREFIX)?;
+        let excess = (stored.len() + keys.len()).saturating_sub(OFFSET_MOVES_KEPT);
+        for (k, _) in stored.iter().take(excess) {
+            wb.delete_cf(meta, k);
+        }
         Ok(PostApply::RemoteOffsets(keys))
     }
 

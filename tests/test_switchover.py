@@ -20,7 +20,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 from cluster import create_topic
 from harness import wait_until
 from ackcheck import records_from_dump
-from kclient import admin, produce_all, unique_topic
+from kclient import admin, consume, produce_all, unique_topic
 from regions import Regions
 from test_dclink import regions, two_regions  # noqa: F401
 from test_metadata_sync import commit_offset, group_offsets, meta_status
@@ -297,6 +297,28 @@ class TestSwitchoverUnderLoad:
         loads.append(last)
         regions.wait_mirrored(topic, parts, home=home)
         check_exactly_once(regions, topic, parts, home, loads)
+
+
+    def test_global_quorum_topic_switches_over_and_back(self, regions):
+        """A global_quorum topic: after the move, eu-west's acks=all produce is acknowledged
+        once us-east (now the mirror) holds it, and consumers in eu-west see every record."""
+        topic = unique_topic("sw-gq")
+        create_topic(regions.cluster(US), topic, partitions=1, replication_factor=3,
+                     config={"chronik.replication.mode": "global_quorum"})
+        regions.wait_mirrored(topic, 1, home=US)
+        records = [{"value": b"us-%d" % i} for i in range(20)]
+        assert_acked(produce_all(regions.bootstrap(US), topic, records, acks="all"))
+        switchover(regions, EU, topic)
+        records = [{"value": b"eu-%d" % i} for i in range(20)]
+        assert_acked(produce_all(regions.bootstrap(EU), topic, records, acks="all"))
+        got = consume(regions.bootstrap(EU), topic, count=40, timeout=30)
+        assert [m.value() for m in got] == [b"us-%d" % i for i in range(20)] + [b"eu-%d" % i for i in range(20)]
+        regions.wait_mirrored(topic, 1, home=EU)
+        regions.assert_identical(topic, 0, home=EU)
+        switchover(regions, US, topic)
+        assert_acked(produce_all(regions.bootstrap(US), topic, [{"value": b"back"}], acks="all"))
+        regions.wait_mirrored(topic, 1, home=US)
+        regions.assert_identical(topic, 0, home=US)
 
 
 class TestPromotion:

@@ -539,6 +539,31 @@ class TestTwoRegions:
         assert f"{US}->{EU}" in table and topic in table, table
         print(f"\n{table}")
 
+    def test_mirror_reports_what_a_failover_would_lose_as_last_known(self, regions):
+        """The receiving dc-link's /v1/lag `received` rows: the home high watermark its chunks
+        last carried and the mirror's durable end. On a thin link the mirror is behind and
+        reports the difference as at risk; once caught up, nothing is."""
+        topic = unique_topic("at-risk")
+        make_topic(regions, US, topic, 1)
+        regions.wait_mirrored(topic, 1, US, timeout=30)
+        regions.set_wan(EU, bandwidth_mbit=3)
+        values = [{"value": uuid.uuid4().bytes * 50} for _ in range(1500)]
+        assert [r[0] for r in produce_all(regions.bootstrap(US), topic, values, acks="all")] == [None] * 1500
+
+        def row():
+            rows = [r for r in regions.lag(EU).get("received", []) if r["topic"] == topic and r["partition"] == 0]
+            return rows[0] if rows else None
+
+        behind = wait_until(lambda: (r := row()) and r["at_risk_records"] > 0 and r, 30,
+                            what="the mirror reporting records at risk")
+        assert behind["link"] == f"{US}->{EU}", behind
+        assert behind["at_risk_records"] == behind["home_high_watermark"] - behind["mirror_log_end"], behind
+        assert behind["home_high_watermark"] <= 1500, behind
+        regions.set_wan(EU)
+        done = wait_until(lambda: (r := row()) and r["mirror_log_end"] == 1500 and r, 120,
+                          what="the mirror caught up")
+        assert (done["home_high_watermark"], done["at_risk_records"]) == (1500, 0), done
+
     @pytest.mark.timeout(420)
     def test_bad_wan_lag_recovers(self, regions):
         topic = unique_topic("wan")

@@ -198,6 +198,40 @@ pub struct IncomingRow {
     pub error: String,
 }
 
+/// Receiving side: how far a mirror partition here is behind its home, as
+/// the home's chunks last told (what a failover to this region would lose,
+/// as last known; the home's writes since are unknown here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceivedRow {
+    pub link: String,
+    pub topic: String,
+    pub partition: i32,
+    pub home_high_watermark: i64,
+    pub mirror_log_end: i64,
+    pub at_risk_records: i64,
+    /// How long ago the home's high watermark was heard.
+    pub home_seen_ms_ago: u64,
+}
+
+impl ReceivedRow {
+    pub fn new(
+        (link, topic, partition): (String, String, i32),
+        home_high_watermark: i64,
+        mirror_log_end: i64,
+        home_seen_ms_ago: u64,
+    ) -> ReceivedRow {
+        ReceivedRow {
+            link,
+            topic,
+            partition,
+            home_high_watermark,
+            mirror_log_end,
+            at_risk_records: (home_high_watermark - mirror_log_end).max(0),
+            home_seen_ms_ago,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub struct LinkRow {
     pub link: String,
@@ -221,6 +255,9 @@ pub struct Report {
     /// Receiving side: mirror partitions here that cannot be appended to.
     #[serde(default)]
     pub incoming: Vec<IncomingRow>,
+    /// Receiving side: every mirror partition here that chunks arrived for.
+    #[serde(default)]
+    pub received: Vec<ReceivedRow>,
 }
 
 impl Report {
@@ -307,6 +344,15 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn at_risk_is_what_the_home_had_beyond_the_mirror_never_negative() {
+        let key = || ("a->b".to_string(), "t".to_string(), 0);
+        assert_eq!(ReceivedRow::new(key(), 120, 100, 5).at_risk_records, 20);
+        assert_eq!(ReceivedRow::new(key(), 120, 120, 5).at_risk_records, 0);
+        // Acked ahead of the last chunk's watermark (a later chunk's ack).
+        assert_eq!(ReceivedRow::new(key(), 100, 130, 5).at_risk_records, 0);
+    }
     use std::time::Duration;
 
     #[test]

@@ -35,7 +35,8 @@ use tokio::sync::Notify;
 use crate::broker_http::{encode_segment, AdminConn, HttpError};
 use crate::kafka::ClusterView;
 use crate::lag::{
-    IncomingRow, LinkRow, LinkStats, PartitionLag, PartitionRow, PartitionState, Report,
+    IncomingRow, LinkRow, LinkStats, PartitionLag, PartitionRow, PartitionState, ReceivedRow,
+    Report,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +184,9 @@ pub struct Shared {
     quorum_changed: Notify,
     /// metadata-sync, per peer region.
     meta: Mutex<BTreeMap<String, meta_sync::MetaPeer>>,
+    /// Receiving side, per (link, topic, partition): the home high watermark
+    /// the last chunk carried, when it arrived, and the mirror's durable end.
+    received: Mutex<BTreeMap<LinkPartition, (i64, Instant, i64)>>,
     /// Discovery rounds started, and the deleting home topics seen in them.
     rounds: std::sync::atomic::AtomicU64,
     draining: Mutex<drain::Tracker>,
@@ -381,6 +385,25 @@ impl Shared {
         })
     }
 
+    /// Receiving side: a chunk carried the home's high watermark.
+    fn home_seen(&self, link: &str, topic: &str, p: i32, hw: i64) {
+        let mut r = self.received.lock().unwrap();
+        let e = r
+            .entry((link.to_string(), topic.to_string(), p))
+            .or_insert((hw, Instant::now(), 0));
+        e.0 = e.0.max(hw);
+        e.1 = Instant::now();
+    }
+
+    /// Receiving side: the mirror partition's durable end.
+    fn mirror_end(&self, link: &str, topic: &str, p: i32, end: i64) {
+        let mut r = self.received.lock().unwrap();
+        let e = r
+            .entry((link.to_string(), topic.to_string(), p))
+            .or_insert((0, Instant::now(), end));
+        e.2 = e.2.max(end);
+    }
+
     fn policy_error(&self, topic: &str, message: String) {
         self.policy_errors
             .lock()
@@ -470,12 +493,27 @@ impl Shared {
                 }
             })
             .collect();
+        let received = self
+            .received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(key, (hw, seen, end))| {
+                ReceivedRow::new(
+                    key.clone(),
+                    *hw,
+                    *end,
+                    now.saturating_duration_since(*seen).as_millis() as u64,
+                )
+            })
+            .collect();
         Report {
             region: self.region.clone(),
             links,
             partitions,
             policy_errors: self.policy_errors.lock().unwrap().clone(),
             incoming,
+            received,
         }
     }
 
@@ -775,6 +813,7 @@ pub async fn run(
         refresh: Notify::new(),
         quorum_changed: Notify::new(),
         meta: Mutex::new(BTreeMap::new()),
+        received: Default::default(),
         rounds: Default::default(),
         draining: Default::default(),
     });

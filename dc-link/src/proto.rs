@@ -158,6 +158,11 @@ pub struct Chunk {
     /// home (DeleteRecords, retention) are not served from the mirror.
     #[prost(int64, tag = "7")]
     pub home_log_start: i64,
+    /// The home high watermark when the chunk was read (0: unknown, from an
+    /// older peer): with the mirror's end, what a failover would lose as
+    /// last known here.
+    #[prost(int64, tag = "8")]
+    pub home_high_watermark: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -299,6 +304,7 @@ mod tests {
                     records: Bytes::from(b"key=value;".repeat(n)),
                     from_log_start: false,
                     home_log_start: 0,
+                    home_high_watermark: 120,
                 }],
             })),
         }

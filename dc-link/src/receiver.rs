@@ -148,6 +148,14 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
                         .insert(data.seq, (data.chunks.len(), BTreeMap::new()));
                     for c in data.chunks {
                         let key = (c.topic.clone(), c.partition);
+                        if c.home_high_watermark > 0 {
+                            ctx.shared.home_seen(
+                                &ctx.link,
+                                &c.topic,
+                                c.partition,
+                                c.home_high_watermark,
+                            );
+                        }
                         if c.home_log_start > 0 {
                             let mut starts = ctx.home_starts.lock().unwrap();
                             let s = starts.entry(key.clone()).or_insert(0);
@@ -232,6 +240,8 @@ impl SessionCtx {
         };
         *left -= 1;
         if let Some(log_end) = log_end {
+            self.shared
+                .mirror_end(&self.link, topic, partition, log_end);
             let e = pos.entry((topic.to_string(), partition)).or_insert(log_end);
             *e = (*e).max(log_end);
         }

@@ -574,6 +574,7 @@ async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, pa
                     records: Bytes::new(),
                     from_log_start: false,
                     home_log_start: start,
+                    home_high_watermark: f.high_watermark.max(0),
                 };
                 if s.out.send(trim).await.is_err() {
                     return;
@@ -611,6 +612,7 @@ async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, pa
             records: records.slice(first_r.start..),
             from_log_start: pos.from_log_start,
             home_log_start: f.log_start_offset.max(0),
+            home_high_watermark: f.high_watermark.max(0),
         };
         let current = s
             .positions

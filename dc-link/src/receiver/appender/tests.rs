@@ -30,6 +30,7 @@ fn chunk(batches: &[(i64, usize)], from_log_start: bool) -> Chunk {
         records: Bytes::from(records),
         from_log_start,
         home_log_start: 0,
+        home_high_watermark: 0,
     }
 }
 

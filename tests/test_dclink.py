@@ -25,6 +25,7 @@ latency.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -546,16 +547,24 @@ class TestTwoRegions:
         topic = unique_topic("at-risk")
         make_topic(regions, US, topic, 1)
         regions.wait_mirrored(topic, 1, US, timeout=30)
-        regions.set_wan(EU, bandwidth_mbit=3)
-        values = [{"value": uuid.uuid4().bytes * 50} for _ in range(1500)]
+        # 1.2 MB of incompressible records over 1 Mbit/s take ~10 s to ship, however long the
+        # home takes to acknowledge them (the home's producer does not cross the WAN).
+        regions.set_wan(EU, bandwidth_mbit=1)
+        values = [{"value": os.urandom(800)} for _ in range(1500)]
+        t0 = time.monotonic()
         assert [r[0] for r in produce_all(regions.bootstrap(US), topic, values, acks="all")] == [None] * 1500
+        assert time.monotonic() - t0 < 8, "producing took so long the mirror may have kept up"
 
         def row():
             rows = [r for r in regions.lag(EU).get("received", []) if r["topic"] == topic and r["partition"] == 0]
             return rows[0] if rows else None
 
-        behind = wait_until(lambda: (r := row()) and r["at_risk_records"] > 0 and r, 30,
-                            what="the mirror reporting records at risk")
+        try:
+            behind = wait_until(lambda: (r := row()) and r["at_risk_records"] > 0 and r, 30,
+                                what="the mirror reporting records at risk")
+        except TimeoutError:
+            raise AssertionError(f"row {row()}; received {regions.lag(EU).get('received')}; "
+                                 f"sender {regions.lag_rows(US, topic)}")
         assert behind["link"] == f"{US}->{EU}", behind
         assert behind["at_risk_records"] == behind["home_high_watermark"] - behind["mirror_log_end"], behind
         assert behind["home_high_watermark"] <= 1500, behind

@@ -321,6 +321,29 @@ class TestSwitchoverUnderLoad:
         regions.assert_identical(topic, 0, home=US)
 
 
+class TestSwitchoverAll:
+
+    def test_all_moves_every_topic_homed_elsewhere(self, regions):
+        """`--all` moves every topic with a copy in the target that is homed elsewhere, and
+        none that is homed there already."""
+        mine = [unique_topic("sw-all") for _ in range(2)]
+        theirs = unique_topic("sw-all-eu")
+        for t in mine:
+            create_topic(regions.cluster(US), t, partitions=1, replication_factor=3)
+            regions.wait_mirrored(t, 1, home=US)
+        create_topic(regions.cluster(EU), theirs, partitions=1, replication_factor=3)
+        out = subprocess.run([str(regions.binary), "ctl", "switchover", "--to", EU, "--all", "--json",
+                              *sum((["--broker", regions.cluster(r).admin_url(i).removeprefix("http://")]
+                                    for r in regions.names for i in regions.cluster(r).live_ids()), [])],
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        moved = {r["topic"]: r for r in json.loads(out.stdout)["topics"]}
+        assert set(mine) <= set(moved) and theirs not in moved, sorted(moved)
+        assert all(moved[t]["from"] == US and moved[t]["epoch"] == 2 for t in mine), moved
+        for t in mine:
+            assert_acked(produce_all(regions.bootstrap(EU), t, [{"value": b"after"}], acks="all"))
+
+
 class TestPromotion:
 
     def test_committed_offsets_beyond_the_new_home_log_end_move_to_it(self, regions):

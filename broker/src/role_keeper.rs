@@ -26,11 +26,17 @@ pub async fn run(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
+        // One global lookup per topic a round, not one per partition.
+        let mut homes: std::collections::HashMap<uuid::Uuid, Option<(String, u64)>> =
+            std::collections::HashMap::new();
         for (topic, log) in ctx.catalog.all_partitions() {
             if log.is_deleted() {
                 continue;
             }
-            let Some((home, epoch)) = ctx.catalog.home_of(&topic.id()) else {
+            let home = homes
+                .entry(topic.id())
+                .or_insert_with(|| ctx.catalog.home_of(&topic.id()));
+            let Some((home, epoch)) = home.clone() else {
                 continue;
             };
             let fenced = topic.record.moving.is_some();

@@ -45,14 +45,10 @@ from confluent_kafka import Producer  # noqa: E402
 
 from cluster import create_topic  # noqa: E402
 from harness import chronik_bin, wait_until  # noqa: E402
+from meta_sync import pct  # noqa: E402  (bench/ is the script's directory)
 from regions import Regions  # noqa: E402
 
 US, EU = "us-east", "eu-west"
-
-
-def pct(xs: list[float], p: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
 class Writer:

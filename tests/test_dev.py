@@ -232,14 +232,15 @@ def test_dev_default_is_two_mirrored_regions(tmp_path):
         reports = produce_all(home["bootstrap"], "dev-mirrored", values, acks="all")
         assert [r[0] for r in reports] == [None] * 300
 
-        def mirrored():
+        def readable(region, n):
+            """All `n` records of dev-mirrored in `region`, or None while they are not."""
             try:
-                got = consume(mirror["bootstrap"], "dev-mirrored", count=300, timeout=5)
+                got = consume(region["bootstrap"], "dev-mirrored", count=n, timeout=5)
             except Exception:
                 return None
-            return got if len(got) == 300 else None
+            return got if len(got) == n else None
 
-        got = harness.wait_until(mirrored, timeout=60, what="the topic mirrored to eu-west")
+        got = harness.wait_until(lambda: readable(mirror, 300), timeout=60, what="the topic mirrored to eu-west")
         assert [(m.offset(), m.key(), m.value()) for m in got] == \
             [(i, f"k{i}".encode(), f"v{i}".encode()) for i in range(300)]
         out = subprocess.run([str(harness.chronik_bin()), "ctl", "lag", "--dev-dir", str(data), "--json"],
@@ -267,14 +268,8 @@ def test_dev_default_is_two_mirrored_regions(tmp_path):
         more = [{"key": f"k{i}".encode(), "value": f"v{i}".encode()} for i in range(300, 310)]
         assert [r[0] for r in produce_all(mirror["bootstrap"], "dev-mirrored", more, acks="all")] == [None] * 10
 
-        def back_in_us_east():
-            try:
-                got = consume(home["bootstrap"], "dev-mirrored", count=310, timeout=5)
-            except Exception:
-                return None
-            return got if len(got) == 310 else None
-
-        got = harness.wait_until(back_in_us_east, timeout=60, what="eu-west's records mirrored to us-east")
+        got = harness.wait_until(lambda: readable(home, 310), timeout=60,
+                                 what="eu-west's records mirrored to us-east")
         assert [(m.offset(), m.value()) for m in got][300:] == [(i, f"v{i}".encode()) for i in range(300, 310)]
     finally:
         if proc.poll() is None:

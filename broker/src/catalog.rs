@@ -613,6 +613,27 @@ impl Catalog {
         .await
     }
 
+    /// Topic `name`, only if it is incarnation `id`.
+    fn incarnation(&self, name: &str, id: &Uuid) -> Result<Arc<Topic>, TopicError> {
+        self.get(name)
+            .filter(|t| t.id() == *id)
+            .ok_or(TopicError::Unknown)
+    }
+
+    /// Writes a new version of `topic`'s record, changed by `change`.
+    fn put_changed(
+        &self,
+        topic: &Topic,
+        wb: &mut WriteBatch,
+        change: impl FnOnce(&mut TopicRecord),
+    ) -> PostApply {
+        let mut record = topic.record.clone();
+        change(&mut record);
+        record.version += 1;
+        self.put_record(wb, &record);
+        PostApply::Install(record)
+    }
+
     /// Topics marked for deletion that wait for their dc-link to drain.
     pub fn deleting(&self) -> Vec<Arc<Topic>> {
         self.list()
@@ -926,18 +947,11 @@ impl Catalog {
                 Ok(PostApply::Install(record))
             }
             ControllerCommand::MarkTopicDeleting { name, id, now_ms } => {
-                let topic = self
-                    .get(name)
-                    .filter(|t| t.id() == *id)
-                    .ok_or(TopicError::Unknown)?;
+                let topic = self.incarnation(name, id)?;
                 if topic.is_deleting() {
                     return Ok(PostApply::Nothing);
                 }
-                let mut record = topic.record.clone();
-                record.deleting_since_ms = Some(*now_ms);
-                record.version += 1;
-                self.put_record(wb, &record);
-                Ok(PostApply::Install(record))
+                Ok(self.put_changed(&topic, wb, |r| r.deleting_since_ms = Some(*now_ms)))
             }
             ControllerCommand::FenceHome {
                 name,

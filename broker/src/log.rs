@@ -63,6 +63,12 @@ impl Default for PartitionRecord {
     }
 }
 
+/// A role in one word: 0 for none, else `epoch << 1 | home` (epochs start
+/// at 1, so a role is never 0).
+fn encode_role(role: Option<Role>) -> u64 {
+    role.map_or(0, |r| r.epoch << 1 | r.home as u64)
+}
+
 /// The leader epoch for a batch produced here in Raft term `term`: the term
 /// plus the partition's epoch base, which moves up when needed so that the
 /// epoch is never below the newest epoch in the log, and is above it when
@@ -216,6 +222,9 @@ pub struct PartitionLog {
     current_epoch: std::sync::atomic::AtomicI32,
     /// A copy of the state's epoch base, for [`PartitionLog::note_term`].
     epoch_base: std::sync::atomic::AtomicI32,
+    /// A copy of the state's role ([`encode_role`]), read by produce and the
+    /// role keeper without the state lock.
+    role_copy: std::sync::atomic::AtomicU64,
     log_end: AtomicI64,
     log_start: AtomicI64,
     deleted: AtomicBool,
@@ -270,6 +279,7 @@ impl PartitionLog {
         let next_offset = st.next_offset;
         let leader_epoch = st.epochs.last().map(|e| e.0).unwrap_or(0);
         let epoch_base = st.epoch_base;
+        let role = encode_role(st.role);
         Ok(Arc::new(PartitionLog {
             log_id,
             topic,
@@ -279,6 +289,7 @@ impl PartitionLog {
             high_watermark: AtomicI64::new(next_offset),
             current_epoch: std::sync::atomic::AtomicI32::new(leader_epoch),
             epoch_base: std::sync::atomic::AtomicI32::new(epoch_base),
+            role_copy: std::sync::atomic::AtomicU64::new(role),
             log_end: AtomicI64::new(next_offset),
             log_start: AtomicI64::new(log_start),
             deleted: AtomicBool::new(false),
@@ -298,6 +309,8 @@ impl PartitionLog {
             self.current_epoch.fetch_max(*e, Ordering::AcqRel);
         }
         self.epoch_base.store(fresh.epoch_base, Ordering::Release);
+        self.role_copy
+            .store(encode_role(fresh.role), Ordering::Release);
         *st = fresh;
         self.log_end.store(next, Ordering::Release);
         self.log_start.store(log_start, Ordering::Release);
@@ -918,13 +931,13 @@ impl PartitionLog {
         Ok((new_start > self.log_start_offset()).then_some(new_start))
     }
 
-    /// DeleteRecords, applied from the partition's Raft log on every
-    /// replica: the log start moves to exactly `offset` (which may fall
-    /// inside a batch, as in Kafka), and every batch wholly below it is
-    /// removed. Returns the new log start offset.
     /// The home role this copy's log gave it (`None`: never moved).
     pub fn role(&self) -> Option<Role> {
-        self.state.lock().unwrap().role
+        let v = self.role_copy.load(Ordering::Acquire);
+        (v != 0).then_some(Role {
+            home: v & 1 == 1,
+            epoch: v >> 1,
+        })
     }
 
     /// Applies a `SetRole` entry: from here on, produce or mirror appends
@@ -937,11 +950,17 @@ impl PartitionLog {
         let role = home_role::apply(st.role, next)?;
         if st.role != Some(role) {
             st.role = Some(role);
+            self.role_copy
+                .store(encode_role(st.role), Ordering::Release);
             self.put_record(wb, &st, self.log_start_offset());
         }
         Ok(role)
     }
 
+    /// DeleteRecords, applied from the partition's Raft log on every
+    /// replica: the log start moves to exactly `offset` (which may fall
+    /// inside a batch, as in Kafka), and every batch wholly below it is
+    /// removed. Returns the new log start offset.
     pub fn trim_into(&self, wb: &mut WriteBatch, offset: i64) -> Result<i64, ReadError> {
         let mut st = self.state.lock().unwrap();
         let start = self.log_start_offset();

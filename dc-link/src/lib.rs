@@ -614,8 +614,6 @@ impl Shared {
         Ok(())
     }
 
-    /// Lag must stay visible while a link is down (nothing is fetched then),
-    /// so the home high watermarks are also read here, once a second.
     /// Home topics deleted while mirrored: once this dc-link has shipped
     /// them to every mirror region it can reach, the brokers delete them
     /// (see [`drain`]).
@@ -681,6 +679,8 @@ impl Shared {
         Ok(())
     }
 
+    /// Lag must stay visible while a link is down (nothing is fetched then),
+    /// so the home high watermarks are also read here, once a second.
     async fn observe_home_watermarks(&self, view: &ClusterView, homed: &[HomedTopic]) {
         let mut by_leader: BTreeMap<String, Vec<(String, i32)>> = BTreeMap::new();
         for t in homed.iter().filter(|t| !t.policy.mirrors.is_empty()) {

@@ -15,18 +15,16 @@
 //! writer; every step is idempotent, so a move interrupted by a crash is
 //! completed by running it again.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chronik_metadata_sync::{Entry, Key, OffsetValue, RegionId};
+use chronik_metadata_sync::{Entry, Key, RegionId};
 use kafka_protocol::error::ResponseError as E;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::meta_apply::{mirrored_in, topic_id, wall};
+use super::meta_apply::{mirror_configs, mirrored_in, topic_id, wall};
 use super::{now_ms, Catalog, PostApply, Topic, TopicError};
-use crate::configs::{HOME_REGION, MIRROR_SOURCE_TOPIC_ID};
 use crate::groups::record::{self as groups, OffsetRecord};
 use crate::raft::types::ControllerCommand;
 use crate::storage::CF_META;
@@ -145,10 +143,9 @@ impl Catalog {
         let mut rep = self.global.write();
         let mut keys = Vec::new();
         for (i, m) in moves.iter().enumerate() {
-            let key = groups::offset_key(&m.group, &m.topic, m.partition);
             let Some(mut record) = self
                 .store
-                .get_meta(&key)?
+                .get_meta(&groups::offset_key(&m.group, &m.topic, m.partition))?
                 .and_then(|v| serde_json::from_slice::<OffsetRecord>(&v).ok())
                 .filter(|r| r.offset == m.from)
             else {
@@ -157,18 +154,8 @@ impl Catalog {
             record.offset = m.to;
             record.leader_epoch = -1;
             record.commit_ms = now_ms;
-            wb.put_cf(meta, &key, serde_json::to_vec(&record).expect("serializes"));
-            let value = OffsetValue {
-                offset: m.to,
-                leader_epoch: -1,
-                metadata: record.metadata.clone(),
-                commit_ms: now_ms,
-                topic_id: self
-                    .get(&m.topic)
-                    .map(|t| bytes::Bytes::copy_from_slice(t.id().as_bytes()))
-                    .unwrap_or_default(),
-                committed_in: String::new(),
-            };
+            self.put_offset_record(wb, (&m.group, &m.topic, m.partition), Some(&record));
+            let value = self.offset_value(&m.topic, &record);
             if let Err(e) = rep.commit_offset(&m.group, &m.topic, m.partition, value, wall(now_ms))
             {
                 tracing::warn!(group = m.group, topic = m.topic, partition = m.partition, error = %e, "moved offset not made global");
@@ -211,10 +198,7 @@ impl Catalog {
         name: &str,
         id: &Uuid,
     ) -> Result<(Arc<Topic>, String, (String, u64)), TopicError> {
-        let topic = self
-            .get(name)
-            .filter(|t| t.id() == *id)
-            .ok_or(TopicError::Unknown)?;
+        let topic = self.incarnation(name, id)?;
         let home = self
             .home_of(id)
             .ok_or_else(|| refused(format!("topic {name} has no global home entry")))?;
@@ -278,28 +262,13 @@ impl Catalog {
                 )));
             }
         }
-        Ok(self.put_moving(
-            &topic,
-            Some(HomeMove {
+        Ok(self.put_changed(&topic, wb, |r| {
+            r.moving = Some(HomeMove {
                 to: to.to_string(),
                 epoch,
                 since_ms: now_ms,
-            }),
-            wb,
-        ))
-    }
-
-    fn put_moving(
-        &self,
-        topic: &Topic,
-        moving: Option<HomeMove>,
-        wb: &mut WriteBatch,
-    ) -> PostApply {
-        let mut record = topic.record.clone();
-        record.moving = moving;
-        record.version += 1;
-        self.put_record(wb, &record);
-        PostApply::Install(record)
+            })
+        }))
     }
 
     /// Lifts a fence that has not moved the home yet (`--abort`).
@@ -309,14 +278,11 @@ impl Catalog {
         id: &Uuid,
         wb: &mut WriteBatch,
     ) -> Result<PostApply, TopicError> {
-        let topic = self
-            .get(name)
-            .filter(|t| t.id() == *id)
-            .ok_or(TopicError::Unknown)?;
+        let topic = self.incarnation(name, id)?;
         if topic.record.moving.is_none() {
             return Ok(PostApply::Nothing);
         }
-        Ok(self.put_moving(&topic, None, wb))
+        Ok(self.put_changed(&topic, wb, |r| r.moving = None))
     }
 
     pub(super) fn apply_move_home(
@@ -329,14 +295,13 @@ impl Catalog {
         wb: &mut WriteBatch,
     ) -> Result<PostApply, TopicError> {
         let (topic, here, (home, current)) = self.topic_at_home(name, id)?;
-        let mut record = topic.record.clone();
         if home == to && current >= epoch {
             // Done before (a re-run after a crash).
-            if record.moving.take().is_none() {
+            if topic.record.moving.is_none() {
                 return Ok(PostApply::Nothing);
             }
         } else {
-            match &record.moving {
+            match &topic.record.moving {
                 Some(m) if m.to == to && home == here && current + 1 == epoch => {}
                 Some(m) if m.to != to => {
                     return Err(refused(format!(
@@ -360,15 +325,13 @@ impl Catalog {
             rep.set_home(topic_id(id), &target, epoch, wall(now_ms))
                 .map_err(|e| refused(format!("global home not moved: {e}")))?;
             self.global.save(&self.store, &mut rep, wb);
-            record.moving = None;
             tracing::warn!(topic = name, from = here, to, epoch, "home role moved");
         }
-        let mut configs: BTreeMap<String, String> = record.configs.clone();
-        configs.insert(HOME_REGION.to_string(), to.to_string());
-        configs.insert(MIRROR_SOURCE_TOPIC_ID.to_string(), id.to_string());
-        record.configs = Self::validate_configs(&configs)?;
-        record.version += 1;
-        self.put_record(wb, &record);
-        Ok(PostApply::Install(record))
+        let configs =
+            Self::validate_configs(&mirror_configs(topic.record.configs.clone(), to, id))?;
+        Ok(self.put_changed(&topic, wb, |r| {
+            r.moving = None;
+            r.configs = configs;
+        }))
     }
 }

@@ -74,6 +74,18 @@ pub(super) fn mirrored_in(
     }
 }
 
+/// A topic's configs as a mirror of `home` holds them: the home region,
+/// and which home topic (by id) it copies.
+pub(super) fn mirror_configs(
+    mut configs: BTreeMap<String, String>,
+    home: &str,
+    id: &Uuid,
+) -> BTreeMap<String, String> {
+    configs.insert(HOME_REGION.to_string(), home.to_string());
+    configs.insert(MIRROR_SOURCE_TOPIC_ID.to_string(), id.to_string());
+    configs
+}
+
 impl Catalog {
     fn is_home_here(&self, record: &TopicRecord) -> bool {
         record
@@ -217,22 +229,43 @@ impl Catalog {
             if r.offset < 0 {
                 continue;
             }
-            let v = OffsetValue {
-                offset: r.offset,
-                leader_epoch: r.leader_epoch,
-                metadata: r.metadata.clone(),
-                commit_ms: r.commit_ms,
-                topic_id: self
-                    .get(t)
-                    .map(|tp| bytes::Bytes::copy_from_slice(tp.record.id.as_bytes()))
-                    .unwrap_or_default(),
-                committed_in: String::new(),
-            };
+            let v = self.offset_value(t, r);
             if let Err(e) = rep.commit_offset(group, t, *p, v, wall(r.commit_ms)) {
                 tracing::warn!(group, topic = %t, partition = p, error = %e, "committed offset not made global");
             }
         }
         self.global.save(&self.store, &mut rep, wb);
+    }
+
+    /// A regional offset record as a global entry's value, naming the
+    /// topic's id (so a renamed topic's offsets can be told apart).
+    pub(super) fn offset_value(&self, topic: &str, r: &OffsetRecord) -> OffsetValue {
+        OffsetValue {
+            offset: r.offset,
+            leader_epoch: r.leader_epoch,
+            metadata: r.metadata.clone(),
+            commit_ms: r.commit_ms,
+            topic_id: self
+                .get(topic)
+                .map(|t| bytes::Bytes::copy_from_slice(t.id().as_bytes()))
+                .unwrap_or_default(),
+            committed_in: String::new(),
+        }
+    }
+
+    /// Writes (or with `None` deletes) a group's regional offset record.
+    pub(super) fn put_offset_record(
+        &self,
+        wb: &mut WriteBatch,
+        (group, topic, partition): (&str, &str, i32),
+        record: Option<&OffsetRecord>,
+    ) {
+        let key = groups::offset_key(group, topic, partition);
+        let meta = self.store.cf(CF_META);
+        match record {
+            Some(r) => wb.put_cf(meta, key, serde_json::to_vec(r).expect("serializes")),
+            None => wb.delete_cf(meta, key),
+        }
     }
 
     /// OffsetDelete and DeleteGroups: the offsets go everywhere.
@@ -339,7 +372,6 @@ impl Catalog {
                 _ => {}
             }
         }
-        let meta = self.store.cf(CF_META);
         for fx in &report.effects {
             match fx {
                 Effect::RenameTopic { id, .. } if !topics.contains(id) => topics.push(*id),
@@ -350,21 +382,11 @@ impl Catalog {
                     partition,
                     value,
                 } => {
-                    let key = groups::offset_key(group, topic, *partition);
-                    match value {
-                        Some(v) => wb.put_cf(
-                            meta,
-                            key,
-                            serde_json::to_vec(&OffsetRecord {
-                                offset: v.offset,
-                                leader_epoch: v.leader_epoch,
-                                metadata: v.metadata.clone(),
-                                commit_ms: v.commit_ms,
-                            })
-                            .expect("serializes"),
-                        ),
-                        None => wb.delete_cf(meta, key),
-                    }
+                    self.put_offset_record(
+                        wb,
+                        (group, topic, *partition),
+                        value.as_ref().map(OffsetRecord::from).as_ref(),
+                    );
                     offsets.push((group.clone(), topic.clone(), *partition));
                 }
                 _ => {}
@@ -431,14 +453,8 @@ impl Catalog {
             })
             .filter(|(.., v)| v.topic_id.as_ref() == id.as_bytes())
             .collect();
-        let meta = self.store.cf(CF_META);
         for (group, partition, v) in moving {
-            let record = OffsetRecord {
-                offset: v.offset,
-                leader_epoch: v.leader_epoch,
-                metadata: v.metadata.clone(),
-                commit_ms: v.commit_ms,
-            };
+            let record = OffsetRecord::from(&v);
             let moved = rep
                 .commit_offset(&group, to, partition, v, wall_ms)
                 .and_then(|_| rep.delete_offset(&group, from, partition, wall_ms));
@@ -454,12 +470,8 @@ impl Catalog {
                 offset = record.offset,
                 "committed offset moved with its renamed topic"
             );
-            wb.put_cf(
-                meta,
-                groups::offset_key(&group, to, partition),
-                serde_json::to_vec(&record).expect("serializes"),
-            );
-            wb.delete_cf(meta, groups::offset_key(&group, from, partition));
+            self.put_offset_record(wb, (&group, to, partition), Some(&record));
+            self.put_offset_record(wb, (&group, from, partition), None);
             touched.push((group.clone(), to.to_string(), partition));
             touched.push((group, from.to_string(), partition));
         }
@@ -509,11 +521,11 @@ impl Catalog {
         let here = self.global.region();
         let regions: Vec<RegionId> = rep.regions().cloned().collect();
         let is_home = home.home == here.as_str();
-        let mut configs = def.configs.clone();
-        if !is_home {
-            configs.insert(HOME_REGION.to_string(), home.home.clone());
-            configs.insert(MIRROR_SOURCE_TOPIC_ID.to_string(), uuid.to_string());
-        }
+        let configs = if is_home {
+            def.configs.clone()
+        } else {
+            mirror_configs(def.configs.clone(), &home.home, &uuid)
+        };
         let configs = Self::validate_configs(&configs)?;
         let Some(topic) = local else {
             if !mirrored_in(&def, &home.home, here, &regions) {

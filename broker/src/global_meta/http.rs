@@ -364,10 +364,10 @@ pub async fn status(State(ctx): Ctx) -> Response {
     .into_response()
 }
 
-/// Prometheus gauges of the replica, rendered with the broker's metrics.
 /// How stale `chronik_meta_offsets_beyond_log_end` may be.
 const BEYOND_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Prometheus gauges of the replica, rendered with the broker's metrics.
 pub fn record_metrics(ctx: &BrokerCtx) {
     // Counting offsets beyond the log end walks every committed offset:
     // done at most every BEYOND_EVERY, not on every scrape.

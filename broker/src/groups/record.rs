@@ -77,6 +77,18 @@ pub struct OffsetRecord {
     pub commit_ms: i64,
 }
 
+impl From<&chronik_metadata_sync::OffsetValue> for OffsetRecord {
+    /// A global committed offset as this region's record of it.
+    fn from(v: &chronik_metadata_sync::OffsetValue) -> OffsetRecord {
+        OffsetRecord {
+            offset: v.offset,
+            leader_epoch: v.leader_epoch,
+            metadata: v.metadata.clone(),
+            commit_ms: v.commit_ms,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

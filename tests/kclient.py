@@ -206,9 +206,13 @@ def consume(bootstrap: str, topic: str, partition: int = 0, start: int = OFFSET_
     return out
 
 
-# Errors a client retries after refreshing metadata: the partition's leader is moving.
+# Errors a client retries after refreshing metadata: the partition's leader is moving, or
+# the broker asked has not yet learnt of a topic another broker of the region already lists
+# (metadata reaches a region's brokers one after another, as in Kafka; the Java client
+# retries UNKNOWN_TOPIC_OR_PARTITION too).
 _LEADERSHIP_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                      KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH}
+                      KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
+                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
 
 
 def watermarks(bootstrap: str, topic: str, partition: int = 0, timeout: float = 10.0) -> tuple[int, int]:

@@ -120,6 +120,7 @@ class DcLink(Chronik):
         self.stdout_path = Path(log_path)
         self.binary = Path(binary) if binary else chronik_bin()
         self.env = None
+        self.command = "dc-link"
 
     def toml(self) -> str:  # the config is written by Regions
         return self.config_path.read_text()
@@ -133,7 +134,7 @@ class DcLink(Chronik):
         env.setdefault("RUST_BACKTRACE", "1")
         if self.env:
             env.update(self.env)
-        self._spawn([str(self.binary), "dc-link", "--config", str(self.config_path)],
+        self._spawn([str(self.binary), self.command, "--config", str(self.config_path)],
                     cwd=self.config_path.parent, log_path=self.stdout_path, env=env)
         return self
 
@@ -283,16 +284,20 @@ def _dump_diff(a: bytes, b: bytes) -> str:
 
 class Regions:
     """Regions(base_dir, names=("us-east", "eu-west"), brokers=3, wan=None, cross_dc=None,
-    faults=None, cluster_opts=None).
+    faults=None, cluster_opts=None, witness=False, lease=None).
 
     wan:      initial impairment of every region's wan-sim (dict of IMPAIRMENT_FIELDS).
     cross_dc: keys of the topology's [cross_dc] section.
     faults:   {region: {"corrupt_frame_every": N}}, that region's dc-link [faults].
+    witness:  also run `chronik witness` (a lease voter holding no data), dialled directly.
+    lease:    keys of the topology's [lease] section.
     """
+
+    WITNESS = "witness"
 
     def __init__(self, base_dir, names=DEFAULT_NAMES, brokers: int = 3, wan: dict | None = None,
                  cross_dc: dict | None = None, faults: dict | None = None, cluster_opts: dict | None = None,
-                 binary: Path | None = None) -> None:
+                 binary: Path | None = None, witness: bool = False, lease: dict | None = None) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.names = list(names)
@@ -324,6 +329,13 @@ class Regions:
                       self.binary)
             for r in self.names
         }
+        self.lease = dict(lease or {})
+        self.witness: DcLink | None = None
+        self.witness_addr = (LOOPBACK, free_udp_port())
+        if witness:
+            self.witness = DcLink(self.WITNESS, self.base_dir / "witness.toml", free_port(),
+                                  self.base_dir / "witness.log", self.binary, name="witness")
+            self.witness.command = "witness"
         self.extra: list[ManagedProcess] = []  # processes a test adds (listed in .started, stopped by stop())
         self._started = False
 
@@ -347,6 +359,8 @@ class Regions:
             procs.extend(self.clusters[r].nodes.values())
         procs.extend(self.wansims.values())
         procs.extend(self.dclinks.values())
+        if self.witness:
+            procs.append(self.witness)
         procs.extend(self.extra)
         return procs
 
@@ -391,9 +405,19 @@ class Regions:
         out = ""
         if self.cross_dc:
             out += "[cross_dc]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in self.cross_dc.items()) + "\n"
+        if self.lease:
+            out += "[lease]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in self.lease.items()) + "\n"
         out += f"[tls]\nca = {toml_value(str(ca or self.certs_dir / 'ca.pem'))}\n\n"
         for r in regions or self.names:
             out += ((entries or {}).get(r) or self.region_entry(r)) + "\n"
+        if self.witness:
+            certs = self.certs_dir
+            host, port = self.witness_addr
+            out += ("[witness]\n"
+                    f"name = {toml_value(self.WITNESS)}\n"
+                    f"address = {toml_value(f'{host}:{port}')}\n"
+                    f"cert = {toml_value(str(certs / f'{self.WITNESS}.pem'))}\n"
+                    f"key = {toml_value(str(certs / f'{self.WITNESS}.key'))}\n")
         return out
 
     def dclink_toml(self, region: str, topology: Path | None = None, listen: tuple[str, int] | None = None,
@@ -424,7 +448,7 @@ class Regions:
         self._started = True
         try:
             if not (self.certs_dir / "ca.pem").exists():
-                certs_init(self.binary, self.certs_dir, self.names)
+                certs_init(self.binary, self.certs_dir, self.names + ([self.WITNESS] if self.witness else []))
             # Start the regions side by side: each waits for its own Raft quorum.
             errors: list = []
 
@@ -451,11 +475,18 @@ class Regions:
             for r in self.names:
                 self.wansims[r].wait_ready(max(1.0, deadline - time.monotonic()))
                 self.wansims[r].set(**self.wan_initial)
+            if self.witness:
+                self.witness.config_path.write_text(
+                    f"topology = {toml_value(str(self.topology_path))}\n"
+                    f"admin = {toml_value(f'{LOOPBACK}:{self.witness.admin_port}')}\n")
+                self.witness.launch()
             for r in self.names:
                 self.dclinks[r].config_path.write_text(self.dclink_toml(r))
                 self.dclinks[r].launch()
             for r in self.names:
                 self.dclinks[r].wait_ready(max(1.0, deadline - time.monotonic()))
+            if self.witness:
+                self.witness.wait_ready(max(1.0, deadline - time.monotonic()))
             if not self.wan_initial.get("blackhole"):
                 self.wait_links_connected(max(5.0, deadline - time.monotonic()))
         except BaseException:
@@ -465,7 +496,8 @@ class Regions:
 
     def stop(self) -> None:
         try:
-            stop_all(list(self.dclinks.values()) + list(self.wansims.values()) + list(self.extra), timeout=10)
+            stop_all(list(self.dclinks.values()) + list(self.wansims.values()) + list(self.extra)
+                     + ([self.witness] if self.witness else []), timeout=10)
         finally:
             nodes = [n for c in self.clusters.values() for n in c.nodes.values()]
             try:

@@ -971,6 +971,13 @@ impl Catalog {
                 epoch,
                 now_ms,
             } => self.apply_move_home(name, id, to, *epoch, *now_ms, wb),
+            ControllerCommand::TakeHome {
+                name,
+                id,
+                from,
+                epoch,
+                now_ms,
+            } => self.apply_take_home(name, id, from, *epoch, *now_ms, wb),
             ControllerCommand::DeleteTopic { name, now_ms, id } => {
                 let topic = self
                     .get(name)

@@ -4,7 +4,11 @@
 //!   and each partition replica on this broker (role, leader, log end);
 //! - `POST /v1/home/{topic}/fence?to=R&epoch=E`: stop writes for a move;
 //! - `POST /v1/home/{topic}/unfence`: lift a fence before the move;
-//! - `POST /v1/home/{topic}/move?to=R&epoch=E`: give the home to R.
+//! - `POST /v1/home/{topic}/move?to=R&epoch=E`: give the home to R;
+//! - `POST /v1/home/{topic}/take?from=R&epoch=E`: take the home from a lost
+//!   region R (failover), once the lease voters agreed;
+//! - `GET /v1/lease/clock`, `POST /v1/lease`, `GET /v1/lease`: the region's
+//!   home lease as its dc-link pushes it (see `crate::lease_gate`).
 //!
 //! Errors are JSON `{"error": ...}`: 404 unknown topic, 409 a refusal by the
 //! controller (the same on every broker), 503 the controller unreachable.
@@ -30,6 +34,9 @@ pub fn router(ctx: Arc<BrokerCtx>) -> Router {
         .route("/v1/home/{topic}/fence", post(fence))
         .route("/v1/home/{topic}/unfence", post(unfence))
         .route("/v1/home/{topic}/move", post(move_home))
+        .route("/v1/home/{topic}/take", post(take_home))
+        .route("/v1/lease/clock", get(lease_clock))
+        .route("/v1/lease", get(lease_state).post(lease_push))
         .with_state(ctx)
 }
 
@@ -120,5 +127,36 @@ async fn move_home(State(ctx): Ctx, Path(topic): Path<String>, RawQuery(q): RawQ
     match ctx.catalog.move_home(&topic, &to, epoch).await {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => topic_error(e),
+    }
+}
+
+async fn take_home(State(ctx): Ctx, Path(topic): Path<String>, RawQuery(q): RawQuery) -> Response {
+    let from = query_param(q.as_deref(), "from").filter(|t| !t.is_empty());
+    let epoch = query_param(q.as_deref(), "epoch").and_then(|e| e.parse::<u64>().ok());
+    let (Some(from), Some(epoch)) = (from, epoch) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "from=<region> and epoch=<new home epoch> are required",
+        );
+    };
+    match ctx.catalog.take_home(&topic, from, epoch).await {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(e) => topic_error(e),
+    }
+}
+
+async fn lease_clock(State(ctx): Ctx) -> Response {
+    let (boot, now_ms) = ctx.lease.clock();
+    Json(json!({"boot": boot, "now_ms": now_ms})).into_response()
+}
+
+async fn lease_state(State(ctx): Ctx) -> Response {
+    Json(ctx.lease.report()).into_response()
+}
+
+async fn lease_push(State(ctx): Ctx, Json(p): Json<crate::lease_gate::Push>) -> Response {
+    match ctx.lease.push(p) {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(e) => error(StatusCode::CONFLICT, e),
     }
 }

@@ -11,6 +11,7 @@ pub mod groups;
 mod handlers;
 mod home_http;
 pub mod home_role;
+pub mod lease_gate;
 pub mod log;
 pub mod raft;
 mod role_keeper;

@@ -49,6 +49,11 @@ pub struct PartitionRecord {
     /// its topic first moves (see [`crate::home_role`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<Role>,
+    /// The log end when a `SetRole` entry last made this copy the home:
+    /// everything below it was written by an earlier home and is
+    /// committed here (a `global_quorum` high watermark starts there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_since: Option<i64>,
 }
 
 impl Default for PartitionRecord {
@@ -59,6 +64,7 @@ impl Default for PartitionRecord {
             epoch_base: 0,
             own_latest: Some(false),
             role: None,
+            home_since: None,
         }
     }
 }
@@ -144,6 +150,8 @@ struct LogState {
     own_latest: bool,
     /// See [`PartitionRecord::role`].
     role: Option<Role>,
+    /// See [`PartitionRecord::home_since`].
+    home_since: Option<i64>,
     producers: ProducerStates,
     size_bytes: u64,
 }
@@ -156,6 +164,7 @@ impl LogState {
             epoch_base: self.epoch_base,
             own_latest: Some(self.own_latest),
             role: self.role,
+            home_since: self.home_since,
         }
     }
 }
@@ -366,6 +375,7 @@ impl PartitionLog {
                 epoch_base: rec.epoch_base,
                 own_latest: rec.own_latest.unwrap_or(true),
                 role: rec.role,
+                home_since: rec.home_since,
                 producers,
                 size_bytes,
             },
@@ -735,7 +745,8 @@ impl PartitionLog {
         if !wait_for_mirrors {
             return hw;
         }
-        let floor = self.log_start_offset();
+        // What an earlier home wrote is committed here already.
+        let floor = self.log_start_offset().max(self.home_since());
         hw.min(self.mirrored_through().unwrap_or(floor).max(floor))
     }
 
@@ -931,6 +942,11 @@ impl PartitionLog {
         Ok((new_start > self.log_start_offset()).then_some(new_start))
     }
 
+    /// The log end when this copy last became the home (0: never).
+    pub fn home_since(&self) -> i64 {
+        self.state.lock().unwrap().home_since.unwrap_or(0)
+    }
+
     /// The home role this copy's log gave it (`None`: never moved).
     pub fn role(&self) -> Option<Role> {
         let v = self.role_copy.load(Ordering::Acquire);
@@ -949,6 +965,9 @@ impl PartitionLog {
         }
         let role = home_role::apply(st.role, next)?;
         if st.role != Some(role) {
+            if role.home && !st.role.is_some_and(|r| r.home) {
+                st.home_since = Some(st.next_offset);
+            }
             st.role = Some(role);
             self.role_copy
                 .store(encode_role(st.role), Ordering::Release);

@@ -96,6 +96,8 @@ pub struct BrokerCtx {
     pub groups: Arc<crate::groups::Coordinator>,
     pub cluster_id: String,
     pub producer_ids: ProducerIdAllocator,
+    /// The region's home-role lease, as its dc-link last reported it.
+    pub lease: crate::lease_gate::LeaseGate,
     ready: AtomicBool,
 }
 
@@ -235,6 +237,7 @@ impl Broker {
             store.clone(),
             crate::groups::GroupSettings::from_config(&config.groups),
         );
+        let lease = crate::lease_gate::LeaseGate::open(&config.region, &config.data_dir);
         let ctx = Arc::new(BrokerCtx {
             config,
             store,
@@ -243,6 +246,7 @@ impl Broker {
             groups,
             cluster_id,
             producer_ids,
+            lease,
             ready: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);

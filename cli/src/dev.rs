@@ -28,6 +28,11 @@ pub struct DevArgs {
     /// Kafka port of the first broker; others follow it.
     #[arg(long, default_value_t = 9092)]
     base_port: u16,
+    /// Also run a witness (a home-lease voter holding no data), so that two
+    /// regions still have a majority when one of them is lost. Its QUIC and
+    /// admin ports sit 80 and 81 above --base-port.
+    #[arg(long)]
+    witness: bool,
     /// Seconds to wait for every broker to become ready.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
@@ -65,9 +70,29 @@ struct DevRegion {
 }
 
 #[derive(Serialize)]
+struct DevWitness {
+    name: String,
+    quic: String,
+    admin: String,
+    pid: u32,
+    config: PathBuf,
+}
+
+#[derive(Serialize)]
 struct DevJson {
     regions: Vec<DevRegion>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    witness: Option<DevWitness>,
 }
+
+/// The witness `chronik dev --witness` runs.
+struct PlannedWitness {
+    quic: SocketAddr,
+    admin: SocketAddr,
+    config_path: PathBuf,
+}
+
+const WITNESS_NAME: &str = "witness";
 
 struct Planned {
     region: usize,
@@ -88,15 +113,19 @@ fn plan_dc_links(
     args: &DevArgs,
     root: &Path,
     brokers: &[Planned],
-) -> Result<Vec<PlannedLink>, String> {
-    use chronik_topology::{CrossDc, DcLinkConfig, Faults, Region, Tls, Topology};
+) -> Result<(Vec<PlannedLink>, Option<PlannedWitness>), String> {
+    use chronik_topology::{
+        CrossDc, DcLinkConfig, Faults, Lease, Region, Tls, Topology, Witness, WitnessConfig,
+    };
     let names: Vec<String> = REGION_NAMES[..args.regions as usize]
         .iter()
         .map(|s| s.to_string())
         .collect();
     let certs = root.join("certs");
-    if !certs.join("ca.pem").exists() {
-        chronik_dc_link::tls::init_dev_certs(&certs, &names).map_err(|e| e.to_string())?;
+    let mut cert_names = names.clone();
+    cert_names.push(WITNESS_NAME.to_string());
+    if !certs.join("ca.pem").exists() || !certs.join(format!("{WITNESS_NAME}.pem")).exists() {
+        chronik_dc_link::tls::init_dev_certs(&certs, &cert_names).map_err(|e| e.to_string())?;
     }
     let mut regions = Vec::new();
     let mut links = Vec::new();
@@ -132,6 +161,7 @@ fn plan_dc_links(
             listen: None,
             admin,
             faults: Faults::default(),
+            state_dir: None,
         };
         std::fs::write(&config_path, toml::to_string(&cfg).expect("serializes"))
             .map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -142,17 +172,53 @@ fn plan_dc_links(
             config_path,
         });
     }
+    let mut witness = None;
+    let mut witness_section = None;
+    if args.witness {
+        let at = |off: u16| -> Result<SocketAddr, String> {
+            let port = args
+                .base_port
+                .checked_add(off)
+                .ok_or_else(|| format!("port {} + {off} out of range", args.base_port))?;
+            Ok(format!("127.0.0.1:{port}").parse().expect("valid"))
+        };
+        let (quic, admin) = (at(80)?, at(81)?);
+        let dir = root.join(WITNESS_NAME);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let config_path = dir.join("witness.toml");
+        let cfg = WitnessConfig {
+            topology: root.join("topology.toml"),
+            admin,
+            listen: None,
+            state_dir: None,
+        };
+        std::fs::write(&config_path, toml::to_string(&cfg).expect("serializes"))
+            .map_err(|e| format!("{}: {e}", config_path.display()))?;
+        witness_section = Some(Witness {
+            name: WITNESS_NAME.to_string(),
+            address: quic.to_string(),
+            cert: certs.join(format!("{WITNESS_NAME}.pem")),
+            key: certs.join(format!("{WITNESS_NAME}.key")),
+        });
+        witness = Some(PlannedWitness {
+            quic,
+            admin,
+            config_path,
+        });
+    }
     let topo = Topology {
         cross_dc: CrossDc::default(),
+        lease: Lease::default(),
         tls: Tls {
             ca: certs.join("ca.pem"),
         },
         regions,
+        witness: witness_section,
     };
     let path = root.join("topology.toml");
     std::fs::write(&path, toml::to_string(&topo).expect("serializes"))
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(links)
+    Ok((links, witness))
 }
 
 fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
@@ -353,16 +419,25 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
         children.push((child, format!("broker-{}", p.config.node_id)));
     }
 
-    let links = if args.regions > 1 {
+    if args.witness && args.regions < 2 {
+        stop_all(&mut children).await;
+        return Err("--witness needs --regions 2 or more".into());
+    }
+    let (links, witness) = if args.regions > 1 {
         plan_dc_links(&args, &root, &planned)?
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     let brokers_started = children.len();
     for l in &links {
         let child = spawn_logged(&exe, "dc-link", &l.config_path)
             .map_err(|e| format!("starting the dc-link of {}: {e}", l.region))?;
         children.push((child, format!("dc-link-{}", l.region)));
+    }
+    if let Some(w) = &witness {
+        let child = spawn_logged(&exe, "witness", &w.config_path)
+            .map_err(|e| format!("starting the witness: {e}"))?;
+        children.push((child, "witness".to_string()));
     }
 
     // Brokers first (a dc-link is ready only once it reached its brokers).
@@ -381,6 +456,13 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
                 l.admin,
                 format!("the dc-link of {}", l.region),
                 l.config_path.with_extension("log"),
+            )
+        }))
+        .chain(witness.iter().map(|w| {
+            (
+                w.admin,
+                "the witness".to_string(),
+                w.config_path.with_extension("log"),
             )
         }));
     for (i, (admin, what, log)) in waits.enumerate() {
@@ -428,7 +510,14 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
             });
         }
     }
-    let dev = DevJson { regions };
+    let witness = witness.map(|w| DevWitness {
+        name: WITNESS_NAME.to_string(),
+        quic: w.quic.to_string(),
+        admin: format!("http://{}", w.admin),
+        pid: children[brokers_started + links.len()].0.id().unwrap_or(0),
+        config: w.config_path,
+    });
+    let dev = DevJson { regions, witness };
     let json = serde_json::to_vec_pretty(&dev).expect("dev.json serializes");
     let dev_path = root.join("dev.json");
     write_atomically(&dev_path, &json).map_err(|e| format!("{}: {e}", dev_path.display()))?;
@@ -440,6 +529,9 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
                 r.name, l.quic, l.admin
             );
         }
+    }
+    if let Some(w) = &dev.witness {
+        println!("witness {}: quic {} admin {}", w.name, w.quic, w.admin);
     }
     println!("wrote {}; press Ctrl-C to stop", dev_path.display());
 

@@ -44,6 +44,12 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run the witness: a home-lease voter that holds no data, so that two
+    /// regions still have a majority when one is lost.
+    Witness {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Certificates for dc-link mutual TLS.
     Certs {
         #[command(subcommand)]
@@ -101,6 +107,10 @@ enum CtlCommand {
     /// Planned move of topics' home role to another region, with zero loss:
     /// fence writes, drain the mirror, move the fencing epoch, promote.
     Switchover(switchover::Args),
+    /// Unplanned move of topics' home role when the home region is down or
+    /// cut off: report the data at risk, wait for the home's lease to
+    /// expire, promote.
+    Failover(failover::Args),
 }
 
 #[derive(Subcommand)]
@@ -157,6 +167,10 @@ fn main() -> ExitCode {
             init_tracing();
             dev::run(args)
         }
+        Command::Witness { config } => {
+            init_tracing();
+            run_witness(&config)
+        }
         Command::DcLink { config } => {
             init_tracing();
             run_dc_link(&config)
@@ -200,6 +214,9 @@ fn main() -> ExitCode {
         Command::Ctl {
             command: CtlCommand::Switchover(args),
         } => switchover::run(args),
+        Command::Ctl {
+            command: CtlCommand::Failover(args),
+        } => failover::run(args),
         Command::WanSim(args) => {
             init_tracing();
             chronik_wan_sim::run(args)
@@ -316,6 +333,31 @@ fn run_dc_link(config: &std::path::Path) -> ExitCode {
     })
 }
 
+fn run_witness(config: &std::path::Path) -> ExitCode {
+    let (cfg, topo) = match chronik_topology::WitnessConfig::load(config) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        match chronik_dc_link::witness::run(cfg, topo, wait_for_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "witness failed");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+mod failover;
 mod meta_cli;
 mod switchover;
 

@@ -10,7 +10,7 @@
 //! running the command again, and `--abort` lifts a fence that has not
 //! moved the home yet.
 
-mod plan;
+pub(crate) mod plan;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -54,12 +54,22 @@ pub struct Args {
 }
 
 /// Broker admin addresses by region.
-type Deployment = BTreeMap<String, Vec<String>>;
+pub(crate) type Deployment = BTreeMap<String, Vec<String>>;
 
 async fn deployment(args: &Args) -> Result<Deployment, String> {
+    find_deployment(&args.brokers, args.topology.as_deref(), &args.dev_dir).await
+}
+
+/// The deployment from explicit broker addresses, a topology file, or a
+/// `chronik dev` directory, in that order.
+pub(crate) async fn find_deployment(
+    brokers: &[String],
+    topology: Option<&std::path::Path>,
+    dev_dir: &std::path::Path,
+) -> Result<Deployment, String> {
     let mut out = Deployment::new();
-    if !args.brokers.is_empty() {
-        for b in &args.brokers {
+    if !brokers.is_empty() {
+        for b in brokers {
             let c: Value = get_json(b, "/v1/cluster")
                 .await
                 .map_err(|e| format!("broker {b}: {e}"))?;
@@ -70,14 +80,14 @@ async fn deployment(args: &Args) -> Result<Deployment, String> {
         }
         return Ok(out);
     }
-    if let Some(path) = &args.topology {
+    if let Some(path) = topology {
         let topo = chronik_topology::Topology::load(path).map_err(|e| e.to_string())?;
         for r in topo.regions {
             out.insert(r.name, r.brokers_admin);
         }
         return Ok(out);
     }
-    let dev = crate::meta_cli::dev_json(&args.dev_dir)?;
+    let dev = crate::meta_cli::dev_json(dev_dir)?;
     for r in dev["regions"].as_array().into_iter().flatten() {
         let name = r["name"].as_str().unwrap_or_default().to_string();
         let brokers = r["brokers"]
@@ -92,7 +102,7 @@ async fn deployment(args: &Args) -> Result<Deployment, String> {
 }
 
 /// The message of a broker's JSON error answer, or the whole error.
-fn reason(e: &HttpError) -> String {
+pub(crate) fn reason(e: &HttpError) -> String {
     if let HttpError::Status { body, .. } = e {
         if let Some(m) = serde_json::from_str::<Value>(body)
             .ok()
@@ -106,7 +116,7 @@ fn reason(e: &HttpError) -> String {
 
 /// What the region's brokers report about the topic; `None` if it has no
 /// copy there (or no broker answered).
-async fn observe_region(brokers: &[String], topic: &str) -> Option<RegionView> {
+pub(crate) async fn observe_region(brokers: &[String], topic: &str) -> Option<RegionView> {
     let path = format!("/v1/home/{}", encode_segment(topic));
     let mut view: Option<RegionView> = None;
     for b in brokers {
@@ -160,7 +170,7 @@ async fn observe(dep: &Deployment, topic: &str) -> BTreeMap<String, Option<Regio
 }
 
 /// POSTs to the first broker of `region` that answers.
-async fn post_region(dep: &Deployment, region: &str, path: &str) -> Result<(), String> {
+pub(crate) async fn post_region(dep: &Deployment, region: &str, path: &str) -> Result<(), String> {
     let mut last = format!("no broker address for region {region}");
     for b in dep.get(region).into_iter().flatten() {
         match post_json::<Value>(b, path).await {
@@ -173,14 +183,22 @@ async fn post_region(dep: &Deployment, region: &str, path: &str) -> Result<(), S
 }
 
 /// Progress lines on stderr, each step once (and a drain's lag now and then).
-struct Progress {
+pub(crate) struct Progress {
     topic: String,
     last: String,
     printed: Instant,
 }
 
 impl Progress {
-    fn say(&mut self, line: String, repeat_every: Option<Duration>) {
+    pub(crate) fn new(topic: &str) -> Progress {
+        Progress {
+            topic: topic.to_string(),
+            last: String::new(),
+            printed: Instant::now(),
+        }
+    }
+
+    pub(crate) fn say(&mut self, line: String, repeat_every: Option<Duration>) {
         let again = repeat_every.is_some_and(|d| self.printed.elapsed() >= d);
         if line != self.last || again {
             eprintln!("{}: {line}", self.topic);
@@ -334,7 +352,7 @@ async fn abort_one(dep: &Deployment, topic: &str) -> Result<Value, String> {
 }
 
 /// `--all`: the topics with a copy in `to` that are homed elsewhere.
-async fn all_topics(dep: &Deployment, to: &str) -> Result<Vec<String>, String> {
+pub(crate) async fn all_topics(dep: &Deployment, to: &str) -> Result<Vec<String>, String> {
     let brokers = dep.get(to).ok_or_else(|| format!("unknown region {to}"))?;
     let mut last = String::from("no broker address");
     for b in brokers {

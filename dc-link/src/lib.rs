@@ -13,11 +13,13 @@ pub mod drain;
 pub mod health;
 pub mod kafka;
 pub mod lag;
+pub mod lease_link;
 pub mod meta_sync;
 pub mod proto;
 mod receiver;
 mod sender;
 pub mod tls;
+pub mod witness;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -51,6 +53,10 @@ pub enum DcLinkError {
     },
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error("lease state: {0}")]
+    LeaseState(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub fn now_ms() -> i64 {
@@ -190,6 +196,10 @@ pub struct Shared {
     /// Discovery rounds started, and the deleting home topics seen in them.
     rounds: std::sync::atomic::AtomicU64,
     draining: Mutex<drain::Tracker>,
+    /// This region's vote in the home-role lease.
+    voter: Arc<lease_link::Voter>,
+    /// This region's holder side of the lease (set once started).
+    lease: std::sync::OnceLock<Arc<lease_link::LeaseClient>>,
 }
 
 impl Shared {
@@ -393,6 +403,23 @@ impl Shared {
             .or_insert((hw, Instant::now(), 0));
         e.0 = e.0.max(hw);
         e.1 = Instant::now();
+    }
+
+    /// Sending side: the home high watermarks of every partition mirrored
+    /// to `peer`, as last read.
+    fn home_watermarks_for(&self, peer: &str) -> Vec<proto::Watermark> {
+        let link = format!("{}->{peer}", self.region);
+        self.lag
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((l, _, _), lag)| *l == link && lag.source_high_watermark > 0)
+            .map(|((_, t, p), lag)| proto::Watermark {
+                topic: t.clone(),
+                partition: *p,
+                high_watermark: lag.source_high_watermark,
+            })
+            .collect()
     }
 
     /// Receiving side: the mirror partition's durable end.
@@ -795,6 +822,14 @@ pub async fn run(
             addr: cfg.admin,
             source,
         })?;
+    let state_dir = cfg
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| std::path::PathBuf::from("lease-state"));
+    let voter = Arc::new(
+        lease_link::Voter::open(&cfg.region, lease_link::lease_config(&topo), &state_dir)
+            .map_err(DcLinkError::LeaseState)?,
+    );
     let shared = Arc::new(Shared {
         region: cfg.region.clone(),
         topology: topo.clone(),
@@ -816,10 +851,14 @@ pub async fn run(
         received: Default::default(),
         rounds: Default::default(),
         draining: Default::default(),
+        voter,
+        lease: Default::default(),
     });
     tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, "dc-link started");
 
     let mut tasks = tokio::task::JoinSet::new();
+    let lease = lease_link::start(shared.clone(), shared.voter.clone(), &mut tasks);
+    let _ = shared.lease.set(lease);
     {
         let shared = shared.clone();
         tasks.spawn(async move {
@@ -866,6 +905,8 @@ pub async fn run(
         .route("/metrics", get(render_metrics))
         .route("/v1/lag", get(lag_json))
         .route("/v1/meta", get(meta_json))
+        .route("/v1/lease", get(lease_json))
+        .route("/v1/promote", axum::routing::post(promote))
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
         .with_state((shared.clone(), metrics));
@@ -885,6 +926,76 @@ type AppState = (Arc<Shared>, PrometheusHandle);
 
 async fn meta_json(State((s, _)): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({"region": s.region, "peers": s.meta_report()}))
+}
+
+async fn lease_json(State((s, _)): State<AppState>) -> impl IntoResponse {
+    let regions: Vec<String> = s.topology.regions.iter().map(|r| r.name.clone()).collect();
+    match s.lease.get() {
+        Some(l) => axum::Json(l.report(&regions)),
+        None => axum::Json(serde_json::json!({"error": "starting"})),
+    }
+}
+
+/// `POST /v1/promote?topic_id=&from=&epoch=`: asks every voter to agree
+/// that the topic's home moves here (a failover). Answers each voter's
+/// reply and whether a majority agreed.
+async fn promote(
+    State((s, _)): State<AppState>,
+    axum::extract::RawQuery(q): axum::extract::RawQuery,
+) -> (StatusCode, axum::Json<serde_json::Value>) {
+    let q = q.unwrap_or_default();
+    let param = |k: &str| {
+        q.split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.to_string())
+    };
+    let bad = |m: &str| {
+        (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"error": m})),
+        )
+    };
+    let Some(topic) = param("topic_id").and_then(|t| t.parse::<uuid::Uuid>().ok()) else {
+        return bad("topic_id=<uuid> is required");
+    };
+    let Some(from) = param("from") else {
+        return bad("from=<region> is required");
+    };
+    let Some(epoch) = param("epoch").and_then(|e| e.parse::<u64>().ok()) else {
+        return bad("epoch=<new home epoch> is required");
+    };
+    if s.topology.region(&from).is_none() || from == s.region {
+        return bad("from must be another region of the topology");
+    }
+    let Some(lease) = s.lease.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({"error": "starting"})),
+        );
+    };
+    match lease.promote(topic, &from, epoch).await {
+        Ok(replies) => {
+            let voters = s.topology.voters().len();
+            let accepted = replies.values().filter(|r| r.accepted).count();
+            let answers: BTreeMap<&String, serde_json::Value> = replies
+                .iter()
+                .map(|(v, r)| {
+                    (v, serde_json::json!({"accepted": r.accepted, "refusal": r.refusal, "retry_after_ms": r.retry_after_ms}))
+                })
+                .collect();
+            (
+                StatusCode::OK,
+                axum::Json(serde_json::json!({
+                    "voters": voters,
+                    "accepted": accepted,
+                    "majority": accepted > voters / 2,
+                    "answers": answers,
+                })),
+            )
+        }
+        Err(e) => bad(&e),
+    }
 }
 
 async fn lag_json(State((s, _)): State<AppState>) -> impl IntoResponse {

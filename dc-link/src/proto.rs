@@ -33,7 +33,10 @@ pub struct Envelope {
     /// Non-zero: this answers the envelope with that id.
     #[prost(uint64, tag = "2")]
     pub reply_to: u64,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20")]
+    #[prost(
+        oneof = "Body",
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 30, 31, 32, 33, 34, 35"
+    )]
     pub body: Option<Body>,
 }
 
@@ -76,6 +79,90 @@ pub enum Body {
     /// (`chronik_metadata_sync::Delta`, encoded).
     #[prost(bytes = "bytes", tag = "20")]
     MetaDelta(Bytes),
+    /// First message of a lease connection (a region's dc-link dialing a
+    /// voter: another region's dc-link or the witness).
+    #[prost(message, tag = "30")]
+    LeaseHello(Hello),
+    /// Holder -> voter: grant me round `round` for these topics.
+    #[prost(message, tag = "31")]
+    Renew(Renew),
+    /// Voter -> holder: the grant, with the holder's topics it promoted
+    /// away.
+    #[prost(message, tag = "32")]
+    Granted(Granted),
+    /// A region -> voter: agree that this topic's home moves to me.
+    #[prost(message, tag = "33")]
+    Promote(Promote),
+    #[prost(message, tag = "34")]
+    PromoteReply(PromoteReply),
+    /// Home -> mirror region, on the lease connection (which no data queues
+    /// ahead of): the home high watermarks, so a mirror knows what it lacks
+    /// even while the data link is backed up.
+    #[prost(message, tag = "35")]
+    Watermarks(Watermarks),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicEpoch {
+    /// The topic id (16 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Renew {
+    #[prost(uint64, tag = "1")]
+    pub round: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub topics: Vec<TopicEpoch>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Granted {
+    #[prost(uint64, tag = "1")]
+    pub round: u64,
+    #[prost(message, repeated, tag = "2")]
+    pub moved: Vec<TopicEpoch>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Promote {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    #[prost(string, tag = "2")]
+    pub from: String,
+    #[prost(uint64, tag = "3")]
+    pub epoch: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PromoteReply {
+    #[prost(bool, tag = "1")]
+    pub accepted: bool,
+    /// Why not, when refused.
+    #[prost(string, tag = "2")]
+    pub refusal: String,
+    /// When refused because the old home's lease is live: for how long.
+    #[prost(uint64, tag = "3")]
+    pub retry_after_ms: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Watermarks {
+    #[prost(message, repeated, tag = "1")]
+    pub partitions: Vec<Watermark>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Watermark {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    #[prost(int64, tag = "3")]
+    pub high_watermark: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -53,12 +53,19 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
         .map_err(|_| "no stream within 10 s".to_string())?
         .map_err(|e| e.to_string())?;
     let mut frames = FrameReader::new(recv);
-    // Hello, then the peer's identity check.
+    // Hello (a data link) or LeaseHello (a holder renewing its lease), then
+    // the peer's identity check.
     let hello = match tokio::time::timeout(Duration::from_secs(10), frames.next()).await {
         Err(_) => return Err("no Hello within 10 s".into()),
         Ok(Err(e)) => return Err(e.to_string()),
         Ok(Ok((env, _))) => match env.body {
             Some(Body::Hello(h)) => h,
+            Some(Body::LeaseHello(h)) => {
+                let voter = shared.voter.clone();
+                let topo = shared.topology.clone();
+                return crate::lease_link::serve(voter, &topo, Some(shared), conn, send, frames, h)
+                    .await;
+            }
             _ => return Err("first message was not Hello".into()),
         },
     };

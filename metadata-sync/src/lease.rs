@@ -172,6 +172,19 @@ impl Acceptor {
     pub fn promotions(&self) -> impl Iterator<Item = &Promotion> {
         self.promoted.values()
     }
+
+    /// For how much longer this acceptor treats `holder`'s lease as live
+    /// (0: expired, or never granted since the restart).
+    pub fn live_for_ms(&self, now_ms: u64, holder: &RegionId) -> u64 {
+        self.live_until
+            .get(holder)
+            .map_or(0, |u| u.saturating_sub(now_ms))
+    }
+
+    /// Whether promotions are refused because of a recent restart.
+    pub fn recovering(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.started_ms) < self.cfg.acceptor_ms()
+    }
 }
 
 /// A round of renewals in flight.
@@ -274,6 +287,12 @@ impl Holder {
     /// Local time the lease is good until (for topics not moved).
     pub fn valid_until_ms(&self) -> u64 {
         self.valid_until_ms
+    }
+
+    /// Topics a majority round reported as promoted elsewhere, with the
+    /// newest epoch reported.
+    pub fn moved(&self) -> impl Iterator<Item = (&TopicId, u64)> {
+        self.moved.iter().map(|(t, e)| (t, *e))
     }
 }
 

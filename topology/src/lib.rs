@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 
 mod regions;
 pub use regions::{
-    Compression, Congestion, CrossDc, DcLinkConfig, Faults, PolicyError, Region, Tls, TopicPolicy,
-    Topology,
+    Compression, Congestion, CrossDc, DcLinkConfig, Faults, Lease, PolicyError, Region, Tls,
+    TopicPolicy, Topology, Witness, WitnessConfig,
 };
 
 /// Default Kafka listener when a broker is started without a config file.

@@ -108,14 +108,54 @@ pub struct Tls {
     pub ca: PathBuf,
 }
 
+/// The optional witness (`chronik witness`): a voter of the home-role
+/// lease that holds no data, so that two data regions still have a
+/// majority when one of them is lost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Witness {
+    /// Its voter name (and certificate name, like a region's).
+    pub name: String,
+    /// Where dc-links dial it (QUIC).
+    pub address: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Timing of the home-role lease (`[lease]`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Lease {
+    /// How long a majority's grant lets a home take writes.
+    pub duration_ms: u64,
+    /// How often the home asks the voters again.
+    pub renew_every_ms: u64,
+    /// The largest relative difference between two voters' clock rates.
+    pub max_drift: f64,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Lease {
+            duration_ms: 5_000,
+            renew_every_ms: 1_000,
+            max_drift: 0.01,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     #[serde(default)]
     pub cross_dc: CrossDc,
+    #[serde(default)]
+    pub lease: Lease,
     pub tls: Tls,
     #[serde(rename = "regions")]
     pub regions: Vec<Region>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub witness: Option<Witness>,
 }
 
 /// A topic's replication policy, resolved from its `chronik.*` configs.
@@ -171,6 +211,10 @@ impl Topology {
             abs(&mut r.cert);
             abs(&mut r.key);
         }
+        if let Some(w) = &mut t.witness {
+            abs(&mut w.cert);
+            abs(&mut w.key);
+        }
         Ok(t)
     }
 
@@ -211,6 +255,56 @@ impl Topology {
         }
         if self.regions.is_empty() {
             return bad("regions".into(), "at least one region is required".into());
+        }
+        let l = &self.lease;
+        if !(1_000..=600_000).contains(&l.duration_ms) {
+            return bad(
+                "lease.duration_ms".into(),
+                format!("must be 1000..=600000, got {}", l.duration_ms),
+            );
+        }
+        if l.renew_every_ms == 0 || l.renew_every_ms * 2 > l.duration_ms {
+            return bad(
+                "lease.renew_every_ms".into(),
+                format!(
+                    "must be > 0 and at most half of lease.duration_ms ({}), got {}",
+                    l.duration_ms, l.renew_every_ms
+                ),
+            );
+        }
+        if !(0.0..0.5).contains(&l.max_drift) {
+            return bad(
+                "lease.max_drift".into(),
+                format!("must be 0 <= max_drift < 0.5, got {}", l.max_drift),
+            );
+        }
+        if let Some(w) = &self.witness {
+            if !valid_region_name(&w.name) {
+                return bad(
+                    "witness.name".into(),
+                    format!(
+                        "{:?}: lowercase letters, digits and '-', starting with a letter",
+                        w.name
+                    ),
+                );
+            }
+            if self.regions.iter().any(|r| r.name == w.name) {
+                return bad(
+                    "witness.name".into(),
+                    format!("{} is also a region's name", w.name),
+                );
+            }
+            if w.address.parse::<SocketAddr>().is_err()
+                || self.regions.iter().any(|r| r.dc_link == w.address)
+            {
+                return bad(
+                    "witness.address".into(),
+                    format!(
+                        "{:?} must be host:port (an IP address) that no dc-link uses",
+                        w.address
+                    ),
+                );
+            }
         }
         let mut names = BTreeSet::new();
         let mut tags: BTreeMap<u16, &str> = BTreeMap::new();
@@ -276,6 +370,32 @@ impl Topology {
         self.regions.iter().find(|r| r.name == name)
     }
 
+    /// The voters of the home-role lease: every region, and the witness.
+    pub fn voters(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.regions.iter().map(|r| r.name.clone()).collect();
+        v.extend(self.witness.iter().map(|w| w.name.clone()));
+        v
+    }
+
+    /// Whether the lease binds: a majority exists only with three voters
+    /// or more. With two regions and no witness a home cut off from the
+    /// other keeps writing, and moving it needs `--force`.
+    pub fn lease_enforced(&self) -> bool {
+        self.voters().len() >= 3
+    }
+
+    /// Where a voter's lease service is dialled (a region's dc-link or the
+    /// witness).
+    pub fn voter_addr(&self, name: &str) -> Option<&str> {
+        if let Some(r) = self.region(name) {
+            return Some(&r.dc_link);
+        }
+        self.witness
+            .as_ref()
+            .filter(|w| w.name == name)
+            .map(|w| w.address.as_str())
+    }
+
     /// Resolves a topic's policy from its configs (`None` values: unset)
     /// for a topic that lives in `local` (where it was created).
     pub fn policy(
@@ -339,6 +459,10 @@ pub struct DcLinkConfig {
     /// Fault injection for tests and drills; all off by default.
     #[serde(default)]
     pub faults: Faults,
+    /// Where this region's lease votes (promotions it agreed to) are kept;
+    /// default: `lease-state/` next to this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -361,9 +485,15 @@ impl DcLinkConfig {
             file: path.to_path_buf(),
             message: describe_toml_error(&e),
         })?;
+        let base = path.parent().unwrap_or(Path::new("."));
         if cfg.topology.is_relative() {
-            cfg.topology = path.parent().unwrap_or(Path::new(".")).join(&cfg.topology);
+            cfg.topology = base.join(&cfg.topology);
         }
+        cfg.state_dir = Some(match cfg.state_dir.take() {
+            Some(d) if d.is_relative() => base.join(d),
+            Some(d) => d,
+            None => base.join("lease-state"),
+        });
         let topo = Topology::load(&cfg.topology)?;
         if topo.region(&cfg.region).is_none() {
             return Err(ConfigError::Invalid {
@@ -390,6 +520,54 @@ impl DcLinkConfig {
                 .and_then(|r| r.dc_link.parse().ok())
                 .expect("validated: the region exists and its dc_link parses")
         })
+    }
+}
+
+/// One `chronik witness` process (`--config`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// The topology file; its `[witness]` section names this witness.
+    pub topology: PathBuf,
+    /// HTTP: /health/live, /v1/lease.
+    pub admin: SocketAddr,
+    /// Where to accept QUIC; default: the witness address in the topology.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Where the promotions it agreed to are kept; default: `lease-state/`
+    /// next to this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl WitnessConfig {
+    pub fn load(path: &Path) -> Result<(WitnessConfig, Topology), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg: WitnessConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message: describe_toml_error(&e),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.topology.is_relative() {
+            cfg.topology = base.join(&cfg.topology);
+        }
+        cfg.state_dir = Some(match cfg.state_dir.take() {
+            Some(d) if d.is_relative() => base.join(d),
+            Some(d) => d,
+            None => base.join("lease-state"),
+        });
+        let topo = Topology::load(&cfg.topology)?;
+        if topo.witness.is_none() {
+            return Err(ConfigError::Invalid {
+                file: cfg.topology.clone(),
+                key: "witness".into(),
+                message: "a witness needs a [witness] section in the topology".into(),
+            });
+        }
+        Ok((cfg, topo))
     }
 }
 

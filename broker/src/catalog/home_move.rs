@@ -114,6 +114,24 @@ impl Catalog {
         .await
     }
 
+    /// Takes the home of a topic from the lost region `from` at fencing
+    /// epoch `epoch` (failover; the voters have agreed).
+    pub async fn take_home(&self, name: &str, from: &str, epoch: u64) -> Result<(), TopicError> {
+        let here = self.region.name.clone();
+        self.change_topic(
+            name,
+            |id| ControllerCommand::TakeHome {
+                name: name.to_string(),
+                id,
+                from: from.to_string(),
+                epoch,
+                now_ms: now_ms(),
+            },
+            |t| t.mirror_of(&here).is_none() && self.home_of(&t.id()).is_some_and(|h| h.1 >= epoch),
+        )
+        .await
+    }
+
     /// Moves committed offsets of a just-promoted partition to its log end.
     pub async fn move_offsets_to_log_end(&self, moves: Vec<OffsetMove>) -> Result<(), TopicError> {
         self.submit(ControllerCommand::MoveOffsets {
@@ -333,5 +351,55 @@ impl Catalog {
             r.moving = None;
             r.configs = configs;
         }))
+    }
+
+    pub(super) fn apply_take_home(
+        &self,
+        name: &str,
+        id: &Uuid,
+        from: &str,
+        epoch: u64,
+        now_ms: i64,
+        wb: &mut WriteBatch,
+    ) -> Result<PostApply, TopicError> {
+        let (topic, here, (home, current)) = self.topic_at_home(name, id)?;
+        if home == here {
+            if current >= epoch {
+                return Ok(PostApply::Nothing); // a re-run after a crash
+            }
+            return Err(refused(format!(
+                "topic {name} is already homed in {here} (epoch {current})"
+            )));
+        }
+        if home != from {
+            return Err(refused(format!(
+                "topic {name} is homed in {home}, not in {from}"
+            )));
+        }
+        if current + 1 != epoch {
+            return Err(refused(format!(
+                "topic {name} is at home epoch {current}; taking it over is epoch {}, not {epoch}",
+                current + 1
+            )));
+        }
+        let target = RegionId::new(here.clone()).map_err(|e| refused(e.to_string()))?;
+        {
+            let mut rep = self.global.write();
+            rep.set_home(topic_id(id), &target, epoch, wall(now_ms))
+                .map_err(|e| refused(format!("global home not moved: {e}")))?;
+            self.global.save(&self.store, &mut rep, wb);
+        }
+        tracing::warn!(
+            topic = name,
+            from,
+            to = here,
+            epoch,
+            "home role taken over (failover)"
+        );
+        let rep = self.global.read();
+        let _ = topic;
+        Ok(self
+            .reconcile_one(&rep, topic_id(id), wb)?
+            .unwrap_or(PostApply::Nothing))
     }
 }

@@ -96,7 +96,7 @@ impl Catalog {
 
     /// Whether a topic homed here has a copy in another region (its
     /// deletion then waits for the dc-link to drain it).
-    pub(super) fn mirrored_elsewhere(&self, record: &TopicRecord) -> bool {
+    pub(crate) fn mirrored_elsewhere(&self, record: &TopicRecord) -> bool {
         if !self.is_home_here(record) {
             return false;
         }
@@ -336,7 +336,7 @@ impl Catalog {
     ) -> Result<PostApply, TopicError> {
         let rep = self.global.read();
         Ok(self
-            .reconcile(&rep, topic_id(id), &mut Vec::new(), wb)?
+            .reconcile_one(&rep, topic_id(id), wb)?
             .unwrap_or(PostApply::Nothing))
     }
 
@@ -476,6 +476,16 @@ impl Catalog {
             touched.push((group, from.to_string(), partition));
         }
         self.global.save(&self.store, rep, wb);
+    }
+
+    /// [`Self::reconcile`] of one topic on its own.
+    pub(super) fn reconcile_one(
+        &self,
+        rep: &chronik_metadata_sync::Replica,
+        id: TopicId,
+        wb: &mut WriteBatch,
+    ) -> Result<Option<PostApply>, TopicError> {
+        self.reconcile(rep, id, &mut Vec::new(), wb)
     }
 
     /// Makes this region's copy of topic `id` match its global entry.

@@ -137,6 +137,15 @@ pub fn handle(
                 )));
                 continue;
             }
+            if let Some(refusal) = lease_refusal(ctx, t) {
+                outcomes.push(Outcome::Done(partition_error(
+                    version,
+                    idx,
+                    E::NotLeaderOrFollower.code(),
+                    Some(refusal),
+                )));
+                continue;
+            }
             if let Some(home) = t.mirror_of(&ctx.config.region) {
                 outcomes.push(Outcome::Done(partition_error(
                     version,
@@ -291,6 +300,17 @@ pub fn handle(
             &ProduceResponse::default().with_responses(responses),
         )
     }))
+}
+
+/// A mirrored topic homed here takes writes only while the region holds
+/// the home lease (see `crate::lease_gate`): a home cut off from the
+/// majority of the voters stops before another region can be promoted.
+fn lease_refusal(ctx: &BrokerCtx, t: &Topic) -> Option<String> {
+    if t.mirror_of(&ctx.config.region).is_some() || !ctx.catalog.mirrored_elsewhere(&t.record) {
+        return None;
+    }
+    let (_, epoch) = ctx.catalog.home_of(&t.id())?;
+    ctx.lease.check(&t.id(), epoch).err().map(|e| e.to_string())
 }
 
 /// Produce to a topic whose home is moving, or moved away from here, gets a

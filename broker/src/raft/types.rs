@@ -134,6 +134,16 @@ pub enum ControllerCommand {
         epoch: u64,
         now_ms: i64,
     },
+    /// Failover: this region takes the home of a topic from the lost
+    /// region `from`, at fencing epoch `epoch` (its epoch + 1), once the
+    /// lease voters agreed (`chronik ctl failover`).
+    TakeHome {
+        name: String,
+        id: Uuid,
+        from: String,
+        epoch: u64,
+        now_ms: i64,
+    },
     CreatePartitions {
         name: String,
         count: i32,

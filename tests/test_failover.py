@@ -1,0 +1,182 @@
+"""Failover: `chronik ctl failover` moves topics' home role away from a region that is lost,
+through the home-role lease (docs/failover.md).
+
+Each test runs its own deployment (it destroys a region): two regions of one broker each,
+with the witness (`chronik witness`) as the third lease voter, or without it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import Consumer
+
+from ackcheck import ProducerThread, read_partition
+from harness import wait_until
+from kclient import produce_all, unique_topic
+from regions import Regions
+from test_dclink import make_topic, wait_topic_in
+from test_metadata_sync import commit_offset, group_offsets
+
+US, EU = "us-east", "eu-west"
+# The lease every test deployment uses: short, so a region loss is detected quickly.
+LEASE = {"duration_ms": 4000, "renew_every_ms": 500}
+
+
+def failover(regions: Regions, to: str, *topics: str, extra: tuple = ()) -> subprocess.CompletedProcess:
+    """`chronik ctl failover --to TO --topic T... --json`, with the live brokers of every
+    region and the target region's dc-link."""
+    args = []
+    for r in regions.names:
+        c = regions.cluster(r)
+        for i in c.live_ids():
+            args += ["--broker", c.admin_url(i).removeprefix("http://")]
+    for t in topics:
+        args += ["--topic", t]
+    link = regions.dclink_url(to if to in regions.names else EU)
+    return subprocess.run([str(regions.binary), "ctl", "failover", "--to", to, "--json",
+                           "--dc-link", link, *args, *extra],
+                          capture_output=True, text=True, timeout=180)
+
+
+def kill_region(regions: Regions, region: str) -> float:
+    """kill -9 every process of `region` (its brokers and its dc-link); the time it was done."""
+    regions.kill9_dclink(region)
+    for i in list(regions.cluster(region).live_ids()):
+        regions.kill9_broker(region, i)
+    return time.monotonic()
+
+
+def at_risk_report(stderr: str, topic: str) -> dict[int, tuple[int, int, int]]:
+    """{partition: (home high watermark, copy end, records at risk)} from failover's report."""
+    out = {}
+    for m in re.finditer(rf"^{re.escape(topic)}:\s+partition\s+(\d+): home high watermark\s+(\d+), "
+                         r"copy ends at\s+(\d+),\s+(\d+) records at risk", stderr, re.M):
+        out[int(m.group(1))] = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
+    return out
+
+
+@pytest.fixture
+def witness_regions(tmp_path, chronik_cluster_binary):
+    with Regions(tmp_path / "failover", names=(US, EU), brokers=1, binary=chronik_cluster_binary,
+                 witness=True, lease=LEASE) as r:
+        yield r
+
+
+def test_region_loss_with_witness_failover_by_command(witness_regions):
+    """kill -9 every us-east process under load; `ctl failover` waits out us-east's lease,
+    the witness and eu-west agree, eu-west takes both topics at epoch 2. Every acknowledged
+    record of the global_quorum topic is in eu-west at its offset; of the async topic,
+    what is missing is a suffix of each partition; the group resumes where it committed."""
+    regions = witness_regions
+    gq, asy = unique_topic("fo-gq"), unique_topic("fo-async")
+    make_topic(regions, US, gq, 2, {"chronik.replication.mode": "global_quorum"})
+    make_topic(regions, US, asy, 2)
+    for t in (gq, asy):
+        wait_topic_in(regions, EU, t, 2)
+
+    # While us-east is healthy, a failover is refused and changes nothing.
+    out = failover(regions, EU, asy)
+    assert out.returncode != 0 and "switchover" in out.stderr, (out.stdout, out.stderr)
+    out = failover(regions, "nowhere", asy)
+    assert out.returncode != 0 and "unknown region nowhere" in out.stderr, out.stderr
+
+    loads = [ProducerThread(regions.bootstrap(US), t, [0, 1], rate=150, max_messages=20_000, max_seconds=120,
+                            flush_timeout=5) for t in (gq, asy)]
+    for p in loads:
+        p.start()
+    try:
+        wait_until(lambda: all(p.acks.count() >= 400 for p in loads), 60, what="400 acks per topic")
+        group = unique_topic("fo-group")
+        commit_offset(regions.bootstrap(US), group, asy, 0, 100)
+        wait_until(lambda: group_offsets(regions.bootstrap(EU), group, asy).get(0) == 100, 30,
+                   what="the group's commit synced to eu-west")
+        wait_until(lambda: all(p.acks.count() >= 800 for p in loads), 60, what="800 acks per topic")
+        killed = kill_region(regions, US)
+    finally:
+        for p in loads:
+            p.abandon()
+    acked = {t: dict(p.acks.acked) for t, p in zip((gq, asy), loads)}
+
+    out = failover(regions, EU, gq, asy)
+    done = time.monotonic()
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    result = {r["topic"]: r for r in json.loads(out.stdout)["topics"]}
+    for t in (gq, asy):
+        assert result[t]["from"] == US and result[t]["to"] == EU and result[t]["epoch"] == 2, result[t]
+    # us-east's last grant was at most one renewal before the kill; no voter agreed before
+    # the lease it granted then had run out.
+    assert done - killed >= (LEASE["duration_ms"] - LEASE["renew_every_ms"]) / 1000, done - killed
+
+    # global_quorum: every acknowledged record, at its offset.
+    for p in range(2):
+        log, _, hi = read_partition(regions.bootstrap(EU), gq, p, timeout=60)
+        for (pp, off), v in acked[gq].items():
+            if pp == p:
+                assert log.get(off) == v, f"{gq}/{p}: acked offset {off} is {log.get(off)!r} in eu-west"
+    # async: what eu-west lacks of the acknowledged records is a suffix, and reported.
+    report = at_risk_report(out.stderr, asy)
+    assert sorted(report) == [0, 1], out.stderr
+    for p in range(2):
+        log, _, hi = read_partition(regions.bootstrap(EU), asy, p, timeout=60)
+        mine = {off: v for (pp, off), v in acked[asy].items() if pp == p}
+        for off, v in mine.items():
+            if off < hi:
+                assert log.get(off) == v, f"{asy}/{p}: acked offset {off} below eu-west's end {hi} differs"
+        hw, end, risk = report[p]
+        assert end <= hi and risk == max(hw - end, 0), report[p]
+        print(f"\n{asy}/{p}: eu-west ends at {hi}; {sum(1 for o in mine if o >= hi)} acked records lost; "
+              f"reported at risk {risk}")
+
+    # eu-west is the home now: it takes writes, and the group resumes where it committed.
+    reports = produce_all(regions.bootstrap(EU), asy, [{"value": b"after-%d" % i, "partition": 0}
+                                                       for i in range(10)], acks="all")
+    assert all(r[0] is None for r in reports), reports
+    assert group_offsets(regions.bootstrap(EU), group, asy).get(0) == 100
+    c = Consumer({"bootstrap.servers": regions.bootstrap(EU), "group.id": group, "enable.auto.commit": False,
+                  "auto.offset.reset": "error"})
+    try:
+        c.subscribe([asy])
+        first = {}
+        deadline = time.monotonic() + 60
+        while len(first) < 1 and time.monotonic() < deadline:
+            for m in c.consume(num_messages=100, timeout=1.0):
+                if not m.error():
+                    first.setdefault(m.partition(), m.offset())
+        assert first.get(0, 100) == 100, first
+    finally:
+        c.close()
+
+    # Again: the topic is homed in eu-west already.
+    out = failover(regions, EU, asy)
+    assert out.returncode != 0 and "already homed" in out.stderr, out.stderr
+
+
+def test_two_regions_without_witness_need_force_and_a_confirmation(tmp_path, chronik_cluster_binary):
+    """No witness: two voters, no majority. With us-east's dc-link gone (the link is down),
+    a failover needs --force, and --force needs the data at risk confirmed; then eu-west
+    takes the home on its own vote."""
+    with Regions(tmp_path / "failover-2", names=(US, EU), brokers=1, binary=chronik_cluster_binary,
+                 lease=LEASE) as regions:
+        topic = unique_topic("fo-force")
+        make_topic(regions, US, topic, 1)
+        wait_topic_in(regions, EU, topic, 1)
+        produce_all(regions.bootstrap(US), topic, [{"value": b"v%d" % i} for i in range(50)], acks="all")
+        regions.wait_mirrored(topic, 1, US, timeout=30)
+        kill_region(regions, US)
+        wait_until(lambda: not regions.links_connected().get(f"{US}->{EU}", True), 30, what="link down")
+
+        out = failover(regions, EU, topic)
+        assert out.returncode != 0 and "--force" in out.stderr, out.stderr
+        out = failover(regions, EU, topic, extra=("--force",))
+        assert out.returncode != 0 and "--confirm-at-risk 0" in out.stderr, out.stderr
+        out = failover(regions, EU, topic, extra=("--force", "--confirm-at-risk", "0"))
+        assert out.returncode == 0, (out.stdout, out.stderr)
+        (r,) = json.loads(out.stdout)["topics"]
+        assert (r["from"], r["to"], r["epoch"], r["forced"]) == (US, EU, 2, True), r
+        reports = produce_all(regions.bootstrap(EU), topic, [{"value": b"new"}], acks="all")
+        assert reports[0][0] is None and reports[0][2] == 50, reports

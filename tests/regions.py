@@ -291,13 +291,17 @@ class Regions:
     faults:   {region: {"corrupt_frame_every": N}}, that region's dc-link [faults].
     witness:  also run `chronik witness` (a lease voter holding no data), dialled directly.
     lease:    keys of the topology's [lease] section.
+    witness_paths: each region dials the witness through a wan-sim of its own (the region's
+              dc-link reads topology-R.toml, which differs only in the witness address), so
+              isolate() can cut one region off the witness while the others still reach it.
     """
 
     WITNESS = "witness"
 
     def __init__(self, base_dir, names=DEFAULT_NAMES, brokers: int = 3, wan: dict | None = None,
                  cross_dc: dict | None = None, faults: dict | None = None, cluster_opts: dict | None = None,
-                 binary: Path | None = None, witness: bool = False, lease: dict | None = None) -> None:
+                 binary: Path | None = None, witness: bool = False, lease: dict | None = None,
+                 witness_paths: bool = False) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.names = list(names)
@@ -336,6 +340,14 @@ class Regions:
             self.witness = DcLink(self.WITNESS, self.base_dir / "witness.toml", free_port(),
                                   self.base_dir / "witness.log", self.binary, name="witness")
             self.witness.command = "witness"
+        # Region -> the wan-sim on its path to the witness (witness_paths only).
+        self.witness_sims: dict[str, WanSim] = {}
+        self.witness_proxy: dict[str, tuple[str, int]] = {}
+        if witness and witness_paths:
+            for r in self.names:
+                self.witness_proxy[r] = (LOOPBACK, free_udp_port())
+                self.witness_sims[r] = WanSim(f"wan-sim-witness-{r}", [(self.witness_proxy[r], self.witness_addr)],
+                                              free_port(), self.base_dir / f"wan-sim-witness-{r}.log", self.binary)
         self.extra: list[ManagedProcess] = []  # processes a test adds (listed in .started, stopped by stop())
         self._started = False
 
@@ -358,6 +370,7 @@ class Regions:
         for r in self.names:
             procs.extend(self.clusters[r].nodes.values())
         procs.extend(self.wansims.values())
+        procs.extend(self.witness_sims.values())
         procs.extend(self.dclinks.values())
         if self.witness:
             procs.append(self.witness)
@@ -401,7 +414,7 @@ class Regions:
         return "\n".join(lines) + "\n"
 
     def topology_toml(self, regions: list[str] | None = None, ca: Path | None = None,
-                      entries: dict[str, str] | None = None) -> str:
+                      entries: dict[str, str] | None = None, witness_addr: tuple[str, int] | None = None) -> str:
         out = ""
         if self.cross_dc:
             out += "[cross_dc]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in self.cross_dc.items()) + "\n"
@@ -412,7 +425,7 @@ class Regions:
             out += ((entries or {}).get(r) or self.region_entry(r)) + "\n"
         if self.witness:
             certs = self.certs_dir
-            host, port = self.witness_addr
+            host, port = witness_addr or self.witness_addr
             out += ("[witness]\n"
                     f"name = {toml_value(self.WITNESS)}\n"
                     f"address = {toml_value(f'{host}:{port}')}\n"
@@ -423,6 +436,8 @@ class Regions:
     def dclink_toml(self, region: str, topology: Path | None = None, listen: tuple[str, int] | None = None,
                     admin_port: int | None = None, faults: dict | None = None) -> str:
         host, port = listen or self.listen_addr[region]
+        if topology is None and region in self.witness_sims:
+            topology = self.base_dir / f"topology-{region}.toml"
         lines = [
             f"region = {toml_value(region)}",
             f"topology = {toml_value(str(topology or self.topology_path))}",
@@ -475,10 +490,18 @@ class Regions:
             for r in self.names:
                 self.wansims[r].wait_ready(max(1.0, deadline - time.monotonic()))
                 self.wansims[r].set(**self.wan_initial)
+            for r, w in self.witness_sims.items():
+                w.launch()
+                w.wait_ready(max(1.0, deadline - time.monotonic()))
+                path = self.base_dir / f"topology-{r}.toml"
+                path.write_text(self.topology_toml(witness_addr=self.witness_proxy[r]))
+                self.check_topology(path)
             if self.witness:
+                host, port = self.witness_addr
                 self.witness.config_path.write_text(
                     f"topology = {toml_value(str(self.topology_path))}\n"
-                    f"admin = {toml_value(f'{LOOPBACK}:{self.witness.admin_port}')}\n")
+                    f"admin = {toml_value(f'{LOOPBACK}:{self.witness.admin_port}')}\n"
+                    f"listen = {toml_value(f'{host}:{port}')}\n")
                 self.witness.launch()
             for r in self.names:
                 self.dclinks[r].config_path.write_text(self.dclink_toml(r))
@@ -497,7 +520,7 @@ class Regions:
     def stop(self) -> None:
         try:
             stop_all(list(self.dclinks.values()) + list(self.wansims.values()) + list(self.extra)
-                     + ([self.witness] if self.witness else []), timeout=10)
+                     + list(self.witness_sims.values()) + ([self.witness] if self.witness else []), timeout=10)
         finally:
             nodes = [n for c in self.clusters.values() for n in c.nodes.values()]
             try:
@@ -605,6 +628,17 @@ class Regions:
     def blackhole(self, region: str, on: bool = True) -> dict:
         w = self.wansims[region]
         return w.set(**{**w.impairment, "blackhole": on})
+
+    def isolate(self, region: str, on: bool = True) -> None:
+        """Cut `region` off every other region and the witness (or reconnect it), both
+        directions: the wan-sims into every region, and `region`'s path to the witness
+        (two regions only: blackholing the other region's wan-sim cuts nothing else)."""
+        assert len(self.names) == 2, "isolate() needs exactly two regions"
+        for r in self.names:
+            self.blackhole(r, on)
+        if region in self.witness_sims:
+            w = self.witness_sims[region]
+            w.set(**{**w.impairment, "blackhole": on})
 
     def wan_stats(self, region: str) -> dict:
         return self.wansims[region].stats()

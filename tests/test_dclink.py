@@ -49,6 +49,7 @@ US, EU, AP = "us-east", "eu-west", "ap-south"
 INVALID_CONFIG = 40
 POLICY_VIOLATION = 44
 NOT_ENOUGH_REPLICAS_AFTER_APPEND = 20
+NOT_LEADER_OR_FOLLOWER = 6
 assert KafkaError.POLICY_VIOLATION == POLICY_VIOLATION
 assert KafkaError.INVALID_CONFIG == INVALID_CONFIG
 assert KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND == NOT_ENOUGH_REPLICAS_AFTER_APPEND
@@ -1543,7 +1544,13 @@ def test_global_quorum_three_regions_waits_for_both_mirrors(regions_factory):
         return raw_produce(leader_bootstrap(regions, US, topic, 0), topic, 0, [value], timeout_ms=timeout_ms,
                            sock_timeout=timeout_ms / 1000 + 30)
 
-    err, off, msg, took = produce(b"warm", 20000)
+    # With three regions the home lease binds: writes start once a majority granted it.
+    deadline = time.monotonic() + 30
+    while True:
+        err, off, msg, took = produce(b"warm", 20000)
+        if err != NOT_LEADER_OR_FOLLOWER or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert err == 0, f"warm-up: error {err} {msg!r} after {took:.1f}s"
     for i in range(5):
         err, off, msg, _ = produce(f"both{i}".encode(), 10000)

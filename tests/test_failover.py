@@ -180,3 +180,87 @@ def test_two_regions_without_witness_need_force_and_a_confirmation(tmp_path, chr
         assert (r["from"], r["to"], r["epoch"], r["forced"]) == (US, EU, 2, True), r
         reports = produce_all(regions.bootstrap(EU), topic, [{"value": b"new"}], acks="all")
         assert reports[0][0] is None and reports[0][2] == 50, reports
+
+
+def test_split_brain_attempt_home_cut_off_stops_at_its_lease_end(tmp_path, chronik_cluster_binary):
+    """us-east cut off from eu-west and the witness (wan-sim blackholes) while its local
+    producers keep writing: it stops acknowledging when its lease runs out, and eu-west is
+    promoted only after that. No offset of the global_quorum topic is acknowledged in two
+    regions with different content; of the async topic, us-east's acks that eu-west lacks
+    are a suffix, acknowledged before eu-west took over. After the heal us-east learns the
+    new home and becomes a mirror, and eu-west's dc-link refuses to ship into its diverged
+    copy instead of splicing the two histories."""
+    with Regions(tmp_path / "split", names=(US, EU), brokers=1, binary=chronik_cluster_binary,
+                 witness=True, witness_paths=True, lease=LEASE) as regions:
+        gq, asy = unique_topic("sb-gq"), unique_topic("sb-async")
+        make_topic(regions, US, gq, 1, {"chronik.replication.mode": "global_quorum"})
+        make_topic(regions, US, asy, 1)
+        for t in (gq, asy):
+            wait_topic_in(regions, EU, t, 1)
+        loads = {t: ProducerThread(regions.bootstrap(US), t, [0], rate=100, max_messages=20_000, max_seconds=120,
+                                   flush_timeout=5, **{"message.timeout.ms": 60_000})
+                 for t in (gq, asy)}
+        for p in loads.values():
+            p.start()
+        try:
+            wait_until(lambda: all(p.acks.count() >= 200 for p in loads.values()), 60, what="200 acks per topic")
+            cut = time.monotonic()
+            regions.isolate(US)
+            lease_s = LEASE["duration_ms"] / 1000
+
+            def us_stopped():
+                # Two seconds without an ack, after the lease could have run out.
+                last = max(loads[asy].acks.times.values())
+                return time.monotonic() > cut + lease_s and time.monotonic() - last > 2
+            wait_until(us_stopped, 30, what="us-east no longer acknowledging")
+            last_us_ack = max(max(p.acks.times.values()) for p in loads.values())
+            assert last_us_ack <= cut + lease_s + 0.5, \
+                f"us-east acknowledged {last_us_ack - cut:.2f}s after it was cut off, with a {lease_s}s lease"
+            assert loads[asy].acks.failed_values() or loads[asy].is_alive(), "the async producer saw no refusal"
+
+            out = failover(regions, EU, gq, asy)
+            assert out.returncode == 0, (out.stdout, out.stderr)
+            promoted = time.monotonic()
+            assert promoted > last_us_ack
+            eu_acks = {}
+            for t in (gq, asy):
+                reports = produce_all(regions.bootstrap(EU), t, [{"value": b"eu-%d" % i, "partition": 0}
+                                                                 for i in range(20)], acks="1")
+                assert all(r[0] is None for r in reports), reports
+                eu_acks[t] = {r[2]: b"eu-%d" % i for i, r in enumerate(reports)}
+        finally:
+            for p in loads.values():
+                p.abandon()
+
+        us_acks = {t: {off: v for (_, off), v in p.acks.acked.items()} for t, p in loads.items()}
+        eu_gq, _, _ = read_partition(regions.bootstrap(EU), gq, 0, timeout=60)
+        for off, v in us_acks[gq].items():
+            assert eu_gq.get(off) == v, f"{gq}: offset {off} acked in us-east as {v!r}, eu-west holds {eu_gq.get(off)!r}"
+        eu_asy, _, _ = read_partition(regions.bootstrap(EU), asy, 0, timeout=60)
+        fork = min(eu_acks[asy])
+        for off, v in us_acks[asy].items():
+            if off < fork:
+                assert eu_asy.get(off) == v, f"{asy}: offset {off} acked in us-east below the fork {fork} differs"
+        lost = sorted(o for o in us_acks[asy] if o >= fork)
+        print(f"\nasync: us-east acknowledged {len(lost)} records after eu-west last heard from it "
+              f"(offsets {lost[:1]}..{lost[-1:]}), lost by the failover; eu-west continues at {fork}")
+
+        regions.isolate(US, on=False)
+        # us-east learns its topics moved (metadata-sync) and refuses them; eu-west's dc-link
+        # finds us-east's copy of the async topic diverged and ships nothing into it.
+        def diverged():
+            rows = [r for r in regions.lag_rows(EU, asy) if r["link"] == f"{EU}->{US}"]
+            return rows and rows[0]["state"] != "ok" and "diverged" in (rows[0].get("error") or "") and rows[0]
+        if lost:
+            row = wait_until(diverged, 90, what="eu-west's dc-link reporting us-east's copy diverged")
+            print(f"eu-west -> us-east: {row['error']}")
+        us_asy = wait_until(lambda: read_partition(regions.bootstrap(US), asy, 0, timeout=30)[0], 60,
+                            what="us-east's copy readable")
+        for off, v in eu_acks[asy].items():
+            if off in us_asy and lost:
+                assert us_asy[off] != v or off not in us_acks[asy], \
+                    f"{asy}: eu-west's record at {off} was spliced into us-east's diverged copy"
+        assert all(us_asy.get(o) == us_acks[asy][o] for o in lost), "us-east's own records were overwritten"
+        r = produce_all(regions.bootstrap(US), asy, [{"value": b"late", "partition": 0}], acks="all",
+                        **{"message.timeout.ms": 5000})
+        assert r[0][0] is not None, f"us-east took a write for a topic homed in eu-west: {r}"

@@ -232,6 +232,23 @@ pub struct MirrorState {
     pub mirror_of: Option<String>,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+    /// (leader epoch, first offset), oldest first.
+    #[serde(default)]
+    pub epochs: Vec<(i32, i64)>,
+}
+
+impl MirrorState {
+    /// The leader epoch of the last record, if the log holds any.
+    pub fn last_epoch(&self) -> Option<i32> {
+        if self.log_end_offset <= self.log_start_offset.max(0) {
+            return None;
+        }
+        self.epochs
+            .iter()
+            .rev()
+            .find(|(_, start)| *start < self.log_end_offset)
+            .map(|(e, _)| *e)
+    }
 }
 
 #[derive(Debug, Deserialize)]

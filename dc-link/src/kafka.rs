@@ -372,6 +372,46 @@ pub async fn fetch(
     })
 }
 
+/// OffsetForLeaderEpoch: where `epoch` ends in the partition's log at its
+/// leader (the first offset of the next epoch, or the log end): (the
+/// largest epoch <= `epoch` the log knows, that end offset; -1 if none).
+pub async fn epoch_end(
+    c: &mut Conn,
+    topic: &str,
+    partition: i32,
+    epoch: i32,
+) -> Result<(i32, i64)> {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{
+        OffsetForLeaderPartition, OffsetForLeaderTopic,
+    };
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(DEBUGGING_REPLICA_ID))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(TopicName(StrBytes::from_string(topic.into())))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(partition)
+                .with_current_leader_epoch(-1)
+                .with_leader_epoch(epoch)])]);
+    let resp: OffsetForLeaderEpochResponse = c.call(ApiKey::OffsetForLeaderEpoch, 4, &req).await?;
+    let p = resp
+        .topics
+        .into_iter()
+        .flat_map(|t| t.partitions)
+        .find(|p| p.partition == partition)
+        .ok_or_else(|| {
+            KafkaError::Kafka(format!(
+                "OffsetForLeaderEpoch answered without {topic}-{partition}"
+            ))
+        })?;
+    if p.error_code != 0 {
+        return Err(KafkaError::Kafka(format!(
+            "OffsetForLeaderEpoch {topic}-{partition}: error {}",
+            p.error_code
+        )));
+    }
+    Ok((p.leader_epoch, p.end_offset))
+}
+
 /// The high watermark (ListOffsets latest) of `partitions`, all led by the
 /// broker at the other end of `c`; partitions that error are left out.
 pub async fn high_watermarks(

@@ -212,6 +212,11 @@ pub struct Position {
     pub partition: i32,
     #[prost(int64, tag = "3")]
     pub offset: i64,
+    /// In `TopicReady`: the leader epoch of the mirror's last record, so
+    /// the home can tell whether the mirror's log is a prefix of its own
+    /// (after a failover the old home's may not be).
+    #[prost(int32, optional, tag = "4")]
+    pub last_epoch: Option<i32>,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -262,6 +262,7 @@ impl SessionCtx {
                         topic,
                         partition,
                         offset,
+                        last_epoch: None,
                     })
                     .collect(),
             );
@@ -371,6 +372,7 @@ async fn prepare(
             topic: name.clone(),
             partition: p,
             offset: state.log_end_offset,
+            last_epoch: state.last_epoch(),
         });
     }
     Ok(Ok(positions))
@@ -584,6 +586,7 @@ fn request_resend(ctx: &SessionCtx, topic: &str, partition: i32, offset: i64) {
             topic: topic.to_string(),
             partition,
             offset,
+            last_epoch: None,
         })),
     });
 }

@@ -440,10 +440,36 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
             refused.remove(&t.name);
             let now = Instant::now();
             let already = offered.get(&t.name).map_or(0, |(n, _)| *n);
+            let mut retry_offer = false;
             for p in ready.positions {
+                if s.positions
+                    .lock()
+                    .unwrap()
+                    .contains_key(&(p.topic.clone(), p.partition))
+                {
+                    continue; // shipping already (offered again for another partition)
+                }
                 s.shared
                     .acked(&s.link, &p.topic, p.partition, p.offset, now);
                 if p.partition < already {
+                    continue;
+                }
+                if let Err(e) = check_fork(&s, &p).await {
+                    if e.starts_with("diverged") {
+                        tracing::error!(link = %s.link, topic = %p.topic, partition = p.partition, error = %e, "mirror diverged from the home");
+                        metrics::counter!("chronik_dclink_diverged_partitions_total", "link" => s.link.clone()).increment(1);
+                        s.shared.set_partition_state(
+                            &s.link,
+                            &p.topic,
+                            p.partition,
+                            PartitionState::Failed,
+                            Some(e),
+                        );
+                    } else {
+                        // Cannot tell yet: offered again next round.
+                        tracing::debug!(link = %s.link, topic = %p.topic, partition = p.partition, error = %e, "cannot check the mirror's history yet");
+                        retry_offer = true;
+                    }
                     continue;
                 }
                 // A new session starts every partition afresh: the mirror
@@ -467,9 +493,63 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     p.partition,
                 ));
             }
-            offered.insert(t.name.clone(), (t.partitions, t.id));
+            if !retry_offer {
+                offered.insert(t.name.clone(), (t.partitions, t.id));
+            }
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Where a mirror's log left the home's, if it did: the mirror ends at
+/// `mirror_end` with a record of epoch `mirror_epoch`, and the home's log
+/// says that epoch (or the largest one it knows below it) is `home_epoch`
+/// and ends at `home_end`. A copy that took writes as the home after the
+/// others lost it (a failover) holds records no later home has; shipping
+/// after them would splice two histories into one log.
+pub(crate) fn fork_point(
+    mirror_end: i64,
+    mirror_epoch: i32,
+    home_epoch: i32,
+    home_end: i64,
+) -> Option<i64> {
+    if mirror_end <= 0 {
+        return None;
+    }
+    if home_epoch < 0 || home_end < 0 {
+        return Some(0); // the home never had that epoch nor any below it
+    }
+    // The home's log holds epoch `mirror_epoch` up to `home_end`: a mirror
+    // ending later has records the home does not. A smaller epoch answered
+    // means the home never wrote `mirror_epoch` at all: everything of it in
+    // the mirror is foreign, from where the home's smaller epoch ends.
+    (home_end < mirror_end || home_epoch < mirror_epoch).then_some(home_end.min(mirror_end))
+}
+
+/// Checks, before shipping, that the mirror's log is a prefix of the home's.
+async fn check_fork(s: &Session, p: &proto::Position) -> Result<(), String> {
+    let Some(epoch) = p.last_epoch else {
+        return Ok(());
+    };
+    if p.offset <= 0 {
+        return Ok(());
+    }
+    let addr = s
+        .shared
+        .leader_addr(&p.topic, p.partition)
+        .ok_or_else(|| "no home leader known yet".to_string())?;
+    let mut c = kafka::Conn::connect(&addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (home_epoch, home_end) = kafka::epoch_end(&mut c, &p.topic, p.partition, epoch)
+        .await
+        .map_err(|e| e.to_string())?;
+    match fork_point(p.offset, epoch, home_epoch, home_end) {
+        None => Ok(()),
+        Some(fork) => Err(format!(
+            "diverged: the copy in {} ends at {} with epoch {epoch}, but this home's log leaves that history at offset {fork} (epoch {home_epoch} ends at {home_end} here); it took writes this home never had (a failover). Not shipping: its log must be truncated to {fork} first",
+            s.peer, p.offset
+        )),
     }
 }
 
@@ -740,5 +820,29 @@ mod tests {
         assert!(log_start_news(10, 10, 4, now));
         // Past what was shipped: a gap, not a trim.
         assert!(!log_start_news(11, 10, 4, LOG_START_AGAIN));
+    }
+}
+
+#[cfg(test)]
+mod fork_tests {
+    use super::fork_point;
+
+    #[test]
+    fn a_prefix_of_the_home_log_is_not_a_fork() {
+        assert_eq!(fork_point(0, 0, -1, -1), None);
+        // Epoch 3 goes on past the mirror's end at home, or ends exactly there.
+        assert_eq!(fork_point(100, 3, 3, 150), None);
+        assert_eq!(fork_point(100, 3, 3, 100), None);
+    }
+
+    #[test]
+    fn records_the_home_never_had_are_a_fork() {
+        // The old home wrote epoch 3 up to 100; the new home's epoch 3
+        // ends at 80, where its own epoch 5 begins.
+        assert_eq!(fork_point(100, 3, 3, 80), Some(80));
+        // The mirror's last epoch is unknown at home: its epoch 2 ends at 60.
+        assert_eq!(fork_point(100, 4, 2, 60), Some(60));
+        // Nothing in common at all.
+        assert_eq!(fork_point(100, 4, -1, -1), Some(0));
     }
 }

@@ -190,6 +190,23 @@ class ChronikCluster:
             raise RuntimeError(f"node {i}: GET /v1/partitions/{topic}/{p} returned {status}")
         return body
 
+    def home_state(self, topic: str, timeout: float = 2.0) -> dict | None:
+        """The topic's home role as the region's brokers report it (GET /v1/home/...): the
+        first answer's home, epoch and id, with `partitions` holding every leader's entry
+        from every answering broker. None if no broker knows the topic."""
+        out = None
+        for i in self.live_ids():
+            try:
+                status, body = http_json(f"{self.admin_url(i)}/v1/home/{topic}", timeout)
+            except (OSError, ValueError):
+                continue
+            if status != 200 or not body:
+                continue
+            if out is None:
+                out = {**body, "partitions": []}
+            out["partitions"] += [p for p in body["partitions"] if p["leader"]]
+        return out
+
     def states(self, topic: str, p: int, nodes=None, timeout: float = 1.0) -> dict[int, dict | None]:
         """partition_state of every answering node among `nodes` (default: running ones)."""
         out = {}

@@ -264,3 +264,43 @@ def test_split_brain_attempt_home_cut_off_stops_at_its_lease_end(tmp_path, chron
         r = produce_all(regions.bootstrap(US), asy, [{"value": b"late", "partition": 0}], acks="all",
                         **{"message.timeout.ms": 5000})
         assert r[0][0] is not None, f"us-east took a write for a topic homed in eu-west: {r}"
+
+
+def test_automatic_failover_promotes_the_mirror_when_the_home_is_lost(witness_regions):
+    """chronik.failover.auto=true with a 2 s timeout: kill -9 every us-east process under
+    load; with no command, eu-west takes the topic at epoch 2 once us-east has been silent
+    for the timeout and its lease expired; a topic without the config stays homed in
+    us-east; the acknowledged records eu-west lacks are a suffix."""
+    regions = witness_regions
+    auto, manual = unique_topic("fo-auto"), unique_topic("fo-manual")
+    make_topic(regions, US, auto, 2, {"chronik.failover.auto": "true", "chronik.failover.timeout.ms": "2000"})
+    make_topic(regions, US, manual, 1)
+    for t, n in ((auto, 2), (manual, 1)):
+        wait_topic_in(regions, EU, t, n)
+    load = ProducerThread(regions.bootstrap(US), auto, [0, 1], rate=150, max_messages=20_000, max_seconds=120,
+                          flush_timeout=5).start()
+    try:
+        wait_until(lambda: load.acks.count() >= 400, 60, what="400 acks")
+        killed = kill_region(regions, US)
+    finally:
+        load.abandon()
+
+    def home_in_eu(topic):
+        s = regions.cluster(EU).home_state(topic)
+        return s if s and s["home"] == EU and len(s["partitions"]) == s["partition_count"] \
+            and all(p["role"] == "home" for p in s["partitions"]) else None
+    state = wait_until(lambda: home_in_eu(auto), 60, interval=0.2, what="eu-west taking the home of the auto topic")
+    took = time.monotonic() - killed
+    assert state["epoch"] == 2, state
+    assert took >= 2.0, f"taken {took:.1f}s after the kill, before the 2 s timeout"
+    print(f"\nautomatic failover: eu-west took {auto} {took:.1f}s after us-east was killed")
+    s = regions.cluster(EU).home_state(manual)
+    assert s["home"] == US and s["epoch"] == 1, s
+    for p in range(2):
+        log, _, hi = read_partition(regions.bootstrap(EU), auto, p, timeout=60)
+        for (pp, off), v in load.acks.acked.items():
+            if pp == p and off < hi:
+                assert log.get(off) == v, f"{auto}/{p}: acked offset {off} below eu-west's end {hi} differs"
+    reports = produce_all(regions.bootstrap(EU), auto, [{"value": b"after", "partition": 0}], acks="all")
+    assert reports[0][0] is None, reports
+    assert "automatic failover: home role taken" in regions.dclink(EU).log_text()

@@ -292,6 +292,20 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         "`async`: acks=all waits for the local quorum only. `global_quorum`: acks=all also waits until the mirror regions hold the write durably (RPO 0).",
     ),
     def(
+        FAILOVER_AUTO,
+        T::Boolean,
+        "false",
+        None,
+        "Automatic failover: when the home region has been silent for chronik.failover.timeout.ms and a majority of the lease voters agree its lease has expired, the most caught-up mirror region takes the home role.",
+    ),
+    def(
+        FAILOVER_TIMEOUT_MS,
+        T::Long,
+        "10000",
+        Some(1000),
+        "How long the home region must be silent (no answer to the mirror region's lease renewals) before an automatic failover.",
+    ),
+    def(
         MIRROR_SOURCE_TOPIC_ID,
         T::String,
         "",
@@ -306,6 +320,8 @@ pub const HOME_REGION: &str = "chronik.home.region";
 pub const MIRROR_REGIONS: &str = "chronik.mirror.regions";
 pub const REPLICATION_MODE: &str = "chronik.replication.mode";
 pub const MIRROR_SOURCE_TOPIC_ID: &str = "chronik.mirror.source.topic.id";
+pub const FAILOVER_AUTO: &str = "chronik.failover.auto";
+pub const FAILOVER_TIMEOUT_MS: &str = "chronik.failover.timeout.ms";
 
 pub use chronik_topology::valid_region_name;
 

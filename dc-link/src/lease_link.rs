@@ -231,6 +231,18 @@ pub(crate) async fn serve(
                 };
                 Body::PromoteReply(promote_reply(answer))
             }
+            Some(Body::MirrorEnds(m)) => {
+                if let Some(s) = &shared {
+                    let now = Instant::now();
+                    let mut ends = s.peer_ends.lock().unwrap();
+                    for t in m.topics {
+                        if let Ok(id) = uuid::Uuid::from_slice(&t.topic_id) {
+                            ends.insert((peer.clone(), id), (t.end, now));
+                        }
+                    }
+                }
+                continue;
+            }
             Some(Body::Watermarks(w)) => {
                 if let Some(s) = &shared {
                     let link = format!("{peer}->{}", s.region);
@@ -277,6 +289,7 @@ enum Outgoing {
     Renew(Renew),
     Promote(Promote, oneshot::Sender<PromoteReply>),
     Watermarks(Watermarks),
+    MirrorEnds(proto::MirrorEnds),
 }
 
 /// The holder side of this region, and its way to every other voter.
@@ -296,6 +309,24 @@ pub struct LeaseClient {
 impl LeaseClient {
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// How long ago `voter` last answered a renewal (`None`: never since
+    /// this process started, `started_ms_ago` ago).
+    pub fn heard_ms_ago(&self, voter: &str) -> Option<u64> {
+        self.heard
+            .lock()
+            .unwrap()
+            .get(voter)
+            .map(|t| t.elapsed().as_millis() as u64)
+    }
+
+    pub fn started_ms_ago(&self) -> u64 {
+        self.now_ms()
+    }
+
+    pub fn voter_count(&self) -> usize {
+        self.voter_count
     }
 
     /// For how much longer this region may write its topics (0: lapsed).
@@ -328,28 +359,50 @@ impl LeaseClient {
             self.voter.name.clone(),
             promote_reply(self.voter.promote(&p)),
         );
-        let mut waiting = Vec::new();
-        for (name, tx) in &self.voters {
+        // Answers as they come; done once a majority agreed (a voter that is
+        // down must not hold up the others) or every voter answered.
+        let unreachable = |name: &str| PromoteReply {
+            accepted: false,
+            refusal: format!("{name} did not answer (unreachable)"),
+            retry_after_ms: 500,
+        };
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut asked = 0;
+        for (name, voter) in &self.voters {
             let (rtx, rrx) = oneshot::channel();
             let msg = Promote {
                 topic_id: topic.as_bytes().to_vec(),
                 from: from.to_string(),
                 epoch,
             };
-            if tx.send(Outgoing::Promote(msg, rtx)).is_ok() {
-                waiting.push((name.clone(), rrx));
+            if voter.send(Outgoing::Promote(msg, rtx)).is_err() {
+                out.insert(name.clone(), unreachable(name));
+                continue;
             }
+            asked += 1;
+            let (tx, name) = (tx.clone(), name.clone());
+            tokio::spawn(async move {
+                let reply = match tokio::time::timeout(Duration::from_secs(3), rrx).await {
+                    Ok(Ok(r)) => r,
+                    _ => unreachable(&name),
+                };
+                let _ = tx.send((name, reply));
+            });
         }
-        for (name, rrx) in waiting {
-            let reply = match tokio::time::timeout(Duration::from_secs(3), rrx).await {
-                Ok(Ok(r)) => r,
-                _ => PromoteReply {
-                    accepted: false,
-                    refusal: format!("{name} did not answer (unreachable)"),
-                    retry_after_ms: 500,
-                },
+        let majority = self.voter_count / 2 + 1;
+        while asked > 0 && out.values().filter(|r| r.accepted).count() < majority {
+            let Some((name, reply)) = rx.recv().await else {
+                break;
             };
             out.insert(name, reply);
+            asked -= 1;
+        }
+        for name in self.voters.keys() {
+            out.entry(name.clone()).or_insert_with(|| PromoteReply {
+                accepted: false,
+                refusal: "no answer yet (a majority agreed first)".into(),
+                retry_after_ms: 0,
+            });
         }
         Ok(out)
     }
@@ -419,6 +472,7 @@ pub fn start(
         tasks.spawn(voter_link(shared.clone(), client.clone(), name, rx));
     }
     tasks.spawn(renew_loop(shared.clone(), client.clone()));
+    tasks.spawn(crate::auto_failover::run(shared.clone(), client.clone()));
     tasks.spawn(push_to_brokers(shared, client.clone()));
     client
 }
@@ -457,9 +511,25 @@ async fn renew_loop(shared: Arc<Shared>, c: Arc<LeaseClient>) {
         }
         if last_marks.elapsed() >= Duration::from_millis(500) {
             last_marks = Instant::now();
+            let auto: Vec<proto::TopicEnd> = shared
+                .auto_topics
+                .lock()
+                .unwrap()
+                .clone()
+                .iter()
+                .map(|t| proto::TopicEnd {
+                    topic_id: t.id.as_bytes().to_vec(),
+                    end: shared.mirror_total(&t.home, &t.name),
+                })
+                .collect();
             for (peer, tx) in &c.voters {
                 if shared.topology.region(peer).is_none() {
                     continue; // the witness mirrors nothing
+                }
+                if !auto.is_empty() {
+                    let _ = tx.send(Outgoing::MirrorEnds(proto::MirrorEnds {
+                        topics: auto.clone(),
+                    }));
                 }
                 let marks = shared.home_watermarks_for(peer);
                 if !marks.is_empty() {
@@ -527,6 +597,7 @@ async fn voter_link(
                         let body = match m {
                             Outgoing::Renew(r) => Body::Renew(r),
                             Outgoing::Watermarks(w) => Body::Watermarks(w),
+                            Outgoing::MirrorEnds(m) => Body::MirrorEnds(m),
                             Outgoing::Promote(p, reply) => {
                                 pending.insert(next_id, reply);
                                 Body::Promote(p)

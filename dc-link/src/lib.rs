@@ -8,6 +8,7 @@
 //! fetch, topic admin) and their admin HTTP API (`broker_http`: mirror
 //! appends). See docs/dc-link.md.
 
+pub mod auto_failover;
 pub mod broker_http;
 pub mod drain;
 pub mod health;
@@ -160,6 +161,16 @@ pub struct HomedTopic {
     pub policy: TopicPolicy,
 }
 
+/// A mirror topic here whose home fails over automatically
+/// (`chronik.failover.auto`).
+#[derive(Debug, Clone)]
+pub struct AutoTopic {
+    pub name: String,
+    pub id: uuid::Uuid,
+    pub home: String,
+    pub timeout_ms: u64,
+}
+
 /// Per link: when last sampled, records and bytes sent then, and the
 /// rates (records/s, bytes/s) over the last interval.
 type RateSample = (Instant, u64, u64, f64, f64);
@@ -196,6 +207,11 @@ pub struct Shared {
     /// Discovery rounds started, and the deleting home topics seen in them.
     rounds: std::sync::atomic::AtomicU64,
     draining: Mutex<drain::Tracker>,
+    /// Mirror topics here that fail over automatically.
+    auto_topics: Mutex<Vec<AutoTopic>>,
+    /// (region, topic id) -> how much that region's copy holds, and when it
+    /// said so (`MirrorEnds`).
+    peer_ends: Mutex<BTreeMap<(String, uuid::Uuid), (i64, Instant)>>,
     /// This region's vote in the home-role lease.
     voter: Arc<lease_link::Voter>,
     /// This region's holder side of the lease (set once started).
@@ -422,6 +438,19 @@ impl Shared {
             .collect()
     }
 
+    /// Receiving side: how much this region's copy of `topic` (homed in
+    /// `home`) holds, summed over its partitions.
+    fn mirror_total(&self, home: &str, topic: &str) -> i64 {
+        let link = format!("{home}->{}", self.region);
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((l, t, _), _)| *l == link && t == topic)
+            .map(|(_, (_, _, end))| *end)
+            .sum()
+    }
+
     /// Receiving side: the mirror partition's durable end.
     fn mirror_end(&self, link: &str, topic: &str, p: i32, end: i64) {
         let mut r = self.received.lock().unwrap();
@@ -602,6 +631,7 @@ impl Shared {
                 .map_err(|e| e.to_string())?
         };
         let mut homed = Vec::new();
+        let mut auto = Vec::new();
         let mut errors = BTreeMap::new();
         for name in names {
             let cfg = configs.get(&name).cloned().unwrap_or_default();
@@ -623,12 +653,28 @@ impl Shared {
                         policy: p,
                     });
                 }
-                Ok(_) => {}
+                Ok(p) => {
+                    let on = cfg
+                        .get("chronik.failover.auto")
+                        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+                    if on && p.mirrors.contains(&self.region) {
+                        auto.push(AutoTopic {
+                            id: view.topics[&name].id,
+                            home: p.home,
+                            timeout_ms: cfg
+                                .get("chronik.failover.timeout.ms")
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(10_000),
+                            name,
+                        });
+                    }
+                }
                 Err(e) => {
                     errors.insert(name, e.to_string());
                 }
             }
         }
+        *self.auto_topics.lock().unwrap() = auto;
         for (t, e) in &errors {
             if !self.policy_errors.lock().unwrap().contains_key(t) {
                 tracing::error!(topic = %t, error = %e, "invalid replication policy; not mirroring this topic");
@@ -851,6 +897,8 @@ pub async fn run(
         received: Default::default(),
         rounds: Default::default(),
         draining: Default::default(),
+        auto_topics: Default::default(),
+        peer_ends: Default::default(),
         voter,
         lease: Default::default(),
     });

@@ -35,7 +35,7 @@ pub struct Envelope {
     pub reply_to: u64,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 30, 31, 32, 33, 34, 35"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 30, 31, 32, 33, 34, 35, 36"
     )]
     pub body: Option<Body>,
 }
@@ -100,6 +100,26 @@ pub enum Body {
     /// even while the data link is backed up.
     #[prost(message, tag = "35")]
     Watermarks(Watermarks),
+    /// Mirror region -> the other regions, on the lease connection: how
+    /// much of each automatically failed-over topic its copy holds, so the
+    /// most caught-up copy is the one promoted when the home is lost.
+    #[prost(message, tag = "36")]
+    MirrorEnds(MirrorEnds),
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MirrorEnds {
+    #[prost(message, repeated, tag = "1")]
+    pub topics: Vec<TopicEnd>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicEnd {
+    #[prost(bytes = "vec", tag = "1")]
+    pub topic_id: Vec<u8>,
+    /// The sum of the copy's partition log ends.
+    #[prost(int64, tag = "2")]
+    pub end: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]

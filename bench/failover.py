@@ -81,7 +81,8 @@ def failover_timed(regions: Regions, topic: str) -> tuple[dict, dict[str, float]
 
     t = threading.Thread(target=read_err, daemon=True)
     t.start()
-    out, _ = p.communicate(timeout=300)
+    out = p.stdout.read()
+    p.wait(timeout=300)
     t.join(10)
     if p.returncode != 0:
         raise RuntimeError(f"failover failed: {''.join(lines)}")

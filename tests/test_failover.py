@@ -15,11 +15,12 @@ import time
 import pytest
 from confluent_kafka import Consumer
 
+import kwire
 from ackcheck import ProducerThread, read_partition
 from harness import wait_until
 from kclient import produce_all, unique_topic
 from regions import Regions
-from test_dclink import make_topic, wait_topic_in
+from test_dclink import leader_bootstrap, make_topic, wait_topic_in
 from test_metadata_sync import commit_offset, group_offsets
 
 US, EU = "us-east", "eu-west"
@@ -58,6 +59,25 @@ def at_risk_report(stderr: str, topic: str) -> dict[int, tuple[int, int, int]]:
                          r"copy ends at\s+(\d+),\s+(\d+) records at risk", stderr, re.M):
         out[int(m.group(1))] = (int(m.group(2)), int(m.group(3)), int(m.group(4)))
     return out
+
+
+def epoch_end(bootstrap: str, topic: str, partition: int, epoch: int) -> tuple[int, int, int]:
+    """OffsetForLeaderEpoch v3 (what a KIP-320 consumer sends after a leader change): (error,
+    leader epoch, end offset) of `epoch` in the partition's log at `bootstrap`."""
+    body = kwire.i32(-1) + kwire.array([kwire.string(topic) + kwire.array([
+        kwire.i32(partition) + kwire.i32(-1) + kwire.i32(epoch)])])
+    with kwire.Conn(bootstrap, timeout=10) as c:
+        res = c.request(23, 3, body)
+    r = kwire.Reader(res[1])
+    r.i32()  # throttle
+    assert r.i32() == 1 and r.string() == topic and r.i32() == 1
+    err, _p, e, end = r.i16(), r.i32(), r.i32(), r.i64()
+    return err, e, end
+
+
+def last_epoch(regions: Regions, region: str, topic: str, p: int) -> int:
+    """The leader epoch of the newest record of `region`'s copy (its epoch history)."""
+    return regions.leader_state(region, topic, p)[1]["epochs"][-1][0]
 
 
 @pytest.fixture
@@ -245,6 +265,15 @@ def test_split_brain_attempt_home_cut_off_stops_at_its_lease_end(tmp_path, chron
         print(f"\nasync: us-east acknowledged {len(lost)} records after eu-west last heard from it "
               f"(offsets {lost[:1]}..{lost[-1:]}), lost by the failover; eu-west continues at {fork}")
 
+        # Epochs (KIP-320): a consumer that read us-east's records past the fork asks eu-west
+        # where its epoch ends, and is told the fork: it truncates there, as after a Kafka
+        # unclean leader change. us-east, asked the same, still has its own history.
+        old_epoch = last_epoch(regions, US, asy, 0)
+        err, _, end = epoch_end(leader_bootstrap(regions, EU, asy, 0), asy, 0, old_epoch)
+        assert (err, end) == (0, fork), f"eu-west: epoch {old_epoch} ends at {end} (error {err}), fork {fork}"
+        new_epoch = last_epoch(regions, EU, asy, 0)
+        assert new_epoch > old_epoch, f"eu-west stamps epoch {new_epoch}, not above us-east's {old_epoch}"
+
         regions.isolate(US, on=False)
         # us-east learns its topics moved (metadata-sync) and refuses them; eu-west's dc-link
         # finds us-east's copy of the async topic diverged and ships nothing into it.
@@ -261,6 +290,9 @@ def test_split_brain_attempt_home_cut_off_stops_at_its_lease_end(tmp_path, chron
                 assert us_asy[off] != v or off not in us_acks[asy], \
                     f"{asy}: eu-west's record at {off} was spliced into us-east's diverged copy"
         assert all(us_asy.get(o) == us_acks[asy][o] for o in lost), "us-east's own records were overwritten"
+        if lost:
+            err, _, end = epoch_end(leader_bootstrap(regions, US, asy, 0), asy, 0, old_epoch)
+            assert err == 0 and end > fork, f"us-east: epoch {old_epoch} ends at {end} (error {err})"
         r = produce_all(regions.bootstrap(US), asy, [{"value": b"late", "partition": 0}], acks="all",
                         **{"message.timeout.ms": 5000})
         assert r[0][0] is not None, f"us-east took a write for a topic homed in eu-west: {r}"

@@ -86,6 +86,9 @@ pub struct Situation {
     pub to: String,
     /// The home answers the target region's lease renewals.
     pub home_link_up: bool,
+    /// How much longer the home must stay silent to count as gone (0 when
+    /// it already does).
+    pub silent_in_ms: u64,
     pub voters: usize,
     pub at_risk: Vec<AtRisk>,
 }
@@ -163,9 +166,9 @@ async fn situation(link: &str, topic: &str, home: &str, to: &str) -> Result<Situ
     // reachable (every renew_every_ms); a silence of a few renewals means
     // it is gone or cut off.
     let renew = lease["renew_every_ms"].as_u64().unwrap_or(1_000);
-    let home_link_up = lease["voters_heard_ms_ago"][home]
-        .as_u64()
-        .is_some_and(|ms| ms < (3 * renew).max(1_500));
+    let silence_ms = (3 * renew).max(1_500);
+    let heard_ms_ago = lease["voters_heard_ms_ago"][home].as_u64();
+    let home_link_up = heard_ms_ago.is_some_and(|ms| ms < silence_ms);
     let at_risk = lag["received"]
         .as_array()
         .into_iter()
@@ -184,6 +187,7 @@ async fn situation(link: &str, topic: &str, home: &str, to: &str) -> Result<Situ
         home: home.to_string(),
         to: to.to_string(),
         home_link_up,
+        silent_in_ms: heard_ms_ago.map_or(0, |ms| silence_ms.saturating_sub(ms)),
         voters: lease["voters"].as_u64().unwrap_or(0) as usize,
         at_risk,
     })
@@ -266,7 +270,7 @@ async fn fail_over_one(
         if s.home_link_up {
             // Answered a moment ago, but may just have died: ask again once
             // a few renewals would have been answered.
-            tokio::time::sleep(Duration::from_millis(1_600)).await;
+            tokio::time::sleep(Duration::from_millis(s.silent_in_ms + 200)).await;
             s = situation(link, topic, &home, to).await?;
         }
         report_at_risk(&s);
@@ -466,6 +470,7 @@ mod tests {
             home: "us-east".into(),
             to: "eu-west".into(),
             home_link_up: link_up,
+            silent_in_ms: 0,
             voters,
             at_risk: vec![AtRisk {
                 partition: 0,

@@ -359,8 +359,8 @@ impl LeaseClient {
             self.voter.name.clone(),
             promote_reply(self.voter.promote(&p)),
         );
-        // Answers as they come; done once a majority agreed (a voter that is
-        // down must not hold up the others) or every voter answered.
+        // Answers as they come (a voter that is down must not hold up the
+        // others).
         let unreachable = |name: &str| PromoteReply {
             accepted: false,
             refusal: format!("{name} did not answer (unreachable)"),
@@ -375,7 +375,12 @@ impl LeaseClient {
                 from: from.to_string(),
                 epoch,
             };
-            if voter.send(Outgoing::Promote(msg, rtx)).is_err() {
+            // A voter silent for several renewals is not waited for (it
+            // would hold every attempt up for the full timeout).
+            let silent = self
+                .heard_ms_ago(name)
+                .is_none_or(|ms| ms > 3 * self.renew_every_ms.max(500));
+            if silent || voter.send(Outgoing::Promote(msg, rtx)).is_err() {
                 out.insert(name.clone(), unreachable(name));
                 continue;
             }
@@ -389,8 +394,12 @@ impl LeaseClient {
                 let _ = tx.send((name, reply));
             });
         }
+        // Done once a majority agreed, or can no longer agree this time.
         let majority = self.voter_count / 2 + 1;
-        while asked > 0 && out.values().filter(|r| r.accepted).count() < majority {
+        while asked > 0 && {
+            let agreed = out.values().filter(|r| r.accepted).count();
+            agreed < majority && agreed + asked >= majority
+        } {
             let Some((name, reply)) = rx.recv().await else {
                 break;
             };
@@ -400,7 +409,7 @@ impl LeaseClient {
         for name in self.voters.keys() {
             out.entry(name.clone()).or_insert_with(|| PromoteReply {
                 accepted: false,
-                refusal: "no answer yet (a majority agreed first)".into(),
+                refusal: "no answer yet (the others decided first)".into(),
                 retry_after_ms: 0,
             });
         }

@@ -714,3 +714,49 @@ async fn push_to_brokers(shared: Arc<Shared>, c: Arc<LeaseClient>) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(name: &str) -> RegionId {
+        RegionId::new(name.to_string()).unwrap()
+    }
+
+    #[test]
+    fn an_agreed_promotion_survives_a_restart_and_a_restarted_vote_waits() {
+        let dir = std::env::temp_dir().join(format!("voter-{}", uuid::Uuid::new_v4()));
+        let cfg = LeaseConfig {
+            duration_ms: 1_000,
+            renew_every_ms: 200,
+            max_drift: 0.0,
+        };
+        let topic = TopicId([3; 16]);
+        let p = Promotion {
+            topic,
+            from: r("us-east"),
+            to: r("eu-west"),
+            epoch: 2,
+        };
+        let v = Voter::open("witness", cfg, &dir).unwrap();
+        // Just started: leases granted before the start may be live.
+        assert!(matches!(v.promote(&p), Err(Refusal::Recovering { .. })));
+        std::thread::sleep(std::time::Duration::from_millis(1_050));
+        v.promote(&p).unwrap();
+        drop(v);
+
+        let again = Voter::open("witness", cfg, &dir).unwrap();
+        // The stored promotion is remembered: the same one is agreed again at
+        // once, another region at the same epoch is refused, and the old
+        // home's renewals are told the topic moved.
+        again.promote(&p).unwrap();
+        let rival = Promotion {
+            to: r("ap-south"),
+            ..p.clone()
+        };
+        assert!(matches!(again.promote(&rival), Err(Refusal::Taken { .. })));
+        let g = again.renew(&r("us-east"), 7, &[(topic, 1)]);
+        assert_eq!(g.moved, vec![(topic, 2)]);
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

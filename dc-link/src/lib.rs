@@ -675,6 +675,11 @@ impl Shared {
             }
         }
         *self.auto_topics.lock().unwrap() = auto;
+        // What was received for topics no longer in the region goes.
+        self.received
+            .lock()
+            .unwrap()
+            .retain(|(_, t, _), _| configs.contains_key(t) || view.topics.contains_key(t));
         for (t, e) in &errors {
             if !self.policy_errors.lock().unwrap().contains_key(t) {
                 tracing::error!(topic = %t, error = %e, "invalid replication policy; not mirroring this topic");

@@ -351,6 +351,11 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
     // link picks the topic up once an operator fixed the cause (deleted a
     // mirror of an older incarnation, say) without a restart.
     let mut refused: HashMap<String, (Instant, uuid::Uuid)> = HashMap::new();
+    // Offers sent and not answered yet, with the topic and when.
+    let mut in_flight: HashMap<
+        String,
+        (oneshot::Receiver<proto::TopicReady>, HomedTopic, Instant),
+    > = HashMap::new();
     loop {
         let topics: Vec<HomedTopic> = s.shared.homed_topics();
         // Topics no longer shipped from here to this peer (their home moved
@@ -372,6 +377,7 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                 .unwrap()
                 .retain(|(topic, _), _| *topic != name);
             offered.remove(&name);
+            in_flight.remove(&name);
         }
         for t in topics {
             if !t.policy.mirrors.contains(&s.peer) {
@@ -388,13 +394,15 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                         .unwrap()
                         .retain(|(topic, _), _| *topic != t.name);
                     offered.remove(&t.name);
+                    in_flight.remove(&t.name);
                 }
                 Some((n, _)) if *n >= t.partitions => continue,
                 _ => {}
             }
-            if refused
-                .get(&t.name)
-                .is_some_and(|(at, id)| *id == t.id && at.elapsed() < REOFFER_REFUSED)
+            if in_flight.contains_key(&t.name)
+                || refused
+                    .get(&t.name)
+                    .is_some_and(|(at, id)| *id == t.id && at.elapsed() < REOFFER_REFUSED)
             {
                 continue;
             }
@@ -417,10 +425,28 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     },
                 })),
             });
-            let ready = tokio::time::timeout(Duration::from_secs(90), rx)
-                .await
-                .map_err(|_| format!("no answer to the offer of topic {}", t.name))?
-                .map_err(|_| "session closed".to_string())?;
+            in_flight.insert(t.name.clone(), (rx, t.clone(), Instant::now()));
+        }
+        // Answers are taken as they come: a peer waiting for metadata-sync
+        // to create one mirror (up to a minute) holds up no other topic.
+        let waiting: Vec<String> = in_flight.keys().cloned().collect();
+        for name in waiting {
+            let ready = {
+                let (rx, _, at) = in_flight.get_mut(&name).expect("listed above");
+                match rx.try_recv() {
+                    Ok(r) => r,
+                    Err(oneshot::error::TryRecvError::Empty) => {
+                        if at.elapsed() > Duration::from_secs(90) {
+                            return Err(format!("no answer to the offer of topic {name}"));
+                        }
+                        continue;
+                    }
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        return Err("session closed".to_string())
+                    }
+                }
+            };
+            let (_, t, _) = in_flight.remove(&name).expect("listed above");
             if !ready.error.is_empty() {
                 tracing::error!(link = %s.link, topic = %t.name, error = %ready.error, "peer cannot mirror topic");
                 s.shared

@@ -22,6 +22,7 @@ from kclient import produce_all, unique_topic
 from regions import Regions
 from test_dclink import leader_bootstrap, make_topic, wait_topic_in
 from test_metadata_sync import commit_offset, group_offsets
+from test_switchover import broker_args
 
 US, EU = "us-east", "eu-west"
 # The lease every test deployment uses: short, so a region loss is detected quickly.
@@ -31,11 +32,7 @@ LEASE = {"duration_ms": 4000, "renew_every_ms": 500}
 def failover(regions: Regions, to: str, *topics: str, extra: tuple = ()) -> subprocess.CompletedProcess:
     """`chronik ctl failover --to TO --topic T... --json`, with the live brokers of every
     region and the target region's dc-link."""
-    args = []
-    for r in regions.names:
-        c = regions.cluster(r)
-        for i in c.live_ids():
-            args += ["--broker", c.admin_url(i).removeprefix("http://")]
+    args = broker_args(regions)
     for t in topics:
         args += ["--topic", t]
     link = regions.dclink_url(to if to in regions.names else EU)

@@ -44,13 +44,19 @@ def http_post(url: str, timeout: float = 30.0) -> tuple[int, str]:
         return e.code, e.read().decode(errors="replace")
 
 
-def switchover(regions: Regions, to: str, *topics: str, extra: tuple = (), check: bool = True):
-    """`chronik ctl switchover --to TO --topic T... --json` with every broker of the deployment."""
+def broker_args(regions: Regions) -> list[str]:
+    """`--broker ADDR` for every live broker of the deployment (`chronik ctl` commands)."""
     args = []
     for r in regions.names:
         c = regions.cluster(r)
         for i in c.live_ids():
             args += ["--broker", c.admin_url(i).removeprefix("http://")]
+    return args
+
+
+def switchover(regions: Regions, to: str, *topics: str, extra: tuple = (), check: bool = True):
+    """`chronik ctl switchover --to TO --topic T... --json` with every broker of the deployment."""
+    args = broker_args(regions)
     for t in topics:
         args += ["--topic", t]
     out = subprocess.run([str(regions.binary), "ctl", "switchover", "--to", to, "--json", *args, *extra],

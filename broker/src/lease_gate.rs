@@ -120,6 +120,11 @@ impl LeaseGate {
         Ok(())
     }
 
+    /// Whether the lease binds at all (three voters or more).
+    pub fn binds(&self) -> bool {
+        self.state.lock().unwrap().voters >= 3
+    }
+
     /// Whether a topic homed here at `epoch` may take a write now.
     pub fn check(&self, topic: &Uuid, epoch: u64) -> Result<(), LeaseRefusal> {
         let now = self.now_ms();

@@ -422,7 +422,7 @@ pub fn run(args: Args) -> ExitCode {
                 serde_json::to_string_pretty(&json!({"topics": results})).unwrap()
             );
         } else {
-            print_results(&results);
+            crate::switchover::print_moves(&results, "MS", "elapsed_ms");
         }
         if failed {
             ExitCode::FAILURE
@@ -430,34 +430,6 @@ pub fn run(args: Args) -> ExitCode {
             ExitCode::SUCCESS
         }
     })
-}
-
-fn print_results(results: &[Value]) {
-    println!(
-        "{:<32} {:<10} {:<10} {:>6} {:>8}  PARTITIONS (log end)",
-        "TOPIC", "FROM", "TO", "EPOCH", "MS"
-    );
-    for r in results {
-        if let Some(e) = r["error"].as_str() {
-            println!("{:<32} error: {e}", r["topic"].as_str().unwrap_or("?"));
-            continue;
-        }
-        let parts: Vec<String> = r["partitions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|p| format!("{}:{}", p["partition"], p["log_end_offset"]))
-            .collect();
-        println!(
-            "{:<32} {:<10} {:<10} {:>6} {:>8}  {}",
-            r["topic"].as_str().unwrap_or("?"),
-            r["from"].as_str().unwrap_or("-"),
-            r["to"].as_str().unwrap_or("?"),
-            r["epoch"],
-            r["elapsed_ms"],
-            parts.join(" ")
-        );
-    }
 }
 
 #[cfg(test)]

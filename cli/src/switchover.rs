@@ -434,9 +434,16 @@ pub fn run(args: Args) -> ExitCode {
 }
 
 fn print_results(results: &[Value]) {
+    print_moves(results, "PAUSE (ms)", "write_pause_ms");
+}
+
+/// The per-topic result table of a home move: TOPIC, FROM, TO, EPOCH, one
+/// timing column (`header`, from the result's `key`), the log ends.
+pub(crate) fn print_moves(results: &[Value], header: &str, key: &str) {
+    let w = header.len().max(8);
     println!(
-        "{:<32} {:<10} {:<10} {:>6} {:>10}  PARTITIONS (log end)",
-        "TOPIC", "FROM", "TO", "EPOCH", "PAUSE (ms)"
+        "{:<32} {:<10} {:<10} {:>6} {:>w$}  PARTITIONS (log end)",
+        "TOPIC", "FROM", "TO", "EPOCH", header
     );
     for r in results {
         if let Some(e) = r["error"].as_str() {
@@ -450,14 +457,12 @@ fn print_results(results: &[Value]) {
             .map(|p| format!("{}:{}", p["partition"], p["log_end_offset"]))
             .collect();
         println!(
-            "{:<32} {:<10} {:<10} {:>6} {:>10}  {}",
+            "{:<32} {:<10} {:<10} {:>6} {:>w$}  {}",
             r["topic"].as_str().unwrap_or("?"),
             r["from"].as_str().unwrap_or("-"),
             r["to"].as_str().unwrap_or("?"),
             r["epoch"],
-            r["write_pause_ms"]
-                .as_u64()
-                .map_or("-".to_string(), |p| p.to_string()),
+            r[key].as_u64().map_or("-".to_string(), |p| p.to_string()),
             parts.join(" ")
         );
     }

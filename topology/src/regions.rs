@@ -477,23 +477,8 @@ impl DcLinkConfig {
     /// Loads the dc-link config and the topology it names, and checks that
     /// this region is in it.
     pub fn load(path: &Path) -> Result<(DcLinkConfig, Topology), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg: DcLinkConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message: describe_toml_error(&e),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if cfg.topology.is_relative() {
-            cfg.topology = base.join(&cfg.topology);
-        }
-        cfg.state_dir = Some(match cfg.state_dir.take() {
-            Some(d) if d.is_relative() => base.join(d),
-            Some(d) => d,
-            None => base.join("lease-state"),
-        });
+        let mut cfg: DcLinkConfig = read_toml(path)?;
+        (cfg.topology, cfg.state_dir) = resolve_paths(path, &cfg.topology, cfg.state_dir.take());
         let topo = Topology::load(&cfg.topology)?;
         if topo.region(&cfg.region).is_none() {
             return Err(ConfigError::Invalid {
@@ -523,6 +508,33 @@ impl DcLinkConfig {
     }
 }
 
+fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        file: path.to_path_buf(),
+        message: describe_toml_error(&e),
+    })
+}
+
+/// A process config's topology and lease state directory, relative to the
+/// config file (the state directory defaults to `lease-state/` there).
+fn resolve_paths(
+    config: &Path,
+    topology: &Path,
+    state_dir: Option<PathBuf>,
+) -> (PathBuf, Option<PathBuf>) {
+    let base = config.parent().unwrap_or(Path::new("."));
+    let state = match state_dir {
+        Some(d) if d.is_relative() => base.join(d),
+        Some(d) => d,
+        None => base.join("lease-state"),
+    };
+    (base.join(topology), Some(state))
+}
+
 /// One `chronik witness` process (`--config`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -542,23 +554,8 @@ pub struct WitnessConfig {
 
 impl WitnessConfig {
     pub fn load(path: &Path) -> Result<(WitnessConfig, Topology), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-            file: path.to_path_buf(),
-            source,
-        })?;
-        let mut cfg: WitnessConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message: describe_toml_error(&e),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        if cfg.topology.is_relative() {
-            cfg.topology = base.join(&cfg.topology);
-        }
-        cfg.state_dir = Some(match cfg.state_dir.take() {
-            Some(d) if d.is_relative() => base.join(d),
-            Some(d) => d,
-            None => base.join("lease-state"),
-        });
+        let mut cfg: WitnessConfig = read_toml(path)?;
+        (cfg.topology, cfg.state_dir) = resolve_paths(path, &cfg.topology, cfg.state_dir.take());
         let topo = Topology::load(&cfg.topology)?;
         if topo.witness.is_none() {
             return Err(ConfigError::Invalid {

@@ -128,16 +128,9 @@ pub fn handle(
                 )));
                 continue;
             }
-            if let Some(refusal) = moved_refusal(t, log, &ctx.config.region) {
-                outcomes.push(Outcome::Done(partition_error(
-                    version,
-                    idx,
-                    E::NotLeaderOrFollower.code(),
-                    Some(refusal),
-                )));
-                continue;
-            }
-            if let Some(refusal) = lease_refusal(ctx, t) {
+            if let Some(refusal) =
+                moved_refusal(t, log, &ctx.config.region).or_else(|| lease_refusal(ctx, t))
+            {
                 outcomes.push(Outcome::Done(partition_error(
                     version,
                     idx,
@@ -306,7 +299,11 @@ pub fn handle(
 /// the home lease (see `crate::lease_gate`): a home cut off from the
 /// majority of the voters stops before another region can be promoted.
 fn lease_refusal(ctx: &BrokerCtx, t: &Topic) -> Option<String> {
-    if t.mirror_of(&ctx.config.region).is_some() || !ctx.catalog.mirrored_elsewhere(&t.record) {
+    // Two voters (the common case): no lease, and no catalog lookups here.
+    if !ctx.lease.binds()
+        || t.mirror_of(&ctx.config.region).is_some()
+        || !ctx.catalog.mirrored_elsewhere(&t.record)
+    {
         return None;
     }
     let (_, epoch) = ctx.catalog.home_of(&t.id())?;

@@ -294,6 +294,8 @@ class Regions:
     witness_paths: each region dials the witness through a wan-sim of its own (the region's
               dc-link reads topology-R.toml, which differs only in the witness address), so
               isolate() can cut one region off the witness while the others still reach it.
+    standby:  regions that also run a standby dc-link (listed in the topology's
+              dc_link_standby, dialled directly, not through the wan-sim); see standby().
     """
 
     WITNESS = "witness"
@@ -301,7 +303,7 @@ class Regions:
     def __init__(self, base_dir, names=DEFAULT_NAMES, brokers: int = 3, wan: dict | None = None,
                  cross_dc: dict | None = None, faults: dict | None = None, cluster_opts: dict | None = None,
                  binary: Path | None = None, witness: bool = False, lease: dict | None = None,
-                 witness_paths: bool = False) -> None:
+                 witness_paths: bool = False, standby: tuple | list = ()) -> None:
         self.base_dir = Path(base_dir).resolve()
         self.base_dir.mkdir(parents=True, exist_ok=True)
         self.names = list(names)
@@ -348,6 +350,12 @@ class Regions:
                 self.witness_proxy[r] = (LOOPBACK, free_udp_port())
                 self.witness_sims[r] = WanSim(f"wan-sim-witness-{r}", [(self.witness_proxy[r], self.witness_addr)],
                                               free_port(), self.base_dir / f"wan-sim-witness-{r}.log", self.binary)
+        self.standby_addr = {r: (LOOPBACK, free_udp_port()) for r in standby}
+        self.standbys: dict[str, DcLink] = {
+            r: DcLink(r, self.base_dir / f"dclink-{r}-standby.toml", free_port(),
+                      self.base_dir / f"dclink-{r}-standby.log", self.binary, name=f"dc-link-{r}-standby")
+            for r in standby
+        }
         self.extra: list[ManagedProcess] = []  # processes a test adds (listed in .started, stopped by stop())
         self._started = False
 
@@ -372,6 +380,7 @@ class Regions:
         procs.extend(self.wansims.values())
         procs.extend(self.witness_sims.values())
         procs.extend(self.dclinks.values())
+        procs.extend(self.standbys.values())
         if self.witness:
             procs.append(self.witness)
         procs.extend(self.extra)
@@ -386,6 +395,10 @@ class Regions:
 
     def dclink(self, region: str) -> DcLink:
         return self.dclinks[region]
+
+    def standby(self, region: str) -> DcLink:
+        """The region's standby dc-link process (Regions(standby=[...]))."""
+        return self.standbys[region]
 
     def wansim(self, region: str) -> WanSim:
         return self.wansims[region]
@@ -408,6 +421,11 @@ class Regions:
             f"bootstrap = {toml_value([c.nodes[i].bootstrap for i in c.ids])}",
             f"brokers_admin = {toml_value([f'{c.nodes[i].host}:{c.nodes[i].admin_port}' for i in c.ids])}",
             f"dc_link = {toml_value(f'{host}:{port}')}",
+        ]
+        if r in self.standby_addr:
+            sh, sp = self.standby_addr[r]
+            lines.append(f"dc_link_standby = {toml_value([f'{sh}:{sp}'])}")
+        lines += [
             f"cert = {toml_value(str(certs / f'{r}.pem'))}",
             f"key = {toml_value(str(certs / f'{r}.key'))}",
         ]
@@ -508,6 +526,10 @@ class Regions:
                 self.dclinks[r].launch()
             for r in self.names:
                 self.dclinks[r].wait_ready(max(1.0, deadline - time.monotonic()))
+            for r, s in self.standbys.items():
+                s.config_path.write_text(self.dclink_toml(r, listen=self.standby_addr[r], admin_port=s.admin_port))
+                s.launch()
+                s.wait_live(max(1.0, deadline - time.monotonic()))
             if self.witness:
                 self.witness.wait_ready(max(1.0, deadline - time.monotonic()))
             if not self.wan_initial.get("blackhole"):
@@ -519,7 +541,8 @@ class Regions:
 
     def stop(self) -> None:
         try:
-            stop_all(list(self.dclinks.values()) + list(self.wansims.values()) + list(self.extra)
+            stop_all(list(self.dclinks.values()) + list(self.standbys.values()) + list(self.wansims.values())
+                     + list(self.extra)
                      + list(self.witness_sims.values()) + ([self.witness] if self.witness else []), timeout=10)
         finally:
             nodes = [n for c in self.clusters.values() for n in c.nodes.values()]

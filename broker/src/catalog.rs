@@ -23,6 +23,7 @@ use crate::raft::types::ControllerCommand;
 use crate::storage::{Store, StoreError, CF_META};
 
 mod home_move;
+mod link_actor;
 mod meta_apply;
 
 pub use home_move::{HomeMove, OffsetMove, OFFSET_MOVED_PREFIX};
@@ -31,12 +32,13 @@ const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
 const BROKER_PREFIX: &str = "broker/";
 /// Keyed controller entries besides topics that a snapshot carries whole.
-const SNAPSHOT_PREFIXES: [&str; 5] = [
+const SNAPSHOT_PREFIXES: [&str; 6] = [
     BROKER_PREFIX,
     groups::GROUP_PREFIX,
     groups::OFFSET_PREFIX,
     crate::global_meta::PREFIX,
     OFFSET_MOVED_PREFIX,
+    link_actor::LINK_PREFIX,
 ];
 
 /// A broker's Kafka listener as clients should reach it.
@@ -1141,6 +1143,12 @@ impl Catalog {
             ControllerCommand::MetaReconcile { topic_id } => {
                 self.apply_meta_reconcile(topic_id, wb)
             }
+            ControllerCommand::ClaimLinkActor { claim } => self.apply_claim_link_actor(claim, wb),
+            ControllerCommand::KeepLinkPromotions {
+                holder,
+                term,
+                promotions,
+            } => self.apply_keep_link_promotions(holder, *term, promotions, wb),
             ControllerCommand::Barrier => Ok(PostApply::Nothing),
         }
     }

@@ -8,7 +8,11 @@
 //! - `POST /v1/home/{topic}/take?from=R&epoch=E`: take the home from a lost
 //!   region R (failover), once the lease voters agreed;
 //! - `GET /v1/lease/clock`, `POST /v1/lease`, `GET /v1/lease`: the region's
-//!   home lease as its dc-link pushes it (see `crate::lease_gate`).
+//!   home lease as its dc-link pushes it (see `crate::lease_gate`);
+//! - `GET /v1/link/actor`, `POST /v1/link/actor/claim?holder=&term=&renewals=`,
+//!   `POST /v1/link/promotions?holder=&term=`: which dc-link process of the
+//!   region acts, and the promotions its lease vote agreed to (see
+//!   `catalog/link_actor.rs`).
 //!
 //! Errors are JSON `{"error": ...}`: 404 unknown topic, 409 a refusal by the
 //! controller (the same on every broker), 503 the controller unreachable.
@@ -37,6 +41,9 @@ pub fn router(ctx: Arc<BrokerCtx>) -> Router {
         .route("/v1/home/{topic}/take", post(take_home))
         .route("/v1/lease/clock", get(lease_clock))
         .route("/v1/lease", get(lease_state).post(lease_push))
+        .route("/v1/link/actor", get(link_actor))
+        .route("/v1/link/actor/claim", post(claim_link_actor))
+        .route("/v1/link/promotions", post(keep_link_promotions))
         .with_state(ctx)
 }
 
@@ -158,5 +165,92 @@ async fn lease_push(State(ctx): Ctx, Json(p): Json<crate::lease_gate::Push>) -> 
     match ctx.lease.push(p) {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => error(StatusCode::CONFLICT, e),
+    }
+}
+
+/// The actor record and the promotions, as this broker has applied them.
+fn link_state(ctx: &BrokerCtx, granted: Option<bool>) -> Result<serde_json::Value, TopicError> {
+    let actor = ctx.catalog.link_actor()?;
+    let promotions: serde_json::Value =
+        serde_json::from_slice(&ctx.catalog.link_promotions()?).unwrap_or(json!([]));
+    let mut v = json!({"actor": actor, "promotions": promotions});
+    if let Some(g) = granted {
+        v["granted"] = json!(g);
+    }
+    Ok(v)
+}
+
+async fn link_actor(State(ctx): Ctx) -> Response {
+    match link_state(&ctx, None) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => topic_error(e),
+    }
+}
+
+/// `holder` and `term` (and `renewals` where asked) from the query string.
+fn claim_params(q: &Option<String>, with_renewals: bool) -> Result<(String, u64, u64), Response> {
+    let num = |k: &str| query_param(q.as_deref(), k).and_then(|v| v.parse::<u64>().ok());
+    // Holders name themselves by socket address: plain characters only, so
+    // the raw query value is the name.
+    let holder = query_param(q.as_deref(), "holder").filter(|h| {
+        !h.is_empty()
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:[]".contains(c))
+    });
+    match (
+        holder,
+        num("term"),
+        num("renewals").or((!with_renewals).then_some(0)),
+    ) {
+        (Some(h), Some(t), Some(r)) => Ok((h.to_string(), t, r)),
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            if with_renewals {
+                "holder=<address>, term=<n> and renewals=<n> are required (the address: letters, digits and -_.:[] only)"
+            } else {
+                "holder=<address> and term=<n> are required (the address: letters, digits and -_.:[] only)"
+            },
+        )),
+    }
+}
+
+async fn claim_link_actor(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
+    let (holder, term, renewals) = match claim_params(&q, true) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    let claim = chronik_metadata_sync::actor::Claim {
+        holder,
+        term,
+        renewals,
+    };
+    let granted = match ctx.catalog.claim_link_actor(claim).await {
+        Ok(_) => true,
+        Err(TopicError::Rejected { .. }) => false,
+        Err(e) => return topic_error(e),
+    };
+    match link_state(&ctx, Some(granted)) {
+        Ok(v) if granted => Json(v).into_response(),
+        Ok(v) => (StatusCode::CONFLICT, Json(v)).into_response(),
+        Err(e) => topic_error(e),
+    }
+}
+
+async fn keep_link_promotions(
+    State(ctx): Ctx,
+    RawQuery(q): RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    let (holder, term, _) = match claim_params(&q, false) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match ctx
+        .catalog
+        .keep_link_promotions(holder, term, body.to_vec())
+        .await
+    {
+        Ok(()) => Json(json!({"ok": true})).into_response(),
+        Err(e) => topic_error(e),
     }
 }

@@ -151,6 +151,7 @@ fn plan_dc_links(
                 .map(|p| p.config.listeners.admin_addr().to_string())
                 .collect(),
             dc_link: quic.to_string(),
+            dc_link_standby: Vec::new(),
             cert: certs.join(format!("{name}.pem")),
             key: certs.join(format!("{name}.key")),
         });

@@ -38,7 +38,7 @@ pub async fn run(shared: Arc<Shared>, lease: Arc<LeaseClient>) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let topics: Vec<AutoTopic> = shared.auto_topics.lock().unwrap().clone();
-        if topics.is_empty() {
+        if topics.is_empty() || !shared.actor.may_act() {
             continue;
         }
         if lease.voter_count() < 3 {

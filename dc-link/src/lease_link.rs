@@ -31,9 +31,9 @@ use crate::proto::{
 };
 use crate::{FrameReader, Shared};
 
-/// A promotion as stored in the voter's file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct StoredPromotion {
+/// A promotion as a voter keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredPromotion {
     topic_id: uuid::Uuid,
     from: String,
     to: String,
@@ -52,45 +52,103 @@ fn region_id(name: &str) -> Result<RegionId, String> {
     RegionId::new(name.to_string()).map_err(|e| e.to_string())
 }
 
-/// This process's vote: an acceptor whose promotions survive restarts.
+/// Where a voter keeps the promotions it agreed to, before saying so.
+pub enum PromotionStore {
+    /// The witness: a file of its own.
+    File(PathBuf),
+    /// A region's dc-link: the region's controller, written by the process
+    /// acting for the region, so a standby taking over votes the same way.
+    Controller(Arc<crate::actor::ActorState>),
+}
+
+/// This process's vote: an acceptor whose promotions survive restarts and
+/// changes of the acting dc-link process.
 pub struct Voter {
     pub name: String,
     cfg: LeaseConfig,
     start: Instant,
     acceptor: Mutex<Acceptor>,
-    file: PathBuf,
+    store: PromotionStore,
+    /// One promotion stored at a time (each write holds the whole list).
+    storing: tokio::sync::Mutex<()>,
 }
 
-impl Voter {
-    /// Opens the voter whose promotions are kept in `dir`.
-    pub fn open(name: &str, cfg: LeaseConfig, dir: &Path) -> Result<Voter, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let file = dir.join("promotions.json");
-        let stored: Vec<StoredPromotion> = match std::fs::read(&file) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(format!("{}: {e}", file.display())),
-        };
-        let mut promotions = Vec::new();
-        for p in stored {
-            promotions.push(Promotion {
+fn to_promotions(stored: Vec<StoredPromotion>) -> Result<Vec<Promotion>, String> {
+    stored
+        .into_iter()
+        .map(|p| {
+            Ok(Promotion {
                 topic: TopicId(*p.topic_id.as_bytes()),
                 from: region_id(&p.from)?,
                 to: region_id(&p.to)?,
                 epoch: p.epoch,
-            });
-        }
+            })
+        })
+        .collect()
+}
+
+fn to_stored<'a>(ps: impl Iterator<Item = &'a Promotion>) -> Vec<StoredPromotion> {
+    ps.map(|p| StoredPromotion {
+        topic_id: uuid::Uuid::from_bytes(p.topic.0),
+        from: p.from.to_string(),
+        to: p.to.to_string(),
+        epoch: p.epoch,
+    })
+    .collect()
+}
+
+/// The promotions kept in `dir` (the witness's, or those of a dc-link built
+/// before they moved to the controller); none if there is no file.
+pub fn read_promotions_file(dir: &Path) -> Result<Vec<StoredPromotion>, String> {
+    let file = dir.join("promotions.json");
+    match std::fs::read(&file) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| format!("{}: {e}", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("{}: {e}", file.display())),
+    }
+}
+
+impl Voter {
+    /// The witness's voter, its promotions kept in `dir`.
+    pub fn open(name: &str, cfg: LeaseConfig, dir: &Path) -> Result<Voter, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let stored = read_promotions_file(dir)?;
+        Voter::new(
+            name,
+            cfg,
+            stored,
+            PromotionStore::File(dir.join("promotions.json")),
+        )
+    }
+
+    /// A voter that starts with `stored` (and its restart grace).
+    pub fn new(
+        name: &str,
+        cfg: LeaseConfig,
+        stored: Vec<StoredPromotion>,
+        store: PromotionStore,
+    ) -> Result<Voter, String> {
         Ok(Voter {
             name: name.to_string(),
             cfg,
             start: Instant::now(),
-            acceptor: Mutex::new(Acceptor::new(cfg, 0, promotions)),
-            file,
+            acceptor: Mutex::new(Acceptor::new(cfg, 0, to_promotions(stored)?)),
+            store,
+            storing: tokio::sync::Mutex::new(()),
         })
     }
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Whether this process may vote now: always for the witness; for a
+    /// dc-link, only while it acts for its region.
+    pub fn may_vote(&self) -> bool {
+        match &self.store {
+            PromotionStore::File(_) => true,
+            PromotionStore::Controller(a) => a.may_act(),
+        }
     }
 
     pub fn renew(&self, holder: &RegionId, round: u64, topics: &[(TopicId, u64)]) -> Grant {
@@ -101,26 +159,43 @@ impl Voter {
             .renew(now, holder, round, topics)
     }
 
-    /// Agrees to `p` (kept in the file first) or says why not.
-    pub fn promote(&self, p: &Promotion) -> Result<(), Refusal> {
-        let mut a = self.acceptor.lock().unwrap();
-        let before: Vec<Promotion> = a.promotions().cloned().collect();
-        a.promote(self.now_ms(), p)?;
-        let after: Vec<StoredPromotion> = a
-            .promotions()
-            .map(|p| StoredPromotion {
-                topic_id: uuid::Uuid::from_bytes(p.topic.0),
-                from: p.from.to_string(),
-                to: p.to.to_string(),
-                epoch: p.epoch,
-            })
-            .collect();
-        if let Err(e) = write_atomically(&self.file, &serde_json::to_vec(&after).expect("json")) {
+    /// Agrees to `p` (kept first) or says why not.
+    pub async fn promote(&self, p: &Promotion) -> Result<(), Refusal> {
+        if !self.may_vote() {
+            return Err(Refusal::Unavailable(
+                "this dc-link does not act for its region now (a standby, or its role lapsed)"
+                    .into(),
+            ));
+        }
+        let _one = self.storing.lock().await;
+        let (before, after) = {
+            let mut a = self.acceptor.lock().unwrap();
+            let before: Vec<Promotion> = a.promotions().cloned().collect();
+            a.promote(self.now_ms(), p)?;
+            (before, to_stored(a.promotions()))
+        };
+        if before.contains(p) {
+            return Ok(()); // agreed again: already kept
+        }
+        let kept = match &self.store {
+            PromotionStore::File(file) => {
+                write_atomically(file, &serde_json::to_vec(&after).expect("json"))
+                    .map_err(|e| format!("{}: {e}", file.display()))
+            }
+            PromotionStore::Controller(actor) => {
+                actor
+                    .keep_promotions(&serde_json::to_value(&after).expect("json"))
+                    .await
+            }
+        };
+        if let Err(e) = kept {
             // Not kept: not agreed. Forget it here too; the rebuilt
             // acceptor starts its restart grace again, which only delays.
-            *a = Acceptor::new(self.cfg, self.now_ms(), before);
-            tracing::error!(file = %self.file.display(), error = %e, "cannot keep a promotion; refusing it");
-            return Err(Refusal::Recovering { elapsed_ms: 0 });
+            *self.acceptor.lock().unwrap() = Acceptor::new(self.cfg, self.now_ms(), before);
+            tracing::error!(error = %e, "cannot keep a promotion; refusing it");
+            return Err(Refusal::Unavailable(format!(
+                "cannot keep the promotion: {e}"
+            )));
         }
         tracing::warn!(topic = %uuid::Uuid::from_bytes(p.topic.0), from = %p.from, to = %p.to, epoch = p.epoch, "lease: promotion agreed");
         Ok(())
@@ -203,6 +278,10 @@ pub(crate) async fn serve(
     tracing::info!(peer = %peer, "lease: voting for {peer}");
     loop {
         let (env, _) = frames.next().await.map_err(|e| e.to_string())?;
+        if !voter.may_vote() {
+            // The holder redials and finds the process acting now.
+            return Err("this dc-link no longer acts for its region".into());
+        }
         let reply = match env.body {
             Some(Body::Renew(r)) => {
                 let g = voter.renew(&holder, r.round, &topic_epochs(&r.topics));
@@ -220,14 +299,18 @@ pub(crate) async fn serve(
             }
             Some(Body::Promote(p)) => {
                 let answer = match (TopicId::from_slice(&p.topic_id), region_id(&p.from)) {
-                    (Some(topic), Ok(from)) => voter.promote(&Promotion {
-                        topic,
-                        from,
-                        // Only the region taking the topic asks for it.
-                        to: holder.clone(),
-                        epoch: p.epoch,
-                    }),
-                    _ => Err(Refusal::Recovering { elapsed_ms: 0 }),
+                    (Some(topic), Ok(from)) => {
+                        voter
+                            .promote(&Promotion {
+                                topic,
+                                from,
+                                // Only the region taking the topic asks for it.
+                                to: holder.clone(),
+                                epoch: p.epoch,
+                            })
+                            .await
+                    }
+                    _ => Err(Refusal::Unavailable("a malformed promotion".into())),
                 };
                 Body::PromoteReply(promote_reply(answer))
             }
@@ -276,7 +359,7 @@ fn promote_reply(answer: Result<(), Refusal>) -> PromoteReply {
             accepted: false,
             retry_after_ms: match &r {
                 Refusal::LeaseLive { remaining_ms, .. } => *remaining_ms,
-                Refusal::Recovering { .. } => 500,
+                Refusal::Recovering { .. } | Refusal::Unavailable(_) => 500,
                 Refusal::Taken { .. } => 0,
             },
             refusal: r.to_string(),
@@ -357,7 +440,7 @@ impl LeaseClient {
         let mut out = BTreeMap::new();
         out.insert(
             self.voter.name.clone(),
-            promote_reply(self.voter.promote(&p)),
+            promote_reply(self.voter.promote(&p).await),
         );
         // Answers as they come (a voter that is down must not hold up the
         // others).
@@ -492,7 +575,12 @@ async fn renew_loop(shared: Arc<Shared>, c: Arc<LeaseClient>) {
     let mut last_marks = Instant::now();
     loop {
         let now = c.now_ms();
-        let round = c.holder.lock().unwrap().tick(now);
+        // A process that may not act for the region holds nothing for it.
+        let round = if c.voter.may_vote() {
+            c.holder.lock().unwrap().tick(now)
+        } else {
+            None
+        };
         if let Some(round) = round {
             let topics: Vec<(TopicId, u64)> = shared
                 .homed_topics()
@@ -559,28 +647,10 @@ async fn voter_link(
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
 ) {
     let from = RegionId::new(name.clone()).expect("validated voter name");
+    let mut which = 0usize;
     loop {
         let result: Result<(), String> = async {
-            let addr: std::net::SocketAddr = shared
-                .topology
-                .voter_addr(&name)
-                .ok_or_else(|| "not in the topology".to_string())?
-                .parse()
-                .map_err(|e| format!("{e}"))?;
-            let conn = tokio::time::timeout(
-                Duration::from_secs(3),
-                shared
-                    .endpoint
-                    .connect_with(
-                        shared.client_config.clone(),
-                        addr,
-                        &crate::tls::region_dns_name(&name),
-                    )
-                    .map_err(|e| e.to_string())?,
-            )
-            .await
-            .map_err(|_| format!("no answer from {addr} within 3 s"))?
-            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let (conn, _) = shared.dial(&name, which).await?;
             let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             let mut frames = FrameReader::new(recv);
             write(
@@ -635,6 +705,7 @@ async fn voter_link(
         }
         .await;
         if let Err(e) = result {
+            which += 1;
             tracing::debug!(voter = %name, error = %e, "lease: voter unreachable");
         }
         // Nothing queued while disconnected is worth sending late: renewals
@@ -663,7 +734,11 @@ async fn push_to_brokers(shared: Arc<Shared>, c: Arc<LeaseClient>) {
     }
     let mut conns: BTreeMap<String, crate::broker_http::AdminConn> = BTreeMap::new();
     loop {
+        let pushing = c.voter.may_vote();
         for addr in shared.local_region().brokers_admin.clone() {
+            if !pushing {
+                break;
+            }
             let conn = match conns.remove(&addr) {
                 Some(c) if c.is_open() => c,
                 _ => match crate::broker_http::AdminConn::connect(&addr).await {
@@ -723,8 +798,8 @@ mod tests {
         RegionId::new(name.to_string()).unwrap()
     }
 
-    #[test]
-    fn an_agreed_promotion_survives_a_restart_and_a_restarted_vote_waits() {
+    #[tokio::test]
+    async fn an_agreed_promotion_survives_a_restart_and_a_restarted_vote_waits() {
         let dir = std::env::temp_dir().join(format!("voter-{}", uuid::Uuid::new_v4()));
         let cfg = LeaseConfig {
             duration_ms: 1_000,
@@ -740,21 +815,27 @@ mod tests {
         };
         let v = Voter::open("witness", cfg, &dir).unwrap();
         // Just started: leases granted before the start may be live.
-        assert!(matches!(v.promote(&p), Err(Refusal::Recovering { .. })));
-        std::thread::sleep(std::time::Duration::from_millis(1_050));
-        v.promote(&p).unwrap();
+        assert!(matches!(
+            v.promote(&p).await,
+            Err(Refusal::Recovering { .. })
+        ));
+        tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
+        v.promote(&p).await.unwrap();
         drop(v);
 
         let again = Voter::open("witness", cfg, &dir).unwrap();
         // The stored promotion is remembered: the same one is agreed again at
         // once, another region at the same epoch is refused, and the old
         // home's renewals are told the topic moved.
-        again.promote(&p).unwrap();
+        again.promote(&p).await.unwrap();
         let rival = Promotion {
             to: r("ap-south"),
             ..p.clone()
         };
-        assert!(matches!(again.promote(&rival), Err(Refusal::Taken { .. })));
+        assert!(matches!(
+            again.promote(&rival).await,
+            Err(Refusal::Taken { .. })
+        ));
         let g = again.renew(&r("us-east"), 7, &[(topic, 1)]);
         assert_eq!(g.moved, vec![(topic, 2)]);
         std::fs::remove_dir_all(dir).ok();

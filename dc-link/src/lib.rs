@@ -8,6 +8,7 @@
 //! fetch, topic admin) and their admin HTTP API (`broker_http`: mirror
 //! appends). See docs/dc-link.md.
 
+pub mod actor;
 pub mod auto_failover;
 pub mod broker_http;
 pub mod drain;
@@ -58,6 +59,8 @@ pub enum DcLinkError {
     LeaseState(String),
     #[error("{0}")]
     Config(String),
+    #[error("the dc-link actor role of this region was taken by {by} (term {term}); this process stops so that nothing of its superseded term keeps running (restart it: it comes back as a standby)")]
+    Superseded { by: String, term: u64 },
 }
 
 pub fn now_ms() -> i64 {
@@ -178,6 +181,9 @@ type RateSample = (Instant, u64, u64, f64, f64);
 /// (link, topic, partition).
 type LinkPartition = (String, String, i32);
 
+/// How long a QUIC handshake with a peer dc-link or the witness may take.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// State shared by every task of the process.
 pub struct Shared {
     pub region: String,
@@ -212,8 +218,10 @@ pub struct Shared {
     /// (region, topic id) -> how much that region's copy holds, and when it
     /// said so (`MirrorEnds`).
     peer_ends: Mutex<BTreeMap<(String, uuid::Uuid), (i64, Instant)>>,
-    /// This region's vote in the home-role lease.
-    voter: Arc<lease_link::Voter>,
+    /// Which dc-link process of the region acts.
+    pub actor: Arc<actor::ActorState>,
+    /// This region's vote in the home-role lease (set once acting).
+    voter: std::sync::OnceLock<Arc<lease_link::Voter>>,
     /// This region's holder side of the lease (set once started).
     lease: std::sync::OnceLock<Arc<lease_link::LeaseClient>>,
 }
@@ -374,7 +382,59 @@ impl Shared {
     }
 
     /// Readiness, from the last discovery and the links' states.
+    /// Dials a voter or peer region: the `which`-th of its dc-link
+    /// addresses (wrapping; the witness has one), bounded so that a dead
+    /// primary does not hold up its standby for a whole idle timeout.
+    pub(crate) async fn dial(
+        &self,
+        name: &str,
+        which: usize,
+    ) -> Result<(quinn::Connection, SocketAddr), String> {
+        let addrs = self.topology.voter_addrs(name);
+        if addrs.is_empty() {
+            return Err(format!("{name} is not in the topology"));
+        }
+        let addr: SocketAddr = addrs[which % addrs.len()]
+            .parse()
+            .map_err(|e| format!("{e}"))?;
+        let connecting = self
+            .endpoint
+            .connect_with(
+                self.client_config.clone(),
+                addr,
+                &crate::tls::region_dns_name(name),
+            )
+            .map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no answer from {name} at {addr} within {} s",
+                    DIAL_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("connecting to {name} at {addr}: {e}"))?;
+        Ok((conn, addr))
+    }
+
+    /// Why this process does not act for the region (a standby's answer).
+    pub fn not_acting(&self) -> String {
+        if self.actor.is_active() {
+            return "this dc-link cannot renew its role with this region's brokers just now".into();
+        }
+        match self.actor.holder() {
+            Some(h) => format!("standby: the dc-link acting for {} is {h}", self.region),
+            None => format!(
+                "standby: claiming the dc-link role of {} (are its brokers reachable?)",
+                self.region
+            ),
+        }
+    }
+
     fn readiness(&self) -> Result<(), Vec<String>> {
+        if !self.actor.is_active() {
+            return Err(vec![self.not_acting()]);
+        }
         let (discovered, discovery_error) = self.discovery.lock().unwrap().clone();
         let must_ship_to = self
             .homed
@@ -402,13 +462,19 @@ impl Shared {
                 ))
             })
             .collect();
-        health::readiness(&health::Observed {
+        let rest = health::readiness(&health::Observed {
             now: Instant::now(),
             discovered,
             discovery_error,
             must_ship_to,
             links,
-        })
+        });
+        if self.actor.may_act() {
+            return rest;
+        }
+        let mut why = vec![self.not_acting()];
+        why.extend(rest.err().unwrap_or_default());
+        Err(why)
     }
 
     /// Receiving side: a chunk carried the home's high watermark.
@@ -873,14 +939,10 @@ pub async fn run(
             addr: cfg.admin,
             source,
         })?;
-    let state_dir = cfg
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| std::path::PathBuf::from("lease-state"));
-    let voter = Arc::new(
-        lease_link::Voter::open(&cfg.region, lease_link::lease_config(&topo), &state_dir)
-            .map_err(DcLinkError::LeaseState)?,
-    );
+    let actor = Arc::new(actor::ActorState::new(
+        listen.to_string(),
+        region.brokers_admin.clone(),
+    ));
     let shared = Arc::new(Shared {
         region: cfg.region.clone(),
         topology: topo.clone(),
@@ -904,13 +966,77 @@ pub async fn run(
         draining: Default::default(),
         auto_topics: Default::default(),
         peer_ends: Default::default(),
-        voter,
+        actor: actor.clone(),
+        voter: Default::default(),
         lease: Default::default(),
     });
     tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, "dc-link started");
 
     let mut tasks = tokio::task::JoinSet::new();
-    let lease = lease_link::start(shared.clone(), shared.voter.clone(), &mut tasks);
+    // The admin API and the QUIC listener answer at once, a standby's too
+    // (it refuses connections, so peers move on to the active process).
+    let app = axum::Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/v1/lag", get(lag_json))
+        .route("/v1/meta", get(meta_json))
+        .route("/v1/lease", get(lease_json))
+        .route("/v1/actor", get(actor_json))
+        .route("/v1/promote", axum::routing::post(promote))
+        .route("/health/live", get(|| async { "live\n" }))
+        .route("/health/ready", get(ready))
+        .with_state((shared.clone(), metrics));
+    tasks.spawn(async move {
+        if let Err(e) = axum::serve(admin, app).await {
+            tracing::warn!(error = %e, "admin listener stopped");
+        }
+    });
+
+    let (became_tx, became_rx) = tokio::sync::oneshot::channel();
+    let (changed, _) = tokio::sync::watch::channel(());
+    let mut role = tokio::spawn({
+        let actor = actor.clone();
+        async move { actor.run(became_tx, changed).await }
+    });
+    tokio::pin!(shutdown);
+    let stop = |tasks: &mut tokio::task::JoinSet<()>| {
+        tracing::info!("dc-link stopping");
+        endpoint.close(0u32.into(), b"shutting down");
+        tasks.abort_all();
+    };
+    let superseded = |s: Result<actor::Superseded, tokio::task::JoinError>| match s {
+        Ok(s) => DcLinkError::Superseded {
+            by: s.by,
+            term: s.term,
+        },
+        Err(e) => DcLinkError::Config(format!("the dc-link actor task failed: {e}")),
+    };
+    tracing::info!(me = %actor.me(), "dc-link actor: claiming the role for {} (or standing by)", cfg.region);
+    let (term, stored) = tokio::select! {
+        _ = &mut shutdown => {
+            role.abort();
+            stop(&mut tasks);
+            return Ok(());
+        }
+        s = &mut role => {
+            stop(&mut tasks);
+            return Err(superseded(s));
+        }
+        b = became_rx => match b {
+            Ok(b) => b,
+            Err(_) => {
+                stop(&mut tasks);
+                return Err(superseded(role.await));
+            }
+        },
+    };
+    actor.acting_from(term);
+    let voter = Arc::new(
+        acting_voter(&cfg, &topo, &actor, stored)
+            .await
+            .map_err(DcLinkError::LeaseState)?,
+    );
+    let _ = shared.voter.set(voter.clone());
+    let lease = lease_link::start(shared.clone(), voter, &mut tasks);
     let _ = shared.lease.set(lease);
     {
         let shared = shared.clone();
@@ -954,25 +1080,59 @@ pub async fn run(
         tasks.spawn(sender::run_link(shared.clone(), peer));
     }
     tasks.spawn(sender::report_quorum_acks(shared.clone()));
-    let app = axum::Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/v1/lag", get(lag_json))
-        .route("/v1/meta", get(meta_json))
-        .route("/v1/lease", get(lease_json))
-        .route("/v1/promote", axum::routing::post(promote))
-        .route("/health/live", get(|| async { "live\n" }))
-        .route("/health/ready", get(ready))
-        .with_state((shared.clone(), metrics));
-    tasks.spawn(async move {
-        if let Err(e) = axum::serve(admin, app).await {
-            tracing::warn!(error = %e, "admin listener stopped");
+    tokio::select! {
+        _ = &mut shutdown => {
+            role.abort();
+            stop(&mut tasks);
+            Ok(())
         }
-    });
-    shutdown.await;
-    tracing::info!("dc-link stopping");
-    endpoint.close(0u32.into(), b"shutting down");
-    tasks.abort_all();
-    Ok(())
+        s = &mut role => {
+            let e = superseded(s);
+            tracing::error!(error = %e, "dc-link actor role lost");
+            stop(&mut tasks);
+            Err(e)
+        }
+    }
+}
+
+/// The vote of the process now acting for the region: the promotions kept
+/// with the role, plus any a dc-link of an older build kept in its
+/// `state_dir` (copied into the controller once).
+async fn acting_voter(
+    cfg: &DcLinkConfig,
+    topo: &Topology,
+    actor: &Arc<actor::ActorState>,
+    stored: serde_json::Value,
+) -> Result<lease_link::Voter, String> {
+    let mut kept: Vec<lease_link::StoredPromotion> = if stored.is_null() {
+        Vec::new()
+    } else {
+        serde_json::from_value(stored)
+            .map_err(|e| format!("promotions kept by the brokers: {e}"))?
+    };
+    if let Some(dir) = &cfg.state_dir {
+        let old = lease_link::read_promotions_file(dir)?;
+        let missing: Vec<_> = old.into_iter().filter(|p| !kept.contains(p)).collect();
+        if !missing.is_empty() {
+            kept.extend(missing);
+            actor
+                .keep_promotions(&serde_json::to_value(&kept).expect("json"))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "copying {}/promotions.json to the brokers: {e}",
+                        dir.display()
+                    )
+                })?;
+            tracing::warn!(dir = %dir.display(), "lease: promotions of an older build copied to this region's brokers");
+        }
+    }
+    lease_link::Voter::new(
+        &cfg.region,
+        lease_link::lease_config(topo),
+        kept,
+        lease_link::PromotionStore::Controller(actor.clone()),
+    )
 }
 
 type AppState = (Arc<Shared>, PrometheusHandle);
@@ -981,11 +1141,15 @@ async fn meta_json(State((s, _)): State<AppState>) -> impl IntoResponse {
     axum::Json(serde_json::json!({"region": s.region, "peers": s.meta_report()}))
 }
 
+async fn actor_json(State((s, _)): State<AppState>) -> impl IntoResponse {
+    axum::Json(s.actor.report())
+}
+
 async fn lease_json(State((s, _)): State<AppState>) -> impl IntoResponse {
     let regions: Vec<String> = s.topology.regions.iter().map(|r| r.name.clone()).collect();
     match s.lease.get() {
         Some(l) => axum::Json(l.report(&regions)),
-        None => axum::Json(serde_json::json!({"error": "starting"})),
+        None => axum::Json(serde_json::json!({"error": s.not_acting(), "actor": s.actor.report()})),
     }
 }
 
@@ -1021,10 +1185,10 @@ async fn promote(
     if s.topology.region(&from).is_none() || from == s.region {
         return bad("from must be another region of the topology");
     }
-    let Some(lease) = s.lease.get() else {
+    let Some(lease) = s.lease.get().filter(|_| s.actor.may_act()) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"error": "starting"})),
+            axum::Json(serde_json::json!({"error": s.not_acting()})),
         );
     };
     match lease.promote(topic, &from, epoch).await {

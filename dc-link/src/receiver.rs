@@ -35,9 +35,18 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Pause between retries of a transiently failing request.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
+/// The QUIC close code of a dc-link that does not act for its region.
+pub const STANDBY: u32 = 3;
+
 /// Serves one accepted connection until it fails.
 pub async fn serve(shared: Arc<Shared>, conn: quinn::Connection) {
     let remote = conn.remote_address();
+    if shared.lease.get().is_none() {
+        // A standby (or a process still taking the role): the peer's dialer
+        // moves on to the region's next dc-link address.
+        conn.close(STANDBY.into(), shared.not_acting().as_bytes());
+        return;
+    }
     match session(shared, &conn).await {
         Ok(()) => tracing::info!(%remote, "link closed"),
         Err(e) => {
@@ -61,7 +70,7 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
         Ok(Ok((env, _))) => match env.body {
             Some(Body::Hello(h)) => h,
             Some(Body::LeaseHello(h)) => {
-                let voter = shared.voter.clone();
+                let voter = shared.voter.get().cloned().ok_or("starting")?;
                 let topo = shared.topology.clone();
                 return crate::lease_link::serve(voter, &topo, Some(shared), conn, send, frames, h)
                     .await;

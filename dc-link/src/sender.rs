@@ -55,11 +55,15 @@ pub async fn run_link(shared: Arc<Shared>, peer: String) {
     let link = format!("{}->{peer}", shared.region);
     shared.link_stats(&link, |_| {}); // listed (as down) before the first connection
     let mut backoff = Duration::from_millis(200);
+    // Which of the peer's dc-link addresses to dial (the next one after a
+    // failure: its primary may be down and a standby acting).
+    let mut which = 0usize;
     loop {
         let started = Instant::now();
-        match connect_and_run(&shared, &peer, &link).await {
+        match connect_and_run(&shared, &peer, &link, which).await {
             Ok(()) => {}
             Err(e) => {
+                which += 1;
                 tracing::warn!(link = %link, error = %e, "link down; reconnecting");
                 shared.link_stats(&link, |s| {
                     if s.connected {
@@ -79,22 +83,13 @@ pub async fn run_link(shared: Arc<Shared>, peer: String) {
     }
 }
 
-async fn connect_and_run(shared: &Arc<Shared>, peer: &str, link: &str) -> Result<(), String> {
-    let region = shared
-        .topology
-        .region(peer)
-        .ok_or_else(|| format!("region {peer} left the topology"))?;
-    let addr: std::net::SocketAddr = region.dc_link.parse().map_err(|e| format!("{e}"))?;
-    let conn = shared
-        .endpoint
-        .connect_with(
-            shared.client_config.clone(),
-            addr,
-            &crate::tls::region_dns_name(peer),
-        )
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| format!("connecting to {peer} at {addr}: {e}"))?;
+async fn connect_and_run(
+    shared: &Arc<Shared>,
+    peer: &str,
+    link: &str,
+    which: usize,
+) -> Result<(), String> {
+    let (conn, addr) = shared.dial(peer, which).await?;
     let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let hello = Envelope {
         id: 0,

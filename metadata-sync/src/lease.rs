@@ -91,6 +91,10 @@ pub enum Refusal {
     Recovering { elapsed_ms: u64 },
     #[error("already promoted to {to} at epoch {epoch}")]
     Taken { to: RegionId, epoch: u64 },
+    /// Not the voter's rule but its keeper's: the promotion could not be
+    /// stored, or the process may not vote now (a standby dc-link).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One voter's side of the lease.

@@ -15,6 +15,7 @@
 //! from the topic entries so a name clash renames a topic instead of
 //! overwriting one ([`names`]).
 
+pub mod actor;
 mod entry;
 mod hlc;
 mod key;

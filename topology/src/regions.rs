@@ -96,9 +96,23 @@ pub struct Region {
     pub brokers_admin: Vec<String>,
     /// The address other regions' dc-links dial (QUIC).
     pub dc_link: String,
+    /// Standby dc-link processes of this region (their `listen` addresses):
+    /// peers dial them in turn when `dc_link` does not answer or is a
+    /// standby. One process acts at a time (see docs/dc-link.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dc_link_standby: Vec<String>,
     /// This region's dc-link certificate and key (PEM), signed by `tls.ca`.
     pub cert: PathBuf,
     pub key: PathBuf,
+}
+
+impl Region {
+    /// Every address a dc-link of this region may listen on, the primary
+    /// first.
+    pub fn dc_link_addrs(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.dc_link.as_str())
+            .chain(self.dc_link_standby.iter().map(String::as_str))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,7 +309,10 @@ impl Topology {
                 );
             }
             if w.address.parse::<SocketAddr>().is_err()
-                || self.regions.iter().any(|r| r.dc_link == w.address)
+                || self
+                    .regions
+                    .iter()
+                    .any(|r| r.dc_link_addrs().any(|a| a == w.address))
             {
                 return bad(
                     "witness.address".into(),
@@ -341,18 +358,20 @@ impl Topology {
                     "at least one broker admin address".into(),
                 );
             }
-            if r.dc_link.parse::<SocketAddr>().is_err() {
-                return bad(
-                    key("dc_link"),
-                    format!("{:?} is not host:port (an IP address)", r.dc_link),
-                );
+            for (k, a) in std::iter::once(("dc_link", &r.dc_link))
+                .chain(r.dc_link_standby.iter().map(|a| ("dc_link_standby", a)))
+            {
+                if a.parse::<SocketAddr>().is_err() {
+                    return bad(key(k), format!("{a:?} is not host:port (an IP address)"));
+                }
             }
             let listed = r
                 .bootstrap
                 .iter()
                 .map(|a| ("bootstrap", a))
                 .chain(r.brokers_admin.iter().map(|a| ("brokers_admin", a)))
-                .chain(std::iter::once(("dc_link", &r.dc_link)));
+                .chain(std::iter::once(("dc_link", &r.dc_link)))
+                .chain(r.dc_link_standby.iter().map(|a| ("dc_link_standby", a)));
             for (k, a) in listed {
                 let owner = format!("{}.{k}", r.name);
                 if let Some(prev) = addrs.insert(a.clone(), owner.clone()) {
@@ -384,16 +403,17 @@ impl Topology {
         self.voters().len() >= 3
     }
 
-    /// Where a voter's lease service is dialled (a region's dc-link or the
-    /// witness).
-    pub fn voter_addr(&self, name: &str) -> Option<&str> {
+    /// Where a voter's lease service is dialled, in order (a region's
+    /// dc-link and its standbys, or the witness).
+    pub fn voter_addrs(&self, name: &str) -> Vec<&str> {
         if let Some(r) = self.region(name) {
-            return Some(&r.dc_link);
+            return r.dc_link_addrs().collect();
         }
         self.witness
-            .as_ref()
+            .iter()
             .filter(|w| w.name == name)
             .map(|w| w.address.as_str())
+            .collect()
     }
 
     /// Resolves a topic's policy from its configs (`None` values: unset)
@@ -620,6 +640,31 @@ key = "certs/eu-west.key"
         let e = parse(&addr).unwrap_err().to_string();
         assert!(e.contains("used twice"), "{e}");
         assert!(e.contains("regions[1].dc_link"), "{e}");
+    }
+
+    #[test]
+    fn standby_dc_links_are_dialled_after_the_primary_and_checked_like_it() {
+        let with = |list: &str| {
+            two().replace(
+                "dc_link = \"127.0.0.2:7100\"\n",
+                &format!("dc_link = \"127.0.0.2:7100\"\ndc_link_standby = {list}\n"),
+            )
+        };
+        let t = parse(&with("[\"127.0.0.3:7100\"]")).unwrap();
+        assert_eq!(
+            t.voter_addrs("eu-west"),
+            vec!["127.0.0.2:7100", "127.0.0.3:7100"]
+        );
+        assert_eq!(t.voter_addrs("us-east"), vec!["127.0.0.1:7100"]);
+        let e = parse(&with("[\"127.0.0.1:7100\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("used twice") && e.contains("regions[1].dc_link_standby"),
+            "{e}"
+        );
+        let e = parse(&with("[\"standby:7100\"]")).unwrap_err().to_string();
+        assert!(e.contains("regions[1].dc_link_standby"), "{e}");
     }
 
     #[test]

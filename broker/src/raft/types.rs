@@ -202,6 +202,19 @@ pub enum ControllerCommand {
     /// `__meta` waits for each one's acknowledgement before it forgets a
     /// tombstone, and refuses entries that name any other.
     MetaRegions { regions: Vec<String> },
+    /// A dc-link's claim on (or renewal of) the region's dc-link actor
+    /// role: a compare-and-set, see `chronik_metadata_sync::actor`.
+    ClaimLinkActor {
+        claim: chronik_metadata_sync::actor::Claim,
+    },
+    /// The promotions the region's lease vote agreed to (the dc-link's
+    /// JSON), written by the actor `holder` at `term` only.
+    KeepLinkPromotions {
+        holder: String,
+        term: u64,
+        #[serde(with = "super::json_bytes")]
+        promotions: Vec<u8>,
+    },
     /// A peer region's anti-entropy delta (`chronik_metadata_sync::Delta`,
     /// encoded), merged into the global `__meta`; mirror topics and
     /// committed offsets follow what changed.

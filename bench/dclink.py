@@ -429,9 +429,10 @@ class MirrorMaker2(harness.ManagedProcess):
 class ChronikSystem:
     kind = "chronik"
     label = "Chronik dc-link"
+    topic_configs: dict = {}
 
     def __init__(self, work: Path, args) -> None:
-        self.work, self.args = work / "chronik", args
+        self.work, self.args = work / self.kind, args
         self.work.mkdir(parents=True, exist_ok=True)
         self.binary = args.chronik_bin
         self.home = ChronikRegion(HOME, args.brokers, self.work, self.binary, 0)
@@ -539,6 +540,14 @@ class ChronikSystem:
         for r in (self.home, self.mirror):
             r.stop()
         self.wansim.stop(timeout=5)
+
+
+class ChronikRpoSystem(ChronikSystem):
+    """The same, with the topic's RPO enforced (docs/rpo.md): what holding an RPO costs
+    on a link that keeps up."""
+    kind = "chronik-rpo"
+    label = "Chronik dc-link, chronik.rpo.ms=5000 enforced"
+    topic_configs = {"chronik.rpo.ms": "5000", "chronik.rpo.enforce": "true"}
 
 
 class Mm2System:
@@ -656,11 +665,13 @@ def topic_ready(bootstrap: str, topic: str, partitions: int) -> bool:
     return True
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int, rf: int, timeout: float = 120) -> None:
+def create_topic(bootstrap: str, topic: str, partitions: int, rf: int, timeout: float = 120,
+                 configs: dict | None = None) -> None:
     from confluent_kafka.admin import NewTopic
 
     admin = admin_client(bootstrap)  # must outlive the future
-    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf)],
+    fs = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=rf,
+                                       config=configs or {})],
                              operation_timeout=60, request_timeout=90)
     try:
         fs[topic].result(timeout=timeout)
@@ -1024,7 +1035,7 @@ def keep_logs(system, dest: Path) -> None:
 
 
 def run_system(kind: str, work: Path, args) -> dict:
-    system = ChronikSystem(work, args) if kind == "chronik" else Mm2System(work, args)
+    system = {"chronik": ChronikSystem, "chronik-rpo": ChronikRpoSystem, "mm2": Mm2System}[kind](work, args)
     out: dict = {"label": system.label}
     home = mirror = None
     t0 = time.monotonic()
@@ -1034,7 +1045,8 @@ def run_system(kind: str, work: Path, args) -> dict:
         log(f"{kind}: up in {out['start_s']:.1f}s (home {system.home_bootstrap}, mirror {system.mirror_bootstrap}, "
             f"wan-sim control {system.wansim.control})")
         rf, _ = rf_of(args.brokers)
-        create_topic(system.home_bootstrap, TOPIC, args.partitions, rf)
+        create_topic(system.home_bootstrap, TOPIC, args.partitions, rf,
+                     configs=getattr(system, "topic_configs", None))
         system.after_topic_created(TOPIC)
         t1 = time.monotonic()
         wait_for(lambda: topic_ready(system.mirror_bootstrap, TOPIC, args.partitions), args.mirror_topic_timeout,
@@ -1147,7 +1159,8 @@ def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "_consume":
         return consume_main(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--system", choices=["chronik", "mm2", "both"], default="both")
+    ap.add_argument("--system", choices=["chronik", "mm2", "both", "rpo"], default="both",
+                    help="rpo: Chronik twice, plainly and with chronik.rpo.ms=5000 enforced on the topic")
     ap.add_argument("--scenarios", default="max,rate", help="comma list of max, rate")
     ap.add_argument("--records", type=int, default=200_000, help="records of the max-throughput run")
     ap.add_argument("--rate", type=int, default=5000, help="msg/s of the fixed-rate (lag) run")
@@ -1191,7 +1204,7 @@ def main() -> int:
                      "machine": {**bc.machine_info(), "chronik_bin": binary_identity(args.chronik_bin)},
                      "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                      "systems": {}}
-    kinds = ["chronik", "mm2"] if args.system == "both" else [args.system]
+    kinds = {"both": ["chronik", "mm2"], "rpo": ["chronik", "chronik-rpo"]}.get(args.system, [args.system])
     status = 0
     try:
         with tempfile.TemporaryDirectory(prefix="chronik-dclink-bench-") as tmp:

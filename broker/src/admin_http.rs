@@ -103,6 +103,23 @@ async fn render_metrics(State(s): State<AppState>) -> String {
         metrics::gauge!("chronik_partition_log_start_offset", &labels)
             .set(log.log_start_offset() as f64);
         metrics::gauge!("chronik_partition_size_bytes", &labels).set(log.size_bytes() as f64);
+        if topic.effective.rpo_watched && topic.mirror_of(&s.ctx.config.region).is_none() {
+            // Only the leader hears the mirrors' ends; elsewhere: no value.
+            let span = s
+                .ctx
+                .cluster
+                .leader_group(&log)
+                .and_then(|_| log.rpo_span(crate::rpo::clock_ms()));
+            let (at_risk, headroom) = match span {
+                Some(sp) => (
+                    sp.at_risk_ms as f64 / 1000.0,
+                    (topic.effective.rpo_ms - sp.at_risk_ms) as f64 / 1000.0,
+                ),
+                None => (f64::NAN, f64::NAN),
+            };
+            metrics::gauge!("chronik_rpo_at_risk_seconds", &labels).set(at_risk);
+            metrics::gauge!("chronik_rpo_headroom_seconds", &labels).set(headroom);
+        }
     }
     s.metrics.render()
 }

@@ -501,7 +501,9 @@ impl Catalog {
             };
             self.assign(id, 0, count as usize, rf)
         };
-        Ok((replicas, Self::validate_configs(configs)?))
+        let configs = Self::validate_configs(configs)?;
+        self.check_rpo(name, &configs)?;
+        Ok((replicas, configs))
     }
 
     /// Creates a topic. `partitions` of -1 means the broker default;
@@ -727,6 +729,7 @@ impl Catalog {
             .collect();
         let topic = self.get(name).ok_or(TopicError::Unknown)?;
         let configs = Self::altered_configs(&topic, &ops)?;
+        self.check_rpo(name, &configs)?;
         if validate_only {
             return Ok(());
         }

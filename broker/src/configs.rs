@@ -292,6 +292,20 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         "`async`: acks=all waits for the local quorum only. `global_quorum`: acks=all also waits until the mirror regions hold the write durably (RPO 0).",
     ),
     def(
+        RPO_MS,
+        T::Long,
+        "60000",
+        Some(0),
+        "The recovery point objective in ms: the most write time whose acknowledged records may be missing from the mirror regions (the at-risk span). Measured at home by the broker's own clock; held only with chronik.rpo.enforce=true. global_quorum topics lose nothing (0).",
+    ),
+    def(
+        RPO_ENFORCE,
+        T::Boolean,
+        "false",
+        None,
+        "Hold chronik.rpo.ms at home: once a write would make the at-risk span pass half of it, producers are slowed (throttle_time_ms); once it would pass it, writes are refused (NOT_ENOUGH_REPLICAS, retriable) until the mirrors catch up. Trades availability for bounded loss; needs at least one mirror region.",
+    ),
+    def(
         FAILOVER_AUTO,
         T::Boolean,
         "false",
@@ -321,6 +335,8 @@ pub const MIRROR_REGIONS: &str = "chronik.mirror.regions";
 pub const REPLICATION_MODE: &str = "chronik.replication.mode";
 pub const MIRROR_SOURCE_TOPIC_ID: &str = "chronik.mirror.source.topic.id";
 pub const FAILOVER_AUTO: &str = "chronik.failover.auto";
+pub const RPO_MS: &str = "chronik.rpo.ms";
+pub const RPO_ENFORCE: &str = "chronik.rpo.enforce";
 pub const FAILOVER_TIMEOUT_MS: &str = "chronik.failover.timeout.ms";
 
 pub use chronik_topology::valid_region_name;
@@ -372,7 +388,13 @@ pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
     let v = value.trim();
     match d.ty {
         T::Int | T::Long => {
-            let n: i64 = v.parse().map_err(|_| invalid("not a number".into()))?;
+            let n: i64 = v.parse().map_err(|_| {
+                invalid(if name == RPO_MS {
+                    "not a duration in milliseconds (a whole number, such as 5000)".into()
+                } else {
+                    "not a number".into()
+                })
+            })?;
             if d.ty == T::Int && i32::try_from(n).is_err() {
                 return Err(invalid("out of range for an int".into()));
             }
@@ -464,6 +486,13 @@ pub struct EffectiveConfig {
     pub home_region: Option<String>,
     /// `chronik.replication.mode = global_quorum`.
     pub global_quorum: bool,
+    /// `chronik.rpo.ms`.
+    pub rpo_ms: i64,
+    /// `chronik.rpo.enforce` (never for `global_quorum`, which loses nothing).
+    pub rpo_enforce: bool,
+    /// The RPO was set on this topic, or is enforced: the home dc-link
+    /// reports the mirrors' ends for it, and its span is a metric.
+    pub rpo_watched: bool,
 }
 
 impl EffectiveConfig {
@@ -489,6 +518,11 @@ impl EffectiveConfig {
             min_insync_replicas: get("min.insync.replicas").parse().unwrap_or(1),
             home_region: explicit.get(HOME_REGION).filter(|r| !r.is_empty()).cloned(),
             global_quorum: get(REPLICATION_MODE) == "global_quorum",
+            rpo_ms: get(RPO_MS).parse().unwrap_or(60_000),
+            rpo_enforce: get(RPO_ENFORCE).eq_ignore_ascii_case("true")
+                && get(REPLICATION_MODE) != "global_quorum",
+            rpo_watched: explicit.contains_key(RPO_MS)
+                || get(RPO_ENFORCE).eq_ignore_ascii_case("true"),
         }
     }
 }
@@ -546,6 +580,12 @@ mod tests {
         assert!(validate(MIRROR_REGIONS, "eu west").is_err());
         assert!(validate(REPLICATION_MODE, "global_quorum").is_ok());
         assert!(validate(REPLICATION_MODE, "sync").is_err());
+        assert_eq!(validate(RPO_MS, "5000").unwrap(), "5000");
+        let e = validate(RPO_MS, "-1").unwrap_err().to_string();
+        assert!(e.contains("at least 0"), "{e}");
+        let e = validate(RPO_MS, "5s").unwrap_err().to_string();
+        assert!(e.contains("not a duration"), "{e}");
+        assert!(validate(RPO_ENFORCE, "maybe").is_err());
         assert!(matches!(
             validate("chronik.home.regoin", "x"),
             Err(ConfigValueError::UnknownChronik(_))

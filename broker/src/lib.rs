@@ -15,6 +15,7 @@ pub mod lease_gate;
 pub mod log;
 pub mod raft;
 mod role_keeper;
+pub mod rpo;
 pub mod server;
 pub mod storage;
 

@@ -247,6 +247,9 @@ pub struct PartitionLog {
     /// new leader within a second.
     mirror_acks:
         tokio::sync::watch::Sender<(std::collections::BTreeMap<String, i64>, Option<usize>)>,
+    /// When this broker saw each offset committed, until the mirrors hold
+    /// it (the RPO's at-risk span, see `crate::rpo`).
+    commit_times: Mutex<crate::rpo::CommitTimes>,
 }
 
 /// Offsets and bytes returned by a read.
@@ -305,6 +308,7 @@ impl PartitionLog {
             waiters: Mutex::new(Vec::new()),
             submit_order: Mutex::new(()),
             mirror_acks: tokio::sync::watch::Sender::new(Default::default()),
+            commit_times: Default::default(),
         }))
     }
 
@@ -692,6 +696,10 @@ impl PartitionLog {
 
     fn advance_high_watermark(&self, to: i64) {
         if self.high_watermark.fetch_max(to, Ordering::AcqRel) < to {
+            self.commit_times
+                .lock()
+                .unwrap()
+                .committed(to, crate::rpo::clock_ms());
             self.wake_waiters();
         }
     }
@@ -718,8 +726,24 @@ impl PartitionLog {
             }
             *req = Some(required);
         });
+        if let Some(m) = self.mirrored_through() {
+            self.commit_times.lock().unwrap().mirrored(m);
+        }
         // The high watermark that global_quorum consumers see may have moved.
         self.wake_waiters();
+    }
+
+    /// The RPO's at-risk span of this partition at home (see `crate::rpo`);
+    /// `None` until the home dc-link has reported the mirrors' ends to this
+    /// broker, or when nothing says when the oldest unmirrored record was
+    /// committed.
+    pub fn rpo_span(&self, now_ms: i64) -> Option<crate::rpo::Span> {
+        let mirrored = self.mirrored_through()?;
+        let floor = self.log_start_offset().max(self.home_since());
+        self.commit_times
+            .lock()
+            .unwrap()
+            .span(mirrored, floor, self.high_watermark(), now_ms)
     }
 
     /// For a `global_quorum` topic at home: the offset below which enough

@@ -533,14 +533,23 @@ impl Shared {
             .insert(topic.to_string(), message);
     }
 
-    /// Per global_quorum partition: each mirror region's durable end, and
+    /// Per global_quorum partition, and per partition of a topic with an
+    /// RPO: each mirror region's durable end, and
     /// how many regions must reach an offset for it to count.
     fn quorum_positions(&self) -> BTreeMap<(String, i32), (BTreeMap<String, i64>, usize)> {
         let homed = self.homed.lock().unwrap().clone();
         let lag = self.lag.lock().unwrap();
         let want = self.topology.cross_dc.global_quorum_regions as usize;
         let mut out = BTreeMap::new();
-        for t in homed.iter().filter(|t| t.policy.global_quorum) {
+        // global_quorum acks wait on these; a topic with an RPO is held (or
+        // measured) against them.
+        let rpo = |t: &HomedTopic| {
+            t.configs.contains_key("chronik.rpo.ms")
+                || t.configs
+                    .get("chronik.rpo.enforce")
+                    .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        };
+        for t in homed.iter().filter(|t| t.policy.global_quorum || rpo(*t)) {
             let required = if want == 0 {
                 t.policy.mirrors.len()
             } else {

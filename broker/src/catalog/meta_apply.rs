@@ -13,7 +13,9 @@ use rocksdb::WriteBatch;
 use uuid::Uuid;
 
 use super::{Catalog, PostApply, Topic, TopicError, TopicRecord, TOPIC_PREFIX};
-use crate::configs::{HOME_REGION, MIRROR_REGIONS, MIRROR_SOURCE_TOPIC_ID};
+use crate::configs::{
+    ConfigValueError, HOME_REGION, MIRROR_REGIONS, MIRROR_SOURCE_TOPIC_ID, RPO_ENFORCE,
+};
 use crate::global_meta::GlobalMeta;
 use crate::groups::record::{self as groups, OffsetRecord};
 use crate::log::PartitionLog;
@@ -112,6 +114,56 @@ impl Catalog {
         regions
             .iter()
             .any(|r| mirrored_in(&def, here.as_str(), r, &regions))
+    }
+
+    /// `chronik.rpo.enforce=true` holds the RPO against the mirror regions:
+    /// a topic with none is refused (there is nothing to wait for).
+    pub(super) fn check_rpo(
+        &self,
+        name: &str,
+        configs: &BTreeMap<String, String>,
+    ) -> Result<(), TopicError> {
+        if !configs
+            .get(RPO_ENFORCE)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            return Ok(());
+        }
+        let here = self.global.region();
+        let home = configs
+            .get(HOME_REGION)
+            .map(|h| h.trim())
+            .filter(|h| !h.is_empty())
+            .unwrap_or(here.as_str())
+            .to_string();
+        let regions: Vec<String> = self
+            .global
+            .read()
+            .regions()
+            .map(|r| r.to_string())
+            .collect();
+        let mirrors: Vec<String> = match configs.get(MIRROR_REGIONS).map(|s| s.trim()) {
+            None | Some("*") => regions.iter().filter(|r| **r != home).cloned().collect(),
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|r| !r.is_empty() && *r != home)
+                .map(String::from)
+                .collect(),
+        };
+        if mirrors.is_empty() {
+            return Err(ConfigValueError::Invalid {
+                name: RPO_ENFORCE.into(),
+                value: "true".into(),
+                reason: format!(
+                    "topic {name} has no mirror region to hold its RPO against (chronik.mirror.regions={:?}; regions of the topology: {})",
+                    configs.get(MIRROR_REGIONS).map(String::as_str).unwrap_or("*"),
+                    if regions.is_empty() { "none known: is the dc-link running?".to_string() } else { regions.join(", ") }
+                ),
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// CreateTopics: refuses a name another region's topic already holds

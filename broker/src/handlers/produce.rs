@@ -19,6 +19,7 @@ use crate::log::PartitionLog;
 use crate::protocol::encode_response;
 use crate::raft::types::{Command, CommandResult};
 use crate::raft::ProposeError;
+use crate::rpo::Decision;
 use crate::server::BrokerCtx;
 
 /// The topic's `min.insync.replicas`, else the region default.
@@ -75,6 +76,8 @@ pub fn handle(
     let now = now_ms();
     let mut topics: Vec<(TopicProduceResponse, Vec<Outcome>)> =
         Vec::with_capacity(req.topic_data.len());
+    // The longest wait any partition's RPO asks of this producer.
+    let mut throttle_ms = 0i32;
     for td in req.topic_data {
         let topic = ctx.catalog.get(&td.name);
         let mut outcomes = Vec::with_capacity(td.partition_data.len());
@@ -176,6 +179,30 @@ pub fn handle(
                     continue;
                 }
             };
+            if t.effective.rpo_enforce {
+                match rpo_decision(t, log) {
+                    Decision::Accept => {}
+                    Decision::Throttle { ms } => {
+                        throttle_ms = throttle_ms.max(ms);
+                        metrics::counter!("chronik_rpo_throttled_total", "topic" => t.name().to_string())
+                            .increment(1);
+                    }
+                    Decision::Refuse => {
+                        metrics::counter!("chronik_rpo_refused_total", "topic" => t.name().to_string())
+                            .increment(1);
+                        outcomes.push(Outcome::Done(partition_error(
+                            version,
+                            idx,
+                            E::NotEnoughReplicas.code(),
+                            Some(format!(
+                                "the mirror regions are too far behind to take this write within the topic's RPO (chronik.rpo.ms={}, chronik.rpo.enforce=true); retry once they catch up",
+                                t.effective.rpo_ms
+                            )),
+                        )));
+                        continue;
+                    }
+                }
+            }
             let min_isr = min_insync_replicas(ctx, t);
             if acks == -1 && (status.isr.len() as i32) < min_isr {
                 outcomes.push(Outcome::Done(partition_error(
@@ -290,9 +317,21 @@ pub fn handle(
             correlation_id,
             ApiKey::Produce,
             version,
-            &ProduceResponse::default().with_responses(responses),
+            &ProduceResponse::default()
+                .with_responses(responses)
+                .with_throttle_time_ms(throttle_ms),
         )
     }))
+}
+
+/// What the topic's enforced RPO says about a write to `log` now. Nothing
+/// known yet of the mirrors (no report from the home dc-link to this
+/// leader): accepted, see docs/rpo.md.
+fn rpo_decision(t: &Topic, log: &PartitionLog) -> Decision {
+    match log.rpo_span(crate::rpo::clock_ms()) {
+        Some(span) => crate::rpo::decide(t.effective.rpo_ms, span.if_written_now_ms),
+        None => Decision::Accept,
+    }
 }
 
 /// A mirrored topic homed here takes writes only while the region holds

@@ -250,6 +250,9 @@ pub struct PartitionLog {
     /// When this broker saw each offset committed, until the mirrors hold
     /// it (the RPO's at-risk span, see `crate::rpo`).
     commit_times: Mutex<crate::rpo::CommitTimes>,
+    /// Idempotent producers whose batch the RPO refused (see
+    /// `crate::rpo::RefusedOrder`).
+    rpo_refused: Mutex<crate::rpo::RefusedOrder>,
 }
 
 /// Offsets and bytes returned by a read.
@@ -309,6 +312,7 @@ impl PartitionLog {
             submit_order: Mutex::new(()),
             mirror_acks: tokio::sync::watch::Sender::new(Default::default()),
             commit_times: Default::default(),
+            rpo_refused: Default::default(),
         }))
     }
 
@@ -731,6 +735,22 @@ impl PartitionLog {
         }
         // The high watermark that global_quorum consumers see may have moved.
         self.wake_waiters();
+    }
+
+    /// Produce's decision for a batch of a topic whose RPO is enforced:
+    /// `alone` as the span decides it, held so that no producer's later
+    /// batch is taken while an earlier one was refused.
+    pub fn rpo_in_order(
+        &self,
+        pid: i64,
+        epoch: i16,
+        base_seq: i32,
+        alone: crate::rpo::Decision,
+    ) -> crate::rpo::Decision {
+        self.rpo_refused
+            .lock()
+            .unwrap()
+            .decide(pid, epoch, base_seq, alone)
     }
 
     /// The RPO's at-risk span of this partition at home (see `crate::rpo`);

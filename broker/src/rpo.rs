@@ -130,6 +130,52 @@ pub fn decide(rpo_ms: i64, if_written_now_ms: i64) -> Decision {
     }
 }
 
+/// Refused batches of idempotent producers, by (producer id, epoch): the
+/// lowest base sequence refused.
+///
+/// A producer pipelines several batches. If the RPO refuses one and the
+/// mirrors catch up before the next arrives, accepting the next would leave
+/// a gap in the producer's sequence: it would fail at apply with
+/// OUT_OF_ORDER_SEQUENCE, which clients do not all retry. So once a batch is
+/// refused, the producer's later batches are refused the same (retriable)
+/// way until the refused one comes back.
+#[derive(Debug, Default)]
+pub struct RefusedOrder {
+    refused: std::collections::HashMap<(i64, i16), i32>,
+}
+
+/// Producers remembered per partition; the oldest entries are dropped past
+/// it (a producer that never retries must not hold memory forever).
+const MAX_REFUSED_PRODUCERS: usize = 10_000;
+
+impl RefusedOrder {
+    /// The decision for a batch of producer `(pid, epoch)` starting at
+    /// `base_seq`, given what the RPO alone decided. Non-idempotent batches
+    /// (`pid < 0`) have no order to keep.
+    pub fn decide(&mut self, pid: i64, epoch: i16, base_seq: i32, alone: Decision) -> Decision {
+        if pid < 0 {
+            return alone;
+        }
+        let key = (pid, epoch);
+        if alone == Decision::Refuse {
+            if self.refused.len() >= MAX_REFUSED_PRODUCERS && !self.refused.contains_key(&key) {
+                self.refused.clear();
+            }
+            let e = self.refused.entry(key).or_insert(base_seq);
+            *e = (*e).min(base_seq);
+            return Decision::Refuse;
+        }
+        match self.refused.get(&key) {
+            Some(first) if base_seq > *first => Decision::Refuse,
+            Some(_) => {
+                self.refused.remove(&key);
+                alone
+            }
+            None => alone,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +209,24 @@ mod tests {
             "older than what is kept: the oldest kept is the best bound left"
         );
         assert_eq!(CommitTimes::default().span(0, 0, 5, 1), None);
+    }
+
+    #[test]
+    fn a_producers_later_batches_wait_for_its_refused_one() {
+        let mut o = RefusedOrder::default();
+        assert_eq!(o.decide(7, 0, 100, Decision::Refuse), Decision::Refuse);
+        // The mirrors caught up, but 120 and 140 were in flight behind 100.
+        assert_eq!(o.decide(7, 0, 120, Decision::Accept), Decision::Refuse);
+        assert_eq!(o.decide(7, 0, 140, Decision::Accept), Decision::Refuse);
+        // Another producer, or another epoch of this one, is not held.
+        assert_eq!(o.decide(8, 0, 5, Decision::Accept), Decision::Accept);
+        assert_eq!(o.decide(7, 1, 0, Decision::Accept), Decision::Accept);
+        // The refused batch comes back: accepted, and the ones after it too.
+        assert_eq!(o.decide(7, 0, 100, Decision::Accept), Decision::Accept);
+        assert_eq!(o.decide(7, 0, 120, Decision::Accept), Decision::Accept);
+        let t = Decision::Throttle { ms: 5 };
+        assert_eq!(o.decide(7, 0, 160, t), t);
+        assert_eq!(o.decide(-1, -1, -1, Decision::Accept), Decision::Accept);
     }
 
     #[test]

@@ -180,7 +180,13 @@ pub fn handle(
                 }
             };
             if t.effective.rpo_enforce {
-                match rpo_decision(t, log) {
+                let alone = rpo_decision(t, log);
+                match log.rpo_in_order(
+                    header.producer_id,
+                    header.producer_epoch,
+                    header.base_sequence,
+                    alone,
+                ) {
                     Decision::Accept => {}
                     Decision::Throttle { ms } => {
                         throttle_ms = throttle_ms.max(ms);

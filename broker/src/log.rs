@@ -248,7 +248,8 @@ pub struct PartitionLog {
     mirror_acks:
         tokio::sync::watch::Sender<(std::collections::BTreeMap<String, i64>, Option<usize>)>,
     /// When this broker saw each offset committed, until the mirrors hold
-    /// it (the RPO's at-risk span, see `crate::rpo`).
+    /// it (the RPO's at-risk span, see `crate::rpo`); kept once the home
+    /// dc-link reports mirror ends here.
     commit_times: Mutex<crate::rpo::CommitTimes>,
     /// Idempotent producers whose batch the RPO refused (see
     /// `crate::rpo::RefusedOrder`).
@@ -700,10 +701,15 @@ impl PartitionLog {
 
     fn advance_high_watermark(&self, to: i64) {
         if self.high_watermark.fetch_max(to, Ordering::AcqRel) < to {
-            self.commit_times
-                .lock()
-                .unwrap()
-                .committed(to, crate::rpo::clock_ms());
+            // Only partitions the home dc-link reports mirror ends for
+            // (an RPO or global_quorum at home) keep commit times: nothing
+            // else would ever prune them.
+            if self.mirror_acks.borrow().1.is_some() {
+                self.commit_times
+                    .lock()
+                    .unwrap()
+                    .committed(to, crate::rpo::clock_ms());
+            }
             self.wake_waiters();
         }
     }

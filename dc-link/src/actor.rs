@@ -7,13 +7,14 @@
 //! the role to another exits: its in-memory lease grants and tasks belong
 //! to a superseded term, and a supervisor restarts it as a standby.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chronik_metadata_sync::actor::{ActorRecord, ActorTimings, Candidate, Change, Claim, Step};
 use hyper::Method;
 use serde::Deserialize;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::broker_http::{AdminConn, HttpError};
 
@@ -33,9 +34,9 @@ pub struct ActorState {
     start: Instant,
     cand: Mutex<Candidate>,
     /// Set once this process has taken the role and is set up to act.
-    acting: OnceLock<u64>,
+    acting: AtomicBool,
     brokers: Vec<String>,
-    next: std::sync::atomic::AtomicUsize,
+    next: AtomicUsize,
 }
 
 /// The role was given to another process.
@@ -50,7 +51,7 @@ impl ActorState {
         ActorState {
             start: Instant::now(),
             cand: Mutex::new(Candidate::new(me, ActorTimings::default())),
-            acting: OnceLock::new(),
+            acting: AtomicBool::new(false),
             brokers,
             next: Default::default(),
         }
@@ -67,7 +68,7 @@ impl ActorState {
     /// Whether this process took the role (it may still be unable to renew
     /// it for a moment: see [`ActorState::may_act`]).
     pub fn is_active(&self) -> bool {
-        self.acting.get().is_some()
+        self.acting.load(Ordering::Acquire)
     }
 
     /// Whether this process may vote, hold the lease and move homes now.
@@ -78,7 +79,9 @@ impl ActorState {
     /// The term this process acts at (it can change once, if the
     /// controller's record was rebuilt and claimed afresh).
     pub fn term(&self) -> Option<u64> {
-        self.acting.get()?;
+        if !self.is_active() {
+            return None;
+        }
         self.cand.lock().unwrap().term()
     }
 
@@ -93,25 +96,22 @@ impl ActorState {
     }
 
     pub fn report(&self) -> serde_json::Value {
+        let active = self.is_active();
         let c = self.cand.lock().unwrap();
         serde_json::json!({
             "me": c.me(),
-            "role": if self.acting.get().is_some() { "active" } else { "standby" },
-            "may_act": self.acting.get().is_some() && c.may_act(self.now_ms()),
-            "term": self.acting.get().and(c.term()),
+            "role": if active { "active" } else { "standby" },
+            "may_act": active && c.may_act(self.now_ms()),
+            "term": if active { c.term() } else { None },
             "seen": c.seen(),
         })
     }
 
     /// Claims the role and keeps it. `became` gets the promotions stored
     /// with the role (JSON) once this process holds it; the caller sets up
-    /// and calls [`ActorState::acting_from`]. Returns if another process
-    /// takes the role.
-    pub async fn run(
-        &self,
-        became: oneshot::Sender<(u64, serde_json::Value)>,
-        on_change: watch::Sender<()>,
-    ) -> Superseded {
+    /// and calls [`ActorState::acting`]. Returns if another process takes
+    /// the role.
+    pub async fn run(&self, became: oneshot::Sender<serde_json::Value>) -> Superseded {
         let mut became = Some(became);
         let mut conn: Option<AdminConn> = None;
         loop {
@@ -141,9 +141,9 @@ impl ActorState {
                 match answer {
                     Ok((true, s)) if method == Method::POST => {
                         let ch = c.granted(sent, now, s.actor);
-                        if let Change::Became { term } = ch {
+                        if let Change::Became { .. } = ch {
                             if let Some(tx) = became.take() {
-                                let _ = tx.send((term, s.promotions));
+                                let _ = tx.send(s.promotions);
                             }
                         }
                         ch
@@ -156,7 +156,6 @@ impl ActorState {
                     }
                 }
             };
-            let _ = on_change.send(());
             match change {
                 Change::Superseded { by, term } => return Superseded { by, term },
                 Change::Became { term } => {
@@ -167,46 +166,61 @@ impl ActorState {
         }
     }
 
-    /// Marks this process set up to act at `term`.
-    pub fn acting_from(&self, term: u64) {
-        let _ = self.acting.set(term);
+    /// Marks this process set up to act (its term is the candidate's).
+    pub fn acting(&self) {
+        self.acting.store(true, Ordering::Release);
     }
 
-    /// One request to the first broker that answers; `(granted, state)`,
-    /// where a 409 is an answer (a refused claim) and not an error.
+    /// The actor record as one request returns it; `granted`: a 409 (a
+    /// refused claim) is an answer, not an error.
     async fn ask(
         &self,
         conn: &mut Option<AdminConn>,
         method: Method,
         path: &str,
     ) -> Result<(bool, LinkState), String> {
+        let (granted, body) = self
+            .send(conn, method, path, bytes::Bytes::new(), REQUEST_TIMEOUT)
+            .await?;
+        serde_json::from_slice::<LinkState>(&body)
+            .map(|s| (granted, s))
+            .map_err(|e| format!("bad answer: {e}"))
+    }
+
+    /// One request to the first broker that answers (JSON `body` if not
+    /// empty), on `conn` while it stays open; `(false, body)` for a 409.
+    async fn send(
+        &self,
+        conn: &mut Option<AdminConn>,
+        method: Method,
+        path: &str,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<(bool, Vec<u8>), String> {
         let mut last = "no broker admin address".to_string();
         for _ in 0..self.brokers.len().max(1) {
-            let c = match conn.take() {
+            let mut c = match conn.take() {
                 Some(c) if c.is_open() => c,
                 _ => {
                     let addr = self.next_broker();
-                    match tokio::time::timeout(REQUEST_TIMEOUT, AdminConn::connect(&addr)).await {
+                    match tokio::time::timeout(timeout, AdminConn::connect(&addr)).await {
                         Ok(Ok(c)) => c,
                         Ok(Err(e)) => {
                             last = e.to_string();
                             continue;
                         }
                         Err(_) => {
-                            last = format!("{addr}: no connection within 2 s");
+                            last = format!("{addr}: no connection within {timeout:?}");
                             continue;
                         }
                     }
                 }
             };
-            let mut c = c;
-            let r = tokio::time::timeout(
-                REQUEST_TIMEOUT,
-                c.meta(method.clone(), path, bytes::Bytes::new(), false),
-            )
-            .await;
-            let (granted, body) = match r {
-                Ok(Ok(body)) => (true, body.to_vec()),
+            let json = !body.is_empty();
+            let r = tokio::time::timeout(timeout, c.meta(method.clone(), path, body.clone(), json))
+                .await;
+            let answer = match r {
+                Ok(Ok(b)) => (true, b.to_vec()),
                 Ok(Err(HttpError::Status {
                     status: 409, body, ..
                 })) => (false, body.into_bytes()),
@@ -215,23 +229,18 @@ impl ActorState {
                     continue;
                 }
                 Err(_) => {
-                    last = format!("{}: no answer within 2 s", c.addr);
+                    last = format!("{}: no answer within {timeout:?}", c.addr);
                     continue;
                 }
             };
-            match serde_json::from_slice::<LinkState>(&body) {
-                Ok(s) => {
-                    *conn = Some(c);
-                    return Ok((granted, s));
-                }
-                Err(e) => last = format!("{}: bad answer: {e}", c.addr),
-            }
+            *conn = Some(c);
+            return Ok(answer);
         }
         Err(last)
     }
 
     fn next_broker(&self) -> String {
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.brokers[i % self.brokers.len().max(1)].clone()
     }
 
@@ -241,22 +250,13 @@ impl ActorState {
         let term = self.term().ok_or("not the region's dc-link actor")?;
         let path = format!("/v1/link/promotions?holder={}&term={term}", self.me());
         let body = bytes::Bytes::from(promotions.to_string());
-        let mut last = String::new();
-        for addr in &self.brokers {
-            let r = tokio::time::timeout(REQUEST_TIMEOUT * 2, async {
-                let mut c = AdminConn::connect(addr).await?;
-                c.meta(Method::POST, &path, body.clone(), true).await
-            })
-            .await;
-            match r {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(HttpError::Status {
-                    status: 409, body, ..
-                })) => return Err(body),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("{addr}: no answer within 4 s"),
-            }
+        // A controller commit: more time than a read.
+        match self
+            .send(&mut None, Method::POST, &path, body, REQUEST_TIMEOUT * 2)
+            .await?
+        {
+            (true, _) => Ok(()),
+            (false, refusal) => Err(String::from_utf8_lossy(&refusal).into_owned()),
         }
-        Err(last)
     }
 }

@@ -1001,10 +1001,9 @@ pub async fn run(
     });
 
     let (became_tx, became_rx) = tokio::sync::oneshot::channel();
-    let (changed, _) = tokio::sync::watch::channel(());
     let mut role = tokio::spawn({
         let actor = actor.clone();
-        async move { actor.run(became_tx, changed).await }
+        async move { actor.run(became_tx).await }
     });
     tokio::pin!(shutdown);
     let stop = |tasks: &mut tokio::task::JoinSet<()>| {
@@ -1020,7 +1019,7 @@ pub async fn run(
         Err(e) => DcLinkError::Config(format!("the dc-link actor task failed: {e}")),
     };
     tracing::info!(me = %actor.me(), "dc-link actor: claiming the role for {} (or standing by)", cfg.region);
-    let (term, stored) = tokio::select! {
+    let stored = tokio::select! {
         _ = &mut shutdown => {
             role.abort();
             stop(&mut tasks);
@@ -1038,7 +1037,7 @@ pub async fn run(
             }
         },
     };
-    actor.acting_from(term);
+    actor.acting();
     let voter = Arc::new(
         acting_voter(&cfg, &topo, &actor, stored)
             .await

@@ -209,10 +209,12 @@ def consume(bootstrap: str, topic: str, partition: int = 0, start: int = OFFSET_
 # Errors a client retries after refreshing metadata: the partition's leader is moving, or
 # the broker asked has not yet learnt of a topic another broker of the region already lists
 # (metadata reaches a region's brokers one after another, as in Kafka; the Java client
-# retries UNKNOWN_TOPIC_OR_PARTITION too).
+# retries UNKNOWN_TOPIC_OR_PARTITION too), or a new leader of a global_quorum partition has
+# not yet heard how far the mirrors hold it (OFFSET_NOT_AVAILABLE, as Kafka's KIP-207).
 _LEADERSHIP_MOVING = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
                       KafkaError.FENCED_LEADER_EPOCH, KafkaError.UNKNOWN_LEADER_EPOCH,
-                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION}
+                      KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION,
+                      KafkaError.OFFSET_NOT_AVAILABLE}
 
 
 def watermarks(bootstrap: str, topic: str, partition: int = 0, timeout: float = 10.0) -> tuple[int, int]:

@@ -62,6 +62,10 @@ pub async fn serve(
         .route("/v1/cluster", get(cluster))
         .route("/v1/partitions/{topic}/{partition}", get(partition))
         .route("/v1/partitions/{topic}/{partition}/log", get(partition_log))
+        .route(
+            "/v1/partitions/{topic}/{partition}/truncate",
+            axum::routing::post(truncate_suffix),
+        )
         .route("/v1/mirror/{topic}/{partition}", get(mirror_state))
         .route(
             "/v1/mirror-acks/{topic}/{partition}",
@@ -252,11 +256,17 @@ async fn partition(
 async fn partition_log(
     State(s): State<AppState>,
     Path((topic, partition)): Path<(String, i32)>,
+    RawQuery(query): RawQuery,
 ) -> Response {
     let Some((_, log)) = local_partition(&s.ctx, &topic, partition) else {
         return (StatusCode::NOT_FOUND, "no replica of this partition here\n").into_response();
     };
-    match log.dump() {
+    let bound = |name: &str, default: i64| {
+        query_param(query.as_deref(), name)
+            .and_then(|v| v.parse::<i64>().ok())
+            .unwrap_or(default)
+    };
+    match log.dump_range(bound("from", 0), bound("to", i64::MAX)) {
         Ok(bytes) => (
             [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
             bytes,
@@ -321,7 +331,6 @@ async fn mirror_append(
     let home_log_start: i64 = query_param(query.as_deref(), "home_log_start")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    use crate::raft::ProposeError;
     let ctx = &s.ctx;
     let Some((t, log)) = local_partition(ctx, &topic, partition) else {
         return json_error(
@@ -350,11 +359,11 @@ async fn mirror_append(
         base_offset,
         from_log_start: headers.contains_key(FROM_LOG_START_HEADER),
     });
-    match tokio::time::timeout(Duration::from_secs(30), done).await {
-        Ok(Ok(Ok(CommandResult::Mirrored {
+    match applied(done).await {
+        Ok(CommandResult::Mirrored {
             log_end_offset,
             appended,
-        }))) => {
+        }) => {
             // Only within what the mirror holds: a home start past the
             // mirror's end is a gap, which the dc-link reports; emptying the
             // mirror here would hide it.
@@ -375,26 +384,91 @@ async fn mirror_append(
             }))
             .into_response()
         }
-        Ok(Ok(Ok(CommandResult::Rejected { code, message }))) => json_error(
+        Ok(other) => unexpected(other),
+        Err(r) => r,
+    }
+}
+
+/// A proposal's applied result, or the answer that says why there is none.
+async fn applied<E>(
+    done: impl std::future::Future<
+        Output = Result<Result<crate::raft::types::CommandResult, crate::raft::ProposeError>, E>,
+    >,
+) -> Result<crate::raft::types::CommandResult, Response> {
+    use crate::raft::types::CommandResult;
+    use crate::raft::ProposeError;
+    match tokio::time::timeout(Duration::from_secs(30), done).await {
+        Ok(Ok(Ok(CommandResult::Rejected { code, message }))) => Err(json_error(
             StatusCode::UNPROCESSABLE_ENTITY,
             serde_json::json!({"error": message, "code": code}),
-        ),
-        Ok(Ok(Ok(other))) => json_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            serde_json::json!({"error": format!("unexpected apply result {other:?}")}),
-        ),
-        Ok(Ok(Err(ProposeError::NotLeader(_)))) => json_error(
+        )),
+        Ok(Ok(Ok(r))) => Ok(r),
+        Ok(Ok(Err(ProposeError::NotLeader(_)))) => Err(json_error(
             StatusCode::MISDIRECTED_REQUEST,
             serde_json::json!({"error": "lost leadership", "leader": null}),
-        ),
-        Ok(Ok(Err(ProposeError::Unavailable(m)))) => json_error(
+        )),
+        Ok(Ok(Err(ProposeError::Unavailable(m)))) => Err(json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"error": m}),
-        ),
-        Ok(Err(_)) | Err(_) => json_error(
+        )),
+        Ok(Err(_)) | Err(_) => Err(json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             serde_json::json!({"error": "not committed within 30 s"}),
-        ),
+        )),
+    }
+}
+
+fn unexpected(other: crate::raft::types::CommandResult) -> Response {
+    json_error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        serde_json::json!({"error": format!("unexpected apply result {other:?}")}),
+    )
+}
+
+/// Failback's cut (`chronik ctl failback`): the partition leader of a copy
+/// demoted to a mirror removes every record from `offset` on, through the
+/// partition's Raft group. Answered once applied, with the new log end.
+/// Refused (422) for a copy that is home or never was demoted, or an
+/// offset inside a batch; a cut at or past the log end changes nothing.
+async fn truncate_suffix(
+    State(s): State<AppState>,
+    Path((topic, partition)): Path<(String, i32)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    use crate::raft::types::{Command, CommandResult};
+    let Some(offset) = query_param(query.as_deref(), "offset").and_then(|v| v.parse::<i64>().ok())
+    else {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"error": "offset=N (the first offset to remove) is required"}),
+        );
+    };
+    let ctx = &s.ctx;
+    let Some((t, log)) = local_partition(ctx, &topic, partition) else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "no replica of this partition here"}),
+        );
+    };
+    let Some((group, _)) = ctx.cluster.leader_group(&log) else {
+        let view = ctx.cluster.view(&t, &log);
+        return json_error(
+            StatusCode::MISDIRECTED_REQUEST,
+            serde_json::json!({"error": "not the leader", "leader": view.leader}),
+        );
+    };
+    match applied(group.submit(Command::TruncateSuffix { offset })).await {
+        Ok(CommandResult::Truncated {
+            log_end_offset,
+            removed_batches,
+        }) => axum::Json(serde_json::json!({
+            "log_end_offset": log_end_offset,
+            "removed_batches": removed_batches,
+            "epochs": log.epoch_history(),
+        }))
+        .into_response(),
+        Ok(other) => unexpected(other),
+        Err(r) => r,
     }
 }
 

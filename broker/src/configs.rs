@@ -320,6 +320,13 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         "How long the home region must be silent (no answer to the mirror region's lease renewals) before an automatic failover.",
     ),
     def(
+        RECOVERY_OF,
+        T::String,
+        "",
+        None,
+        "Set by `chronik ctl failback` on the recovery topic it creates: the topic whose diverged records (written in a region after the home moved away from it) this topic holds. Failback writes only into a topic that names the topic it recovers.",
+    ),
+    def(
         MIRROR_SOURCE_TOPIC_ID,
         T::String,
         "",
@@ -338,6 +345,7 @@ pub const FAILOVER_AUTO: &str = "chronik.failover.auto";
 pub const RPO_MS: &str = "chronik.rpo.ms";
 pub const RPO_ENFORCE: &str = "chronik.rpo.enforce";
 pub const FAILOVER_TIMEOUT_MS: &str = "chronik.failover.timeout.ms";
+pub const RECOVERY_OF: &str = "chronik.recovery.of";
 
 pub use chronik_topology::valid_region_name;
 

@@ -7,7 +7,7 @@ use crate::batch::BatchError;
 use crate::catalog::TopicError;
 use crate::configs::ConfigValueError;
 use crate::home_role::RoleError;
-use crate::log::{AppendError, ReadError};
+use crate::log::{AppendError, ReadError, TruncateError};
 use crate::producer::SequenceError;
 use crate::storage::StoreError;
 
@@ -63,6 +63,17 @@ impl KafkaCode for ReadError {
         match self {
             ReadError::OutOfRange { .. } => E::OffsetOutOfRange.code(),
             ReadError::Storage(s) => s.kafka_code(),
+        }
+    }
+}
+
+impl KafkaCode for TruncateError {
+    fn kafka_code(&self) -> i16 {
+        match self {
+            TruncateError::OutOfRange { .. } => E::OffsetOutOfRange.code(),
+            TruncateError::InsideBatch { .. } => E::InvalidRequest.code(),
+            TruncateError::NotDemoted { .. } => E::PolicyViolation.code(),
+            TruncateError::Storage(s) => s.kafka_code(),
         }
     }
 }

@@ -123,6 +123,24 @@ pub enum AppendError {
     },
 }
 
+/// Why a copy's suffix was not cut (see [`PartitionLog::truncate_into`]).
+#[derive(Debug, thiserror::Error)]
+pub enum TruncateError {
+    #[error("offset {offset} is outside the log [{start}, {end}]")]
+    OutOfRange { offset: i64, start: i64, end: i64 },
+    #[error(
+        "offset {offset} falls inside the batch {base}..={last}: a copy is cut only between batches"
+    )]
+    InsideBatch { offset: i64, base: i64, last: i64 },
+    #[error(
+        "this copy holds the home role or never gave it up (role {role:?}): only a copy demoted to a mirror \
+         after a move of the home is cut"
+    )]
+    NotDemoted { role: Option<Role> },
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("offset {offset} is out of range [{start}, {end}]")]
@@ -251,6 +269,10 @@ pub struct PartitionLog {
     /// it (the RPO's at-risk span, see `crate::rpo`); kept once the home
     /// dc-link reports mirror ends here.
     commit_times: Mutex<crate::rpo::CommitTimes>,
+    /// The leader epoch in which the home dc-link last reported mirror
+    /// ends here (-1: never). Before the first report of its own epoch, a
+    /// new leader does not know what its predecessor showed consumers.
+    mirror_acks_epoch: std::sync::atomic::AtomicI32,
     /// Idempotent producers whose batch the RPO refused (see
     /// `crate::rpo::RefusedOrder`).
     rpo_refused: Mutex<crate::rpo::RefusedOrder>,
@@ -312,6 +334,7 @@ impl PartitionLog {
             waiters: Mutex::new(Vec::new()),
             submit_order: Mutex::new(()),
             mirror_acks: tokio::sync::watch::Sender::new(Default::default()),
+            mirror_acks_epoch: std::sync::atomic::AtomicI32::new(-1),
             commit_times: Default::default(),
             rpo_refused: Default::default(),
         }))
@@ -736,11 +759,23 @@ impl PartitionLog {
             }
             *req = Some(required);
         });
+        self.mirror_acks_epoch
+            .store(self.leader_epoch(), Ordering::Release);
         if let Some(m) = self.mirrored_through() {
             self.commit_times.lock().unwrap().mirrored(m);
         }
         // The high watermark that global_quorum consumers see may have moved.
         self.wake_waiters();
+    }
+
+    /// Drops what the home dc-link reported about the mirrors: after a role
+    /// change or a cut of this log, ends reported against the old log or
+    /// the old home say nothing about this one. The dc-link reports again
+    /// within a second; until then no mirror end counts.
+    pub fn forget_mirror_acks(&self) {
+        self.mirror_acks.send_replace(Default::default());
+        self.mirror_acks_epoch.store(-1, Ordering::Release);
+        *self.commit_times.lock().unwrap() = Default::default();
     }
 
     /// Produce's decision for a batch of a topic whose RPO is enforced:
@@ -784,6 +819,16 @@ impl PartitionLog {
         let mut ends: Vec<i64> = acks.0.values().copied().collect();
         ends.sort_unstable_by(|a, b| b.cmp(a));
         Some(ends.get(required - 1).copied().unwrap_or(i64::MIN))
+    }
+
+    /// Whether the mirror ends this broker holds were reported while it
+    /// led in its current epoch. Until then the `global_quorum` high
+    /// watermark it would show can be below what its predecessor showed:
+    /// ListOffsets answers a retriable error rather than let a consumer
+    /// see the log shrink (as Kafka does for a leader whose high
+    /// watermark is not known yet, KIP-207).
+    pub fn mirror_view_current(&self) -> bool {
+        self.mirror_acks_epoch.load(Ordering::Acquire) == self.leader_epoch()
     }
 
     /// The high watermark consumers see. For a `global_quorum` topic at
@@ -1022,6 +1067,8 @@ impl PartitionLog {
             self.role_copy
                 .store(encode_role(st.role), Ordering::Release);
             self.put_record(wb, &st, self.log_start_offset());
+            drop(st);
+            self.forget_mirror_acks();
         }
         Ok(role)
     }
@@ -1070,6 +1117,120 @@ impl PartitionLog {
         Ok(offset)
     }
 
+    /// Failback, applied from the partition's Raft log on every replica:
+    /// removes every record from `offset` on, the suffix a copy wrote as the
+    /// home after the other regions had moved the home away. Only a copy
+    /// demoted to a mirror is cut, and only between batches (a divergence
+    /// point always is one: mirrors copy whole batches). The epoch history
+    /// loses the epochs that start at or after the cut, and each producer
+    /// that wrote in the suffix gets back the state the remaining log gives
+    /// it. The caller writes `wb` (after every earlier entry: this reads the
+    /// store) and then calls [`PartitionLog::reload`], which moves the high
+    /// watermark back. Returns the batches removed (0 when the log already
+    /// ends at or before `offset`: a replayed cut changes nothing).
+    pub fn truncate_into(&self, wb: &mut WriteBatch, offset: i64) -> Result<u64, TruncateError> {
+        let mut st = self.state.lock().unwrap();
+        match st.role {
+            Some(r) if !r.home => {}
+            role => return Err(TruncateError::NotDemoted { role }),
+        }
+        let start = self.log_start_offset();
+        if offset < start {
+            return Err(TruncateError::OutOfRange {
+                offset,
+                start,
+                end: st.next_offset,
+            });
+        }
+        if offset >= st.next_offset {
+            return Ok(0);
+        }
+        let entries = self.store.index_entries(self.log_id)?;
+        if let Some(e) = entries
+            .iter()
+            .find(|e| e.base_offset < offset && e.last_offset >= offset)
+        {
+            return Err(TruncateError::InsideBatch {
+                offset,
+                base: e.base_offset,
+                last: e.last_offset,
+            });
+        }
+        let (kept, gone) = entries.split_at(entries.partition_point(|e| e.base_offset < offset));
+        let (from, to) = (log_key(self.log_id, offset), log_key(self.log_id + 1, 0));
+        wb.delete_range_cf(self.store.cf(CF_LOG), from.clone(), to.clone());
+        wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
+        // Producers that wrote in the suffix: their state is what the
+        // remaining log says, rebuilt newest first as `record` keeps it
+        // (the latest epoch's last RETAINED_BATCHES batches).
+        let mut rebuilt: std::collections::HashMap<i64, ProducerEntry> = st
+            .producers
+            .summary()
+            .into_iter()
+            .filter(|(pid, _, _)| {
+                st.producers
+                    .get(*pid)
+                    .is_some_and(|e| e.batches.iter().any(|b| b.last_offset >= offset))
+            })
+            .map(|(pid, _, _)| (pid, ProducerEntry::default()))
+            .collect();
+        let mut open: std::collections::HashSet<i64> = rebuilt.keys().copied().collect();
+        for e in kept.iter().rev() {
+            if open.is_empty() {
+                break;
+            }
+            let key = log_key(self.log_id, e.base_offset);
+            let Some(bytes) = self
+                .store
+                .db()
+                .get_cf(self.store.cf(CF_LOG), key)
+                .map_err(StoreError::from)?
+            else {
+                continue;
+            };
+            let Ok(h) = BatchHeader::parse(&bytes) else {
+                continue;
+            };
+            if !h.has_producer_id() || h.is_control() || !open.contains(&h.producer_id) {
+                continue;
+            }
+            let entry = rebuilt.get_mut(&h.producer_id).expect("listed");
+            if entry.batches.is_empty() {
+                entry.epoch = h.producer_epoch;
+            } else if entry.epoch != h.producer_epoch {
+                open.remove(&h.producer_id);
+                continue;
+            }
+            entry.batches.push_front(BatchMeta {
+                first_seq: h.base_sequence,
+                last_seq: h.last_sequence(),
+                first_offset: e.base_offset,
+                last_offset: e.last_offset,
+            });
+            if entry.batches.len() == crate::producer::RETAINED_BATCHES {
+                open.remove(&h.producer_id);
+            }
+        }
+        for (pid, entry) in rebuilt {
+            let key = log_key(self.log_id, pid);
+            if entry.batches.is_empty() {
+                wb.delete_cf(self.store.cf(CF_PRODUCERS), key);
+            } else {
+                wb.put_cf(self.store.cf(CF_PRODUCERS), key, entry.encode());
+            }
+        }
+        // A log cut back to its start keeps its first entry, as a log that
+        // never held a record does: copies filled from there again then
+        // carry the same history as their home.
+        let first = st.epochs.first().copied();
+        st.epochs.retain(|(_, o)| *o < offset);
+        if st.epochs.is_empty() {
+            st.epochs.extend(first.map(|(e, _)| (e, start)));
+        }
+        self.put_record(wb, &st, start);
+        Ok(gone.len() as u64)
+    }
+
     /// Adds the removal of this replica's data to `wb`, leaving an empty
     /// partition (its replica moved to other brokers); call
     /// [`PartitionLog::reload`] once `wb` is written.
@@ -1096,9 +1257,19 @@ impl PartitionLog {
     /// Every stored batch from the log start up to the high watermark,
     /// concatenated: what replica comparisons and debugging read.
     pub fn dump(&self) -> Result<Vec<u8>, StoreError> {
-        let hw = self.high_watermark();
+        self.dump_range(0, i64::MAX)
+    }
+
+    /// As [`PartitionLog::dump`], from the batch that holds `from`, and
+    /// only batches that start below `to`.
+    pub fn dump_range(&self, from: i64, to: i64) -> Result<Vec<u8>, StoreError> {
+        let hw = self.high_watermark().min(to);
         let mut it = self.store.log_iter(CF_LOG, self.log_id);
-        it.seek_to_first();
+        // The batch holding `from` starts at or before it.
+        it.seek_for_prev(log_key(self.log_id, from));
+        if !it.valid() {
+            it.seek_to_first();
+        }
         let mut out = Vec::new();
         while it.valid() {
             let (_, base) = split_log_key(it.key().unwrap_or_default()).unwrap_or((0, i64::MAX));
@@ -1203,6 +1374,23 @@ mod tests {
         assert_eq!(log.visible_high_watermark(true), 10);
         log.report_mirror_acks(&Default::default(), 0);
         assert_eq!(log.mirrored_through(), Some(i64::MAX));
+    }
+
+    #[test]
+    fn a_new_term_needs_a_new_mirror_report_before_its_view_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = open(&store);
+        log.note_term(3);
+        assert!(!log.mirror_view_current(), "never reported");
+        log.report_mirror_acks(&Default::default(), 1);
+        assert!(log.mirror_view_current());
+        // Leadership moved away and back: what it holds may predate what
+        // its predecessor showed.
+        log.note_term(5);
+        assert!(!log.mirror_view_current());
+        log.report_mirror_acks(&Default::default(), 1);
+        assert!(log.mirror_view_current());
     }
 
     #[test]

@@ -23,7 +23,8 @@ use chronik_dc_link::broker_http::{encode_segment, get_json, post_json};
 use serde_json::{json, Value};
 
 use crate::switchover::{
-    all_topics, find_deployment, observe_region, post_region, reason, Deployment, Progress,
+    all_topics, deployment_or_exit, each_topic, observe_region, post_region, reason, usage_error,
+    Deployment, Progress,
 };
 
 #[derive(clap::Args)]
@@ -375,16 +376,13 @@ pub fn run(args: Args) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let fail = |e: String| {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
+        let fail = usage_error;
+        let dep = match deployment_or_exit(&args.brokers, args.topology.as_deref(), &args.dev_dir)
+            .await
+        {
+            Ok(d) => d,
+            Err(code) => return code,
         };
-        let dep =
-            match find_deployment(&args.brokers, args.topology.as_deref(), &args.dev_dir).await {
-                Ok(d) if !d.is_empty() => d,
-                Ok(_) => return fail("no region to ask".into()),
-                Err(e) => return fail(e),
-            };
         if !dep.contains_key(&args.to) {
             return fail(format!(
                 "unknown region {} (regions: {})",
@@ -404,31 +402,12 @@ pub fn run(args: Args) -> ExitCode {
         } else {
             args.topics.clone()
         };
-        let mut results = Vec::new();
-        let mut failed = false;
-        for t in &topics {
-            match fail_over_one(&dep, &link, t, &args).await {
-                Ok(v) => results.push(v),
-                Err(e) => {
-                    eprintln!("error: {t}: {e}");
-                    results.push(json!({"topic": t, "error": e}));
-                    failed = true;
-                }
-            }
-        }
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({"topics": results})).unwrap()
-            );
-        } else {
-            crate::switchover::print_moves(&results, "MS", "elapsed_ms");
-        }
-        if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        }
+        let (dep, link, args) = (&dep, &link, &args);
+        let print = |r: &[Value]| crate::switchover::print_moves(r, "MS", "elapsed_ms");
+        each_topic(&topics, args.json, print, |t| async move {
+            fail_over_one(dep, link, &t, args).await
+        })
+        .await
     })
 }
 

@@ -111,6 +111,10 @@ enum CtlCommand {
     /// cut off: report the data at risk, wait for the home's lease to
     /// expire, promote.
     Failover(failover::Args),
+    /// After a failover, bring the old home region back in line: copy the
+    /// records only it holds into a recovery topic, cut its copies back,
+    /// and let them mirror the new home.
+    Failback(failback::Args),
 }
 
 #[derive(Subcommand)]
@@ -217,6 +221,9 @@ fn main() -> ExitCode {
         Command::Ctl {
             command: CtlCommand::Failover(args),
         } => failover::run(args),
+        Command::Ctl {
+            command: CtlCommand::Failback(args),
+        } => failback::run(args),
         Command::WanSim(args) => {
             init_tracing();
             chronik_wan_sim::run(args)
@@ -357,6 +364,7 @@ fn run_witness(config: &std::path::Path) -> ExitCode {
     })
 }
 
+mod failback;
 mod failover;
 mod meta_cli;
 mod switchover;

@@ -56,10 +56,6 @@ pub struct Args {
 /// Broker admin addresses by region.
 pub(crate) type Deployment = BTreeMap<String, Vec<String>>;
 
-async fn deployment(args: &Args) -> Result<Deployment, String> {
-    find_deployment(&args.brokers, args.topology.as_deref(), &args.dev_dir).await
-}
-
 /// The deployment from explicit broker addresses, a topology file, or a
 /// `chronik dev` directory, in that order.
 pub(crate) async fn find_deployment(
@@ -161,7 +157,7 @@ pub(crate) async fn observe_region(brokers: &[String], topic: &str) -> Option<Re
     view
 }
 
-async fn observe(dep: &Deployment, topic: &str) -> BTreeMap<String, Option<RegionView>> {
+pub(crate) async fn observe(dep: &Deployment, topic: &str) -> BTreeMap<String, Option<RegionView>> {
     let mut out = BTreeMap::new();
     for (region, brokers) in dep {
         out.insert(region.clone(), observe_region(brokers, topic).await);
@@ -372,64 +368,98 @@ pub(crate) async fn all_topics(dep: &Deployment, to: &str) -> Result<Vec<String>
     Err(last)
 }
 
+/// A `chronik ctl` topic command's usage error: printed, exit code 2.
+pub(crate) fn usage_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(2)
+}
+
+/// The deployment a topic command acts on, or its usage error.
+pub(crate) async fn deployment_or_exit(
+    brokers: &[String],
+    topology: Option<&std::path::Path>,
+    dev_dir: &std::path::Path,
+) -> Result<Deployment, ExitCode> {
+    match find_deployment(brokers, topology, dev_dir).await {
+        Ok(d) if !d.is_empty() => Ok(d),
+        Ok(_) => Err(usage_error("no region to ask")),
+        Err(e) => Err(usage_error(e)),
+    }
+}
+
+/// Runs `one` for each topic in turn (a failure does not stop the others),
+/// then prints the results, as JSON or with `print`; fails if any failed.
+pub(crate) async fn each_topic<F, Fut>(
+    topics: &[String],
+    json_out: bool,
+    print: impl Fn(&[Value]),
+    mut one: F,
+) -> ExitCode
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, String>>,
+{
+    let mut results = Vec::new();
+    let mut failed = false;
+    for t in topics {
+        match one(t.clone()).await {
+            Ok(v) => results.push(v),
+            Err(e) => {
+                eprintln!("error: {t}: {e}");
+                results.push(json!({"topic": t, "error": e}));
+                failed = true;
+            }
+        }
+    }
+    if json_out {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"topics": results})).unwrap()
+        );
+    } else {
+        print(&results);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 pub fn run(args: Args) -> ExitCode {
     let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let dep = match deployment(&args).await {
-            Ok(d) if !d.is_empty() => d,
-            Ok(_) => {
-                eprintln!("error: no region to ask");
-                return ExitCode::from(2);
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
+        let dep = match deployment_or_exit(&args.brokers, args.topology.as_deref(), &args.dev_dir)
+            .await
+        {
+            Ok(d) => d,
+            Err(code) => return code,
         };
         let topics = if args.all {
             match all_topics(&dep, &args.to).await {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return usage_error(e),
             }
         } else {
             args.topics.clone()
         };
-        let mut results = Vec::new();
-        let mut failed = false;
-        for t in &topics {
-            let r = if args.abort {
-                abort_one(&dep, t).await
-            } else {
-                switch_one(&dep, t, &args).await
-            };
-            match r {
-                Ok(v) => results.push(v),
-                Err(e) => {
-                    eprintln!("error: {t}: {e}");
-                    results.push(json!({"topic": t, "error": e}));
-                    failed = true;
-                }
+        let (dep, args) = (&dep, &args);
+        let print = |r: &[Value]| {
+            if !args.abort {
+                print_results(r)
             }
-        }
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&json!({"topics": results})).unwrap()
-            );
-        } else if !args.abort {
-            print_results(&results);
-        }
-        if failed {
-            ExitCode::FAILURE
-        } else {
-            ExitCode::SUCCESS
-        }
+        };
+        each_topic(&topics, args.json, print, |t| async move {
+            if args.abort {
+                abort_one(dep, &t).await
+            } else {
+                switch_one(dep, &t, args).await
+            }
+        })
+        .await
     })
 }
 

@@ -292,6 +292,15 @@ async fn one_json<T: for<'de> Deserialize<'de>>(
     c.json(&body)
 }
 
+/// GET `path` from an HTTP address and return the body as is (a log dump).
+pub async fn get_bytes(addr: &str, path: &str) -> Result<Bytes, HttpError> {
+    let host = addr.trim_start_matches("http://").trim_end_matches('/');
+    let mut c = AdminConn::connect(host).await?;
+    let (st, body) = c.request(Method::GET, path, Bytes::new()).await?;
+    c.check(st, &body)?;
+    Ok(body)
+}
+
 /// POST to `path` (no body) at an HTTP address and parse the JSON answer
 /// (`chronik ctl`).
 pub async fn post_json<T: for<'de> Deserialize<'de>>(

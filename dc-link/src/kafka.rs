@@ -284,6 +284,33 @@ pub async fn create_topic(
     Ok(())
 }
 
+/// Produces one batch to a partition with acks=all; returns its base offset.
+pub async fn produce(c: &mut Conn, topic: &str, partition: i32, batch: Bytes) -> Result<i64> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(30_000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(batch))])]);
+    let resp: ProduceResponse = c.call(ApiKey::Produce, 8, &req).await?;
+    let p = resp
+        .responses
+        .first()
+        .and_then(|t| t.partition_responses.first())
+        .ok_or_else(|| KafkaError::Kafka(format!("no answer for {topic}/{partition}")))?;
+    if p.error_code != 0 {
+        return Err(KafkaError::Kafka(format!(
+            "producing to {topic}/{partition}: error {} {}",
+            p.error_code,
+            p.error_message.as_deref().unwrap_or("")
+        )));
+    }
+    Ok(p.base_offset)
+}
+
 pub async fn create_partitions(c: &mut Conn, name: &str, count: i32) -> Result<()> {
     let req = CreatePartitionsRequest::default()
         .with_topics(vec![CreatePartitionsTopic::default()

@@ -346,6 +346,8 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
     // link picks the topic up once an operator fixed the cause (deleted a
     // mirror of an older incarnation, say) without a restart.
     let mut refused: HashMap<String, (Instant, uuid::Uuid)> = HashMap::new();
+    // Partitions whose copy took writes this home never had (logged once).
+    let mut diverged: std::collections::HashSet<(String, i32)> = Default::default();
     // Offers sent and not answered yet, with the topic and when.
     let mut in_flight: HashMap<
         String,
@@ -470,15 +472,22 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                 {
                     continue; // shipping already (offered again for another partition)
                 }
-                s.shared
-                    .acked(&s.link, &p.topic, p.partition, p.offset, now);
-                if p.partition < already {
+                if p.partition < already && !diverged.contains(&(p.topic.clone(), p.partition)) {
+                    s.shared
+                        .acked(&s.link, &p.topic, p.partition, p.offset, now);
                     continue;
                 }
                 if let Err(e) = check_fork(&s, &p).await {
                     if e.starts_with("diverged") {
-                        tracing::error!(link = %s.link, topic = %p.topic, partition = p.partition, error = %e, "mirror diverged from the home");
-                        metrics::counter!("chronik_dclink_diverged_partitions_total", "link" => s.link.clone()).increment(1);
+                        // A diverged copy's end is no ack of this home's
+                        // log (a global_quorum or RPO count must not use
+                        // it). Offered again each round: a failback cuts
+                        // the copy, and shipping then resumes.
+                        retry_offer = true;
+                        if diverged.insert((p.topic.clone(), p.partition)) {
+                            tracing::error!(link = %s.link, topic = %p.topic, partition = p.partition, error = %e, "mirror diverged from the home");
+                            metrics::counter!("chronik_dclink_diverged_partitions_total", "link" => s.link.clone()).increment(1);
+                        }
                         s.shared.set_partition_state(
                             &s.link,
                             &p.topic,
@@ -493,6 +502,11 @@ async fn offer_topics(s: Arc<Session>) -> Result<(), String> {
                     }
                     continue;
                 }
+                if diverged.remove(&(p.topic.clone(), p.partition)) {
+                    tracing::info!(link = %s.link, topic = %p.topic, partition = p.partition, from = p.offset, "the diverged copy was cut back (failback); shipping resumes");
+                }
+                s.shared
+                    .acked(&s.link, &p.topic, p.partition, p.offset, now);
                 // A new session starts every partition afresh: the mirror
                 // topic was just checked (and recreated if it was gone).
                 s.shared.set_partition_state(

@@ -7,6 +7,8 @@
 
 pub mod alloc;
 pub mod batch;
+pub mod epochs;
 pub mod framing;
 pub mod producer;
 pub mod protocol;
+pub mod records;

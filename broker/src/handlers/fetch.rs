@@ -31,6 +31,8 @@ const FETCH_REPLICA_STATE_VERSION: i16 = 15;
 const FETCH_LOG_START_VERSION: i16 = 5;
 /// ListOffsets responses carry the leader epoch from v4.
 const LIST_OFFSETS_EPOCH_VERSION: i16 = 4;
+/// KIP-207: the first ListOffsets version whose clients know OFFSET_NOT_AVAILABLE.
+const LIST_OFFSETS_NOT_AVAILABLE_VERSION: i16 = 5;
 /// Upper bound on a long-poll, whatever the client asks for.
 const MAX_WAIT_CAP_MS: i32 = 60_000;
 
@@ -303,6 +305,15 @@ fn list_offset(
     let epoch = log.leader_epoch();
     if let Some(code) = check_epoch(leader_epoch, epoch) {
         return resp.with_error_code(code);
+    }
+    if wait_for_mirrors && !matches!(ts, EARLIEST | EARLIEST_LOCAL) && !log.mirror_view_current() {
+        // Kafka's clients retry both (older versions know no OFFSET_NOT_AVAILABLE).
+        let code = if version >= LIST_OFFSETS_NOT_AVAILABLE_VERSION {
+            E::OffsetNotAvailable
+        } else {
+            E::LeaderNotAvailable
+        };
+        return resp.with_error_code(code.code());
     }
     let found = match ts {
         EARLIEST => Ok(Some((log.log_start_offset(), -1))),

@@ -139,6 +139,9 @@ pub struct PbCommand {
     pub role_epoch: Option<u64>,
     #[prost(bool, tag = "10")]
     pub role_home: bool,
+    /// TruncateSuffix: the offset the log is cut back to.
+    #[prost(int64, optional, tag = "11")]
+    pub truncate_suffix: Option<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -227,6 +230,20 @@ pub struct PbTransferLeaderResponse {
     pub log_expected: Option<PbLogId>,
     #[prost(message, optional, tag = "5")]
     pub log_actual: Option<PbLogId>,
+}
+
+/// A leader's log as a snapshot transfer starts: the follower finds where
+/// its own log leaves it (a failback cut it missed) and asks from there.
+#[derive(Clone, PartialEq, Message)]
+pub struct PbSnapBegin {
+    #[prost(int64, tag = "1")]
+    pub log_start: i64,
+    #[prost(int64, tag = "2")]
+    pub log_end: i64,
+    #[prost(int32, repeated, tag = "3")]
+    pub epochs: Vec<i32>,
+    #[prost(int64, repeated, tag = "4")]
+    pub epoch_starts: Vec<i64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -403,6 +420,10 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             noop: true,
             ..Default::default()
         },
+        Command::TruncateSuffix { offset } => PbCommand {
+            truncate_suffix: Some(*offset),
+            ..Default::default()
+        },
         Command::SetRole { role } => PbCommand {
             role_epoch: Some(role.epoch),
             role_home: role.home,
@@ -425,6 +446,8 @@ pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
         let cmd = serde_json::from_slice(&p.controller)
             .map_err(|e| DecodeError(format!("controller command: {e}")))?;
         Ok(Command::Controller(cmd))
+    } else if let Some(offset) = p.truncate_suffix {
+        Ok(Command::TruncateSuffix { offset })
     } else if let Some(offset) = p.delete_records {
         Ok(Command::DeleteRecords { offset })
     } else if let Some(base_offset) = p.mirror_base_offset {

@@ -640,9 +640,40 @@ impl ReplicaGroup for OpenraftGroup {
                 }
                 kind::SNAP_BEGIN => {
                     let (log, _) = self.partition.as_ref().ok_or("not a partition group")?;
-                    *self.staged.lock().unwrap() = Some(Arc::new(Mutex::new(Staged::default())));
+                    let leader = codec::PbSnapBegin::decode(body).map_err(|e| e.to_string())?;
+                    let mut staged = Staged::default();
+                    let mut log_end = log.log_end_offset();
+                    if !leader.epochs.is_empty() {
+                        // Batches this log holds that the leader's does not
+                        // are replaced from where the two leave each other.
+                        let ours = log.epoch_history();
+                        let theirs: Vec<(i32, i64)> = leader
+                            .epochs
+                            .iter()
+                            .copied()
+                            .zip(leader.epoch_starts.iter().copied())
+                            .collect();
+                        let d = chronik_wire::epochs::divergence(
+                            chronik_wire::epochs::LogShape {
+                                epochs: &ours,
+                                log_start: log.log_start_offset(),
+                                log_end,
+                            },
+                            chronik_wire::epochs::LogShape {
+                                epochs: &theirs,
+                                log_start: leader.log_start,
+                                log_end: leader.log_end,
+                            },
+                        );
+                        if d < log_end {
+                            tracing::warn!(topic = %log.topic, partition = log.partition, from = d, log_end, "this replica's log leaves the leader's: the snapshot replaces it from there");
+                            staged.cut_from = Some(d);
+                            log_end = d;
+                        }
+                    }
+                    *self.staged.lock().unwrap() = Some(Arc::new(Mutex::new(staged)));
                     Ok(codec::PbSnapBeginResponse {
-                        log_end: log.log_end_offset(),
+                        log_end,
                         log_start: log.log_start_offset(),
                     }
                     .encode_to_vec()
@@ -1204,7 +1235,16 @@ impl NetClient {
         ttl: Duration,
     ) -> Result<(), TransportError> {
         let ttl = ttl.max(Duration::from_secs(30));
-        let resp = self.call(kind::SNAP_BEGIN, Vec::new(), ttl).await?;
+        let history = log.epoch_history();
+        let begin = codec::PbSnapBegin {
+            log_start: log.log_start_offset(),
+            log_end,
+            epochs: history.iter().map(|(e, _)| *e).collect(),
+            epoch_starts: history.iter().map(|(_, o)| *o).collect(),
+        };
+        let resp = self
+            .call(kind::SNAP_BEGIN, begin.encode_to_vec(), ttl)
+            .await?;
         let begin =
             codec::PbSnapBeginResponse::decode(resp).map_err(|e| TransportError::Remote {
                 peer: self.target,

@@ -98,6 +98,9 @@ pub struct Staged {
     /// When set, the follower's log was too far behind the leader's log
     /// start: everything below this offset is dropped at install.
     pub reset_to: Option<i64>,
+    /// When set, the follower's log holds records from this offset on that
+    /// the leader's does not (a failback cut it missed): they go at install.
+    pub cut_from: Option<i64>,
     pub index: Vec<(Bytes, Bytes)>,
 }
 
@@ -192,6 +195,15 @@ impl StateMachine {
             (Target::Partition { log, .. }, Command::DeleteRecords { offset }) => {
                 match log.trim_into(wb, *offset) {
                     Ok(low_watermark) => CommandResult::Trimmed { low_watermark },
+                    Err(e) => rejected(&e),
+                }
+            }
+            (Target::Partition { log, .. }, Command::TruncateSuffix { offset }) => {
+                match log.truncate_into(wb, *offset) {
+                    Ok(removed_batches) => CommandResult::Truncated {
+                        log_end_offset: (*offset).min(log.log_end_offset()),
+                        removed_batches,
+                    },
                     Err(e) => rejected(&e),
                 }
             }
@@ -375,11 +387,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut unwritten = false;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            let cut = matches!(
+                entry.payload,
+                EntryPayload::Normal(Command::TruncateSuffix { .. })
+            );
             if unwritten
-                && matches!(
-                    entry.payload,
-                    EntryPayload::Normal(Command::DeleteRecords { .. })
-                )
+                && (cut
+                    || matches!(
+                        entry.payload,
+                        EntryPayload::Normal(Command::DeleteRecords { .. })
+                    ))
             {
                 // A trim finds the batches below its offset in the store.
                 // Where an apply batch ends differs between replicas, so the
@@ -400,6 +417,24 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             last = Some(entry.log_id);
             unwritten = true;
+            if cut {
+                // The cut is read back from the store: the entries after it
+                // (a mirror append at the new end) must see the shorter log.
+                self.write_applied(&mut wb, &last, &mut hw).await?;
+                unwritten = false;
+                if let (
+                    Target::Partition { log, .. },
+                    CommandResult::Truncated {
+                        removed_batches: 1..,
+                        ..
+                    },
+                ) = (&self.target, &result)
+                {
+                    log.reload().map_err(io_err)?;
+                    log.forget_mirror_acks();
+                    tracing::warn!(topic = %log.topic, partition = log.partition, log_end = log.log_end_offset(), "log cut back for a failback");
+                }
+            }
             responses.push((responder, result));
             if controller {
                 // Each controller command sees the effects of the one before.
@@ -480,6 +515,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             );
                         }
                         record.log_start_offset = record.log_start_offset.max(reset);
+                    }
+                    if let Some(cut) = staged.cut_from {
+                        // The staged batches were written over some of these
+                        // keys already; the rest of the diverged tail goes.
+                        let fresh: std::collections::HashSet<&[u8]> =
+                            staged.index.iter().map(|(k, _)| k.as_ref()).collect();
+                        for e in self.store.index_entries(lid).map_err(io_err)? {
+                            if e.base_offset < cut {
+                                continue;
+                            }
+                            let k = log_key(lid, e.base_offset);
+                            wb.delete_cf(self.store.cf(CF_INDEX), k);
+                            if !fresh.contains(k.as_slice()) {
+                                wb.delete_cf(self.store.cf(CF_LOG), k);
+                            }
+                        }
                     }
                     for (k, v) in &staged.index {
                         wb.put_cf(self.store.cf(CF_INDEX), k, v);
@@ -740,5 +791,68 @@ mod tests {
             2,
             "batches below the log start stayed"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failback_cut_leaves_every_replica_the_same_shorter_log() {
+        let (mut a, mut b) = (replica().await, replica().await);
+        let mut all: Vec<Entry> = (0..4u64)
+            .map(|i| {
+                let seq = (i * 2) as i32;
+                entry(
+                    i + 1,
+                    produce(build::simple(2, 100, Some((7, 0, seq))), 0, Some(false)),
+                )
+            })
+            .collect();
+        let role = crate::home_role::Role {
+            home: false,
+            epoch: 1,
+        };
+        all.push(entry(5, Command::SetRole { role }));
+        all.push(entry(6, Command::TruncateSuffix { offset: 3 })); // inside a batch: refused
+        all.push(entry(7, Command::TruncateSuffix { offset: 4 }));
+        let from_new_home = crate::batch::stamp(&build::simple(3, 100, None), 4, 9, None);
+        all.push(entry(
+            8,
+            Command::MirrorAppend {
+                records: from_new_home.into(),
+                base_offset: 4,
+                from_log_start: false,
+            },
+        ));
+        all.push(entry(9, Command::TruncateSuffix { offset: 40 })); // past the end: nothing
+                                                                    // The leader applies entry by entry, a follower catching up all at once.
+        for e in all.clone() {
+            apply(&mut a, vec![e]).await;
+        }
+        apply(&mut b, all).await;
+        for r in [&a, &b] {
+            assert_eq!(r.log.log_end_offset(), 7);
+            assert_eq!(r.log.high_watermark(), 7);
+            assert_eq!(r.log.epoch_history(), vec![(0, 0), (2, 0), (9, 4)]);
+            assert_eq!(
+                r.log.producers(),
+                vec![(7, 0, 3)],
+                "the producer's batches in the suffix are forgotten"
+            );
+        }
+        assert_eq!(a.log.dump().unwrap(), b.log.dump().unwrap());
+        assert_eq!(a.log.size_bytes(), b.log.size_bytes());
+        // Cut back to the start: the history is a fresh log's again.
+        let cut_all = entry(10, Command::TruncateSuffix { offset: 0 });
+        apply(&mut a, vec![cut_all]).await;
+        assert_eq!(a.log.log_end_offset(), 0);
+        assert_eq!(a.log.epoch_history(), vec![(0, 0)]);
+        assert_eq!(a.log.producers(), vec![]);
+        // A home copy is never cut.
+        let mut c = replica().await;
+        let home = entry(1, produce(build::simple(2, 100, None), 0, Some(false)));
+        apply(&mut c, vec![home]).await;
+        let mut wb = WriteBatch::default();
+        assert!(matches!(
+            c.log.truncate_into(&mut wb, 0),
+            Err(crate::log::TruncateError::NotDemoted { role: None })
+        ));
     }
 }

@@ -67,6 +67,12 @@ pub enum Command {
     SetRole {
         role: crate::home_role::Role,
     },
+    /// Failback: remove every record from `offset` on (see
+    /// `PartitionLog::truncate_into`). Ordered with the data, so mirror
+    /// appends from the new home apply after the cut on every replica.
+    TruncateSuffix {
+        offset: i64,
+    },
     /// Changes nothing. A leader writes one before handing leadership over:
     /// a replica that restarted has appended nothing under the current
     /// leader yet, and openraft's target refuses a transfer until it has
@@ -256,6 +262,12 @@ pub enum CommandResult {
     Done,
     /// DeleteRecords applied: the partition's new log start offset.
     Trimmed { low_watermark: i64 },
+    /// TruncateSuffix applied: the log now ends at `log_end_offset`, and
+    /// `removed_batches` batches went.
+    Truncated {
+        log_end_offset: i64,
+        removed_batches: u64,
+    },
     /// MirrorAppend: the log now ends at `log_end_offset`. `appended` is
     /// false when the batches did not start at the log end (nothing written).
     Mirrored { log_end_offset: i64, appended: bool },
@@ -272,6 +284,7 @@ impl std::fmt::Display for Command {
                 base_offset,
                 ..
             } => write!(f, "mirror-append(@{base_offset}, {} bytes)", records.len()),
+            Command::TruncateSuffix { offset } => write!(f, "truncate-suffix(>={offset})"),
             Command::Noop => write!(f, "noop"),
             Command::SetRole { role } => write!(
                 f,

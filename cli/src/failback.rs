@@ -91,11 +91,13 @@ struct Copy {
 }
 
 impl Copy {
+    /// The committed log: a leader may hold a write its high watermark has
+    /// not reached yet, and the batch comparison reads only below it.
     fn shape(&self) -> LogShape<'_> {
         LogShape {
             epochs: &self.epochs,
             log_start: self.log_start,
-            log_end: self.log_end,
+            log_end: self.log_end.min(self.high_watermark),
         }
     }
 }

@@ -1165,14 +1165,9 @@ impl PartitionLog {
         // (the latest epoch's last RETAINED_BATCHES batches).
         let mut rebuilt: std::collections::HashMap<i64, ProducerEntry> = st
             .producers
-            .summary()
+            .written_from(offset)
             .into_iter()
-            .filter(|(pid, _, _)| {
-                st.producers
-                    .get(*pid)
-                    .is_some_and(|e| e.batches.iter().any(|b| b.last_offset >= offset))
-            })
-            .map(|(pid, _, _)| (pid, ProducerEntry::default()))
+            .map(|pid| (pid, ProducerEntry::default()))
             .collect();
         let mut open: std::collections::HashSet<i64> = rebuilt.keys().copied().collect();
         for e in kept.iter().rev() {

@@ -24,14 +24,15 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use chronik_dc_link::broker_http::{encode_segment, get_bytes, get_json, post_json};
+use chronik_dc_link::broker_http::{encode_segment, get_bytes, get_json, post_json, MirrorState};
 use chronik_dc_link::kafka;
-use chronik_wire::batch::{build, split_stored};
+use chronik_wire::batch::build;
 use chronik_wire::epochs::{divergence, LogShape};
+use chronik_wire::records::{decode_all, Record};
 use serde_json::{json, Value};
 
 use crate::switchover::{
-    deployment_or_exit, each_topic, observe, reason, usage_error, Deployment, Progress,
+    chosen_topics, deployment_or_exit, each_topic, observe, reason, Deployment, Progress,
 };
 
 /// The config that marks a topic as a failback's recovery topic, naming
@@ -81,23 +82,24 @@ pub struct Args {
 }
 
 /// One partition's copy in a region, as its leader reports it.
-#[derive(Debug, Clone)]
-struct Copy {
+#[derive(Debug)]
+struct PartitionCopy {
     admin: String,
-    log_start: i64,
-    log_end: i64,
-    high_watermark: i64,
-    epochs: Vec<(i32, i64)>,
+    state: MirrorState,
 }
 
-impl Copy {
+impl PartitionCopy {
+    fn log_end(&self) -> i64 {
+        self.state.log_end_offset
+    }
+
     /// The committed log: a leader may hold a write its high watermark has
     /// not reached yet, and the batch comparison reads only below it.
     fn shape(&self) -> LogShape<'_> {
         LogShape {
-            epochs: &self.epochs,
-            log_start: self.log_start,
-            log_end: self.log_end.min(self.high_watermark),
+            epochs: &self.state.epochs,
+            log_start: self.state.log_start_offset,
+            log_end: self.state.log_end_offset.min(self.state.high_watermark),
         }
     }
 }
@@ -187,25 +189,21 @@ pub fn recovery_topic(prefix: &str, topic: &str) -> Result<String, String> {
 /// `dump` (a recovery partition's log) carry.
 fn recovered_offsets(dump: &[u8], region: &str, partition: i32) -> Result<BTreeSet<i64>, String> {
     let mut out = BTreeSet::new();
-    let batches = split_stored(dump).map_err(|e| format!("recovery topic log: {e}"))?;
-    for (_, range) in batches {
-        let (_, records) = chronik_wire::records::decode(&dump[range])
-            .map_err(|e| format!("recovery topic log: {e}"))?;
-        for r in records {
-            let h = |k: &str| {
-                r.headers
-                    .iter()
-                    .rev()
-                    .find(|(n, _)| n == k)
-                    .and_then(|(_, v)| v.as_ref())
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-            };
-            if h(ORIGINAL_REGION).as_deref() == Some(region)
-                && h(ORIGINAL_PARTITION) == Some(partition.to_string())
-            {
-                if let Some(o) = h(ORIGINAL_OFFSET).and_then(|o| o.parse().ok()) {
-                    out.insert(o);
-                }
+    let batches = decode_all(dump).map_err(|e| format!("recovery topic log: {e}"))?;
+    for r in batches.into_iter().flat_map(|(_, records)| records) {
+        let h = |k: &str| {
+            r.headers
+                .iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .and_then(|(_, v)| v.as_ref())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        if h(ORIGINAL_REGION).as_deref() == Some(region)
+            && h(ORIGINAL_PARTITION) == Some(partition.to_string())
+        {
+            if let Some(o) = h(ORIGINAL_OFFSET).and_then(|o| o.parse().ok()) {
+                out.insert(o);
             }
         }
     }
@@ -224,16 +222,10 @@ fn recovery_batches(
     region: &str,
     partition: i32,
 ) -> Result<(Vec<Vec<u8>>, u64), String> {
-    struct Owned {
-        key: Option<Bytes>,
-        value: Option<Bytes>,
-        headers: Vec<(String, Option<Bytes>)>,
-        timestamp: i64,
-    }
-    let mut pending: Vec<Owned> = Vec::new();
+    let mut pending: Vec<Record> = Vec::new();
     let mut out = Vec::new();
     let mut count = 0u64;
-    let flush = |pending: &mut Vec<Owned>, out: &mut Vec<Vec<u8>>| {
+    let flush = |pending: &mut Vec<Record>, out: &mut Vec<Vec<u8>>| {
         if pending.is_empty() {
             return;
         }
@@ -255,10 +247,7 @@ fn recovery_batches(
         pending.clear();
     };
     let mut bytes = 0usize;
-    let batches = split_stored(suffix).map_err(|e| format!("diverged log: {e}"))?;
-    for (_, range) in batches {
-        let (h, records) = chronik_wire::records::decode(&suffix[range])
-            .map_err(|e| format!("diverged log: {e}"))?;
+    for (h, records) in decode_all(suffix).map_err(|e| format!("diverged log: {e}"))? {
         if h.is_control() {
             continue; // transaction markers are not records
         }
@@ -266,31 +255,18 @@ fn recovery_batches(
             if r.offset < from || r.offset >= to || done.contains(&r.offset) {
                 continue;
             }
-            let mut headers = r.headers;
-            headers.push((
-                ORIGINAL_REGION.into(),
-                Some(Bytes::from(region.to_string())),
-            ));
-            headers.push((
-                ORIGINAL_PARTITION.into(),
-                Some(Bytes::from(partition.to_string())),
-            ));
-            headers.push((
-                ORIGINAL_OFFSET.into(),
-                Some(Bytes::from(r.offset.to_string())),
-            ));
-            headers.push((
-                ORIGINAL_EPOCH.into(),
-                Some(Bytes::from(h.partition_leader_epoch.to_string())),
-            ));
+            let mut r = r;
+            let origin = [
+                (ORIGINAL_REGION, region.to_string()),
+                (ORIGINAL_PARTITION, partition.to_string()),
+                (ORIGINAL_OFFSET, r.offset.to_string()),
+                (ORIGINAL_EPOCH, h.partition_leader_epoch.to_string()),
+            ];
+            r.headers
+                .extend(origin.map(|(k, v)| (k.to_string(), Some(Bytes::from(v)))));
             bytes +=
                 r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len());
-            pending.push(Owned {
-                key: r.key,
-                value: r.value,
-                headers,
-                timestamp: r.timestamp,
-            });
+            pending.push(r);
             count += 1;
             if pending.len() >= COPY_RECORDS || bytes >= COPY_BYTES {
                 flush(&mut pending, &mut out);
@@ -303,29 +279,24 @@ fn recovery_batches(
 }
 
 /// The leader's copy of topic/p among `brokers`, if one answers as leader.
-async fn leader_copy(brokers: &[String], topic: &str, p: i32) -> Option<Copy> {
+async fn leader_copy(brokers: &[String], topic: &str, p: i32) -> Option<PartitionCopy> {
     let path = format!("/v1/mirror/{}/{p}", encode_segment(topic));
     for b in brokers {
-        let Ok(v) = get_json::<Value>(b, &path).await else {
-            continue;
-        };
-        if v["is_leader"].as_bool() != Some(true) {
-            continue;
+        match get_json::<MirrorState>(b, &path).await {
+            Ok(state) if state.is_leader => {
+                return Some(PartitionCopy {
+                    admin: b.clone(),
+                    state,
+                })
+            }
+            _ => {}
         }
-        let epochs = serde_json::from_value(v["epochs"].clone()).unwrap_or_default();
-        return Some(Copy {
-            admin: b.clone(),
-            log_start: v["log_start_offset"].as_i64().unwrap_or(0),
-            log_end: v["log_end_offset"].as_i64().unwrap_or(0),
-            high_watermark: v["high_watermark"].as_i64().unwrap_or(0),
-            epochs,
-        });
     }
     None
 }
 
 /// The stored batch of `copy` that holds `offset` (empty if none).
-async fn batch_at(copy: &Copy, topic: &str, p: i32, offset: i64) -> Result<Bytes, String> {
+async fn batch_at(copy: &PartitionCopy, topic: &str, p: i32, offset: i64) -> Result<Bytes, String> {
     let path = format!(
         "/v1/partitions/{}/{p}/log?from={offset}&to={}",
         encode_segment(topic),
@@ -344,13 +315,13 @@ async fn batch_at(copy: &Copy, topic: &str, p: i32, offset: i64) -> Result<Bytes
 /// differs is found by bisection (copies agree on a prefix, then never
 /// again). Returns the offset of this copy's first differing batch.
 async fn verified_fork(
-    ours: &Copy,
-    theirs: &Copy,
+    ours: &PartitionCopy,
+    theirs: &PartitionCopy,
     topic: &str,
     p: i32,
     fork: i64,
 ) -> Result<i64, String> {
-    let start = ours.log_start.max(theirs.log_start);
+    let start = ours.shape().log_start.max(theirs.shape().log_start);
     let same = |o: i64| async move {
         let (a, b) = (
             batch_at(ours, topic, p, o).await?,
@@ -394,40 +365,63 @@ async fn kafka_bootstrap(brokers: &[String]) -> Vec<String> {
     Vec::new()
 }
 
-/// Makes sure `name` exists in the home region as the recovery topic of
-/// `topic`, with `partitions` partitions.
-async fn ensure_recovery_topic(
+/// What the home region holds under the recovery topic's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecoveryTopic {
+    Absent,
+    /// It names the topic it recovers (`chronik.recovery.of`).
+    Ours,
+    /// An ordinary topic, or another topic's recovery topic.
+    Foreign,
+}
+
+async fn recovery_topic_state(
     bootstrap: &[String],
     name: &str,
     topic: &str,
-    home: &str,
-    partitions: i32,
-) -> Result<(), String> {
+) -> Result<RecoveryTopic, String> {
     let mut c = kafka::connect_any(bootstrap)
         .await
         .map_err(|e| e.to_string())?;
     let have = kafka::topic_configs(&mut c, &[name.to_string()])
         .await
         .map_err(|e| e.to_string())?;
-    match have.get(name) {
-        Some(cfg) if cfg.get(RECOVERY_OF).map(String::as_str) == Some(topic) => {}
-        Some(_) => {
-            return Err(format!(
-                "topic {name} exists and is not the recovery topic of {topic} (it has no {RECOVERY_OF}={topic}); \
-                 nothing was changed. Pass another --recovery-prefix"
-            ))
-        }
-        None => {
+    Ok(match have.get(name) {
+        None => RecoveryTopic::Absent,
+        Some(cfg) if cfg.get(RECOVERY_OF).map(String::as_str) == Some(topic) => RecoveryTopic::Ours,
+        Some(_) => RecoveryTopic::Foreign,
+    })
+}
+
+/// Makes `name` the recovery topic of `topic` in the home region, with
+/// `partitions` partitions, unless it is already.
+async fn ensure_recovery_topic(
+    state: RecoveryTopic,
+    bootstrap: &[String],
+    name: &str,
+    topic: &str,
+    home: &str,
+    partitions: i32,
+) -> Result<(), String> {
+    match state {
+        RecoveryTopic::Ours => Ok(()),
+        RecoveryTopic::Foreign => Err(format!(
+            "topic {name} exists and is not the recovery topic of {topic} (it has no {RECOVERY_OF}={topic}); \
+             nothing was changed. Pass another --recovery-prefix"
+        )),
+        RecoveryTopic::Absent => {
             let configs = BTreeMap::from([
                 (RECOVERY_OF.to_string(), topic.to_string()),
                 ("chronik.home.region".to_string(), home.to_string()),
             ]);
+            let mut c = kafka::connect_any(bootstrap)
+                .await
+                .map_err(|e| e.to_string())?;
             kafka::create_topic(&mut c, name, partitions, -1, &configs)
                 .await
-                .map_err(|e| format!("creating recovery topic {name}: {e}"))?;
+                .map_err(|e| format!("creating recovery topic {name}: {e}"))
         }
     }
-    Ok(())
 }
 
 /// Produces `batches` to name/p at its leader in the home region.
@@ -543,18 +537,9 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
     let recovery = recovery_topic(&args.recovery_prefix, topic)?;
     let bootstrap = kafka_bootstrap(home_brokers).await;
     let mut rows = Vec::new();
-    let mut ensured = false;
-    // A re-run after a completed cut still reports what was recovered.
-    let recovery_exists = {
-        let mut c = kafka::connect_any(&bootstrap)
-            .await
-            .map_err(|e| e.to_string())?;
-        kafka::topic_configs(&mut c, std::slice::from_ref(&recovery))
-            .await
-            .map_err(|e| e.to_string())?
-            .get(&recovery)
-            .is_some_and(|cfg| cfg.get(RECOVERY_OF).map(String::as_str) == Some(topic))
-    };
+    // Looked up once: a re-run after a completed cut still reports what
+    // was recovered, and a name taken by another topic is refused.
+    let mut recovery_state = recovery_topic_state(&bootstrap, &recovery, topic).await?;
     for p in 0..partitions {
         // 1. Where the region's copy leaves the home's.
         let (ours, theirs) = loop {
@@ -594,18 +579,24 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
         )
         .await?;
         let mut row = json!({
-            "partition": p, "divergence": fork, "log_end": ours.log_end,
-            "home_log_end": theirs.high_watermark, "copied": 0, "copied_before": 0,
+            "partition": p, "divergence": fork, "log_end": ours.log_end(),
+            "home_log_end": theirs.state.high_watermark, "copied": 0, "copied_before": 0,
         });
-        if fork < ours.log_end {
+        if fork < ours.log_end() {
             progress.say(
-                format!("partition {p}: {region} holds {} records from offset {fork} that {home} lacks; copying them to {recovery}", ours.log_end - fork),
+                format!("partition {p}: {region} holds {} records from offset {fork} that {home} lacks; copying them to {recovery}", ours.log_end() - fork),
                 None,
             );
-            if !ensured {
-                ensure_recovery_topic(&bootstrap, &recovery, topic, &home, partitions).await?;
-                ensured = true;
-            }
+            ensure_recovery_topic(
+                recovery_state,
+                &bootstrap,
+                &recovery,
+                topic,
+                &home,
+                partitions,
+            )
+            .await?;
+            recovery_state = RecoveryTopic::Ours;
             // 2. Copy what the recovery topic does not hold yet.
             let before = read_recovered().await?;
             let path = format!(
@@ -616,11 +607,11 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
                 .await
                 .map_err(|e| format!("reading {topic}/{p} in {region}: {}", reason(&e)))?;
             let (batches, count) =
-                recovery_batches(&suffix, fork, ours.log_end, &before, region, p)?;
+                recovery_batches(&suffix, fork, ours.log_end(), &before, region, p)?;
             produce_all(&bootstrap, &recovery, p, batches, deadline).await?;
             // 3. Cut only once every diverged record is in the recovery topic.
             let after = read_recovered().await?;
-            let missing: Vec<i64> = (fork..ours.log_end)
+            let missing: Vec<i64> = (fork..ours.log_end())
                 .filter(|o| !after.contains(o))
                 .take(5)
                 .collect();
@@ -631,7 +622,7 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
             }
             let before_here = before
                 .iter()
-                .filter(|o| **o >= fork && **o < ours.log_end)
+                .filter(|o| **o >= fork && **o < ours.log_end())
                 .count();
             row["copied"] = json!(count);
             row["copied_before"] = json!(before_here);
@@ -656,7 +647,7 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
                 ),
                 None,
             );
-        } else if recovery_exists {
+        } else if recovery_state == RecoveryTopic::Ours {
             row["copied_before"] = json!(read_recovered().await?.len());
         }
         rows.push(row);
@@ -667,13 +658,16 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
             let ours = leader_copy(region_brokers, topic, p).await;
             let theirs = leader_copy(home_brokers, topic, p).await;
             if let (Some(a), Some(b)) = (&ours, &theirs) {
-                if divergence(a.shape(), b.shape()) == a.log_end && a.log_end >= b.high_watermark {
+                if divergence(a.shape(), b.shape()) == a.log_end()
+                    && a.log_end() >= b.state.high_watermark
+                {
                     break;
                 }
                 progress.say(
                     format!(
                         "partition {p}: {region} at {} of {home}'s {}; catching up",
-                        a.log_end, b.high_watermark
+                        a.log_end(),
+                        b.state.high_watermark
                     ),
                     Some(Duration::from_secs(5)),
                 );
@@ -722,13 +716,13 @@ pub fn run(args: Args) -> ExitCode {
             Ok(d) => d,
             Err(code) => return code,
         };
-        let topics = if args.all {
-            match moved_topics(&dep, &args.region).await {
-                Ok(t) => t,
-                Err(e) => return usage_error(e),
-            }
-        } else {
-            args.topics.clone()
+        let topics = match chosen_topics(args.all, &args.topics, || {
+            moved_topics(&dep, &args.region)
+        })
+        .await
+        {
+            Ok(t) => t,
+            Err(code) => return code,
         };
         let (dep, args) = (&dep, &args);
         each_topic(&topics, args.json, print_results, |t| async move {

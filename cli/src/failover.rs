@@ -23,8 +23,8 @@ use chronik_dc_link::broker_http::{encode_segment, get_json, post_json};
 use serde_json::{json, Value};
 
 use crate::switchover::{
-    all_topics, deployment_or_exit, each_topic, observe_region, post_region, reason, usage_error,
-    Deployment, Progress,
+    all_topics, chosen_topics, deployment_or_exit, each_topic, observe_region, post_region, reason,
+    usage_error, Deployment, Progress,
 };
 
 #[derive(clap::Args)]
@@ -394,14 +394,11 @@ pub fn run(args: Args) -> ExitCode {
             Ok(l) => l,
             Err(e) => return fail(e),
         };
-        let topics = if args.all {
-            match all_topics(&dep, &args.to).await {
+        let topics =
+            match chosen_topics(args.all, &args.topics, || all_topics(&dep, &args.to)).await {
                 Ok(t) => t,
-                Err(e) => return fail(e),
-            }
-        } else {
-            args.topics.clone()
-        };
+                Err(code) => return code,
+            };
         let (dep, link, args) = (&dep, &link, &args);
         let print = |r: &[Value]| crate::switchover::print_moves(r, "MS", "elapsed_ms");
         each_topic(&topics, args.json, print, |t| async move {

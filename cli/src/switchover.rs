@@ -387,6 +387,23 @@ pub(crate) async fn deployment_or_exit(
     }
 }
 
+/// The topics a command acts on: the ones named, or with `--all` what
+/// `list` finds.
+pub(crate) async fn chosen_topics<Fut>(
+    all: bool,
+    named: &[String],
+    list: impl FnOnce() -> Fut,
+) -> Result<Vec<String>, ExitCode>
+where
+    Fut: std::future::Future<Output = Result<Vec<String>, String>>,
+{
+    if all {
+        list().await.map_err(usage_error)
+    } else {
+        Ok(named.to_vec())
+    }
+}
+
 /// Runs `one` for each topic in turn (a failure does not stop the others),
 /// then prints the results, as JSON or with `print`; fails if any failed.
 pub(crate) async fn each_topic<F, Fut>(
@@ -438,14 +455,11 @@ pub fn run(args: Args) -> ExitCode {
             Ok(d) => d,
             Err(code) => return code,
         };
-        let topics = if args.all {
-            match all_topics(&dep, &args.to).await {
+        let topics =
+            match chosen_topics(args.all, &args.topics, || all_topics(&dep, &args.to)).await {
                 Ok(t) => t,
-                Err(e) => return usage_error(e),
-            }
-        } else {
-            args.topics.clone()
-        };
+                Err(code) => return code,
+            };
         let (dep, args) = (&dep, &args);
         let print = |r: &[Value]| {
             if !args.abort {

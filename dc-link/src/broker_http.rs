@@ -232,6 +232,8 @@ pub struct MirrorState {
     pub mirror_of: Option<String>,
     pub log_start_offset: i64,
     pub log_end_offset: i64,
+    #[serde(default)]
+    pub high_watermark: i64,
     /// (leader epoch, first offset), oldest first.
     #[serde(default)]
     pub epochs: Vec<(i32, i64)>,

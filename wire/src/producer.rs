@@ -79,6 +79,15 @@ impl ProducerStates {
         out
     }
 
+    /// Producers that remember a batch ending at or after `offset`.
+    pub fn written_from(&self, offset: i64) -> Vec<i64> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.batches.iter().any(|b| b.last_offset >= offset))
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -8,9 +8,9 @@
 use bytes::Bytes;
 use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
 
-use crate::batch::{read_varint, BatchError, BatchHeader, HEADER_LEN};
-
-const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;
+use crate::batch::{
+    read_varint, split_stored, BatchError, BatchHeader, HEADER_LEN, TIMESTAMP_TYPE_BIT,
+};
 
 /// One record with its absolute offset and timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,15 @@ pub fn decode(batch: &[u8]) -> Result<(BatchHeader, Vec<Record>), BatchError> {
         return Err(BatchError::Invalid("bytes after the batch's last record"));
     }
     Ok((h, out))
+}
+
+/// Every batch of `buf` (stored batches, concatenated, as a log dump holds
+/// them), decoded.
+pub fn decode_all(buf: &[u8]) -> Result<Vec<(BatchHeader, Vec<Record>)>, BatchError> {
+    split_stored(buf)?
+        .into_iter()
+        .map(|(_, range)| decode(&buf[range]))
+        .collect()
 }
 
 fn varint(b: &[u8], at: usize) -> Result<(i64, usize), BatchError> {

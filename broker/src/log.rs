@@ -80,17 +80,40 @@ fn encode_role(role: Option<Role>) -> u64 {
 /// epoch is never below the newest epoch in the log, and is above it when
 /// that epoch came from another region (a mirror that became the home).
 /// Kafka clients tell divergent histories apart by epoch (KIP-320), so two
-/// regions must never stamp the same epoch on different records. Decided at
-/// apply, from the entry's term and replicated state only, so every replica
-/// stamps the same. Returns (epoch, new base).
-pub fn stamp_epoch(term: i32, base: i32, latest: i32, own_latest: bool) -> (i32, i32) {
+/// regions must never stamp the same epoch on different records. Above the
+/// newest epoch it received is not enough for a copy promoted in a
+/// failover: the old home, cut off, may have stamped that next epoch too,
+/// from the same offset (a new leader there, or a promoted copy that had
+/// received nothing), and neither the dc-link nor a consumer could tell the
+/// two logs apart there. So a copy that holds the home role at fencing
+/// epoch F stamps at least `floor` = [`epoch_floor`]`(F)`, above every
+/// epoch of earlier tenures. Decided at apply, from the entry's term and
+/// replicated state only, so every replica stamps the same. Returns
+/// (epoch, new base).
+pub fn stamp_epoch(term: i32, base: i32, latest: i32, own_latest: bool, floor: i32) -> (i32, i32) {
     let epoch = term.saturating_add(base);
-    if epoch > latest || (epoch == latest && own_latest) {
+    if (epoch > latest || (epoch == latest && own_latest)) && epoch >= floor {
         return (epoch, base);
     }
-    let wanted = latest.saturating_add(1);
+    let wanted = latest.saturating_add(1).max(floor);
     (wanted, wanted.saturating_sub(term))
 }
+
+/// Leader epochs a home of fencing epoch `fence` stamps at least: each home
+/// tenure owns a range of 2^16 epochs (elections), so no two tenures, and
+/// no two regions, stamp the same epoch. A topic whose home never moved
+/// has no floor.
+pub fn epoch_floor(role: Option<Role>) -> i32 {
+    match role {
+        Some(r) if r.home => {
+            (r.epoch.min(i32::MAX as u64 >> EPOCHS_PER_TENURE_BITS) as i32)
+                << EPOCHS_PER_TENURE_BITS
+        }
+        _ => 0,
+    }
+}
+
+const EPOCHS_PER_TENURE_BITS: u32 = 16;
 
 fn partition_key(log_id: u64) -> String {
     format!("partition/{log_id:016x}")
@@ -660,7 +683,13 @@ impl PartitionLog {
         let base = st.next_offset;
         let last = base + h.last_offset_delta as i64;
         let latest = st.epochs.last().map(|(e, _)| *e).unwrap_or(0);
-        let (epoch, epoch_base) = stamp_epoch(term, st.epoch_base, latest, st.own_latest);
+        let (epoch, epoch_base) = stamp_epoch(
+            term,
+            st.epoch_base,
+            latest,
+            st.own_latest,
+            epoch_floor(st.role),
+        );
         st.epoch_base = epoch_base;
         self.epoch_base.store(epoch_base, Ordering::Release);
         if note_epoch(&mut st, epoch, base) {
@@ -1391,16 +1420,36 @@ mod tests {
     #[test]
     fn produced_epochs_never_go_back_and_rise_above_foreign_ones() {
         // A home region: the term is the epoch, and stays while it leads.
-        assert_eq!(stamp_epoch(3, 0, 0, false), (3, 0));
-        assert_eq!(stamp_epoch(3, 0, 3, true), (3, 0));
-        assert_eq!(stamp_epoch(4, 0, 3, true), (4, 0));
+        assert_eq!(stamp_epoch(3, 0, 0, false, 0), (3, 0));
+        assert_eq!(stamp_epoch(3, 0, 3, true, 0), (3, 0));
+        assert_eq!(stamp_epoch(4, 0, 3, true, 0), (4, 0));
         // A mirror that held the home's epoch 16 and is now written here in
         // its own term 3: above 16, and the base keeps later terms above.
-        assert_eq!(stamp_epoch(3, 0, 16, false), (17, 14));
-        assert_eq!(stamp_epoch(3, 14, 17, true), (17, 14));
-        assert_eq!(stamp_epoch(5, 14, 17, true), (19, 14));
+        assert_eq!(stamp_epoch(3, 0, 16, false, 0), (17, 14));
+        assert_eq!(stamp_epoch(3, 14, 17, true, 0), (17, 14));
+        assert_eq!(stamp_epoch(5, 14, 17, true, 0), (19, 14));
         // The same number copied from elsewhere is not ours to continue.
-        assert_eq!(stamp_epoch(3, 14, 17, false), (18, 15));
+        assert_eq!(stamp_epoch(3, 14, 17, false, 0), (18, 15));
+        // Promoted at fencing epoch 2: above 2 << 16 whatever the old home
+        // stamped in its tenure, and the base keeps it there.
+        let floor = epoch_floor(Some(Role {
+            home: true,
+            epoch: 2,
+        }));
+        assert_eq!(floor, 131_072);
+        assert_eq!(stamp_epoch(3, 0, 0, false, floor), (131_072, 131_069));
+        assert_eq!(
+            stamp_epoch(4, 131_069, 131_072, true, floor),
+            (131_073, 131_069)
+        );
+        assert_eq!(
+            epoch_floor(Some(Role {
+                home: false,
+                epoch: 2
+            })),
+            0
+        );
+        assert_eq!(epoch_floor(None), 0);
     }
 
     /// Any sequence of produces (terms only grow) and mirror appends
@@ -1423,7 +1472,7 @@ mod tests {
                     own = false;
                 } else {
                     term += next(3) as i32;
-                    let (epoch, b) = stamp_epoch(term, base, latest, own);
+                    let (epoch, b) = stamp_epoch(term, base, latest, own, 0);
                     assert!(epoch >= latest);
                     assert!(own || epoch > latest, "{epoch} after foreign {latest}");
                     assert!(b >= base && epoch == term + b);

@@ -192,6 +192,16 @@ def test_failback_keeps_every_diverged_record_and_lines_the_region_up(tmp_path, 
         for p in range(PARTITIONS):
             regions.assert_identical(topic, p, US, timeout=60)
 
+        # eu-west's dc-link keeps nothing of its time as the home, nor the high watermarks us-east
+        # announced for its diverged log before the failback: its data-at-risk figures are true again.
+        def eu_settled():
+            lag = regions.lag(EU)
+            shipping = [r for r in lag.get("partitions", []) if r["topic"] == topic]
+            heard = [r for r in lag.get("received", []) if r["topic"] == topic]
+            return not shipping and len(heard) == PARTITIONS and all(
+                r["link"] == f"{US}->{EU}" and r["at_risk_records"] == 0 for r in heard)
+        wait_until(eu_settled, 30, what=f"eu-west's lag rows for {topic} back to a mirror's, nothing at risk")
+
 
 def test_failback_interrupted_anywhere_completes_when_run_again(tmp_path, chronik_cluster_binary):
     """eu-west promoted holding nothing of the topic; kill -9 the CLI while it copies, then

@@ -5,7 +5,9 @@ whitespace-insensitive, `<...>` matching anything). So a runbook that drifts fro
 fails here.
 
 Each runbook gets its own `chronik dev --nodes 1` (2 regions), with the runbook's variables
-pointed at it, `chronik` and Kafka's command-line tools on PATH.
+pointed at it, `chronik` and Kafka's command-line tools on PATH. A runbook that carries the
+comment `<!-- tested after X.md, on the same deployment -->` (failback after failover) runs right
+after X, on X's deployment and in X's working directory.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ KAFKA_TOOLS = {
     "kafka-configs.sh": "kafka.admin.ConfigCommand",
     "kafka-console-producer.sh": "org.apache.kafka.tools.ConsoleProducer",
     "kafka-get-offsets.sh": "org.apache.kafka.tools.GetOffsetShell",
+    "kafka-console-consumer.sh": "org.apache.kafka.tools.consumer.ConsoleConsumer",
 }
+AFTER = re.compile(r"<!-- tested after (\S+\.md), on the same deployment -->")
 MARK = "@@runbook-block"
 
 
@@ -126,14 +130,33 @@ def run_runbook(path: Path, cwd: Path, env: dict) -> None:
     print(f"\n{path.name}: {len(steps)} steps in {time.monotonic() - started:.1f}s")
 
 
-def test_every_runbook_is_listed_in_the_index():
+def chains() -> list[list[str]]:
+    """The runbooks in test order: each chain on one deployment, a runbook after the one it names."""
+    names = sorted(p.name for p in RUNBOOKS.glob("*.md") if p.name != "README.md")
+    after = {n: m.group(1) for n in names if (m := AFTER.search((RUNBOOKS / n).read_text()))}
+    out = []
+    for n in names:
+        if n in after:
+            continue
+        chain = [n]
+        while nxt := [m for m, prev in after.items() if prev == chain[-1]]:
+            chain += sorted(nxt)[:1]
+        out.append(chain)
+    return out
+
+
+def test_every_runbook_is_listed_in_the_index_and_tested():
+    tested = [n for c in chains() for n in c]
     index = (RUNBOOKS / "README.md").read_text()
     for rb in sorted(RUNBOOKS.glob("*.md")):
         if rb.name != "README.md":
             assert f"({rb.name})" in index, f"runbooks/README.md does not list {rb.name}"
+            assert tested.count(rb.name) == 1, f"{rb.name} is not run exactly once: {chains()}"
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in RUNBOOKS.glob("*.md") if p.name != "README.md"))
-def test_runbook_runs_against_chronik_dev(name, dev):
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("chain", chains(), ids=lambda c: "+".join(c))
+def test_runbook_runs_against_chronik_dev(chain, dev):
     cwd, env = dev
-    run_runbook(RUNBOOKS / name, cwd, env)
+    for name in chain:
+        run_runbook(RUNBOOKS / name, cwd, env)

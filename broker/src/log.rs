@@ -1185,63 +1185,20 @@ impl PartitionLog {
                 last: e.last_offset,
             });
         }
-        let (kept, gone) = entries.split_at(entries.partition_point(|e| e.base_offset < offset));
+        let gone = &entries[entries.partition_point(|e| e.base_offset < offset)..];
         let (from, to) = (log_key(self.log_id, offset), log_key(self.log_id + 1, 0));
         wb.delete_range_cf(self.store.cf(CF_LOG), from.clone(), to.clone());
         wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
-        // Producers that wrote in the suffix: their state is what the
-        // remaining log says, rebuilt newest first as `record` keeps it
-        // (the latest epoch's last RETAINED_BATCHES batches).
-        let mut rebuilt: std::collections::HashMap<i64, ProducerEntry> = st
-            .producers
-            .written_from(offset)
-            .into_iter()
-            .map(|pid| (pid, ProducerEntry::default()))
-            .collect();
-        let mut open: std::collections::HashSet<i64> = rebuilt.keys().copied().collect();
-        for e in kept.iter().rev() {
-            if open.is_empty() {
-                break;
-            }
-            let key = log_key(self.log_id, e.base_offset);
-            let Some(bytes) = self
-                .store
-                .db()
-                .get_cf(self.store.cf(CF_LOG), key)
-                .map_err(StoreError::from)?
-            else {
-                continue;
-            };
-            let Ok(h) = BatchHeader::parse(&bytes) else {
-                continue;
-            };
-            if !h.has_producer_id() || h.is_control() || !open.contains(&h.producer_id) {
-                continue;
-            }
-            let entry = rebuilt.get_mut(&h.producer_id).expect("listed");
-            if entry.batches.is_empty() {
-                entry.epoch = h.producer_epoch;
-            } else if entry.epoch != h.producer_epoch {
-                open.remove(&h.producer_id);
-                continue;
-            }
-            entry.batches.push_front(BatchMeta {
-                first_seq: h.base_sequence,
-                last_seq: h.last_sequence(),
-                first_offset: e.base_offset,
-                last_offset: e.last_offset,
-            });
-            if entry.batches.len() == crate::producer::RETAINED_BATCHES {
-                open.remove(&h.producer_id);
-            }
-        }
-        for (pid, entry) in rebuilt {
-            let key = log_key(self.log_id, pid);
-            if entry.batches.is_empty() {
-                wb.delete_cf(self.store.cf(CF_PRODUCERS), key);
-            } else {
-                wb.put_cf(self.store.cf(CF_PRODUCERS), key, entry.encode());
-            }
+        // Producers that wrote in the suffix are forgotten, as Kafka treats
+        // a producer whose records retention removed: its next batch is taken
+        // at any sequence number. Their acknowledged batches past the cut are
+        // in the recovery topic, and a producer still running goes on from
+        // there; a state rebuilt to the cut would refuse it
+        // (OUT_OF_ORDER_SEQUENCE) and fail its batches in flight. What this
+        // gives up: a retry of a batch from before the cut is not recognised
+        // as a duplicate (it is then in both topics; nothing is lost).
+        for pid in st.producers.written_from(offset) {
+            wb.delete_cf(self.store.cf(CF_PRODUCERS), log_key(self.log_id, pid));
         }
         // A log cut back to its start keeps its first entry, as a log that
         // never held a record does: copies filled from there again then

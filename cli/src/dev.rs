@@ -14,8 +14,13 @@ use tokio::process::{Child, Command};
 
 use chronik_topology::{BrokerConfig, Durability, Listeners, TopicDefaults};
 
+pub(crate) mod regions;
+
 #[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct DevArgs {
+    #[command(subcommand)]
+    action: Option<DevAction>,
     /// Where configs, data and dev.json live.
     #[arg(long, default_value = "./chronik-dev")]
     data_dir: PathBuf,
@@ -34,6 +39,29 @@ pub struct DevArgs {
     #[arg(long)]
     witness: bool,
     /// Seconds to wait for every broker to become ready.
+    #[arg(long, default_value_t = 60)]
+    ready_timeout: u64,
+}
+
+/// Rehearsing the loss of a region of a running `chronik dev`.
+#[derive(clap::Subcommand, Debug)]
+enum DevAction {
+    /// kill -9 every process of one region (its brokers and dc-link), as a
+    /// power cut would.
+    KillRegion(RegionArgs),
+    /// Start the stopped processes of a region again, and wait until they
+    /// are ready.
+    StartRegion(RegionArgs),
+}
+
+#[derive(Args, Debug)]
+struct RegionArgs {
+    #[arg(long)]
+    region: String,
+    /// The running deployment's data directory (with dev.json).
+    #[arg(long, default_value = "./chronik-dev")]
+    data_dir: PathBuf,
+    /// Seconds to wait for the restarted processes to become ready.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
 }
@@ -336,9 +364,9 @@ async fn await_ready(
     Ok(())
 }
 
-/// Starts `chronik <command> --config <config>`, its output appended to the
-/// config's path with a `.log` extension.
-fn spawn_logged(exe: &Path, command: &str, config: &Path) -> Result<Child, String> {
+/// The log of the process run with `config` (its path with a `.log`
+/// extension), opened for appending: once for stdout, once for stderr.
+fn open_log(config: &Path) -> Result<(std::fs::File, std::fs::File), String> {
     let log_path = config.with_extension("log");
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -346,6 +374,13 @@ fn spawn_logged(exe: &Path, command: &str, config: &Path) -> Result<Child, Strin
         .open(&log_path)
         .map_err(|e| format!("{}: {e}", log_path.display()))?;
     let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    Ok((log, log2))
+}
+
+/// Starts `chronik <command> --config <config>`, its output appended to its
+/// log ([`open_log`]).
+fn spawn_logged(exe: &Path, command: &str, config: &Path) -> Result<Child, String> {
+    let (log, log2) = open_log(config)?;
     Command::new(exe)
         .arg(command)
         .arg("--config")
@@ -369,7 +404,18 @@ pub fn run(args: DevArgs) -> ExitCode {
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
-        match run_async(args).await {
+        let done = match args.action {
+            Some(DevAction::KillRegion(a)) => regions::kill_region(&a.data_dir, &a.region)
+                .await
+                .map(|n| println!("region {}: killed {n} processes", a.region)),
+            Some(DevAction::StartRegion(a)) => {
+                regions::start_region(&a.data_dir, &a.region, Duration::from_secs(a.ready_timeout))
+                    .await
+                    .map(|n| println!("region {}: started {n} processes; ready", a.region))
+            }
+            None => run_async(args).await,
+        };
+        match done {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -556,7 +602,17 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
         _ = crate::wait_for_signal() => {}
         _ = watch => {}
     }
+    // Processes restarted by `chronik dev start-region` are not our
+    // children; dev.json names them.
+    let ours: Vec<u32> = children.iter().filter_map(|(c, _)| c.id()).collect();
+    let restarted: Vec<regions::DevProcess> = crate::meta_cli::dev_json(&root)
+        .map(|d| regions::all_processes(&d))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !ours.contains(&p.pid))
+        .collect();
     stop_all(&mut children).await;
+    regions::stop(&restarted).await;
     let _ = std::fs::remove_file(&dev_path);
     Ok(())
 }

@@ -19,7 +19,6 @@
 //! running it again.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,8 @@ use chronik_wire::records::{decode_all, Record};
 use serde_json::{json, Value};
 
 use crate::switchover::{
-    chosen_topics, deployment_or_exit, each_topic, observe, reason, Deployment, Progress,
+    chosen_topics, deployment_or_exit, each_topic, observe, reason, Deployment, DeploymentArgs,
+    Progress,
 };
 
 /// The config that marks a topic as a failback's recovery topic, naming
@@ -67,25 +67,24 @@ pub struct Args {
     /// Give up after this long (re-run to complete).
     #[arg(long, default_value_t = 300)]
     timeout_s: u64,
-    /// A broker admin address of the deployment (repeatable, any region).
-    /// Default: every broker in DEV_DIR/dev.json.
-    #[arg(long = "broker", value_name = "ADDR")]
-    brokers: Vec<String>,
-    /// The deployment's topology file: every region's `brokers_admin`.
-    #[arg(long, value_name = "FILE", conflicts_with = "brokers")]
-    topology: Option<PathBuf>,
-    #[arg(long, default_value = "./chronik-dev")]
-    dev_dir: PathBuf,
+    #[command(flatten)]
+    deployment: DeploymentArgs,
     /// Print the result as JSON (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Also count, per partition, the recovered records with a timestamp at
+    /// or before this time (ms since the epoch): the region-loss drill's
+    /// records lost at the failover, as opposed to those the region took
+    /// after it came back.
+    #[arg(long, value_name = "MS", hide = true)]
+    written_before_ms: Option<i64>,
 }
 
 /// One partition's copy in a region, as its leader reports it.
 #[derive(Debug)]
-struct PartitionCopy {
+pub(crate) struct PartitionCopy {
     admin: String,
-    state: MirrorState,
+    pub(crate) state: MirrorState,
 }
 
 impl PartitionCopy {
@@ -95,7 +94,7 @@ impl PartitionCopy {
 
     /// The committed log: a leader may hold a write its high watermark has
     /// not reached yet, and the batch comparison reads only below it.
-    fn shape(&self) -> LogShape<'_> {
+    pub(crate) fn shape(&self) -> LogShape<'_> {
         LogShape {
             epochs: &self.state.epochs,
             log_start: self.state.log_start_offset,
@@ -109,7 +108,7 @@ impl PartitionCopy {
 /// with the newest fencing epoch knows it; `region_home`: as `region`
 /// knows it; `roles`: the role of each partition leader's copy in
 /// `region` (`Some(true)`: home, `Some(false)`: mirror, `None`: never
-/// given one).
+/// given one); `learnt_ms`: how long `region` has known the new home.
 pub fn readiness(
     topic: &str,
     region: &str,
@@ -117,6 +116,7 @@ pub fn readiness(
     region_home: Option<&(String, u64)>,
     roles: &BTreeMap<i32, Option<bool>>,
     partitions: i32,
+    learnt_ms: u64,
 ) -> Result<Ready, String> {
     let Some((home, epoch)) = home else {
         return Err(format!("no region reports a home for topic {topic}"));
@@ -136,6 +136,13 @@ pub fn readiness(
         return Ok(Ready::Wait(format!(
             "{} of {partitions} partitions of {topic} have a leader in {region}; waiting",
             roles.len()
+        )));
+    }
+    // A copy that never moved has no role either until its demotion is
+    // applied, just after the region learnt the new home.
+    if roles.values().all(|r| r.is_none()) && learnt_ms < DEMOTION_GRACE_MS {
+        return Ok(Ready::Wait(format!(
+            "{region} knows that {topic} is homed in {home}; waiting for its copies to be demoted"
         )));
     }
     if roles.values().all(|r| r.is_none()) {
@@ -159,6 +166,10 @@ pub fn readiness(
         epoch: *epoch,
     })
 }
+
+/// How long a region's copies may stay without a role once it knows the new
+/// home, before failback concludes they were never the home's.
+const DEMOTION_GRACE_MS: u64 = 10_000;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ready {
@@ -185,9 +196,20 @@ pub fn recovery_topic(prefix: &str, topic: &str) -> Result<String, String> {
     Ok(name)
 }
 
-/// The original offsets of `region`/`partition` that recovered records in
-/// `dump` (a recovery partition's log) carry.
-fn recovered_offsets(dump: &[u8], region: &str, partition: i32) -> Result<BTreeSet<i64>, String> {
+/// Which record of a diverged log a recovered record is: its original offset
+/// and leader epoch. The offset alone is not enough: after a failback cut
+/// the region's log reuses the offsets, and a later failback of the same
+/// topic recovers other records at them (with the later epochs that each
+/// home tenure stamps).
+type Origin = (i64, i32);
+
+/// The origins (of `region`/`partition`) that recovered records in `dump`
+/// (a recovery partition's log) carry.
+fn recovered_origins(
+    dump: &[u8],
+    region: &str,
+    partition: i32,
+) -> Result<BTreeSet<Origin>, String> {
     let mut out = BTreeSet::new();
     let batches = decode_all(dump).map_err(|e| format!("recovery topic log: {e}"))?;
     for r in batches.into_iter().flat_map(|(_, records)| records) {
@@ -202,29 +224,42 @@ fn recovered_offsets(dump: &[u8], region: &str, partition: i32) -> Result<BTreeS
         if h(ORIGINAL_REGION).as_deref() == Some(region)
             && h(ORIGINAL_PARTITION) == Some(partition.to_string())
         {
-            if let Some(o) = h(ORIGINAL_OFFSET).and_then(|o| o.parse().ok()) {
-                out.insert(o);
+            let offset = h(ORIGINAL_OFFSET).and_then(|o| o.parse().ok());
+            let epoch = h(ORIGINAL_EPOCH).and_then(|e| e.parse().ok());
+            if let (Some(o), Some(e)) = (offset, epoch) {
+                out.insert((o, e));
             }
         }
     }
     Ok(out)
 }
 
+/// The recovery topic's batches for one partition's diverged records.
+struct RecoveryCopy {
+    batches: Vec<Vec<u8>>,
+    count: u64,
+    /// Every record of the diverged range, copied now or before.
+    origins: BTreeSet<Origin>,
+    /// The records' timestamps, in log order.
+    timestamps: Vec<i64>,
+}
+
 /// Recovery batches for the records of `suffix` (stored batches of the
-/// diverged copy) at offsets in `[from, to)` not in `done`: each record as
-/// it was, plus the `chronik.original.*` headers. Returns the batches and
-/// the records they hold.
+/// diverged copy) at offsets in `[from, to)` whose origin is not in `done`:
+/// each record as it was, plus the `chronik.original.*` headers.
 fn recovery_batches(
     suffix: &[u8],
     from: i64,
     to: i64,
-    done: &BTreeSet<i64>,
+    done: &BTreeSet<Origin>,
     region: &str,
     partition: i32,
-) -> Result<(Vec<Vec<u8>>, u64), String> {
+) -> Result<RecoveryCopy, String> {
     let mut pending: Vec<Record> = Vec::new();
     let mut out = Vec::new();
     let mut count = 0u64;
+    let mut timestamps = Vec::new();
+    let mut origins = BTreeSet::new();
     let flush = |pending: &mut Vec<Record>, out: &mut Vec<Vec<u8>>| {
         if pending.is_empty() {
             return;
@@ -252,7 +287,12 @@ fn recovery_batches(
             continue; // transaction markers are not records
         }
         for r in records {
-            if r.offset < from || r.offset >= to || done.contains(&r.offset) {
+            let origin = (r.offset, h.partition_leader_epoch);
+            if r.offset < from || r.offset >= to {
+                continue;
+            }
+            origins.insert(origin);
+            if done.contains(&origin) {
                 continue;
             }
             let mut r = r;
@@ -266,6 +306,7 @@ fn recovery_batches(
                 .extend(origin.map(|(k, v)| (k.to_string(), Some(Bytes::from(v)))));
             bytes +=
                 r.key.as_ref().map_or(0, |k| k.len()) + r.value.as_ref().map_or(0, |v| v.len());
+            timestamps.push(r.timestamp);
             pending.push(r);
             count += 1;
             if pending.len() >= COPY_RECORDS || bytes >= COPY_BYTES {
@@ -275,11 +316,16 @@ fn recovery_batches(
         }
     }
     flush(&mut pending, &mut out);
-    Ok((out, count))
+    Ok(RecoveryCopy {
+        batches: out,
+        count,
+        origins,
+        timestamps,
+    })
 }
 
 /// The leader's copy of topic/p among `brokers`, if one answers as leader.
-async fn leader_copy(brokers: &[String], topic: &str, p: i32) -> Option<PartitionCopy> {
+pub(crate) async fn leader_copy(brokers: &[String], topic: &str, p: i32) -> Option<PartitionCopy> {
     let path = format!("/v1/mirror/{}/{p}", encode_segment(topic));
     for b in brokers {
         match get_json::<MirrorState>(b, &path).await {
@@ -296,7 +342,12 @@ async fn leader_copy(brokers: &[String], topic: &str, p: i32) -> Option<Partitio
 }
 
 /// The stored batch of `copy` that holds `offset` (empty if none).
-async fn batch_at(copy: &PartitionCopy, topic: &str, p: i32, offset: i64) -> Result<Bytes, String> {
+pub(crate) async fn batch_at(
+    copy: &PartitionCopy,
+    topic: &str,
+    p: i32,
+    offset: i64,
+) -> Result<Bytes, String> {
     let path = format!(
         "/v1/partitions/{}/{p}/log?from={offset}&to={}",
         encode_segment(topic),
@@ -467,7 +518,11 @@ async fn produce_all(
     Ok(())
 }
 
-async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Value, String> {
+pub(crate) async fn failback_one(
+    dep: &Deployment,
+    topic: &str,
+    args: &Args,
+) -> Result<Value, String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
     let region = args.region.as_str();
@@ -479,6 +534,7 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
     })?;
     let mut progress = Progress::new(topic);
     // 0. The region answers, knows the new home, and its copies are mirrors.
+    let mut learnt_at: Option<Instant> = None;
     let (home, epoch, partitions) = loop {
         let views = observe(dep, topic).await;
         let mut reachable = false;
@@ -513,6 +569,11 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
             .iter()
             .map(|(p, v)| (*p, v.role.map(|r| r.0)))
             .collect();
+        if rv.home.as_ref().map(|h| h.1) < home.as_ref().map(|h| h.1) {
+            learnt_at = None;
+        } else {
+            learnt_at.get_or_insert_with(Instant::now);
+        }
         match readiness(
             topic,
             region,
@@ -520,6 +581,7 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
             rv.home.as_ref(),
             &roles,
             partitions,
+            learnt_at.map_or(0, |t| t.elapsed().as_millis() as u64),
         )? {
             Ready::Go { home, epoch } => break (home, epoch, partitions),
             Ready::Wait(why) => {
@@ -560,7 +622,7 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
                 if let Some(r) = leader_copy(home_brokers, &recovery, p).await {
                     let path = format!("/v1/partitions/{}/{p}/log", encode_segment(&recovery));
                     match get_bytes(&r.admin, &path).await {
-                        Ok(d) => return recovered_offsets(&d, region, p),
+                        Ok(d) => return recovered_origins(&d, region, p),
                         Err(e) => tracing::debug!(error = %e, "reading the recovery topic"),
                     }
                 }
@@ -606,13 +668,20 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
             let suffix = get_bytes(&ours.admin, &path)
                 .await
                 .map_err(|e| format!("reading {topic}/{p} in {region}: {}", reason(&e)))?;
-            let (batches, count) =
-                recovery_batches(&suffix, fork, ours.log_end(), &before, region, p)?;
-            produce_all(&bootstrap, &recovery, p, batches, deadline).await?;
+            let copy = recovery_batches(&suffix, fork, ours.log_end(), &before, region, p)?;
+            let count = copy.count;
+            row["oldest_timestamp_ms"] = json!(copy.timestamps.iter().min());
+            if let Some(t) = args.written_before_ms {
+                row["written_before"] =
+                    json!(copy.timestamps.iter().filter(|ts| **ts <= t).count());
+            }
+            produce_all(&bootstrap, &recovery, p, copy.batches, deadline).await?;
             // 3. Cut only once every diverged record is in the recovery topic.
             let after = read_recovered().await?;
-            let missing: Vec<i64> = (fork..ours.log_end())
-                .filter(|o| !after.contains(o))
+            let missing: Vec<i64> = copy
+                .origins
+                .difference(&after)
+                .map(|(o, _)| *o)
                 .take(5)
                 .collect();
             if !missing.is_empty() {
@@ -620,10 +689,7 @@ async fn failback_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Valu
                     "{topic}/{p}: records of {region} at offsets {missing:?}… are not in {recovery} after the copy; not cutting (re-run)"
                 ));
             }
-            let before_here = before
-                .iter()
-                .filter(|o| **o >= fork && **o < ours.log_end())
-                .count();
+            let before_here = copy.origins.intersection(&before).count();
             row["copied"] = json!(count);
             row["copied_before"] = json!(before_here);
             let cut: Value = post_json(
@@ -710,9 +776,7 @@ pub fn run(args: Args) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let dep = match deployment_or_exit(&args.brokers, args.topology.as_deref(), &args.dev_dir)
-            .await
-        {
+        let dep = match deployment_or_exit(&args.deployment).await {
             Ok(d) => d,
             Err(code) => return code,
         };
@@ -774,17 +838,21 @@ mod tests {
 
     #[test]
     fn failback_needs_a_moved_home_that_the_region_has_learnt() {
+        const LATER: u64 = DEMOTION_GRACE_MS;
         let home = ("eu-west".to_string(), 2);
-        let ok = readiness(
-            "t",
-            "us-east",
-            Some(&home),
-            Some(&home),
-            &roles(&[Some(false), Some(false)]),
-            2,
-        );
+        let check = |region_home: &(String, u64), r: &[Option<bool>], parts: i32, learnt: u64| {
+            readiness(
+                "t",
+                "us-east",
+                Some(&home),
+                Some(region_home),
+                &roles(r),
+                parts,
+                learnt,
+            )
+        };
         assert_eq!(
-            ok,
+            check(&home, &[Some(false), Some(false)], 2, 0),
             Ok(Ready::Go {
                 home: "eu-west".into(),
                 epoch: 2
@@ -799,53 +867,31 @@ mod tests {
             Some(&here),
             &roles(&[Some(true)]),
             1,
+            LATER,
         )
         .unwrap_err();
         assert!(e.contains("nothing to fail back"), "{e}");
-        // A mirror region that was never the home: its copy never got a role.
-        let e = readiness(
-            "t",
-            "us-east",
-            Some(&home),
-            Some(&home),
-            &roles(&[None, None]),
-            2,
-        )
-        .unwrap_err();
+        // A mirror region that was never the home: its copy never got a role,
+        // which the region's copies of a home that never moved share until
+        // their demotion is applied.
+        assert!(matches!(
+            check(&home, &[None, None], 2, 0),
+            Ok(Ready::Wait(_))
+        ));
+        let e = check(&home, &[None, None], 2, LATER).unwrap_err();
         assert!(e.contains("never demoted"), "{e}");
         // Not learnt yet, or not demoted yet: wait.
         let old = ("us-east".to_string(), 1);
         assert!(matches!(
-            readiness(
-                "t",
-                "us-east",
-                Some(&home),
-                Some(&old),
-                &roles(&[Some(true)]),
-                1
-            ),
+            check(&old, &[Some(true)], 1, LATER),
             Ok(Ready::Wait(_))
         ));
         assert!(matches!(
-            readiness(
-                "t",
-                "us-east",
-                Some(&home),
-                Some(&home),
-                &roles(&[Some(false), Some(true)]),
-                2
-            ),
+            check(&home, &[Some(false), Some(true)], 2, LATER),
             Ok(Ready::Wait(_))
         ));
         assert!(matches!(
-            readiness(
-                "t",
-                "us-east",
-                Some(&home),
-                Some(&home),
-                &roles(&[Some(false)]),
-                2
-            ),
+            check(&home, &[Some(false)], 2, LATER),
             Ok(Ready::Wait(_))
         ));
     }
@@ -873,10 +919,15 @@ mod tests {
             },
         ];
         let stored = chronik_wire::batch::stamp(&build::batch(1_000, None, &recs), 10, 4, None);
-        // Offset 11 was copied by an earlier, interrupted run.
-        let (batches, n) =
-            recovery_batches(&stored, 10, 13, &BTreeSet::from([11]), "us-east", 2).unwrap();
-        assert_eq!(n, 2);
+        // Offset 11 was copied by an earlier, interrupted run; the record at
+        // offset 12 of epoch 3 is another one, from an earlier failback
+        // (a cut log reuses offsets).
+        let done = BTreeSet::from([(11, 4), (12, 3)]);
+        let copy = recovery_batches(&stored, 10, 13, &done, "us-east", 2).unwrap();
+        assert_eq!(copy.count, 2);
+        assert_eq!(copy.origins, BTreeSet::from([(10, 4), (11, 4), (12, 4)]));
+        assert_eq!(copy.timestamps, [1_000, 1_009]);
+        let batches = copy.batches;
         let (_, got) = chronik_wire::records::decode(&batches.concat()).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!(
@@ -894,11 +945,11 @@ mod tests {
         assert_eq!(got[1].timestamp, 1_009);
         let dump = chronik_wire::batch::stamp(&batches.concat(), 0, 1, None);
         assert_eq!(
-            recovered_offsets(&dump, "us-east", 2).unwrap(),
-            BTreeSet::from([10, 12])
+            recovered_origins(&dump, "us-east", 2).unwrap(),
+            BTreeSet::from([(10, 4), (12, 4)])
         );
-        assert!(recovered_offsets(&dump, "us-east", 1).unwrap().is_empty());
-        assert!(recovered_offsets(&dump, "eu-west", 2).unwrap().is_empty());
+        assert!(recovered_origins(&dump, "us-east", 1).unwrap().is_empty());
+        assert!(recovered_origins(&dump, "eu-west", 2).unwrap().is_empty());
     }
 
     #[test]

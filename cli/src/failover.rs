@@ -15,7 +15,6 @@
 //!
 //! Re-running completes an interrupted failover: every step is idempotent.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use serde_json::{json, Value};
 
 use crate::switchover::{
     all_topics, chosen_topics, deployment_or_exit, each_topic, observe_region, post_region, reason,
-    usage_error, Deployment, Progress,
+    usage_error, Deployment, DeploymentArgs, Progress,
 };
 
 #[derive(clap::Args)]
@@ -50,19 +49,12 @@ pub struct Args {
     /// Give up after this long (re-run to complete).
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
-    /// A broker admin address of the deployment (repeatable, any region).
-    /// Default: every broker in DEV_DIR/dev.json.
-    #[arg(long = "broker", value_name = "ADDR")]
-    brokers: Vec<String>,
-    /// The deployment's topology file: every region's `brokers_admin`.
-    #[arg(long, value_name = "FILE", conflicts_with = "brokers")]
-    topology: Option<PathBuf>,
+    #[command(flatten)]
+    deployment: DeploymentArgs,
     /// The admin address of the target region's dc-link. Default: from
     /// DEV_DIR/dev.json.
     #[arg(long = "dc-link", value_name = "ADDR")]
     dc_link: Option<String>,
-    #[arg(long, default_value = "./chronik-dev")]
-    dev_dir: PathBuf,
     /// Print the result as JSON (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -134,28 +126,37 @@ pub fn may_proceed(s: &Situation, force: bool, confirm: Option<u64>) -> Result<(
     Ok(())
 }
 
-/// The admin address of the target region's dc-link.
-fn dc_link_addr(args: &Args) -> Result<String, String> {
-    if let Some(a) = &args.dc_link {
-        return Ok(a.clone());
+/// The admin address of `region`'s dc-link: `explicit`, or from
+/// DEV_DIR/dev.json.
+pub(crate) fn dc_link_of(
+    explicit: Option<&str>,
+    dev_dir: &std::path::Path,
+    region: &str,
+) -> Result<String, String> {
+    if let Some(a) = explicit {
+        return Ok(a.to_string());
     }
-    let dev = crate::meta_cli::dev_json(&args.dev_dir)?;
+    let dev = crate::meta_cli::dev_json(dev_dir)?;
     dev["regions"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|r| r["name"].as_str() == Some(args.to.as_str()))
+        .find(|r| r["name"].as_str() == Some(region))
         .and_then(|r| r["dc_link"]["admin"].as_str().map(str::to_string))
         .ok_or_else(|| {
             format!(
-                "no dc-link for region {} in {}/dev.json; give --dc-link",
-                args.to,
-                args.dev_dir.display()
+                "no dc-link for region {region} in {}/dev.json; give --dc-link",
+                dev_dir.display()
             )
         })
 }
 
-async fn situation(link: &str, topic: &str, home: &str, to: &str) -> Result<Situation, String> {
+pub(crate) async fn situation(
+    link: &str,
+    topic: &str,
+    home: &str,
+    to: &str,
+) -> Result<Situation, String> {
     let lag: Value = get_json(link, "/v1/lag")
         .await
         .map_err(|e| format!("the dc-link of {to} at {link}: {e}"))?;
@@ -214,7 +215,7 @@ fn report_at_risk(s: &Situation) {
     }
 }
 
-async fn fail_over_one(
+pub(crate) async fn fail_over_one(
     dep: &Deployment,
     link: &str,
     topic: &str,
@@ -377,9 +378,7 @@ pub fn run(args: Args) -> ExitCode {
     };
     rt.block_on(async move {
         let fail = usage_error;
-        let dep = match deployment_or_exit(&args.brokers, args.topology.as_deref(), &args.dev_dir)
-            .await
-        {
+        let dep = match deployment_or_exit(&args.deployment).await {
             Ok(d) => d,
             Err(code) => return code,
         };
@@ -390,7 +389,7 @@ pub fn run(args: Args) -> ExitCode {
                 dep.keys().cloned().collect::<Vec<_>>().join(", ")
             ));
         }
-        let link = match dc_link_addr(&args) {
+        let link = match dc_link_of(args.dc_link.as_deref(), &args.deployment.dev_dir, &args.to) {
             Ok(l) => l,
             Err(e) => return fail(e),
         };

@@ -115,6 +115,11 @@ enum CtlCommand {
     /// records only it holds into a recovery topic, cut its copies back,
     /// and let them mirror the new home.
     Failback(failback::Args),
+    /// Rehearsals against a running deployment.
+    Drill {
+        #[command(subcommand)]
+        drill: drill::Drill,
+    },
 }
 
 #[derive(Subcommand)]
@@ -224,6 +229,9 @@ fn main() -> ExitCode {
         Command::Ctl {
             command: CtlCommand::Failback(args),
         } => failback::run(args),
+        Command::Ctl {
+            command: CtlCommand::Drill { drill },
+        } => drill::run(drill),
         Command::WanSim(args) => {
             init_tracing();
             chronik_wan_sim::run(args)
@@ -364,6 +372,7 @@ fn run_witness(config: &std::path::Path) -> ExitCode {
     })
 }
 
+mod drill;
 mod failback;
 mod failover;
 mod meta_cli;

@@ -39,15 +39,8 @@ pub struct Args {
     /// Give up (leaving the topic fenced; re-run to complete) after this long.
     #[arg(long, default_value_t = 120)]
     timeout_s: u64,
-    /// A broker admin address of the deployment (repeatable, any region;
-    /// each broker says its region). Default: every broker in DEV_DIR/dev.json.
-    #[arg(long = "broker", value_name = "ADDR")]
-    brokers: Vec<String>,
-    /// The deployment's topology file: every region's `brokers_admin`.
-    #[arg(long, value_name = "FILE", conflicts_with = "brokers")]
-    topology: Option<PathBuf>,
-    #[arg(long, default_value = "./chronik-dev")]
-    dev_dir: PathBuf,
+    #[command(flatten)]
+    deployment: DeploymentArgs,
     /// Print the result as JSON (progress still goes to stderr).
     #[arg(long)]
     json: bool,
@@ -204,7 +197,11 @@ impl Progress {
     }
 }
 
-async fn switch_one(dep: &Deployment, topic: &str, args: &Args) -> Result<Value, String> {
+pub(crate) async fn switch_one(
+    dep: &Deployment,
+    topic: &str,
+    args: &Args,
+) -> Result<Value, String> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
     let enc = encode_segment(topic);
@@ -374,13 +371,24 @@ pub(crate) fn usage_error(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// Where a `chronik ctl` topic command finds the deployment's brokers.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct DeploymentArgs {
+    /// A broker admin address of the deployment (repeatable, any region;
+    /// each broker says its region). Default: every broker in DEV_DIR/dev.json.
+    #[arg(long = "broker", value_name = "ADDR")]
+    pub brokers: Vec<String>,
+    /// The deployment's topology file: every region's `brokers_admin`.
+    #[arg(long, value_name = "FILE", conflicts_with = "brokers")]
+    pub topology: Option<PathBuf>,
+    /// The `chronik dev` data directory whose dev.json names the brokers.
+    #[arg(long, default_value = "./chronik-dev")]
+    pub dev_dir: PathBuf,
+}
+
 /// The deployment a topic command acts on, or its usage error.
-pub(crate) async fn deployment_or_exit(
-    brokers: &[String],
-    topology: Option<&std::path::Path>,
-    dev_dir: &std::path::Path,
-) -> Result<Deployment, ExitCode> {
-    match find_deployment(brokers, topology, dev_dir).await {
+pub(crate) async fn deployment_or_exit(d: &DeploymentArgs) -> Result<Deployment, ExitCode> {
+    match find_deployment(&d.brokers, d.topology.as_deref(), &d.dev_dir).await {
         Ok(d) if !d.is_empty() => Ok(d),
         Ok(_) => Err(usage_error("no region to ask")),
         Err(e) => Err(usage_error(e)),
@@ -449,9 +457,7 @@ pub fn run(args: Args) -> ExitCode {
         Err(code) => return code,
     };
     rt.block_on(async move {
-        let dep = match deployment_or_exit(&args.brokers, args.topology.as_deref(), &args.dev_dir)
-            .await
-        {
+        let dep = match deployment_or_exit(&args.deployment).await {
             Ok(d) => d,
             Err(code) => return code,
         };

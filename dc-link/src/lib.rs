@@ -224,6 +224,10 @@ pub struct Shared {
     voter: std::sync::OnceLock<Arc<lease_link::Voter>>,
     /// This region's holder side of the lease (set once started).
     lease: std::sync::OnceLock<Arc<lease_link::LeaseClient>>,
+    /// Per peer region: woken when that peer dials us, so our own link to it
+    /// reconnects at once instead of after its backoff (a region coming back
+    /// learns the others' metadata, new homes included, sooner).
+    peer_back: Mutex<BTreeMap<String, Arc<Notify>>>,
 }
 
 impl Shared {
@@ -300,6 +304,15 @@ impl Shared {
                 }
             }
         }
+    }
+
+    fn peer_back(&self, peer: &str) -> Arc<Notify> {
+        self.peer_back
+            .lock()
+            .unwrap()
+            .entry(peer.to_string())
+            .or_default()
+            .clone()
     }
 
     fn link_stats(&self, link: &str, f: impl FnOnce(&mut LinkStats)) {
@@ -483,7 +496,9 @@ impl Shared {
         let e = r
             .entry((link.to_string(), topic.to_string(), p))
             .or_insert((hw, Instant::now(), 0));
-        e.0 = e.0.max(hw);
+        // The latest, not the largest: a failback can cut the home's log
+        // back, and chunks of one link arrive in order.
+        e.0 = hw;
         e.1 = Instant::now();
     }
 
@@ -517,7 +532,21 @@ impl Shared {
             .sum()
     }
 
-    /// Receiving side: the mirror partition's durable end.
+    /// Receiving side: where the mirror partition ends when a home offers
+    /// its topic (a session start, a new home): exactly that, whatever was
+    /// recorded before (a failback may have cut the copy back, and writes
+    /// this region took as the home came through no chunk).
+    fn mirror_end_is(&self, link: &str, topic: &str, p: i32, end: i64) {
+        self.received
+            .lock()
+            .unwrap()
+            .entry((link.to_string(), topic.to_string(), p))
+            .or_insert((0, Instant::now(), end))
+            .2 = end;
+    }
+
+    /// Receiving side: the mirror partition's durable end after an append
+    /// (appends of one partition may report out of order).
     fn mirror_end(&self, link: &str, topic: &str, p: i32, end: i64) {
         let mut r = self.received.lock().unwrap();
         let e = r
@@ -708,6 +737,7 @@ impl Shared {
         let mut homed = Vec::new();
         let mut auto = Vec::new();
         let mut errors = BTreeMap::new();
+        let mut home_of: BTreeMap<String, String> = BTreeMap::new();
         for name in names {
             let cfg = configs.get(&name).cloned().unwrap_or_default();
             let policy = self.topology.policy(
@@ -716,6 +746,9 @@ impl Shared {
                 cfg.get("chronik.mirror.regions").map(String::as_str),
                 cfg.get("chronik.replication.mode").map(String::as_str),
             );
+            if let Ok(p) = &policy {
+                home_of.insert(name.clone(), p.home.clone());
+            }
             match policy {
                 Ok(p) if p.home == self.region => {
                     let t = &view.topics[&name];
@@ -750,17 +783,30 @@ impl Shared {
             }
         }
         *self.auto_topics.lock().unwrap() = auto;
-        // What was received for topics no longer in the region goes.
-        self.received
-            .lock()
-            .unwrap()
-            .retain(|(_, t, _), _| configs.contains_key(t) || view.topics.contains_key(t));
+        // What was received for topics no longer in the region goes, and
+        // what came from a region that is no longer the topic's home: a
+        // failover moved it (what the old home said then would otherwise
+        // count as data at risk forever).
+        self.received.lock().unwrap().retain(|(link, t, _), _| {
+            let from = link.split("->").next().unwrap_or_default();
+            match home_of.get(t) {
+                Some(home) => home == from,
+                None => configs.contains_key(t) || view.topics.contains_key(t),
+            }
+        });
         for (t, e) in &errors {
             if !self.policy_errors.lock().unwrap().contains_key(t) {
                 tracing::error!(topic = %t, error = %e, "invalid replication policy; not mirroring this topic");
             }
         }
         *self.policy_errors.lock().unwrap() = errors;
+        // Shipping state of topics no longer homed here goes: it described
+        // another tenure (a switchover or failover moved the home), and a
+        // later return starts from what the mirrors hold then.
+        self.lag
+            .lock()
+            .unwrap()
+            .retain(|(_, t, _), _| homed.iter().any(|h| &h.name == t));
         self.observe_home_watermarks(&view, &homed).await;
         *self.homed.lock().unwrap() = homed;
         *self.view.lock().unwrap() = Some(view);
@@ -978,6 +1024,7 @@ pub async fn run(
         actor: actor.clone(),
         voter: Default::default(),
         lease: Default::default(),
+        peer_back: Default::default(),
     });
     tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, "dc-link started");
 

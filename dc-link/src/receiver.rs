@@ -97,6 +97,7 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
         return Err(e.to_string());
     }
     tracing::info!(peer = %peer, remote = %conn.remote_address(), "incoming link from {peer} accepted");
+    shared.peer_back(&peer).notify_one();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Envelope>();
     out_tx
         .send(Envelope {
@@ -377,6 +378,12 @@ async fn prepare(
             .await
             .map_err(|e| e.to_string())?;
         let state = a.mirror_state(&name, p).await.map_err(|e| e.to_string())?;
+        shared.mirror_end_is(
+            &format!("{}->{}", offer.home_region, shared.region),
+            &name,
+            p,
+            state.log_end_offset,
+        );
         positions.push(Position {
             topic: name.clone(),
             partition: p,

@@ -58,6 +58,7 @@ pub async fn run_link(shared: Arc<Shared>, peer: String) {
     // Which of the peer's dc-link addresses to dial (the next one after a
     // failure: its primary may be down and a standby acting).
     let mut which = 0usize;
+    let peer_back = shared.peer_back(&peer);
     loop {
         let started = Instant::now();
         match connect_and_run(&shared, &peer, &link, which).await {
@@ -78,8 +79,11 @@ pub async fn run_link(shared: Arc<Shared>, peer: String) {
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(200);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(Duration::from_secs(5)),
+            // The peer just dialed us: it is back, so dial it now.
+            _ = peer_back.notified() => backoff = Duration::from_millis(200),
+        }
     }
 }
 
@@ -199,8 +203,29 @@ async fn connect_and_run(
             }
         }
     };
+    // The peer dialing us again means it may have restarted; then this
+    // connection is dead, but would only notice at the idle timeout. A live
+    // peer acknowledges our keep-alives (every second) within the wait.
+    let peer_restarted = {
+        let conn = conn.clone();
+        let back = shared.peer_back(peer);
+        async move {
+            loop {
+                back.notified().await;
+                let heard = conn.stats().udp_rx.datagrams;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                if conn.stats().udp_rx.datagrams == heard {
+                    return Err::<(), String>(
+                        "the peer dialed us anew and this connection hears nothing from it: reconnecting"
+                            .into(),
+                    );
+                }
+            }
+        }
+    };
     let result = tokio::select! {
         r = writer => r,
+        r = peer_restarted => r,
         r = reader => r,
         r = offers => r,
         r = stats => r,

@@ -56,12 +56,14 @@ enum DevAction {
 
 #[derive(Args, Debug)]
 struct RegionArgs {
+    /// The region, as dev.json names it (us-east, eu-west, ap-south).
     #[arg(long)]
     region: String,
     /// The running deployment's data directory (with dev.json).
     #[arg(long, default_value = "./chronik-dev")]
     data_dir: PathBuf,
-    /// Seconds to wait for the restarted processes to become ready.
+    /// start-region: seconds to wait for the restarted processes to become
+    /// ready.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
 }

@@ -72,7 +72,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -273,24 +272,6 @@ def wait_mirrored(src: str, dst: str, topic: str, timeout: float, what: str, che
 # ---------------------------------------------------------------------------
 
 
-def free_base() -> int:
-    """A base port for `chronik dev --nodes 1` whose ports (Kafka, admin, dc-link, both
-    regions) are free (tests/test_runbooks.py's choice)."""
-    offsets = (0, 100, 90, 91, 190, 191, 4000, 4100)
-    for base in range(21000, 29000, 250):
-        ok = True
-        for off in offsets:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + off))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise BenchError("no free port range for chronik dev")
-
-
 class Dev:
     """`chronik dev --nodes 1` in `work`, in its own session. Stopped with SIGTERM to the
     supervisor alone (it stops its children and the processes the drill restarted); any
@@ -299,7 +280,7 @@ class Dev:
     def __init__(self, binary: Path, work: Path) -> None:
         self.binary, self.work = binary, work
         self.dir = work / "chronik-dev"
-        self.base = free_base()
+        self.base = harness.free_dev_base()
         self.log_path = work / "dev.log"
         self.proc: subprocess.Popen | None = None
         self.dev: dict = {}

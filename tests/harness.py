@@ -55,6 +55,24 @@ def free_port(host: str = LOOPBACK) -> int:
     raise RuntimeError("could not find a free port")
 
 
+def free_dev_base() -> int:
+    """A base port for `chronik dev --nodes 1` whose ports (Kafka, admin, dc-link, both
+    regions) are all free."""
+    offsets = (0, 100, 90, 91, 190, 191, 4000, 4100)
+    for base in range(21000, 29000, 250):
+        ok = True
+        for off in offsets:
+            with socket.socket() as s:
+                try:
+                    s.bind((LOOPBACK, base + off))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range for chronik dev")
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from harness import KAFKA_LIBS, chronik_bin, wait_until
+from harness import KAFKA_LIBS, chronik_bin, free_dev_base, wait_until
 
 RUNBOOKS = Path(__file__).resolve().parent.parent / "runbooks"
 KAFKA_TOOLS = {
@@ -48,23 +47,6 @@ def expectation(line: str) -> re.Pattern:
     return re.compile(rx)
 
 
-def free_base() -> int:
-    """A base port for `chronik dev` whose ports (Kafka, admin, dc-link, both regions) are free."""
-    offsets = (0, 100, 90, 91, 190, 191, 4000, 4100)
-    for base in range(21000, 29000, 250):
-        ok = True
-        for off in offsets:
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", base + off))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port range for chronik dev")
-
-
 @pytest.fixture
 def dev(tmp_path):
     """A running `chronik dev --nodes 1`: yields (work dir, env for the runbook)."""
@@ -76,7 +58,7 @@ def dev(tmp_path):
         tool = bindir / name
         tool.write_text(f'#!/bin/sh\nexec java -Xmx256m -cp "{KAFKA_LIBS}/*" {main} "$@"\n')
         tool.chmod(0o755)
-    base = free_base()
+    base = free_dev_base()
     log = open(tmp_path / "dev.log", "w")
     proc = subprocess.Popen([str(binary), "dev", "--nodes", "1", "--base-port", str(base)], cwd=tmp_path,
                             stdout=log, stderr=subprocess.STDOUT)

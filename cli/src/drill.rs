@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use crate::failback::{batch_at, leader_copy};
 use crate::switchover::{
-    deployment_or_exit, observe_region, usage_error, Deployment, DeploymentArgs,
+    deployment_or_exit, observe_region, topics_in, usage_error, Deployment, DeploymentArgs,
 };
 
 #[derive(clap::Subcommand)]
@@ -278,28 +278,6 @@ async fn await_region(
     }
 }
 
-/// Topics whose home is `region`, as its brokers report.
-async fn homed_in(dep: &Deployment, region: &str) -> Result<Vec<String>, String> {
-    let brokers = dep.get(region).cloned().unwrap_or_default();
-    let mut last = format!("no broker of {region} answered");
-    for b in &brokers {
-        match chronik_dc_link::broker_http::get_json::<Value>(b, "/v1/meta/status").await {
-            Ok(v) => {
-                return Ok(v["topics"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|t| t["home"].as_str() == Some(region))
-                    .filter_map(|t| t["name"].as_str().map(str::to_string))
-                    .filter(|t| !t.starts_with("__chronik."))
-                    .collect())
-            }
-            Err(e) => last = e.to_string(),
-        }
-    }
-    Err(last)
-}
-
 /// Both regions hold the same committed log of topic/p up to the home's
 /// high watermark as first read (producers may keep writing): the epoch
 /// histories agree to there, and the last batch below it is byte-identical.
@@ -364,7 +342,11 @@ async fn region_loss(
 
     // 0. What is drilled: topics homed in the region, with a copy in `to`.
     let topics = if a.all {
-        homed_in(dep, region).await?
+        topics_in(dep, region, |home| home == region)
+            .await?
+            .into_iter()
+            .filter(|t| !t.starts_with("__chronik."))
+            .collect()
     } else {
         a.topics.clone()
     };

@@ -346,7 +346,19 @@ async fn abort_one(dep: &Deployment, topic: &str) -> Result<Value, String> {
 
 /// `--all`: the topics with a copy in `to` that are homed elsewhere.
 pub(crate) async fn all_topics(dep: &Deployment, to: &str) -> Result<Vec<String>, String> {
-    let brokers = dep.get(to).ok_or_else(|| format!("unknown region {to}"))?;
+    topics_in(dep, to, |home| home != to).await
+}
+
+/// The topics with a copy in `region` whose home (as the region's brokers
+/// report it) passes `keep`.
+pub(crate) async fn topics_in(
+    dep: &Deployment,
+    region: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Result<Vec<String>, String> {
+    let brokers = dep
+        .get(region)
+        .ok_or_else(|| format!("unknown region {region}"))?;
     let mut last = String::from("no broker address");
     for b in brokers {
         match get_json::<Value>(b, "/v1/meta/status").await {
@@ -355,7 +367,7 @@ pub(crate) async fn all_topics(dep: &Deployment, to: &str) -> Result<Vec<String>
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .filter(|t| t["home"].as_str().is_some_and(|h| h != to))
+                    .filter(|t| t["home"].as_str().is_some_and(&keep))
                     .filter_map(|t| t["name"].as_str().map(str::to_string))
                     .collect())
             }

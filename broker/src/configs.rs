@@ -306,6 +306,13 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         "Hold chronik.rpo.ms at home: once a write would make the at-risk span pass half of it, producers are slowed (throttle_time_ms); once it would pass it, writes are refused (NOT_ENOUGH_REPLICAS, retriable) until the mirrors catch up. Trades availability for bounded loss; needs at least one mirror region.",
     ),
     def(
+        FORWARD_ACK,
+        T::String,
+        "home",
+        None,
+        "A produce in a mirror region is forwarded to the home region. `home`: it is answered once the home has written it (acks=all: committed by the home's quorum, and by the mirrors for global_quorum). `mirrored`: also waits until this region's mirror holds it, so a consumer here sees the record by the time its producer's ack arrives (read-your-writes), at the cost of the mirroring delay.",
+    ),
+    def(
         FAILOVER_AUTO,
         T::Boolean,
         "false",
@@ -346,6 +353,7 @@ pub const RPO_MS: &str = "chronik.rpo.ms";
 pub const RPO_ENFORCE: &str = "chronik.rpo.enforce";
 pub const FAILOVER_TIMEOUT_MS: &str = "chronik.failover.timeout.ms";
 pub const RECOVERY_OF: &str = "chronik.recovery.of";
+pub const FORWARD_ACK: &str = "chronik.forward.ack";
 
 pub use chronik_topology::valid_region_name;
 
@@ -474,6 +482,9 @@ pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
                 "String must be one of: async, global_quorum".into(),
             ));
         }
+        FORWARD_ACK if v != "home" && v != "mirrored" => {
+            return Err(invalid("String must be one of: home, mirrored".into()));
+        }
         "remote.storage.enable" if v.eq_ignore_ascii_case("true") => {
             return Err(invalid("tiered storage is not supported by Chronik".into()));
         }
@@ -501,6 +512,9 @@ pub struct EffectiveConfig {
     /// The RPO was set on this topic, or is enforced: the home dc-link
     /// reports the mirrors' ends for it, and its span is a metric.
     pub rpo_watched: bool,
+    /// `chronik.forward.ack = mirrored`: a forwarded produce is answered
+    /// once the local mirror holds it.
+    pub forward_ack_mirrored: bool,
 }
 
 impl EffectiveConfig {
@@ -531,6 +545,7 @@ impl EffectiveConfig {
                 && get(REPLICATION_MODE) != "global_quorum",
             rpo_watched: explicit.contains_key(RPO_MS)
                 || get(RPO_ENFORCE).eq_ignore_ascii_case("true"),
+            forward_ack_mirrored: get(FORWARD_ACK) == "mirrored",
         }
     }
 }

@@ -162,6 +162,9 @@ async fn lease_state(State(ctx): Ctx) -> Response {
 }
 
 async fn lease_push(State(ctx): Ctx, Json(p): Json<crate::lease_gate::Push>) -> Response {
+    if let Some(a) = &p.forward {
+        ctx.forwarder.announce(a);
+    }
     match ctx.lease.push(p) {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => error(StatusCode::CONFLICT, e),

@@ -44,6 +44,10 @@ pub struct Push {
     pub voters: usize,
     #[serde(default)]
     pub moved: Vec<MovedTopic>,
+    /// Where the pushing dc-link takes produces to forward to other
+    /// regions (see `crate::forward`).
+    #[serde(default)]
+    pub forward: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -220,6 +224,7 @@ mod tests {
             valid_for_ms: 60_000,
             voters: 3,
             moved: vec![],
+            forward: None,
         };
         assert!(g.push(push("other".into())).is_err());
         assert!(matches!(

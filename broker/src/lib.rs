@@ -6,6 +6,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod configs;
 pub mod error;
+pub mod forward;
 pub mod global_meta;
 pub mod groups;
 mod handlers;

@@ -884,6 +884,22 @@ impl PartitionLog {
             .await;
     }
 
+    /// Resolves once the high watermark reaches `offset`.
+    pub async fn wait_high_watermark(&self, offset: i64) {
+        let wake = Arc::new(Notify::new());
+        loop {
+            let woken = wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            // Registered before the check, so an append in between wakes us.
+            self.register_waiter(&wake);
+            if self.high_watermark() >= offset {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Asks to be woken when the high watermark next moves. Registration is
     /// weak, so an abandoned long-poll costs nothing once it is dropped.
     pub fn register_waiter(&self, n: &Arc<Notify>) {

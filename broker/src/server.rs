@@ -98,6 +98,8 @@ pub struct BrokerCtx {
     pub producer_ids: ProducerIdAllocator,
     /// The region's home-role lease, as its dc-link last reported it.
     pub lease: crate::lease_gate::LeaseGate,
+    /// Produces to mirror partitions, on their way to the home region.
+    pub forwarder: crate::forward::Forwarder,
     ready: AtomicBool,
 }
 
@@ -238,6 +240,7 @@ impl Broker {
             crate::groups::GroupSettings::from_config(&config.groups),
         );
         let lease = crate::lease_gate::LeaseGate::open(&config.region, &config.data_dir);
+        let config_forward_limit = config.limits.forward_max_inflight_bytes;
         let ctx = Arc::new(BrokerCtx {
             config,
             store,
@@ -247,6 +250,7 @@ impl Broker {
             cluster_id,
             producer_ids,
             lease,
+            forwarder: crate::forward::Forwarder::new(config_forward_limit),
             ready: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);

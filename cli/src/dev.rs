@@ -191,6 +191,7 @@ fn plan_dc_links(
             topology: root.join("topology.toml"),
             listen: None,
             admin,
+            forward_listen: None,
             faults: Faults::default(),
             state_dir: None,
         };

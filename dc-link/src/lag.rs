@@ -155,6 +155,14 @@ pub struct LinkStats {
     pub wire_bytes_sent: u64,
     pub frames_in_flight: u64,
     pub reconnects: u64,
+    /// Produces forwarded over this link to the home region and written
+    /// there (batches), their bytes, and those that failed.
+    #[serde(default)]
+    pub forwarded_batches: u64,
+    #[serde(default)]
+    pub forwarded_bytes: u64,
+    #[serde(default)]
+    pub forward_errors: u64,
     pub last_error: Option<String>,
     /// When the link last went down; `None` while up or before it ever was.
     #[serde(skip)]
@@ -243,6 +251,9 @@ pub struct LinkRow {
     /// Records per second over the last sampling interval.
     pub throughput_records_per_sec: f64,
     pub throughput_bytes_per_sec: f64,
+    /// Forwarded produces written at the home, batches per second.
+    #[serde(default)]
+    pub forwarded_batches_per_sec: f64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -267,20 +278,21 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<22} {:>9} {:>9} {:>9} {:>14} {:>10} {:>10}",
-            "LINK", "CONNECTED", "RTT_MS", "REC/S", "BYTES/S", "RATIO", "IN_FLIGHT"
+            "{:<22} {:>9} {:>9} {:>9} {:>14} {:>10} {:>10} {:>11}",
+            "LINK", "CONNECTED", "RTT_MS", "REC/S", "BYTES/S", "RATIO", "IN_FLIGHT", "FORWARD/S"
         );
         for l in &self.links {
             let _ = writeln!(
                 out,
-                "{:<22} {:>9} {:>9.1} {:>9.0} {:>14.0} {:>10.2} {:>10}",
+                "{:<22} {:>9} {:>9.1} {:>9.0} {:>14.0} {:>10.2} {:>10} {:>11.0}",
                 l.link,
                 if l.stats.connected { "yes" } else { "no" },
                 l.stats.rtt_ms,
                 l.throughput_records_per_sec,
                 l.throughput_bytes_per_sec,
                 l.compression_ratio,
-                l.stats.frames_in_flight
+                l.stats.frames_in_flight,
+                l.forwarded_batches_per_sec
             );
         }
         let _ = writeln!(out);

@@ -766,6 +766,9 @@ async fn push_to_brokers(shared: Arc<Shared>, c: Arc<LeaseClient>) {
                     "valid_for_ms": c.valid_for_ms(),
                     "voters": c.voter_count,
                     "moved": moved,
+                    // Where the brokers hand over produces to forward: the
+                    // acting process's, so they follow a takeover.
+                    "forward": shared.forwarding.listen.get().map(|a| a.to_string()),
                 });
                 conn.meta(
                     hyper::Method::POST,

@@ -12,6 +12,7 @@ pub mod actor;
 pub mod auto_failover;
 pub mod broker_http;
 pub mod drain;
+pub mod forward;
 pub mod health;
 pub mod kafka;
 pub mod lag;
@@ -175,8 +176,9 @@ pub struct AutoTopic {
 }
 
 /// Per link: when last sampled, records and bytes sent then, and the
-/// rates (records/s, bytes/s) over the last interval.
-type RateSample = (Instant, u64, u64, f64, f64);
+/// rates (records/s, bytes/s) over the last interval; forwarded batches
+/// then and their rate.
+type RateSample = (Instant, u64, u64, f64, f64, u64, f64);
 
 /// (link, topic, partition).
 type LinkPartition = (String, String, i32);
@@ -228,6 +230,8 @@ pub struct Shared {
     /// reconnects at once instead of after its backoff (a region coming back
     /// learns the others' metadata, new homes included, sooner).
     peer_back: Mutex<BTreeMap<String, Arc<Notify>>>,
+    /// Write forwarding: the streams to the home regions and their budgets.
+    pub forwarding: forward::Forwarding,
 }
 
 impl Shared {
@@ -641,7 +645,7 @@ impl Shared {
             .iter()
             .map(|(link, s)| {
                 let (from, to) = link.split_once("->").unwrap_or((link, ""));
-                let (r, b) = rates.get(link).map_or((0.0, 0.0), |x| (x.3, x.4));
+                let (r, b, f) = rates.get(link).map_or((0.0, 0.0, 0.0), |x| (x.3, x.4, x.6));
                 LinkRow {
                     link: link.clone(),
                     from: from.to_string(),
@@ -650,6 +654,7 @@ impl Shared {
                     compression_ratio: s.compression_ratio(),
                     throughput_records_per_sec: r,
                     throughput_bytes_per_sec: b,
+                    forwarded_batches_per_sec: f,
                 }
             })
             .collect();
@@ -682,9 +687,15 @@ impl Shared {
         let mut rates = self.rates.lock().unwrap();
         let now = Instant::now();
         for (link, s) in links {
-            let e = rates
-                .entry(link)
-                .or_insert((now, s.records_sent, s.raw_bytes_sent, 0.0, 0.0));
+            let e = rates.entry(link).or_insert((
+                now,
+                s.records_sent,
+                s.raw_bytes_sent,
+                0.0,
+                0.0,
+                s.forwarded_batches,
+                0.0,
+            ));
             let dt = now.duration_since(e.0).as_secs_f64();
             if dt >= 1.0 {
                 *e = (
@@ -693,6 +704,8 @@ impl Shared {
                     s.raw_bytes_sent,
                     (s.records_sent - e.1) as f64 / dt,
                     (s.raw_bytes_sent - e.2) as f64 / dt,
+                    s.forwarded_batches,
+                    (s.forwarded_batches - e.5) as f64 / dt,
                 );
             }
         }
@@ -994,6 +1007,16 @@ pub async fn run(
             addr: cfg.admin,
             source,
         })?;
+    let forward_addr = cfg
+        .forward_listen
+        .unwrap_or_else(|| SocketAddr::new(cfg.admin.ip(), 0));
+    let forward_listener = tokio::net::TcpListener::bind(forward_addr)
+        .await
+        .map_err(|source| DcLinkError::Bind {
+            what: "forward",
+            addr: forward_addr,
+            source,
+        })?;
     let actor = Arc::new(actor::ActorState::new(
         listen.to_string(),
         region.brokers_admin.clone(),
@@ -1025,8 +1048,12 @@ pub async fn run(
         voter: Default::default(),
         lease: Default::default(),
         peer_back: Default::default(),
+        forwarding: Default::default(),
     });
-    tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, "dc-link started");
+    if let Ok(a) = forward_listener.local_addr() {
+        let _ = shared.forwarding.listen.set(a);
+    }
+    tracing::info!(region = %cfg.region, quic = %listen, admin = %cfg.admin, forward = ?shared.forwarding.listen.get(), "dc-link started");
 
     let mut tasks = tokio::task::JoinSet::new();
     // The admin API and the QUIC listener answer at once, a standby's too
@@ -1135,6 +1162,7 @@ pub async fn run(
         tasks.spawn(sender::run_link(shared.clone(), peer));
     }
     tasks.spawn(sender::report_quorum_acks(shared.clone()));
+    tasks.spawn(forward::brokers::serve(shared.clone(), forward_listener));
     tokio::select! {
         _ = &mut shutdown => {
             role.abort();

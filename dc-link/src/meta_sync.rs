@@ -336,13 +336,17 @@ impl Drop for AbortOnDrop {
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     peer: String,
+    first: Envelope,
+    mut frames: FrameReader,
     mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
 ) -> Result<(), String> {
     let mut local = LocalMeta::new(shared.clone());
-    let mut frames = FrameReader::new(recv);
+    let mut next = Some(first);
     loop {
-        let (env, _) = frames.next().await.map_err(read_error)?;
+        let env = match next.take() {
+            Some(env) => env,
+            None => frames.next().await.map_err(read_error)?.0,
+        };
         match env.body {
             Some(Body::MetaSummary(_)) => {}
             Some(Body::MetaDelta(d)) => {

@@ -35,7 +35,7 @@ pub struct Envelope {
     pub reply_to: u64,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 30, 31, 32, 33, 34, 35, 36"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 30, 31, 32, 33, 34, 35, 36"
     )]
     pub body: Option<Body>,
 }
@@ -79,6 +79,14 @@ pub enum Body {
     /// (`chronik_metadata_sync::Delta`, encoded).
     #[prost(bytes = "bytes", tag = "20")]
     MetaDelta(Bytes),
+    /// Forward stream only, mirror region -> home region: produce these
+    /// batches, as a client of the home region would.
+    #[prost(message, tag = "21")]
+    Forward(Forward),
+    /// Forward stream only, home -> mirror region: each batch's outcome,
+    /// in the order of the request's items.
+    #[prost(message, tag = "22")]
+    ForwardReply(ForwardReply),
     /// First message of a lease connection (a region's dc-link dialing a
     /// voter: another region's dc-link or the witness).
     #[prost(message, tag = "30")]
@@ -105,6 +113,55 @@ pub enum Body {
     /// most caught-up copy is the one promoted when the home is lost.
     #[prost(message, tag = "36")]
     MirrorEnds(MirrorEnds),
+}
+
+/// Produced batches of any partitions, forwarded from the region where a
+/// client produced them to the topics' home region.
+#[derive(Clone, PartialEq, Message)]
+pub struct Forward {
+    #[prost(message, repeated, tag = "1")]
+    pub items: Vec<ForwardItem>,
+    /// The client's produce timeout: the home answers within it.
+    #[prost(int32, tag = "2")]
+    pub timeout_ms: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ForwardItem {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(int32, tag = "2")]
+    pub partition: i32,
+    /// The client's record batch(es), unchanged (producer id, epoch and
+    /// sequence included, so the home deduplicates retries).
+    #[prost(bytes = "bytes", tag = "3")]
+    pub records: Bytes,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ForwardReply {
+    #[prost(message, repeated, tag = "1")]
+    pub results: Vec<ForwardResult>,
+    /// The longest throttle the home's leaders asked for (an enforced RPO
+    /// slowing producers down), passed on to the client.
+    #[prost(int32, tag = "2")]
+    pub throttle_time_ms: i32,
+}
+
+/// The home's answer for one batch: what its Produce answered.
+#[derive(Clone, PartialEq, Message)]
+pub struct ForwardResult {
+    /// A Kafka error code; 0: written.
+    #[prost(int32, tag = "1")]
+    pub error_code: i32,
+    #[prost(string, tag = "2")]
+    pub error_message: String,
+    #[prost(int64, tag = "3")]
+    pub base_offset: i64,
+    #[prost(int64, tag = "4")]
+    pub log_append_time_ms: i64,
+    #[prost(int64, tag = "5")]
+    pub log_start_offset: i64,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -190,14 +190,36 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
             }
         }
     };
-    // Every further stream the peer opens carries metadata-sync.
+    // Every further stream the peer opens carries metadata-sync or
+    // forwarded produces; its first message tells which.
     let meta = async {
         loop {
             let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
             let (shared, peer) = (shared.clone(), peer.clone());
             let conn = conn.clone();
             tokio::spawn(async move {
-                if let Err(e) = crate::meta_sync::serve(shared, peer.clone(), send, recv).await {
+                let mut frames = FrameReader::new(recv);
+                let first = match frames.next().await {
+                    Ok((env, _)) => env,
+                    Err(e) => {
+                        tracing::info!(peer = %peer, error = %e, "stream from {peer} ended before its first message");
+                        return;
+                    }
+                };
+                if let Some(Body::Forward(_)) = first.body {
+                    if let Err(e) =
+                        crate::forward::home::serve(shared, peer.clone(), first, frames, send).await
+                    {
+                        tracing::info!(peer = %peer, error = %e, "forward stream from {peer} ended");
+                        if e.starts_with("unexpected") {
+                            conn.close(2u32.into(), e.as_bytes());
+                        }
+                    }
+                    return;
+                }
+                if let Err(e) =
+                    crate::meta_sync::serve(shared, peer.clone(), first, frames, send).await
+                {
                     if e.starts_with("malformed")
                         || e.contains("refused")
                         || e.starts_with("unexpected")

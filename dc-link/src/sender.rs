@@ -223,8 +223,10 @@ async fn connect_and_run(
             }
         }
     };
+    let forward = crate::forward::run_stream(shared.clone(), conn.clone(), peer.to_string());
     let result = tokio::select! {
         r = writer => r,
+        r = forward => r,
         r = peer_restarted => r,
         r = reader => r,
         r = offers => r,
@@ -248,10 +250,7 @@ async fn write_frames(
     inflight: InFlight,
 ) -> Result<(), String> {
     let cross = s.shared.topology.cross_dc.clone();
-    let level = match cross.compression {
-        chronik_topology::Compression::Zstd => Some(cross.compression_level),
-        chronik_topology::Compression::None => None,
-    };
+    let level = cross.zstd_level();
     let corrupt_every = s.shared.faults.corrupt_frame_every;
     let mut seq: u64 = 0;
     loop {

@@ -125,6 +125,10 @@ pub struct Limits {
     pub socket_request_max_bytes: u32,
     /// Requests one connection may have in flight before we stop reading it.
     pub max_in_flight_per_connection: u32,
+    /// Produces this broker forwards to a topic's home region (through the
+    /// region's dc-link): the most bytes awaiting the home's answer. Past
+    /// it a forwarded produce gets a retriable error at once.
+    pub forward_max_inflight_bytes: u64,
 }
 
 impl Default for Limits {
@@ -132,6 +136,7 @@ impl Default for Limits {
         Limits {
             socket_request_max_bytes: 100 * 1024 * 1024,
             max_in_flight_per_connection: 32,
+            forward_max_inflight_bytes: 64 << 20,
         }
     }
 }
@@ -510,6 +515,15 @@ impl BrokerConfig {
             return bad(
                 "limits.max_in_flight_per_connection",
                 "must be at least 1".into(),
+            );
+        }
+        if l.forward_max_inflight_bytes < 1 << 20 {
+            return bad(
+                "limits.forward_max_inflight_bytes",
+                format!(
+                    "{} is too small (minimum 1 MiB)",
+                    l.forward_max_inflight_bytes
+                ),
             );
         }
         Ok(())

@@ -60,6 +60,11 @@ pub struct CrossDc {
     /// redialed: how soon a blackholed peer is noticed. Keep-alives go out
     /// every second, so a live peer never reaches it.
     pub idle_timeout_ms: u32,
+    /// Produces forwarded from this region to a home region: the most
+    /// bytes of batches awaiting the home's answer per link. Beyond it a
+    /// forwarded produce is refused with a retriable error at once, so a
+    /// slow or cut link cannot grow the dc-link's memory.
+    pub forward_max_inflight_bytes: u64,
 }
 
 impl Default for CrossDc {
@@ -74,11 +79,20 @@ impl Default for CrossDc {
             global_quorum_regions: 0,
             congestion: Congestion::Bbr,
             idle_timeout_ms: 10_000,
+            forward_max_inflight_bytes: 64 << 20,
         }
     }
 }
 
 impl CrossDc {
+    /// The zstd level frames are compressed with, if they are.
+    pub fn zstd_level(&self) -> Option<i32> {
+        match self.compression {
+            Compression::Zstd => Some(self.compression_level),
+            Compression::None => None,
+        }
+    }
+
     /// Bytes in flight that keep the configured link full.
     pub fn bdp_bytes(&self) -> u64 {
         self.link_bandwidth_mbit as u64 * 1_000_000 / 8 * self.link_rtt_ms as u64 / 1000
@@ -258,6 +272,15 @@ impl Topology {
             return bad(
                 "cross_dc.link_bandwidth_mbit".into(),
                 "link_bandwidth_mbit and link_rtt_ms must be > 0".into(),
+            );
+        }
+        if !(1 << 20..=4 << 30).contains(&c.forward_max_inflight_bytes) {
+            return bad(
+                "cross_dc.forward_max_inflight_bytes".into(),
+                format!(
+                    "must be 1 MiB..=4 GiB, got {}",
+                    c.forward_max_inflight_bytes
+                ),
             );
         }
         if !(3_000..=600_000).contains(&c.idle_timeout_ms) {
@@ -476,6 +499,11 @@ pub struct DcLinkConfig {
     pub listen: Option<SocketAddr>,
     /// HTTP: /metrics, /v1/lag, /health/*.
     pub admin: SocketAddr,
+    /// TCP: where this region's brokers hand over produces to forward to
+    /// a topic's home region. Default: the admin address's IP, any free
+    /// port (the dc-link tells its brokers the address it bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_listen: Option<SocketAddr>,
     /// Fault injection for tests and drills; all off by default.
     #[serde(default)]
     pub faults: Faults,

@@ -3,10 +3,14 @@
 //! RecordBatch v2 validation and offset stamping, and the idempotent
 //! producer's sequence rules. Everything here is deterministic and tested
 //! without sockets or disks; the request decoder is also fuzzed
-//! (`wire/fuzz`).
+//! (`wire/fuzz`). The one exception is `client`, a pipelined Kafka client
+//! connection behind the `client` feature, used by the two hops of a
+//! forwarded produce.
 
 pub mod alloc;
 pub mod batch;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod epochs;
 pub mod framing;
 pub mod producer;

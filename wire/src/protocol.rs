@@ -46,6 +46,13 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
+/// The client id of a produce that a home region's dc-link makes on behalf
+/// of a client in another region (write forwarding). A broker never
+/// forwards such a produce again: if the topic is no longer homed in its
+/// region, it answers with a retriable error and the client's region
+/// re-routes the retry.
+pub const FORWARDED_PRODUCE_CLIENT_ID: &str = "chronik-forwarded";
+
 /// A stable, allocation-free name for metric labels.
 pub fn api_name(key: ApiKey) -> &'static str {
     match key {

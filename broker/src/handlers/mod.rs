@@ -85,7 +85,13 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) 
             let body = ApiVersionsResponse::default().with_api_keys(protocol::api_versions_list());
             Reply::Now(encode_response(cid, key, v, &body))
         }
-        RequestKind::Produce(p) => produce::handle(ctx, cid, v, p),
+        RequestKind::Produce(p) => {
+            // A produce the home region's dc-link makes for another region
+            // is never forwarded again.
+            let forwarded = header.client_id.as_deref()
+                == Some(chronik_wire::protocol::FORWARDED_PRODUCE_CLIENT_ID);
+            produce::handle(ctx, cid, v, p, forwarded)
+        }
         RequestKind::Fetch(f) => later(ctx, id, move |ctx| async move {
             fetch::handle_fetch(ctx, v, f).await
         }),

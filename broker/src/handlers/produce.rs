@@ -1,20 +1,24 @@
 //! Produce: validate and append each partition's batch in request order,
 //! then answer once every append is durable.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{
     LeaderIdAndEpoch, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 
 use super::{now_ms, Reply};
 use crate::catalog::Topic;
 use crate::error::KafkaCode;
+use crate::forward::ForwardError;
 use crate::log::PartitionLog;
 use crate::protocol::encode_response;
 use crate::raft::types::{Command, CommandResult};
@@ -41,6 +45,17 @@ enum Outcome {
         /// `global_quorum` topics: the log and the batch's last offset
         /// delta; acks=all also waits for the mirror regions.
         global: Option<(Arc<PartitionLog>, i32)>,
+    },
+    /// A mirror partition here: forwarded to the topic's home region.
+    Forwarded {
+        ok: PartitionProduceResponse,
+        home: String,
+        topic: TopicName,
+        /// Taken when the forwarded request is built.
+        records: Option<Bytes>,
+        /// `chronik.forward.ack=mirrored`: the local mirror and the batch's
+        /// last offset delta; the answer waits until the mirror holds it.
+        mirrored: Option<(Arc<PartitionLog>, i32)>,
     },
 }
 /// Error messages exist in the response from v8.
@@ -71,6 +86,7 @@ pub fn handle(
     correlation_id: i32,
     version: i16,
     req: ProduceRequest,
+    forwarded: bool,
 ) -> Reply {
     let acks = req.acks;
     let now = now_ms();
@@ -131,27 +147,14 @@ pub fn handle(
                 )));
                 continue;
             }
-            if let Some(refusal) =
-                moved_refusal(t, log, &ctx.config.region).or_else(|| lease_refusal(ctx, t))
+            if let Some(refusal) = moved_refusal(t, log, &ctx.config.region, forwarded)
+                .or_else(|| lease_refusal(ctx, t))
             {
                 outcomes.push(Outcome::Done(partition_error(
                     version,
                     idx,
                     E::NotLeaderOrFollower.code(),
                     Some(refusal),
-                )));
-                continue;
-            }
-            if let Some(home) = t.mirror_of(&ctx.config.region) {
-                outcomes.push(Outcome::Done(partition_error(
-                    version,
-                    idx,
-                    E::PolicyViolation.code(),
-                    Some(format!(
-                        "topic {} is a read-only mirror in region {}; produce to its home region {home}",
-                        t.name(),
-                        ctx.config.region
-                    )),
                 )));
                 continue;
             }
@@ -179,6 +182,34 @@ pub fn handle(
                     continue;
                 }
             };
+            if let Some(home) = t.mirror_of(&ctx.config.region) {
+                // Transactions do not exist yet; a transactional batch
+                // could only be a client error, refused before the WAN.
+                if header.is_transactional() {
+                    outcomes.push(Outcome::Done(partition_error(
+                        version,
+                        idx,
+                        E::InvalidTxnState.code(),
+                        Some(format!(
+                            "transactional produces are not supported by Chronik, and are not forwarded from the mirror region {} to {home}",
+                            ctx.config.region
+                        )),
+                    )));
+                    continue;
+                }
+                let mirrored = t
+                    .effective
+                    .forward_ack_mirrored
+                    .then(|| (log.clone(), header.last_offset_delta));
+                outcomes.push(Outcome::Forwarded {
+                    ok,
+                    home: home.to_string(),
+                    topic: td.name.clone(),
+                    records: Some(records),
+                    mirrored,
+                });
+                continue;
+            }
             if t.effective.rpo_enforce {
                 let alone = rpo_decision(t, log);
                 match log.rpo_in_order(
@@ -237,7 +268,13 @@ pub fn handle(
         }
         topics.push((TopicProduceResponse::default().with_name(td.name), outcomes));
     }
+    let forwards = forward_all(ctx, &mut topics, req.timeout_ms);
     if acks == 0 {
+        // Nobody waits for the home's answers; the budget they hold is
+        // released when they come.
+        for f in forwards.into_values() {
+            tokio::spawn(f);
+        }
         let failed = topics.iter().flat_map(|(_, o)| o).find_map(|o| match o {
             Outcome::Done(r) if r.error_code != 0 => Some(r.error_code),
             _ => None,
@@ -315,6 +352,34 @@ pub fn handle(
                             _ => r,
                         }
                     }
+                    Outcome::Forwarded {
+                        ok,
+                        home,
+                        topic,
+                        mirrored,
+                        ..
+                    } => {
+                        let deadline = tokio::time::Instant::now() + timeout;
+                        let answer = match forwards.get(&home) {
+                            Some(f) => tokio::time::timeout_at(deadline, f.clone())
+                                .await
+                                .unwrap_or_else(|_| {
+                                    Err(ForwardError::Lost {
+                                        message: format!(
+                                            "no answer from the home region {home} within the produce timeout"
+                                        ),
+                                    })
+                                }),
+                            None => Err(ForwardError::Lost {
+                                message: "not handed over".into(),
+                            }),
+                        };
+                        // The home's enforced RPO slows this producer too.
+                        if let Ok(resp) = &answer {
+                            throttle_ms = throttle_ms.max(resp.throttle_time_ms);
+                        }
+                        forwarded_outcome(version, ok, &topic, answer, mirrored, deadline).await
+                    }
                 });
             }
             responses.push(topic.with_partition_responses(parts));
@@ -328,6 +393,137 @@ pub fn handle(
                 .with_throttle_time_ms(throttle_ms),
         )
     }))
+}
+
+/// The home's answer for `topic`'s partition `ok.index`, as its answer to
+/// this client.
+async fn forwarded_outcome(
+    version: i16,
+    ok: PartitionProduceResponse,
+    topic: &TopicName,
+    answer: Result<ProduceResponse, ForwardError>,
+    mirrored: Option<(Arc<PartitionLog>, i32)>,
+    deadline: tokio::time::Instant,
+) -> PartitionProduceResponse {
+    let idx = ok.index;
+    let resp = match answer {
+        Ok(resp) => resp,
+        Err(e) => {
+            let code = match e {
+                // Not handed over: nothing was written.
+                ForwardError::NoDcLink { .. }
+                | ForwardError::Full { .. }
+                | ForwardError::Unreachable { .. } => E::NotEnoughReplicas.code(),
+                ForwardError::Lost { .. } | ForwardError::Decode(_) => E::RequestTimedOut.code(),
+            };
+            return partition_error(version, idx, code, Some(e.to_string()));
+        }
+    };
+    let Some(p) = resp
+        .responses
+        .iter()
+        .filter(|t| t.name == *topic)
+        .flat_map(|t| &t.partition_responses)
+        .find(|p| p.index == idx)
+    else {
+        return partition_error(
+            version,
+            idx,
+            E::UnknownServerError.code(),
+            Some("the home region's answer left this partition out".into()),
+        );
+    };
+    if p.error_code != 0 {
+        let message = p.error_message.as_ref().map(|m| m.to_string());
+        return partition_error(version, idx, p.error_code, message);
+    }
+    if let Some((log, delta)) = mirrored {
+        let end = p.base_offset + delta as i64 + 1;
+        if tokio::time::timeout_at(deadline, log.wait_high_watermark(end))
+            .await
+            .is_err()
+        {
+            return partition_error(
+                version,
+                idx,
+                E::RequestTimedOut.code(),
+                Some(format!(
+                    "written in the home region at offset {}, but not yet in this region's mirror (chronik.forward.ack=mirrored); an idempotent producer's retry is deduplicated",
+                    p.base_offset
+                )),
+            );
+        }
+    }
+    let mut r = ok
+        .with_base_offset(p.base_offset)
+        .with_log_append_time_ms(p.log_append_time_ms);
+    if version >= LOG_START_VERSION {
+        r = r.with_log_start_offset(p.log_start_offset);
+    }
+    r
+}
+
+type ForwardAnswer = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<ProduceResponse, ForwardError>>,
+>;
+
+/// Hands every forwarded partition to the dc-link, one request per home
+/// region, before the handler returns (so in request order). A home that
+/// cannot be handed over to fails its partitions at once.
+fn forward_all(
+    ctx: &BrokerCtx,
+    topics: &mut [(TopicProduceResponse, Vec<Outcome>)],
+    timeout_ms: i32,
+) -> HashMap<String, ForwardAnswer> {
+    let mut requests: Vec<(String, ProduceRequest)> = Vec::new();
+    for (_, outcomes) in topics.iter_mut() {
+        for o in outcomes.iter_mut() {
+            let Outcome::Forwarded {
+                ok,
+                home,
+                topic,
+                records,
+                ..
+            } = o
+            else {
+                continue;
+            };
+            let i = match requests.iter().position(|(h, _)| h == home) {
+                Some(i) => i,
+                None => {
+                    let req = ProduceRequest::default()
+                        .with_acks(-1)
+                        .with_timeout_ms(if timeout_ms > 0 { timeout_ms } else { 30_000 });
+                    requests.push((home.clone(), req));
+                    requests.len() - 1
+                }
+            };
+            let pd = PartitionProduceData::default()
+                .with_index(ok.index)
+                .with_records(records.take());
+            let req = &mut requests[i].1;
+            match req.topic_data.iter_mut().find(|t| t.name == *topic) {
+                Some(t) => t.partition_data.push(pd),
+                None => req.topic_data.push(
+                    TopicProduceData::default()
+                        .with_name(topic.clone())
+                        .with_partition_data(vec![pd]),
+                ),
+            }
+        }
+    }
+    requests
+        .into_iter()
+        .map(|(home, req)| {
+            use futures_util::FutureExt;
+            let f: futures_util::future::BoxFuture<'static, _> =
+                match ctx.forwarder.send(&home, &req) {
+                    Ok(f) => f.boxed(),
+                    Err(e) => futures_util::future::ready(Err(e)).boxed(),
+                };
+            (home, f.shared())
+        })
+        .collect()
 }
 
 /// What the topic's enforced RPO says about a write to `log` now. Nothing
@@ -355,12 +551,12 @@ fn lease_refusal(ctx: &BrokerCtx, t: &Topic) -> Option<String> {
     ctx.lease.check(&t.id(), epoch).err().map(|e| e.to_string())
 }
 
-/// Produce to a topic whose home is moving, or moved away from here, gets a
-/// retriable error (clients refresh metadata and retry) rather than the
-/// read-only mirror's policy violation: writes resume in the new home, and
-/// write-forwarding will carry them there. Checked again at apply, from the
-/// partition's own role (see `crate::home_role`).
-fn moved_refusal(t: &Topic, log: &PartitionLog, region: &str) -> Option<String> {
+/// Produce to a topic whose home is moving, or whose home role this
+/// partition's own log has not caught up with (see `crate::home_role`),
+/// gets a retriable error: clients retry, and once the move is applied the
+/// write goes to the new home, locally or forwarded. A mirror partition in
+/// step with the catalog is `None`: its produce is forwarded.
+fn moved_refusal(t: &Topic, log: &PartitionLog, region: &str, forwarded: bool) -> Option<String> {
     if let Some(m) = &t.record.moving {
         return Some(format!(
             "topic {} is moving its home from {region} to {}; writes are fenced until it completes",
@@ -368,14 +564,22 @@ fn moved_refusal(t: &Topic, log: &PartitionLog, region: &str) -> Option<String> 
             m.to
         ));
     }
-    let role = log.role()?;
+    let role = log.role();
     match t.mirror_of(region) {
-        Some(home) => Some(format!(
-            "topic {} moved its home to {home} (epoch {}); produce there",
-            t.name(),
-            role.epoch
+        // Forwarded here by another region that still thinks this is the
+        // home: its retry goes to the home it learns next.
+        Some(home) if forwarded => Some(format!(
+            "topic {} is no longer homed in {region} but in {home}; the forwarding region re-routes the retry",
+            t.name()
         )),
-        None if !role.home => Some(format!(
+        // Demoted by the catalog, but the partition's own log has not
+        // applied it yet: once it has, the produce is forwarded.
+        Some(home) if role.is_some_and(|r| r.home) => Some(format!(
+            "topic {} is moving its home to {home}; this partition is being demoted",
+            t.name()
+        )),
+        Some(_) => None,
+        None if role.is_some_and(|r| !r.home) => Some(format!(
             "topic {} became homed in {region}; its partitions are being promoted",
             t.name()
         )),

@@ -300,7 +300,7 @@ class TestTwoRegions:
         time.sleep(2)
         assert topic_partitions(eu, selfish) is None, f"{selfish} was mirrored to {EU} despite its policy error"
 
-    def test_mirror_topic_created_with_same_partitions_and_configs_and_read_only(self, regions):
+    def test_mirror_topic_created_with_same_partitions_and_configs_and_forwards_writes(self, regions):
         us, eu = regions.bootstrap(US), regions.bootstrap(EU)
         topic = unique_topic("mirror")
         configs = {"retention.ms": "7200000", "max.message.bytes": "500000"}
@@ -326,18 +326,21 @@ class TestTwoRegions:
         assert ms is not None and ms.get("mirror_of") == US, ms
         assert (regions.mirror_state(US, topic, 0) or {}).get("mirror_of") is None
 
-        # Produce to the mirror: POLICY_VIOLATION naming the home region, nothing written.
-        err, _, message, _ = raw_produce(leader_bootstrap(regions, EU, topic, 0), topic, 0, [b"nope"])
-        assert err == POLICY_VIOLATION, f"produce to the mirror: error {err} ({message!r})"
-        assert message and "read-only mirror" in message and US in message, message
-        reports = produce_all(eu, topic, [{"value": b"nope", "partition": 1}], acks="all",
+        # A produce to the mirror is forwarded to the home: answered with the home's offset,
+        # written once in us-east and mirrored back to the same offset; the mirror is never
+        # written locally (its log stays byte-identical to the home's).
+        err, base, message, _ = raw_produce(leader_bootstrap(regions, EU, topic, 0), topic, 0, [b"fwd-raw"])
+        assert (err, base) == (0, 50), f"produce to the mirror: error {err} ({message!r}) base offset {base}"
+        reports = produce_all(eu, topic, [{"value": b"fwd-client", "partition": 1}], acks="all",
                               **{"message.timeout.ms": 15000})
-        assert reports[0][0] is not None and reports[0][0].code() == POLICY_VIOLATION, reports
-        time.sleep(1)
-        assert regions.wait_mirrored(topic, 3, US, timeout=10) == hws
-        assert regions.mirror_progress(topic, 3, US) == {(EU, p): (50, 50, 50) for p in range(3)}
+        assert reports[0][0] is None and reports[0][1:3] == (1, 50), reports
+        want = {0: 51, 1: 51, 2: 50}
+        assert regions.wait_mirrored(topic, 3, US, timeout=30) == want
+        assert regions.mirror_progress(topic, 3, US) == {(EU, p): (want[p],) * 3 for p in range(3)}
         for p in range(3):
             regions.assert_identical(topic, p, US)
+        assert consume(us, topic, 0, start=50, count=1)[0].value() == b"fwd-raw"
+        assert consume(eu, topic, 1, start=50, count=1)[0].value() == b"fwd-client"
 
     @pytest.mark.timeout(600)
     def test_identical_logs_under_kills_and_blackhole(self, regions):

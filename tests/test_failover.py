@@ -290,9 +290,16 @@ def test_split_brain_attempt_home_cut_off_stops_at_its_lease_end(tmp_path, chron
         if lost:
             err, _, end = epoch_end(leader_bootstrap(regions, US, asy, 0), asy, 0, old_epoch)
             assert err == 0 and end > fork, f"us-east: epoch {old_epoch} ends at {end} (error {err})"
+        # A write in us-east is forwarded to the home, eu-west: it is in eu-west's log at the
+        # offset us-east's client was given, and never in us-east's diverged copy.
         r = produce_all(regions.bootstrap(US), asy, [{"value": b"late", "partition": 0}], acks="all",
-                        **{"message.timeout.ms": 5000})
-        assert r[0][0] is not None, f"us-east took a write for a topic homed in eu-west: {r}"
+                        **{"message.timeout.ms": 30000})
+        assert r[0][0] is None, f"a produce in us-east to a topic homed in eu-west failed: {r}"
+        late_at = r[0][2]
+        assert read_partition(regions.bootstrap(EU), asy, 0, timeout=60)[0].get(late_at) == b"late", \
+            f"the forwarded write is not at {late_at} in eu-west"
+        assert b"late" not in read_partition(regions.bootstrap(US), asy, 0, timeout=60)[0].values(), \
+            "the write went into us-east's diverged copy"
 
 
 def test_automatic_failover_promotes_the_mirror_when_the_home_is_lost(witness_regions):

@@ -254,6 +254,9 @@ class TestSwitchoverUnderLoad:
         readers = [Reader(regions.bootstrap(r), topic, unique_topic(f"sw-g-{r}")) for r in (US, EU)]
         first = Load(regions.bootstrap(US), topic, "a", parts, range(100_000)).start()
         wait_until(lambda: len(first.acked) >= 3000, 60, what="3000 acks in us-east")
+        # Acked before the move began: written under us-east's epochs. (What the us-east
+        # producer writes after the move is forwarded to eu-west and carries its epochs.)
+        before_move = dict(first.acked)
         out = switchover(regions, EU, topic)
         res = json.loads(out.stdout)["topics"][0]
         first.finish()
@@ -268,11 +271,13 @@ class TestSwitchoverUnderLoad:
         logs = check_exactly_once(regions, topic, parts, EU, [first, second])
         for reader in readers:
             reader.finish(logs)
-        # The epochs at the move: eu-west's first batch is above everything us-east wrote.
-        us_values = {first.value(i) for i in first.acked}
+        # The epochs at the move: eu-west's producer's records are above everything us-east
+        # wrote before the move.
+        us_values = {first.value(i) for i in before_move}
+        eu_values = {second.value(i) for i in second.acked}
         for p, recs in logs.items():
             us = [e for _, e, v in recs if v in us_values]
-            eu = [e for _, e, v in recs if v not in us_values]
+            eu = [e for _, e, v in recs if v in eu_values]
             if us and eu:
                 assert min(eu) > max(us), f"p{p}: eu-west epoch {min(eu)} not above us-east's {max(us)}"
         print(f"switchover: write pause {res['write_pause_ms']} ms (fence to promotion); "
@@ -399,7 +404,7 @@ class TestSwitchoverBadInput:
         p.produce(topic, b"x", on_delivery=lambda err, msg: errs.append(err))
         p.flush(10)
         # librdkafka retries a retriable error until message.timeout.ms; a non-retriable one
-        # (a mirror's POLICY_VIOLATION) would fail the message at once with that code.
+        # (INVALID_TXN_STATE, say) would fail the message at once with that code.
         assert errs and errs[0] is not None and errs[0].code() == KafkaError._MSG_TIMED_OUT, errs
         # --abort lifts it; writes resume.
         switchover(regions, EU, topic, extra=("--abort",))

@@ -183,20 +183,6 @@ pub fn handle(
                 }
             };
             if let Some(home) = t.mirror_of(&ctx.config.region) {
-                // Transactions do not exist yet; a transactional batch
-                // could only be a client error, refused before the WAN.
-                if header.is_transactional() {
-                    outcomes.push(Outcome::Done(partition_error(
-                        version,
-                        idx,
-                        E::InvalidTxnState.code(),
-                        Some(format!(
-                            "transactional produces are not supported by Chronik, and are not forwarded from the mirror region {} to {home}",
-                            ctx.config.region
-                        )),
-                    )));
-                    continue;
-                }
                 let mirrored = t
                     .effective
                     .forward_ack_mirrored

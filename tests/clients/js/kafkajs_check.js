@@ -38,7 +38,7 @@ const MAX_ERRORS = 20
 function parseArgs(argv) {
   const a = {
     bootstrap: null, topic: null, messages: null, partitions: 3, compression: 'none', seed: 1,
-    dump: null, batch: 500, idempotent: true, expectOffsetSkew: 0,
+    dump: null, batch: 500, idempotent: true, expectOffsetSkew: 0, alterConfigs: true,
   }
   const need = (i) => {
     if (i + 1 >= argv.length) throw new Error(`missing value for ${argv[i]}`)
@@ -59,13 +59,15 @@ function parseArgs(argv) {
       case '--dump': a.dump = need(i); i++; break
       case '--batch': a.batch = int(need(i), '--batch', 1); i++; break
       case '--no-idempotent': a.idempotent = false; break
+      // A mirror topic (Chronik) takes config changes only in its home region.
+      case '--no-alter-configs': a.alterConfigs = false; break
       case '--expect-offset-skew': a.expectOffsetSkew = int(need(i), '--expect-offset-skew', -1e9); i++; break
       default: throw new Error(`unknown argument ${argv[i]}`)
     }
   }
   if (!a.bootstrap || !a.topic || a.messages === null) {
     throw new Error('usage: --bootstrap H:P --topic T --messages N [--partitions P] [--compression none|gzip] ' +
-      '[--seed S] [--dump FILE] [--batch B] [--no-idempotent] [--expect-offset-skew K]')
+      '[--seed S] [--dump FILE] [--batch B] [--no-idempotent] [--expect-offset-skew K] [--no-alter-configs]')
   }
   if (!['none', 'gzip'].includes(a.compression)) {
     throw new Error(`--compression must be none or gzip (kafkajs has no built-in snappy/lz4/zstd), got ${a.compression}`)
@@ -374,19 +376,21 @@ async function main() {
       }
     }
 
-    // 6. Topic configs through kafkajs's admin API (AlterConfigs, then
-    // DescribeConfigs): the retention set must be read back.
-    await admin.alterConfigs({
-      validateOnly: false,
-      resources: [{ type: ConfigResourceTypes.TOPIC, name: args.topic,
-                    configEntries: [{ name: 'retention.ms', value: '86400000' }] }],
-    })
-    const described = await admin.describeConfigs({
-      includeSynonyms: false,
-      resources: [{ type: ConfigResourceTypes.TOPIC, name: args.topic, configNames: ['retention.ms'] }],
-    })
-    const entry = described.resources[0].configEntries.find(e => e.configName === 'retention.ms')
-    if (!entry || entry.configValue !== '86400000') addError(`retention.ms after alterConfigs: ${JSON.stringify(entry)}`)
+    if (args.alterConfigs) {
+      // 6. Topic configs through kafkajs's admin API (AlterConfigs, then
+      // DescribeConfigs): the retention set must be read back.
+      await admin.alterConfigs({
+        validateOnly: false,
+        resources: [{ type: ConfigResourceTypes.TOPIC, name: args.topic,
+                      configEntries: [{ name: 'retention.ms', value: '86400000' }] }],
+      })
+      const described = await admin.describeConfigs({
+        includeSynonyms: false,
+        resources: [{ type: ConfigResourceTypes.TOPIC, name: args.topic, configNames: ['retention.ms'] }],
+      })
+      const entry = described.resources[0].configEntries.find(e => e.configName === 'retention.ms')
+      if (!entry || entry.configValue !== '86400000') addError(`retention.ms after alterConfigs: ${JSON.stringify(entry)}`)
+    }
 
     if (dump) {
       fs.writeFileSync(args.dump, JSON.stringify({

@@ -105,29 +105,42 @@ def every_ack_in_both(regions: Regions, topic: str, partitions: int, acks: AckLo
     return counts
 
 
-def produce_through_fault(regions: Regions, topic: str, inject, heal, what: str) -> AckLog:
-    """An idempotent eu-west producer writes to every partition of `topic`; after 300 acks
-    `inject()` runs, then `heal()`; it stops once 300 more records were acknowledged after
-    the heal. Every record must end acknowledged (the client saw only retriable errors)."""
+def eu_producer_through(regions: Regions, topic: str, scenario, what: str) -> AckLog:
+    """An idempotent eu-west producer writes to every partition of `topic` while
+    `scenario(more_acks)` runs (more_acks(n, why) waits for n more acks). Every record must
+    end acknowledged (the client saw only retriable errors), exactly once at its offset in
+    producer order in us-east, and eu-west must read and hold the same."""
     acks = AckLog()
     prod = ProducerThread(regions.bootstrap(EU), topic, [0, 1, 2], acks=acks, rate=200, max_messages=40_000,
                           max_seconds=240, flush_timeout=150, **PATIENT)
+
+    def more_acks(n: int, why: str) -> None:
+        at = acks.count()
+        wait_until(lambda: acks.count() >= at + n, 150, interval=0.2, what=why)
+
     prod.start()
     try:
-        wait_until(lambda: acks.count() >= 300, 60, what="300 forwarded acks before the fault")
-        inject()
-        heal()
-        healed_at = acks.count()
-        wait_until(lambda: acks.count() >= healed_at + 300, 150, interval=0.2,
-                   what=f"300 more forwarded acks after {what} was healed")
+        scenario(more_acks)
         prod.stop()
     except BaseException:
         prod.abandon()
         raise
-    assert not acks.failed, f"{len(acks.failed)} records failed after {what}, e.g. {acks.failed[:3]}"
+    assert not acks.failed, f"{len(acks.failed)} records failed ({what}), e.g. {acks.failed[:3]}"
     counts = every_ack_in_both(regions, topic, 3, acks)
     assert sum(counts.values()) == acks.count() == prod.produced, (counts, acks.count(), prod.produced)
     return acks
+
+
+def produce_through_fault(regions: Regions, topic: str, inject, heal, what: str) -> AckLog:
+    """300 acks, then `inject()` and `heal()`, then 300 more acks (eu_producer_through)."""
+
+    def scenario(more_acks):
+        more_acks(300, "300 forwarded acks before the fault")
+        inject()
+        heal()
+        more_acks(300, f"300 more forwarded acks after {what} was healed")
+
+    return eu_producer_through(regions, topic, scenario, what)
 
 
 def list_offsets_latest(bootstrap: str, topic: str, p: int) -> int:
@@ -259,15 +272,7 @@ class TestForwarding:
         moves to eu-west (it then appends locally: no forwards) and back to us-east (it
         forwards again). Every record is acknowledged once, in order, at its offset."""
         topic = us_topic(regions, "fwd-switch")
-        acks = AckLog()
-        prod = ProducerThread(regions.bootstrap(EU), topic, [0, 1, 2], acks=acks, rate=200, max_messages=40_000,
-                              max_seconds=240, flush_timeout=90, **PATIENT)
-        prod.start()
-        try:
-            def more_acks(n, what):
-                at = acks.count()
-                wait_until(lambda: acks.count() >= at + n, 90, interval=0.2, what=what)
-
+        def scenario(more_acks):
             more_acks(300, "forwarded acks before the switchover")
             switchover(regions, EU, topic)
             more_acks(100, "acks once eu-west is the home")
@@ -277,13 +282,8 @@ class TestForwarding:
             switchover(regions, US, topic)
             more_acks(300, "forwarded acks after the switchover back to us-east")
             assert forwarded(regions, "ok") > fwd_ok, "eu-west did not forward again after the move back"
-            prod.stop()
-        except BaseException:
-            prod.abandon()
-            raise
-        assert not acks.failed, f"{len(acks.failed)} records failed, e.g. {acks.failed[:3]}"
-        counts = every_ack_in_both(regions, topic, 3, acks)
-        assert sum(counts.values()) == prod.produced, (counts, prod.produced)
+
+        eu_producer_through(regions, topic, scenario, "a switchover there and back")
 
     # -- acks and read-your-writes --------------------------------------------------------
 

@@ -661,6 +661,7 @@ async fn voter_link(
                     body: Some(Body::LeaseHello(Hello {
                         region: shared.region.clone(),
                         protocol_version: proto::PROTOCOL_VERSION,
+                        forward_only: false,
                     })),
                 },
             )

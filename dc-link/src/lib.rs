@@ -193,6 +193,7 @@ pub struct Shared {
     pub faults: Faults,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
+    forward_client_config: quinn::ClientConfig,
     view: Mutex<Option<ClusterView>>,
     admin_by_node: Mutex<BTreeMap<i32, String>>,
     homed: Mutex<Vec<HomedTopic>>,
@@ -407,6 +408,27 @@ impl Shared {
         name: &str,
         which: usize,
     ) -> Result<(quinn::Connection, SocketAddr), String> {
+        self.dial_with(name, which, self.client_config.clone())
+            .await
+    }
+
+    /// Dials a peer region for forwarded produces (`forward::run_link`),
+    /// with `cross_dc.forward_congestion`.
+    pub(crate) async fn dial_forward(
+        &self,
+        name: &str,
+        which: usize,
+    ) -> Result<(quinn::Connection, SocketAddr), String> {
+        self.dial_with(name, which, self.forward_client_config.clone())
+            .await
+    }
+
+    async fn dial_with(
+        &self,
+        name: &str,
+        which: usize,
+        config: quinn::ClientConfig,
+    ) -> Result<(quinn::Connection, SocketAddr), String> {
         let addrs = self.topology.voter_addrs(name);
         if addrs.is_empty() {
             return Err(format!("{name} is not in the topology"));
@@ -416,11 +438,7 @@ impl Shared {
             .map_err(|e| format!("{e}"))?;
         let connecting = self
             .endpoint
-            .connect_with(
-                self.client_config.clone(),
-                addr,
-                &crate::tls::region_dns_name(name),
-            )
+            .connect_with(config, addr, &crate::tls::region_dns_name(name))
             .map_err(|e| e.to_string())?;
         let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
             .await
@@ -932,7 +950,11 @@ impl Shared {
 /// QUIC transport sized for the configured bandwidth-delay product, with
 /// BBR: loss-based congestion control (NewReno, Cubic) collapses at WAN
 /// loss rates (1% loss at 100 ms allows ~1.5 Mbit/s by the Mathis bound).
-fn transport(topo: &Topology) -> quinn::TransportConfig {
+fn transport(
+    topo: &Topology,
+    congestion: chronik_topology::Congestion,
+    initial_window: Option<u64>,
+) -> quinn::TransportConfig {
     let bdp = topo.cross_dc.bdp_bytes().max(4 << 20);
     let stream_window = (2 * bdp).min((1u64 << 30) - 1);
     let mut t = quinn::TransportConfig::default();
@@ -947,10 +969,20 @@ fn transport(topo: &Topology) -> quinn::TransportConfig {
             ))
             .expect("validated: at most 600 s"),
         ))
-        .congestion_controller_factory(match topo.cross_dc.congestion {
-            chronik_topology::Congestion::Bbr => Arc::new(quinn::congestion::BbrConfig::default()),
+        .congestion_controller_factory(match congestion {
+            chronik_topology::Congestion::Bbr => {
+                let mut c = quinn::congestion::BbrConfig::default();
+                if let Some(w) = initial_window {
+                    c.initial_window(w);
+                }
+                Arc::new(c)
+            }
             chronik_topology::Congestion::Cubic => {
-                Arc::new(quinn::congestion::CubicConfig::default())
+                let mut c = quinn::congestion::CubicConfig::default();
+                if let Some(w) = initial_window {
+                    c.initial_window(w);
+                }
+                Arc::new(c)
             }
         });
     t
@@ -979,9 +1011,21 @@ pub async fn run(
         .cloned()
         .expect("validated at load");
     let identity = tls::Identity::load(&topo.tls.ca, &region.cert, &region.key)?;
-    let transport = Arc::new(transport(&topo));
-    let server_config = identity.server_config(transport.clone())?;
-    let client_config = identity.client_config(transport)?;
+    let transport_config = Arc::new(transport(&topo, topo.cross_dc.congestion, None));
+    let server_config = identity.server_config(transport_config.clone())?;
+    let client_config = identity.client_config(transport_config)?;
+    // The server side's congestion control is the data link's: forwarded
+    // produces flow from the dialer, which picks its own.
+    // A forwarded produce is a burst of up to a bandwidth-delay product once
+    // per round trip, after which the connection is app-limited and its
+    // window does not grow: start it at the configured BDP (bounded) rather
+    // than ten packets, so a burst goes out in one round trip.
+    let forward_window = topo.cross_dc.bdp_bytes().clamp(1 << 20, 2 << 20);
+    let forward_client_config = identity.client_config(Arc::new(transport(
+        &topo,
+        topo.cross_dc.forward_congestion,
+        Some(forward_window),
+    )))?;
     let listen = cfg.listen_addr(&topo);
     let buf = (topo.cross_dc.bdp_bytes() as usize).clamp(4 << 20, 64 << 20);
     let socket = udp_socket(listen, buf).map_err(|source| DcLinkError::Bind {
@@ -1027,6 +1071,7 @@ pub async fn run(
         faults: cfg.faults.clone(),
         endpoint: endpoint.clone(),
         client_config,
+        forward_client_config,
         view: Mutex::new(None),
         admin_by_node: Mutex::new(BTreeMap::new()),
         homed: Mutex::new(Vec::new()),
@@ -1159,7 +1204,8 @@ pub async fn run(
         .filter(|r| *r != cfg.region)
         .collect();
     for peer in peers {
-        tasks.spawn(sender::run_link(shared.clone(), peer));
+        tasks.spawn(sender::run_link(shared.clone(), peer.clone()));
+        tasks.spawn(forward::run_link(shared.clone(), peer));
     }
     tasks.spawn(sender::report_quorum_acks(shared.clone()));
     tasks.spawn(forward::brokers::serve(shared.clone(), forward_listener));

@@ -248,6 +248,10 @@ pub struct Hello {
     pub region: String,
     #[prost(uint32, tag = "2")]
     pub protocol_version: u32,
+    /// The connection carries forwarded produces only (no mirroring): see
+    /// `forward::run_link`.
+    #[prost(bool, tag = "3")]
+    pub forward_only: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]

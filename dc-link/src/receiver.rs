@@ -96,6 +96,24 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
         tracing::error!(peer = %peer, error = %e, "refusing dc-link: certificate does not match the claimed region");
         return Err(e.to_string());
     }
+    if hello.forward_only {
+        tracing::info!(peer = %peer, remote = %conn.remote_address(), "incoming forward connection from {peer} accepted");
+        let ack = Envelope {
+            id: 0,
+            reply_to: 0,
+            body: Some(Body::HelloAck(proto::Hello {
+                region: shared.region.clone(),
+                protocol_version: proto::PROTOCOL_VERSION,
+                forward_only: true,
+            })),
+        };
+        send.write_all(&proto::encode(&ack, None).0)
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = accept_streams(shared, conn, peer).await;
+        drop((send, frames));
+        return r;
+    }
     tracing::info!(peer = %peer, remote = %conn.remote_address(), "incoming link from {peer} accepted");
     shared.peer_back(&peer).notify_one();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Envelope>();
@@ -106,6 +124,7 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
             body: Some(Body::HelloAck(proto::Hello {
                 region: shared.region.clone(),
                 protocol_version: proto::PROTOCOL_VERSION,
+                forward_only: false,
             })),
         })
         .ok();
@@ -192,48 +211,7 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
     };
     // Every further stream the peer opens carries metadata-sync or
     // forwarded produces; its first message tells which.
-    let meta = async {
-        loop {
-            let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-            let (shared, peer) = (shared.clone(), peer.clone());
-            let conn = conn.clone();
-            tokio::spawn(async move {
-                let mut frames = FrameReader::new(recv);
-                let first = match frames.next().await {
-                    Ok((env, _)) => env,
-                    Err(e) => {
-                        tracing::info!(peer = %peer, error = %e, "stream from {peer} ended before its first message");
-                        return;
-                    }
-                };
-                if let Some(Body::Forward(_)) = first.body {
-                    if let Err(e) =
-                        crate::forward::home::serve(shared, peer.clone(), first, frames, send).await
-                    {
-                        tracing::info!(peer = %peer, error = %e, "forward stream from {peer} ended");
-                        if e.starts_with("unexpected") {
-                            conn.close(2u32.into(), e.as_bytes());
-                        }
-                    }
-                    return;
-                }
-                if let Err(e) =
-                    crate::meta_sync::serve(shared, peer.clone(), first, frames, send).await
-                {
-                    if e.starts_with("malformed")
-                        || e.contains("refused")
-                        || e.starts_with("unexpected")
-                    {
-                        conn.close(2u32.into(), e.as_bytes());
-                    } else {
-                        tracing::info!(peer = %peer, error = %e, "metadata-sync stream ended");
-                    }
-                }
-            });
-        }
-        #[allow(unreachable_code)]
-        Ok::<(), String>(())
-    };
+    let meta = accept_streams(shared.clone(), conn, peer.clone());
     tokio::select! {
         r = meta => r,
         r = reader => r,
@@ -779,5 +757,52 @@ async fn append(
     match r {
         Ok(done) => Ok(done),
         Err(e) => Err(resolve(ctx, topic, partition, Failure::from_http(&e)).await),
+    }
+}
+
+/// Serves the further streams a peer opens on a connection: each carries
+/// metadata-sync or forwarded produces, and its first message tells which.
+/// Ends when the connection does.
+async fn accept_streams(
+    shared: Arc<Shared>,
+    conn: &quinn::Connection,
+    peer: String,
+) -> Result<(), String> {
+    loop {
+        let (send, recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        let (shared, peer) = (shared.clone(), peer.clone());
+        let conn = conn.clone();
+        tokio::spawn(async move {
+            let mut frames = FrameReader::new(recv);
+            let first = match frames.next().await {
+                Ok((env, _)) => env,
+                Err(e) => {
+                    tracing::info!(peer = %peer, error = %e, "stream from {peer} ended before its first message");
+                    return;
+                }
+            };
+            if let Some(Body::Forward(_)) = first.body {
+                if let Err(e) =
+                    crate::forward::home::serve(shared, peer.clone(), first, frames, send).await
+                {
+                    tracing::info!(peer = %peer, error = %e, "forward stream from {peer} ended");
+                    if e.starts_with("unexpected") {
+                        conn.close(2u32.into(), e.as_bytes());
+                    }
+                }
+                return;
+            }
+            if let Err(e) = crate::meta_sync::serve(shared, peer.clone(), first, frames, send).await
+            {
+                if e.starts_with("malformed")
+                    || e.contains("refused")
+                    || e.starts_with("unexpected")
+                {
+                    conn.close(2u32.into(), e.as_bytes());
+                } else {
+                    tracing::info!(peer = %peer, error = %e, "metadata-sync stream ended");
+                }
+            }
+        });
     }
 }

@@ -50,6 +50,44 @@ impl Session {
     }
 }
 
+/// Opens the first stream of a connection to `peer` at `addr`, says Hello
+/// (`forward_only` for a forward connection) and waits for the peer's
+/// HelloAck naming the region dialed. Returns that stream.
+pub(crate) async fn handshake(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    peer: &str,
+    addr: std::net::SocketAddr,
+    forward_only: bool,
+) -> Result<(quinn::SendStream, FrameReader), String> {
+    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let hello = Envelope {
+        id: 0,
+        reply_to: 0,
+        body: Some(Body::Hello(Hello {
+            region: shared.region.clone(),
+            protocol_version: proto::PROTOCOL_VERSION,
+            forward_only,
+        })),
+    };
+    send.write_all(&proto::encode(&hello, None).0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut frames = FrameReader::new(recv);
+    match tokio::time::timeout(Duration::from_secs(10), frames.next()).await {
+        Err(_) => Err("no HelloAck within 10 s".into()),
+        Ok(Err(e)) => Err(format!("during the handshake: {e}")),
+        Ok(Ok((env, _))) => match env.body {
+            Some(Body::HelloAck(h)) if h.region == peer => Ok((send, frames)),
+            Some(Body::HelloAck(h)) => Err(format!(
+                "{addr} answered as region {}, expected {peer}",
+                h.region
+            )),
+            _ => Err("expected HelloAck".to_string()),
+        },
+    }
+}
+
 /// Keeps the link to `peer` up for as long as the process runs.
 pub async fn run_link(shared: Arc<Shared>, peer: String) {
     let link = format!("{}->{peer}", shared.region);
@@ -94,34 +132,8 @@ async fn connect_and_run(
     which: usize,
 ) -> Result<(), String> {
     let (conn, addr) = shared.dial(peer, which).await?;
-    let (mut send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    let hello = Envelope {
-        id: 0,
-        reply_to: 0,
-        body: Some(Body::Hello(Hello {
-            region: shared.region.clone(),
-            protocol_version: proto::PROTOCOL_VERSION,
-        })),
-    };
-    send.write_all(&proto::encode(&hello, None).0)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut frames = FrameReader::new(recv);
-    let ack = match tokio::time::timeout(Duration::from_secs(10), frames.next()).await {
-        Err(_) => return Err("no HelloAck within 10 s".into()),
-        Ok(Err(e)) => return Err(format!("during the handshake: {e}")),
-        Ok(Ok((env, _))) => match env.body {
-            Some(Body::HelloAck(h)) if h.region == peer => h,
-            Some(Body::HelloAck(h)) => {
-                return Err(format!(
-                    "{addr} answered as region {}, expected {peer}",
-                    h.region
-                ))
-            }
-            _ => return Err("expected HelloAck".to_string()),
-        },
-    };
-    tracing::info!(link = %link, peer = %ack.region, remote = %addr, "link up");
+    let (send, frames) = handshake(shared, &conn, peer, addr, false).await?;
+    tracing::info!(link = %link, peer = %peer, remote = %addr, "link up");
     shared.link_stats(link, |s| {
         s.connected = true;
         s.down_since = None;
@@ -223,10 +235,8 @@ async fn connect_and_run(
             }
         }
     };
-    let forward = crate::forward::run_stream(shared.clone(), conn.clone(), peer.to_string());
     let result = tokio::select! {
         r = writer => r,
-        r = forward => r,
         r = peer_restarted => r,
         r = reader => r,
         r = offers => r,

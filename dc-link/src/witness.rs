@@ -39,7 +39,11 @@ pub async fn run(
             .map_err(|e| DcLinkError::Config(format!("witness.address {:?}: {e}", w.address)))?,
     };
     let identity = tls::Identity::load(&topo.tls.ca, &w.cert, &w.key)?;
-    let server_config = identity.server_config(Arc::new(crate::transport(&topo)))?;
+    let server_config = identity.server_config(Arc::new(crate::transport(
+        &topo,
+        topo.cross_dc.congestion,
+        None,
+    )))?;
     let endpoint =
         quinn::Endpoint::server(server_config, listen).map_err(|source| DcLinkError::Bind {
             what: "QUIC",

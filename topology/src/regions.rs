@@ -65,6 +65,12 @@ pub struct CrossDc {
     /// forwarded produce is refused with a retriable error at once, so a
     /// slow or cut link cannot grow the dc-link's memory.
     pub forward_max_inflight_bytes: u64,
+    /// Congestion control of the QUIC connection that carries forwarded
+    /// produces (its own, per link). A forwarded produce is a burst once per
+    /// round trip on an otherwise quiet connection: BBR paces such bursts at
+    /// the low rate it estimated and stalls them in ProbeRTT, so cubic is
+    /// the default here.
+    pub forward_congestion: Congestion,
 }
 
 impl Default for CrossDc {
@@ -80,6 +86,7 @@ impl Default for CrossDc {
             congestion: Congestion::Bbr,
             idle_timeout_ms: 10_000,
             forward_max_inflight_bytes: 64 << 20,
+            forward_congestion: Congestion::Cubic,
         }
     }
 }

@@ -7,9 +7,10 @@
 //! producer's batches reach the home leader in the order it sent them:
 //! - the partition's leader here hands the produce to this process on one
 //!   TCP connection per broker ([`brokers`], Kafka framing);
-//! - this process sends it to the home region's dc-link on a QUIC stream of
-//!   its own per link ([`run_stream`]), so forwarded writes never queue
-//!   behind mirror data;
+//! - this process sends it to the home region's dc-link on a QUIC
+//!   connection of its own per link ([`run_link`], [`run_stream`]), so
+//!   forwarded writes never queue behind mirror data and have their own
+//!   congestion control (`cross_dc.forward_congestion`);
 //! - the home's dc-link produces it to the partition leader there on one
 //!   pipelined connection per broker ([`home`]), as a client would, with the
 //!   producer id, epoch and sequence untouched: the home deduplicates a
@@ -25,6 +26,7 @@ pub(crate) mod home;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -155,7 +157,42 @@ impl Forwarding {
     }
 }
 
-/// The forward stream of one link session to `peer` (this region sends,
+/// Keeps a forward connection to `peer` up for as long as the process runs:
+/// dials it (the next of its dc-link addresses after a failure, so a
+/// standby that took over is found), says Hello with `forward_only`, then
+/// runs the forward stream on it.
+pub(crate) async fn run_link(shared: Arc<Shared>, peer: String) {
+    let mut which = 0usize;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = std::time::Instant::now();
+        if let Err(e) = connect_and_forward(&shared, &peer, which).await {
+            which += 1;
+            tracing::info!(peer = %peer, error = %e, "forward connection to {peer} down; redialing");
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = Duration::from_millis(200);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn connect_and_forward(shared: &Arc<Shared>, peer: &str, which: usize) -> Result<(), String> {
+    let (conn, addr) = shared.dial_forward(peer, which).await?;
+    let (send, frames) = crate::sender::handshake(shared, &conn, peer, addr, true).await?;
+    tracing::info!(peer = %peer, remote = %addr, "forward connection to {peer} up");
+    let r = tokio::select! {
+        r = run_stream(shared.clone(), conn.clone(), peer.to_string()) => r,
+        e = conn.closed() => Err(e.to_string()),
+    };
+    // The handshake stream stays open for as long as the connection serves.
+    drop((send, frames));
+    conn.close(0u32.into(), b"forward link reset");
+    r
+}
+
+/// The forward stream of one forward connection to `peer` (this region sends,
 /// the peer is the home). Ends, failing what awaits an answer, when the
 /// stream or the connection fails.
 pub(crate) async fn run_stream(

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::proto::{
     self, Body, Envelope, Granted, Hello, Promote, PromoteReply, Renew, TopicEpoch, Watermarks,
 };
-use crate::{FrameReader, Shared};
+use crate::{write_envelope as write, FrameReader, Shared};
 
 /// A promotion as a voter keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,12 +240,6 @@ fn topic_epochs(v: &[TopicEpoch]) -> Vec<(TopicId, u64)> {
     v.iter()
         .filter_map(|t| Some((TopicId::from_slice(&t.topic_id)?, t.epoch)))
         .collect()
-}
-
-async fn write(send: &mut quinn::SendStream, env: &Envelope) -> Result<(), String> {
-    send.write_all(&proto::encode(env, None).0)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// Answers one holder's lease connection (its first message, `hello`,

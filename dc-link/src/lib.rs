@@ -104,6 +104,30 @@ impl LogEvery {
     }
 }
 
+/// Writes one envelope as an uncompressed frame (handshakes, control).
+pub(crate) async fn write_envelope(
+    send: &mut quinn::SendStream,
+    env: &proto::Envelope,
+) -> Result<(), String> {
+    send.write_all(&proto::encode(env, None).0)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Writes every envelope `rx` yields as a frame (zstd at `level`, if any),
+/// in order, until the channel closes or the stream fails.
+pub(crate) async fn write_frames(
+    mut send: quinn::SendStream,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<proto::Envelope>,
+    level: Option<i32>,
+) -> Result<(), String> {
+    while let Some(env) = rx.recv().await {
+        let (frame, _) = proto::encode(&env, level);
+        send.write_all(&frame).await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 /// Envelopes from one QUIC receive stream.
 pub(crate) struct FrameReader {
     recv: quinn::RecvStream,

@@ -107,16 +107,14 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
                 forward_only: true,
             })),
         };
-        send.write_all(&proto::encode(&ack, None).0)
-            .await
-            .map_err(|e| e.to_string())?;
+        crate::write_envelope(&mut send, &ack).await?;
         let r = accept_streams(shared, conn, peer).await;
         drop((send, frames));
         return r;
     }
     tracing::info!(peer = %peer, remote = %conn.remote_address(), "incoming link from {peer} accepted");
     shared.peer_back(&peer).notify_one();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Envelope>();
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Envelope>();
     out_tx
         .send(Envelope {
             id: 0,
@@ -128,13 +126,7 @@ async fn session(shared: Arc<Shared>, conn: &quinn::Connection) -> Result<(), St
             })),
         })
         .ok();
-    let writer = async move {
-        while let Some(env) = out_rx.recv().await {
-            let (frame, _) = proto::encode(&env, None);
-            send.write_all(&frame).await.map_err(|e| e.to_string())?;
-        }
-        Ok::<(), String>(())
-    };
+    let writer = crate::write_frames(send, out_rx, None);
     let ctx = Arc::new(SessionCtx {
         shared: shared.clone(),
         peer: peer.clone(),

@@ -70,9 +70,7 @@ pub(crate) async fn handshake(
             forward_only,
         })),
     };
-    send.write_all(&proto::encode(&hello, None).0)
-        .await
-        .map_err(|e| e.to_string())?;
+    crate::write_envelope(&mut send, &hello).await?;
     let mut frames = FrameReader::new(recv);
     match tokio::time::timeout(Duration::from_secs(10), frames.next()).await {
         Err(_) => Err("no HelloAck within 10 s".into()),

@@ -97,17 +97,10 @@ pub(crate) async fn serve(
     peer: String,
     first: Envelope,
     mut frames: FrameReader,
-    mut send: quinn::SendStream,
+    send: quinn::SendStream,
 ) -> Result<(), String> {
-    let level = shared.topology.cross_dc.zstd_level();
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Envelope>();
-    let writer = async move {
-        while let Some(env) = out_rx.recv().await {
-            let (frame, _) = proto::encode(&env, level);
-            send.write_all(&frame).await.map_err(|e| e.to_string())?;
-        }
-        Ok::<(), String>(())
-    };
+    let (out, out_rx) = mpsc::unbounded_channel::<Envelope>();
+    let writer = crate::write_frames(send, out_rx, shared.topology.cross_dc.zstd_level());
     let leaders = Arc::new(Leaders {
         shared: shared.clone(),
         addr_of: Mutex::default(),

@@ -38,7 +38,7 @@ if CLUSTERED and os.environ.get("CHRONIK_TEST_BROKERS") != "3":
 SKIP_ORACLE = os.environ.get("CHRONIK_SKIP_ORACLE") == "1"
 
 # Fixtures whose "chronik" param means the test needs a Chronik broker.
-BROKER_FIXTURES = ("broker", "broker_noauto")
+BROKER_FIXTURES = ("broker", "broker_noauto", "secured")
 KINDS = ["kafka", "chronik"]
 
 # Broker-wide settings shared by both brokers where they have an equivalent.

@@ -22,10 +22,12 @@ use crate::log::PartitionLog;
 use crate::raft::types::ControllerCommand;
 use crate::storage::{Store, StoreError, CF_META};
 
+mod credentials;
 mod home_move;
 mod link_actor;
 mod meta_apply;
 
+pub use credentials::ScramUpsert;
 pub use home_move::{HomeMove, OffsetMove, OFFSET_MOVED_PREFIX};
 
 const TOPIC_PREFIX: &str = "topic/";
@@ -45,9 +47,26 @@ const SNAPSHOT_PREFIXES: [&str; 6] = [
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BrokerEndpoint {
     pub id: i32,
+    /// The first (`listeners.kafka`) listener's advertised address.
     pub host: String,
     pub port: u16,
     pub rack: Option<String>,
+    /// Every listener's advertised (host, port), by listener name; a client
+    /// is told the addresses of the listener it came through. Empty in
+    /// registrations of brokers that predate named listeners.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, (String, u16)>,
+}
+
+impl BrokerEndpoint {
+    /// Where clients of `listener` reach this broker: `None` when the
+    /// broker has no such listener (Kafka leaves such brokers out).
+    pub fn address(&self, listener: &str) -> Option<(String, u16)> {
+        if self.listeners.is_empty() {
+            return Some((self.host.clone(), self.port));
+        }
+        self.listeners.get(listener).cloned()
+    }
 }
 
 /// Region-wide settings the catalog needs to place replicas.
@@ -758,6 +777,7 @@ impl Catalog {
             host: ep.host,
             port: ep.port,
             rack: ep.rack,
+            listeners: ep.listeners,
         })
         .await
     }
@@ -898,12 +918,14 @@ impl Catalog {
                 host,
                 port,
                 rack,
+                listeners,
             } => {
                 let ep = BrokerEndpoint {
                     id: *id,
                     host: host.clone(),
                     port: *port,
                     rack: rack.clone(),
+                    listeners: listeners.clone(),
                 };
                 wb.put_cf(
                     self.store.cf(CF_META),
@@ -1152,6 +1174,11 @@ impl Catalog {
                 term,
                 promotions,
             } => self.apply_keep_link_promotions(holder, *term, promotions, wb),
+            ControllerCommand::AlterScram {
+                upserts,
+                deletions,
+                now_ms,
+            } => self.apply_alter_scram(upserts, deletions, *now_ms, wb),
             ControllerCommand::Barrier => Ok(PostApply::Nothing),
         }
     }

@@ -177,6 +177,12 @@ impl Cluster {
             host,
             port,
             rack: None,
+            listeners: cfg
+                .listeners
+                .kafka_listeners()
+                .iter()
+                .map(|l| (l.name.clone(), l.advertised()))
+                .collect(),
         };
         tokio::spawn(Self::register_loop(Arc::downgrade(&cluster), ep));
         tokio::spawn(Self::reconcile_loop(Arc::downgrade(&cluster)));

@@ -1,32 +1,22 @@
-//! The running broker: listeners, per-connection request pipelining,
-//! background retention, and the admin HTTP endpoint.
-//!
-//! Each connection has a reader and a writer task. The reader decodes frames
-//! and calls the handler's synchronous part in arrival order (so produce
-//! offsets follow request order); the slow part of each request runs as its
-//! own task, and the writer awaits those tasks in order, because Kafka
-//! clients match responses to requests by order on a connection.
+//! The running broker: its shared context, start and shutdown, background
+//! retention, and the admin HTTP endpoint. Kafka listeners are in
+//! `listener`, and each client connection in `connection`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::stream::{FuturesOrdered, StreamExt};
 use rocksdb::WriteBatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use chronik_topology::BrokerConfig;
 
 use crate::catalog::{Catalog, RegionSettings};
 use crate::cluster::Cluster;
-use crate::framing::FrameDecoder;
-use crate::handlers::{self, BoxFuture, Reply};
-use crate::protocol::{self, Parsed};
+use crate::handlers;
 use crate::raft::types::{Command, CommandResult};
 use crate::storage::{Store, StoreError, CF_META};
 
@@ -137,6 +127,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Listener(crate::listener::ListenerError),
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
     #[error("starting replication: {0}")]
@@ -204,15 +196,10 @@ impl Broker {
         );
         let producer_ids = ProducerIdAllocator::open(&store).map_err(storage_err)?;
 
-        let kafka_addr = config.listeners.kafka;
         let admin_addr = config.listeners.admin_addr();
-        let kafka = TcpListener::bind(kafka_addr)
+        let kafka = crate::listener::bind_all(&config)
             .await
-            .map_err(|source| StartError::Bind {
-                what: "kafka",
-                addr: kafka_addr,
-                source,
-            })?;
+            .map_err(StartError::Listener)?;
         let admin = TcpListener::bind(admin_addr)
             .await
             .map_err(|source| StartError::Bind {
@@ -220,10 +207,13 @@ impl Broker {
                 addr: admin_addr,
                 source,
             })?;
-        let kafka_addr = kafka.local_addr().unwrap_or(kafka_addr);
+        let kafka_addr = kafka[0].addr;
         let admin_addr = admin.local_addr().unwrap_or(admin_addr);
         // With port 0 (tests), advertise the port actually bound.
         config.listeners.kafka = kafka_addr;
+        for (extra, bound) in config.listeners.extra.iter_mut().zip(&kafka[1..]) {
+            extra.address = bound.addr;
+        }
         config.listeners.admin = Some(admin_addr);
         let cluster = Cluster::start(&config, store.clone(), catalog.clone())
             .await
@@ -253,9 +243,23 @@ impl Broker {
             forwarder: crate::forward::Forwarder::new(config_forward_limit),
             ready: AtomicBool::new(false),
         });
+        let listeners = kafka
+            .iter()
+            .map(|b| format!("{}={}", b.info.name, b.addr))
+            .collect::<Vec<_>>()
+            .join(",");
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let tasks = vec![
-            tokio::spawn(accept_loop(ctx.clone(), kafka, shutdown_rx.clone())),
+        let mut tasks: Vec<JoinHandle<()>> = kafka
+            .into_iter()
+            .map(|l| {
+                tokio::spawn(crate::listener::accept_loop(
+                    ctx.clone(),
+                    l,
+                    shutdown_rx.clone(),
+                ))
+            })
+            .collect();
+        tasks.extend([
             tokio::spawn(crate::admin_http::serve(
                 ctx.clone(),
                 admin,
@@ -265,9 +269,9 @@ impl Broker {
             tokio::spawn(retention_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(drain_timeout_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::role_keeper::run(ctx.clone(), shutdown_rx)),
-        ];
+        ]);
         ctx.ready.store(true, Ordering::Release);
-        tracing::info!(%kafka_addr, %admin_addr, node_id = ctx.config.node_id, durability = %ctx.config.durability, "broker ready");
+        tracing::info!(%kafka_addr, %listeners, %admin_addr, node_id = ctx.config.node_id, durability = %ctx.config.durability, "broker ready");
         Ok(Broker {
             ctx,
             kafka_addr,
@@ -303,143 +307,6 @@ impl Broker {
         }
         drop(store);
         tracing::info!("broker stopped");
-    }
-}
-
-async fn accept_loop(
-    ctx: Arc<BrokerCtx>,
-    listener: TcpListener,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if ctx.cluster.is_cut_off() {
-                        tracing::debug!(%peer, "refusing a client: this broker is cut off from its region's majority");
-                        continue;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    let ctx = ctx.clone();
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        metrics::gauge!("chronik_connections").increment(1.0);
-                        if let Err(reason) = serve_connection(ctx, stream, peer, shutdown).await {
-                            tracing::debug!(%peer, %reason, "closed connection");
-                        }
-                        metrics::gauge!("chronik_connections").decrement(1.0);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-}
-
-/// Serves one client connection until it closes or breaks the protocol.
-async fn serve_connection(
-    ctx: Arc<BrokerCtx>,
-    stream: TcpStream,
-    peer: std::net::SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
-    let (mut rd, mut wr) = stream.into_split();
-    let in_flight = ctx.config.limits.max_in_flight_per_connection as usize;
-    let (tx, mut rx) = mpsc::channel::<(BoxFuture, &'static str, Instant)>(in_flight);
-    // The writer polls every in-flight request itself, so a completed write
-    // wakes exactly one task, and answers go out in request order.
-    let writer = tokio::spawn(async move {
-        let mut pending = FuturesOrdered::new();
-        let mut closed = false;
-        loop {
-            tokio::select! {
-                biased;
-                Some((bytes, api, received)) = pending.next(), if !pending.is_empty() => {
-                    let (bytes, received): (Bytes, Instant) = (bytes, received);
-                    // An empty response means the handler could not answer;
-                    // closing is the only honest signal left.
-                    if bytes.is_empty() || wr.write_all(&bytes).await.is_err() {
-                        return;
-                    }
-                    metrics::histogram!("chronik_request_seconds", "api" => api)
-                        .record(received.elapsed().as_secs_f64());
-                }
-                msg = rx.recv(), if !closed && pending.len() < in_flight => match msg {
-                    Some((fut, api, received)) => pending.push_back(async move { (fut.await, api, received) }),
-                    None => closed = true,
-                },
-                else => break,
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
-    let decoder = FrameDecoder::new(ctx.config.limits.socket_request_max_bytes as usize);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let result = 'conn: loop {
-        loop {
-            let frame = match decoder.decode(&mut buf) {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) => break 'conn Err(e.to_string()),
-            };
-            let received = Instant::now();
-            let (api, reply) = match protocol::parse(frame) {
-                Ok(Parsed::Request(req)) => (
-                    protocol::api_name(req.api_key),
-                    handlers::dispatch(&ctx, *req, peer),
-                ),
-                Ok(Parsed::ApiVersionsFallback { correlation_id }) => (
-                    "ApiVersions",
-                    Reply::Now(protocol::api_versions_fallback(correlation_id)),
-                ),
-                Err(e) => {
-                    metrics::counter!("chronik_protocol_errors_total").increment(1);
-                    break 'conn Err(e.to_string());
-                }
-            };
-            let handle: BoxFuture = match reply {
-                Reply::Now(b) => Box::pin(async move { b }),
-                Reply::Later(f) => f,
-                Reply::Nothing => continue,
-                Reply::Close(why) => break 'conn Err(why),
-            };
-            if tx.send((handle, api, received)).await.is_err() {
-                break 'conn Err("writer closed".into());
-            }
-        }
-        tokio::select! {
-            _ = shutdown.changed() => break Ok(()),
-            n = rd.read_buf(&mut buf) => match n {
-                Ok(0) => break Ok(()),
-                Ok(_) => {}
-                Err(e) => break Err(e.to_string()),
-            },
-            // A broker cut off from its region's majority drops its clients,
-            // as a ZooKeeper server without quorum does. Otherwise a client
-            // keeps asking it for metadata (librdkafka prefers brokers it is
-            // connected to), is told that this broker still leads, and never
-            // finds the leader the majority elected: writes stalled for as
-            // long as the partition lasted.
-            _ = cut_off_watch(&ctx) => break Err("cut off from the region's majority".into()),
-        }
-    };
-    // Answer what was already accepted before closing, as Kafka does.
-    drop(tx);
-    let _ = writer.await;
-    result
-}
-
-/// Resolves once the broker is cut off from its region's majority.
-async fn cut_off_watch(ctx: &BrokerCtx) {
-    loop {
-        if ctx.cluster.is_cut_off() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

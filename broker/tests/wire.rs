@@ -29,6 +29,7 @@ fn local_config(dir: &std::path::Path, node_id: i32) -> BrokerConfig {
         admin: Some("127.0.0.1:0".parse().unwrap()),
         advertised_kafka: None,
         raft: None,
+        ..Listeners::default()
     };
     // No 3 s wait for more members before a new group's first rebalance.
     cfg.groups.initial_rebalance_delay_ms = 0;
@@ -349,6 +350,7 @@ async fn data_survives_restart() {
             admin: Some("127.0.0.1:0".parse().unwrap()),
             advertised_kafka: None,
             raft: None,
+            ..Listeners::default()
         };
         cfg
     };
@@ -890,6 +892,51 @@ async fn every_advertised_version_answers() {
                         (r.error_code, r.topics.len()),
                         (0, 0),
                         "ListPartitionReassignments v{v}"
+                    );
+                }
+                // A plaintext listener has no SASL: Kafka answers
+                // ILLEGAL_SASL_STATE and keeps the connection.
+                ApiKey::SaslHandshake => {
+                    let req = SaslHandshakeRequest::default()
+                        .with_mechanism(StrBytes::from_static_str("PLAIN"));
+                    let r: SaslHandshakeResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.error_code, 34, "SaslHandshake v{v}");
+                }
+                ApiKey::SaslAuthenticate => {
+                    let req = SaslAuthenticateRequest::default()
+                        .with_auth_bytes(Bytes::from_static(b"\0u\0p"));
+                    let r: SaslAuthenticateResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.error_code, 34, "SaslAuthenticate v{v}");
+                }
+                ApiKey::DescribeUserScramCredentials => {
+                    let req = DescribeUserScramCredentialsRequest::default().with_users(None);
+                    let r: DescribeUserScramCredentialsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        (r.error_code, r.results.len()),
+                        (0, 0),
+                        "DescribeUserScramCredentials v{v}"
+                    );
+                }
+                ApiKey::AlterUserScramCredentials => {
+                    use alter_user_scram_credentials_request::ScramCredentialDeletion;
+                    let req = AlterUserScramCredentialsRequest::default().with_deletions(vec![
+                        ScramCredentialDeletion::default()
+                            .with_name(StrBytes::from_static_str("nobody"))
+                            .with_mechanism(1),
+                    ]);
+                    let r: AlterUserScramCredentialsResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        r.results[0].error_code, 91,
+                        "AlterUserScramCredentials v{v}"
+                    );
+                }
+                ApiKey::DescribeClientQuotas => {
+                    let req = DescribeClientQuotasRequest::default();
+                    let r: DescribeClientQuotasResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        (r.error_code, r.entries.map(|e| e.len())),
+                        (0, Some(0)),
+                        "DescribeClientQuotas v{v}"
                     );
                 }
                 other => panic!("no case for {other:?}: add one"),

@@ -293,6 +293,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                                 .parse()
                                 .expect("valid address")
                         }),
+                        ..Listeners::default()
                     },
                     cluster: chronik_topology::Cluster {
                         peers: (0..args.nodes as usize)
@@ -310,6 +311,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                     },
                     limits: Default::default(),
                     groups: Default::default(),
+                    sasl: Default::default(),
                 }
             };
             out.push(Planned {

@@ -83,6 +83,31 @@ enum CertsCommand {
         #[arg(long, value_delimiter = ',', default_value = "us-east,eu-west")]
         regions: Vec<String>,
     },
+    /// Issue a broker certificate for TLS Kafka listeners, signed by the dev CA in --dir.
+    Broker {
+        /// Where ca.pem and ca.key are; <name>.pem and <name>.key are written there.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// The certificate's common name and file name.
+        #[arg(long)]
+        name: String,
+        /// Host names and IP addresses clients connect to (repeatable or comma-separated).
+        #[arg(
+            long = "host",
+            value_delimiter = ',',
+            default_value = "localhost,127.0.0.1"
+        )]
+        hosts: Vec<String>,
+    },
+    /// Issue a client certificate for mutual TLS; the principal is User:CN=<name>.
+    Client {
+        /// Where ca.pem and ca.key are; <name>.pem and <name>.key are written there.
+        #[arg(long, default_value = "./certs")]
+        dir: PathBuf,
+        /// The client's common name and file name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,6 +234,17 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Certs {
+            command: CertsCommand::Broker { dir, name, hosts },
+        } => issue_cert(
+            &dir,
+            &name,
+            chronik_dc_link::tls::DevCertKind::Broker,
+            &hosts,
+        ),
+        Command::Certs {
+            command: CertsCommand::Client { dir, name },
+        } => issue_cert(&dir, &name, chronik_dc_link::tls::DevCertKind::Client, &[]),
         Command::Ctl {
             command:
                 CtlCommand::Lag {
@@ -463,5 +499,33 @@ pub async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+fn issue_cert(
+    dir: &std::path::Path,
+    name: &str,
+    kind: chronik_dc_link::tls::DevCertKind,
+    hosts: &[String],
+) -> ExitCode {
+    // The name is a file name too: no path separators, nothing hidden.
+    if name.is_empty()
+        || name.starts_with('.')
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        eprintln!("error: --name: {name:?} must be letters, digits, '-', '_' or '.', not starting with '.'");
+        return ExitCode::from(2);
+    }
+    match chronik_dc_link::tls::issue_dev_cert(dir, name, kind, hosts) {
+        Ok(()) => {
+            println!("wrote {0}.pem and {0}.key to {1}", name, dir.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -206,3 +206,69 @@ pub fn init_dev_certs(dir: &Path, regions: &[String]) -> Result<(), TlsError> {
     }
     Ok(())
 }
+
+/// What a certificate from [`issue_dev_cert`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevCertKind {
+    /// A broker's Kafka listener: server and client authentication (the
+    /// broker is also a client of its Raft peers), named by its hosts.
+    Broker,
+    /// A Kafka client for mutual TLS; its principal is `User:CN=<name>`.
+    Client,
+}
+
+/// `chronik certs broker|client`: one more certificate signed by the dev
+/// CA that `chronik certs init` wrote to `dir` (`ca.pem`, `ca.key`),
+/// written as `<name>.pem` and `<name>.key`.
+pub fn issue_dev_cert(
+    dir: &Path,
+    name: &str,
+    kind: DevCertKind,
+    hosts: &[String],
+) -> Result<(), TlsError> {
+    use rcgen::{
+        CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
+        KeyUsagePurpose,
+    };
+    let gen = |e: rcgen::Error| TlsError::Setup(format!("issuing a certificate for {name}: {e}"));
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path).map_err(|e| TlsError::File {
+            path: path.display().to_string(),
+            message: format!(
+                "{e} (run `chronik certs init --dir {}` first)",
+                dir.display()
+            ),
+        })
+    };
+    let ca_key = KeyPair::from_pem(&read("ca.key")?).map_err(gen)?;
+    let issuer = Issuer::from_ca_cert_pem(&read("ca.pem")?, ca_key).map_err(gen)?;
+    let mut p = CertificateParams::new(match kind {
+        DevCertKind::Broker => hosts.to_vec(),
+        DevCertKind::Client => Vec::new(),
+    })
+    .map_err(gen)?;
+    p.distinguished_name = DistinguishedName::new();
+    p.distinguished_name.push(DnType::CommonName, name);
+    p.extended_key_usages = match kind {
+        DevCertKind::Broker => vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ],
+        DevCertKind::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+    };
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let key = KeyPair::generate().map_err(gen)?;
+    let cert = p.signed_by(&key, &issuer).map_err(gen)?;
+    for (file, text) in [
+        (format!("{name}.pem"), cert.pem()),
+        (format!("{name}.key"), key.serialize_pem()),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, text).map_err(|e| TlsError::File {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
+}

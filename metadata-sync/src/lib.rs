@@ -37,7 +37,9 @@ pub use replica::{
     Changes, Conflict, ConflictKind, Counters, Effect, Limits, MergeError, MergeReport, Replica,
     RestoreError, Side, UpdateError, Written,
 };
-pub use value::{valid_topic_name, HomeValue, OffsetValue, TopicDef, HOME_REGION_CONFIG};
+pub use value::{
+    valid_topic_name, HomeValue, OffsetValue, ScramValue, TopicDef, HOME_REGION_CONFIG,
+};
 pub use vv::{Causality, VersionVector};
 pub use wire::{Delta, Summary};
 

@@ -146,3 +146,36 @@ impl OffsetValue {
         Ok(())
     }
 }
+
+/// One user's SCRAM credential for one mechanism ([`crate::Key::ScramUser`],
+/// whose bytes are the mechanism number, then the user name): what RFC 5802
+/// lets a server keep, never the password. Last-writer-wins, like an ACL: a
+/// credential changed in two cut-off regions ends as the later change.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct ScramValue {
+    #[prost(bytes = "vec", tag = "1")]
+    pub salt: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub stored_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub server_key: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub iterations: u32,
+}
+
+impl ScramValue {
+    /// The key bytes of `user`'s credential for mechanism number `mechanism`
+    /// (1: SCRAM-SHA-256, 2: SCRAM-SHA-512, as Kafka numbers them).
+    pub fn key(mechanism: i8, user: &str) -> bytes::Bytes {
+        let mut k = Vec::with_capacity(1 + user.len());
+        k.push(mechanism as u8);
+        k.extend_from_slice(user.as_bytes());
+        k.into()
+    }
+
+    /// (mechanism number, user) of a key written by [`ScramValue::key`].
+    pub fn parse_key(key: &[u8]) -> Option<(i8, &str)> {
+        let (m, user) = key.split_first()?;
+        Some((*m as i8, std::str::from_utf8(user).ok()?))
+    }
+}

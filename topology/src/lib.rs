@@ -11,9 +11,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 mod regions;
+mod security;
 pub use regions::{
     Compression, Congestion, CrossDc, DcLinkConfig, Faults, Lease, PolicyError, Region, Tls,
     TopicPolicy, Topology, Witness, WitnessConfig,
+};
+pub use security::{
+    ClientAuth, KafkaListener, ListenerTls, Sasl, SecurityProtocol, SASL_MECHANISMS,
 };
 
 /// Default Kafka listener when a broker is started without a config file.
@@ -58,6 +62,19 @@ pub struct Listeners {
     /// opens no peer listener at all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raft: Option<SocketAddr>,
+    /// Name of the `kafka` listener; defaults to its security protocol's
+    /// Kafka name (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Security of the `kafka` listener.
+    #[serde(default)]
+    pub security: SecurityProtocol,
+    /// TLS of the `kafka` listener (for `ssl` and `sasl_ssl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// More Kafka listeners, each with its own name, address and security.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra: Vec<KafkaListener>,
 }
 
 impl Default for Listeners {
@@ -67,6 +84,10 @@ impl Default for Listeners {
             advertised_kafka: None,
             admin: None,
             raft: None,
+            name: None,
+            security: SecurityProtocol::default(),
+            tls: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -80,7 +101,31 @@ impl Listeners {
         })
     }
 
-    /// (host, port) that clients are told to connect to.
+    /// Every Kafka listener, the `kafka` one first.
+    pub fn kafka_listeners(&self) -> Vec<KafkaListener> {
+        let first = KafkaListener {
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| self.security.kafka_name().to_string()),
+            address: self.kafka,
+            advertised: self.advertised_kafka.clone(),
+            security: self.security,
+            tls: self.tls.clone(),
+        };
+        std::iter::once(first)
+            .chain(self.extra.iter().cloned())
+            .collect()
+    }
+
+    /// The `kafka` listener's name.
+    pub fn kafka_name(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| self.security.kafka_name().to_string())
+    }
+
+    /// (host, port) that clients of the `kafka` listener are told to connect to.
     pub fn advertised(&self) -> (String, u16) {
         match &self.advertised_kafka {
             Some(s) => match s.rsplit_once(':') {
@@ -270,6 +315,8 @@ pub struct BrokerConfig {
     pub cluster: Cluster,
     #[serde(default)]
     pub groups: Groups,
+    #[serde(default)]
+    pub sasl: Sasl,
 }
 
 fn default_region() -> String {
@@ -292,7 +339,61 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             cluster: Cluster::default(),
             groups: Groups::default(),
+            sasl: Sasl::default(),
         }
+    }
+}
+
+impl BrokerConfig {
+    fn validate_listeners(&self) -> Result<(), (String, String)> {
+        let bad = |k: String, m: String| Err((k, m));
+        let host_port = |key: String, adv: &str| match adv.rsplit_once(':') {
+            Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => Ok(()),
+            _ => Err((key, format!("`{adv}` must be host:port"))),
+        };
+        let l = &self.listeners;
+        if let Some(adv) = &l.advertised_kafka {
+            host_port("listeners.advertised_kafka".into(), adv)?;
+        }
+        security::check_listener("listeners", l.security, l.tls.as_ref())?;
+        let admin = l.admin_addr();
+        let mut names = std::collections::BTreeSet::new();
+        let mut addrs = std::collections::BTreeSet::new();
+        for (i, k) in l.kafka_listeners().iter().enumerate() {
+            let key = if i == 0 {
+                "listeners".to_string()
+            } else {
+                format!("listeners.extra[{}]", i - 1)
+            };
+            if !security::valid_listener_name(&k.name) {
+                return bad(
+                    format!("{key}.name"),
+                    format!("`{}` is not a listener name (use [A-Z0-9_]+)", k.name),
+                );
+            }
+            if !names.insert(k.name.clone()) {
+                return bad(
+                    format!("{key}.name"),
+                    format!("listener name {} is used twice", k.name),
+                );
+            }
+            if k.address == admin || !addrs.insert(k.address) {
+                return bad(
+                    format!("{key}.address"),
+                    format!("{} is already used by another listener", k.address),
+                );
+            }
+            if i > 0 {
+                if let Some(adv) = &k.advertised {
+                    host_port(format!("{key}.advertised"), adv)?;
+                }
+                security::check_listener(&key, k.security, k.tls.as_ref())?;
+            }
+        }
+        // Checked even without a SASL listener: a typo should not wait
+        // until one is added.
+        security::check_sasl(&self.sasl)?;
+        Ok(())
     }
 }
 
@@ -370,17 +471,7 @@ impl BrokerConfig {
                 format!("{admin} is the same address as listeners.kafka"),
             );
         }
-        if let Some(adv) = &self.listeners.advertised_kafka {
-            match adv.rsplit_once(':') {
-                Some((h, p)) if !h.is_empty() && p.parse::<u16>().is_ok() => {}
-                _ => {
-                    return bad(
-                        "listeners.advertised_kafka",
-                        format!("`{adv}` must be host:port"),
-                    )
-                }
-            }
-        }
+        self.validate_listeners()?;
         let g = &self.groups;
         if g.min_session_timeout_ms <= 0 || g.min_session_timeout_ms > g.max_session_timeout_ms {
             return bad(
@@ -472,7 +563,13 @@ impl BrokerConfig {
             );
         }
         if let Some(raft) = self.listeners.raft {
-            if raft == self.listeners.kafka || raft == admin {
+            if self
+                .listeners
+                .kafka_listeners()
+                .iter()
+                .any(|l| l.address == raft)
+                || raft == admin
+            {
                 return bad(
                     "listeners.raft",
                     format!("{raft} is already used by another listener"),
@@ -576,6 +673,108 @@ mod tests {
 
     fn parse(s: &str) -> Result<BrokerConfig, ConfigError> {
         BrokerConfig::parse(s, Path::new("/etc/chronik/broker.toml"))
+    }
+
+    fn invalid_key(text: &str) -> String {
+        match parse(&format!("node_id = 1\n{text}")).unwrap_err() {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("expected an invalid key, got {other}"),
+        }
+    }
+
+    const TLS: &str = r#"tls = { cert = "b.pem", key = "b.key" }"#;
+
+    #[test]
+    fn several_listeners_each_with_its_security() {
+        let c = parse(&format!(
+            r#"
+node_id = 1
+[listeners]
+kafka = "10.0.0.1:9092"
+[[listeners.extra]]
+name = "EXTERNAL"
+address = "0.0.0.0:9094"
+advertised = "kafka-1.example.com:19094"
+security = "sasl_ssl"
+{TLS}
+[[listeners.extra]]
+name = "MTLS"
+address = "0.0.0.0:9095"
+security = "ssl"
+tls = {{ cert = "b.pem", key = "b.key", client_ca = "ca.pem", client_auth = "required" }}
+[sasl]
+mechanisms = ["SCRAM-SHA-256", "PLAIN"]
+connections_max_reauth_ms = 3600000
+"#
+        ))
+        .unwrap();
+        let ls = c.listeners.kafka_listeners();
+        let names: Vec<_> = ls.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["PLAINTEXT", "EXTERNAL", "MTLS"]);
+        assert_eq!(
+            ls[1].advertised(),
+            ("kafka-1.example.com".to_string(), 19094)
+        );
+        assert_eq!(ls[2].advertised(), ("0.0.0.0".to_string(), 9095));
+        assert_eq!(
+            ls[2].tls.as_ref().unwrap().client_auth,
+            security::ClientAuth::Required
+        );
+        assert_eq!(c.sasl.connections_max_reauth_ms, 3_600_000);
+    }
+
+    #[test]
+    fn listener_mistakes_name_the_key() {
+        let extra = |body: &str| {
+            format!("[listeners]\nkafka = \"127.0.0.1:9092\"\n[[listeners.extra]]\n{body}\n")
+        };
+        // TLS material is required exactly on TLS listeners.
+        assert_eq!(
+            invalid_key(&extra(
+                "name = \"S\"\naddress = \"127.0.0.1:9094\"\nsecurity = \"ssl\""
+            )),
+            "listeners.extra[0].tls"
+        );
+        assert_eq!(
+            invalid_key(&extra(&format!(
+                "name = \"S\"\naddress = \"127.0.0.1:9094\"\nsecurity = \"sasl_plaintext\"\n{TLS}"
+            ))),
+            "listeners.extra[0].tls"
+        );
+        assert_eq!(
+            invalid_key(&extra(
+                "name = \"S\"\naddress = \"127.0.0.1:9094\"\nsecurity = \"ssl\"\ntls = { cert = \"b.pem\", key = \"b.key\", client_auth = \"required\" }"
+            )),
+            "listeners.extra[0].tls.client_ca"
+        );
+        // Names are Kafka's: upper case, unique; addresses are unique.
+        assert_eq!(
+            invalid_key(&extra("name = \"external\"\naddress = \"127.0.0.1:9094\"")),
+            "listeners.extra[0].name"
+        );
+        assert_eq!(
+            invalid_key(&extra("name = \"PLAINTEXT\"\naddress = \"127.0.0.1:9094\"")),
+            "listeners.extra[0].name"
+        );
+        assert_eq!(
+            invalid_key(&extra("name = \"B\"\naddress = \"127.0.0.1:9092\"")),
+            "listeners.extra[0].address"
+        );
+        assert_eq!(
+            invalid_key(&extra(
+                "name = \"B\"\naddress = \"127.0.0.1:9094\"\nadvertised = \"nohost\""
+            )),
+            "listeners.extra[0].advertised"
+        );
+        assert_eq!(
+            invalid_key("[listeners]\nkafka = \"127.0.0.1:9092\"\nsecurity = \"sasl_ssl\"\n"),
+            "listeners.tls"
+        );
+        assert_eq!(
+            invalid_key("[sasl]\nmechanisms = [\"GSSAPI\"]\n"),
+            "sasl.mechanisms"
+        );
+        assert_eq!(invalid_key("[sasl]\nmechanisms = []\n"), "sasl.mechanisms");
     }
 
     #[test]

@@ -381,8 +381,9 @@ impl Coordinator {
         }
     }
 
-    /// The coordinator's (node id, host, port): the controller leader.
-    pub fn find(&self) -> Result<(i32, String, u16), i16> {
+    /// The coordinator's (node id, host, port) as clients of `listener`
+    /// reach it: the controller leader.
+    pub fn find(&self, listener: &str) -> Result<(i32, String, u16), i16> {
         let st = self.cluster.controller_status();
         let Some(leader) = st.leader else {
             return Err(err::COORDINATOR_NOT_AVAILABLE);
@@ -391,7 +392,10 @@ impl Coordinator {
             .brokers()
             .into_iter()
             .find(|b| b.id as u64 == leader)
-            .map(|b| (b.id, b.host, b.port))
+            .and_then(|b| {
+                let (host, port) = b.address(listener)?;
+                Some((b.id, host, port))
+            })
             .ok_or(err::COORDINATOR_NOT_AVAILABLE)
     }
 

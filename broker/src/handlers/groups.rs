@@ -63,6 +63,7 @@ fn message(code: i16) -> Option<StrBytes> {
 
 pub fn find_coordinator(
     ctx: &BrokerCtx,
+    listener: &str,
     version: i16,
     req: FindCoordinatorRequest,
 ) -> FindCoordinatorResponse {
@@ -85,7 +86,7 @@ pub fn find_coordinator(
                     req.key_type
                 ))));
         }
-        match ctx.groups.find() {
+        match ctx.groups.find(listener) {
             Ok((id, host, port)) => base
                 .with_node_id(BrokerId(id))
                 .with_host(s(host))

@@ -6,6 +6,7 @@ mod fetch;
 mod groups;
 mod partition_admin;
 mod produce;
+mod scram;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -23,6 +24,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::catalog::{validate_topic_name, Topic};
+use crate::connection::ConnCtx;
 use crate::error::KafkaCode;
 use crate::protocol::{self, encode_response, Request};
 use crate::server::BrokerCtx;
@@ -70,7 +72,7 @@ where
 
 /// Handles one request. Work that must happen in request order (offset
 /// assignment for produce) is done before this returns.
-pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) -> Reply {
+pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
     let Request {
         header,
         api_key: key,
@@ -101,14 +103,44 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) 
             v,
             &fetch::handle_list_offsets(ctx, v, r),
         )),
-        RequestKind::Metadata(m) => later(ctx, id, move |ctx| async move {
-            handle_metadata(&ctx, v, m).await
-        }),
+        RequestKind::Metadata(m) => {
+            let listener = conn.listener.name.clone();
+            later(ctx, id, move |ctx| async move {
+                handle_metadata(&ctx, &listener, v, m).await
+            })
+        }
         RequestKind::InitProducerId(r) => later(ctx, id, move |ctx| async move {
             handle_init_producer_id(&ctx, r).await
         }),
-        RequestKind::DescribeCluster(_) => {
-            Reply::Now(encode_response(cid, key, v, &describe_cluster(ctx)))
+        RequestKind::DescribeCluster(_) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &describe_cluster(ctx, &conn.listener.name),
+        )),
+        RequestKind::DescribeUserScramCredentials(r) => {
+            Reply::Now(encode_response(cid, key, v, &scram::describe(ctx, &r)))
+        }
+        RequestKind::AlterUserScramCredentials(r) => {
+            later(
+                ctx,
+                id,
+                move |ctx| async move { scram::alter(&ctx, r).await },
+            )
+        }
+        // Chronik has no client quotas, so every filter matches nothing;
+        // `kafka-configs.sh --describe --entity-type users` asks for them
+        // next to the SCRAM credentials.
+        RequestKind::DescribeClientQuotas(_) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &kafka_protocol::messages::DescribeClientQuotasResponse::default()
+                .with_entries(Some(Vec::new())),
+        )),
+        // The connection answers these itself: they change its state.
+        RequestKind::SaslHandshake(_) | RequestKind::SaslAuthenticate(_) => {
+            Reply::Close("a SASL request reached the request handlers".into())
         }
         RequestKind::CreateTopics(r) => later(ctx, id, move |ctx| async move {
             admin::create_topics(&ctx, v, r).await
@@ -168,10 +200,11 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) 
             cid,
             key,
             v,
-            &groups::find_coordinator(ctx, v, r),
+            &groups::find_coordinator(ctx, &conn.listener.name, v, r),
         )),
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.clone();
+            let peer = conn.peer;
             later(ctx, id, move |ctx| async move {
                 groups::join_group(&ctx, v, client_id, peer, r).await
             })
@@ -212,22 +245,32 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, peer: std::net::SocketAddr) 
     }
 }
 
-fn self_broker(ctx: &BrokerCtx) -> (i32, StrBytes, i32) {
-    let (host, port) = ctx.config.listeners.advertised();
-    (ctx.config.node_id, StrBytes::from_string(host), port as i32)
+fn self_broker(ctx: &BrokerCtx, listener: &str) -> Option<(i32, StrBytes, i32)> {
+    let l = ctx
+        .config
+        .listeners
+        .kafka_listeners()
+        .into_iter()
+        .find(|l| l.name == listener)?;
+    let (host, port) = l.advertised();
+    Some((ctx.config.node_id, StrBytes::from_string(host), port as i32))
 }
 
-/// Every registered broker (id, host, port); this broker is always listed,
-/// even before its registration has been applied.
-fn brokers(ctx: &BrokerCtx) -> Vec<(i32, StrBytes, i32)> {
+/// Every registered broker (id, host, port) as clients of `listener` reach
+/// it; this broker is always listed, even before its registration has been
+/// applied. A broker without that listener is left out, as Kafka leaves it.
+fn brokers(ctx: &BrokerCtx, listener: &str) -> Vec<(i32, StrBytes, i32)> {
     let mut out: Vec<(i32, StrBytes, i32)> = ctx
         .catalog
         .brokers()
         .into_iter()
         .filter(|b| b.id != ctx.config.node_id)
-        .map(|b| (b.id, StrBytes::from_string(b.host), b.port as i32))
+        .filter_map(|b| {
+            let (host, port) = b.address(listener)?;
+            Some((b.id, StrBytes::from_string(host), port as i32))
+        })
         .collect();
-    out.push(self_broker(ctx));
+    out.extend(self_broker(ctx, listener));
     out.sort_by_key(|b| b.0);
     out
 }
@@ -241,7 +284,7 @@ fn controller_id(ctx: &BrokerCtx) -> i32 {
         .unwrap_or(-1)
 }
 
-fn describe_cluster(ctx: &BrokerCtx) -> DescribeClusterResponse {
+fn describe_cluster(ctx: &BrokerCtx, listener: &str) -> DescribeClusterResponse {
     use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
     DescribeClusterResponse::default()
         .with_cluster_id(StrBytes::from_string(ctx.cluster_id.clone()))
@@ -249,7 +292,7 @@ fn describe_cluster(ctx: &BrokerCtx) -> DescribeClusterResponse {
         .with_endpoint_type(1)
         .with_cluster_authorized_operations(OPS_NOT_REQUESTED)
         .with_brokers(
-            brokers(ctx)
+            brokers(ctx, listener)
                 .into_iter()
                 .map(|(id, host, port)| {
                     DescribeClusterBroker::default()
@@ -296,7 +339,12 @@ fn metadata_error(name: Option<TopicName>, id: uuid::Uuid, code: i16) -> Metadat
         .with_topic_authorized_operations(OPS_NOT_REQUESTED)
 }
 
-async fn handle_metadata(ctx: &BrokerCtx, version: i16, req: MetadataRequest) -> MetadataResponse {
+async fn handle_metadata(
+    ctx: &BrokerCtx,
+    listener: &str,
+    version: i16,
+    req: MetadataRequest,
+) -> MetadataResponse {
     // v0 had no null: an empty list meant "all topics".
     let requested = match req.topics {
         Some(t) if !(version == 0 && t.is_empty()) => Some(t),
@@ -387,7 +435,7 @@ async fn handle_metadata(ctx: &BrokerCtx, version: i16, req: MetadataRequest) ->
     }
     MetadataResponse::default()
         .with_brokers(
-            brokers(ctx)
+            brokers(ctx, listener)
                 .into_iter()
                 .map(|(id, host, port)| {
                     MetadataResponseBroker::default()

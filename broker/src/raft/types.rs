@@ -91,6 +91,9 @@ pub enum ControllerCommand {
         host: String,
         port: u16,
         rack: Option<String>,
+        /// Every listener's advertised address, by listener name.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        listeners: BTreeMap<String, (String, u16)>,
     },
     CreateTopic {
         name: String,
@@ -239,6 +242,14 @@ pub enum ControllerCommand {
     /// global entry: a mirror deleted here is created again when the
     /// dc-link offers the topic anew.
     MetaReconcile { topic_id: Uuid },
+    /// AlterUserScramCredentials: credentials stored (the keys derived from
+    /// the client's salted password) and deleted (user, mechanism number),
+    /// in the global `__meta`.
+    AlterScram {
+        upserts: Vec<crate::catalog::ScramUpsert>,
+        deletions: Vec<(String, i8)>,
+        now_ms: i64,
+    },
     /// Changes nothing: once applied, everything committed before it is
     /// applied too (a new group coordinator waits for this before loading).
     Barrier,

@@ -1,0 +1,310 @@
+//! One client connection: request pipelining, and who the client is.
+//!
+//! Each connection has a reader and a writer task. The reader decodes
+//! frames and calls the handler's synchronous part in arrival order (so
+//! produce offsets follow request order); the slow part of each request
+//! runs as its own task, and the writer awaits those tasks in order,
+//! because Kafka clients match responses to requests by order on a
+//! connection.
+//!
+//! On a SASL listener the reader also runs the connection's authentication
+//! (`chronik_wire::sasl::Session`): until the client has authenticated,
+//! only ApiVersions, SaslHandshake and SaslAuthenticate are served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use kafka_protocol::error::ResponseError as E;
+use kafka_protocol::messages::{
+    RequestKind, SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeResponse,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+
+use chronik_wire::sasl::Session;
+
+use crate::framing::FrameDecoder;
+use crate::handlers::{self, BoxFuture, Reply};
+use crate::listener::Listener;
+use crate::protocol::{self, encode_response, Parsed, Request};
+use crate::server::BrokerCtx;
+
+/// The principal of a client that has not authenticated, as Kafka names it.
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
+/// What the request handlers know about the connection a request came on.
+pub struct ConnCtx {
+    pub peer: SocketAddr,
+    pub listener: Arc<Listener>,
+    /// Kafka's principal, `User:<name>`: the SASL user once authenticated,
+    /// else the client certificate's subject, else ANONYMOUS.
+    pub principal: String,
+}
+
+impl ConnCtx {
+    pub fn new(peer: SocketAddr, listener: Arc<Listener>, cert_subject: Option<String>) -> ConnCtx {
+        ConnCtx {
+            peer,
+            listener,
+            principal: cert_subject.map_or_else(|| ANONYMOUS.to_string(), |s| format!("User:{s}")),
+        }
+    }
+}
+
+/// Fresh randomness for SCRAM's server nonce: 244 random bits, printable,
+/// with no comma.
+fn server_nonce() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// How the reader answers an authentication request.
+struct AuthReply {
+    bytes: Bytes,
+    close: Option<String>,
+}
+
+fn sasl_handshake(session: Option<&mut Session>, req: &Request, mechanism: &str) -> AuthReply {
+    let (cid, key, v) = (req.header.correlation_id, req.api_key, req.version);
+    let Some(session) = session else {
+        // Not a SASL listener: Kafka's KafkaApis answers so.
+        let body = SaslHandshakeResponse::default().with_error_code(E::IllegalSaslState.code());
+        return AuthReply {
+            bytes: encode_response(cid, key, v, &body),
+            close: None,
+        };
+    };
+    let out = session.handshake(mechanism, handlers::now_ms().max(0) as u64);
+    let body = SaslHandshakeResponse::default()
+        .with_error_code(out.error_code)
+        .with_mechanisms(
+            out.mechanisms
+                .iter()
+                .map(|m| StrBytes::from_static_str(m))
+                .collect(),
+        );
+    if out.error_code != 0 {
+        metrics::counter!("chronik_sasl_authentications_total", "result" => "unsupported_mechanism")
+            .increment(1);
+    }
+    AuthReply {
+        bytes: encode_response(cid, key, v, &body),
+        close: out
+            .close
+            .then(|| format!("SASL handshake refused (mechanism {mechanism:?})")),
+    }
+}
+
+fn sasl_authenticate(
+    ctx: &BrokerCtx,
+    session: Option<&mut Session>,
+    conn: &mut ConnCtx,
+    req: &Request,
+    auth: &SaslAuthenticateRequest,
+) -> AuthReply {
+    let (cid, key, v) = (req.header.correlation_id, req.api_key, req.version);
+    let Some(session) = session else {
+        let body = SaslAuthenticateResponse::default()
+            .with_error_code(E::IllegalSaslState.code())
+            .with_error_message(Some(StrBytes::from_static_str(
+                "SaslAuthenticate request received after successful authentication",
+            )));
+        return AuthReply {
+            bytes: encode_response(cid, key, v, &body),
+            close: None,
+        };
+    };
+    let out = session.authenticate(
+        &auth.auth_bytes,
+        |user, hash| ctx.catalog.scram_credentials(user, hash),
+        &server_nonce(),
+        handlers::now_ms().max(0) as u64,
+    );
+    if let Some(user) = &out.user {
+        conn.principal = format!("User:{user}");
+        metrics::counter!("chronik_sasl_authentications_total", "result" => "ok").increment(1);
+    } else if out.error_code != 0 {
+        metrics::counter!("chronik_sasl_authentications_total", "result" => "failed").increment(1);
+        tracing::info!(peer = %conn.peer, listener = %conn.listener.name, reason = out.error_message.as_deref().unwrap_or(""), "SASL authentication failed");
+    }
+    let mut body = SaslAuthenticateResponse::default()
+        .with_error_code(out.error_code)
+        .with_error_message(out.error_message.clone().map(StrBytes::from_string))
+        .with_auth_bytes(Bytes::from(out.auth_bytes));
+    if v >= 1 {
+        body = body.with_session_lifetime_ms(out.session_lifetime_ms);
+    }
+    AuthReply {
+        bytes: encode_response(cid, key, v, &body),
+        close: out.close.then(|| {
+            out.error_message
+                .unwrap_or_else(|| "SASL authentication failed".into())
+        }),
+    }
+}
+
+/// Serves one client connection until it closes or breaks the protocol.
+pub async fn serve<S>(
+    ctx: Arc<BrokerCtx>,
+    stream: S,
+    mut conn: ConnCtx,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let in_flight = ctx.config.limits.max_in_flight_per_connection as usize;
+    let (tx, mut rx) = mpsc::channel::<(BoxFuture, &'static str, Instant)>(in_flight);
+    // The writer polls every in-flight request itself, so a completed write
+    // wakes exactly one task, and answers go out in request order.
+    let writer = tokio::spawn(async move {
+        let mut pending = FuturesOrdered::new();
+        let mut closed = false;
+        loop {
+            tokio::select! {
+                biased;
+                Some((bytes, api, received)) = pending.next(), if !pending.is_empty() => {
+                    let (bytes, received): (Bytes, Instant) = (bytes, received);
+                    // An empty response means the handler could not answer;
+                    // closing is the only honest signal left.
+                    if bytes.is_empty() || wr.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    metrics::histogram!("chronik_request_seconds", "api" => api)
+                        .record(received.elapsed().as_secs_f64());
+                }
+                msg = rx.recv(), if !closed && pending.len() < in_flight => match msg {
+                    Some((fut, api, received)) => pending.push_back(async move { (fut.await, api, received) }),
+                    None => closed = true,
+                },
+                else => break,
+            }
+        }
+        let _ = wr.shutdown().await;
+    });
+    let mut session = conn.listener.sasl.clone().map(Session::new);
+    // Before authentication a client may send little; its frames are
+    // bounded tighter, as Kafka bounds them (`sasl.server.max.receive.size`).
+    let unauthenticated_max = 512 * 1024;
+    let full_max = ctx.config.limits.socket_request_max_bytes as usize;
+    let mut decoder = FrameDecoder::new(if session.is_some() {
+        unauthenticated_max.min(full_max)
+    } else {
+        full_max
+    });
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let result = 'conn: loop {
+        loop {
+            let frame = match decoder.decode(&mut buf) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => break 'conn Err(e.to_string()),
+            };
+            let received = Instant::now();
+            let req = match protocol::parse(frame) {
+                Ok(Parsed::Request(req)) => *req,
+                Ok(Parsed::ApiVersionsFallback { correlation_id }) => {
+                    let b = protocol::api_versions_fallback(correlation_id);
+                    if tx
+                        .send((Box::pin(async move { b }), "ApiVersions", received))
+                        .await
+                        .is_err()
+                    {
+                        break 'conn Err("writer closed".into());
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    metrics::counter!("chronik_protocol_errors_total").increment(1);
+                    break 'conn Err(e.to_string());
+                }
+            };
+            let api = protocol::api_name(req.api_key);
+            if let Some(s) = &session {
+                if let Err(why) = s.admit(req.api_key, handlers::now_ms().max(0) as u64) {
+                    metrics::counter!("chronik_sasl_refused_requests_total").increment(1);
+                    break 'conn Err(format!("{why} ({api})"));
+                }
+            }
+            let auth = match &req.body {
+                RequestKind::SaslHandshake(h) => {
+                    Some(sasl_handshake(session.as_mut(), &req, &h.mechanism))
+                }
+                RequestKind::SaslAuthenticate(a) => Some(sasl_authenticate(
+                    &ctx,
+                    session.as_mut(),
+                    &mut conn,
+                    &req,
+                    a,
+                )),
+                _ => None,
+            };
+            let handle: BoxFuture = match auth {
+                Some(AuthReply { bytes, close }) => {
+                    if session.as_ref().is_some_and(|s| s.user().is_some()) {
+                        decoder = FrameDecoder::new(full_max);
+                    }
+                    if tx
+                        .send((Box::pin(async move { bytes }), api, received))
+                        .await
+                        .is_err()
+                    {
+                        break 'conn Err("writer closed".into());
+                    }
+                    match close {
+                        // The answer goes out first: the writer drains
+                        // what was queued before the connection closes.
+                        Some(why) => break 'conn Err(why),
+                        None => continue,
+                    }
+                }
+                None => match handlers::dispatch(&ctx, req, &conn) {
+                    Reply::Now(b) => Box::pin(async move { b }),
+                    Reply::Later(f) => f,
+                    Reply::Nothing => continue,
+                    Reply::Close(why) => break 'conn Err(why),
+                },
+            };
+            if tx.send((handle, api, received)).await.is_err() {
+                break 'conn Err("writer closed".into());
+            }
+        }
+        tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
+            n = rd.read_buf(&mut buf) => match n {
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e.to_string()),
+            },
+            // A broker cut off from its region's majority drops its clients,
+            // as a ZooKeeper server without quorum does. Otherwise a client
+            // keeps asking it for metadata (librdkafka prefers brokers it is
+            // connected to), is told that this broker still leads, and never
+            // finds the leader the majority elected: writes stalled for as
+            // long as the partition lasted.
+            _ = cut_off_watch(&ctx) => break Err("cut off from the region's majority".into()),
+        }
+    };
+    // Answer what was already accepted before closing, as Kafka does.
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// Resolves once the broker is cut off from its region's majority.
+async fn cut_off_watch(ctx: &BrokerCtx) {
+    loop {
+        if ctx.cluster.is_cut_off() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -7,6 +7,7 @@ Each broker has four Kafka listeners:
   SASL_SSL        TLS + SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
   SASL_PLAINTEXT  SASL without TLS
   MTLS            TLS with client certificates required
+  TLS             TLS, no client certificates (the benchmark's encrypted path)
 
 Certificates come from `chronik certs` (a dev CA, a broker certificate for 127.0.0.1, a
 client certificate for alice); `expired_client_cert` and a second CA make the bad ones.
@@ -25,7 +26,7 @@ from harness import KAFKA_LIBS, LOOPBACK, ApacheKafka, Chronik, free_port
 
 CONFIG_COMMAND = "kafka.admin.ConfigCommand"
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
-LISTENERS = ("PLAINTEXT", "SASL_SSL", "SASL_PLAINTEXT", "MTLS")
+LISTENERS = ("PLAINTEXT", "SASL_SSL", "SASL_PLAINTEXT", "MTLS", "TLS")
 
 
 def chronik_cli(binary: Path, *args: str) -> str:
@@ -91,19 +92,21 @@ class SecureBroker:
     """A started broker (`kind` "kafka" or "chronik") with the four listeners."""
 
     def __init__(self, kind: str, base: Path, certs: Certs, binary: Path | None = None,
-                 plain_users: dict[str, str] | None = None, reauth_ms: int = 0) -> None:
+                 plain_users: dict[str, str] | None = None, reauth_ms: int = 0,
+                 kafka_props: dict | None = None, chronik_config: dict | None = None,
+                 kafka_jvm: dict | None = None) -> None:
         self.kind = kind
         self.certs = certs
         self.ports = {name: free_port() for name in LISTENERS}
         if kind == "kafka":
-            self.proc = ApacheKafka(self.ports["PLAINTEXT"], base / "kafka", extra_props=self._kafka_props(
-                plain_users or {}, reauth_ms))
+            self.proc = ApacheKafka(self.ports["PLAINTEXT"], base / "kafka", extra_props={**self._kafka_props(
+                plain_users or {}, reauth_ms), **(kafka_props or {})}, **(kafka_jvm or {}))
             self.proc.extra_props["listeners"] = (
                 self.proc.extra_props["advertised.listeners"]
                 + f",CONTROLLER://{LOOPBACK}:{self.proc.controller_port}")
         else:
             self.proc = Chronik(self.ports["PLAINTEXT"], base / "chronik" / "data", binary=binary,
-                                extra_toml=self._chronik_toml(reauth_ms))
+                                extra_toml=self._chronik_toml(reauth_ms), **(chronik_config or {}))
 
     def start(self) -> "SecureBroker":
         self.proc.start()
@@ -116,7 +119,7 @@ class SecureBroker:
         listeners = ",".join(f"{n}://{LOOPBACK}:{self.ports[n]}" for n in LISTENERS)
         props = {
             "listener.security.protocol.map": ("PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,"
-                                               "SASL_PLAINTEXT:SASL_PLAINTEXT,MTLS:SSL"),
+                                               "SASL_PLAINTEXT:SASL_PLAINTEXT,MTLS:SSL,TLS:SSL"),
             "advertised.listeners": listeners,
             "sasl.enabled.mechanisms": ",".join(MECHANISMS),
             "ssl.keystore.type": "PEM",
@@ -142,7 +145,7 @@ class SecureBroker:
                 f'client_ca = "{c.ca}", client_auth = "required" }}')
         out = ""
         for name, security, t in (("SASL_SSL", "sasl_ssl", tls), ("SASL_PLAINTEXT", "sasl_plaintext", ""),
-                                  ("MTLS", "ssl", mtls)):
+                                  ("MTLS", "ssl", mtls), ("TLS", "ssl", tls)):
             out += (f'[[listeners.extra]]\nname = "{name}"\naddress = "{LOOPBACK}:{self.ports[name]}"\n'
                     f'security = "{security}"\n{t}\n\n')
         mechs = ", ".join(f'"{m}"' for m in MECHANISMS)

@@ -293,3 +293,10 @@ def test_bad_handshake_input_closes_the_connection(secured, certs, case):
         assert closes(c, 15), f"{case}: the connection stayed open"
     conf = client_conf(secured.bootstrap("SASL_SSL"), "SASL_SSL", certs, "SCRAM-SHA-512", "alice", ALICE_PW)
     assert first_failure(conf) == "ok"
+
+
+@pytest.mark.parametrize("who", [None, "alice"])
+def test_tls_without_client_authentication(secured, certs, who):
+    """An SSL listener that asks for no certificate serves clients with or without one."""
+    conf = client_conf(secured.bootstrap("TLS"), "SSL", certs, client_cert=who)
+    assert roundtrip(conf, unique_topic("tls")) == "ok"

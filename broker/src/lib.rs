@@ -1,6 +1,7 @@
 //! Chronik broker: a Kafka-compatible broker storing partition logs in
 //! RocksDB. See `docs/ARCHITECTURE.md` for how the pieces fit.
 
+pub mod acl;
 pub mod admin_http;
 pub mod catalog;
 pub mod cluster;

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""TLS cost: produce and consume throughput over TLS against plaintext, for
+Chronik and Apache Kafka in the same run.
+
+Each system runs one broker with a PLAINTEXT and a TLS listener (server
+certificate from `chronik certs`, no client certificates; tests/secure.py
+configures both systems the same way). Per listener: Kafka's
+ProducerPerformance (1 KiB records, acks=all, linger 5 ms, 64 KiB batches,
+one partition) as fast as it goes, then kcat (librdkafka) reading the
+records back from partition 0. The figure of merit is each system's TLS
+throughput as a share of its own plaintext throughput.
+
+Durability as in bench/run.py's `replicated` pairing: Chronik
+durability=replicated against Kafka's defaults (page cache). Kafka's JVM
+runs with its full JIT (C2) and a 1 GiB heap: the tests' C1-only JVM lacks
+the AES-GCM intrinsics and would make Kafka's TLS look far worse than it is.
+
+    bench/tls.py [--records 200000] [--rounds 3] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
+import harness  # noqa: E402
+from run import SUMMARY  # noqa: E402
+from secure import Certs, start_secure  # noqa: E402
+
+
+def producer_perf(bootstrap: str, topic: str, records: int, props: dict) -> dict:
+    libs = harness.ensure_kafka_libs()
+    extra = [f"{k}={v}" for k, v in props.items()]
+    argv = [harness.java_bin(), "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ProducerPerformance",
+            "--topic", topic, "--num-records", str(records), "--record-size", "1024", "--throughput", "-1",
+            "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5", "batch.size=65536",
+            *extra]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
+    m = None
+    for line in out.stdout.splitlines():
+        m = SUMMARY.search(line) or m
+    if out.returncode != 0 or m is None:
+        raise RuntimeError(f"ProducerPerformance failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+    return {"records": int(m.group(1)), "msg_s": float(m.group(2)), "mb_s": float(m.group(3)),
+            "p50_ms": int(m.group(6)), "p99_ms": int(m.group(8))}
+
+
+def consume_perf(bootstrap: str, topic: str, records: int, props: dict) -> dict:
+    argv = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-p", "0", "-o", "beginning", "-c", str(records),
+            "-q", "-f", "%o\n", "-X", "fetch.wait.max.ms=100"]
+    for k, v in props.items():
+        argv += ["-X", f"{k}={v}"]
+    t0 = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    elapsed = time.monotonic() - t0
+    n = len(out.stdout.splitlines())
+    if out.returncode != 0 or n != records:
+        raise RuntimeError(f"kcat read {n}/{records} (rc {out.returncode}): {out.stderr[-2000:]}")
+    return {"records": n, "seconds": elapsed, "msg_s": n / elapsed}
+
+
+def create_topic(bootstrap: str, topic: str) -> None:
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the futures resolve
+    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result(timeout=60)
+
+
+def run_system(kind: str, work: Path, certs: Certs, records: int) -> dict:
+    binary = harness.chronik_bin() if kind == "chronik" else None
+    b = start_secure(kind, Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=work)), certs, binary=binary,
+                     chronik_config={"durability": "replicated"},
+                     kafka_jvm={"heap": "1g", "full_jit": True})
+    java_tls = {"security.protocol": "SSL", "ssl.truststore.type": "PEM", "ssl.truststore.location": str(certs.ca)}
+    rdkafka_tls = {"security.protocol": "SSL", "ssl.ca.location": str(certs.ca)}
+    try:
+        out = {}
+        # Plaintext and TLS alternate which goes first from round to round (the caller
+        # reverses the system order); here plaintext first, warm-up on both.
+        for name, listener, jprops, rprops in (("plaintext", "PLAINTEXT", {}, {}),
+                                               ("tls", "TLS", java_tls, rdkafka_tls)):
+            topic = f"bench-{name}"
+            create_topic(b.bootstrap(), topic)
+            producer_perf(b.bootstrap(listener), f"{topic}-warm", min(records, 20000), jprops)
+            out[name] = {"produce": producer_perf(b.bootstrap(listener), topic, records, jprops),
+                         "consume": consume_perf(b.bootstrap(listener), topic, records, rprops)}
+        return out
+    finally:
+        b.proc.stop()
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    load = lambda: open("/proc/loadavg").read().split()[0]  # noqa: E731
+    res: dict = {"machine": f"{platform.node()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": load(), "rounds": []}
+    with tempfile.TemporaryDirectory(prefix="chronik-tls-bench-") as tmp:
+        work = Path(tmp)
+        certs = Certs(harness.chronik_bin(), work)
+        order = ["kafka", "chronik"]
+        for _ in range(args.rounds):
+            res["rounds"].append({k: run_system(k, work, certs, args.records) for k in order})
+            order.reverse()
+    res["load_end"] = load()
+    print(f"\nmachine: {res['machine']}; started {res['started']}; load {res['load_start']} -> {res['load_end']}; "
+          f"median of {args.rounds} rounds, {args.records} records of 1 KiB\n")
+    print("| system | produce plaintext msg/s | produce TLS msg/s | **TLS / plaintext** | consume plaintext msg/s "
+          "| consume TLS msg/s | **TLS / plaintext** |")
+    print("|---|---|---|---|---|---|---|")
+    for kind in ("kafka", "chronik"):
+        row = [kind]
+        for phase in ("produce", "consume"):
+            p = median([r[kind]["plaintext"][phase]["msg_s"] for r in res["rounds"]])
+            t = median([r[kind]["tls"][phase]["msg_s"] for r in res["rounds"]])
+            ratios = [r[kind]["tls"][phase]["msg_s"] / r[kind]["plaintext"][phase]["msg_s"] for r in res["rounds"]]
+            row += [f"{p:,.0f}", f"{t:,.0f}", f"**{median(ratios):.2f}**"]
+        print("| " + " | ".join(row) + " |")
+    print("\nper round (TLS / plaintext, produce and consume):")
+    for i, r in enumerate(res["rounds"], 1):
+        print(f"  round {i}: " + ", ".join(
+            f"{k} {r[k]['tls']['produce']['msg_s'] / r[k]['plaintext']['produce']['msg_s']:.2f} / "
+            f"{r[k]['tls']['consume']['msg_s'] / r[k]['plaintext']['consume']['msg_s']:.2f}" for k in r))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

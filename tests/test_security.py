@@ -300,3 +300,84 @@ def test_tls_without_client_authentication(secured, certs, who):
     """An SSL listener that asks for no certificate serves clients with or without one."""
     conf = client_conf(secured.bootstrap("TLS"), "SSL", certs, client_cert=who)
     assert roundtrip(conf, unique_topic("tls")) == "ok"
+
+
+# ---------------------------------------------------------------------------
+# Every client library logs in: the Java client (Kafka's ProducerPerformance),
+# kafka-python and kafkajs, besides librdkafka above. Each produces over SASL,
+# and the records are read back to the high watermark over the PLAINTEXT listener.
+# ---------------------------------------------------------------------------
+
+CLIENT_LOGINS = [("SASL_SSL", "SCRAM-SHA-512"), ("SASL_PLAINTEXT", "SCRAM-SHA-256"), ("SASL_SSL", "PLAIN")]
+
+
+def _java_produce(bootstrap: str, security: str, mechanism: str, password: str, topic: str, n: int,
+                  ca) -> tuple[bool, str]:
+    import subprocess
+    from harness import KAFKA_LIBS, java_bin
+    module = "plain.PlainLoginModule" if mechanism == "PLAIN" else "scram.ScramLoginModule"
+    props = [f"bootstrap.servers={bootstrap}", f"security.protocol={security}", f"sasl.mechanism={mechanism}",
+             f'sasl.jaas.config=org.apache.kafka.common.security.{module} required username="alice" '
+             f'password="{password}";', "acks=all", "max.block.ms=20000", "request.timeout.ms=15000", "delivery.timeout.ms=30000"]
+    if "SSL" in security:
+        props += ["ssl.truststore.type=PEM", f"ssl.truststore.location={ca}"]
+    # A file, not --producer-props: the JAAS value holds '=' signs.
+    import tempfile
+    with tempfile.NamedTemporaryFile("w", suffix=".properties", delete=False) as f:
+        f.write("".join(f"{p}\n" for p in props))
+    p = subprocess.run([java_bin(), "-Xmx256m", "-cp", f"{KAFKA_LIBS}/*", "org.apache.kafka.tools.ProducerPerformance",
+                        "--topic", topic, "--num-records", str(n), "--record-size", "100", "--throughput", "-1",
+                        "--producer.config", f.name], capture_output=True, text=True, timeout=120)
+    return p.returncode == 0 and f"{n} records sent" in p.stdout, p.stdout[-1500:] + p.stderr[-1500:]
+
+
+def _kafka_python_produce(bootstrap, security, mechanism, password, topic, n, ca) -> tuple[bool, str]:
+    from kafka import KafkaProducer
+    try:
+        prod = KafkaProducer(bootstrap_servers=bootstrap, security_protocol=security, sasl_mechanism=mechanism,
+                             sasl_plain_username="alice", sasl_plain_password=password,
+                             ssl_cafile=str(ca) if "SSL" in security else None, acks="all",
+                             request_timeout_ms=15000, max_block_ms=20000)
+        futs = [prod.send(topic, f"{topic}-{i}".encode(), partition=0) for i in range(n)]
+        offsets = [f.get(timeout=30).offset for f in futs]
+        prod.close(5)
+        return offsets == list(range(n)), f"offsets {offsets[:5]}..."
+    except Exception as e:  # noqa: BLE001 - the failure is the outcome
+        return False, f"{type(e).__name__}: {e}"
+
+
+def _kafkajs_produce(bootstrap, security, mechanism, password, topic, n, ca) -> tuple[bool, str]:
+    import json
+    import subprocess
+    from pathlib import Path
+    script = Path(__file__).resolve().parent / "clients" / "js" / "sasl_produce.js"
+    argv = ["node", str(script), "--bootstrap", bootstrap, "--topic", topic, "--messages", str(n),
+            "--mechanism", mechanism.lower(), "--username", "alice", "--password", password]
+    if "SSL" in security:
+        argv += ["--ca", str(ca)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    out = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {"ok": False, "error": p.stderr}
+    return p.returncode == 0 and out.get("ok"), str(out)
+
+
+CLIENTS = {"java": _java_produce, "kafka-python": _kafka_python_produce, "kafkajs": _kafkajs_produce}
+
+
+@pytest.mark.parametrize("listener,mechanism", CLIENT_LOGINS)
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_client_libraries_log_in(secured, certs, client, listener, mechanism):
+    from kclient import consume, watermarks
+    topic = unique_topic(f"{client}-{mechanism}".lower())
+    n = 50
+    ok, detail = CLIENTS[client](secured.bootstrap(listener), listener, mechanism, ALICE_PW, topic, n, certs.ca)
+    assert ok, detail
+    assert watermarks(secured.bootstrap(), topic) == (0, n)
+    got = [m.value() for m in consume(secured.bootstrap(), topic, count=n)]
+    if client != "java":  # ProducerPerformance sends random payloads
+        assert got == [f"{topic}-{i}".encode() for i in range(n)]
+    # And with the wrong password the same client is refused.
+    ok, detail = CLIENTS[client](secured.bootstrap(listener), listener, mechanism, "wrong", topic + "-x", 1,
+                                 certs.ca)
+    # kafka-python reports a failed login at bootstrap as "Unable to bootstrap" (on both brokers).
+    refused = "Unable to bootstrap" if client == "kafka-python" else "uthentication"
+    assert not ok and refused in detail, detail

@@ -34,7 +34,7 @@ if [ ! -f "$here/clients/java/target/client-check.jar" ] || [ -n "$(find "$here/
   echo "setup-test: building the Java client check"
   mvn -B -q -f "$here/clients/java/pom.xml" package -DskipTests
 fi
-( cd "$here/clients/go" && go build -o client-check . )
+( cd "$here/clients/go" && go build -o client-check . && go build -o sasl-produce ./sasl )
 # npm writes node_modules/.package-lock.json on every install: reinstall when it is
 # missing or older than the lockfile.
 js="$here/clients/js"

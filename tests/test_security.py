@@ -304,7 +304,7 @@ def test_tls_without_client_authentication(secured, certs, who):
 
 # ---------------------------------------------------------------------------
 # Every client library logs in: the Java client (Kafka's ProducerPerformance),
-# kafka-python and kafkajs, besides librdkafka above. Each produces over SASL,
+# kafka-python, kafkajs and franz-go, besides librdkafka above. Each produces over SASL,
 # and the records are read back to the high watermark over the PLAINTEXT listener.
 # ---------------------------------------------------------------------------
 
@@ -360,7 +360,22 @@ def _kafkajs_produce(bootstrap, security, mechanism, password, topic, n, ca) -> 
     return p.returncode == 0 and out.get("ok"), str(out)
 
 
-CLIENTS = {"java": _java_produce, "kafka-python": _kafka_python_produce, "kafkajs": _kafkajs_produce}
+def _franz_go_produce(bootstrap, security, mechanism, password, topic, n, ca) -> tuple[bool, str]:
+    import json
+    import subprocess
+    from pathlib import Path
+    binary = Path(__file__).resolve().parent / "clients" / "go" / "sasl-produce"  # built by tests/setup.sh
+    argv = [str(binary), "--bootstrap", bootstrap, "--topic", topic, "--messages", str(n), "--mechanism", mechanism,
+            "--username", "alice", "--password", password]
+    if "SSL" in security:
+        argv += ["--ca", str(ca)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    out = json.loads(p.stdout.strip().splitlines()[-1]) if p.stdout.strip() else {"ok": False, "error": p.stderr}
+    return p.returncode == 0 and out.get("offsets") == list(range(n)), str(out)
+
+
+CLIENTS = {"java": _java_produce, "kafka-python": _kafka_python_produce, "kafkajs": _kafkajs_produce,
+           "franz-go": _franz_go_produce}
 
 
 @pytest.mark.parametrize("listener,mechanism", CLIENT_LOGINS)

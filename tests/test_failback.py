@@ -13,6 +13,8 @@ import json
 import subprocess
 import time
 
+import pytest
+
 from confluent_kafka import Consumer, TopicPartition
 
 from ackcheck import ProducerThread, read_partition
@@ -203,10 +205,13 @@ def test_failback_keeps_every_diverged_record_and_lines_the_region_up(tmp_path, 
         wait_until(eu_settled, 30, what=f"eu-west's lag rows for {topic} back to a mirror's, nothing at risk")
 
 
-def test_failback_interrupted_anywhere_completes_when_run_again(tmp_path, chronik_cluster_binary):
-    """eu-west promoted holding nothing of the topic; kill -9 the CLI while it copies, then
-    kill -9 us-east's partition leaders while the next run copies and cuts; a third run completes, with the same outcome as an
-    uninterrupted failback: nothing copied twice, nothing lost, logs identical."""
+@pytest.mark.parametrize("step", ["copying them to", "cut back to", "catching up"])
+def test_failback_interrupted_anywhere_completes_when_run_again(tmp_path, chronik_cluster_binary, step):
+    """eu-west promoted holding nothing of the topic; kill -9 the CLI at a step (while it
+    copies the diverged records, once a partition has been cut back, while a cut partition
+    catches up), then kill -9 us-east's partition leaders while the next run copies and
+    cuts; a third run completes, with the same outcome as an uninterrupted failback:
+    nothing copied twice, nothing lost, logs identical."""
     with Regions(tmp_path / "failback-crash", names=(US, EU), brokers=3, binary=chronik_cluster_binary,
                  witness=True, witness_paths=True, lease=LEASE) as regions:
         topic = unique_topic("fb-crash")
@@ -228,8 +233,8 @@ def test_failback_interrupted_anywhere_completes_when_run_again(tmp_path, chroni
                 proc.wait(timeout=10)
             return "".join(seen)
 
-        seen = run_until("copying them to")
-        assert "copying them to" in seen, seen
+        seen = run_until(step)
+        assert step in seen, seen
         # Next run: the leaders of us-east's partitions die while it copies and cuts.
         leaders = {regions.cluster(US).quorum_leader(topic, p)[0] for p in range(PARTITIONS)}
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -7,6 +7,8 @@ Same command line, JSON summary and exit code as the other client checks
 
   python3 tests/clients/kcat_check.py --bootstrap 127.0.0.1:9092 --topic T \\
       --messages 100000 --compression zstd [--seed S] [--partitions P] [--kcat /usr/bin/kcat]
+      [--security-protocol ... --sasl-mechanism ... --ssl-ca ...]   (as the other checks; each
+      kcat and the AdminClient get the librdkafka properties with -X)
 
 What it does
   1. Creates T with P partitions (confluent-kafka AdminClient: kcat has no admin
@@ -57,13 +59,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "python"))
 
 import clientgen  # noqa: E402
-from client_check import CODECS, ConfluentDriver, Errors, reachable, show  # noqa: E402
+from client_check import CODECS, SECURITY_USAGE, ConfluentDriver, Errors, Security, reachable, show  # noqa: E402
 
 CONSUME_TIMEOUT_S = 120.0
 PRODUCE_TIMEOUT_S = 180.0
 TOPIC_READY_TIMEOUT_S = 60.0
 USAGE = ("usage: --bootstrap HOST:PORT --topic T --messages N --compression none|gzip|snappy|lz4|zstd "
-         "[--seed S] [--partitions P] [--kcat PATH]")
+         "[--seed S] [--partitions P] [--kcat PATH] " + SECURITY_USAGE)
 
 # (name, value) in order; value None = null (kcat: -H name), b"" = empty (-H name=).
 HEADERS = [
@@ -142,6 +144,9 @@ class Opts:
     verify_seed = None
     kcat = None
 
+    def __init__(self) -> None:
+        self.security = Security()
+
 
 def parse(argv: list[str]) -> Opts:
     o = Opts()
@@ -177,15 +182,56 @@ def parse(argv: list[str]) -> Opts:
             o.verify_seed = int(v)
         elif a == "--kcat":
             o.kcat = v
-        else:
+        elif not o.security.set(a, v):
             raise ValueError(f"unknown argument {a}")
+    o.security.validate()
     return o
 
 
-def create_topic(errs: Errors, bootstrap: str, topic: str, partitions: int) -> int:
+def create_topic(errs: Errors, bootstrap: str, topic: str, partitions: int, security: Security) -> int:
     """Create the topic and wait for leaders with the confluent-kafka AdminClient
-    (kcat has no admin commands): the same code as client_check.py --client confluent-kafka."""
-    return ConfluentDriver(bootstrap, client_id_prefix="kcat-check").create_topic(errs, topic, partitions)
+    (kcat has no admin commands): the same code as client_check.py --client confluent-kafka.
+    A failed login ends the run here, before any kcat runs."""
+    return ConfluentDriver(bootstrap, client_id_prefix="kcat-check", security=security).create_topic(
+        errs, topic, partitions)
+
+
+# librdkafka's words for a failed login or TLS handshake (its FAIL log line, kcat's "% ERROR:").
+LOGIN_FAILURE_RE = re.compile(rb"[^\n]*(?:SASL authentication error|Authentication failure|SSL handshake failed)[^\n]*")
+
+
+class LoginWatch:
+    """Scans kcat stderr files, as they grow, for a failed login: librdkafka retries it
+    forever, so kcat would only give up at message.timeout.ms or the check's timeouts."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, int] = {}  # path -> bytes already scanned
+        self.failure: str | None = None
+        self.lock = threading.Lock()
+
+    def add(self, path: str) -> None:
+        with self.lock:
+            self.paths.setdefault(path, 0)
+
+    def check(self) -> str | None:
+        """The first login-failure line seen in any file, or None."""
+        with self.lock:
+            for path, pos in list(self.paths.items()):
+                if self.failure:
+                    break
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(pos)
+                        data = f.read()
+                except OSError:
+                    continue
+                # Only whole lines; a partial last line is read again next time.
+                end = data.rfind(b"\n") + 1
+                self.paths[path] = pos + end
+                m = LOGIN_FAILURE_RE.search(data[:end])
+                if m:
+                    self.failure = m.group(0).decode("utf-8", errors="replace").strip()
+            return self.failure
 
 
 def tail_text(path: str, n: int = 5) -> str:
@@ -250,7 +296,7 @@ def run(argv: list[str]) -> int:
         return finish()
 
     # ---- topic ----------------------------------------------------------------
-    P = create_topic(errs, o.bootstrap, o.topic, o.partitions)
+    P = create_topic(errs, o.bootstrap, o.topic, o.partitions, o.security)
     if P < 0:
         return finish()
     if P != o.partitions:
@@ -268,7 +314,10 @@ def run(argv: list[str]) -> int:
         for f in inputs:
             f.close()
         common = [kcat, "-b", o.bootstrap, "-X", "client.id=kcat-check", "-m", "30"]
+        for k, v in o.security.librdkafka().items():
+            common += ["-X", f"{k}={v}"]
         procs = []
+        watch = LoginWatch()
         t0 = time.monotonic()
         t_start_ms = int(time.time() * 1000)
         for p in range(P):
@@ -278,18 +327,26 @@ def run(argv: list[str]) -> int:
             if null_mode(p):
                 argv_p.append("-Z")
             errp = os.path.join(tmp, f"produce-{p}.err")
+            watch.add(errp)
             with open(os.path.join(tmp, f"in-{p}"), "rb") as fin, open(errp, "wb") as ferr:
                 procs.append((p, subprocess.Popen(argv_p, stdin=fin, stdout=subprocess.DEVNULL, stderr=ferr), errp))
         deadline = time.monotonic() + PRODUCE_TIMEOUT_S
+        while any(proc.poll() is None for _, proc, _ in procs) and time.monotonic() < deadline:
+            if watch.check():
+                break
+            time.sleep(0.2)
         for p, proc, errp in procs:
-            try:
-                rc = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            rc = proc.poll()
+            if rc is None:
                 proc.kill()
                 proc.wait(timeout=10)
-                rc = "timeout"
+                rc = "killed after a failed login" if watch.failure else "timeout"
             if rc != 0:
                 errs.add(f"kcat producer for partition {p} exited {rc}: {tail_text(errp)}")
+        if watch.check():
+            errs.add(f"kcat producer: login failed: {watch.failure}")
+            summary["produce_ms"] = int((time.monotonic() - t0) * 1000)
+            return finish()
         t_end_ms = int(time.time() * 1000)
         summary["produce_ms"] = int((time.monotonic() - t0) * 1000)
 
@@ -336,6 +393,16 @@ def run(argv: list[str]) -> int:
                                     bufsize=1 << 20)
             timer = threading.Timer(CONSUME_TIMEOUT_S, proc.kill)
             timer.start()
+            watch.add(cerr)
+            stop_watch = threading.Event()
+
+            def watch_consumer():
+                while not stop_watch.wait(0.5):
+                    if watch.check():
+                        proc.kill()
+                        return
+
+            threading.Thread(target=watch_consumer, name="kcat-login-watch", daemon=True).start()
             try:
                 for raw in proc.stdout:
                     consumed += 1
@@ -386,12 +453,16 @@ def run(argv: list[str]) -> int:
                 rc = proc.wait(timeout=30)
             finally:
                 timer.cancel()
+                stop_watch.set()
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait(timeout=10)
         summary["consume_ms"] = int((time.monotonic() - t1) * 1000)
         summary["consumed"] = consumed
         log(f"consumed {consumed}/{n} in {summary['consume_ms']} ms")
+        if watch.check():
+            errs.add(f"kcat consumer: login failed: {watch.failure}")
+            return finish()
         if rc != 0:
             errs.add(f"kcat consumer exited {rc}{' (killed after timeout)' if rc < 0 else ''}: {tail_text(cerr)}")
         for p in range(P):

@@ -268,6 +268,7 @@ func run() int {
 		digest      = flag.Bool("gen-digest", false, "only print the SHA-256 of the generated content and exit")
 		verifySeed  = flag.Int64("verify-seed", 0, "self-test only: verify consumed records against this seed instead of --seed (must fail)")
 	)
+	sec := addSecurityFlags(flag.CommandLine)
 	flag.Parse()
 
 	sum := summary{Client: "franz-go", Errors: []string{}, Topic: *topic, Compression: *compression, Seed: *seed}
@@ -297,13 +298,18 @@ func run() int {
 	codec, cerr := compressionCodec(*compression)
 	switch {
 	case *bootstrap == "" || *topic == "" || *messages < 0:
-		errs.add("usage: --bootstrap HOST:PORT --topic T --messages N --compression none|gzip|snappy|lz4|zstd [--seed S] [--partitions P]")
+		errs.add("usage: --bootstrap HOST:PORT --topic T --messages N --compression none|gzip|snappy|lz4|zstd [--seed S] [--partitions P] " + securityUsage)
 		return finish()
 	case cerr != nil:
 		errs.add("%v", cerr)
 		return finish()
 	case *partitions < 1:
 		errs.add("--partitions must be >= 1")
+		return finish()
+	}
+	secOpts, serr := sec.opts()
+	if serr != nil {
+		errs.add("usage: %v", serr)
 		return finish()
 	}
 	n := *messages
@@ -316,7 +322,9 @@ func run() int {
 
 	// Default metadata min age is 5s; after a NOT_LEADER retry on a brand-new
 	// topic that would stall the producer for 5s. Be snappier.
-	commonOpts := []kgo.Opt{kgo.MetadataMinAge(250 * time.Millisecond)}
+	// secOpts: TLS / SASL (none for PLAINTEXT). A failed login is not retried: the
+	// admin call below fails with it and the run ends.
+	commonOpts := append([]kgo.Opt{kgo.MetadataMinAge(250 * time.Millisecond)}, secOpts...)
 	if os.Getenv("CLIENT_CHECK_DEBUG") != "" {
 		// Debug level logs every request as "wrote <Api> v<version>".
 		commonOpts = append(commonOpts, kgo.WithLogger(kgo.BasicLogger(os.Stderr, kgo.LogLevelDebug, nil)))

@@ -16,6 +16,14 @@
 //   node kafkajs_check.js --bootstrap H:P[,H:P...] --topic T --messages N
 //        [--partitions P] [--compression none|gzip] [--seed S] [--dump FILE]
 //        [--batch B] [--no-idempotent] [--expect-offset-skew K]
+//        [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL]
+//        [--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U --sasl-password P]
+//        [--ssl-ca FILE] [--ssl-cert FILE --ssl-key FILE]
+//
+// The security flags are those of the other client checks (../README.md): kafkajs'
+// `ssl: {ca, cert, key}` (Node's TLS, which checks the broker's certificate against its
+// host name) and `sasl: {mechanism, username, password}`. A failed login ends the run
+// with exit 1 and kafkajs' error in "errors".
 //
 // KAFKAJS_CHECK_DEBUG=1 prints kafkajs' DEBUG log (every request with its API
 // version) on stderr. The summary always lists the API versions used
@@ -30,6 +38,11 @@ const { Kafka, CompressionTypes, ConfigResourceTypes, logLevel } = require('kafk
 
 const OVERALL_TIMEOUT_MS = 240000
 const MAX_ERRORS = 20
+const PROTOCOLS = ['PLAINTEXT', 'SSL', 'SASL_PLAINTEXT', 'SASL_SSL']
+const MECHANISMS = ['PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512']
+const SECURITY_USAGE = '[--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL] ' +
+  '[--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U --sasl-password P] ' +
+  '[--ssl-ca FILE] [--ssl-cert FILE --ssl-key FILE]'
 
 // ---------------------------------------------------------------------------
 // Arguments
@@ -39,6 +52,8 @@ function parseArgs(argv) {
   const a = {
     bootstrap: null, topic: null, messages: null, partitions: 3, compression: 'none', seed: 1,
     dump: null, batch: 500, idempotent: true, expectOffsetSkew: 0, alterConfigs: true,
+    securityProtocol: 'PLAINTEXT', saslMechanism: null, saslUsername: null, saslPassword: null,
+    sslCa: null, sslCert: null, sslKey: null,
   }
   const need = (i) => {
     if (i + 1 >= argv.length) throw new Error(`missing value for ${argv[i]}`)
@@ -62,17 +77,68 @@ function parseArgs(argv) {
       // A mirror topic (Chronik) takes config changes only in its home region.
       case '--no-alter-configs': a.alterConfigs = false; break
       case '--expect-offset-skew': a.expectOffsetSkew = int(need(i), '--expect-offset-skew', -1e9); i++; break
+      case '--security-protocol': a.securityProtocol = need(i); i++; break
+      case '--sasl-mechanism': a.saslMechanism = need(i); i++; break
+      case '--sasl-username': a.saslUsername = need(i); i++; break
+      case '--sasl-password': a.saslPassword = need(i); i++; break
+      case '--ssl-ca': a.sslCa = need(i); i++; break
+      case '--ssl-cert': a.sslCert = need(i); i++; break
+      case '--ssl-key': a.sslKey = need(i); i++; break
       default: throw new Error(`unknown argument ${argv[i]}`)
     }
   }
+  validateSecurity(a)
   if (!a.bootstrap || !a.topic || a.messages === null) {
     throw new Error('usage: --bootstrap H:P --topic T --messages N [--partitions P] [--compression none|gzip] ' +
-      '[--seed S] [--dump FILE] [--batch B] [--no-idempotent] [--expect-offset-skew K] [--no-alter-configs]')
+      '[--seed S] [--dump FILE] [--batch B] [--no-idempotent] [--expect-offset-skew K] [--no-alter-configs] ' +
+      SECURITY_USAGE)
   }
   if (!['none', 'gzip'].includes(a.compression)) {
     throw new Error(`--compression must be none or gzip (kafkajs has no built-in snappy/lz4/zstd), got ${a.compression}`)
   }
   return a
+}
+
+function validateSecurity(a) {
+  const p = a.securityProtocol
+  const sasl = p === 'SASL_PLAINTEXT' || p === 'SASL_SSL'
+  const tls = p === 'SSL' || p === 'SASL_SSL'
+  if (!PROTOCOLS.includes(p)) throw new Error(`unknown --security-protocol "${p}" (${PROTOCOLS.join('|')})`)
+  if (sasl) {
+    if (a.saslMechanism === null || a.saslUsername === null || a.saslPassword === null) {
+      throw new Error(`${p} needs --sasl-mechanism, --sasl-username and --sasl-password`)
+    }
+    if (!MECHANISMS.includes(a.saslMechanism)) {
+      throw new Error(`unknown --sasl-mechanism "${a.saslMechanism}" (${MECHANISMS.join('|')})`)
+    }
+  } else if (a.saslMechanism !== null || a.saslUsername !== null || a.saslPassword !== null) {
+    throw new Error('--sasl-* flags need --security-protocol SASL_PLAINTEXT or SASL_SSL')
+  }
+  if (!tls && (a.sslCa !== null || a.sslCert !== null || a.sslKey !== null)) {
+    throw new Error('--ssl-* flags need --security-protocol SSL or SASL_SSL')
+  }
+  if ((a.sslCert === null) !== (a.sslKey === null)) throw new Error('--ssl-cert and --ssl-key go together')
+}
+
+// kafkajs' `ssl` and `sasl` client options for the security flags.
+function securityOptions(a) {
+  const out = {}
+  const p = a.securityProtocol
+  if (p === 'SSL' || p === 'SASL_SSL') {
+    const ssl = {}
+    if (a.sslCa) ssl.ca = [fs.readFileSync(a.sslCa, 'utf8')]
+    if (a.sslCert) {
+      ssl.cert = fs.readFileSync(a.sslCert, 'utf8')
+      ssl.key = fs.readFileSync(a.sslKey, 'utf8')
+    }
+    out.ssl = Object.keys(ssl).length ? ssl : true
+  }
+  if (p === 'SASL_PLAINTEXT' || p === 'SASL_SSL') {
+    // kafkajs names the mechanisms in lower case.
+    out.sasl = { mechanism: a.saslMechanism.toLowerCase(), username: a.saslUsername, password: a.saslPassword }
+    out.authenticationTimeout = 10000
+  }
+  return out
 }
 
 // ---------------------------------------------------------------------------
@@ -243,7 +309,15 @@ async function main() {
     }
   }
 
+  let security
+  try {
+    security = securityOptions(args)
+  } catch (e) {
+    addError(`arguments: ${e.message}`)
+    return 1
+  }
   const kafka = new Kafka({
+    ...security,
     clientId: 'kafkajs-check',
     brokers: args.bootstrap.split(','),
     connectionTimeout: 10000,

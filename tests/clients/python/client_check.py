@@ -12,6 +12,13 @@ Same contract, generated content and JSON summary as the Java and Go programs
       --topic T --messages 100000 --compression zstd [--seed S] [--partitions P]
   python3 client_check.py --gen-digest --messages N [--seed S]   # same digest as Java/Go
 
+Security (optional, the same flags as the other client checks, see ../README.md):
+  --security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL   (default PLAINTEXT)
+  --sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U --sasl-password P
+  --ssl-ca FILE  --ssl-cert FILE --ssl-key FILE
+A failed login (or TLS handshake) ends the run with exit 1 and the library's error in
+"errors", within ~30 s.
+
 Library limits (documented, applied identically on produce and verify):
   * kafka-python's KafkaProducer.send() refuses null header values and records whose
     key and value are both null (its wire encoder could write them, its API refuses).
@@ -39,8 +46,14 @@ CONSUME_TIMEOUT_S = 120.0
 TOPIC_READY_TIMEOUT_S = 60.0
 CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 CLIENTS = ("confluent-kafka", "kafka-python")
+SECURITY_USAGE = ("[--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL] "
+                  "[--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512 --sasl-username U --sasl-password P] "
+                  "[--ssl-ca FILE] [--ssl-cert FILE --ssl-key FILE]")
 USAGE = ("usage: --client confluent-kafka|kafka-python --bootstrap HOST:PORT --topic T --messages N "
-         "--compression none|gzip|snappy|lz4|zstd [--seed S] [--partitions P]")
+         "--compression none|gzip|snappy|lz4|zstd [--seed S] [--partitions P] " + SECURITY_USAGE)
+# How long a secured admin client may try to log in before the run gives up (a failed
+# login is reported sooner when the library says so).
+SECURE_LOGIN_TIMEOUT_S = 25.0
 
 
 def log(msg: str) -> None:
@@ -68,6 +81,99 @@ def show(b) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Security flags (shared with kcat_check.py)
+# ---------------------------------------------------------------------------
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class Security:
+    """--security-protocol, --sasl-*, --ssl-*: TLS and SASL for every client of a run.
+    Hostname verification stays on in every library."""
+
+    FLAGS = {"--security-protocol": "protocol", "--sasl-mechanism": "mechanism", "--sasl-username": "username",
+             "--sasl-password": "password", "--ssl-ca": "ca", "--ssl-cert": "cert", "--ssl-key": "key"}
+
+    def __init__(self) -> None:
+        self.protocol = "PLAINTEXT"
+        self.mechanism = self.username = self.password = None
+        self.ca = self.cert = self.key = None
+
+    def set(self, name: str, value: str) -> bool:
+        """Takes the option if it is a security flag; False otherwise."""
+        attr = self.FLAGS.get(name)
+        if attr is None:
+            return False
+        setattr(self, attr, value)
+        return True
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def secure(self) -> bool:
+        return self.protocol != "PLAINTEXT"
+
+    def validate(self) -> None:
+        """ValueError for an inconsistent combination of flags."""
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"unknown --security-protocol \"{self.protocol}\" ({'|'.join(PROTOCOLS)})")
+        if self.sasl:
+            if None in (self.mechanism, self.username, self.password):
+                raise ValueError(f"{self.protocol} needs --sasl-mechanism, --sasl-username and --sasl-password")
+            if self.mechanism not in MECHANISMS:
+                raise ValueError(f"unknown --sasl-mechanism \"{self.mechanism}\" ({'|'.join(MECHANISMS)})")
+        elif (self.mechanism, self.username, self.password) != (None, None, None):
+            raise ValueError("--sasl-* flags need --security-protocol SASL_PLAINTEXT or SASL_SSL")
+        if not self.tls and (self.ca, self.cert, self.key) != (None, None, None):
+            raise ValueError("--ssl-* flags need --security-protocol SSL or SASL_SSL")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("--ssl-cert and --ssl-key go together")
+        for f in (self.ca, self.cert, self.key):
+            if f is not None and not os.access(f, os.R_OK):
+                raise ValueError(f"cannot read {f}")
+
+    def librdkafka(self) -> dict:
+        """librdkafka properties (confluent-kafka, kcat -X)."""
+        if not self.secure:
+            return {}
+        c = {"security.protocol": self.protocol}
+        if self.sasl:
+            c.update({"sasl.mechanisms": self.mechanism, "sasl.username": self.username,
+                      "sasl.password": self.password})
+        if self.tls:
+            # librdkafka >= 2.0 verifies the host name by default; say so for older ones.
+            c["ssl.endpoint.identification.algorithm"] = "https"
+            if self.ca:
+                c["ssl.ca.location"] = self.ca
+            if self.cert:
+                c.update({"ssl.certificate.location": self.cert, "ssl.key.location": self.key})
+        return c
+
+    def kafka_python(self) -> dict:
+        """kafka-python keyword arguments."""
+        if not self.secure:
+            return {}
+        c = {"security_protocol": self.protocol}
+        if self.sasl:
+            c.update(sasl_mechanism=self.mechanism, sasl_plain_username=self.username,
+                     sasl_plain_password=self.password)
+        if self.tls:
+            c["ssl_check_hostname"] = True
+            if self.ca:
+                c["ssl_cafile"] = self.ca
+            if self.cert:
+                c.update(ssl_certfile=self.cert, ssl_keyfile=self.key)
+        return c
+
+
+# ---------------------------------------------------------------------------
 # Argument parsing (JSON summary even for bad arguments, like Java/Go)
 # ---------------------------------------------------------------------------
 
@@ -82,6 +188,9 @@ class Opts:
     partitions = 3
     gen_digest = False
     verify_seed = None
+
+    def __init__(self) -> None:
+        self.security = Security()
 
 
 def parse(argv: list[str]) -> Opts:
@@ -118,8 +227,9 @@ def parse(argv: list[str]) -> Opts:
             o.partitions = int(v)
         elif a == "--verify-seed":
             o.verify_seed = int(v)
-        else:
+        elif not o.security.set(a, v):
             raise ValueError(f"unknown argument {a}")
+    o.security.validate()
     return o
 
 
@@ -192,29 +302,63 @@ def verify(errs: Errors, exp: Expected, vseed: int, i: int, k: int, base: int, a
 class ConfluentDriver:
     name = "confluent-kafka"
 
-    def __init__(self, bootstrap: str, client_id_prefix: str = "client-check-confluent") -> None:
+    def __init__(self, bootstrap: str, client_id_prefix: str = "client-check-confluent",
+                 security: Security | None = None) -> None:
         import confluent_kafka  # noqa: F401
 
         self.bootstrap = bootstrap
         self.prefix = client_id_prefix
-        self.debug = {"debug": "protocol"} if os.environ.get("CLIENT_CHECK_DEBUG") else {}
+        debug = {"debug": "protocol"} if os.environ.get("CLIENT_CHECK_DEBUG") else {}
+        # TLS / SASL properties (none for PLAINTEXT), and an error_cb on every client that
+        # keeps the login failures: librdkafka retries a failed login forever, so the run
+        # has to stop on the first one itself.
+        self.common = {**(security or Security()).librdkafka(), **debug, "error_cb": self._on_error}
+        self.login_failures: list = []
         v = confluent_kafka.version()
         log(f"confluent-kafka {v[0] if isinstance(v, tuple) else v}, librdkafka {confluent_kafka.libversion()[0]}")
 
+    def _on_error(self, err) -> None:
+        from confluent_kafka import KafkaError
+
+        # _AUTHENTICATION: SASL refused (or a TLS handshake that failed on a certificate);
+        # _SSL: any other TLS handshake failure. Either repeats on every reconnect.
+        if err.code() in (KafkaError._AUTHENTICATION, KafkaError._SSL):
+            self.login_failures.append(err)
+        log(f"librdkafka error: {err}")
+
+    def login_failure(self) -> str | None:
+        return f"login failed: {self.login_failures[0].str()}" if self.login_failures else None
+
     def create_topic(self, errs: Errors, topic: str, partitions: int) -> int:
+        import concurrent.futures
+
         from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.admin import AdminClient, NewTopic
 
         adm = AdminClient({"bootstrap.servers": self.bootstrap, "client.id": f"{self.prefix}-admin",
-                           **self.debug})
+                           **self.common})
         fut = adm.create_topics([NewTopic(topic, partitions, 1)], operation_timeout=30, request_timeout=60)[topic]
-        try:
-            fut.result(timeout=90)
-        except KafkaException as e:
-            ke = e.args[0]
-            if ke.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                errs.add(f"create topic {topic}: {ke}")
-                return -1
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                fut.result(timeout=0.2)
+                break
+            except concurrent.futures.TimeoutError:
+                adm.poll(0)  # serves error_cb
+                if self.login_failure():
+                    errs.add(f"create topic {topic}: {self.login_failure()}")
+                    return -1
+                if time.monotonic() > deadline:
+                    errs.add(f"create topic {topic}: no answer after 90s")
+                    return -1
+            except KafkaException as e:
+                ke = e.args[0]
+                if ke.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    adm.poll(0)
+                    why = f" ({self.login_failure()})" if self.login_failure() else ""
+                    errs.add(f"create topic {topic}: {ke}{why}")
+                    return -1
+                break
         # Metadata for this topic only (it exists now, so auto-creation is moot). Not the
         # all-topics form list_topics(): librdkafka >= 2 encodes that Metadata v9+ request
         # with 3 stray trailing bytes, which Apache Kafka ignores; other brokers may not.
@@ -230,6 +374,10 @@ class ConfluentDriver:
                 last = t.error if t is not None else "topic not in metadata"
             except KafkaException as e:
                 last = e
+            adm.poll(0)
+            if self.login_failure():
+                errs.add(f"topic {topic}: {self.login_failure()}")
+                return -1
             if time.monotonic() > deadline:
                 errs.add(f"topic {topic} not ready after {TOPIC_READY_TIMEOUT_S:.0f}s (last error: {last})")
                 return -1
@@ -249,7 +397,7 @@ class ConfluentDriver:
             "message.timeout.ms": 120000,
             "queue.buffering.max.messages": 200000,
             "queue.buffering.max.kbytes": 256 * 1024,
-            **self.debug,
+            **self.common,
         })
         ok = [0]
 
@@ -281,6 +429,8 @@ class ConfluentDriver:
         left = prod.flush(150)
         if left:
             errs.add(f"{left} records still undelivered after flush(150s)")
+        if self.login_failure():
+            errs.add(f"producer: {self.login_failure()}")
         return ok[0]
 
     def consume(self, topic: str, P: int, on_record, done, deadline: float, errs: Errors) -> None:
@@ -298,11 +448,14 @@ class ConfluentDriver:
             "fetch.max.bytes": 64 << 20,
             "max.partition.fetch.bytes": 8 << 20,
             "receive.message.max.bytes": (64 << 20) + 1024 * 1024,
-            **self.debug,
+            **self.common,
         })
         self._consumer = c
         c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(P)])
         while not done() and time.monotonic() < deadline:
+            if self.login_failure():
+                errs.add(f"consumer: {self.login_failure()}")
+                return
             for m in c.consume(num_messages=5000, timeout=0.5):
                 e = m.error()
                 if e is not None:
@@ -330,12 +483,30 @@ class ConfluentDriver:
 class KafkaPythonDriver:
     name = "kafka-python"
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, security: Security | None = None) -> None:
         import logging
 
         import kafka
 
         self.bootstrap = bootstrap
+        self.security = security or Security()
+        self.sec = self.security.kafka_python()
+        # kafka-python retries a failed login until bootstrap_timeout_ms and then says only
+        # "Unable to bootstrap": its logged connection errors carry the reason.
+        self.login_failures: list[str] = []
+        driver = self
+
+        class LoginFailures(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                try:
+                    msg = record.getMessage()
+                except Exception:  # noqa: BLE001
+                    return
+                if any(w in msg for w in ("SaslAuthenticationFailed", "uthentication failed", "Handshake failed",
+                                          "UnsupportedSaslMechanism")):
+                    driver.login_failures.append(msg)
+
+        logging.getLogger("kafka").addHandler(LoginFailures(level=logging.WARNING))
         logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if os.environ.get("CLIENT_CHECK_DEBUG")
                             else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         if not os.environ.get("CLIENT_CHECK_DEBUG"):
@@ -344,11 +515,44 @@ class KafkaPythonDriver:
         log(f"kafka-python {kafka.__version__}")
         self._consumer = None
 
-    def create_topic(self, errs: Errors, topic: str, partitions: int) -> int:
+    def login_failure(self) -> str | None:
+        return f"login failed: {self.login_failures[0]}" if self.login_failures else None
+
+    def _admin(self, errs: Errors, topic: str):
+        """KafkaAdminClient (it bootstraps in its constructor), or None after adding the error.
+        Built on a helper thread so that a failed login ends the run at once."""
+        import threading
+
         from kafka.admin import KafkaAdminClient
 
-        adm = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="client-check-kafka-python-admin",
-                               request_timeout_ms=30000)
+        out: dict = {}
+
+        def build():
+            try:
+                out["admin"] = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap, client_id="client-check-kafka-python-admin",
+                    request_timeout_ms=30000, **self.sec,
+                    **({"bootstrap_timeout_ms": int(SECURE_LOGIN_TIMEOUT_S * 1000)} if self.sec else {}))
+            except Exception as e:  # noqa: BLE001 - reported below
+                out["error"] = e
+
+        t = threading.Thread(target=build, name="kafka-python-admin", daemon=True)
+        t.start()
+        while t.is_alive():
+            t.join(0.2)
+            if t.is_alive() and self.login_failure():
+                errs.add(f"create topic {topic}: {self.login_failure()}")
+                return None  # the thread is left behind: main() ends with os._exit
+        if "error" in out:
+            why = f" ({self.login_failure()})" if self.login_failure() else ""
+            errs.add(f"create topic {topic}: admin client: {out['error']!r}{why}")
+            return None
+        return out["admin"]
+
+    def create_topic(self, errs: Errors, topic: str, partitions: int) -> int:
+        adm = self._admin(errs, topic)
+        if adm is None:
+            return -1
         try:
             res = adm.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}},
                                     timeout_ms=30000, raise_errors=False)
@@ -391,6 +595,7 @@ class KafkaPythonDriver:
             batch_size=256 * 1024,
             delivery_timeout_ms=120000,
             request_timeout_ms=30000,
+            **self.sec,
         )
         futures = [None] * n
         try:
@@ -430,6 +635,7 @@ class KafkaPythonDriver:
             max_partition_fetch_bytes=8 << 20,
             max_poll_records=5000,
             request_timeout_ms=30000,
+            **self.sec,
         )
         self._consumer = c
         tps = [TopicPartition(topic, p) for p in range(P)]
@@ -530,7 +736,8 @@ def run(argv: list[str]) -> int:
     if reach is not None:
         errs.add(f"broker {o.bootstrap} unreachable: {reach}")
         return finish()
-    driver = ConfluentDriver(o.bootstrap) if o.client == "confluent-kafka" else KafkaPythonDriver(o.bootstrap)
+    driver = (ConfluentDriver(o.bootstrap, security=o.security) if o.client == "confluent-kafka"
+              else KafkaPythonDriver(o.bootstrap, security=o.security))
 
     # ---- topic --------------------------------------------------------------
     P = driver.create_topic(errs, o.topic, o.partitions)

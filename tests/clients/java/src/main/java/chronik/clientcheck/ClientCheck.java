@@ -59,6 +59,7 @@ public final class ClientCheck {
     private int partitions = 3;
     private boolean genDigest;
     private Long verifySeed; // self-test only: verify against another seed (must fail)
+    private final Security security = new Security();
 
     private int produced;
     private int consumed;
@@ -116,7 +117,10 @@ public final class ClientCheck {
                 case "--seed": seed = Long.parseLong(v); break;
                 case "--partitions": partitions = Integer.parseInt(v); break;
                 case "--verify-seed": verifySeed = Long.parseLong(v); break;
-                default: throw new IllegalArgumentException("unknown argument " + a);
+                default:
+                    if (!security.set(a, v)) {
+                        throw new IllegalArgumentException("unknown argument " + a);
+                    }
             }
         }
         return true;
@@ -175,6 +179,7 @@ public final class ClientCheck {
     private int run(String[] args) throws Exception {
         try {
             parse(args);
+            security.validate();
         } catch (IllegalArgumentException e) {
             err("usage: %s", e.getMessage());
             return finish();
@@ -188,7 +193,7 @@ public final class ClientCheck {
             return 0;
         }
         if (bootstrap == null || topic == null || messages < 0 || compression == null) {
-            err("usage: --bootstrap HOST:PORT --topic T --messages N --compression none|gzip|snappy|lz4|zstd [--seed S] [--partitions P]");
+            err("usage: --bootstrap HOST:PORT --topic T --messages N --compression none|gzip|snappy|lz4|zstd [--seed S] [--partitions P] %s", Security.USAGE);
             return finish();
         }
         if (!List.of("none", "gzip", "snappy", "lz4", "zstd").contains(compression)) {
@@ -200,8 +205,20 @@ public final class ClientCheck {
             return finish();
         }
 
+        // TLS / SASL configs (empty for PLAINTEXT), the same for every client below.
+        Properties sec;
+        try {
+            sec = security.configs();
+        } catch (java.io.IOException e) {
+            err("security config: %s", e);
+            return finish();
+        }
+
         // ---- admin: create topic, wait for leaders --------------------------------
+        // A failed login (SaslAuthenticationException, SslAuthenticationException) is not
+        // retried: the admin call fails at once and the run ends with it in `errors`.
         Properties ap = new Properties();
+        ap.putAll(sec);
         ap.put(AdminClientConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         ap.put(AdminClientConfig.CLIENT_ID_CONFIG, "client-check-java-admin");
         ap.put(AdminClientConfig.DEFAULT_API_TIMEOUT_MS_CONFIG, "60000");
@@ -257,6 +274,7 @@ public final class ClientCheck {
         Arrays.fill(acked, -1L);
         AtomicInteger okCount = new AtomicInteger();
         Properties pp = new Properties();
+        pp.putAll(sec);
         pp.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         pp.put(ProducerConfig.CLIENT_ID_CONFIG, "client-check-java-producer");
         pp.put(ProducerConfig.ACKS_CONFIG, "all");
@@ -312,6 +330,7 @@ public final class ClientCheck {
             remaining += expected[p];
         }
         Properties cp = new Properties();
+        cp.putAll(sec);
         cp.put(ConsumerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         cp.put(ConsumerConfig.CLIENT_ID_CONFIG, "client-check-java-consumer");
         cp.put(ConsumerConfig.ENABLE_AUTO_COMMIT_CONFIG, "false");

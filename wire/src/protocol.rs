@@ -44,8 +44,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
-    // v0 of SaslHandshake was followed by raw, unframed tokens; Kafka 4
-    // dropped it (KIP-896) and so does Chronik.
+    // v0 of SaslHandshake is followed by raw, unframed tokens. Kafka 4
+    // still lists it; Chronik serves v1 only, so a client that requires v0
+    // listed (Debian's librdkafka 2.0.2, kcat) cannot log in. Newer
+    // librdkafka, Java, franz-go, kafka-python and kafkajs use v1.
     (ApiKey::SaslHandshake, 1, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),

@@ -396,3 +396,25 @@ def test_client_libraries_log_in(secured, certs, client, listener, mechanism):
     # kafka-python reports a failed login at bootstrap as "Unable to bootstrap" (on both brokers).
     refused = "Unable to bootstrap" if client == "kafka-python" else "uthentication"
     assert not ok and refused in detail, detail
+
+
+def test_kcat_logs_in_with_sasl_handshake_v0(secured, certs):
+    """Debian's kcat (librdkafka 2.0.2) logs in only if SaslHandshake v0 is listed, and then
+    sends bare SASL tokens after the handshake instead of SaslAuthenticate requests. PLAIN
+    only: that librdkafka's SCRAM client nonce is refused by Kafka 4 (fixed in 2.6.1)."""
+    import shutil
+    import subprocess
+    if shutil.which("kcat") is None:
+        pytest.fail("kcat not installed (tests/setup.sh installs it)")
+    topic = unique_topic("kcat-v0")
+    base = ["kcat", "-b", secured.bootstrap("SASL_SSL"), "-X", "security.protocol=SASL_SSL",
+            "-X", "sasl.mechanisms=PLAIN", "-X", "sasl.username=alice", "-X", f"ssl.ca.location={certs.ca}",
+            "-X", "topic.metadata.refresh.interval.ms=1000"]
+    values = [f"{topic}-{i}" for i in range(20)]
+    p = subprocess.run([*base, "-X", f"sasl.password={ALICE_PW}", "-P", "-t", topic, "-p", "0"],
+                       input="\n".join(values) + "\n", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    from kclient import consume
+    assert [m.value().decode() for m in consume(secured.bootstrap(), topic, count=20)] == values
+    p = subprocess.run([*base, "-X", "sasl.password=wrong", "-L"], capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "uthentication" in p.stderr, p.stderr[-2000:]

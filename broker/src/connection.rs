@@ -201,6 +201,8 @@ where
         full_max
     });
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Set by a v0 SaslHandshake: the frames that follow are bare tokens.
+    let mut raw_tokens = false;
     let result = 'conn: loop {
         loop {
             let frame = match decoder.decode(&mut buf) {
@@ -209,6 +211,45 @@ where
                 Err(e) => break 'conn Err(e.to_string()),
             };
             let received = Instant::now();
+            if raw_tokens {
+                // After a v0 SaslHandshake the frames are bare SASL tokens.
+                let Some(s) = session.as_mut() else {
+                    break 'conn Err("raw SASL token without a SASL session".into());
+                };
+                let out = s.authenticate(
+                    &frame,
+                    |user, hash| ctx.catalog.scram_credentials(user, hash),
+                    &server_nonce(),
+                    handlers::now_ms().max(0) as u64,
+                );
+                if out.error_code != 0 {
+                    // v0 has no way to carry an error: Kafka closes.
+                    metrics::counter!("chronik_sasl_authentications_total", "result" => "failed")
+                        .increment(1);
+                    break 'conn Err(out
+                        .error_message
+                        .unwrap_or_else(|| "SASL authentication failed".into()));
+                }
+                if let Some(user) = &out.user {
+                    conn.principal = format!("User:{user}");
+                    metrics::counter!("chronik_sasl_authentications_total", "result" => "ok")
+                        .increment(1);
+                    raw_tokens = false;
+                    decoder = FrameDecoder::new(full_max);
+                }
+                let mut b = BytesMut::with_capacity(4 + out.auth_bytes.len());
+                b.extend_from_slice(&(out.auth_bytes.len() as i32).to_be_bytes());
+                b.extend_from_slice(&out.auth_bytes);
+                let b = b.freeze();
+                if tx
+                    .send((Box::pin(async move { b }), "SaslAuthenticate", received))
+                    .await
+                    .is_err()
+                {
+                    break 'conn Err("writer closed".into());
+                }
+                continue;
+            }
             let req = match protocol::parse(frame) {
                 Ok(Parsed::Request(req)) => *req,
                 Ok(Parsed::ApiVersionsFallback { correlation_id }) => {
@@ -236,7 +277,12 @@ where
             }
             let auth = match &req.body {
                 RequestKind::SaslHandshake(h) => {
-                    Some(sasl_handshake(session.as_mut(), &req, &h.mechanism))
+                    let reply = sasl_handshake(session.as_mut(), &req, &h.mechanism);
+                    raw_tokens = req.version == 0
+                        && session
+                            .as_ref()
+                            .is_some_and(|s| s.user().is_none() && s.exchanging());
+                    Some(reply)
                 }
                 RequestKind::SaslAuthenticate(a) => Some(sasl_authenticate(
                     &ctx,

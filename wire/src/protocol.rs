@@ -44,11 +44,10 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
-    // v0 of SaslHandshake is followed by raw, unframed tokens. Kafka 4
-    // still lists it; Chronik serves v1 only, so a client that requires v0
-    // listed (Debian's librdkafka 2.0.2, kcat) cannot log in. Newer
-    // librdkafka, Java, franz-go, kafka-python and kafkajs use v1.
-    (ApiKey::SaslHandshake, 1, 1),
+    // v0 of SaslHandshake is followed by raw SASL tokens, each in a
+    // length-prefixed frame with no request header (no SaslAuthenticate);
+    // Kafka 4 still serves it and old librdkafka builds require it listed.
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
     (ApiKey::DescribeUserScramCredentials, 0, 0),
     (ApiKey::AlterUserScramCredentials, 0, 0),

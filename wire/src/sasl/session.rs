@@ -107,6 +107,11 @@ impl Session {
         }
     }
 
+    /// Is a SaslAuthenticate exchange under way (after a handshake)?
+    pub fn exchanging(&self) -> bool {
+        matches!(self.phase, Phase::Exchange { .. })
+    }
+
     /// The authenticated user name, once there is one.
     pub fn user(&self) -> Option<&str> {
         self.authenticated.as_ref().map(|(u, _, _)| u.as_str())

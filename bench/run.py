@@ -36,7 +36,8 @@ SUMMARY = re.compile(
 )
 
 
-def producer_perf(bootstrap: str, topic: str, records: int, throughput: int) -> dict:
+def producer_perf(bootstrap: str, topic: str, records: int, throughput: int, props: dict | None = None) -> dict:
+    """`props`: more producer properties (security settings, for bench/tls.py)."""
     libs = harness.ensure_kafka_libs()
     argv = [
         harness.java_bin(), "-Xmx512m", "-cp", f"{libs}/*",
@@ -44,6 +45,7 @@ def producer_perf(bootstrap: str, topic: str, records: int, throughput: int) -> 
         "--topic", topic, "--num-records", str(records), "--record-size", "1024",
         "--throughput", str(throughput),
         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5", "batch.size=65536",
+        *(f"{k}={v}" for k, v in (props or {}).items()),
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
     m = None
@@ -58,12 +60,15 @@ def producer_perf(bootstrap: str, topic: str, records: int, throughput: int) -> 
     }
 
 
-def consume_perf(bootstrap: str, topic: str, records: int) -> dict:
+def consume_perf(bootstrap: str, topic: str, records: int, props: dict | None = None) -> dict:
     """Reads `records` from the start of partition 0 with kcat (librdkafka,
     manual assignment): Kafka's ConsumerPerformance needs consumer groups,
-    which Chronik does not serve yet."""
+    which Chronik did not serve when this was written. `props`: more
+    librdkafka properties (security settings, for bench/tls.py)."""
     argv = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-p", "0", "-o", "beginning", "-c", str(records),
             "-q", "-f", "%o\n", "-X", "fetch.wait.max.ms=100"]
+    for k, v in (props or {}).items():
+        argv += ["-X", f"{k}={v}"]
     t0 = time.monotonic()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     elapsed = time.monotonic() - t0

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,46 +33,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
-from run import SUMMARY  # noqa: E402
+from run import consume_perf, create_topic, producer_perf  # noqa: E402
 from secure import Certs, start_secure  # noqa: E402
-
-
-def producer_perf(bootstrap: str, topic: str, records: int, props: dict) -> dict:
-    libs = harness.ensure_kafka_libs()
-    extra = [f"{k}={v}" for k, v in props.items()]
-    argv = [harness.java_bin(), "-Xmx512m", "-cp", f"{libs}/*", "org.apache.kafka.tools.ProducerPerformance",
-            "--topic", topic, "--num-records", str(records), "--record-size", "1024", "--throughput", "-1",
-            "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5", "batch.size=65536",
-            *extra]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=900)
-    m = None
-    for line in out.stdout.splitlines():
-        m = SUMMARY.search(line) or m
-    if out.returncode != 0 or m is None:
-        raise RuntimeError(f"ProducerPerformance failed ({out.returncode}):\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
-    return {"records": int(m.group(1)), "msg_s": float(m.group(2)), "mb_s": float(m.group(3)),
-            "p50_ms": int(m.group(6)), "p99_ms": int(m.group(8))}
-
-
-def consume_perf(bootstrap: str, topic: str, records: int, props: dict) -> dict:
-    argv = ["kcat", "-C", "-b", bootstrap, "-t", topic, "-p", "0", "-o", "beginning", "-c", str(records),
-            "-q", "-f", "%o\n", "-X", "fetch.wait.max.ms=100"]
-    for k, v in props.items():
-        argv += ["-X", f"{k}={v}"]
-    t0 = time.monotonic()
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=600)
-    elapsed = time.monotonic() - t0
-    n = len(out.stdout.splitlines())
-    if out.returncode != 0 or n != records:
-        raise RuntimeError(f"kcat read {n}/{records} (rc {out.returncode}): {out.stderr[-2000:]}")
-    return {"records": n, "seconds": elapsed, "msg_s": n / elapsed}
-
-
-def create_topic(bootstrap: str, topic: str) -> None:
-    from confluent_kafka.admin import AdminClient, NewTopic
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept alive until the futures resolve
-    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
-        f.result(timeout=60)
 
 
 def run_system(kind: str, work: Path, certs: Certs, records: int) -> dict:
@@ -91,8 +52,8 @@ def run_system(kind: str, work: Path, certs: Certs, records: int) -> dict:
                                                ("tls", "TLS", java_tls, rdkafka_tls)):
             topic = f"bench-{name}"
             create_topic(b.bootstrap(), topic)
-            producer_perf(b.bootstrap(listener), f"{topic}-warm", min(records, 20000), jprops)
-            out[name] = {"produce": producer_perf(b.bootstrap(listener), topic, records, jprops),
+            producer_perf(b.bootstrap(listener), f"{topic}-warm", min(records, 20000), -1, jprops)
+            out[name] = {"produce": producer_perf(b.bootstrap(listener), topic, records, -1, jprops),
                          "consume": consume_perf(b.bootstrap(listener), topic, records, rprops)}
         return out
     finally:

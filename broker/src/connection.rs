@@ -25,7 +25,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use chronik_wire::sasl::Session;
+use chronik_wire::sasl::{AuthOutcome, Session};
 
 use crate::framing::FrameDecoder;
 use crate::handlers::{self, BoxFuture, Reply};
@@ -121,19 +121,7 @@ fn sasl_authenticate(
             close: None,
         };
     };
-    let out = session.authenticate(
-        &auth.auth_bytes,
-        |user, hash| ctx.catalog.scram_credentials(user, hash),
-        &server_nonce(),
-        handlers::now_ms().max(0) as u64,
-    );
-    if let Some(user) = &out.user {
-        conn.principal = format!("User:{user}");
-        metrics::counter!("chronik_sasl_authentications_total", "result" => "ok").increment(1);
-    } else if out.error_code != 0 {
-        metrics::counter!("chronik_sasl_authentications_total", "result" => "failed").increment(1);
-        tracing::info!(peer = %conn.peer, listener = %conn.listener.name, reason = out.error_message.as_deref().unwrap_or(""), "SASL authentication failed");
-    }
+    let out = authenticate(ctx, session, conn, &auth.auth_bytes);
     let mut body = SaslAuthenticateResponse::default()
         .with_error_code(out.error_code)
         .with_error_message(out.error_message.clone().map(StrBytes::from_string))
@@ -148,6 +136,31 @@ fn sasl_authenticate(
                 .unwrap_or_else(|| "SASL authentication failed".into())
         }),
     }
+}
+
+/// One step of the SASL exchange (a SaslAuthenticate, or a bare token after
+/// a v0 handshake): the connection's principal once it succeeds, counted
+/// and logged either way.
+fn authenticate(
+    ctx: &BrokerCtx,
+    session: &mut Session,
+    conn: &mut ConnCtx,
+    token: &[u8],
+) -> AuthOutcome {
+    let out = session.authenticate(
+        token,
+        |user, hash| ctx.catalog.scram_credentials(user, hash),
+        &server_nonce(),
+        handlers::now_ms().max(0) as u64,
+    );
+    if let Some(user) = &out.user {
+        conn.principal = format!("User:{user}");
+        metrics::counter!("chronik_sasl_authentications_total", "result" => "ok").increment(1);
+    } else if out.error_code != 0 {
+        metrics::counter!("chronik_sasl_authentications_total", "result" => "failed").increment(1);
+        tracing::info!(peer = %conn.peer, listener = %conn.listener.name, reason = out.error_message.as_deref().unwrap_or(""), "SASL authentication failed");
+    }
+    out
 }
 
 /// Serves one client connection until it closes or breaks the protocol.
@@ -216,24 +229,14 @@ where
                 let Some(s) = session.as_mut() else {
                     break 'conn Err("raw SASL token without a SASL session".into());
                 };
-                let out = s.authenticate(
-                    &frame,
-                    |user, hash| ctx.catalog.scram_credentials(user, hash),
-                    &server_nonce(),
-                    handlers::now_ms().max(0) as u64,
-                );
+                let out = authenticate(&ctx, s, &mut conn, &frame);
                 if out.error_code != 0 {
                     // v0 has no way to carry an error: Kafka closes.
-                    metrics::counter!("chronik_sasl_authentications_total", "result" => "failed")
-                        .increment(1);
                     break 'conn Err(out
                         .error_message
                         .unwrap_or_else(|| "SASL authentication failed".into()));
                 }
-                if let Some(user) = &out.user {
-                    conn.principal = format!("User:{user}");
-                    metrics::counter!("chronik_sasl_authentications_total", "result" => "ok")
-                        .increment(1);
+                if out.user.is_some() {
                     raw_tokens = false;
                     decoder = FrameDecoder::new(full_max);
                 }

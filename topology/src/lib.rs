@@ -104,10 +104,7 @@ impl Listeners {
     /// Every Kafka listener, the `kafka` one first.
     pub fn kafka_listeners(&self) -> Vec<KafkaListener> {
         let first = KafkaListener {
-            name: self
-                .name
-                .clone()
-                .unwrap_or_else(|| self.security.kafka_name().to_string()),
+            name: self.kafka_name(),
             address: self.kafka,
             advertised: self.advertised_kafka.clone(),
             security: self.security,
@@ -125,15 +122,21 @@ impl Listeners {
             .unwrap_or_else(|| self.security.kafka_name().to_string())
     }
 
+    /// (host, port) that clients of listener `name` are told to connect to;
+    /// `None` if this broker has no such listener.
+    pub fn advertised_for(&self, name: &str) -> Option<(String, u16)> {
+        if name == self.kafka_name() {
+            return Some(self.advertised());
+        }
+        self.extra
+            .iter()
+            .find(|l| l.name == name)
+            .map(KafkaListener::advertised)
+    }
+
     /// (host, port) that clients of the `kafka` listener are told to connect to.
     pub fn advertised(&self) -> (String, u16) {
-        match &self.advertised_kafka {
-            Some(s) => match s.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().unwrap_or(self.kafka.port())),
-                None => (s.clone(), self.kafka.port()),
-            },
-            None => (self.kafka.ip().to_string(), self.kafka.port()),
-        }
+        security::advertised_host_port(self.advertised_kafka.as_deref(), self.kafka)
     }
 }
 

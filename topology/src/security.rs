@@ -102,13 +102,19 @@ pub struct KafkaListener {
 impl KafkaListener {
     /// (host, port) that clients of this listener are told to connect to.
     pub fn advertised(&self) -> (String, u16) {
-        match &self.advertised {
-            Some(s) => match s.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().unwrap_or(self.address.port())),
-                None => (s.clone(), self.address.port()),
-            },
-            None => (self.address.ip().to_string(), self.address.port()),
-        }
+        advertised_host_port(self.advertised.as_deref(), self.address)
+    }
+}
+
+/// The (host, port) a listener bound to `address` tells clients: its
+/// `advertised` setting (a port left out is the bound one), else the address.
+pub(crate) fn advertised_host_port(advertised: Option<&str>, address: SocketAddr) -> (String, u16) {
+    match advertised {
+        Some(s) => match s.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(address.port())),
+            None => (s.to_string(), address.port()),
+        },
+        None => (address.ip().to_string(), address.port()),
     }
 }
 

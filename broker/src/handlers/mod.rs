@@ -246,13 +246,7 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
 }
 
 fn self_broker(ctx: &BrokerCtx, listener: &str) -> Option<(i32, StrBytes, i32)> {
-    let l = ctx
-        .config
-        .listeners
-        .kafka_listeners()
-        .into_iter()
-        .find(|l| l.name == listener)?;
-    let (host, port) = l.advertised();
+    let (host, port) = ctx.config.listeners.advertised_for(listener)?;
     Some((ctx.config.node_id, StrBytes::from_string(host), port as i32))
 }
 

@@ -521,6 +521,15 @@ def topic_homes(regions: Regions, topic: str) -> dict[str, tuple]:
 # gives up at its --timeout-s (as it would with a dc-link down for longer). "home-leaders": only
 # the us-east brokers leading the topic's partitions die; the run goes on with the others (it
 # may even complete after the move), or gives up at its --timeout-s.
+def answered_produce(regions: Regions, topic: str, p: int):
+    """One raw produce to us-east's current leader of `topic`/`p`, or None if the broker closed
+    the connection (it drops its clients while it is cut off from the region's majority)."""
+    try:
+        return raw_produce(leader_bootstrap(regions, US, topic, p), topic, p, [b"fenced"])
+    except (AssertionError, OSError):
+        return None
+
+
 INTERRUPTIONS = [
     pytest.param("cli", "draining to", id="cli-while-draining"),
     pytest.param("cli", "home moved to", id="cli-after-the-move"),
@@ -613,7 +622,11 @@ class TestSwitchoverInterrupted:
         if draining:
             assert homes[US][:3] == (US, 1, EU), f"us-east should still be the home, fenced for eu-west: {homes}"
             for p in range(parts):
-                err_code, _, msg, _ = raw_produce(leader_bootstrap(regions, US, topic, p), topic, p, [b"fenced"])
+                # A broker just restarted, or one that lost its peers with the leaders, drops its
+                # clients until it hears from the region's majority again: ask until the leader
+                # answers, as a client would, and judge the answer.
+                err_code, _, msg, _ = wait_until(lambda: answered_produce(regions, topic, p), 30,
+                                                 what=f"us-east's leader of {topic}/{p} answering a produce")
                 assert err_code == 6 and "moving its home" in (msg or ""), (p, err_code, msg)
             regions.heal()  # the drain needs the link
             out = switchover(regions, EU, topic)

@@ -60,6 +60,9 @@ pub struct Cluster {
     /// Whether this broker hears from less than a majority of its region;
     /// refreshed by the election loop, read on every client request.
     cut_off: std::sync::atomic::AtomicBool,
+    /// When this broker started: until its peers had one liveness window to
+    /// be heard, silence says nothing about them.
+    started: Instant,
     /// Kafka's auto.leader.rebalance.enable.
     auto_leader_rebalance: bool,
     /// Partition groups with a reassignment step running.
@@ -159,6 +162,7 @@ impl Cluster {
             reconcile: Arc::new(tokio::sync::Notify::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             cut_off: std::sync::atomic::AtomicBool::new(false),
+            started: Instant::now(),
             auto_leader_rebalance: cfg.cluster.auto_leader_rebalance,
             moving: Mutex::new(Default::default()),
         });
@@ -219,7 +223,13 @@ impl Cluster {
     fn refresh_cut_off(&self) {
         let peers = self.transport.peer_ids();
         let alive = peers.iter().filter(|p| self.alive(**p)).count();
-        let now = !peers.is_empty() && (alive + 1) * 2 <= peers.len() + 1;
+        // A broker that just (re)started has not heard from anyone yet, and
+        // a leader it restarted as is no staler than one the normal window
+        // would still trust: declaring it cut off would only drop the
+        // clients that found it first.
+        let settling =
+            self.started.elapsed() < Duration::from_millis(self.settings.election_min_ms);
+        let now = !settling && !peers.is_empty() && (alive + 1) * 2 <= peers.len() + 1;
         let was = self.cut_off.swap(now, std::sync::atomic::Ordering::Relaxed);
         if now != was {
             if now {

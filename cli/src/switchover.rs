@@ -275,12 +275,14 @@ pub(crate) async fn switch_one(
                 from = Some(home.clone());
                 progress.say(format!("home moved to {} (epoch {epoch})", args.to), None);
             }
-            Step::WaitPromoted { pending, .. } => {
+            Step::WaitPromoted { pending, epoch } => {
+                let target = regions.get(&args.to).and_then(Option::as_ref);
                 progress.say(
                     format!(
-                        "waiting for {} partition(s) in {} to be promoted",
+                        "waiting for {} partition(s) in {} to be promoted ({})",
                         pending.len(),
-                        args.to
+                        args.to,
+                        plan::promotion_holdup(target, *epoch, pending)
                     ),
                     None,
                 );

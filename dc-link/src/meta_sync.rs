@@ -46,6 +46,10 @@ pub struct MetaPeer {
 
 /// How long a delta may go unanswered before it is sent again.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How soon an empty delta is computed again while the digests differ, and
+/// the most it backs off to.
+const RECHECK_FIRST: Duration = Duration::from_millis(100);
+const RECHECK_MAX: Duration = Duration::from_secs(5);
 /// How often the peer's summary is recorded as its acknowledgement of
 /// tombstones (a controller write; tombstones can wait that long).
 const ACK_EVERY: Duration = Duration::from_secs(5);
@@ -261,6 +265,14 @@ pub(crate) async fn push(
     // last one before a quiet spell must be recorded too, or tombstones it
     // covers would wait for the next change.
     let mut unacked: Option<Bytes> = None;
+    // The long poll and the delta may be answered by different brokers, and
+    // a broker's controller replica can be a moment behind another's: a
+    // delta computed there may miss the change the poll announced, and no
+    // later change may come to wake us. So while the peer's digest differs
+    // from the newest local one and the delta came out empty, look again
+    // (backing off: a peer that holds more than we do looks the same).
+    let mut peer_digest = String::new();
+    let mut recheck: Option<Duration> = None;
     loop {
         tokio::select! {
             frame = frames.next() => {
@@ -268,6 +280,8 @@ pub(crate) async fn push(
                 match env.body {
                     Some(Body::MetaSummary(s)) => {
                         let d = digest_of(&s);
+                        tracing::debug!(peer = %peer, digest = %d, "metadata-sync: the peer's summary");
+                        peer_digest = d.clone();
                         shared.meta_peer(&peer, |p| p.peer_digest = d);
                         unacked = Some(s.clone());
                         peer_summary = Some(s);
@@ -280,6 +294,7 @@ pub(crate) async fn push(
                 if changed.is_err() {
                     return Err("the local long poll stopped".into());
                 }
+                tracing::debug!(peer = %peer, digest = %*digest_rx.borrow(), waiting = sent_at.is_some(), "metadata-sync: local change");
             }
             _ = tokio::time::sleep_until((last_ack + ACK_EVERY).into()), if unacked.is_some() => {
                 last_ack = Instant::now();
@@ -290,6 +305,7 @@ pub(crate) async fn push(
                 }
                 continue;
             }
+            _ = tokio::time::sleep(recheck.unwrap_or_default()), if recheck.is_some() && sent_at.is_none() => {}
             _ = tokio::time::sleep(ANSWER_TIMEOUT), if sent_at.is_some() => {
                 tracing::warn!(peer = %peer, "metadata-sync: no answer to a delta within {ANSWER_TIMEOUT:?}; sending again");
                 sent_at = None;
@@ -304,6 +320,7 @@ pub(crate) async fn push(
         let bytes = local.delta_for(s).await.map_err(|e| e.to_string())?;
         let delta = Delta::decode(&bytes, &Limits::default()).map_err(|e| e.to_string())?;
         let n = delta.entries.len() as u64;
+        tracing::debug!(peer = %peer, entries = n, "metadata-sync: the peer lacks");
         shared.meta_peer(&peer, |p| {
             p.pending_entries = n;
             if n == 0 {
@@ -313,8 +330,11 @@ pub(crate) async fn push(
             }
         });
         if n == 0 {
+            recheck = (*digest_rx.borrow() != peer_digest)
+                .then(|| recheck.map_or(RECHECK_FIRST, |d| (d * 2).min(RECHECK_MAX)));
             continue;
         }
+        recheck = None;
         write(&mut send, Body::MetaDelta(bytes)).await?;
         metrics::counter!("chronik_meta_sync_entries_total", "peer" => peer.clone(), "direction" => "sent")
             .increment(n);

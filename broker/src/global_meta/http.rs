@@ -88,6 +88,7 @@ async fn merge(State(ctx): Ctx, body: Bytes) -> Response {
             Ok(teaches(rep.knowledge(), &d))
         })
     };
+    tracing::debug!(teaches = ?checked.as_ref().ok(), "metadata-sync: a peer's delta");
     match checked {
         Err(e) => return refused(e),
         Ok(Err(())) => return refused("a delta from this region itself"),

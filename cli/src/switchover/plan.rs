@@ -146,6 +146,34 @@ pub fn next_step(
     }
 }
 
+/// Why the target's `pending` partitions are not promoted yet, as its
+/// brokers report it: what an operator needs when a move stays there.
+pub fn promotion_holdup(target: Option<&RegionView>, epoch: u64, pending: &[i32]) -> String {
+    let Some(t) = target else {
+        return "no broker of the target answers".into();
+    };
+    let known = match &t.home {
+        Some((h, e)) if *e >= epoch => format!("it knows the home is {h} at epoch {e}"),
+        Some((h, e)) => format!(
+            "it still knows the home as {h} at epoch {e} (metadata-sync has not brought epoch {epoch})"
+        ),
+        None => "it has no home entry for the topic".into(),
+    };
+    let parts: Vec<String> = pending
+        .iter()
+        .map(|p| match t.leaders.get(p) {
+            None => format!("{p}: no leader"),
+            Some(v) => match v.role {
+                None => format!("{p}: no role entry"),
+                Some((home, e)) => {
+                    format!("{p}: {} at epoch {e}", if home { "home" } else { "mirror" })
+                }
+            },
+        })
+        .collect();
+    format!("{known}; {}", parts.join(", "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +293,31 @@ mod tests {
             )),
         );
         assert_eq!(next_step("t", &r, "b"), Ok(Step::Done { epoch: 2 }));
+    }
+
+    #[test]
+    fn a_stuck_promotion_says_what_the_target_reports() {
+        let behind = view("a", 1, None, &[part(None, 3), part(Some((false, 1)), 3)]);
+        let why = promotion_holdup(Some(&behind), 2, &[0, 1]);
+        assert!(
+            why.contains("still knows the home as a at epoch 1"),
+            "{why}"
+        );
+        assert!(
+            why.contains("0: no role entry, 1: mirror at epoch 1"),
+            "{why}"
+        );
+        let mut heard = view("b", 2, None, &[part(Some((false, 2)), 3)]);
+        heard.leaders.clear();
+        let why = promotion_holdup(Some(&heard), 2, &[0]);
+        assert!(
+            why.contains("knows the home is b at epoch 2; 0: no leader"),
+            "{why}"
+        );
+        assert_eq!(
+            promotion_holdup(None, 2, &[0]),
+            "no broker of the target answers"
+        );
     }
 
     #[test]

@@ -460,17 +460,6 @@ class GroupOffsetsInvalid(AssertionError):
     """A group's committed offsets after a failback are outside the log, or skip records."""
 
 
-@pytest.mark.xfail(strict=True, raises=GroupOffsetsInvalid, reason=(
-    "BUG: offsets a group committed in the cut-off old home (us-east) for records that then "
-    "diverged survive the failback. After the heal, metadata-sync's last-writer-wins merge makes "
-    "us-east's later commit (e.g. 457, us-east's old log end) global; eu-west's promotion moved "
-    "offsets beyond its log end only at the failover, before that commit arrived "
-    "(broker/src/catalog/home_move.rs apply_move_offsets), the merge never clamps, and "
-    "`ctl failback` (cli/src/failback.rs, steps 3-4) never touches committed offsets. The group "
-    "ends committed past eu-west's high watermark (e.g. 457 > 232, divergence at 212): a member "
-    "resuming gets OFFSET_OUT_OF_RANGE and its reset policy skips eu-west's records from the "
-    "divergence point on (latest) or re-reads the partition (earliest), instead of resuming at "
-    "the divergence point"))
 def test_failback_leaves_consumer_group_offsets_valid(tmp_path, chronik_cluster_binary):
     """A consumer group reads and commits in each region before the failover (us-east's also while
     cut off, on the records that diverge); after the failback, each group's committed offsets are

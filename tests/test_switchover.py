@@ -381,7 +381,8 @@ class TestPromotion:
             wait_until(lambda: group_offsets(regions.bootstrap(r), group, topic).get(0) == 5, 30,
                        what=f"{group}'s offset moved to the log end in {r}")
             assert group_offsets(regions.bootstrap(r), fine, topic).get(0) == 3, "an offset within the log moved"
-        moved = [m for m in meta_status(regions, EU)["offsets_moved_at_promotion"] if m["group"] == group]
+        moved = [m for m in meta_status(regions, EU)["offsets_moved"]
+                 if m["group"] == group and m["reason"] == "promotion"]
         assert [(m["topic"], m["partition"], m["from"], m["to"]) for m in moved] == [(topic, 0, 50, 5)], moved
 
 

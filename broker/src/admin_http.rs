@@ -97,7 +97,19 @@ pub async fn serve(
 
 async fn render_metrics(State(s): State<AppState>) -> String {
     crate::global_meta::http::record_metrics(&s.ctx);
+    let me = s.ctx.config.node_id;
+    let (mut leaderless, mut under_replicated) = (0u64, 0u64);
     for (topic, log) in s.ctx.catalog.all_partitions() {
+        if !log.is_deleted() {
+            let view = s.ctx.cluster.view(&topic, &log);
+            match view.leader {
+                None => leaderless += 1,
+                Some(l) if l == me && view.isr.len() < view.replicas.len() => {
+                    under_replicated += 1
+                }
+                Some(_) => {}
+            }
+        }
         let labels = [
             ("topic", topic.name().to_string()),
             ("partition", log.partition.to_string()),
@@ -125,6 +137,11 @@ async fn render_metrics(State(s): State<AppState>) -> String {
             metrics::gauge!("chronik_rpo_headroom_seconds", &labels).set(headroom);
         }
     }
+    // Kafka's OfflinePartitionsCount and UnderReplicatedPartitions, seen
+    // from this broker: the partitions it hosts that know no leader, and
+    // those it leads whose in-sync set is short of the replica set.
+    metrics::gauge!("chronik_partitions_leaderless").set(leaderless as f64);
+    metrics::gauge!("chronik_partitions_under_replicated").set(under_replicated as f64);
     s.metrics.render()
 }
 
@@ -457,19 +474,62 @@ async fn truncate_suffix(
             serde_json::json!({"error": "not the leader", "leader": view.leader}),
         );
     };
+    // Commits this region made on its diverged records point past the cut:
+    // moved back to it before the cut (so a crash after the cut cannot
+    // leave them), and again after it for any made in between.
+    let moved_before = match clamp_diverged_commits(ctx, &topic, partition, offset).await {
+        Ok(n) => n,
+        Err(e) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": format!("committed offsets past {offset} not moved back; nothing cut: {e}")}),
+            )
+        }
+    };
     match applied(group.submit(Command::TruncateSuffix { offset })).await {
         Ok(CommandResult::Truncated {
             log_end_offset,
             removed_batches,
-        }) => axum::Json(serde_json::json!({
-            "log_end_offset": log_end_offset,
-            "removed_batches": removed_batches,
-            "epochs": log.epoch_history(),
-        }))
-        .into_response(),
+        }) => {
+            let moved_after = clamp_diverged_commits(ctx, &topic, partition, offset)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(topic, partition, error = %e, "committed offsets past the cut not moved back after it");
+                    0
+                });
+            axum::Json(serde_json::json!({
+                "log_end_offset": log_end_offset,
+                "removed_batches": removed_batches,
+                "epochs": log.epoch_history(),
+                "offsets_moved": moved_before + moved_after,
+            }))
+            .into_response()
+        }
         Ok(other) => unexpected(other),
         Err(r) => r,
     }
+}
+
+/// Moves the commits this region made on `topic`/`partition` past `cut`
+/// back to it; how many moved.
+async fn clamp_diverged_commits(
+    ctx: &BrokerCtx,
+    topic: &str,
+    partition: i32,
+    cut: i64,
+) -> Result<usize, crate::catalog::TopicError> {
+    let moves = ctx.catalog.offsets_beyond(
+        topic,
+        partition,
+        cut,
+        Some(&ctx.config.region),
+        crate::catalog::OffsetMoveReason::Failback,
+    );
+    let n = moves.len();
+    if n > 0 {
+        ctx.catalog.move_offsets(moves).await?;
+    }
+    Ok(n)
 }
 
 #[derive(serde::Deserialize)]

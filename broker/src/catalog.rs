@@ -28,7 +28,7 @@ mod link_actor;
 mod meta_apply;
 
 pub use credentials::ScramUpsert;
-pub use home_move::{HomeMove, OffsetMove, OFFSET_MOVED_PREFIX};
+pub use home_move::{HomeMove, OffsetMove, OffsetMoveReason, OFFSET_MOVED_PREFIX};
 
 const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use chronik_metadata_sync::Key;
-
-use crate::catalog::OffsetMove;
+use crate::catalog::OffsetMoveReason;
 use crate::home_role;
 use crate::raft::types::{Command, CommandResult};
 use crate::server::BrokerCtx;
@@ -90,34 +88,13 @@ pub async fn run(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
 /// log end, so the group resumes at the first record written after the
 /// promotion instead of at its `auto.offset.reset`.
 async fn move_offsets_beyond(ctx: &BrokerCtx, topic: &str, partition: i32, end: i64) {
-    let moves: Vec<OffsetMove> = ctx
-        .catalog
-        .global
-        .read()
-        .entries()
-        .filter_map(|e| match &e.key {
-            Key::GroupOffset {
-                group,
-                topic: t,
-                partition: p,
-            } if t == topic && *p == partition => {
-                let v = e.offset()?;
-                (v.offset > end).then(|| OffsetMove {
-                    group: group.clone(),
-                    topic: topic.to_string(),
-                    partition,
-                    from: v.offset,
-                    to: end,
-                    at_ms: 0,
-                })
-            }
-            _ => None,
-        })
-        .collect();
+    let moves =
+        ctx.catalog
+            .offsets_beyond(topic, partition, end, None, OffsetMoveReason::Promotion);
     if moves.is_empty() {
         return;
     }
-    if let Err(e) = ctx.catalog.move_offsets_to_log_end(moves).await {
+    if let Err(e) = ctx.catalog.move_offsets(moves).await {
         tracing::warn!(topic, partition, error = %e, "committed offsets beyond the promoted log end not moved");
     }
 }

@@ -642,7 +642,7 @@ pub(crate) async fn failback_one(
         .await?;
         let mut row = json!({
             "partition": p, "divergence": fork, "log_end": ours.log_end(),
-            "home_log_end": theirs.state.high_watermark, "copied": 0, "copied_before": 0,
+            "home_log_end": theirs.state.high_watermark, "copied": 0, "copied_before": 0, "offsets_moved": 0,
         });
         if fork < ours.log_end() {
             progress.say(
@@ -706,10 +706,12 @@ pub(crate) async fn failback_one(
                     reason(&e)
                 )
             })?;
+            row["offsets_moved"] = cut["offsets_moved"].clone();
             progress.say(
                 format!(
-                    "partition {p}: cut back to {} in {region}",
-                    cut["log_end_offset"]
+                    "partition {p}: cut back to {} in {region}; {} committed offset(s) past the cut moved back to it",
+                    cut["log_end_offset"],
+                    cut["offsets_moved"].as_u64().unwrap_or(0)
                 ),
                 None,
             );

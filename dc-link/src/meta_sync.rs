@@ -329,18 +329,31 @@ pub(crate) async fn push(
                 p.behind_since = Some(Instant::now());
             }
         });
+        recheck = next_recheck(recheck, n, &digest_rx.borrow(), &peer_digest);
         if n == 0 {
-            recheck = (*digest_rx.borrow() != peer_digest)
-                .then(|| recheck.map_or(RECHECK_FIRST, |d| (d * 2).min(RECHECK_MAX)));
             continue;
         }
-        recheck = None;
         write(&mut send, Body::MetaDelta(bytes)).await?;
         metrics::counter!("chronik_meta_sync_entries_total", "peer" => peer.clone(), "direction" => "sent")
             .increment(n);
         shared.meta_peer(&peer, |p| p.entries_sent += n);
         sent_at = Some(Instant::now());
     }
+}
+
+/// When to compute the delta again although nothing woke us: never after a
+/// delta with entries (its answer will), nor once the peer's digest is the
+/// newest local one; otherwise soon, then backing off.
+fn next_recheck(
+    prev: Option<Duration>,
+    entries: u64,
+    local_digest: &str,
+    peer_digest: &str,
+) -> Option<Duration> {
+    if entries > 0 || local_digest == peer_digest {
+        return None;
+    }
+    Some(prev.map_or(RECHECK_FIRST, |d| (d * 2).min(RECHECK_MAX)))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -402,5 +415,26 @@ pub(crate) async fn serve(
         }
         let own = local.summary().await.map_err(|e| e.to_string())?;
         write(&mut send, Body::MetaSummary(own)).await?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_delta_while_the_digests_differ_is_computed_again_backing_off() {
+        // In sync, or a delta on its way: nothing to look at again.
+        assert_eq!(next_recheck(None, 0, "ab", "ab"), None);
+        assert_eq!(next_recheck(Some(RECHECK_MAX), 3, "ab", "cd"), None);
+        // The broker that computed the delta had not applied what the long
+        // poll announced yet: look again soon, then less and less often.
+        let mut d = next_recheck(None, 0, "ab", "cd");
+        assert_eq!(d, Some(RECHECK_FIRST));
+        for _ in 0..10 {
+            d = next_recheck(d, 0, "ab", "cd");
+        }
+        assert_eq!(d, Some(RECHECK_MAX));
+        assert_eq!(next_recheck(d, 0, "cd", "cd"), None);
     }
 }

@@ -29,11 +29,9 @@ use crate::groups::record::{self as groups, OffsetRecord};
 use crate::raft::types::ControllerCommand;
 use crate::storage::CF_META;
 
-/// A committed offset beyond a partition's log end when this region's copy
-/// was promoted, moved to that log end (after a forced failover the new home
-/// may hold less than the old one did): the group resumes at the first
-/// record written after the promotion rather than at `auto.offset.reset`.
-/// Kept under [`OFFSET_MOVED_PREFIX`] for `/v1/meta/status`.
+/// A committed offset that pointed at records the partition no longer has,
+/// moved back to where they end. Kept under [`OFFSET_MOVED_PREFIX`] for
+/// `/v1/meta/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetMove {
     pub group: String,
@@ -43,6 +41,34 @@ pub struct OffsetMove {
     pub to: i64,
     #[serde(default)]
     pub at_ms: i64,
+    #[serde(default)]
+    pub reason: OffsetMoveReason,
+}
+
+/// Why a committed offset was moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OffsetMoveReason {
+    /// Beyond the log end of a copy just promoted to home (after a forced
+    /// failover the new home may hold less than the old one did): the group
+    /// resumes at the first record written after the promotion rather than
+    /// at `auto.offset.reset`.
+    #[default]
+    Promotion,
+    /// Committed in a region, on records of its copy that diverged from the
+    /// new home, and past the point where failback cuts that copy back: the
+    /// group resumes at the divergence point, where the records it never
+    /// read begin (the diverged ones it did read are in the recovery topic).
+    Failback,
+}
+
+impl OffsetMoveReason {
+    fn metric(self) -> &'static str {
+        match self {
+            OffsetMoveReason::Promotion => "chronik_offsets_moved_at_promotion_total",
+            OffsetMoveReason::Failback => "chronik_offsets_moved_at_failback_total",
+        }
+    }
 }
 
 pub const OFFSET_MOVED_PREFIX: &str = "offset-moved/";
@@ -132,8 +158,48 @@ impl Catalog {
         .await
     }
 
-    /// Moves committed offsets of a just-promoted partition to its log end.
-    pub async fn move_offsets_to_log_end(&self, moves: Vec<OffsetMove>) -> Result<(), TopicError> {
+    /// The committed offsets of `topic`/`partition` past `end`, as moves to
+    /// `end`. `origin`: only commits whose winning write was made in that
+    /// region (a commit another region made is about its own log).
+    pub fn offsets_beyond(
+        &self,
+        topic: &str,
+        partition: i32,
+        end: i64,
+        origin: Option<&str>,
+        reason: OffsetMoveReason,
+    ) -> Vec<OffsetMove> {
+        self.global
+            .read()
+            .entries()
+            .filter_map(|e| match &e.key {
+                Key::GroupOffset {
+                    group,
+                    topic: t,
+                    partition: p,
+                } if t == topic
+                    && *p == partition
+                    && origin.is_none_or(|o| e.origin.as_str() == o) =>
+                {
+                    let v = e.offset()?;
+                    (v.offset > end).then(|| OffsetMove {
+                        group: group.clone(),
+                        topic: topic.to_string(),
+                        partition,
+                        from: v.offset,
+                        to: end,
+                        at_ms: 0,
+                        reason,
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Moves committed offsets back (each only if it is still what was
+    /// committed: a newer commit stands).
+    pub async fn move_offsets(&self, moves: Vec<OffsetMove>) -> Result<(), TopicError> {
         self.submit(ControllerCommand::MoveOffsets {
             moves,
             now_ms: now_ms(),
@@ -193,9 +259,10 @@ impl Catalog {
                 partition = m.partition,
                 from = m.from,
                 to = m.to,
-                "committed offset beyond the promoted partition's log end moved to it"
+                reason = ?m.reason,
+                "committed offset moved back to where the partition's records end"
             );
-            metrics::counter!("chronik_offsets_moved_at_promotion_total").increment(1);
+            metrics::counter!(m.reason.metric()).increment(1);
             keys.push((m.group.clone(), m.topic.clone(), m.partition));
         }
         self.global.save(&self.store, &mut rep, wb);

@@ -360,7 +360,7 @@ pub async fn status(State(ctx): Ctx) -> Response {
         "rejected_messages": c.rejected_messages,
         "topics": topics,
         "offsets_beyond_log_end": beyond,
-        "offsets_moved_at_promotion": moved,
+        "offsets_moved": moved,
     }))
     .into_response()
 }

@@ -4,6 +4,7 @@
 #  - Apache Kafka 4.x jars, the conformance oracle and benchmark peer (Maven Central)
 #  - the Java (kafka-clients) and Go (franz-go) client-check programs
 #  - kafkajs for the Node.js client check (npm, pinned by tests/clients/js/package-lock.json)
+#  - promtool and systemd-analyze for the deploy/ checks (Debian)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
@@ -16,6 +17,10 @@ command -v go >/dev/null 2>&1 || need_apt+=(golang-go)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# deploy/ checks: promtool (config, alert rules and their unit tests) and
+# systemd-analyze (the units).
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup-test: installing ${need_apt[*]}"
   $SUDO apt-get update -qq

@@ -27,12 +27,11 @@ test: build setup-test test-unit test-clients
 test-unit:
 	cargo test --release --locked --workspace
 
-# The second pass runs the conformance and client suites again against
-# three-broker regions (Chronik) and three-broker Apache Kafka clusters.
+# Two lanes at once (tests/run-lanes.sh): the Kafka side-by-side suites, then
+# their second pass against three-broker regions (Chronik) and three-broker
+# Apache Kafka clusters; and, beside them, every multi-region test.
 test-clients:
-	cd tests && python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-	cd tests && CHRONIK_TEST_BROKERS=3 python3 -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) \
-		test_conformance.py test_bad_input.py test_clients.py test_kafkajs.py test_groups.py test_kafka_cli.py
+	PYTEST_ARGS="$(PYTEST_ARGS)" tests/run-lanes.sh
 
 bench: build
 	bench/run.sh

@@ -27,9 +27,10 @@ test: build setup-test test-unit test-clients
 test-unit:
 	cargo test --release --locked --workspace
 
-# Two lanes at once (tests/run-lanes.sh): the Kafka side-by-side suites, then
-# their second pass against three-broker regions (Chronik) and three-broker
-# Apache Kafka clusters; and, beside them, every multi-region test.
+# Two lanes at once (tests/run-lanes.sh): the Kafka side-by-side suites, and
+# beside them every multi-region test; then, in the first lane free, the
+# second pass against three-broker regions (Chronik) and three-broker Apache
+# Kafka clusters.
 test-clients:
 	PYTEST_ARGS="$(PYTEST_ARGS)" tests/run-lanes.sh
 

@@ -4,13 +4,13 @@
 # lanes halve the wall time on the 2-core CI machine.
 #   - the clients lane: the suites that run side by side with Apache Kafka
 #     (security, groups, clients, conformance, Kafka's CLIs, the one-region
-#     cluster faults), then the second pass of the conformance and client
-#     suites against three-broker regions and a three-broker Kafka cluster;
+#     cluster faults);
 #   - the regions lane: every other test_*.py (multi-region, failover,
 #     failback, forwarding, runbooks, soak, deploy...), so a new test file
 #     runs without being listed here.
-# Each lane has its own pytest base directory; the regions lane's output is
-# printed after the clients lane's. PYTEST_ARGS (options such as -k or -x)
+# The three-broker pass of the conformance and client suites runs after
+# whichever lane finishes first. Each run has its own pytest base directory
+# and log, printed at the end. PYTEST_ARGS (options such as -k or -x)
 # applies to every run. Exit status: non-zero if any run failed.
 set -uo pipefail
 cd "$(dirname "$0")"
@@ -31,20 +31,24 @@ rm -rf "$base" && mkdir -p "$base"
 args=(-q -p no:cacheprovider ${PYTEST_ARGS:-})
 started=$(date +%s)
 
-( python3 -m pytest "${args[@]}" --basetemp="$base/regions" "${REGIONS_LANE[@]}" > "$base/regions.log" 2>&1
-  echo $? > "$base/regions.rc"
-  echo "== the regions lane took $(( $(date +%s) - started )) s" >> "$base/regions.log" ) &
-regions_lane=$!
-
-echo "== the clients lane: ${CLIENTS_LANE[*]}"
-python3 -m pytest "${args[@]}" --basetemp="$base/clients" "${CLIENTS_LANE[@]}"; clients=$?
-echo "== the clients lane's three-broker pass: ${CLUSTERED_PASS[*]}"
-CHRONIK_TEST_BROKERS=3 python3 -m pytest "${args[@]}" --basetemp="$base/clustered" "${CLUSTERED_PASS[@]}"; clustered=$?
-echo "== the clients lane took $(( $(date +%s) - started )) s"
-
-wait "$regions_lane"
-echo "== the regions lane: ${REGIONS_LANE[*]}"
-cat "$base/regions.log"
-regions=$(cat "$base/regions.rc" 2>/dev/null || echo 1)
-echo "== lanes: clients $clients, three-broker pass $clustered, regions $regions"
-[ "$clients" = 0 ] && [ "$clustered" = 0 ] && [ "$regions" = 0 ]
+lane() {  # lane NAME FILE... : one pytest run in the background, output to NAME.log
+  local name=$1; shift
+  ( python3 -m pytest "${args[@]}" --basetemp="$base/$name" "$@" > "$base/$name.log" 2>&1
+    echo $? > "$base/$name.rc"
+    echo "== the $name lane took $(( $(date +%s) - started )) s" >> "$base/$name.log" ) &
+}
+lane clients "${CLIENTS_LANE[@]}"
+lane regions "${REGIONS_LANE[@]}"
+# The three-broker pass starts as soon as either lane is done, in its place.
+wait -n
+CHRONIK_TEST_BROKERS=3 lane clustered "${CLUSTERED_PASS[@]}"
+wait
+status=0
+for name in clients regions clustered; do
+  echo "== the $name lane"
+  cat "$base/$name.log"
+  rc=$(cat "$base/$name.rc" 2>/dev/null || echo 1)
+  echo "== the $name lane: exit $rc"
+  [ "$rc" = 0 ] || status=1
+done
+exit $status

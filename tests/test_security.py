@@ -337,7 +337,10 @@ def _kafka_python_produce(bootstrap, security, mechanism, password, topic, n, ca
         prod = KafkaProducer(bootstrap_servers=bootstrap, security_protocol=security, sasl_mechanism=mechanism,
                              sasl_plain_username="alice", sasl_plain_password=password,
                              ssl_cafile=str(ca) if "SSL" in security else None, acks="all",
-                             request_timeout_ms=15000, max_block_ms=20000)
+                             request_timeout_ms=15000, max_block_ms=20000,
+                             # A refused login is retried until this runs out, then reported
+                             # ("Unable to bootstrap"); a good one takes well under a second.
+                             bootstrap_timeout_ms=10000)
         futs = [prod.send(topic, f"{topic}-{i}".encode(), partition=0) for i in range(n)]
         offsets = [f.get(timeout=30).offset for f in futs]
         prod.close(5)

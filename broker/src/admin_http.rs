@@ -104,9 +104,7 @@ async fn render_metrics(State(s): State<AppState>) -> String {
             let view = s.ctx.cluster.view(&topic, &log);
             match view.leader {
                 None => leaderless += 1,
-                Some(l) if l == me && view.isr.len() < view.replicas.len() => {
-                    under_replicated += 1
-                }
+                Some(l) if l == me && view.isr.len() < view.replicas.len() => under_replicated += 1,
                 Some(_) => {}
             }
         }

@@ -48,6 +48,14 @@ def failback(regions: Regions, region: str, *topics: str, extra: tuple = (),
                           capture_output=True, text=True, timeout=300)
 
 
+def failback_done(regions: Regions, region: str, topic: str) -> dict:
+    """A failback of one topic that must succeed: its `--json` result row."""
+    out = failback(regions, region, topic)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    (res,) = json.loads(out.stdout)["topics"]
+    return res
+
+
 def read_recovered(bootstrap: str, topic: str, partition: int) -> dict[int, tuple[bytes, dict]]:
     """{original offset: (value, headers)} of a recovery topic's partition, read to its end."""
     lo, hi = watermarks(bootstrap, topic, partition, timeout=30)
@@ -290,9 +298,7 @@ def test_failback_keeps_every_diverged_record_and_lines_the_region_up(tmp_path, 
         for p in range(PARTITIONS):
             assert log_end(regions, US, topic, p) == us_before[p][2], "a refused failback changed us-east's log"
 
-        out = failback(regions, US, topic)
-        assert out.returncode == 0, (out.stdout, out.stderr)
-        (res,) = json.loads(out.stdout)["topics"]
+        res = failback_done(regions, US, topic)
         print(f"\nfailback: {res['records_recovered']} records recovered in {res['elapsed_ms']} ms; "
               f"{[(p['partition'], p['divergence'], p['log_end']) for p in res['partitions']]}")
 
@@ -363,9 +369,7 @@ def test_failback_interrupted_anywhere_completes_when_run_again(tmp_path, chroni
         for node in leaders:
             regions.restart_broker(US, node, timeout=120)
 
-        out = failback(regions, US, topic)
-        assert out.returncode == 0, (out.stdout, out.stderr)
-        (res,) = json.loads(out.stdout)["topics"]
+        res = failback_done(regions, US, topic)
         check_recovered(regions, topic, res, us_acked, us_before)
 
 
@@ -418,9 +422,7 @@ def test_failback_cli_killed_at_a_step_completes_when_run_again(tmp_path, chroni
         if catching_up:
             regions.blackhole(US, on=False)
 
-        out = failback(regions, US, topic)
-        assert out.returncode == 0, (out.stdout, out.stderr)
-        (res,) = json.loads(out.stdout)["topics"]
+        res = failback_done(regions, US, topic)
         print(f"\nkilled at {marker!r}; the second run: {res['copied_now']} copied now, "
               f"{res['records_recovered']} recovered in all; {fork}")
         check_recovered(regions, topic, res, us_acked, us_before)
@@ -473,9 +475,7 @@ def test_failback_leaves_consumer_group_offsets_valid(tmp_path, chronik_cluster_
         topic = unique_topic("fb-groups")
         groups: dict = {}
         us_acked, us_before = diverge(regions, topic, groups=groups)
-        out = failback(regions, US, topic)
-        assert out.returncode == 0, (out.stdout, out.stderr)
-        (res,) = json.loads(out.stdout)["topics"]
+        res = failback_done(regions, US, topic)
         check_recovered(regions, topic, res, us_acked, us_before)
         fork = forks(regions, topic, us_before)
         logs = {p: read_partition(regions.bootstrap(EU), topic, p, timeout=60) for p in range(PARTITIONS)}

@@ -244,12 +244,8 @@ where
                 b.extend_from_slice(&(out.auth_bytes.len() as i32).to_be_bytes());
                 b.extend_from_slice(&out.auth_bytes);
                 let b = b.freeze();
-                if tx
-                    .send((Box::pin(async move { b }), "SaslAuthenticate", received))
-                    .await
-                    .is_err()
-                {
-                    break 'conn Err("writer closed".into());
+                if let Err(e) = queue_ready(&tx, b, "SaslAuthenticate", received).await {
+                    break 'conn Err(e);
                 }
                 continue;
             }
@@ -257,12 +253,8 @@ where
                 Ok(Parsed::Request(req)) => *req,
                 Ok(Parsed::ApiVersionsFallback { correlation_id }) => {
                     let b = protocol::api_versions_fallback(correlation_id);
-                    if tx
-                        .send((Box::pin(async move { b }), "ApiVersions", received))
-                        .await
-                        .is_err()
-                    {
-                        break 'conn Err("writer closed".into());
+                    if let Err(e) = queue_ready(&tx, b, "ApiVersions", received).await {
+                        break 'conn Err(e);
                     }
                     continue;
                 }
@@ -301,12 +293,8 @@ where
                     if session.as_ref().is_some_and(|s| s.user().is_some()) {
                         decoder = FrameDecoder::new(full_max);
                     }
-                    if tx
-                        .send((Box::pin(async move { bytes }), api, received))
-                        .await
-                        .is_err()
-                    {
-                        break 'conn Err("writer closed".into());
+                    if let Err(e) = queue_ready(&tx, bytes, api, received).await {
+                        break 'conn Err(e);
                     }
                     match close {
                         // The answer goes out first: the writer drains
@@ -316,7 +304,7 @@ where
                     }
                 }
                 None => match handlers::dispatch(&ctx, req, &conn) {
-                    Reply::Now(b) => Box::pin(async move { b }),
+                    Reply::Now(b) => Box::pin(std::future::ready(b)),
                     Reply::Later(f) => f,
                     Reply::Nothing => continue,
                     Reply::Close(why) => break 'conn Err(why),
@@ -356,4 +344,17 @@ async fn cut_off_watch(ctx: &BrokerCtx) {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Queues an answer that is already encoded, in request order with the
+/// handlers' futures; an error once the writer has gone.
+async fn queue_ready(
+    tx: &mpsc::Sender<(BoxFuture, &'static str, Instant)>,
+    b: Bytes,
+    api: &'static str,
+    received: Instant,
+) -> Result<(), String> {
+    tx.send((Box::pin(std::future::ready(b)), api, received))
+        .await
+        .map_err(|_| "writer closed".to_string())
 }

@@ -27,6 +27,9 @@ from harness import KAFKA_LIBS, LOOPBACK, ApacheKafka, Chronik, free_port
 CONFIG_COMMAND = "kafka.admin.ConfigCommand"
 MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
 LISTENERS = ("PLAINTEXT", "SASL_SSL", "SASL_PLAINTEXT", "MTLS", "TLS")
+# With an authorizer: the operator's PLAINTEXT listener authenticates no one.
+SUPER_USERS = ("User:ANONYMOUS",)
+ACL_COMMAND = "org.apache.kafka.tools.AclCommand"
 
 
 def chronik_cli(binary: Path, *args: str) -> str:
@@ -94,8 +97,9 @@ class SecureBroker:
     def __init__(self, kind: str, base: Path, certs: Certs, binary: Path | None = None,
                  plain_users: dict[str, str] | None = None, reauth_ms: int = 0,
                  kafka_props: dict | None = None, chronik_config: dict | None = None,
-                 kafka_jvm: dict | None = None) -> None:
+                 kafka_jvm: dict | None = None, authorizer: bool = False) -> None:
         self.kind = kind
+        self.authorizer = authorizer
         self.certs = certs
         self.ports = {name: free_port() for name in LISTENERS}
         if kind == "kafka":
@@ -129,6 +133,10 @@ class SecureBroker:
             "listener.name.mtls.ssl.client.auth": "required",
             "connections.max.reauth.ms": str(reauth_ms),
         }
+        if self.authorizer:
+            # The operator's PLAINTEXT listener (and the KRaft controller on it) is ANONYMOUS.
+            props["authorizer.class.name"] = "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+            props["super.users"] = SUPER_USERS[0]
         users = "".join(f' user_{u}="{pw}"' for u, pw in plain_users.items())
         for listener in ("sasl_ssl", "sasl_plaintext"):
             props[f"listener.name.{listener}.plain.sasl.jaas.config"] = (
@@ -150,6 +158,9 @@ class SecureBroker:
                     f'security = "{security}"\n{t}\n\n')
         mechs = ", ".join(f'"{m}"' for m in MECHANISMS)
         out += f"[sasl]\nmechanisms = [{mechs}]\nconnections_max_reauth_ms = {reauth_ms}\n"
+        if self.authorizer:
+            users = ", ".join(f'"{u}"' for u in SUPER_USERS)
+            out += f"\n[authorization]\nenabled = true\nsuper_users = [{users}]\n"
         return out
 
 
@@ -159,6 +170,12 @@ def start_secure(kind: str, base: Path, certs: Certs, binary: Path | None = None
 
 def kafka_configs(bootstrap: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
     cmd = ["java", "-Xmx256m", "-cp", f"{KAFKA_LIBS}/*", CONFIG_COMMAND, "--bootstrap-server", bootstrap, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def kafka_acls(bootstrap: str, *args: str, timeout: float = 90) -> subprocess.CompletedProcess:
+    """Kafka's kafka-acls.sh."""
+    cmd = ["java", "-Xmx256m", "-cp", f"{KAFKA_LIBS}/*", ACL_COMMAND, "--bootstrap-server", bootstrap, *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 

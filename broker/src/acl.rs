@@ -9,6 +9,8 @@
 
 use std::collections::BTreeSet;
 
+use chronik_metadata_sync::AclKey;
+
 /// Kafka's `ResourceType` codes.
 pub mod resource {
     pub const ANY: i8 = 1;
@@ -62,7 +64,9 @@ pub const ANY_USER: &str = "User:*";
 pub const ANY_HOST: &str = "*";
 
 /// One ACL, as CreateAcls carries it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct AclBinding {
     pub resource_type: i8,
     pub resource_name: String,
@@ -118,6 +122,40 @@ impl AclBinding {
             return Err(InvalidAcl::ClusterName);
         }
         Ok(())
+    }
+
+    /// Its key in the global `__meta`.
+    pub fn to_key(&self) -> bytes::Bytes {
+        use prost::Message;
+        AclKey {
+            resource_type: self.resource_type.into(),
+            resource_name: self.resource_name.clone(),
+            pattern_type: self.pattern_type.into(),
+            principal: self.principal.clone(),
+            host: self.host.clone(),
+            operation: self.operation.into(),
+            permission: self.permission.into(),
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    /// The binding a global `__meta` key names; `None` for bytes no region
+    /// would write (they are skipped, never half-applied).
+    pub fn from_key(key: &[u8]) -> Option<AclBinding> {
+        use prost::Message;
+        let k = AclKey::decode(key).ok()?;
+        let code = |v: i32| i8::try_from(v).ok();
+        let b = AclBinding {
+            resource_type: code(k.resource_type)?,
+            resource_name: k.resource_name,
+            pattern_type: code(k.pattern_type)?,
+            principal: k.principal,
+            host: k.host,
+            operation: code(k.operation)?,
+            permission: code(k.permission)?,
+        };
+        b.validate().ok().map(|()| b)
     }
 
     /// Does this binding's resource pattern cover resource `name`?
@@ -225,6 +263,44 @@ impl Acls {
             }
         }
         allowed || (!any_covers && self.allow_if_no_acl)
+    }
+
+    /// Kafka's `authorizeByResourceType`: could `principal` perform
+    /// `operation` on some resource of this type? True when an ALLOW names
+    /// it for the operation and no DENY for it covers the whole type (a
+    /// literal wildcard, or the empty prefix). Used where Kafka accepts
+    /// "may write some topic" in place of a cluster permission
+    /// (InitProducerId for an idempotent producer, KIP-679).
+    pub fn any_allowed(
+        &self,
+        principal: &str,
+        host: &str,
+        operation: i8,
+        resource_type: i8,
+    ) -> bool {
+        if self.super_users.contains(principal) {
+            return true;
+        }
+        let applies =
+            |b: &&AclBinding| b.resource_type == resource_type && b.names(principal, host);
+        let everything = |b: &AclBinding| match b.pattern_type {
+            pattern::LITERAL => b.resource_name == WILDCARD,
+            pattern::PREFIXED => b.resource_name.is_empty(),
+            _ => false,
+        };
+        let denied_all = self.bindings.iter().filter(applies).any(|b| {
+            b.permission == permission::DENY
+                && (b.operation == operation || b.operation == op::ALL)
+                && everything(b)
+        });
+        if denied_all {
+            return false;
+        }
+        self.bindings
+            .iter()
+            .filter(applies)
+            .any(|b| b.permission == permission::ALLOW && allows(b.operation, operation))
+            || self.allow_if_no_acl
     }
 
     pub fn matching<'a>(&'a self, f: &'a AclFilter) -> impl Iterator<Item = &'a AclBinding> + 'a {
@@ -514,5 +590,47 @@ mod tests {
             }),
             InvalidAcl::ClusterName
         );
+    }
+
+    #[test]
+    fn a_binding_is_its_own_global_key() {
+        let b = acl(
+            resource::TOPIC,
+            "pay-",
+            pattern::PREFIXED,
+            ALICE,
+            op::WRITE,
+            permission::DENY,
+        );
+        assert_eq!(AclBinding::from_key(&b.to_key()), Some(b.clone()));
+        // The same binding gives the same bytes: one entry, however many
+        // regions create it.
+        assert_eq!(b.to_key(), b.clone().to_key());
+        assert_eq!(AclBinding::from_key(b"\xff\xff"), None);
+        let mut bad = b;
+        bad.principal = "alice".into();
+        assert_eq!(AclBinding::from_key(&bad.to_key()), None);
+    }
+
+    #[test]
+    fn some_topic_writable_unless_a_wildcard_deny_covers_the_type() {
+        let write =
+            |name: &str, pt: i8, perm: i8| acl(resource::TOPIC, name, pt, ALICE, op::WRITE, perm);
+        let a = acls(vec![write("orders", pattern::LITERAL, permission::ALLOW)]);
+        assert!(a.any_allowed(ALICE, "h", op::WRITE, resource::TOPIC));
+        assert!(!a.any_allowed("User:bob", "h", op::WRITE, resource::TOPIC));
+        assert!(!a.any_allowed(ALICE, "h", op::WRITE, resource::GROUP));
+        let denied = acls(vec![
+            write("orders", pattern::LITERAL, permission::ALLOW),
+            write(WILDCARD, pattern::LITERAL, permission::DENY),
+        ]);
+        assert!(!denied.any_allowed(ALICE, "h", op::WRITE, resource::TOPIC));
+        // A deny of one topic leaves the others.
+        let partly = acls(vec![
+            write("orders", pattern::LITERAL, permission::ALLOW),
+            write("secret", pattern::LITERAL, permission::DENY),
+        ]);
+        assert!(partly.any_allowed(ALICE, "h", op::WRITE, resource::TOPIC));
+        assert!(partly.any_allowed("User:admin", "h", op::WRITE, resource::TOPIC));
     }
 }

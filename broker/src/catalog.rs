@@ -22,6 +22,7 @@ use crate::log::PartitionLog;
 use crate::raft::types::ControllerCommand;
 use crate::storage::{Store, StoreError, CF_META};
 
+mod acls;
 mod credentials;
 mod home_move;
 mod link_actor;
@@ -1179,6 +1180,11 @@ impl Catalog {
                 deletions,
                 now_ms,
             } => self.apply_alter_scram(upserts, deletions, *now_ms, wb),
+            ControllerCommand::AlterAcls {
+                create,
+                delete,
+                now_ms,
+            } => self.apply_alter_acls(create, delete, *now_ms, wb),
             ControllerCommand::Barrier => Ok(PostApply::Nothing),
         }
     }

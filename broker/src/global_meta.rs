@@ -39,6 +39,10 @@ pub struct GlobalMeta {
     /// `/metrics`: when committed offsets beyond the log end were last
     /// counted, and how many there were.
     pub beyond_log_end: std::sync::Mutex<Option<(std::time::Instant, usize)>>,
+    /// Bumped whenever an ACL entry changes (locally, by a merge, or by a
+    /// snapshot), so the authorizer rebuilds its bindings only then, not
+    /// on every request.
+    acl_generation: std::sync::atomic::AtomicU64,
 }
 
 fn corrupt(key: &str, detail: impl ToString) -> StoreError {
@@ -66,6 +70,7 @@ impl GlobalMeta {
             replica: RwLock::new(replica),
             changed: tokio::sync::Notify::new(),
             beyond_log_end: Default::default(),
+            acl_generation: Default::default(),
         })
     }
 
@@ -96,8 +101,20 @@ impl GlobalMeta {
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let r = Self::load(store, &self.region)?;
         *self.replica.write().unwrap() = r;
+        self.bump_acls();
         self.changed.notify_waiters();
         Ok(())
+    }
+
+    fn bump_acls(&self) {
+        self.acl_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes whenever any ACL binding may have changed.
+    pub fn acl_generation(&self) -> u64 {
+        self.acl_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn region(&self) -> &RegionId {
@@ -141,6 +158,12 @@ impl GlobalMeta {
         let meta = store.cf(CF_META);
         if !keys.is_empty() {
             self.changed.notify_waiters();
+        }
+        if keys
+            .iter()
+            .any(|(k, _)| matches!(k, chronik_metadata_sync::Key::Acl(_)))
+        {
+            self.bump_acls();
         }
         for (key, record) in keys {
             match record {

@@ -90,6 +90,8 @@ pub struct BrokerCtx {
     pub lease: crate::lease_gate::LeaseGate,
     /// Produces to mirror partitions, on their way to the home region.
     pub forwarder: crate::forward::Forwarder,
+    /// ACL authorization (`[authorization]`), with its cached bindings.
+    pub authorizer: crate::handlers::authorize::Authorizer,
     ready: AtomicBool,
 }
 
@@ -231,6 +233,7 @@ impl Broker {
         );
         let lease = crate::lease_gate::LeaseGate::open(&config.region, &config.data_dir);
         let config_forward_limit = config.limits.forward_max_inflight_bytes;
+        let authorizer = crate::handlers::authorize::Authorizer::new(&config.authorization);
         let ctx = Arc::new(BrokerCtx {
             config,
             store,
@@ -241,6 +244,7 @@ impl Broker {
             producer_ids,
             lease,
             forwarder: crate::forward::Forwarder::new(config_forward_limit),
+            authorizer,
             ready: AtomicBool::new(false),
         });
         let listeners = kafka

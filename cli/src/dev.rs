@@ -312,6 +312,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                     limits: Default::default(),
                     groups: Default::default(),
                     sasl: Default::default(),
+                    authorization: Default::default(),
                 }
             };
             out.push(Planned {

@@ -58,16 +58,16 @@ pub enum Key {
         topic: String,
         partition: i32,
     },
-    /// Reserved: ACL bindings, SCRAM credentials and quotas, opaque until
-    /// they are built; merged last-writer-wins.
+    /// One ACL binding, its fields encoded as [`crate::AclKey`]; the value
+    /// is empty, and the tombstone is the binding's deletion. A binding is
+    /// its own key, so the same ACL created in two regions is one entry.
     Acl(Bytes),
+    /// One user's credential for one mechanism ([`crate::ScramValue`]).
     ScramUser(Bytes),
+    /// Reserved for client quotas; opaque until they are built.
     Quota(Bytes),
     /// A kind this build does not know, from a newer region.
-    Unknown {
-        kind: u32,
-        key: Bytes,
-    },
+    Unknown { kind: u32, key: Bytes },
 }
 
 /// How a key's versions are merged.

@@ -38,7 +38,7 @@ pub use replica::{
     RestoreError, Side, UpdateError, Written,
 };
 pub use value::{
-    valid_topic_name, HomeValue, OffsetValue, ScramValue, TopicDef, HOME_REGION_CONFIG,
+    valid_topic_name, AclKey, HomeValue, OffsetValue, ScramValue, TopicDef, HOME_REGION_CONFIG,
 };
 pub use vv::{Causality, VersionVector};
 pub use wire::{Delta, Summary};

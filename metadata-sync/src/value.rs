@@ -179,3 +179,26 @@ impl ScramValue {
         Some((*m as i8, std::str::from_utf8(user).ok()?))
     }
 }
+
+/// The bytes of a [`crate::Key::Acl`]: one binding, with Kafka's codes for
+/// resource type, pattern type, operation and permission. Prost encodes the
+/// same fields to the same bytes, so every region derives the same key for
+/// the same binding. Merged last-writer-wins: a binding deleted in one
+/// cut-off region and re-created in another ends as the later change.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct AclKey {
+    #[prost(int32, tag = "1")]
+    pub resource_type: i32,
+    #[prost(string, tag = "2")]
+    pub resource_name: String,
+    #[prost(int32, tag = "3")]
+    pub pattern_type: i32,
+    #[prost(string, tag = "4")]
+    pub principal: String,
+    #[prost(string, tag = "5")]
+    pub host: String,
+    #[prost(int32, tag = "6")]
+    pub operation: i32,
+    #[prost(int32, tag = "7")]
+    pub permission: i32,
+}

@@ -17,7 +17,7 @@ pub use regions::{
     TopicPolicy, Topology, Witness, WitnessConfig,
 };
 pub use security::{
-    ClientAuth, KafkaListener, ListenerTls, Sasl, SecurityProtocol, SASL_MECHANISMS,
+    Authorization, ClientAuth, KafkaListener, ListenerTls, Sasl, SecurityProtocol, SASL_MECHANISMS,
 };
 
 /// Default Kafka listener when a broker is started without a config file.
@@ -320,6 +320,8 @@ pub struct BrokerConfig {
     pub groups: Groups,
     #[serde(default)]
     pub sasl: Sasl,
+    #[serde(default)]
+    pub authorization: Authorization,
 }
 
 fn default_region() -> String {
@@ -343,6 +345,7 @@ impl Default for BrokerConfig {
             cluster: Cluster::default(),
             groups: Groups::default(),
             sasl: Sasl::default(),
+            authorization: Authorization::default(),
         }
     }
 }
@@ -396,6 +399,7 @@ impl BrokerConfig {
         // Checked even without a SASL listener: a typo should not wait
         // until one is added.
         security::check_sasl(&self.sasl)?;
+        security::check_authorization(&self.authorization)?;
         Ok(())
     }
 }
@@ -778,6 +782,10 @@ connections_max_reauth_ms = 3600000
             "sasl.mechanisms"
         );
         assert_eq!(invalid_key("[sasl]\nmechanisms = []\n"), "sasl.mechanisms");
+        assert_eq!(
+            invalid_key("[authorization]\nenabled = true\nsuper_users = [\"admin\"]\n"),
+            "authorization.super_users"
+        );
     }
 
     #[test]

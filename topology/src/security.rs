@@ -142,6 +142,36 @@ impl Default for Sasl {
     }
 }
 
+/// `[authorization]`: Kafka's ACL authorizer (`authorizer.class.name`,
+/// `super.users`, `allow.everyone.if.no.acl.found`). Off by default, as in
+/// Kafka: with it off every principal may do everything, and the ACL APIs
+/// answer SECURITY_DISABLED.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Authorization {
+    pub enabled: bool,
+    /// Principals (`User:name`, or `User:<certificate subject>` for mTLS)
+    /// allowed everything, whatever the ACLs say.
+    pub super_users: Vec<String>,
+    /// A resource that no ACL covers is open to every principal.
+    pub allow_everyone_if_no_acl_found: bool,
+}
+
+pub(crate) fn check_authorization(a: &Authorization) -> Result<(), (String, String)> {
+    for p in &a.super_users {
+        match p.split_once(':') {
+            Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {}
+            _ => {
+                return Err((
+                    "authorization.super_users".into(),
+                    format!("`{p}` is not a principal (use User:<name>)"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn valid_listener_name(name: &str) -> bool {
     !name.is_empty()
         && name

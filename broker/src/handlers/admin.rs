@@ -21,10 +21,13 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::op;
 use crate::catalog::{ConfigOp, Topic, TopicError};
 use crate::configs::{self, ConfigType};
 use crate::error::KafkaCode;
 use crate::server::BrokerCtx;
+
+use super::authorize::Authz;
 
 const RESOURCE_TOPIC: i8 = 2;
 const RESOURCE_BROKER: i8 = 4;
@@ -59,6 +62,7 @@ fn topic_config_entries(
 
 pub async fn create_topics(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     req: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
@@ -79,6 +83,13 @@ pub async fn create_topics(
                     .with_error_message(Some(s(format!(
                     "Create topics request from client contains multiple entries for topic {name}"
                 )))),
+            );
+            continue;
+        }
+        if !authz.create_topic(&name) {
+            results.push(
+                r.with_error_code(E::TopicAuthorizationFailed.code())
+                    .with_error_message(Some(s(format!("Authorization failed for topic {name}")))),
             );
             continue;
         }
@@ -166,6 +177,7 @@ pub async fn create_topics(
 
 pub async fn delete_topics(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     req: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {
@@ -194,6 +206,10 @@ pub async fn delete_topics(
             out.push(r.with_error_code(E::UnknownTopicId.code()));
             continue;
         };
+        if !authz.topic(op::DELETE, &resolved) {
+            out.push(r.with_error_code(E::TopicAuthorizationFailed.code()));
+            continue;
+        }
         match ctx.catalog.delete_topic(&resolved).await {
             Ok(t) => out.push(
                 r.with_name(Some(TopicName(s(resolved))))
@@ -218,6 +234,7 @@ pub async fn delete_topics(
 
 pub async fn create_partitions(
     ctx: &BrokerCtx,
+    authz: &Authz,
     req: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
     let mut results = Vec::with_capacity(req.topics.len());
@@ -230,6 +247,10 @@ pub async fn create_partitions(
                     .collect()
             });
         let r = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+        if !authz.topic(op::ALTER, &t.name) {
+            results.push(r.with_error_code(E::TopicAuthorizationFailed.code()));
+            continue;
+        }
         match ctx
             .catalog
             .create_partitions(&t.name, t.count, assignments.as_deref(), req.validate_only)
@@ -298,6 +319,7 @@ fn broker_configs(ctx: &BrokerCtx) -> Vec<(&'static str, String, ConfigType)> {
 
 pub fn describe_configs(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     req: &DescribeConfigsRequest,
 ) -> DescribeConfigsResponse {
@@ -322,6 +344,9 @@ pub fn describe_configs(
                 }
                 e
             };
+            if let Some(code) = config_denied(authz, op::DESCRIBE_CONFIGS, res.resource_type, &res.resource_name) {
+                return r.with_error_code(code);
+            }
             match res.resource_type {
                 RESOURCE_TOPIC => match ctx.catalog.get(&res.resource_name) {
                     None => r.with_error_code(E::UnknownTopicOrPartition.code()).with_error_message(Some(s(TopicError::Unknown.to_string()))),
@@ -422,16 +447,30 @@ fn config_ops(
     Ok(ops)
 }
 
+/// Kafka's config permission check: a topic's configs need `operation`
+/// on the topic, a broker's on the cluster. The error, if refused.
+fn config_denied(authz: &Authz, operation: i8, resource_type: i8, name: &str) -> Option<i16> {
+    match resource_type {
+        RESOURCE_TOPIC if !authz.topic(operation, name) => Some(E::TopicAuthorizationFailed.code()),
+        RESOURCE_BROKER if !authz.cluster(operation) => Some(E::ClusterAuthorizationFailed.code()),
+        _ => None,
+    }
+}
+
 /// What both config-alter APIs do with one resource: resolve it, turn the
 /// request into whole-value changes with `ops`, and apply them atomically.
 async fn alter_resource(
     ctx: &BrokerCtx,
+    authz: &Authz,
     resource_type: i8,
     name: &str,
     api: &str,
     validate_only: bool,
     ops: impl FnOnce(&Topic) -> Result<Vec<ConfigOp>, String>,
 ) -> Result<(), (i16, String)> {
+    if let Some(code) = config_denied(authz, op::ALTER_CONFIGS, resource_type, name) {
+        return Err((code, String::new()));
+    }
     match resource_type {
         RESOURCE_TOPIC => {
             let topic = ctx
@@ -454,6 +493,7 @@ async fn alter_resource(
 
 pub async fn incremental_alter_configs(
     ctx: &BrokerCtx,
+    authz: &Authz,
     req: IncrementalAlterConfigsRequest,
 ) -> IncrementalAlterConfigsResponse {
     let mut out = Vec::with_capacity(req.resources.len());
@@ -463,6 +503,7 @@ pub async fn incremental_alter_configs(
             .with_resource_name(res.resource_name.clone());
         let outcome = alter_resource(
             ctx,
+            authz,
             res.resource_type,
             &res.resource_name,
             "IncrementalAlterConfigs",
@@ -480,7 +521,11 @@ pub async fn incremental_alter_configs(
 
 /// The legacy AlterConfigs (kafkajs, older tools): the request's configs
 /// replace the resource's whole explicit config set.
-pub async fn alter_configs(ctx: &BrokerCtx, req: AlterConfigsRequest) -> AlterConfigsResponse {
+pub async fn alter_configs(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: AlterConfigsRequest,
+) -> AlterConfigsResponse {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse as Resp;
     let mut out = Vec::with_capacity(req.resources.len());
     for res in &req.resources {
@@ -489,6 +534,7 @@ pub async fn alter_configs(ctx: &BrokerCtx, req: AlterConfigsRequest) -> AlterCo
             .with_resource_name(res.resource_name.clone());
         let outcome = alter_resource(
             ctx,
+            authz,
             res.resource_type,
             &res.resource_name,
             "AlterConfigs",

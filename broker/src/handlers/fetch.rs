@@ -18,10 +18,13 @@ use kafka_protocol::messages::{
 };
 use tokio::sync::Notify;
 
+use crate::acl::op;
 use crate::catalog::Topic;
 use crate::error::KafkaCode;
 use crate::log::PartitionLog;
 use crate::server::BrokerCtx;
+
+use super::authorize::Authz;
 
 /// Topic ids replace names in Fetch from this version on.
 const FETCH_TOPIC_ID_VERSION: i16 = 13;
@@ -66,7 +69,12 @@ struct Slot {
     wait_for_mirrors: bool,
 }
 
-pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) -> FetchResponse {
+pub async fn handle_fetch(
+    ctx: Arc<BrokerCtx>,
+    authz: Authz,
+    version: i16,
+    req: FetchRequest,
+) -> FetchResponse {
     let node = BrokerId(ctx.config.node_id);
     let by_id = version >= FETCH_TOPIC_ID_VERSION;
     let replica_id = if version >= FETCH_REPLICA_STATE_VERSION {
@@ -75,6 +83,9 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
         req.replica_id.0
     };
     let debugging = replica_id == DEBUGGING_REPLICA_ID;
+    // A replica's fetch needs CLUSTER_ACTION on the cluster; a consumer's,
+    // READ on each topic (Kafka's rule).
+    let replica_allowed = replica_id < 0 || authz.cluster(op::CLUSTER_ACTION);
     let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
     let mut slots: Vec<Slot> = Vec::new();
     for ft in &req.topics {
@@ -85,7 +96,17 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
         };
         // Kafka: an unknown id is UNKNOWN_TOPIC_ID, but a partition that a
         // known topic does not have is UNKNOWN_TOPIC_OR_PARTITION.
-        let missing = if by_id && topic.is_none() {
+        let denied = match &topic {
+            _ if !replica_allowed => true,
+            _ if replica_id >= 0 => false,
+            Some(t) => !authz.topic(op::READ, t.name()),
+            None => !by_id && !authz.topic(op::READ, &ft.topic),
+        };
+        let missing = if !replica_allowed {
+            E::ClusterAuthorizationFailed.code()
+        } else if denied {
+            E::TopicAuthorizationFailed.code()
+        } else if by_id && topic.is_none() {
             E::UnknownTopicId.code()
         } else {
             E::UnknownTopicOrPartition.code()
@@ -98,6 +119,7 @@ pub async fn handle_fetch(ctx: Arc<BrokerCtx>, version: i16, req: FetchRequest) 
         for fp in &ft.partitions {
             let mut log = topic
                 .as_ref()
+                .filter(|_| !denied)
                 .and_then(|t| t.partition(fp.partition))
                 .cloned();
             let mut data = PartitionData::default()
@@ -247,6 +269,7 @@ fn answered(mut data: PartitionData) -> PartitionData {
 
 pub fn handle_list_offsets(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     req: ListOffsetsRequest,
 ) -> ListOffsetsResponse {
@@ -254,7 +277,8 @@ pub fn handle_list_offsets(
         .topics
         .into_iter()
         .map(|t| {
-            let topic = ctx.catalog.get(&t.name);
+            let allowed = authz.topic(op::DESCRIBE, &t.name);
+            let topic = ctx.catalog.get(&t.name).filter(|_| allowed);
             let wait_for_mirrors = req.replica_id.0 != DEBUGGING_REPLICA_ID
                 && topic
                     .as_ref()
@@ -263,6 +287,14 @@ pub fn handle_list_offsets(
                 .partitions
                 .into_iter()
                 .map(|p| {
+                    if !allowed {
+                        return ListOffsetsPartitionResponse::default()
+                            .with_partition_index(p.partition_index)
+                            .with_timestamp(-1)
+                            .with_offset(-1)
+                            .with_leader_epoch(-1)
+                            .with_error_code(E::TopicAuthorizationFailed.code());
+                    }
                     list_offset(
                         ctx,
                         topic.as_deref(),

@@ -32,12 +32,17 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::op;
 use crate::groups::record::OffsetRecord;
 use crate::groups::state::JoinRequest;
 use crate::groups::{err, CommitItem};
 use crate::server::BrokerCtx;
 
+use super::authorize::Authz;
 use super::OPS_NOT_REQUESTED;
+
+const GROUP_DENIED: i16 = 30; // GROUP_AUTHORIZATION_FAILED
+const TOPIC_DENIED: i16 = 29; // TOPIC_AUTHORIZATION_FAILED
 
 const KEY_TYPE_GROUP: i8 = 0;
 const INVALID_REQUEST: i16 = 42;
@@ -63,6 +68,7 @@ fn message(code: i16) -> Option<StrBytes> {
 
 pub fn find_coordinator(
     ctx: &BrokerCtx,
+    authz: &Authz,
     listener: &str,
     version: i16,
     req: FindCoordinatorRequest,
@@ -73,6 +79,7 @@ pub fn find_coordinator(
         vec![req.key.clone()]
     };
     let answer = |key: StrBytes| -> CoordinatorEntry {
+        let allowed = authz.group(op::DESCRIBE, &key);
         let base = CoordinatorEntry::default()
             .with_key(key)
             .with_node_id(BrokerId(-1))
@@ -85,6 +92,9 @@ pub fn find_coordinator(
                     "key type {} is not supported: Chronik coordinates consumer groups only",
                     req.key_type
                 ))));
+        }
+        if !allowed {
+            return base.with_error_code(GROUP_DENIED);
         }
         match ctx.groups.find(listener) {
             Ok((id, host, port)) => base
@@ -110,12 +120,19 @@ pub fn find_coordinator(
 
 pub async fn join_group(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     client_id: Option<StrBytes>,
     peer: SocketAddr,
     req: JoinGroupRequest,
 ) -> JoinGroupResponse {
     let group = req.group_id.0.to_string();
+    if !authz.group(op::READ, &group) {
+        return JoinGroupResponse::default()
+            .with_error_code(GROUP_DENIED)
+            .with_generation_id(-1)
+            .with_member_id(req.member_id);
+    }
     let r = ctx
         .groups
         .join(
@@ -168,7 +185,14 @@ pub async fn join_group(
         )
 }
 
-pub async fn sync_group(ctx: &BrokerCtx, req: SyncGroupRequest) -> SyncGroupResponse {
+pub async fn sync_group(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: SyncGroupRequest,
+) -> SyncGroupResponse {
+    if !authz.group(op::READ, &req.group_id.0) {
+        return SyncGroupResponse::default().with_error_code(GROUP_DENIED);
+    }
     let r = ctx
         .groups
         .sync(
@@ -191,7 +215,10 @@ pub async fn sync_group(ctx: &BrokerCtx, req: SyncGroupRequest) -> SyncGroupResp
         .with_assignment(Bytes::from(r.assignment))
 }
 
-pub async fn heartbeat(ctx: &BrokerCtx, req: HeartbeatRequest) -> HeartbeatResponse {
+pub async fn heartbeat(ctx: &BrokerCtx, authz: &Authz, req: HeartbeatRequest) -> HeartbeatResponse {
+    if !authz.group(op::READ, &req.group_id.0) {
+        return HeartbeatResponse::default().with_error_code(GROUP_DENIED);
+    }
     let code = ctx
         .groups
         .heartbeat(
@@ -206,9 +233,13 @@ pub async fn heartbeat(ctx: &BrokerCtx, req: HeartbeatRequest) -> HeartbeatRespo
 
 pub async fn leave_group(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     req: LeaveGroupRequest,
 ) -> LeaveGroupResponse {
+    if !authz.group(op::READ, &req.group_id.0) {
+        return LeaveGroupResponse::default().with_error_code(GROUP_DENIED);
+    }
     let members: Vec<(String, Option<String>)> = if version >= 3 {
         req.members
             .iter()
@@ -235,9 +266,20 @@ pub async fn leave_group(
     }
 }
 
-pub async fn offset_commit(ctx: &BrokerCtx, req: OffsetCommitRequest) -> OffsetCommitResponse {
+pub async fn offset_commit(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: OffsetCommitRequest,
+) -> OffsetCommitResponse {
+    // Kafka checks the group first: without it, nothing is committed.
+    let group_ok = authz.group(op::READ, &req.group_id.0);
+    let topic_ok: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| group_ok && authz.topic(op::READ, &t.name.0))
+        .collect();
     let mut items = Vec::new();
-    for t in &req.topics {
+    for (t, _) in req.topics.iter().zip(&topic_ok).filter(|(_, ok)| **ok) {
         for p in &t.partitions {
             items.push(CommitItem {
                 topic: t.name.0.to_string(),
@@ -248,16 +290,21 @@ pub async fn offset_commit(ctx: &BrokerCtx, req: OffsetCommitRequest) -> OffsetC
             });
         }
     }
-    let result = ctx
-        .groups
-        .commit(
-            &req.group_id.0,
-            &req.member_id,
-            req.group_instance_id.as_deref(),
-            req.generation_id_or_member_epoch,
-            items,
-        )
-        .await;
+    let result = if !group_ok {
+        Err(GROUP_DENIED)
+    } else if items.is_empty() && topic_ok.iter().any(|ok| !ok) {
+        Ok(Vec::new())
+    } else {
+        ctx.groups
+            .commit(
+                &req.group_id.0,
+                &req.member_id,
+                req.group_instance_id.as_deref(),
+                req.generation_id_or_member_epoch,
+                items,
+            )
+            .await
+    };
     let mut codes = match &result {
         Ok(c) => c.clone().into_iter(),
         Err(_) => Vec::new().into_iter(),
@@ -265,7 +312,8 @@ pub async fn offset_commit(ctx: &BrokerCtx, req: OffsetCommitRequest) -> OffsetC
     let topics = req
         .topics
         .iter()
-        .map(|t| {
+        .zip(topic_ok)
+        .map(|(t, ok)| {
             OffsetCommitResponseTopic::default()
                 .with_name(t.name.clone())
                 .with_partitions(
@@ -273,8 +321,9 @@ pub async fn offset_commit(ctx: &BrokerCtx, req: OffsetCommitRequest) -> OffsetC
                         .iter()
                         .map(|p| {
                             let code = match &result {
-                                Ok(_) => codes.next().unwrap_or(0),
                                 Err(c) => *c,
+                                Ok(_) if !ok => TOPIC_DENIED,
+                                Ok(_) => codes.next().unwrap_or(0),
                             };
                             OffsetCommitResponsePartition::default()
                                 .with_partition_index(p.partition_index)
@@ -287,19 +336,43 @@ pub async fn offset_commit(ctx: &BrokerCtx, req: OffsetCommitRequest) -> OffsetC
     OffsetCommitResponse::default().with_topics(topics)
 }
 
-fn fetched(r: &Option<OffsetRecord>) -> (i64, i32, Option<StrBytes>) {
+/// (offset, leader epoch, metadata, error) of one fetched row.
+fn fetched(r: &Fetched) -> (i64, i32, Option<StrBytes>, i16) {
     match r {
-        Some(r) => (
+        Ok(Some(r)) => (
             r.offset,
             r.leader_epoch,
             Some(s(r.metadata.clone().unwrap_or_default())),
+            0,
         ),
-        None => (-1, -1, Some(s(""))),
+        Ok(None) => (-1, -1, Some(s("")), 0),
+        Err(code) => (-1, -1, Some(s("")), *code),
     }
+}
+
+/// A committed offset, or why the principal may not see it.
+type Fetched = Result<Option<OffsetRecord>, i16>;
+
+/// Kafka's OffsetFetch rule for topics: a named topic the principal may
+/// not describe answers TOPIC_AUTHORIZATION_FAILED; asked for all, such a
+/// topic is left out.
+fn visible(
+    authz: &Authz,
+    named: bool,
+    rows: Vec<(String, i32, Option<OffsetRecord>)>,
+) -> Vec<(String, i32, Fetched)> {
+    rows.into_iter()
+        .filter_map(|(t, p, r)| match authz.topic(op::DESCRIBE, &t) {
+            true => Some((t, p, Ok(r))),
+            false if named => Some((t, p, Err(TOPIC_DENIED))),
+            false => None,
+        })
+        .collect()
 }
 
 pub async fn offset_fetch(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     req: OffsetFetchRequest,
 ) -> OffsetFetchResponse {
@@ -311,22 +384,29 @@ pub async fn offset_fetch(
                     .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
                     .collect()
             });
+            let named = topics.is_some();
             let out = OffsetFetchResponseGroup::default().with_group_id(g.group_id.clone());
-            groups.push(match ctx.groups.fetch(&g.group_id.0, topics).await {
+            let rows = if authz.group(op::DESCRIBE, &g.group_id.0) {
+                ctx.groups.fetch(&g.group_id.0, topics).await
+            } else {
+                Err(GROUP_DENIED)
+            };
+            groups.push(match rows {
                 Err(code) => out.with_error_code(code),
-                Ok(rows) => out.with_topics(group_rows(rows, |t, parts| {
+                Ok(rows) => out.with_topics(group_rows(visible(authz, named, rows), |t, parts| {
                     OffsetFetchResponseTopics::default()
                         .with_name(TopicName(s(t)))
                         .with_partitions(
                             parts
                                 .into_iter()
                                 .map(|(p, r)| {
-                                    let (o, e, m) = fetched(&r);
+                                    let (o, e, m, code) = fetched(&r);
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(o)
                                         .with_committed_leader_epoch(e)
                                         .with_metadata(m)
+                                        .with_error_code(code)
                                 })
                                 .collect(),
                         )
@@ -340,7 +420,13 @@ pub async fn offset_fetch(
             .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
             .collect()
     });
-    match ctx.groups.fetch(&req.group_id.0, topics).await {
+    let named = topics.is_some();
+    let rows = if authz.group(op::DESCRIBE, &req.group_id.0) {
+        ctx.groups.fetch(&req.group_id.0, topics).await
+    } else {
+        Err(GROUP_DENIED)
+    };
+    match rows {
         Err(code) => {
             // Before v2 there is no top-level error: report it per partition.
             let topics = req
@@ -367,34 +453,37 @@ pub async fn offset_fetch(
                 .with_error_code(code)
                 .with_topics(topics)
         }
-        Ok(rows) => OffsetFetchResponse::default().with_topics(group_rows(rows, |t, parts| {
-            OffsetFetchResponseTopic::default()
-                .with_name(TopicName(s(t)))
-                .with_partitions(
-                    parts
-                        .into_iter()
-                        .map(|(p, r)| {
-                            let (o, e, m) = fetched(&r);
-                            OffsetFetchResponsePartition::default()
-                                .with_partition_index(p)
-                                .with_committed_offset(o)
-                                .with_committed_leader_epoch(e)
-                                .with_metadata(m)
-                        })
-                        .collect(),
-                )
-        })),
+        Ok(rows) => OffsetFetchResponse::default().with_topics(group_rows(
+            visible(authz, named, rows),
+            |t, parts| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(TopicName(s(t)))
+                    .with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(p, r)| {
+                                let (o, e, m, code) = fetched(&r);
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(o)
+                                    .with_committed_leader_epoch(e)
+                                    .with_metadata(m)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            },
+        )),
     }
 }
 
 /// Groups (topic, partition, record) rows by topic, keeping first-seen order.
-fn group_rows<T>(
-    rows: Vec<(String, i32, Option<OffsetRecord>)>,
-    make: impl Fn(String, Vec<(i32, Option<OffsetRecord>)>) -> T,
+fn group_rows<T, R>(
+    rows: Vec<(String, i32, R)>,
+    make: impl Fn(String, Vec<(i32, R)>) -> T,
 ) -> Vec<T> {
     let mut order: Vec<String> = Vec::new();
-    let mut by: std::collections::HashMap<String, Vec<(i32, Option<OffsetRecord>)>> =
-        Default::default();
+    let mut by: std::collections::HashMap<String, Vec<(i32, R)>> = Default::default();
     for (t, p, r) in rows {
         if !by.contains_key(&t) {
             order.push(t.clone());
@@ -412,6 +501,7 @@ fn group_rows<T>(
 
 pub async fn describe_groups(
     ctx: &BrokerCtx,
+    authz: &Authz,
     version: i16,
     req: DescribeGroupsRequest,
 ) -> DescribeGroupsResponse {
@@ -420,7 +510,12 @@ pub async fn describe_groups(
         let base = DescribedGroup::default()
             .with_group_id(g.clone())
             .with_authorized_operations(OPS_NOT_REQUESTED);
-        out.push(match ctx.groups.describe(&g.0).await {
+        let described = if authz.group(op::DESCRIBE, &g.0) {
+            ctx.groups.describe(&g.0).await
+        } else {
+            Err(GROUP_DENIED)
+        };
+        out.push(match described {
             Err(code) => base.with_error_code(code).with_error_message(message(code)),
             // Kafka 4 answers an unknown group with GROUP_ID_NOT_FOUND from
             // v6 on, and as a Dead group before.
@@ -452,7 +547,14 @@ pub async fn describe_groups(
     DescribeGroupsResponse::default().with_groups(out)
 }
 
-pub async fn list_groups(ctx: &BrokerCtx, req: ListGroupsRequest) -> ListGroupsResponse {
+pub async fn list_groups(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: ListGroupsRequest,
+) -> ListGroupsResponse {
+    // Kafka: DESCRIBE on the cluster lists every group; otherwise each
+    // group is listed only to a principal that may describe it.
+    let all = authz.cluster(op::DESCRIBE);
     match ctx.groups.list().await {
         // Only the coordinator knows groups; elsewhere the answer is an
         // empty list, as from a Kafka broker that coordinates none.
@@ -468,6 +570,7 @@ pub async fn list_groups(ctx: &BrokerCtx, req: ListGroupsRequest) -> ListGroupsR
                         states.is_empty() || states.contains(&st.name().to_lowercase())
                     })
                     .filter(|_| types.is_empty() || types.iter().any(|t| t == "classic"))
+                    .filter(|(id, _, _)| all || authz.group(op::DESCRIBE, id))
                     .map(|(id, ptype, st)| {
                         ListedGroup::default()
                             .with_group_id(GroupId(s(id)))
@@ -481,10 +584,18 @@ pub async fn list_groups(ctx: &BrokerCtx, req: ListGroupsRequest) -> ListGroupsR
     }
 }
 
-pub async fn delete_groups(ctx: &BrokerCtx, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+pub async fn delete_groups(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: DeleteGroupsRequest,
+) -> DeleteGroupsResponse {
     let mut results = Vec::new();
     for g in req.groups_names {
-        let code = ctx.groups.delete(&g.0).await;
+        let code = if authz.group(op::DELETE, &g.0) {
+            ctx.groups.delete(&g.0).await
+        } else {
+            GROUP_DENIED
+        };
         results.push(
             DeletableGroupResult::default()
                 .with_group_id(g)
@@ -494,11 +605,25 @@ pub async fn delete_groups(ctx: &BrokerCtx, req: DeleteGroupsRequest) -> DeleteG
     DeleteGroupsResponse::default().with_results(results)
 }
 
-pub async fn offset_delete(ctx: &BrokerCtx, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+pub async fn offset_delete(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: OffsetDeleteRequest,
+) -> OffsetDeleteResponse {
+    if !authz.group(op::DELETE, &req.group_id.0) {
+        return OffsetDeleteResponse::default().with_error_code(GROUP_DENIED);
+    }
+    let topic_ok: Vec<bool> = req
+        .topics
+        .iter()
+        .map(|t| authz.topic(op::READ, &t.name.0))
+        .collect();
     let parts: Vec<(String, i32)> = req
         .topics
         .iter()
-        .flat_map(|t| {
+        .zip(&topic_ok)
+        .filter(|(_, ok)| **ok)
+        .flat_map(|(t, _)| {
             t.partitions
                 .iter()
                 .map(|p| (t.name.0.to_string(), p.partition_index))
@@ -511,7 +636,8 @@ pub async fn offset_delete(ctx: &BrokerCtx, req: OffsetDeleteRequest) -> OffsetD
             OffsetDeleteResponse::default().with_topics(
                 req.topics
                     .into_iter()
-                    .map(|t| {
+                    .zip(topic_ok)
+                    .map(|(t, ok)| {
                         OffsetDeleteResponseTopic::default()
                             .with_name(t.name)
                             .with_partitions(
@@ -520,7 +646,11 @@ pub async fn offset_delete(ctx: &BrokerCtx, req: OffsetDeleteRequest) -> OffsetD
                                     .map(|p| {
                                         OffsetDeleteResponsePartition::default()
                                             .with_partition_index(p.partition_index)
-                                            .with_error_code(codes.next().unwrap_or(0))
+                                            .with_error_code(if ok {
+                                                codes.next().unwrap_or(0)
+                                            } else {
+                                                TOPIC_DENIED
+                                            })
                                     })
                                     .collect(),
                             )

@@ -1,7 +1,9 @@
 //! Kafka API handlers. Each takes a decoded request and produces the
 //! response body; framing and ordering live in `server.rs`.
 
+mod acls;
 mod admin;
+pub mod authorize;
 mod fetch;
 mod groups;
 mod partition_admin;
@@ -23,11 +25,13 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, StrBytes};
 
+use crate::acl::op;
 use crate::catalog::{validate_topic_name, Topic};
 use crate::connection::ConnCtx;
 use crate::error::KafkaCode;
 use crate::protocol::{self, encode_response, Request};
 use crate::server::BrokerCtx;
+use authorize::Authz;
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;
 
@@ -82,6 +86,11 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
     let cid = header.correlation_id;
     let id = (cid, key, v);
     metrics::counter!("chronik_requests_total", "api" => protocol::api_name(key)).increment(1);
+    let authz = ctx.authorizer.for_request(&ctx.catalog, conn);
+    // Requests that only the cluster permission allows, refused whole.
+    if let Some(b) = cluster_refusal(&authz, cid, key, v, &body) {
+        return Reply::Now(b);
+    }
     match body {
         RequestKind::ApiVersions(_) => {
             let body = ApiVersionsResponse::default().with_api_keys(protocol::api_versions_list());
@@ -92,25 +101,25 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
             // is never forwarded again.
             let forwarded = header.client_id.as_deref()
                 == Some(chronik_wire::protocol::FORWARDED_PRODUCE_CLIENT_ID);
-            produce::handle(ctx, cid, v, p, forwarded)
+            produce::handle(ctx, cid, v, p, forwarded, &authz)
         }
         RequestKind::Fetch(f) => later(ctx, id, move |ctx| async move {
-            fetch::handle_fetch(ctx, v, f).await
+            fetch::handle_fetch(ctx, authz, v, f).await
         }),
         RequestKind::ListOffsets(r) => Reply::Now(encode_response(
             cid,
             key,
             v,
-            &fetch::handle_list_offsets(ctx, v, r),
+            &fetch::handle_list_offsets(ctx, &authz, v, r),
         )),
         RequestKind::Metadata(m) => {
             let listener = conn.listener.name.clone();
             later(ctx, id, move |ctx| async move {
-                handle_metadata(&ctx, &listener, v, m).await
+                handle_metadata(&ctx, &authz, &listener, v, m).await
             })
         }
         RequestKind::InitProducerId(r) => later(ctx, id, move |ctx| async move {
-            handle_init_producer_id(&ctx, r).await
+            handle_init_producer_id(&ctx, &authz, r).await
         }),
         RequestKind::DescribeCluster(_) => Reply::Now(encode_response(
             cid,
@@ -128,6 +137,18 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
                 move |ctx| async move { scram::alter(&ctx, r).await },
             )
         }
+        RequestKind::DescribeAcls(r) => Reply::Now(encode_response(
+            cid,
+            key,
+            v,
+            &acls::describe(ctx, &authz, &r),
+        )),
+        RequestKind::CreateAcls(r) => later(ctx, id, move |ctx| async move {
+            acls::create(&ctx, &authz, r).await
+        }),
+        RequestKind::DeleteAcls(r) => later(ctx, id, move |ctx| async move {
+            acls::delete(&ctx, &authz, r).await
+        }),
         // Chronik has no client quotas, so every filter matches nothing;
         // `kafka-configs.sh --describe --entity-type users` asks for them
         // next to the SCRAM credentials.
@@ -143,31 +164,31 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
             Reply::Close("a SASL request reached the request handlers".into())
         }
         RequestKind::CreateTopics(r) => later(ctx, id, move |ctx| async move {
-            admin::create_topics(&ctx, v, r).await
+            admin::create_topics(&ctx, &authz, v, r).await
         }),
         RequestKind::DeleteTopics(r) => later(ctx, id, move |ctx| async move {
-            admin::delete_topics(&ctx, v, r).await
+            admin::delete_topics(&ctx, &authz, v, r).await
         }),
         RequestKind::CreatePartitions(r) => later(ctx, id, move |ctx| async move {
-            admin::create_partitions(&ctx, r).await
+            admin::create_partitions(&ctx, &authz, r).await
         }),
         RequestKind::DescribeConfigs(r) => Reply::Now(encode_response(
             cid,
             key,
             v,
-            &admin::describe_configs(ctx, v, &r),
+            &admin::describe_configs(ctx, &authz, v, &r),
         )),
         RequestKind::IncrementalAlterConfigs(r) => later(ctx, id, move |ctx| async move {
-            admin::incremental_alter_configs(&ctx, r).await
+            admin::incremental_alter_configs(&ctx, &authz, r).await
         }),
         RequestKind::AlterConfigs(r) => later(ctx, id, move |ctx| async move {
-            admin::alter_configs(&ctx, r).await
+            admin::alter_configs(&ctx, &authz, r).await
         }),
         RequestKind::OffsetForLeaderEpoch(r) => Reply::Now(encode_response(
             cid,
             key,
             v,
-            &partition_admin::offset_for_leader_epoch(ctx, r),
+            &partition_admin::offset_for_leader_epoch(ctx, &authz, r),
         )),
         RequestKind::AlterPartitionReassignments(r) => later(ctx, id, move |ctx| async move {
             partition_admin::alter_partition_reassignments(&ctx, r).await
@@ -182,10 +203,10 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
             cid,
             key,
             v,
-            &partition_admin::describe_producers(ctx, r),
+            &partition_admin::describe_producers(ctx, &authz, r),
         )),
         RequestKind::DeleteRecords(r) => later(ctx, id, move |ctx| async move {
-            partition_admin::delete_records(&ctx, r).await
+            partition_admin::delete_records(&ctx, &authz, r).await
         }),
         RequestKind::DescribeLogDirs(r) => Reply::Now(encode_response(
             cid,
@@ -200,41 +221,41 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
             cid,
             key,
             v,
-            &groups::find_coordinator(ctx, &conn.listener.name, v, r),
+            &groups::find_coordinator(ctx, &authz, &conn.listener.name, v, r),
         )),
         RequestKind::JoinGroup(r) => {
             let client_id = header.client_id.clone();
             let peer = conn.peer;
             later(ctx, id, move |ctx| async move {
-                groups::join_group(&ctx, v, client_id, peer, r).await
+                groups::join_group(&ctx, &authz, v, client_id, peer, r).await
             })
         }
         RequestKind::SyncGroup(r) => later(ctx, id, move |ctx| async move {
-            groups::sync_group(&ctx, r).await
+            groups::sync_group(&ctx, &authz, r).await
         }),
         RequestKind::Heartbeat(r) => later(ctx, id, move |ctx| async move {
-            groups::heartbeat(&ctx, r).await
+            groups::heartbeat(&ctx, &authz, r).await
         }),
         RequestKind::LeaveGroup(r) => later(ctx, id, move |ctx| async move {
-            groups::leave_group(&ctx, v, r).await
+            groups::leave_group(&ctx, &authz, v, r).await
         }),
         RequestKind::OffsetCommit(r) => later(ctx, id, move |ctx| async move {
-            groups::offset_commit(&ctx, r).await
+            groups::offset_commit(&ctx, &authz, r).await
         }),
         RequestKind::OffsetFetch(r) => later(ctx, id, move |ctx| async move {
-            groups::offset_fetch(&ctx, v, r).await
+            groups::offset_fetch(&ctx, &authz, v, r).await
         }),
         RequestKind::DescribeGroups(r) => later(ctx, id, move |ctx| async move {
-            groups::describe_groups(&ctx, v, r).await
+            groups::describe_groups(&ctx, &authz, v, r).await
         }),
         RequestKind::ListGroups(r) => later(ctx, id, move |ctx| async move {
-            groups::list_groups(&ctx, r).await
+            groups::list_groups(&ctx, &authz, r).await
         }),
         RequestKind::DeleteGroups(r) => later(ctx, id, move |ctx| async move {
-            groups::delete_groups(&ctx, r).await
+            groups::delete_groups(&ctx, &authz, r).await
         }),
         RequestKind::OffsetDelete(r) => later(ctx, id, move |ctx| async move {
-            groups::offset_delete(&ctx, r).await
+            groups::offset_delete(&ctx, &authz, r).await
         }),
         // protocol::parse only lets through the APIs listed in SUPPORTED,
         // each of which has an arm above.
@@ -243,6 +264,99 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
             std::mem::discriminant(&other)
         ),
     }
+}
+
+/// Requests that need a permission on the cluster as a whole, answered
+/// with CLUSTER_AUTHORIZATION_FAILED without running them.
+fn cluster_refusal(
+    authz: &Authz,
+    cid: i32,
+    key: ApiKey,
+    v: i16,
+    body: &RequestKind,
+) -> Option<Bytes> {
+    use kafka_protocol::messages::*;
+    let needed = match body {
+        RequestKind::ElectLeaders(_) | RequestKind::AlterPartitionReassignments(_) => op::ALTER,
+        RequestKind::AlterUserScramCredentials(_) => op::ALTER,
+        RequestKind::ListPartitionReassignments(_)
+        | RequestKind::DescribeLogDirs(_)
+        | RequestKind::DescribeUserScramCredentials(_) => op::DESCRIBE,
+        RequestKind::DescribeClientQuotas(_) => op::DESCRIBE_CONFIGS,
+        _ => return None,
+    };
+    if authz.cluster(needed) {
+        return None;
+    }
+    let code = E::ClusterAuthorizationFailed.code();
+    let msg = Some(StrBytes::from_static_str("Cluster authorization failed."));
+    Some(match body {
+        RequestKind::ElectLeaders(_) => encode_response(
+            cid,
+            key,
+            v,
+            &ElectLeadersResponse::default().with_error_code(code),
+        ),
+        RequestKind::AlterPartitionReassignments(_) => encode_response(
+            cid,
+            key,
+            v,
+            &AlterPartitionReassignmentsResponse::default()
+                .with_error_code(code)
+                .with_error_message(msg),
+        ),
+        RequestKind::ListPartitionReassignments(_) => encode_response(
+            cid,
+            key,
+            v,
+            &ListPartitionReassignmentsResponse::default()
+                .with_error_code(code)
+                .with_error_message(msg),
+        ),
+        RequestKind::DescribeLogDirs(_) => encode_response(
+            cid,
+            key,
+            v,
+            &DescribeLogDirsResponse::default().with_error_code(code),
+        ),
+        RequestKind::DescribeUserScramCredentials(_) => encode_response(
+            cid,
+            key,
+            v,
+            &DescribeUserScramCredentialsResponse::default()
+                .with_error_code(code)
+                .with_error_message(msg),
+        ),
+        RequestKind::AlterUserScramCredentials(r) => encode_response(
+            cid,
+            key,
+            v,
+            &AlterUserScramCredentialsResponse::default().with_results(
+                r.deletions
+                    .iter()
+                    .map(|d| d.name.clone())
+                    .chain(r.upsertions.iter().map(|u| u.name.clone()))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .into_iter()
+                    .map(|user| {
+                        alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default()
+                            .with_user(user)
+                            .with_error_code(code)
+                            .with_error_message(msg.clone())
+                    })
+                    .collect(),
+            ),
+        ),
+        RequestKind::DescribeClientQuotas(_) => encode_response(
+            cid,
+            key,
+            v,
+            &DescribeClientQuotasResponse::default()
+                .with_error_code(code)
+                .with_error_message(msg),
+        ),
+        _ => unreachable!("every refused kind is answered above"),
+    })
 }
 
 fn self_broker(ctx: &BrokerCtx, listener: &str) -> Option<(i32, StrBytes, i32)> {
@@ -335,6 +449,7 @@ fn metadata_error(name: Option<TopicName>, id: uuid::Uuid, code: i16) -> Metadat
 
 async fn handle_metadata(
     ctx: &BrokerCtx,
+    authz: &Authz,
     listener: &str,
     version: i16,
     req: MetadataRequest,
@@ -348,10 +463,13 @@ async fn handle_metadata(
     let may_create =
         ctx.config.topics.auto_create && (version < 4 || req.allow_auto_topic_creation);
     let topics = match requested {
+        // Asked for every topic: those the principal may not describe are
+        // left out, as Kafka leaves them out.
         None => ctx
             .catalog
             .list()
             .iter()
+            .filter(|t| authz.topic(op::DESCRIBE, t.name()))
             .map(|t| metadata_topic(ctx, t))
             .collect(),
         Some(list) => {
@@ -359,12 +477,28 @@ async fn handle_metadata(
             for rt in list {
                 let Some(name) = rt.name.clone() else {
                     out.push(match ctx.catalog.get_by_id(&rt.topic_id) {
+                        Some(t) if !authz.topic(op::DESCRIBE, t.name()) => {
+                            metadata_error(None, rt.topic_id, E::TopicAuthorizationFailed.code())
+                        }
                         Some(t) => metadata_topic(ctx, &t),
                         None => metadata_error(None, rt.topic_id, E::UnknownTopicId.code()),
                     });
                     continue;
                 };
-                if let Some(t) = ctx.catalog.get(&name) {
+                let exists = ctx.catalog.get(&name);
+                // Kafka: an unknown topic the principal may create is not
+                // a describe failure; it is created (or reported unknown).
+                let denied = !authz.topic(op::DESCRIBE, &name)
+                    && !(exists.is_none() && may_create && authz.create_topic(&name));
+                if denied {
+                    out.push(metadata_error(
+                        Some(name),
+                        uuid::Uuid::nil(),
+                        E::TopicAuthorizationFailed.code(),
+                    ));
+                    continue;
+                }
+                if let Some(t) = exists {
                     out.push(metadata_topic(ctx, &t));
                     continue;
                 }
@@ -376,7 +510,7 @@ async fn handle_metadata(
                     ));
                     continue;
                 }
-                if !may_create {
+                if !may_create || !authz.create_topic(&name) {
                     out.push(metadata_error(
                         Some(name),
                         uuid::Uuid::nil(),
@@ -447,11 +581,15 @@ async fn handle_metadata(
 
 async fn handle_init_producer_id(
     ctx: &BrokerCtx,
+    authz: &Authz,
     req: InitProducerIdRequest,
 ) -> InitProducerIdResponse {
     let resp = InitProducerIdResponse::default()
         .with_producer_id(ProducerId(-1))
         .with_producer_epoch(-1);
+    if req.transactional_id.is_none() && !authz.idempotent_write() {
+        return resp.with_error_code(E::ClusterAuthorizationFailed.code());
+    }
     if req.transactional_id.is_some() {
         // Transactions are not implemented; refuse clearly rather than hand
         // out a producer id whose transactional guarantees we cannot keep.

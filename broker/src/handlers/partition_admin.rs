@@ -33,11 +33,14 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+use crate::acl::op;
 use crate::catalog::TopicError;
 use crate::error::KafkaCode;
 use crate::raft::types::{Command, CommandResult};
 use crate::raft::ProposeError;
 use crate::server::BrokerCtx;
+
+use super::authorize::Authz;
 
 use super::fetch::check_epoch;
 
@@ -72,6 +75,7 @@ pub fn end_offset_for(
 
 pub fn offset_for_leader_epoch(
     ctx: &BrokerCtx,
+    authz: &Authz,
     req: OffsetForLeaderEpochRequest,
 ) -> OffsetForLeaderEpochResponse {
     let topics = req
@@ -79,6 +83,7 @@ pub fn offset_for_leader_epoch(
         .into_iter()
         .map(|t| {
             let topic = ctx.catalog.get(&t.topic.0);
+            let allowed = authz.topic(op::DESCRIBE, &t.topic.0);
             let parts = t
                 .partitions
                 .into_iter()
@@ -87,6 +92,9 @@ pub fn offset_for_leader_epoch(
                         .with_partition(p.partition)
                         .with_leader_epoch(-1)
                         .with_end_offset(-1);
+                    if !allowed {
+                        return out.with_error_code(E::TopicAuthorizationFailed.code());
+                    }
                     let Some(log) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
                         return out.with_error_code(E::UnknownTopicOrPartition.code());
                     };
@@ -114,16 +122,25 @@ pub fn offset_for_leader_epoch(
     OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
-pub async fn delete_records(ctx: &BrokerCtx, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+pub async fn delete_records(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: DeleteRecordsRequest,
+) -> DeleteRecordsResponse {
     let timeout = Duration::from_millis(req.timeout_ms.clamp(1_000, 120_000) as u64);
     let mut topics = Vec::new();
     for t in req.topics {
         let topic = ctx.catalog.get(&t.name.0);
+        let allowed = authz.topic(op::DELETE, &t.name.0);
         let mut parts = Vec::new();
         for p in t.partitions {
             let out = DeleteRecordsPartitionResult::default()
                 .with_partition_index(p.partition_index)
                 .with_low_watermark(-1);
+            if !allowed {
+                parts.push(out.with_error_code(E::TopicAuthorizationFailed.code()));
+                continue;
+            }
             let Some(log) = topic.as_ref().and_then(|t| t.partition(p.partition_index)) else {
                 parts.push(out.with_error_code(E::UnknownTopicOrPartition.code()));
                 continue;
@@ -282,6 +299,7 @@ pub async fn elect_leaders(ctx: &BrokerCtx, req: ElectLeadersRequest) -> ElectLe
 /// is -1 and there is never an open transaction.
 pub fn describe_producers(
     ctx: &BrokerCtx,
+    authz: &Authz,
     req: DescribeProducersRequest,
 ) -> DescribeProducersResponse {
     let topics = req
@@ -289,11 +307,15 @@ pub fn describe_producers(
         .into_iter()
         .map(|t| {
             let topic = ctx.catalog.get(&t.name.0);
+            let allowed = authz.topic(op::READ, &t.name.0);
             let parts = t
                 .partition_indexes
                 .into_iter()
                 .map(|p| {
                     let out = ProducersPartition::default().with_partition_index(p);
+                    if !allowed {
+                        return out.with_error_code(E::TopicAuthorizationFailed.code());
+                    }
                     let Some(log) = topic.as_ref().and_then(|t| t.partition(p)) else {
                         return out.with_error_code(E::UnknownTopicOrPartition.code());
                     };

@@ -15,7 +15,9 @@ use kafka_protocol::messages::{ApiKey, BrokerId, ProduceRequest, ProduceResponse
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::oneshot;
 
+use super::authorize::Authz;
 use super::{now_ms, Reply};
+use crate::acl::op;
 use crate::catalog::Topic;
 use crate::error::KafkaCode;
 use crate::forward::ForwardError;
@@ -87,6 +89,7 @@ pub fn handle(
     version: i16,
     req: ProduceRequest,
     forwarded: bool,
+    authz: &Authz,
 ) -> Reply {
     let acks = req.acks;
     let now = now_ms();
@@ -95,10 +98,22 @@ pub fn handle(
     // The longest wait any partition's RPO asks of this producer.
     let mut throttle_ms = 0i32;
     for td in req.topic_data {
-        let topic = ctx.catalog.get(&td.name);
+        // Kafka checks WRITE before anything else about the topic, so a
+        // principal without it cannot learn whether the topic exists.
+        let allowed = authz.topic(op::WRITE, &td.name);
+        let topic = ctx.catalog.get(&td.name).filter(|_| allowed);
         let mut outcomes = Vec::with_capacity(td.partition_data.len());
         for pd in td.partition_data {
             let idx = pd.index;
+            if !allowed {
+                outcomes.push(Outcome::Done(partition_error(
+                    version,
+                    idx,
+                    E::TopicAuthorizationFailed.code(),
+                    None,
+                )));
+                continue;
+            }
             if !matches!(acks, -1..=1) {
                 outcomes.push(Outcome::Done(partition_error(
                     version,

@@ -250,6 +250,13 @@ pub enum ControllerCommand {
         deletions: Vec<(String, i8)>,
         now_ms: i64,
     },
+    /// CreateAcls and DeleteAcls: bindings stored and deleted in the global
+    /// `__meta`.
+    AlterAcls {
+        create: Vec<crate::acl::AclBinding>,
+        delete: Vec<crate::acl::AclBinding>,
+        now_ms: i64,
+    },
     /// Changes nothing: once applied, everything committed before it is
     /// applied too (a new group coordinator waits for this before loading).
     Barrier,

@@ -44,7 +44,7 @@ CLUSTER_DEFAULTS = {
 def http_json(url: str, timeout: float = 2.0):
     """(status, parsed JSON or None). Connection errors propagate (OSError)."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with harness.admin_urlopen(url, timeout=timeout) as r:
             body = r.read()
             return r.status, json.loads(body) if body else None
     except urllib.error.HTTPError as e:
@@ -53,7 +53,7 @@ def http_json(url: str, timeout: float = 2.0):
 
 def http_bytes(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with harness.admin_urlopen(url, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()

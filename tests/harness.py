@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -162,9 +163,24 @@ def api_versions_ok(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+# Admin API tokens by "host:port" (brokers' listeners.admin_token_file, a dc-link's
+# broker_admin_token_file): admin_urlopen sends the one registered for the address it calls.
+ADMIN_TOKENS: dict[str, str] = {}
+
+
+def admin_urlopen(req, timeout: float):
+    """urllib.request.urlopen, with the target's admin token when one is registered."""
+    if isinstance(req, str):
+        req = urllib.request.Request(req)
+    token = ADMIN_TOKENS.get(urllib.parse.urlsplit(req.full_url).netloc)
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with admin_urlopen(url, timeout=timeout) as r:
             return r.status, r.read().decode(errors="replace")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
@@ -492,6 +508,7 @@ _CHRONIK_KEYS = {
     "initial_rebalance_delay_ms": "groups",
     "offsets_retention_minutes": "groups",
     "offsets_retention_check_interval_ms": "groups",
+    "admin_token_file": "listeners",
 }
 
 
@@ -560,7 +577,7 @@ class Chronik(ManagedProcess):
         for k, v in self.config.items():
             sections[_CHRONIK_KEYS[k]].append(f"{k} = {_toml_value(v)}")
         sections[None].insert(3, f"data_dir = {_toml_value(str(self.data_dir))}")
-        sections["listeners"] = [f'kafka = "{self.host}:{self.port}"', f'admin = "{self.host}:{self.admin_port}"']
+        sections["listeners"][:0] = [f'kafka = "{self.host}:{self.port}"', f'admin = "{self.host}:{self.admin_port}"']
         if self.raft_port:
             sections["listeners"].append(f'raft = "{self.host}:{self.raft_port}"')
         out = "\n".join(sections[None]) + "\n"

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import harness
 from cluster import ChronikCluster, http_json
-from harness import LOOPBACK, Chronik, ManagedProcess, chronik_bin, free_port, stop_all, tail, wait_until
+from harness import (LOOPBACK, Chronik, ManagedProcess, admin_urlopen, chronik_bin, free_port, stop_all, tail,
+                     wait_until)
 
 DEFAULT_NAMES = ("us-east", "eu-west")
 IMPAIRMENT_FIELDS = ("delay_ms", "jitter_ms", "loss", "bandwidth_mbit", "reorder", "corrupt", "blackhole")
@@ -77,7 +78,7 @@ def http_put_json(url: str, body: dict, timeout: float = 5.0) -> tuple[int, dict
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT",
                                  headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with admin_urlopen(req, timeout=timeout) as r:
             return r.status, json.loads(r.read() or b"null")
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
@@ -357,7 +358,20 @@ class Regions:
             for r in standby
         }
         self.extra: list[ManagedProcess] = []  # processes a test adds (listed in .started, stopped by stop())
+        self.admin_tokens: dict[str, Path] = {}  # region -> its admin token file (set_admin_token)
         self._started = False
+
+    def set_admin_token(self, region: str, token: str) -> Path:
+        """Before start(): closes `region`'s broker and dc-link admin APIs to callers without
+        `token`. The harness's own HTTP helpers send it (harness.ADMIN_TOKENS)."""
+        path = self.base_dir / f"admin-token-{region}"
+        path.write_text(token + "\n")
+        self.admin_tokens[region] = path
+        for node in self.clusters[region].nodes.values():
+            node.config["admin_token_file"] = str(path)
+            harness.ADMIN_TOKENS[f"{node.host}:{node.admin_port}"] = token
+        harness.ADMIN_TOKENS[f"{LOOPBACK}:{self.dclinks[region].admin_port}"] = token
+        return path
 
     # -- context manager -----------------------------------------------------
 
@@ -462,6 +476,8 @@ class Regions:
             f"listen = {toml_value(f'{host}:{port}')}",
             f"admin = {toml_value(f'{LOOPBACK}:{admin_port or self.dclinks[region].admin_port}')}",
         ]
+        if region in self.admin_tokens:
+            lines.append(f"broker_admin_token_file = {toml_value(str(self.admin_tokens[region]))}")
         f = self.faults.get(region) if faults is None else faults
         if f:
             lines += ["", "[faults]"] + [f"{k} = {toml_value(v)}" for k, v in f.items()]

@@ -15,7 +15,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 
-CLIENTS_LANE=(test_security.py test_groups.py test_clients.py test_group_clients.py
+CLIENTS_LANE=(test_security.py test_acls.py test_groups.py test_clients.py test_group_clients.py
   test_java_idempotence.py test_kafka_cli.py test_conformance.py test_crash.py
   test_kafkajs.py test_bad_input.py test_faultproxy.py test_ackcheck.py test_cluster.py)
 CLUSTERED_PASS=(test_conformance.py test_bad_input.py test_clients.py test_kafkajs.py

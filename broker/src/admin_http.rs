@@ -46,6 +46,7 @@ pub async fn serve(
     ctx: Arc<BrokerCtx>,
     listener: TcpListener,
     metrics: PrometheusHandle,
+    token: Option<String>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let upkeep = metrics.clone();
@@ -83,7 +84,11 @@ pub async fn serve(
             metrics,
         })
         .merge(crate::global_meta::http::router(ctx.clone()))
-        .merge(crate::home_http::router(ctx));
+        .merge(crate::home_http::router(ctx))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(token),
+            require_token,
+        ));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;
@@ -93,6 +98,35 @@ pub async fn serve(
     if let Err(e) = result {
         tracing::warn!(error = %e, "admin listener stopped");
     }
+}
+
+/// Without the region's admin token, only `/metrics` and `/health/*`
+/// answer: every other route writes into the region (mirror appends and
+/// acks, truncation, metadata merges, home moves) or reads its data.
+async fn require_token(
+    State(token): State<Arc<Option<String>>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use chronik_wire::admin_token;
+    let path = req.uri().path();
+    let Some(want) = token
+        .as_deref()
+        .filter(|_| !admin_token::is_open_path(path))
+    else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if admin_token::authorizes(header, want) {
+        return next.run(req).await;
+    }
+    metrics::counter!("chronik_admin_unauthorized_total").increment(1);
+    tracing::warn!(path, "admin request without a valid token refused");
+    (StatusCode::UNAUTHORIZED, admin_token::REFUSAL).into_response()
 }
 
 async fn render_metrics(State(s): State<AppState>) -> String {

@@ -94,7 +94,14 @@ impl Cluster {
         store: Arc<Store>,
         catalog: Arc<Catalog>,
     ) -> Result<Arc<Cluster>, String> {
-        Self::start_with_io(cfg, store, catalog, Arc::new(TcpIo)).await
+        let io: Arc<dyn PeerIo> = match &cfg.cluster.tls {
+            Some(t) => Arc::new(
+                crate::raft::peer_tls::TlsIo::load(&cfg.region, t)
+                    .map_err(|e| format!("Raft peer TLS: {e}"))?,
+            ),
+            None => Arc::new(TcpIo),
+        };
+        Self::start_with_io(cfg, store, catalog, io).await
     }
 
     /// [`Cluster::start`] with the peer sockets from `io` (the deterministic

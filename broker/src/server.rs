@@ -133,6 +133,8 @@ pub enum StartError {
     Listener(crate::listener::ListenerError),
     #[error("installing the metrics recorder: {0}")]
     Metrics(String),
+    #[error("{0}")]
+    AdminToken(String),
     #[error("starting replication: {0}")]
     Cluster(String),
     #[error("{dir} holds the data of node {stored}, but this broker is configured as node {configured}; node ids are never reused or changed")]
@@ -146,6 +148,13 @@ pub enum StartError {
 impl Broker {
     pub async fn start(mut config: BrokerConfig) -> Result<Broker, StartError> {
         let metrics_handle = crate::admin_http::install_metrics().map_err(StartError::Metrics)?;
+        let admin_token = config
+            .listeners
+            .admin_token_file
+            .as_deref()
+            .map(chronik_topology::read_token_file)
+            .transpose()
+            .map_err(StartError::AdminToken)?;
         let dir = config.data_dir.join("rocksdb");
         let storage_err = |source| StartError::Storage {
             dir: dir.display().to_string(),
@@ -268,6 +277,7 @@ impl Broker {
                 ctx.clone(),
                 admin,
                 metrics_handle,
+                admin_token,
                 shutdown_rx.clone(),
             )),
             tokio::spawn(retention_loop(ctx.clone(), shutdown_rx.clone())),

@@ -194,6 +194,7 @@ fn plan_dc_links(
             forward_listen: None,
             faults: Faults::default(),
             state_dir: None,
+            broker_admin_token_file: None,
         };
         std::fs::write(&config_path, toml::to_string(&cfg).expect("serializes"))
             .map_err(|e| format!("{}: {e}", config_path.display()))?;

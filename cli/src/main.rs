@@ -98,6 +98,13 @@ enum CertsCommand {
             default_value = "localhost,127.0.0.1"
         )]
         hosts: Vec<String>,
+        /// Also prove this broker id on the Raft peer transport ([cluster.tls]):
+        /// adds the name broker-<id>.<region>.raft.chronik. Needs --region.
+        #[arg(long, requires = "region")]
+        raft_id: Option<i32>,
+        /// The broker's region, for --raft-id.
+        #[arg(long, requires = "raft_id")]
+        region: Option<String>,
     },
     /// Issue a client certificate for mutual TLS; the principal is User:CN=<name>.
     Client {
@@ -182,6 +189,16 @@ fn init_tracing() {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `chronik ctl` and the switchover commands reach brokers' admin APIs.
+    if let Some(path) = std::env::var_os("CHRONIK_ADMIN_TOKEN_FILE") {
+        match chronik_topology::read_token_file(std::path::Path::new(&path)) {
+            Ok(t) => chronik_dc_link::broker_http::set_admin_token(t),
+            Err(e) => {
+                eprintln!("error: CHRONIK_ADMIN_TOKEN_FILE: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     match cli.command {
         Command::Broker { config } => {
             init_tracing();
@@ -235,13 +252,25 @@ fn main() -> ExitCode {
             }
         }
         Command::Certs {
-            command: CertsCommand::Broker { dir, name, hosts },
-        } => issue_cert(
-            &dir,
-            &name,
-            chronik_dc_link::tls::DevCertKind::Broker,
-            &hosts,
-        ),
+            command:
+                CertsCommand::Broker {
+                    dir,
+                    name,
+                    mut hosts,
+                    raft_id,
+                    region,
+                },
+        } => {
+            if let (Some(id), Some(region)) = (raft_id, &region) {
+                hosts.push(chronik_topology::raft_peer_dns_name(region, id));
+            }
+            issue_cert(
+                &dir,
+                &name,
+                chronik_dc_link::tls::DevCertKind::Broker,
+                &hosts,
+            )
+        }
         Command::Certs {
             command: CertsCommand::Client { dir, name },
         } => issue_cert(&dir, &name, chronik_dc_link::tls::DevCertKind::Client, &[]),
@@ -361,6 +390,15 @@ fn run_dc_link(config: &std::path::Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(path) = &cfg.broker_admin_token_file {
+        match chronik_topology::read_token_file(path) {
+            Ok(t) => chronik_dc_link::broker_http::set_admin_token(t),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let metrics = match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
         Ok(h) => h,
         Err(e) => {

@@ -34,6 +34,40 @@ pub enum HttpError {
     },
 }
 
+/// The region's broker admin token, sent with every request when set (the
+/// dc-link's `broker_admin_token_file`, or `CHRONIK_ADMIN_TOKEN_FILE` for
+/// `chronik ctl`). One per process: a process talks to one region's brokers.
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the admin token for the rest of the process; a second call keeps
+/// the first token.
+pub fn set_admin_token(token: String) {
+    let _ = TOKEN.set(token);
+}
+
+/// The dc-link's own admin API takes the same region token: `/v1/promote`
+/// fences and moves homes, and must not answer strangers.
+pub(crate) async fn require_token(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use chronik_wire::admin_token;
+    let path = req.uri().path();
+    let Some(want) = TOKEN.get().filter(|_| !admin_token::is_open_path(path)) else {
+        return next.run(req).await;
+    };
+    let header = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if admin_token::authorizes(header, want) {
+        return next.run(req).await;
+    }
+    metrics::counter!("chronik_dclink_admin_unauthorized_total").increment(1);
+    (StatusCode::UNAUTHORIZED, admin_token::REFUSAL).into_response()
+}
+
 /// One keep-alive HTTP/1 connection to a broker's admin listener.
 pub struct AdminConn {
     pub addr: String,
@@ -92,6 +126,9 @@ impl AdminConn {
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, self.addr.as_str());
+        if let Some(token) = TOKEN.get() {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         match flag_header {
             Some(JSON) => req = req.header(hyper::header::CONTENT_TYPE, "application/json"),
             Some(h) => req = req.header(h, "1"),

@@ -1136,7 +1136,8 @@ pub async fn run(
         .route("/v1/promote", axum::routing::post(promote))
         .route("/health/live", get(|| async { "live\n" }))
         .route("/health/ready", get(ready))
-        .with_state((shared.clone(), metrics));
+        .with_state((shared.clone(), metrics))
+        .layer(axum::middleware::from_fn(broker_http::require_token));
     tasks.spawn(async move {
         if let Err(e) = axum::serve(admin, app).await {
             tracing::warn!(error = %e, "admin listener stopped");

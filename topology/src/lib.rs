@@ -57,6 +57,13 @@ pub struct Listeners {
     /// HTTP admin listener (/metrics, /health/*); defaults to Kafka port + 4000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin: Option<SocketAddr>,
+    /// A file holding the region's admin API token. When set, every admin
+    /// HTTP request except `/metrics` and `/health/*` must carry
+    /// `Authorization: Bearer <token>`: mirror appends, mirror acks,
+    /// truncation and the metadata-sync merge are then closed to anyone
+    /// without it. Relative paths are against the broker's working dir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// Broker-to-broker (Raft) listener. Required when `cluster.peers` is not
     /// empty; defaults to Kafka port + 1 otherwise (a one-broker region
     /// opens no peer listener at all).
@@ -83,6 +90,7 @@ impl Default for Listeners {
             kafka: DEFAULT_KAFKA_ADDR.parse().expect("valid default address"),
             advertised_kafka: None,
             admin: None,
+            admin_token_file: None,
             raft: None,
             name: None,
             security: SecurityProtocol::default(),
@@ -258,7 +266,39 @@ pub struct Cluster {
     /// Move leadership back to each partition's preferred replica once it
     /// is in sync (Kafka's `auto.leader.rebalance.enable`).
     pub auto_leader_rebalance: bool,
+    /// Mutual TLS on the Raft peer transport: each broker's certificate
+    /// must name it (`broker-<id>.<region>.raft.chronik`, see
+    /// [`raft_peer_dns_name`]), so a broker cannot speak for another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PeerTls>,
     pub peers: Vec<Peer>,
+}
+
+/// `[cluster.tls]`: this broker's certificate and key, and the CA that
+/// signed every broker of the region.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// The DNS name a broker's certificate carries to prove, on the Raft peer
+/// transport, that it is broker `id` of `region`.
+pub fn raft_peer_dns_name(region: &str, id: i32) -> String {
+    format!("broker-{id}.{region}.raft.chronik")
+}
+
+/// The broker id a certificate's DNS name proves in `region`, if it is a
+/// [`raft_peer_dns_name`] of that region.
+pub fn raft_peer_id(region: &str, dns_name: &str) -> Option<i32> {
+    let id = dns_name
+        .strip_prefix("broker-")?
+        .strip_suffix(&format!(".{region}.raft.chronik"))?;
+    // Only the canonical spelling: "07" would name broker 7 twice.
+    let n: i32 = id.parse().ok()?;
+    (n.to_string() == id).then_some(n)
 }
 
 impl Default for Cluster {
@@ -273,6 +313,7 @@ impl Default for Cluster {
             raft_snapshot_entries: 50_000,
             raft_log_keep_entries: 20_000,
             auto_leader_rebalance: true,
+            tls: None,
             peers: Vec::new(),
         }
     }
@@ -402,6 +443,21 @@ impl BrokerConfig {
         security::check_authorization(&self.authorization)?;
         Ok(())
     }
+}
+
+/// Reads an admin API token file: its first line, trimmed. A token shorter
+/// than 16 characters is refused, so a placeholder never guards anything.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the admin token file {}: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "the admin token in {} must be at least 16 characters",
+            path.display()
+        ));
+    }
+    Ok(token)
 }
 
 /// A configuration problem, located by file and key.
@@ -786,6 +842,24 @@ connections_max_reauth_ms = 3600000
             invalid_key("[authorization]\nenabled = true\nsuper_users = [\"admin\"]\n"),
             "authorization.super_users"
         );
+    }
+
+    #[test]
+    fn a_raft_peer_name_proves_one_broker_of_one_region() {
+        let name = raft_peer_dns_name("us-east", 3);
+        assert_eq!(name, "broker-3.us-east.raft.chronik");
+        assert_eq!(raft_peer_id("us-east", &name), Some(3));
+        assert_eq!(raft_peer_id("eu-west", &name), None);
+        assert_eq!(raft_peer_id("east", &name), None);
+        assert_eq!(
+            raft_peer_id("us-east", "broker-03.us-east.raft.chronik"),
+            None
+        );
+        assert_eq!(
+            raft_peer_id("us-east", "broker-x.us-east.raft.chronik"),
+            None
+        );
+        assert_eq!(raft_peer_id("us-east", "us-east.dc-link.chronik"), None);
     }
 
     #[test]

@@ -518,6 +518,11 @@ pub struct DcLinkConfig {
     /// default: `lease-state/` next to this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_dir: Option<PathBuf>,
+    /// The file holding this region's broker admin token (the brokers'
+    /// `listeners.admin_token_file`); sent with every admin HTTP request.
+    /// Relative paths: against this file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_admin_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -534,6 +539,9 @@ impl DcLinkConfig {
     pub fn load(path: &Path) -> Result<(DcLinkConfig, Topology), ConfigError> {
         let mut cfg: DcLinkConfig = read_toml(path)?;
         (cfg.topology, cfg.state_dir) = resolve_paths(path, &cfg.topology, cfg.state_dir.take());
+        if let Some(t) = cfg.broker_admin_token_file.take() {
+            cfg.broker_admin_token_file = Some(path.parent().unwrap_or(Path::new(".")).join(t));
+        }
         let topo = Topology::load(&cfg.topology)?;
         if topo.region(&cfg.region).is_none() {
             return Err(ConfigError::Invalid {

@@ -8,6 +8,7 @@
 //! connection behind the `client` feature, used by the two hops of a
 //! forwarded produce.
 
+pub mod admin_token;
 pub mod alloc;
 pub mod batch;
 #[cfg(feature = "client")]

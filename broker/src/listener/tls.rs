@@ -30,7 +30,7 @@ fn file_err(path: &Path, message: impl ToString) -> TlsError {
     }
 }
 
-fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     let out: Vec<_> = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<_, _>>()
@@ -41,7 +41,7 @@ fn certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsErr
     Ok(out)
 }
 
-fn key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     use rustls::pki_types::pem::PemObject;
     PrivateKeyDer::from_pem_slice(pem)
         .map_err(|e| file_err(path, format!("not a PEM private key: {e:?}")))

@@ -10,6 +10,7 @@ pub mod codec;
 mod group;
 pub(crate) mod json_bytes;
 pub mod log_store;
+pub mod peer_tls;
 pub mod sm;
 pub mod transport;
 pub mod types;

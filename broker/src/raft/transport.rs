@@ -55,12 +55,28 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> PeerStream for T {}
 
 /// Where the transport's sockets come from.
 pub trait PeerIo: Send + Sync + 'static {
-    fn connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>>;
+    /// Dials broker `peer` at `addr` (the id lets a secure transport check
+    /// that the broker answering is that one).
+    fn connect(
+        &self,
+        peer: u64,
+        addr: String,
+    ) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>>;
     fn bind(&self, addr: SocketAddr) -> BoxFuture<'static, std::io::Result<Box<dyn PeerListener>>>;
 }
 
+/// An accepted connection still to be set up (a TLS handshake, run in the
+/// connection's own task), and the broker id its certificate proves, if the
+/// transport has certificates.
+pub type Handshake = BoxFuture<'static, std::io::Result<(Box<dyn PeerStream>, Option<u64>)>>;
+
 pub trait PeerListener: Send + 'static {
-    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Box<dyn PeerStream>>>;
+    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Handshake>>;
+}
+
+/// A connection that needs no setup and proves no identity.
+pub fn ready(stream: Box<dyn PeerStream>) -> Handshake {
+    Box::pin(std::future::ready(Ok((stream, None))))
 }
 
 /// Production sockets: TCP without Nagle (Raft RPCs are small and latency
@@ -68,7 +84,11 @@ pub trait PeerListener: Send + 'static {
 pub struct TcpIo;
 
 impl PeerIo for TcpIo {
-    fn connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>> {
+    fn connect(
+        &self,
+        _peer: u64,
+        addr: String,
+    ) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>> {
         Box::pin(async move {
             let sock = TcpStream::connect(&addr).await?;
             let _ = sock.set_nodelay(true);
@@ -84,11 +104,11 @@ impl PeerIo for TcpIo {
 }
 
 impl PeerListener for TcpListener {
-    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Box<dyn PeerStream>>> {
+    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Handshake>> {
         Box::pin(async move {
             let (sock, _) = TcpListener::accept(self).await?;
             let _ = sock.set_nodelay(true);
-            Ok(Box::new(sock) as Box<dyn PeerStream>)
+            Ok(ready(Box::new(sock)))
         })
     }
 }
@@ -180,9 +200,18 @@ impl Transport {
             tokio::spawn(async move {
                 loop {
                     match listener.accept().await {
-                        Ok(sock) => {
+                        Ok(handshake) => {
                             let me = me.clone();
-                            tokio::spawn(async move { me.accepted(sock).await });
+                            tokio::spawn(async move {
+                                match tokio::time::timeout(Duration::from_secs(10), handshake).await
+                                {
+                                    Ok(Ok((sock, proven))) => me.accepted(sock, proven).await,
+                                    Ok(Err(e)) => {
+                                        tracing::warn!(error = %e, "peer connection refused")
+                                    }
+                                    Err(_) => tracing::warn!("peer handshake timed out"),
+                                }
+                            });
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "peer accept failed");
@@ -206,7 +235,8 @@ impl Transport {
     async fn dial_loop(self: Arc<Self>, peer: u64, addr: String) {
         let mut logged = false;
         loop {
-            match tokio::time::timeout(Duration::from_secs(2), self.io.connect(addr.clone())).await
+            match tokio::time::timeout(Duration::from_secs(2), self.io.connect(peer, addr.clone()))
+                .await
             {
                 Ok(Ok(mut sock)) => {
                     let hello = Frame {
@@ -231,13 +261,25 @@ impl Transport {
         }
     }
 
-    async fn accepted(self: Arc<Self>, mut sock: Box<dyn PeerStream>) {
+    /// `proven`: the broker id the connection's certificate proves, when
+    /// the transport has certificates; the Hello must claim that id.
+    async fn accepted(self: Arc<Self>, mut sock: Box<dyn PeerStream>, proven: Option<u64>) {
         let hello = match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut sock)).await
         {
             Ok(Ok(f)) if f.kind == kind::HELLO => f,
             _ => return,
         };
         let peer = hello.group;
+        if proven.is_some_and(|id| id != peer) {
+            metrics::counter!("chronik_raft_peer_refused_total", "reason" => "identity")
+                .increment(1);
+            tracing::warn!(
+                claimed = peer,
+                certificate = proven,
+                "peer claims another broker's id than its certificate names; closing"
+            );
+            return;
+        }
         if !self.peers.contains_key(&peer) {
             tracing::warn!(
                 peer,

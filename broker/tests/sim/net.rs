@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use chronik_broker::raft::transport::{PeerIo, PeerListener, PeerStream};
+use chronik_broker::raft::transport::{ready, Handshake, PeerIo, PeerListener, PeerStream};
 
 use super::state::Shared;
 
@@ -21,7 +21,11 @@ pub struct SimIo {
 }
 
 impl PeerIo for SimIo {
-    fn connect(&self, addr: String) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>> {
+    fn connect(
+        &self,
+        _peer: u64,
+        addr: String,
+    ) -> BoxFuture<'static, std::io::Result<Box<dyn PeerStream>>> {
         let (node, shared) = (self.node, self.shared.clone());
         Box::pin(async move {
             let s = turmoil::net::TcpStream::connect(addr.as_str()).await?;
@@ -45,10 +49,14 @@ struct SimListener {
 }
 
 impl PeerListener for SimListener {
-    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Box<dyn PeerStream>>> {
+    fn accept(&mut self) -> BoxFuture<'_, std::io::Result<Handshake>> {
         Box::pin(async move {
             let (s, _) = self.l.accept().await?;
-            Ok(Box::new(Traced::new(self.node, s, self.shared.clone())?) as Box<dyn PeerStream>)
+            Ok(ready(Box::new(Traced::new(
+                self.node,
+                s,
+                self.shared.clone(),
+            )?)))
         })
     }
 }

@@ -15,6 +15,7 @@ use tokio::process::{Child, Command};
 use chronik_topology::{BrokerConfig, Durability, Listeners, TopicDefaults};
 
 pub(crate) mod regions;
+mod secure;
 
 #[derive(Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -41,6 +42,12 @@ pub struct DevArgs {
     /// Seconds to wait for every broker to become ready.
     #[arg(long, default_value_t = 60)]
     ready_timeout: u64,
+    /// Lock the deployment down: a SASL_SSL listener per broker (SCRAM, 20
+    /// ports above its Kafka port), ACLs with a super user `admin`, mutual
+    /// TLS between brokers, admin API tokens. The admin password and client
+    /// properties files are written next to dev.json.
+    #[arg(long)]
+    secure: bool,
 }
 
 /// Rehearsing the loss of a region of a running `chronik dev`.
@@ -93,6 +100,11 @@ struct DevDcLink {
 struct DevRegion {
     name: String,
     bootstrap: String,
+    /// `--secure`: the SASL_SSL listeners, and the admin API token file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sasl_ssl_bootstrap: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token_file: Option<PathBuf>,
     admin: String,
     brokers: Vec<DevBroker>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -110,6 +122,8 @@ struct DevWitness {
 
 #[derive(Serialize)]
 struct DevJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secure: Option<secure::SecureJson>,
     regions: Vec<DevRegion>,
     #[serde(skip_serializing_if = "Option::is_none")]
     witness: Option<DevWitness>,
@@ -151,12 +165,7 @@ fn plan_dc_links(
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let certs = root.join("certs");
-    let mut cert_names = names.clone();
-    cert_names.push(WITNESS_NAME.to_string());
-    if !certs.join("ca.pem").exists() || !certs.join(format!("{WITNESS_NAME}.pem")).exists() {
-        chronik_dc_link::tls::init_dev_certs(&certs, &cert_names).map_err(|e| e.to_string())?;
-    }
+    let certs = dev_certs(args, root)?;
     let mut regions = Vec::new();
     let mut links = Vec::new();
     for (r, name) in names.iter().enumerate() {
@@ -194,7 +203,11 @@ fn plan_dc_links(
             forward_listen: None,
             faults: Faults::default(),
             state_dir: None,
-            broker_admin_token_file: None,
+            broker_admin_token_file: if args.secure {
+                Some(secure::admin_token_file(root, name)?)
+            } else {
+                None
+            },
         };
         std::fs::write(&config_path, toml::to_string(&cfg).expect("serializes"))
             .map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -254,6 +267,20 @@ fn plan_dc_links(
     Ok((links, witness))
 }
 
+/// The dev CA and the region (and witness) certificates, made once.
+fn dev_certs(args: &DevArgs, root: &Path) -> Result<PathBuf, String> {
+    let certs = root.join("certs");
+    let mut names: Vec<String> = REGION_NAMES[..args.regions as usize]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    names.push(WITNESS_NAME.to_string());
+    if !certs.join("ca.pem").exists() || !certs.join(format!("{WITNESS_NAME}.pem")).exists() {
+        chronik_dc_link::tls::init_dev_certs(&certs, &names).map_err(|e| e.to_string())?;
+    }
+    Ok(certs)
+}
+
 fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
     if args.regions == 0 || args.regions as usize > REGION_NAMES.len() {
         return Err(format!(
@@ -280,7 +307,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                 BrokerConfig::load(&config_path).map_err(|e| e.to_string())?
             } else {
                 let kafka: SocketAddr = format!("127.0.0.1:{port}").parse().expect("valid address");
-                BrokerConfig {
+                let mut config = BrokerConfig {
                     node_id,
                     region: region.to_string(),
                     data_dir: root.join(region).join(format!("broker-{node_id}")),
@@ -314,7 +341,11 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                     groups: Default::default(),
                     sasl: Default::default(),
                     authorization: Default::default(),
+                };
+                if args.secure {
+                    secure::harden(&mut config, root, &dev_certs(args, root)?)?;
                 }
+                config
             };
             out.push(Planned {
                 region: r,
@@ -526,6 +557,21 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
         }
     }
 
+    let secure = match args.secure {
+        false => None,
+        true => {
+            let (password, json) = secure::client_files(&root, &root.join("certs"))?;
+            let firsts = planned.iter().filter(|p| p.config.node_id % 100 == 1);
+            for p in firsts {
+                let (host, port) = p.config.listeners.advertised();
+                if let Err(e) = secure::create_admin(&format!("{host}:{port}"), &password).await {
+                    stop_all(&mut children).await;
+                    return Err(e);
+                }
+            }
+            Some(json)
+        }
+    };
     let mut regions: Vec<DevRegion> = Vec::new();
     for (i, p) in planned.iter().enumerate() {
         let (host, port) = p.config.listeners.advertised();
@@ -539,15 +585,26 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
             config: p.config_path.clone(),
             data_dir: p.config.data_dir.clone(),
         };
+        let sasl = p
+            .config
+            .listeners
+            .advertised_for("SASL_SSL")
+            .map(|(h, port)| format!("{h}:{port}"));
         match regions.get_mut(p.region) {
             Some(r) => {
                 r.bootstrap.push(',');
                 r.bootstrap.push_str(&kafka);
+                if let (Some(all), Some(s)) = (&mut r.sasl_ssl_bootstrap, sasl) {
+                    all.push(',');
+                    all.push_str(&s);
+                }
                 r.brokers.push(broker);
             }
             None => regions.push(DevRegion {
                 name: REGION_NAMES[p.region].to_string(),
                 bootstrap: kafka,
+                sasl_ssl_bootstrap: sasl,
+                admin_token_file: p.config.listeners.admin_token_file.clone(),
                 admin,
                 brokers: vec![broker],
                 dc_link: None,
@@ -571,12 +628,19 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
         pid: children[brokers_started + links.len()].0.id().unwrap_or(0),
         config: w.config_path,
     });
-    let dev = DevJson { regions, witness };
+    let dev = DevJson {
+        secure,
+        regions,
+        witness,
+    };
     let json = serde_json::to_vec_pretty(&dev).expect("dev.json serializes");
     let dev_path = root.join("dev.json");
     write_atomically(&dev_path, &json).map_err(|e| format!("{}: {e}", dev_path.display()))?;
     for r in &dev.regions {
         println!("region {}: bootstrap servers {}", r.name, r.bootstrap);
+        if let Some(s) = &r.sasl_ssl_bootstrap {
+            println!("region {}: SASL_SSL bootstrap servers {s}", r.name);
+        }
         if let Some(l) = &r.dc_link {
             println!(
                 "region {}: dc-link quic {} admin {}",
@@ -586,6 +650,15 @@ async fn run_async(args: DevArgs) -> Result<(), String> {
     }
     if let Some(w) = &dev.witness {
         println!("witness {}: quic {} admin {}", w.name, w.quic, w.admin);
+    }
+    if let Some(s) = &dev.secure {
+        println!(
+            "secure: user {} (password in {}); client properties: {} (Kafka tools, Java), {} (librdkafka); admin API tokens: <region>/admin-token",
+            s.user,
+            s.password_file.display(),
+            s.java_properties.display(),
+            s.librdkafka_properties.display()
+        );
     }
     println!("wrote {}; press Ctrl-C to stop", dev_path.display());
 

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -25,8 +26,9 @@ import pytest
 
 from harness import wait_until
 from kclient import produce_all, unique_topic
-from regions import Regions
+from regions import Regions, prometheus_value
 from test_dclink import make_topic, wait_topic_in
+from test_metadata_sync import commit_offset
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
@@ -124,6 +126,16 @@ def test_exported_metrics_are_exactly_the_documented_ones(regions):
     wait_until(lambda: all(row["lag_records"] == 0 and row["source_high_watermark"] == 25
                            for row in regions.lag_rows(US, topic)) and len(regions.lag_rows(US, topic)) == 2,
                60, what=f"{topic} mirrored to eu-west")
+    # A consumer group's offset, committed in eu-west: its lag shows on the us-east leader.
+    group = unique_topic("lag-group")
+    commit_offset(regions.bootstrap(EU), group, topic, 0, 10)
+    leader = regions.cluster(US).leader_of(topic, 0)
+
+    def group_lag():
+        return prometheus_value(regions.cluster(US).nodes[leader].metrics(), "chronik_consumer_group_lag",
+                                group=group, topic=topic, partition="0")
+
+    wait_until(lambda: group_lag() == 15, 60, what="the group's lag (25 - 10) on the home leader")
     pages = metrics_pages(regions)
     problems = []
     seen: set[str] = set()
@@ -144,7 +156,8 @@ def test_exported_metrics_are_exactly_the_documented_ones(regions):
         if d["always"] and name not in seen:
             problems.append(f"{name} is listed as always exported and no process exports it")
     for name in ("chronik_rpo_headroom_seconds", "chronik_dclink_lag_seconds", "chronik_partition_high_watermark",
-                 "chronik_requests_total", "chronik_dclink_sent_records_total"):
+                 "chronik_requests_total", "chronik_dclink_sent_records_total", "chronik_consumer_group_lag",
+                 "raft_leadership_changes_total", "raft_follower_lag_seconds"):
         if name not in seen:
             problems.append(f"{name} missing although its condition occurred")
     assert not problems, "\n".join(problems)
@@ -162,12 +175,29 @@ def test_leaderless_and_under_replicated_partitions_follow_the_region(regions):
                 sum(gauge(t, "chronik_partitions_under_replicated") for t in pages.values()))
 
     wait_until(lambda: counts() == (0, 0), 30, what="a whole region: no leaderless, no under-replicated partition")
-    victim = c.ids[-1]
+    # The leader of a partition: its death must cost an election.
+    victim = c.leader_of(topic, 0)
+
+    def lag_of_victim() -> float:
+        return max(prometheus_value(c.nodes[i].metrics(), "raft_follower_lag_seconds", peer=str(victim)) or 0.0
+                   for i in c.live_ids() if i != victim)
+
+    assert lag_of_victim() < 2, "a live follower already counts as lagging"
+    survivors = [i for i in c.live_ids() if i != victim]
+
+    def elections() -> float:
+        return sum(prometheus_value(c.nodes[i].metrics(), "raft_leadership_changes_total") or 0.0
+                   for i in survivors)
+
+    before = elections()
     regions.kill9_broker(US, victim)
     try:
         # Every partition of the region has a replica on every broker (RF 3): all of them lose one.
         wait_until(lambda: (lc := counts())[0] == 0 and lc[1] >= 3, 60,
                    what=f"partitions under-replicated (and none leaderless) after broker {victim} died")
+        # The groups the victim led elect new leaders elsewhere, and every leader waits for it.
+        wait_until(lambda: lag_of_victim() >= 3, 30, what=f"raft_follower_lag_seconds of broker {victim} grows")
+        wait_until(lambda: elections() > before, 30, what="the survivors count the elections they won")
     finally:
         regions.restart_broker(US, victim)
     wait_until(lambda: counts() == (0, 0), 60, what="the region whole again after the restart")
@@ -203,6 +233,40 @@ def test_alert_rules_use_only_documented_metrics():
     assert len(exprs) >= 9
     used = {m for e in exprs for m in re.findall(r"\b(chronik_[a-z_]+)", e)}
     assert used and not used - set(docs), f"alerts.yml uses undocumented metrics: {sorted(used - set(docs))}"
+
+
+# -- deploy/grafana ---------------------------------------------------------------------
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every query in deploy/grafana/chronik.json."""
+    d = json.loads((DEPLOY / "grafana" / "chronik.json").read_text())
+    return [(p["title"], t["expr"]) for p in d["panels"] for t in p["targets"]]
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads (histogram series folded into their name)."""
+    names = set(re.findall(r"\b((?:chronik|raft)_[a-z_]+)", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) if n.endswith(("_bucket", "_sum", "_count")) else n
+            for n in names}
+
+
+def test_dashboard_queries_are_valid_promql_on_documented_metrics(promtool, tmp_path):
+    queries = dashboard_queries()
+    docs = documented()
+    for want in ("chronik_produced_records_total", "chronik_request_seconds", "chronik_partitions_leaderless",
+                 "chronik_dclink_lag_seconds", "chronik_rpo_headroom_seconds", "raft_leadership_changes_total",
+                 "chronik_consumer_group_lag"):
+        assert any(want in metric_names(e) for _, e in queries), f"the dashboard has no panel on {want}"
+    for title, e in queries:
+        names = metric_names(e)
+        assert names, f"{title}: no Chronik metric in {e}"
+        assert not names - set(docs), f"{title}: {sorted(names - set(docs))} not in docs/metrics.md"
+    # promtool parses each query as a recording rule: a typo in PromQL fails here.
+    rules = tmp_path / "dashboard-rules.yml"
+    rules.write_text("groups:\n  - name: dashboard\n    rules:\n" + "".join(
+        f"      - record: dashboard:q{i}\n        expr: {json.dumps(e)}\n" for i, (_, e) in enumerate(queries)))
+    out = run(promtool, "check", "rules", str(rules))
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 # -- deploy/systemd --------------------------------------------------------------------

@@ -133,7 +133,34 @@ async fn render_metrics(State(s): State<AppState>) -> String {
     crate::global_meta::http::record_metrics(&s.ctx);
     let me = s.ctx.config.node_id;
     let (mut leaderless, mut under_replicated) = (0u64, 0u64);
+    // Per peer, the longest any group led here has waited for it; every
+    // peer is listed, at 0 when it is in step everywhere.
+    let mut follower_lag: std::collections::BTreeMap<u64, f64> = s
+        .ctx
+        .config
+        .cluster
+        .peers
+        .iter()
+        .map(|p| (p.id as u64, 0.0))
+        .collect();
+    let mut note_lag = |st: &crate::raft::GroupStatus| {
+        for (peer, lag) in &st.follower_lag {
+            let e = follower_lag.entry(*peer).or_insert(0.0);
+            *e = e.max(lag.as_secs_f64());
+        }
+    };
+    note_lag(&s.ctx.cluster.controller_status());
+    // (topic, partition) -> high watermark, for the partitions led here.
+    let mut led: std::collections::HashMap<(String, i32), i64> = Default::default();
     for (topic, log) in s.ctx.catalog.all_partitions() {
+        let leading = s.ctx.cluster.leader_group(&log).map(|(_, st)| st);
+        if let Some(st) = &leading {
+            note_lag(st);
+            led.insert(
+                (topic.name().to_string(), log.partition),
+                log.high_watermark(),
+            );
+        }
         if !log.is_deleted() {
             let view = s.ctx.cluster.view(&topic, &log);
             match view.leader {
@@ -153,10 +180,8 @@ async fn render_metrics(State(s): State<AppState>) -> String {
         metrics::gauge!("chronik_partition_size_bytes", &labels).set(log.size_bytes() as f64);
         if topic.effective.rpo_watched && topic.mirror_of(&s.ctx.config.region).is_none() {
             // Only the leader hears the mirrors' ends; elsewhere: no value.
-            let span = s
-                .ctx
-                .cluster
-                .leader_group(&log)
+            let span = leading
+                .as_ref()
                 .and_then(|_| log.rpo_span(crate::rpo::clock_ms()));
             let (at_risk, headroom) = match span {
                 Some(sp) => (
@@ -174,7 +199,50 @@ async fn render_metrics(State(s): State<AppState>) -> String {
     // those it leads whose in-sync set is short of the replica set.
     metrics::gauge!("chronik_partitions_leaderless").set(leaderless as f64);
     metrics::gauge!("chronik_partitions_under_replicated").set(under_replicated as f64);
+    for (peer, lag) in follower_lag {
+        metrics::gauge!("raft_follower_lag_seconds", "peer" => peer.to_string()).set(lag);
+    }
+    record_group_lag(&s.ctx, &led);
     s.metrics.render()
+}
+
+/// `chronik_consumer_group_lag`: for each partition led here and each group
+/// with an offset committed on it (in any region), the records between the
+/// offset and the high watermark: Kafka's consumer lag, from the broker.
+fn record_group_lag(ctx: &BrokerCtx, led: &std::collections::HashMap<(String, i32), i64>) {
+    use chronik_metadata_sync::{Key, OffsetValue};
+    use prost::Message;
+    if led.is_empty() {
+        return;
+    }
+    let rep = ctx.catalog.global.read();
+    for e in rep.entries() {
+        let Key::GroupOffset {
+            group,
+            topic,
+            partition,
+        } = &e.key
+        else {
+            continue;
+        };
+        let Some(hw) = led.get(&(topic.clone(), *partition)) else {
+            continue;
+        };
+        let Some(offset) = e
+            .value
+            .as_ref()
+            .and_then(|v| OffsetValue::decode(v.clone()).ok())
+        else {
+            continue;
+        };
+        metrics::gauge!(
+            "chronik_consumer_group_lag",
+            "group" => group.clone(),
+            "topic" => topic.clone(),
+            "partition" => partition.to_string()
+        )
+        .set((hw - offset.offset).max(0) as f64);
+    }
 }
 
 async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {

@@ -191,6 +191,12 @@ where
                     if bytes.is_empty() || wr.write_all(&bytes).await.is_err() {
                         return;
                     }
+                    // On TLS, write_all can leave records in rustls' buffer
+                    // when the socket is full; with nothing else to send,
+                    // nothing would push them out. (A no-op on plain TCP.)
+                    if pending.is_empty() && wr.flush().await.is_err() {
+                        return;
+                    }
                     metrics::histogram!("chronik_request_seconds", "api" => api)
                         .record(received.elapsed().as_secs_f64());
                 }

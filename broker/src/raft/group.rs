@@ -85,6 +85,10 @@ pub struct GroupStatus {
     /// (caught up at some point within `replica_lag`), this is what a
     /// leadership transfer needs: a target that is behind refuses it.
     pub caught_up_now: Vec<u64>,
+    /// On the leader: for each other voter, how long it has not held every
+    /// committed entry (zero when it does now; counted from when this
+    /// broker took the lead if it never has since).
+    pub follower_lag: Vec<(u64, Duration)>,
 }
 
 /// Everything a person debugging a stalled partition wants to see of one
@@ -199,6 +203,9 @@ pub struct OpenraftGroup {
     quiescent: bool,
     alive: Liveness,
     caught_up: Mutex<HashMap<u64, Instant>>,
+    /// (term, when this broker saw itself lead in it): the baseline of
+    /// follower lag for a follower not caught up since.
+    leading_since: Mutex<(u64, Instant)>,
     queue: mpsc::UnboundedSender<(
         Command,
         oneshot::Sender<Result<CommandResult, ProposeError>>,
@@ -257,6 +264,63 @@ async fn cut_off(raft: &Raft, alive: &Liveness) {
         };
         if lost {
             return;
+        }
+    }
+}
+
+/// `raft_log_replay_duration_seconds`: from opening the group until its
+/// state machine has applied what the log had committed when it opened.
+async fn time_replay(raft: Raft, started: Instant) {
+    let mut m = raft.metrics();
+    let target = m
+        .borrow_watched()
+        .local_committed
+        .as_ref()
+        .map(|l| l.index());
+    let replayed = tokio::time::timeout(Duration::from_secs(600), async {
+        loop {
+            let applied = m.borrow_watched().last_applied.as_ref().map(|l| l.index());
+            if applied >= target {
+                return true;
+            }
+            if m.changed().await.is_err() {
+                return false;
+            }
+        }
+    })
+    .await;
+    if replayed == Ok(true) {
+        metrics::histogram!("raft_log_replay_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// `raft_leadership_changes_total` and `raft_membership_changes_total`,
+/// counted by the broker that leads: elections it won, and membership
+/// changes committed while it led. openraft's server metrics change only
+/// on such events, not on every append, so this task sleeps otherwise.
+async fn count_role_changes(raft: Raft, node: u64) {
+    let mut m = raft.server_metrics();
+    let (mut leading, mut membership) = {
+        let s = m.borrow_watched();
+        (
+            s.state.is_leader() && s.current_leader == Some(node),
+            s.committed_membership_config.log_id().clone(),
+        )
+    };
+    while m.changed().await.is_ok() {
+        let s = m.borrow_watched().clone();
+        let leads = s.state.is_leader() && s.current_leader == Some(node);
+        if leads && !leading {
+            metrics::counter!("raft_leadership_changes_total").increment(1);
+        }
+        leading = leads;
+        let committed = s.committed_membership_config.log_id().clone();
+        if committed != membership {
+            if leads {
+                metrics::counter!("raft_membership_changes_total").increment(1);
+            }
+            membership = committed;
         }
     }
 }
@@ -387,9 +451,12 @@ impl OpenraftGroup {
             group: id,
             partition: partition.clone(),
         };
+        let started = Instant::now();
         let raft = Raft::new(node, Arc::new(config), net, log.clone(), sm.clone())
             .await
             .map_err(|e| e.to_string())?;
+        tokio::spawn(time_replay(raft.clone(), started));
+        tokio::spawn(count_role_changes(raft.clone(), node));
         let (queue, rx) = mpsc::unbounded_channel();
         let submitting = Arc::new(SubmitterStats {
             queued: Default::default(),
@@ -420,6 +487,7 @@ impl OpenraftGroup {
             quiescent: settings.quiescent,
             alive,
             caught_up: Mutex::new(HashMap::new()),
+            leading_since: Mutex::new((0, Instant::now())),
         }))
     }
 }
@@ -443,9 +511,17 @@ impl ReplicaGroup for OpenraftGroup {
         let committed = m.local_committed.as_ref().map(|l| l.index());
         let mut isr = Vec::new();
         let mut caught_up_now = Vec::new();
+        let mut follower_lag = Vec::new();
         if is_leader {
             isr.push(self.node);
             let now = Instant::now();
+            let since = {
+                let mut l = self.leading_since.lock().unwrap();
+                if l.0 != m.current_term {
+                    *l = (m.current_term, now);
+                }
+                l.1
+            };
             let mut cu = self.caught_up.lock().unwrap();
             if let (Some(rep), Some(hb)) = (&m.replication, &m.heartbeat) {
                 for (node, matched) in rep.iter() {
@@ -474,6 +550,8 @@ impl ReplicaGroup for OpenraftGroup {
                     {
                         isr.push(*node);
                     }
+                    let last = cu.get(node).map_or(since, |t| (*t).max(since));
+                    follower_lag.push((*node, now.saturating_duration_since(last)));
                 }
             }
             isr.sort_unstable();
@@ -517,6 +595,7 @@ impl ReplicaGroup for OpenraftGroup {
             purged_index: m.purged.as_ref().map(|l| l.index()),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index()),
             caught_up_now,
+            follower_lag,
         }
     }
 

@@ -328,6 +328,8 @@ fn legacy_produce(
 
 /// A captured state, turned into a snapshot by openraft's builder task.
 pub struct Builder {
+    /// When the state was captured: the snapshot's creation starts there.
+    started: std::time::Instant,
     sm: StateMachine,
     captured: io::Result<(Bytes, Option<LogId>, StoredMembership)>,
 }
@@ -336,6 +338,17 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> io::Result<Snapshot> {
+        let built = self.build().await;
+        if built.is_ok() {
+            metrics::histogram!("raft_snapshot_creation_duration_seconds")
+                .record(self.started.elapsed().as_secs_f64());
+        }
+        built
+    }
+}
+
+impl Builder {
+    async fn build(&mut self) -> io::Result<Snapshot> {
         let (desc, applied, membership) = match &self.captured {
             Ok(c) => c.clone(),
             Err(e) => return Err(io_err(e)),
@@ -463,6 +476,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         Builder {
+            started: std::time::Instant::now(),
             sm: self.clone(),
             captured: self.capture(),
         }

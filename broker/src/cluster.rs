@@ -128,6 +128,13 @@ impl Cluster {
             .map(|p| (p.id as u64, p.raft.clone()))
             .collect();
         let transport = Transport::with_io(cfg.node_id as u64, peers, io);
+        if let Some(d) = &c.discovery {
+            tokio::spawn(crate::discovery::refresh_loop(
+                d.clone(),
+                cfg.node_id,
+                transport.clone(),
+            ));
+        }
         let listener = match (c.peers.is_empty(), cfg.listeners.raft) {
             (false, Some(addr)) => Some(
                 transport

@@ -7,6 +7,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod configs;
 pub mod connection;
+pub mod discovery;
 pub mod error;
 pub mod forward;
 pub mod global_meta;

@@ -135,6 +135,8 @@ pub enum StartError {
     Metrics(String),
     #[error("{0}")]
     AdminToken(String),
+    #[error("{0}")]
+    Discovery(String),
     #[error("starting replication: {0}")]
     Cluster(String),
     #[error("{dir} holds the data of node {stored}, but this broker is configured as node {configured}; node ids are never reused or changed")]
@@ -148,6 +150,9 @@ pub enum StartError {
 impl Broker {
     pub async fn start(mut config: BrokerConfig) -> Result<Broker, StartError> {
         let metrics_handle = crate::admin_http::install_metrics().map_err(StartError::Metrics)?;
+        crate::discovery::resolve_peers(&mut config)
+            .await
+            .map_err(StartError::Discovery)?;
         let admin_token = config
             .listeners
             .admin_token_file

@@ -358,7 +358,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
 }
 
 /// One HTTP/1.0 GET against a broker's admin listener; true on 200.
-async fn probe_ready(admin: SocketAddr) -> bool {
+pub(crate) async fn probe_ready(admin: SocketAddr) -> bool {
     let Ok(Ok(mut s)) = tokio::time::timeout(
         Duration::from_secs(1),
         tokio::net::TcpStream::connect(admin),

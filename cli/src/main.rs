@@ -34,6 +34,16 @@ enum Command {
     },
     /// Start a local deployment, each broker its own process, and write DIR/dev.json.
     Dev(dev::DevArgs),
+    /// Exit 0 if a broker or dc-link answers /health/ready within 2 s, else 1
+    /// (for container HEALTHCHECKs, systemd and scripts).
+    Health {
+        /// A broker config: asks its admin address (`listeners.admin`).
+        #[arg(long, value_name = "FILE", conflicts_with = "admin")]
+        config: Option<PathBuf>,
+        /// An admin address, host:port (a dc-link's `admin`, say).
+        #[arg(long, value_name = "HOST:PORT")]
+        admin: Option<String>,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -214,6 +224,7 @@ fn main() -> ExitCode {
             };
             run_broker(cfg)
         }
+        Command::Health { config, admin } => health(config, admin),
         Command::Dev(args) => {
             init_tracing();
             dev::run(args)
@@ -380,6 +391,43 @@ fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
             eprintln!("error: starting the async runtime: {e}");
             ExitCode::FAILURE
         })
+}
+
+fn health(config: Option<PathBuf>, admin: Option<String>) -> ExitCode {
+    let target = match (config, admin) {
+        (Some(path), _) => match BrokerConfig::load(&path) {
+            Ok(c) => c.listeners.admin_addr().to_string(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(a)) => a,
+        (None, None) => BrokerConfig::default().listeners.admin_addr().to_string(),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    rt.block_on(async move {
+        let addr = match tokio::net::lookup_host(&target).await.map(|mut a| a.next()) {
+            Ok(Some(a)) => a,
+            _ => {
+                eprintln!("error: cannot resolve {target}");
+                return ExitCode::from(2);
+            }
+        };
+        let ready = tokio::time::timeout(std::time::Duration::from_secs(2), dev::probe_ready(addr))
+            .await
+            .unwrap_or(false);
+        if ready {
+            println!("ready: {target}");
+            ExitCode::SUCCESS
+        } else {
+            eprintln!("not ready: {target}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn run_dc_link(config: &std::path::Path) -> ExitCode {

@@ -271,7 +271,61 @@ pub struct Cluster {
     /// [`raft_peer_dns_name`]), so a broker cannot speak for another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<PeerTls>,
+    /// Find the peers through DNS instead of (or before falling back to)
+    /// `peers`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
     pub peers: Vec<Peer>,
+}
+
+/// `[cluster.discovery]`: the region's brokers from DNS SRV records, as a
+/// Kubernetes headless Service publishes them
+/// (`_<port>._tcp.<service>.<namespace>.svc.cluster.local`). Each SRV target
+/// names one broker; its address is resolved (A/AAAA) whenever it is
+/// dialled, and the SRV records are read again every `refresh_ms`, so a
+/// broker that moves is followed. The set of brokers is fixed at start:
+/// a broker found later is reported, not added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Discovery {
+    pub mode: DiscoveryMode,
+    /// The SRV name to query.
+    pub srv: String,
+    /// How many brokers the region has, this one included: startup waits
+    /// until DNS lists them all (pods of a StatefulSet appear one by one).
+    pub brokers: usize,
+    /// A broker's id is the number ending the first label of its SRV target
+    /// plus this offset: pod `chronik-0` of a StatefulSet is broker 1.
+    #[serde(default = "default_id_offset")]
+    pub id_offset: i32,
+    #[serde(default = "default_refresh_ms")]
+    pub refresh_ms: u64,
+    /// How long startup waits for DNS to list every broker before falling
+    /// back to `peers` (or failing when there are none).
+    #[serde(default = "default_discovery_wait_ms")]
+    pub startup_wait_ms: u64,
+    /// DNS servers to ask (ip:port); default: the system's (resolv.conf).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiscoveryMode {
+    /// SRV records (their targets resolved through A/AAAA records).
+    Dns,
+}
+
+fn default_id_offset() -> i32 {
+    1
+}
+
+fn default_refresh_ms() -> u64 {
+    30_000
+}
+
+fn default_discovery_wait_ms() -> u64 {
+    120_000
 }
 
 /// `[cluster.tls]`: this broker's certificate and key, and the CA that
@@ -314,6 +368,7 @@ impl Default for Cluster {
             raft_log_keep_entries: 20_000,
             auto_leader_rebalance: true,
             tls: None,
+            discovery: None,
             peers: Vec::new(),
         }
     }
@@ -594,7 +649,33 @@ impl BrokerConfig {
                 "required when cluster.peers is set (the address peers connect to)".into(),
             );
         }
-        let brokers = c.broker_ids(self.node_id).len();
+        if let Some(d) = &c.discovery {
+            if self.listeners.raft.is_none() {
+                return bad(
+                    "listeners.raft",
+                    "required with cluster.discovery (the address peers connect to)".into(),
+                );
+            }
+            if d.srv.trim().is_empty() {
+                return bad("cluster.discovery.srv", "must name an SRV record".into());
+            }
+            if d.brokers < 1 {
+                return bad(
+                    "cluster.discovery.brokers",
+                    "must count at least this broker".into(),
+                );
+            }
+            if d.refresh_ms < 1000 {
+                return bad(
+                    "cluster.discovery.refresh_ms",
+                    "must be at least 1000".into(),
+                );
+            }
+        }
+        let brokers = c
+            .broker_ids(self.node_id)
+            .len()
+            .max(c.discovery.as_ref().map_or(0, |d| d.brokers));
         if c.replication_factor as usize > brokers {
             return bad(
                 "cluster.replication_factor",

@@ -122,7 +122,9 @@ struct Conn {
 
 pub struct Transport {
     node_id: u64,
-    peers: HashMap<u64, String>,
+    /// Peer id -> the address dialled; addresses change when DNS discovery
+    /// finds a peer elsewhere, the set of peers does not.
+    peers: Mutex<HashMap<u64, String>>,
     io: Arc<dyn PeerIo>,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     inbound: std::sync::OnceLock<Arc<dyn Inbound>>,
@@ -144,7 +146,7 @@ impl Transport {
     ) -> Arc<Transport> {
         Arc::new(Transport {
             node_id,
-            peers,
+            peers: Mutex::new(peers),
             io,
             conns: Mutex::new(HashMap::new()),
             inbound: std::sync::OnceLock::new(),
@@ -163,7 +165,7 @@ impl Transport {
     }
 
     pub fn peer_ids(&self) -> Vec<u64> {
-        let mut v: Vec<u64> = self.peers.keys().copied().collect();
+        let mut v: Vec<u64> = self.peers.lock().unwrap().keys().copied().collect();
         v.sort_unstable();
         v
     }
@@ -223,18 +225,38 @@ impl Transport {
         }
         // In id order, so that a simulation run replays exactly.
         for peer in self.peer_ids() {
-            let addr = &self.peers[&peer];
             if peer > self.node_id {
                 let me = self.clone();
-                let addr = addr.clone();
-                tokio::spawn(async move { me.dial_loop(peer, addr).await });
+                tokio::spawn(async move { me.dial_loop(peer).await });
             }
         }
     }
 
-    async fn dial_loop(self: Arc<Self>, peer: u64, addr: String) {
+    /// Points `peer` at a new address (DNS discovery found it there); the
+    /// next dial uses it. False for an id that is not a peer.
+    pub fn set_peer_addr(&self, peer: u64, addr: String) -> bool {
+        match self.peers.lock().unwrap().get_mut(&peer) {
+            Some(a) => {
+                if *a != addr {
+                    tracing::info!(peer, from = %a, to = %addr, "peer address changed");
+                    *a = addr;
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn peer_addr(&self, peer: u64) -> Option<String> {
+        self.peers.lock().unwrap().get(&peer).cloned()
+    }
+
+    async fn dial_loop(self: Arc<Self>, peer: u64) {
         let mut logged = false;
         loop {
+            let Some(addr) = self.peer_addr(peer) else {
+                return;
+            };
             match tokio::time::timeout(Duration::from_secs(2), self.io.connect(peer, addr.clone()))
                 .await
             {
@@ -280,7 +302,7 @@ impl Transport {
             );
             return;
         }
-        if !self.peers.contains_key(&peer) {
+        if !self.peers.lock().unwrap().contains_key(&peer) {
             tracing::warn!(
                 peer,
                 "connection from a broker that is not a configured peer; closing"

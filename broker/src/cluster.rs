@@ -94,14 +94,18 @@ impl Cluster {
         store: Arc<Store>,
         catalog: Arc<Catalog>,
     ) -> Result<Arc<Cluster>, String> {
-        let io: Arc<dyn PeerIo> = match &cfg.cluster.tls {
+        Self::start_with_io(cfg, store, catalog, Self::peer_io(cfg)?).await
+    }
+
+    /// The peer sockets `[cluster.tls]` asks for: mutual TLS, or plain TCP.
+    pub fn peer_io(cfg: &BrokerConfig) -> Result<Arc<dyn PeerIo>, String> {
+        Ok(match &cfg.cluster.tls {
             Some(t) => Arc::new(
                 crate::raft::peer_tls::TlsIo::load(&cfg.region, t)
                     .map_err(|e| format!("Raft peer TLS: {e}"))?,
             ),
             None => Arc::new(TcpIo),
-        };
-        Self::start_with_io(cfg, store, catalog, io).await
+        })
     }
 
     /// [`Cluster::start`] with the peer sockets from `io` (the deterministic
@@ -940,6 +944,12 @@ impl Inbound for InboundRef {
         if let Some(c) = self.0.upgrade() {
             c.inbound_notify(from, frame)
         }
+    }
+
+    fn knows(&self, id: u64) -> bool {
+        self.0
+            .upgrade()
+            .is_some_and(|c| c.catalog.brokers().iter().any(|b| b.id as u64 == id))
     }
 }
 

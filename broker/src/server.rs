@@ -137,6 +137,15 @@ pub enum StartError {
     AdminToken(String),
     #[error("{0}")]
     Discovery(String),
+    #[error("{dir} is empty, but broker(s) {known:?} of region {region} know broker {node} as a member: its data was lost. Starting it empty would let it vote in Raft elections with an empty log, which can lose committed records. Restore the data directory from a backup. (Replacing a broker that lost its disk needs it removed from the region and added back, which Chronik does not support yet.)")]
+    EmptyButKnown {
+        dir: String,
+        node: i32,
+        region: String,
+        known: Vec<i32>,
+    },
+    #[error("{0}")]
+    PeerIo(String),
     #[error("starting replication: {0}")]
     Cluster(String),
     #[error("{dir} holds the data of node {stored}, but this broker is configured as node {configured}; node ids are never reused or changed")]
@@ -145,6 +154,49 @@ pub enum StartError {
         stored: String,
         configured: i32,
     },
+}
+
+/// A broker starting on an empty data directory asks its peers whether they
+/// know it: if one does, its disk was wiped and it must not vote. Peers
+/// that do not answer within a few seconds (a new region, all starting) are
+/// taken as not knowing it.
+async fn refuse_if_known(config: &BrokerConfig) -> Result<(), StartError> {
+    if config.cluster.peers.is_empty() {
+        return Ok(());
+    }
+    let io = crate::cluster::Cluster::peer_io(config).map_err(StartError::PeerIo)?;
+    let me = config.node_id as u64;
+    let asks = config.cluster.peers.iter().map(|p| {
+        let io = io.clone();
+        async move {
+            let answer = crate::raft::transport::probe(
+                io.as_ref(),
+                me,
+                p.id as u64,
+                p.raft.clone(),
+                Duration::from_secs(5),
+            )
+            .await;
+            (p.id, answer)
+        }
+    });
+    let mut known = Vec::new();
+    for (peer, answer) in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(true) => known.push(peer),
+            Ok(false) => {}
+            Err(e) => tracing::info!(peer, error = %e, "empty data dir: peer not asked"),
+        }
+    }
+    if known.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::EmptyButKnown {
+        dir: config.data_dir.display().to_string(),
+        node: config.node_id,
+        region: config.region.clone(),
+        known,
+    })
 }
 
 impl Broker {
@@ -176,6 +228,7 @@ impl Broker {
             }
             Some(_) => {}
             None => {
+                refuse_if_known(&config).await?;
                 let mut wb = WriteBatch::default();
                 wb.put_cf(store.cf(CF_META), NODE_ID_KEY, config.node_id.to_string());
                 store.write(wb).await.map_err(storage_err)?;

@@ -34,6 +34,10 @@ pub mod kind {
     /// ElectLeaders (preferred), forwarded to the partition's leader; the
     /// body is the preferred broker id (8 bytes BE) and the wait in ms (8).
     pub const ELECT_PREFERRED: i32 = 11;
+    /// Instead of a Hello, from a broker starting on an empty data
+    /// directory: "do you know me as a member?" The answer (one byte, 1 for
+    /// yes) comes back and the connection closes.
+    pub const PROBE: i32 = 12;
 }
 
 /// One frame on a peer connection. Requests carry `id` > 0 and are answered

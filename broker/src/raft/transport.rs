@@ -47,6 +47,41 @@ pub trait Inbound: Send + Sync + 'static {
     fn request(&self, from: u64, frame: Frame) -> BoxFuture<'static, Result<Bytes, String>>;
     /// A one-way message.
     fn notify(&self, from: u64, frame: Frame);
+    /// Whether broker `id` has been a member of the region (registered with
+    /// its controller): asked by a broker starting on an empty data dir.
+    fn knows(&self, _id: u64) -> bool {
+        false
+    }
+}
+
+/// Asks broker `peer` at `addr`, over `io`, whether it knows broker `me`
+/// as a member of the region. `Err` when it cannot be asked within `wait`.
+pub async fn probe(
+    io: &dyn PeerIo,
+    me: u64,
+    peer: u64,
+    addr: String,
+    wait: Duration,
+) -> Result<bool, String> {
+    let exchange = async {
+        let mut sock = io.connect(peer, addr).await.map_err(|e| e.to_string())?;
+        let ask = Frame {
+            kind: kind::PROBE,
+            group: me,
+            ..Default::default()
+        };
+        write_frame(&mut sock, &ask)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = read_frame(&mut sock).await.map_err(|e| e.to_string())?;
+        if answer.kind != kind::PROBE || !answer.response {
+            return Err(format!("unexpected answer kind {}", answer.kind));
+        }
+        Ok(answer.body.first() == Some(&1))
+    };
+    tokio::time::timeout(wait, exchange)
+        .await
+        .map_err(|_| format!("no answer within {wait:?}"))?
 }
 
 /// A connection's byte stream.
@@ -289,6 +324,21 @@ impl Transport {
         let hello = match tokio::time::timeout(Duration::from_secs(5), read_frame(&mut sock)).await
         {
             Ok(Ok(f)) if f.kind == kind::HELLO => f,
+            Ok(Ok(f)) if f.kind == kind::PROBE => {
+                // Only the broker itself may ask about itself.
+                if proven.is_none_or(|id| id == f.group) {
+                    let known = self.inbound.get().is_some_and(|i| i.knows(f.group));
+                    let answer = Frame {
+                        kind: kind::PROBE,
+                        response: true,
+                        body: Bytes::from(vec![u8::from(known)]),
+                        ..Default::default()
+                    };
+                    let _ = write_frame(&mut sock, &answer).await;
+                    let _ = sock.flush().await;
+                }
+                return;
+            }
             _ => return,
         };
         let peer = hello.group;

@@ -939,6 +939,31 @@ async fn every_advertised_version_answers() {
                         "DescribeClientQuotas v{v}"
                     );
                 }
+                // Authorization is off: the ACL APIs answer SECURITY_DISABLED (54), as
+                // Kafka does without an authorizer.
+                ApiKey::DescribeAcls => {
+                    let req = DescribeAclsRequest::default()
+                        .with_resource_type_filter(1)
+                        .with_pattern_type_filter(1)
+                        .with_operation(1)
+                        .with_permission_type(1);
+                    let r: DescribeAclsResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.error_code, 54, "DescribeAcls v{v}");
+                }
+                ApiKey::CreateAcls => {
+                    use create_acls_request::AclCreation;
+                    let req =
+                        CreateAclsRequest::default().with_creations(vec![AclCreation::default()]);
+                    let r: CreateAclsResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.results[0].error_code, 54, "CreateAcls v{v}");
+                }
+                ApiKey::DeleteAcls => {
+                    use delete_acls_request::DeleteAclsFilter;
+                    let req = DeleteAclsRequest::default()
+                        .with_filters(vec![DeleteAclsFilter::default()]);
+                    let r: DeleteAclsResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.filter_results[0].error_code, 54, "DeleteAcls v{v}");
+                }
                 other => panic!("no case for {other:?}: add one"),
             }
             n += 1;

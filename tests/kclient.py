@@ -206,6 +206,14 @@ def consume(bootstrap: str, topic: str, partition: int = 0, start: int = OFFSET_
     return out
 
 
+def values_to_high_watermark(bootstrap: str, topic: str, partition: int = 0, timeout: float = 60.0) -> list:
+    """Every record value of one partition, from its log start to its high watermark."""
+    low, high = watermarks(bootstrap, topic, partition)
+    if high <= low:
+        return []
+    return [m.value() for m in consume(bootstrap, topic, partition, start=low, count=high - low, timeout=timeout)]
+
+
 # Errors a client retries after refreshing metadata: the partition's leader is moving, or
 # the broker asked has not yet learnt of a topic another broker of the region already lists
 # (metadata reaches a region's brokers one after another, as in Kafka; the Java client

@@ -240,7 +240,15 @@ def test_acls_reach_every_region(tmp_path, certs):
         t0 = time.monotonic()
         eventually(lambda: produce(alice_in(eu), topic, timeout=5), "ok", "the ACL works in eu-west", 60)
         reached = time.monotonic() - t0
-        # In us-east the topic is a mirror: alice is authorized there, then forwarded.
+        # In us-east the topic is a mirror: alice is authorized there, then forwarded, and the
+        # home authorizes the produce again as the region it comes from.
+        eventually(lambda: "listed" if "User:alice" in kafka_acls(regs.bootstrap(us), "--list", "--topic",
+                                                                  topic).stdout else "not yet",
+                   "listed", "alice's ACL reached us-east", 60)
+        assert produce(alice_in(us), topic, timeout=10) == "TOPIC_AUTHORIZATION_FAILED"
+        p = kafka_acls(regs.bootstrap(eu), "--add", "--allow-principal", "User:region:us-east", "--operation",
+                       "Write", "--topic", topic)
+        assert p.returncode == 0, p.stderr
         eventually(lambda: produce(alice_in(us), topic, timeout=5), "ok", "alice writes from us-east", 60)
         p = kafka_acls(regs.bootstrap(eu), "--remove", "--force", "--allow-principal", "User:alice",
                        "--operation", "Write", "--topic", topic)

@@ -11,13 +11,13 @@ import urllib.error
 import urllib.request
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 import kwire
 from conftest import _require_chronik_binary
 from cluster import create_topic
 from harness import Chronik, wait_until
-from kclient import unique_topic
+from kclient import unique_topic, values_to_high_watermark
 
 pytestmark = pytest.mark.chronik
 
@@ -37,23 +37,6 @@ def call(url: str, method: str = "GET", body: bytes | None = None, token: str | 
         return e.code
 
 
-def read_all(bootstrap: str, topic: str) -> list[bytes]:
-    """Every record of partition 0, read to the high watermark."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}", "enable.auto.commit": False,
-                  "log_level": 0})
-    try:
-        _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        c.assign([TopicPartition(topic, 0, 0)])
-        got: list[bytes] = []
-        for _ in range(200):
-            if len(got) >= high:
-                break
-            for m in c.consume(num_messages=100, timeout=0.5):
-                if m.error() is None:
-                    got.append(m.value())
-        return got
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +57,8 @@ def test_the_dc_link_still_mirrors_with_the_token(regions):
     for v in want:
         p.produce(topic, v)
     assert p.flush(30) == 0
-    wait_until(lambda: read_all(regions.bootstrap(EU), topic) == want, 60, what="eu-west mirrors every record")
+    wait_until(lambda: values_to_high_watermark(regions.bootstrap(EU), topic) == want, 60,
+               what="eu-west mirrors every record")
 
 
 def test_mirror_appends_without_the_region_token_are_refused_and_write_nothing(regions):
@@ -85,7 +69,8 @@ def test_mirror_appends_without_the_region_token_are_refused_and_write_nothing(r
         p.produce(topic, f"home-{i}".encode())
     assert p.flush(30) == 0
     home = [f"home-{i}".encode() for i in range(5)]
-    wait_until(lambda: read_all(regions.bootstrap(EU), topic) == home, 60, what="the mirror caught up")
+    wait_until(lambda: values_to_high_watermark(regions.bootstrap(EU), topic) == home, 60,
+               what="the mirror caught up")
     eu = regions.cluster(EU)
     url = f"{eu.admin_url(eu.leader_of(topic, 0))}/v1/mirror/{topic}/0/5"
     batch = kwire.record_batch([(None, b"forged")], base_offset=5)
@@ -94,10 +79,10 @@ def test_mirror_appends_without_the_region_token_are_refused_and_write_nothing(r
     forged = batch[:12] + kwire.i32(1 << 30) + batch[16:]
     for token in (None, TOKENS[US], "eu-west-token-guess0000000"):
         assert call(url, "POST", forged, token) == 401, token
-    assert read_all(regions.bootstrap(EU), topic) == home
+    assert values_to_high_watermark(regions.bootstrap(EU), topic) == home
     # Control: the very same request with eu-west's token is a write.
     assert call(url, "POST", forged, TOKENS[EU]) == 200
-    assert read_all(regions.bootstrap(EU), topic) == home + [b"forged"]
+    assert values_to_high_watermark(regions.bootstrap(EU), topic) == home + [b"forged"]
 
 
 def test_acks_truncation_merges_and_promotion_need_the_token(regions):
@@ -119,7 +104,7 @@ def test_acks_truncation_merges_and_promotion_need_the_token(regions):
     for what, (url, body) in refused.items():
         assert call(url, "POST", body) == 401, what
         assert call(url, "POST", body, TOKENS[EU]) == 401, f"{what} with the other region's token"
-    assert read_all(regions.bootstrap(US), topic) == [f"v{i}".encode() for i in range(3)]
+    assert values_to_high_watermark(regions.bootstrap(US), topic) == [f"v{i}".encode() for i in range(3)]
     assert call(f"{base}/v1/cluster") == 401
     assert call(f"{base}/v1/cluster", token=TOKENS[US]) == 200
     for open_path in ("/metrics", "/health/ready", "/health/live"):

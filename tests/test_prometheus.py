@@ -19,11 +19,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from conftest import _require_chronik_binary
 from harness import LOOPBACK, free_port, wait_until
-from kclient import unique_topic
+from kclient import unique_topic, values_to_high_watermark
 from regions import Regions
 from test_dclink import make_topic, wait_topic_in
 
@@ -41,19 +41,6 @@ def api(base: str, path: str):
     return body["data"]
 
 
-def read_all(bootstrap: str, topic: str) -> list[bytes]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}", "enable.auto.commit": False,
-                  "log_level": 0})
-    try:
-        _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        c.assign([TopicPartition(topic, 0, 0)])
-        got: list[bytes] = []
-        deadline = time.monotonic() + 60
-        while len(got) < high and time.monotonic() < deadline:
-            got += [m.value() for m in c.consume(500, 0.5) if m.error() is None]
-        return got
-    finally:
-        c.close()
 
 
 def test_prometheus_scrapes_every_target_and_alerts_on_a_blackholed_link(tmp_path):
@@ -126,7 +113,7 @@ def test_prometheus_scrapes_every_target_and_alerts_on_a_blackholed_link(tmp_pat
             stop.set()
             producer.join(120)
             assert not producer.is_alive()
-            wait_until(lambda: read_all(regs.bootstrap(EU), topic) == sent, 120, interval=2,
+            wait_until(lambda: values_to_high_watermark(regs.bootstrap(EU), topic) == sent, 120, interval=2,
                        what="eu-west holds every record us-east took")
             print(f"{ALERT} fired {took:.0f}s after the blackhole and resolved {resolved:.0f}s after the heal; "
                   f"{len(sent)} records mirrored")

@@ -10,31 +10,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from cluster import ChronikCluster, create_topic
 from conftest import _require_chronik_binary
-from kclient import unique_topic
+from kclient import unique_topic, values_to_high_watermark
 
 pytestmark = pytest.mark.chronik
 
 
-def read_all(bootstrap: str, topic: str) -> list[bytes]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{topic}", "enable.auto.commit": False,
-                  "log_level": 0})
-    try:
-        _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        c.assign([TopicPartition(topic, 0, 0)])
-        got: list[bytes] = []
-        deadline = time.monotonic() + 30
-        while len(got) < high and time.monotonic() < deadline:
-            got += [m.value() for m in c.consume(100, 0.5) if m.error() is None]
-        return got
-    finally:
-        c.close()
 
 
 def test_a_broker_back_with_an_empty_data_dir_is_refused(tmp_path):
@@ -61,10 +47,10 @@ def test_a_broker_back_with_an_empty_data_dir_is_refused(tmp_path):
         assert "[1, 2]" in out.stderr, out.stderr
 
         survivors = c.bootstrap_of([1, 2])
-        assert read_all(survivors, topic) == want
+        assert values_to_high_watermark(survivors, topic) == want
         p = Producer({"bootstrap.servers": survivors, "acks": "all"})
         p.produce(topic, b"after")
         assert p.flush(30) == 0
-        assert read_all(survivors, topic) == want + [b"after"]
+        assert values_to_high_watermark(survivors, topic) == want + [b"after"]
     finally:
         c.stop()

@@ -210,8 +210,7 @@ async fn render_metrics(State(s): State<AppState>) -> String {
 /// with an offset committed on it (in any region), the records between the
 /// offset and the high watermark: Kafka's consumer lag, from the broker.
 fn record_group_lag(ctx: &BrokerCtx, led: &std::collections::HashMap<(String, i32), i64>) {
-    use chronik_metadata_sync::{Key, OffsetValue};
-    use prost::Message;
+    use chronik_metadata_sync::Key;
     if led.is_empty() {
         return;
     }
@@ -228,11 +227,7 @@ fn record_group_lag(ctx: &BrokerCtx, led: &std::collections::HashMap<(String, i3
         let Some(hw) = led.get(&(topic.clone(), *partition)) else {
             continue;
         };
-        let Some(offset) = e
-            .value
-            .as_ref()
-            .and_then(|v| OffsetValue::decode(v.clone()).ok())
-        else {
+        let Some(offset) = e.offset() else {
             continue;
         };
         metrics::gauge!(

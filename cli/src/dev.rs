@@ -343,7 +343,12 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                     authorization: Default::default(),
                 };
                 if args.secure {
-                    secure::harden(&mut config, root, &dev_certs(args, root)?)?;
+                    secure::harden(
+                        &mut config,
+                        root,
+                        &dev_certs(args, root)?,
+                        &REGION_NAMES[..args.regions as usize],
+                    )?;
                 }
                 config
             };

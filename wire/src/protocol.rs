@@ -64,6 +64,26 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
 /// re-routes the retry.
 pub const FORWARDED_PRODUCE_CLIENT_ID: &str = "chronik-forwarded";
 
+/// The client id a home dc-link produces with for clients of region
+/// `origin`: [`FORWARDED_PRODUCE_CLIENT_ID`], a slash, the region.
+pub fn forwarded_client_id(origin: &str) -> String {
+    format!("{FORWARDED_PRODUCE_CLIENT_ID}/{origin}")
+}
+
+/// Whether a produce's client id marks it forwarded, and from which region
+/// when it says: `None` for an ordinary client, `Some(None)` for a
+/// forwarded produce of unknown origin, `Some(Some(region))` otherwise.
+pub fn forwarded_origin(client_id: Option<&str>) -> Option<Option<&str>> {
+    let rest = client_id?.strip_prefix(FORWARDED_PRODUCE_CLIENT_ID)?;
+    match rest {
+        "" => Some(None),
+        r => {
+            let origin = r.strip_prefix('/')?;
+            Some((!origin.is_empty()).then_some(origin))
+        }
+    }
+}
+
 /// A stable, allocation-free name for metric labels.
 pub fn api_name(key: ApiKey) -> &'static str {
     match key {
@@ -255,6 +275,7 @@ pub fn api_versions_fallback(correlation_id: i32) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+
     use super::*;
     use kafka_protocol::messages::{ApiVersionsRequest, MetadataRequest};
     use kafka_protocol::protocol::StrBytes;
@@ -337,5 +358,16 @@ mod tests {
             BytesMut::from(&frame_for(ApiKey::Metadata, 9, &MetadataRequest::default())[..]);
         truncated.truncate(truncated.len() - 1);
         assert!(parse(truncated.freeze()).is_err());
+    }
+
+    #[test]
+    fn a_forwarded_produce_names_its_region() {
+        let id = forwarded_client_id("eu-west");
+        assert_eq!(forwarded_origin(Some(&id)), Some(Some("eu-west")));
+        assert_eq!(forwarded_origin(Some("chronik-forwarded")), Some(None));
+        assert_eq!(forwarded_origin(Some("chronik-forwarded/")), Some(None));
+        assert_eq!(forwarded_origin(Some("chronik-forwardedX")), None);
+        assert_eq!(forwarded_origin(Some("rdkafka")), None);
+        assert_eq!(forwarded_origin(None), None);
     }
 }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use chronik_metadata_sync::Key;
 use rocksdb::WriteBatch;
 
-use super::meta_apply::wall;
+use super::meta_apply::{update_error, wall};
 use super::{Catalog, PostApply, TopicError};
 use crate::acl::AclBinding;
 use crate::raft::types::ControllerCommand;
@@ -52,21 +52,18 @@ impl Catalog {
         wb: &mut WriteBatch,
     ) -> Result<PostApply, TopicError> {
         let mut rep = self.global.write();
-        let reject = |e: chronik_metadata_sync::UpdateError| TopicError::Rejected {
-            code: kafka_protocol::error::ResponseError::UnknownServerError.code(),
-            message: format!("global metadata: {e}"),
-        };
         for b in create {
             let key = Key::Acl(b.to_key());
             if rep.get(&key).is_none_or(|e| e.is_tombstone()) {
                 rep.local_update(key, Some(Bytes::new()), wall(now_ms))
-                    .map_err(reject)?;
+                    .map_err(update_error)?;
             }
         }
         for b in delete {
             let key = Key::Acl(b.to_key());
             if rep.get(&key).is_some_and(|e| !e.is_tombstone()) {
-                rep.local_update(key, None, wall(now_ms)).map_err(reject)?;
+                rep.local_update(key, None, wall(now_ms))
+                    .map_err(update_error)?;
             }
         }
         self.global.save(&self.store, &mut rep, wb);

@@ -13,7 +13,7 @@ use prost::Message;
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-use super::meta_apply::wall;
+use super::meta_apply::{update_error, wall};
 use super::{Catalog, PostApply, TopicError};
 use crate::raft::types::ControllerCommand;
 
@@ -118,10 +118,6 @@ impl Catalog {
         wb: &mut WriteBatch,
     ) -> Result<PostApply, TopicError> {
         let mut rep = self.global.write();
-        let reject = |e: chronik_metadata_sync::UpdateError| TopicError::Rejected {
-            code: kafka_protocol::error::ResponseError::UnknownServerError.code(),
-            message: format!("global metadata: {e}"),
-        };
         for u in upserts {
             let v = ScramValue {
                 salt: u.salt.clone(),
@@ -134,12 +130,13 @@ impl Catalog {
                 Some(Bytes::from(v.encode_to_vec())),
                 wall(now_ms),
             )
-            .map_err(reject)?;
+            .map_err(update_error)?;
         }
         for (user, mechanism) in deletions {
             let key = Key::ScramUser(ScramValue::key(*mechanism, user));
             if rep.get(&key).is_some_and(|e| !e.is_tombstone()) {
-                rep.local_update(key, None, wall(now_ms)).map_err(reject)?;
+                rep.local_update(key, None, wall(now_ms))
+                    .map_err(update_error)?;
             }
         }
         self.global.save(&self.store, &mut rep, wb);

@@ -46,7 +46,7 @@ pub(super) fn definition(record: &TopicRecord) -> TopicDef {
     def
 }
 
-fn update_error(e: UpdateError) -> TopicError {
+pub(super) fn update_error(e: UpdateError) -> TopicError {
     let code = match &e {
         UpdateError::NameTaken { .. } => E::TopicAlreadyExists.code(),
         UpdateError::NotFound(_) => E::UnknownTopicOrPartition.code(),

@@ -44,6 +44,39 @@ fn check_filter(f: &AclFilter) -> Result<(), String> {
     Ok(())
 }
 
+/// Why a whole ACL request is refused, if it is: no authorizer (Kafka's
+/// SECURITY_DISABLED), or no `operation` on the cluster.
+fn refused(ctx: &BrokerCtx, authz: &Authz, operation: i8) -> Option<(i16, &'static str)> {
+    if !ctx.authorizer.enabled() {
+        return Some((E::SecurityDisabled.code(), DISABLED));
+    }
+    (!authz.cluster(operation)).then_some((
+        E::ClusterAuthorizationFailed.code(),
+        "Cluster authorization failed.",
+    ))
+}
+
+/// DescribeAcls and DeleteAcls filter by the same seven fields.
+fn filter(
+    resource_type: i8,
+    resource_name: &Option<StrBytes>,
+    pattern_type: i8,
+    principal: &Option<StrBytes>,
+    host: &Option<StrBytes>,
+    operation: i8,
+    permission: i8,
+) -> AclFilter {
+    AclFilter {
+        resource_type,
+        resource_name: resource_name.as_ref().map(|n| n.to_string()),
+        pattern_type,
+        principal: principal.as_ref().map(|n| n.to_string()),
+        host: host.as_ref().map(|n| n.to_string()),
+        operation,
+        permission,
+    }
+}
+
 fn bindings(ctx: &BrokerCtx) -> Acls {
     Acls {
         bindings: ctx.catalog.acl_bindings(),
@@ -57,24 +90,18 @@ pub fn describe(ctx: &BrokerCtx, authz: &Authz, req: &DescribeAclsRequest) -> De
             .with_error_code(code)
             .with_error_message(Some(s(msg)))
     };
-    if !ctx.authorizer.enabled() {
-        return refuse(E::SecurityDisabled.code(), DISABLED);
+    if let Some((code, msg)) = refused(ctx, authz, op::DESCRIBE) {
+        return refuse(code, msg);
     }
-    if !authz.cluster(op::DESCRIBE) {
-        return refuse(
-            E::ClusterAuthorizationFailed.code(),
-            "Cluster authorization failed.",
-        );
-    }
-    let filter = AclFilter {
-        resource_type: req.resource_type_filter,
-        resource_name: req.resource_name_filter.as_ref().map(|n| n.to_string()),
-        pattern_type: req.pattern_type_filter,
-        principal: req.principal_filter.as_ref().map(|n| n.to_string()),
-        host: req.host_filter.as_ref().map(|n| n.to_string()),
-        operation: req.operation,
-        permission: req.permission_type,
-    };
+    let filter = filter(
+        req.resource_type_filter,
+        &req.resource_name_filter,
+        req.pattern_type_filter,
+        &req.principal_filter,
+        &req.host_filter,
+        req.operation,
+        req.permission_type,
+    );
     if let Err(why) = check_filter(&filter) {
         return refuse(E::InvalidRequest.code(), &why);
     }
@@ -119,14 +146,8 @@ pub async fn create(ctx: &BrokerCtx, authz: &Authz, req: CreateAclsRequest) -> C
                 .collect(),
         )
     };
-    if !ctx.authorizer.enabled() {
-        return all(E::SecurityDisabled.code(), DISABLED);
-    }
-    if !authz.cluster(op::ALTER) {
-        return all(
-            E::ClusterAuthorizationFailed.code(),
-            "Cluster authorization failed.",
-        );
+    if let Some((code, msg)) = refused(ctx, authz, op::ALTER) {
+        return all(code, msg);
     }
     let checked: Vec<Result<AclBinding, String>> = req
         .creations
@@ -179,29 +200,23 @@ pub async fn delete(ctx: &BrokerCtx, authz: &Authz, req: DeleteAclsRequest) -> D
                 .collect(),
         )
     };
-    if !ctx.authorizer.enabled() {
-        return all(E::SecurityDisabled.code(), DISABLED);
-    }
-    if !authz.cluster(op::ALTER) {
-        return all(
-            E::ClusterAuthorizationFailed.code(),
-            "Cluster authorization failed.",
-        );
+    if let Some((code, msg)) = refused(ctx, authz, op::ALTER) {
+        return all(code, msg);
     }
     let acls = bindings(ctx);
     let per_filter: Vec<Result<Vec<AclBinding>, String>> = req
         .filters
         .iter()
         .map(|f| {
-            let filter = AclFilter {
-                resource_type: f.resource_type_filter,
-                resource_name: f.resource_name_filter.as_ref().map(|n| n.to_string()),
-                pattern_type: f.pattern_type_filter,
-                principal: f.principal_filter.as_ref().map(|n| n.to_string()),
-                host: f.host_filter.as_ref().map(|n| n.to_string()),
-                operation: f.operation,
-                permission: f.permission_type,
-            };
+            let filter = filter(
+                f.resource_type_filter,
+                &f.resource_name_filter,
+                f.pattern_type_filter,
+                &f.principal_filter,
+                &f.host_filter,
+                f.operation,
+                f.permission_type,
+            );
             check_filter(&filter)?;
             Ok(acls.matching(&filter).cloned().collect())
         })

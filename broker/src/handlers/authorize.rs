@@ -83,6 +83,16 @@ impl Authz {
         }
     }
 
+    /// The same request seen as coming from region `region`'s clients
+    /// (a produce forwarded from there): principal `User:region:<region>`.
+    pub fn as_region(&self, region: &str) -> Authz {
+        Authz {
+            acls: self.acls.clone(),
+            principal: format!("User:region:{region}"),
+            host: self.host.clone(),
+        }
+    }
+
     pub fn allows(&self, operation: i8, resource_type: i8, name: &str) -> bool {
         let Some(acls) = &self.acls else {
             return true;

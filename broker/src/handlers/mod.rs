@@ -98,10 +98,11 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
         }
         RequestKind::Produce(p) => {
             // A produce the home region's dc-link makes for another region
-            // is never forwarded again.
-            let forwarded = header.client_id.as_deref()
-                == Some(chronik_wire::protocol::FORWARDED_PRODUCE_CLIENT_ID);
-            produce::handle(ctx, cid, v, p, forwarded, &authz)
+            // is never forwarded again, and must be allowed to the region it
+            // comes from as well as to the connection.
+            let origin = chronik_wire::protocol::forwarded_origin(header.client_id.as_deref());
+            let as_origin = origin.flatten().map(|r| authz.as_region(r));
+            produce::handle(ctx, cid, v, p, origin.is_some(), &authz, as_origin.as_ref())
         }
         RequestKind::Fetch(f) => later(ctx, id, move |ctx| async move {
             fetch::handle_fetch(ctx, authz, v, f).await
@@ -276,87 +277,89 @@ fn cluster_refusal(
     body: &RequestKind,
 ) -> Option<Bytes> {
     use kafka_protocol::messages::*;
-    let needed = match body {
-        RequestKind::ElectLeaders(_) | RequestKind::AlterPartitionReassignments(_) => op::ALTER,
-        RequestKind::AlterUserScramCredentials(_) => op::ALTER,
-        RequestKind::ListPartitionReassignments(_)
-        | RequestKind::DescribeLogDirs(_)
-        | RequestKind::DescribeUserScramCredentials(_) => op::DESCRIBE,
-        RequestKind::DescribeClientQuotas(_) => op::DESCRIBE_CONFIGS,
-        _ => return None,
-    };
-    if authz.cluster(needed) {
-        return None;
-    }
     let code = E::ClusterAuthorizationFailed.code();
     let msg = Some(StrBytes::from_static_str("Cluster authorization failed."));
-    Some(match body {
-        RequestKind::ElectLeaders(_) => encode_response(
-            cid,
-            key,
-            v,
-            &ElectLeadersResponse::default().with_error_code(code),
+    // These are rare admin requests: the refusal is encoded up front, next
+    // to the permission it answers for.
+    let (needed, refusal) = match body {
+        RequestKind::ElectLeaders(_) => (
+            op::ALTER,
+            encode_response(cid, key, v, &ElectLeadersResponse::default().with_error_code(code)),
         ),
-        RequestKind::AlterPartitionReassignments(_) => encode_response(
-            cid,
-            key,
-            v,
-            &AlterPartitionReassignmentsResponse::default()
-                .with_error_code(code)
-                .with_error_message(msg),
-        ),
-        RequestKind::ListPartitionReassignments(_) => encode_response(
-            cid,
-            key,
-            v,
-            &ListPartitionReassignmentsResponse::default()
-                .with_error_code(code)
-                .with_error_message(msg),
-        ),
-        RequestKind::DescribeLogDirs(_) => encode_response(
-            cid,
-            key,
-            v,
-            &DescribeLogDirsResponse::default().with_error_code(code),
-        ),
-        RequestKind::DescribeUserScramCredentials(_) => encode_response(
-            cid,
-            key,
-            v,
-            &DescribeUserScramCredentialsResponse::default()
-                .with_error_code(code)
-                .with_error_message(msg),
-        ),
-        RequestKind::AlterUserScramCredentials(r) => encode_response(
-            cid,
-            key,
-            v,
-            &AlterUserScramCredentialsResponse::default().with_results(
-                r.deletions
-                    .iter()
-                    .map(|d| d.name.clone())
-                    .chain(r.upsertions.iter().map(|u| u.name.clone()))
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .map(|user| {
-                        alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default()
-                            .with_user(user)
-                            .with_error_code(code)
-                            .with_error_message(msg.clone())
-                    })
-                    .collect(),
+        RequestKind::AlterPartitionReassignments(_) => (
+            op::ALTER,
+            encode_response(
+                cid,
+                key,
+                v,
+                &AlterPartitionReassignmentsResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(msg),
             ),
         ),
-        RequestKind::DescribeClientQuotas(_) => encode_response(
-            cid,
-            key,
-            v,
-            &DescribeClientQuotasResponse::default()
-                .with_error_code(code)
-                .with_error_message(msg),
+        RequestKind::ListPartitionReassignments(_) => (
+            op::DESCRIBE,
+            encode_response(
+                cid,
+                key,
+                v,
+                &ListPartitionReassignmentsResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(msg),
+            ),
         ),
-        _ => unreachable!("every refused kind is answered above"),
-    })
+        RequestKind::DescribeLogDirs(_) => (
+            op::DESCRIBE,
+            encode_response(cid, key, v, &DescribeLogDirsResponse::default().with_error_code(code)),
+        ),
+        RequestKind::DescribeUserScramCredentials(_) => (
+            op::DESCRIBE,
+            encode_response(
+                cid,
+                key,
+                v,
+                &DescribeUserScramCredentialsResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(msg),
+            ),
+        ),
+        RequestKind::AlterUserScramCredentials(r) => (
+            op::ALTER,
+            encode_response(
+                cid,
+                key,
+                v,
+                &AlterUserScramCredentialsResponse::default().with_results(
+                    r.deletions
+                        .iter()
+                        .map(|d| d.name.clone())
+                        .chain(r.upsertions.iter().map(|u| u.name.clone()))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .map(|user| {
+                            alter_user_scram_credentials_response::AlterUserScramCredentialsResult::default()
+                                .with_user(user)
+                                .with_error_code(code)
+                                .with_error_message(msg.clone())
+                        })
+                        .collect(),
+                ),
+            ),
+        ),
+        RequestKind::DescribeClientQuotas(_) => (
+            op::DESCRIBE_CONFIGS,
+            encode_response(
+                cid,
+                key,
+                v,
+                &DescribeClientQuotasResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(msg),
+            ),
+        ),
+        _ => return None,
+    };
+    (!authz.cluster(needed)).then_some(refusal)
 }
 
 fn self_broker(ctx: &BrokerCtx, listener: &str) -> Option<(i32, StrBytes, i32)> {

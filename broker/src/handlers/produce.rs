@@ -90,6 +90,7 @@ pub fn handle(
     req: ProduceRequest,
     forwarded: bool,
     authz: &Authz,
+    origin: Option<&Authz>,
 ) -> Reply {
     let acks = req.acks;
     let now = now_ms();
@@ -100,7 +101,8 @@ pub fn handle(
     for td in req.topic_data {
         // Kafka checks WRITE before anything else about the topic, so a
         // principal without it cannot learn whether the topic exists.
-        let allowed = authz.topic(op::WRITE, &td.name);
+        let allowed =
+            authz.topic(op::WRITE, &td.name) && origin.is_none_or(|o| o.topic(op::WRITE, &td.name));
         let topic = ctx.catalog.get(&td.name).filter(|_| allowed);
         let mut outcomes = Vec::with_capacity(td.partition_data.len());
         for pd in td.partition_data {

@@ -79,7 +79,12 @@ pub fn admin_token_file(root: &Path, region: &str) -> Result<PathBuf, String> {
 
 /// Adds the SASL_SSL listener, ACLs, peer TLS and the admin token to a
 /// broker's new config; its certificate is issued here.
-pub fn harden(cfg: &mut BrokerConfig, root: &Path, certs: &Path) -> Result<(), String> {
+pub fn harden(
+    cfg: &mut BrokerConfig,
+    root: &Path,
+    certs: &Path,
+    regions: &[&str],
+) -> Result<(), String> {
     let id = cfg.node_id;
     let name = format!("broker-{id}");
     let hosts = vec![
@@ -120,11 +125,15 @@ pub fn harden(cfg: &mut BrokerConfig, root: &Path, certs: &Path) -> Result<(), S
     cfg.listeners.admin_token_file = Some(admin_token_file(root, &cfg.region)?);
     cfg.authorization = Authorization {
         enabled: true,
-        super_users: vec![
+        super_users: [
             format!("User:{ADMIN_USER}"),
             // The PLAINTEXT listener, on 127.0.0.1: the dc-link's way in.
             "User:ANONYMOUS".into(),
-        ],
+        ]
+        .into_iter()
+        // Produces forwarded from another region are checked as it too.
+        .chain(regions.iter().map(|r| format!("User:region:{r}")))
+        .collect(),
         allow_everyone_if_no_acl_found: false,
     };
     if !cfg.cluster.peers.is_empty() {

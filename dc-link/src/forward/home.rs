@@ -25,6 +25,9 @@ const PRODUCE_VERSION: i16 = 9;
 /// partitions its broker leads, in arrival order.
 struct Leaders {
     shared: Arc<Shared>,
+    /// The region the forwarded produces come from: named in the client id,
+    /// so that the home's brokers authorize them as that region too.
+    origin: String,
     addr_of: Mutex<HashMap<(String, i32), String>>,
     pipes: Mutex<HashMap<String, Arc<Pipe>>>,
 }
@@ -82,7 +85,7 @@ impl Leaders {
             _ => {
                 let p = Arc::new(Pipe::open(
                     addr.to_string(),
-                    chronik_wire::protocol::FORWARDED_PRODUCE_CLIENT_ID,
+                    &chronik_wire::protocol::forwarded_client_id(&self.origin),
                 ));
                 pipes.insert(addr.to_string(), p.clone());
                 p
@@ -103,6 +106,7 @@ pub(crate) async fn serve(
     let writer = crate::write_frames(send, out_rx, shared.topology.cross_dc.zstd_level());
     let leaders = Arc::new(Leaders {
         shared: shared.clone(),
+        origin: peer.clone(),
         addr_of: Mutex::default(),
         pipes: Mutex::default(),
     });

@@ -210,30 +210,18 @@ async fn render_metrics(State(s): State<AppState>) -> String {
 /// with an offset committed on it (in any region), the records between the
 /// offset and the high watermark: Kafka's consumer lag, from the broker.
 fn record_group_lag(ctx: &BrokerCtx, led: &std::collections::HashMap<(String, i32), i64>) {
-    use chronik_metadata_sync::Key;
     if led.is_empty() {
         return;
     }
     let rep = ctx.catalog.global.read();
-    for e in rep.entries() {
-        let Key::GroupOffset {
-            group,
-            topic,
-            partition,
-        } = &e.key
-        else {
-            continue;
-        };
-        let Some(hw) = led.get(&(topic.clone(), *partition)) else {
-            continue;
-        };
-        let Some(offset) = e.offset() else {
+    for (group, topic, partition, offset) in rep.entries().filter_map(|e| e.group_offset()) {
+        let Some(hw) = led.get(&(topic.to_string(), partition)) else {
             continue;
         };
         metrics::gauge!(
             "chronik_consumer_group_lag",
-            "group" => group.clone(),
-            "topic" => topic.clone(),
+            "group" => group.to_string(),
+            "topic" => topic.to_string(),
             "partition" => partition.to_string()
         )
         .set((hw - offset.offset).max(0) as f64);

@@ -44,8 +44,22 @@ impl Entry {
     }
 
     pub fn offset(&self) -> Option<OffsetValue> {
-        match self.key {
-            Key::GroupOffset { .. } => OffsetValue::decode(self.value.clone()?).ok(),
+        self.group_offset().map(|(_, _, _, v)| v)
+    }
+
+    /// (group, topic, partition, offset) of a live committed offset.
+    pub fn group_offset(&self) -> Option<(&str, &str, i32, OffsetValue)> {
+        match &self.key {
+            Key::GroupOffset {
+                group,
+                topic,
+                partition,
+            } => Some((
+                group,
+                topic,
+                *partition,
+                OffsetValue::decode(self.value.clone()?).ok()?,
+            )),
             _ => None,
         }
     }

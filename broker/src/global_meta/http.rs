@@ -279,20 +279,11 @@ async fn conflicts(State(ctx): Ctx) -> Response {
 pub fn offsets_beyond_log_end(ctx: &BrokerCtx) -> Vec<Value> {
     let rep = ctx.catalog.global.read();
     let mut out = Vec::new();
-    for e in rep.entries() {
-        let Key::GroupOffset {
-            group,
-            topic,
-            partition,
-        } = &e.key
-        else {
-            continue;
-        };
-        let Some(v) = e.offset() else { continue };
+    for (group, topic, partition, v) in rep.entries().filter_map(|e| e.group_offset()) {
         let Some(log) = ctx
             .catalog
             .get(topic)
-            .and_then(|t| t.partition(*partition).cloned())
+            .and_then(|t| t.partition(partition).cloned())
         else {
             continue;
         };

@@ -7,7 +7,7 @@
 //! resource?". With `[authorization] enabled = false` every question is
 //! answered yes, as Kafka answers without an `authorizer.class.name`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use chronik_topology::Authorization;
 
@@ -22,14 +22,15 @@ pub const CLUSTER_NAME: &str = "kafka-cluster";
 pub struct Authorizer {
     config: Option<Authorization>,
     /// (ACL generation of the global `__meta`, bindings at that generation).
-    cache: Mutex<(u64, Arc<Acls>)>,
+    /// Read by every request, written only after an ACL changed.
+    cache: RwLock<(u64, Arc<Acls>)>,
 }
 
 impl Authorizer {
     pub fn new(config: &Authorization) -> Authorizer {
         Authorizer {
             config: config.enabled.then(|| config.clone()),
-            cache: Mutex::new((u64::MAX, Arc::default())),
+            cache: RwLock::new((u64::MAX, Arc::default())),
         }
     }
 
@@ -41,7 +42,13 @@ impl Authorizer {
     fn acls(&self, catalog: &Catalog) -> Option<Arc<Acls>> {
         let config = self.config.as_ref()?;
         let generation = catalog.global.acl_generation();
-        let mut cache = self.cache.lock().unwrap();
+        {
+            let cache = self.cache.read().unwrap();
+            if cache.0 == generation {
+                return Some(cache.1.clone());
+            }
+        }
+        let mut cache = self.cache.write().unwrap();
         if cache.0 != generation {
             *cache = (
                 generation,
@@ -55,12 +62,21 @@ impl Authorizer {
         Some(cache.1.clone())
     }
 
-    /// What one request may do, fixed when the request arrives.
+    /// What one request may do, fixed when the request arrives. With
+    /// authorization off nothing is looked up or copied: every request
+    /// passes through here, produce and fetch included.
     pub fn for_request(&self, catalog: &Catalog, conn: &ConnCtx) -> Authz {
-        Authz {
-            acls: self.acls(catalog),
-            principal: conn.principal.clone(),
-            host: conn.peer.ip().to_string(),
+        match self.acls(catalog) {
+            None => Authz {
+                acls: None,
+                principal: String::new(),
+                host: String::new(),
+            },
+            acls => Authz {
+                acls,
+                principal: conn.principal.clone(),
+                host: conn.peer.ip().to_string(),
+            },
         }
     }
 }
@@ -69,20 +85,11 @@ impl Authorizer {
 #[derive(Clone)]
 pub struct Authz {
     acls: Option<Arc<Acls>>,
-    pub principal: String,
+    principal: String,
     host: String,
 }
 
 impl Authz {
-    /// Everything allowed: authorization off, or a broker-internal caller.
-    pub fn everything() -> Authz {
-        Authz {
-            acls: None,
-            principal: crate::connection::ANONYMOUS.to_string(),
-            host: String::new(),
-        }
-    }
-
     /// The same request seen as coming from region `region`'s clients
     /// (a produce forwarded from there): principal `User:region:<region>`.
     pub fn as_region(&self, region: &str) -> Authz {

@@ -230,19 +230,27 @@ def watermarks(bootstrap: str, topic: str, partition: int = 0, timeout: float = 
 
     librdkafka gives up on the first retriable error (NOT_LEADER while leadership moves,
     e.g. preferred-leader balancing after a restart); the Java client retries those after a
-    metadata refresh, and so does this until `timeout`."""
-    c = consumer(bootstrap)
+    metadata refresh, and so does this until `timeout`. A leader that was just killed is still
+    named by Metadata until its successor is elected (on Kafka as on Chronik), and librdkafka
+    keeps dialling it for the whole call instead of asking again; so each attempt is short and
+    a timed-out one starts over with a new client, which reads the metadata afresh."""
     deadline = time.monotonic() + timeout
+    c = consumer(bootstrap)
     try:
         while True:
             left = deadline - time.monotonic()
             try:
-                return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=max(left, 0.1),
+                return c.get_watermark_offsets(TopicPartition(topic, partition), timeout=max(min(left, 3.0), 0.1),
                                                cached=False)
             except KafkaException as e:
-                if e.args[0].code() not in _LEADERSHIP_MOVING or left <= 0.5:
+                code = e.args[0].code()
+                if code not in _LEADERSHIP_MOVING | {KafkaError._TIMED_OUT} or left <= 0.5:
                     raise
-                time.sleep(0.2)
+                if code == KafkaError._TIMED_OUT:
+                    c.close()
+                    c = consumer(bootstrap)
+                else:
+                    time.sleep(0.2)
     finally:
         c.close()
 

@@ -84,7 +84,8 @@ pub async fn serve(
             metrics,
         })
         .merge(crate::global_meta::http::router(ctx.clone()))
-        .merge(crate::home_http::router(ctx))
+        .merge(crate::home_http::router(ctx.clone()))
+        .merge(crate::members_http::router(ctx))
         .layer(axum::middleware::from_fn_with_state(
             Arc::new(token),
             require_token,

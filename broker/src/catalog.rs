@@ -26,17 +26,20 @@ mod acls;
 mod credentials;
 mod home_move;
 mod link_actor;
+mod members;
 mod meta_apply;
 
 pub use credentials::ScramUpsert;
 pub use home_move::{HomeMove, OffsetMove, OffsetMoveReason, OFFSET_MOVED_PREFIX};
+pub use members::{Member, MemberState};
 
 const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
 const BROKER_PREFIX: &str = "broker/";
 /// Keyed controller entries besides topics that a snapshot carries whole.
-const SNAPSHOT_PREFIXES: [&str; 6] = [
+const SNAPSHOT_PREFIXES: [&str; 7] = [
     BROKER_PREFIX,
+    members::MEMBER_PREFIX,
     groups::GROUP_PREFIX,
     groups::OFFSET_PREFIX,
     crate::global_meta::PREFIX,
@@ -253,6 +256,9 @@ pub struct Catalog {
     defaults: TopicDefaults,
     region: RegionSettings,
     endpoints: RwLock<BTreeMap<i32, BrokerEndpoint>>,
+    /// The region's brokers as the controller recorded them (see
+    /// `catalog/members.rs`); empty until the first one is applied.
+    members: RwLock<BTreeMap<i32, Member>>,
     controller: std::sync::OnceLock<Arc<dyn ControllerProposer>>,
     /// Notified after every applied change.
     pub changed: tokio::sync::Notify,
@@ -270,6 +276,10 @@ pub struct Catalog {
 
 /// (group, topic, partition) of offsets changed by another region.
 pub type OffsetsHook = Box<dyn Fn(Vec<(String, String, i32)>) + Send + Sync>;
+
+fn broker_key(id: i32) -> String {
+    format!("{BROKER_PREFIX}{id:08}")
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -295,6 +305,7 @@ impl Catalog {
             defaults,
             region,
             endpoints: RwLock::new(BTreeMap::new()),
+            members: RwLock::new(BTreeMap::new()),
             controller: std::sync::OnceLock::new(),
             changed: tokio::sync::Notify::new(),
             topics: RwLock::new(HashMap::new()),
@@ -314,6 +325,7 @@ impl Catalog {
             cat.install(topic);
         }
         cat.load_brokers()?;
+        cat.load_members()?;
         Ok(cat)
     }
 
@@ -391,7 +403,8 @@ impl Catalog {
         self.endpoints.read().unwrap().values().cloned().collect()
     }
 
-    /// The region's broker ids (from configuration: the controller voters).
+    /// The configured broker ids: the controller voters a new region
+    /// forms with (afterwards, see [`Catalog::members`]).
     pub fn broker_ids(&self) -> &[i32] {
         &self.region.brokers
     }
@@ -421,7 +434,7 @@ impl Catalog {
         } else {
             replication_factor
         };
-        let n = self.region.brokers.len();
+        let n = self.active_brokers().len();
         if rf as usize > n {
             return Err(TopicError::InvalidReplicationFactor(format!(
                 "Unable to replicate the partition {rf} time(s): The target replication factor of {rf} cannot be reached because only {n} broker(s) are registered."
@@ -440,10 +453,10 @@ impl Catalog {
                     "Replica assignment for partition {i} must list distinct brokers (got {brokers:?})"
                 )));
             }
-            if let Some(b) = brokers.iter().find(|b| !self.region.brokers.contains(b)) {
+            let members = self.active_brokers();
+            if let Some(b) = brokers.iter().find(|b| !members.contains(b)) {
                 return Err(TopicError::InvalidReplicaAssignment(format!(
-                    "Replica assignment for partition {i} names broker {b}, which is not a broker of this region {:?}",
-                    self.region.brokers
+                    "Replica assignment for partition {i} names broker {b}, which is not a broker of this region {members:?}"
                 )));
             }
         }
@@ -454,7 +467,7 @@ impl Catalog {
     /// at an offset derived from the topic id, so preferred leaders (the
     /// first replica) rotate across brokers and across topics.
     fn assign(&self, id: &Uuid, first_partition: usize, count: usize, rf: i16) -> Vec<Vec<i32>> {
-        let b = &self.region.brokers;
+        let b = &self.active_brokers();
         let start = (id.as_u128() % b.len() as u128) as usize;
         (first_partition..first_partition + count)
             .map(|p| {
@@ -561,12 +574,14 @@ impl Catalog {
             };
             return Ok(self.with_partitions(record, vec![]));
         }
+        // The placement made here is the one applied: applying it again
+        // would use the applying broker's default replication factor.
         self.submit(ControllerCommand::CreateTopic {
             name: name.to_string(),
             id,
-            partitions,
-            replication_factor,
-            assignments: assignments.to_vec(),
+            partitions: -1,
+            replication_factor: -1,
+            assignments: replicas,
             configs,
             now_ms: now_ms(),
         })
@@ -930,7 +945,7 @@ impl Catalog {
                 };
                 wb.put_cf(
                     self.store.cf(CF_META),
-                    format!("{BROKER_PREFIX}{id:08}"),
+                    broker_key(*id),
                     serde_json::to_vec(&ep).expect("serializes"),
                 );
                 Ok(PostApply::Broker(ep))
@@ -1185,6 +1200,9 @@ impl Catalog {
                 delete,
                 now_ms,
             } => self.apply_alter_acls(create, delete, *now_ms, wb),
+            ControllerCommand::AddBroker { id, raft } => self.apply_add_broker(*id, raft, wb),
+            ControllerCommand::RemoveBroker { id } => self.apply_remove_broker(*id, wb),
+            ControllerCommand::ForgetBroker { id } => self.apply_forget_broker(*id, wb),
             ControllerCommand::Barrier => Ok(PostApply::Nothing),
         }
     }
@@ -1278,6 +1296,7 @@ impl Catalog {
             }
         }
         self.load_brokers()?;
+        self.load_members()?;
         self.global.reload(&self.store)?;
         Ok(())
     }
@@ -1300,6 +1319,10 @@ impl Catalog {
 /// What to do in memory once an applied command's writes are stored.
 pub enum PostApply {
     Broker(BrokerEndpoint),
+    /// A broker removed from the region: out of Metadata.
+    Unregister(i32),
+    /// Membership records written (see `catalog/members.rs`).
+    Members(Vec<Member>),
     /// A topic was created or changed: (re)install it, keeping open logs.
     Install(TopicRecord),
     Remove(Arc<Topic>),
@@ -1315,6 +1338,15 @@ impl PostApply {
         match self {
             PostApply::Broker(ep) => {
                 cat.endpoints.write().unwrap().insert(ep.id, ep);
+            }
+            PostApply::Unregister(id) => {
+                cat.endpoints.write().unwrap().remove(&id);
+            }
+            PostApply::Members(members) => {
+                let mut m = cat.members.write().unwrap();
+                for member in members {
+                    m.insert(member.id, member);
+                }
             }
             PostApply::Install(record) => {
                 // By id: a topic renamed in place keeps its open logs.

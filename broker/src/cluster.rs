@@ -18,13 +18,15 @@ use crate::catalog::{BrokerEndpoint, Catalog, ControllerProposer, Topic, TopicEr
 use crate::log::PartitionLog;
 use crate::raft::codec::{self, kind, Frame};
 use crate::raft::sm::Target;
-use crate::raft::transport::{Inbound, PeerIo, TcpIo, Transport};
+use crate::raft::transport::{Inbound, PeerIo, Probed, TcpIo, Transport};
 use crate::raft::types::{Command, CommandResult, ControllerCommand};
 use crate::raft::{
     GroupDebug, GroupStatus, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup,
     CONTROLLER_GROUP,
 };
 use crate::storage::Store;
+
+mod members;
 
 /// Where a partition's leader is, as Metadata reports it.
 #[derive(Debug, Clone, Default)]
@@ -89,12 +91,19 @@ fn to_u64(ids: &[i32]) -> Vec<u64> {
 impl Cluster {
     /// Starts the controller group and the peer transport, then (in the
     /// background) every partition group this broker hosts.
+    ///
+    /// `form`: whether this broker may form the region's controller if it
+    /// has none yet. A broker that found the region running must not: it
+    /// waits to be added (or, if it is one of the voters the controller
+    /// formed with, to be caught up), as a second controller formed from
+    /// its own configuration would diverge from the first.
     pub async fn start(
         cfg: &BrokerConfig,
         store: Arc<Store>,
         catalog: Arc<Catalog>,
+        form: bool,
     ) -> Result<Arc<Cluster>, String> {
-        Self::start_with_io(cfg, store, catalog, Self::peer_io(cfg)?).await
+        Self::start_with_io(cfg, store, catalog, Self::peer_io(cfg)?, form).await
     }
 
     /// The peer sockets `[cluster.tls]` asks for: mutual TLS, or plain TCP.
@@ -115,6 +124,7 @@ impl Cluster {
         store: Arc<Store>,
         catalog: Arc<Catalog>,
         io: Arc<dyn PeerIo>,
+        form: bool,
     ) -> Result<Arc<Cluster>, String> {
         let c = &cfg.cluster;
         let settings = RaftSettings {
@@ -187,7 +197,8 @@ impl Cluster {
         let _ = me_cell.set(Arc::downgrade(&cluster));
         catalog.attach_controller(Arc::new(Proposer(Arc::downgrade(&cluster))));
         transport.start(listener, Arc::new(InboundRef(Arc::downgrade(&cluster))));
-        if !controller.is_initialized().await {
+        cluster.sync_peers();
+        if form && !controller.is_initialized().await {
             // Every broker bootstraps the controller with the same voters;
             // Raft elects one leader whatever the order.
             let members = to_u64(catalog.broker_ids());
@@ -210,6 +221,7 @@ impl Cluster {
         tokio::spawn(Self::reconcile_loop(Arc::downgrade(&cluster)));
         tokio::spawn(Self::leader_loop(Arc::downgrade(&cluster)));
         tokio::spawn(Self::election_loop(Arc::downgrade(&cluster)));
+        tokio::spawn(Self::membership_loop(Arc::downgrade(&cluster)));
         Ok(cluster)
     }
 
@@ -223,6 +235,12 @@ impl Cluster {
         let t = Arc::downgrade(transport);
         let within = Duration::from_millis(settings.election_min_ms);
         Arc::new(move |peer| t.upgrade().is_some_and(|t| t.heard_from(peer, within)))
+    }
+
+    /// Whether broker `id` is this one or was heard from within the
+    /// failure detector's window.
+    pub fn hears_from(&self, id: i32) -> bool {
+        self.alive(id as u64)
     }
 
     fn alive(&self, node: u64) -> bool {
@@ -946,10 +964,16 @@ impl Inbound for InboundRef {
         }
     }
 
-    fn knows(&self, id: u64) -> bool {
-        self.0
-            .upgrade()
-            .is_some_and(|c| c.catalog.brokers().iter().any(|b| b.id as u64 == id))
+    fn probe(&self, id: u64) -> Probed {
+        let Some(c) = self.0.upgrade() else {
+            return Probed::default();
+        };
+        let st = c.controller.status();
+        Probed {
+            known: c.catalog.brokers().iter().any(|b| b.id as u64 == id),
+            running: !st.voters.is_empty(),
+            member: st.voters.contains(&id) || st.learners.contains(&id),
+        }
     }
 }
 

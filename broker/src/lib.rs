@@ -18,6 +18,8 @@ pub mod home_role;
 pub mod lease_gate;
 pub mod listener;
 pub mod log;
+mod members_http;
+pub mod membership;
 pub mod raft;
 mod role_keeper;
 pub mod rpo;

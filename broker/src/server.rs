@@ -24,6 +24,9 @@ const CLUSTER_ID_KEY: &str = "cluster_id";
 /// The node id this data directory belongs to; a broker refuses to start
 /// on another broker's data (Raft counts votes by node id).
 const NODE_ID_KEY: &str = "node_id";
+/// Set when the broker started on an empty data dir while its region ran:
+/// it must never form a controller of its own.
+const JOINING_KEY: &str = "joining";
 const PRODUCER_ID_KEY: &str = "counter/producer_id_limit";
 /// Producer ids are reserved durably in blocks so InitProducerId rarely waits
 /// for a sync; a crash skips at most one block, never reuses an id.
@@ -156,13 +159,16 @@ pub enum StartError {
     },
 }
 
-/// A broker starting on an empty data directory asks its peers whether they
-/// know it: if one does, its disk was wiped and it must not vote. Peers
-/// that do not answer within a few seconds (a new region, all starting) are
-/// taken as not knowing it.
-async fn refuse_if_known(config: &BrokerConfig) -> Result<(), StartError> {
+/// A broker starting on an empty data directory asks its peers about
+/// itself. If one knows it, its disk was wiped and it must not vote. If
+/// one runs the region's controller, it must not form one of its own
+/// (returns false): it is caught up by that controller, or, if the region
+/// formed without it, waits for `chronik ctl broker add`. Peers that do
+/// not answer within a few seconds (a new region, all starting) are taken
+/// as knowing nothing.
+async fn probe_peers(config: &BrokerConfig) -> Result<bool, StartError> {
     if config.cluster.peers.is_empty() {
-        return Ok(());
+        return Ok(true);
     }
     let io = crate::cluster::Cluster::peer_io(config).map_err(StartError::PeerIo)?;
     let me = config.node_id as u64;
@@ -180,23 +186,38 @@ async fn refuse_if_known(config: &BrokerConfig) -> Result<(), StartError> {
             (p.id, answer)
         }
     });
-    let mut known = Vec::new();
+    let (mut known, mut running, mut member) = (Vec::new(), false, false);
     for (peer, answer) in futures_util::future::join_all(asks).await {
         match answer {
-            Ok(true) => known.push(peer),
-            Ok(false) => {}
+            Ok(p) => {
+                if p.known {
+                    known.push(peer);
+                }
+                running |= p.running;
+                member |= p.member;
+            }
             Err(e) => tracing::info!(peer, error = %e, "empty data dir: peer not asked"),
         }
     }
-    if known.is_empty() {
-        return Ok(());
+    if !known.is_empty() {
+        return Err(StartError::EmptyButKnown {
+            dir: config.data_dir.display().to_string(),
+            node: config.node_id,
+            region: config.region.clone(),
+            known,
+        });
     }
-    Err(StartError::EmptyButKnown {
-        dir: config.data_dir.display().to_string(),
-        node: config.node_id,
-        region: config.region.clone(),
-        known,
-    })
+    if running && !member {
+        tracing::warn!(
+            node = config.node_id,
+            region = %config.region,
+            "region {} runs without broker {}: it waits to be added with `chronik ctl broker add {} --raft <its listeners.raft address as peers reach it>`",
+            config.region,
+            config.node_id,
+            config.node_id
+        );
+    }
+    Ok(!running)
 }
 
 impl Broker {
@@ -218,7 +239,7 @@ impl Broker {
             source,
         };
         let store = Arc::new(Store::open(&dir, config.durability).map_err(storage_err)?);
-        match store.get_meta(NODE_ID_KEY).map_err(storage_err)? {
+        let form = match store.get_meta(NODE_ID_KEY).map_err(storage_err)? {
             Some(v) if v != config.node_id.to_string().as_bytes() => {
                 return Err(StartError::WrongNode {
                     dir: dir.display().to_string(),
@@ -226,14 +247,20 @@ impl Broker {
                     configured: config.node_id,
                 })
             }
-            Some(_) => {}
+            // A broker that started as a joiner stays one until the
+            // controller reaches it, across restarts.
+            Some(_) => store.get_meta(JOINING_KEY).map_err(storage_err)?.is_none(),
             None => {
-                refuse_if_known(&config).await?;
+                let form = probe_peers(&config).await?;
                 let mut wb = WriteBatch::default();
                 wb.put_cf(store.cf(CF_META), NODE_ID_KEY, config.node_id.to_string());
+                if !form {
+                    wb.put_cf(store.cf(CF_META), JOINING_KEY, b"1");
+                }
                 store.write(wb).await.map_err(storage_err)?;
+                form
             }
-        }
+        };
         let cluster_id = match store.get_meta(CLUSTER_ID_KEY).map_err(storage_err)? {
             // Every broker of a region reports the same cluster id.
             _ if !config.cluster.peers.is_empty() => format!("chronik-{}", config.region),
@@ -284,7 +311,7 @@ impl Broker {
             extra.address = bound.addr;
         }
         config.listeners.admin = Some(admin_addr);
-        let cluster = Cluster::start(&config, store.clone(), catalog.clone())
+        let cluster = Cluster::start(&config, store.clone(), catalog.clone(), form)
             .await
             .map_err(StartError::Cluster)?;
         if config.cluster.peers.is_empty() {

@@ -157,6 +157,11 @@ enum CtlCommand {
     /// records only it holds into a recovery topic, cut its copies back,
     /// and let them mirror the new home.
     Failback(failback::Args),
+    /// Grow or shrink a running region: list, add and remove brokers.
+    Broker {
+        #[command(subcommand)]
+        command: broker_cli::BrokerCommand,
+    },
     /// Rehearsals against a running deployment.
     Drill {
         #[command(subcommand)]
@@ -308,6 +313,9 @@ fn main() -> ExitCode {
         Command::Ctl {
             command: CtlCommand::Drill { drill },
         } => drill::run(drill),
+        Command::Ctl {
+            command: CtlCommand::Broker { command },
+        } => broker_cli::run(command),
         Command::WanSim(args) => {
             init_tracing();
             chronik_wan_sim::run(args)
@@ -494,6 +502,7 @@ fn run_witness(config: &std::path::Path) -> ExitCode {
     })
 }
 
+mod broker_cli;
 mod drill;
 mod failback;
 mod failover;

@@ -597,7 +597,7 @@ impl Catalog {
                 tracing::warn!(topic = name, local_id = %other.id(), global_id = %uuid, "global metadata: a regional topic holds this name; the mirror is not created");
                 return Ok(None);
             }
-            let n = self.region.brokers.len() as i32;
+            let n = self.active_brokers().len() as i32;
             let rf = def.replication_factor.clamp(1, n.max(1)) as i16;
             let replicas = self.assign(&uuid, 0, def.partitions as usize, rf);
             let log_ids = self.alloc_log_ids(replicas.len(), wb);

@@ -66,6 +66,9 @@ pub struct GroupStatus {
     /// the leader knows; elsewhere empty.
     pub isr: Vec<u64>,
     pub voters: Vec<u64>,
+    /// Members that receive the log without voting (a replica or broker
+    /// being added, until it has caught up).
+    pub learners: Vec<u64>,
     /// On the leader: time since a quorum last acknowledged it.
     pub quorum_ack_age: Option<Duration>,
     /// On the leader: whether it can still count on a quorum (recent quorum
@@ -508,6 +511,7 @@ impl ReplicaGroup for OpenraftGroup {
         let m = self.raft.metrics().borrow_watched().clone();
         let is_leader = m.current_leader == Some(self.node) && m.state.is_leader();
         let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let learners: Vec<u64> = m.membership_config.membership().learner_ids().collect();
         let committed = m.local_committed.as_ref().map(|l| l.index());
         let mut isr = Vec::new();
         let mut caught_up_now = Vec::new();
@@ -588,6 +592,7 @@ impl ReplicaGroup for OpenraftGroup {
             is_leader,
             isr,
             voters,
+            learners,
             quorum_ack_age: m.last_quorum_acked.as_ref().map(|t| (**t).elapsed()),
             committed_index: committed,
             applied_index: m.last_applied.as_ref().map(|l| l.index()),

@@ -425,6 +425,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Membership(m) => {
                     let sm = StoredMembership::new(Some(entry.log_id), m.clone());
                     self.put_json(&mut wb, "membership", &sm);
+                    if let Target::Controller(cat) = &self.target {
+                        let voters: Vec<u64> = m.voter_ids().collect();
+                        post.extend(cat.seed_members_into(&voters, &mut wb));
+                    }
                     CommandResult::None
                 }
             };

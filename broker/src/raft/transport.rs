@@ -47,22 +47,36 @@ pub trait Inbound: Send + Sync + 'static {
     fn request(&self, from: u64, frame: Frame) -> BoxFuture<'static, Result<Bytes, String>>;
     /// A one-way message.
     fn notify(&self, from: u64, frame: Frame);
-    /// Whether broker `id` has been a member of the region (registered with
-    /// its controller): asked by a broker starting on an empty data dir.
-    fn knows(&self, _id: u64) -> bool {
-        false
+    /// What this broker knows of broker `id`: asked by a broker starting
+    /// on an empty data dir.
+    fn probe(&self, _id: u64) -> Probed {
+        Probed::default()
     }
 }
 
-/// Asks broker `peer` at `addr`, over `io`, whether it knows broker `me`
-/// as a member of the region. `Err` when it cannot be asked within `wait`.
+/// A peer's answer to a broker starting on an empty data directory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Probed {
+    /// The asker has been a member of the region (registered with its
+    /// controller): its disk was wiped.
+    pub known: bool,
+    /// The region's controller has formed: the asker must not form one of
+    /// its own, it joins (or, if it is one of the controller's voters that
+    /// never started before, catches up with) the one that exists.
+    pub running: bool,
+    /// The asker is a voter or learner of that controller.
+    pub member: bool,
+}
+
+/// Asks broker `peer` at `addr`, over `io`, what it knows of broker `me`.
+/// `Err` when it cannot be asked within `wait`.
 pub async fn probe(
     io: &dyn PeerIo,
     me: u64,
     peer: u64,
     addr: String,
     wait: Duration,
-) -> Result<bool, String> {
+) -> Result<Probed, String> {
     let exchange = async {
         let mut sock = io.connect(peer, addr).await.map_err(|e| e.to_string())?;
         let ask = Frame {
@@ -77,7 +91,12 @@ pub async fn probe(
         if answer.kind != kind::PROBE || !answer.response {
             return Err(format!("unexpected answer kind {}", answer.kind));
         }
-        Ok(answer.body.first() == Some(&1))
+        // A broker that predates `running` answers one byte.
+        Ok(Probed {
+            known: answer.body.first() == Some(&1),
+            running: answer.body.get(1) == Some(&1),
+            member: answer.body.get(2) == Some(&1),
+        })
     };
     tokio::time::timeout(wait, exchange)
         .await
@@ -282,6 +301,40 @@ impl Transport {
         }
     }
 
+    /// A broker added to the region (`chronik ctl broker add`): dialled
+    /// from here if its id is higher, as configured peers are.
+    pub fn add_peer(self: &Arc<Self>, peer: u64, addr: String) {
+        if peer == self.node_id {
+            return;
+        }
+        // A configured (or DNS-found) address stays: it is this broker's
+        // own view of where the peer is.
+        match self.peers.lock().unwrap().entry(peer) {
+            std::collections::hash_map::Entry::Occupied(_) => return,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(addr.clone());
+            }
+        }
+        tracing::info!(peer, %addr, "peer added to the region");
+        if peer > self.node_id && self.inbound.get().is_some() {
+            let me = self.clone();
+            tokio::spawn(async move { me.dial_loop(peer).await });
+        }
+    }
+
+    /// A broker removed from the region: no longer dialled, accepted or
+    /// counted among the peers whose silence cuts this broker off.
+    pub fn remove_peer(&self, peer: u64) {
+        if self.peers.lock().unwrap().remove(&peer).is_none() {
+            return;
+        }
+        tracing::info!(peer, "peer removed from the region");
+        if let Some(c) = self.conns.lock().unwrap().remove(&peer) {
+            c.close();
+        }
+        self.last_seen.lock().unwrap().remove(&peer);
+    }
+
     pub fn peer_addr(&self, peer: u64) -> Option<String> {
         self.peers.lock().unwrap().get(&peer).cloned()
     }
@@ -327,11 +380,19 @@ impl Transport {
             Ok(Ok(f)) if f.kind == kind::PROBE => {
                 // Only the broker itself may ask about itself.
                 if proven.is_none_or(|id| id == f.group) {
-                    let known = self.inbound.get().is_some_and(|i| i.knows(f.group));
+                    let p = self
+                        .inbound
+                        .get()
+                        .map(|i| i.probe(f.group))
+                        .unwrap_or_default();
                     let answer = Frame {
                         kind: kind::PROBE,
                         response: true,
-                        body: Bytes::from(vec![u8::from(known)]),
+                        body: Bytes::from(vec![
+                            u8::from(p.known),
+                            u8::from(p.running),
+                            u8::from(p.member),
+                        ]),
                         ..Default::default()
                     };
                     let _ = write_frame(&mut sock, &answer).await;

@@ -257,6 +257,13 @@ pub enum ControllerCommand {
         delete: Vec<crate::acl::AclBinding>,
         now_ms: i64,
     },
+    /// `chronik ctl broker add`: broker `id` joins the region; its peers
+    /// reach it at `raft` (see `catalog/members.rs`).
+    AddBroker { id: i32, raft: String },
+    /// `chronik ctl broker remove`: broker `id` starts leaving the region.
+    RemoveBroker { id: i32 },
+    /// Broker `id` has left: no replicas, no controller vote.
+    ForgetBroker { id: i32 },
     /// Changes nothing: once applied, everything committed before it is
     /// applied too (a new group coordinator waits for this before loading).
     Barrier,

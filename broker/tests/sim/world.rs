@@ -157,7 +157,7 @@ async fn broker_main(
         node,
         shared: shared.clone(),
     });
-    let cluster = Cluster::start_with_io(&cfg, store, catalog.clone(), io).await?;
+    let cluster = Cluster::start_with_io(&cfg, store, catalog.clone(), io, true).await?;
     tokio::spawn(monitor(
         node,
         cluster.clone(),

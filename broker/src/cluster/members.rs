@@ -1,0 +1,104 @@
+//! Carrying out membership changes (`chronik ctl broker add|remove`): the
+//! controller leader takes the steps `crate::membership::plan` decides,
+//! and every broker keeps its peer transport in line with the recorded
+//! members.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::Cluster;
+use crate::catalog::MemberState;
+use crate::membership::{plan, Placement, Step};
+use crate::raft::types::ControllerCommand;
+
+impl Cluster {
+    /// Dials brokers added while the region ran (no configuration names
+    /// them) and drops removed ones (configurations still may).
+    pub(super) fn sync_peers(&self) {
+        for m in self.catalog.members() {
+            if m.id == self.node_id {
+                continue;
+            }
+            match (m.state, m.raft) {
+                (MemberState::Removed, _) => self.transport.remove_peer(m.id as u64),
+                (_, Some(addr)) => self.transport.add_peer(m.id as u64, addr),
+                (_, None) => {}
+            }
+        }
+    }
+
+    pub(super) async fn membership_loop(me: Weak<Cluster>) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let Some(c) = me.upgrade() else { return };
+            if c.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            c.sync_peers();
+            if c.controller.status().is_leader {
+                c.membership_round().await;
+            }
+        }
+    }
+
+    fn placements(&self) -> Vec<Placement> {
+        self.catalog
+            .all_partitions()
+            .into_iter()
+            .map(|(t, p)| Placement {
+                topic: t.name().to_string(),
+                partition: p.partition,
+                replicas: self.replicas_of(&t, p.partition),
+                reassigning: t.reassigning(p.partition).cloned(),
+            })
+            .collect()
+    }
+
+    async fn membership_round(self: &Arc<Self>) {
+        let st = self.controller.status();
+        let voters: BTreeSet<u64> = st.voters.iter().copied().collect();
+        let learners: BTreeSet<u64> = st.learners.iter().copied().collect();
+        let members = self.catalog.members();
+        for step in plan(&members, &self.placements(), &voters, &learners) {
+            match step {
+                Step::Reassign {
+                    topic,
+                    partition,
+                    target,
+                } => {
+                    tracing::info!(%topic, partition, ?target, "moving a replica off a leaving broker");
+                    if let Err(e) = self.catalog.reassign(&topic, partition, Some(target)).await {
+                        tracing::warn!(%topic, partition, error = %e, "cannot move a replica off a leaving broker yet");
+                    }
+                }
+                Step::ControllerVoters(want) => {
+                    match self
+                        .controller
+                        .change_voters(want.iter().copied().collect())
+                        .await
+                    {
+                        Ok(true) => {
+                            tracing::info!(voters = ?want, "controller voters changed")
+                        }
+                        Ok(false) => {}
+                        Err(e) => {
+                            tracing::debug!(error = %e, "controller voter change pending")
+                        }
+                    }
+                }
+                Step::Forget(id) => {
+                    match self
+                        .controller_write(ControllerCommand::ForgetBroker { id })
+                        .await
+                    {
+                        Ok(()) => tracing::info!(broker = id, "broker removed from the region"),
+                        Err(e) => {
+                            tracing::warn!(broker = id, error = %e, "broker removal not recorded yet")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -36,13 +36,17 @@ SUMMARY = re.compile(
 )
 
 
-def producer_perf(bootstrap: str, topic: str, records: int, throughput: int, props: dict | None = None) -> dict:
-    """`props`: more producer properties (security settings, for bench/tls.py)."""
+def producer_perf(bootstrap: str, topic: str, records: int, throughput: int, props: dict | None = None,
+                  payload_file: Path | None = None) -> dict:
+    """`props`: more producer properties (security settings, for bench/tls.py); `payload_file`:
+    records are its lines (compressible data, for bench/recompress.py) instead of 1 KiB of
+    random bytes."""
     libs = harness.ensure_kafka_libs()
+    size = ["--payload-file", str(payload_file)] if payload_file else ["--record-size", "1024"]
     argv = [
         harness.java_bin(), "-Xmx512m", "-cp", f"{libs}/*",
         "org.apache.kafka.tools.ProducerPerformance",
-        "--topic", topic, "--num-records", str(records), "--record-size", "1024",
+        "--topic", topic, "--num-records", str(records), *size,
         "--throughput", str(throughput),
         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all", "linger.ms=5", "batch.size=65536",
         *(f"{k}={v}" for k, v in (props or {}).items()),

@@ -538,17 +538,23 @@ def parse_fetch_v4(body: bytes) -> dict:
 
 
 def fetch_v16_body(partitions: list[tuple[bytes, int, int, int]], max_wait_ms: int, min_bytes: int = 1,
-                   max_bytes: int = 1 << 20, partition_max_bytes: int = 1 << 20) -> bytes:
-    """partitions: (topic id (16 bytes), partition, fetch offset, current leader epoch or -1)."""
+                   max_bytes: int = 1 << 20, partition_max_bytes: int = 1 << 20, session_id: int = 0,
+                   session_epoch: int = -1, forgotten: list[tuple[bytes, int]] = ()) -> bytes:
+    """partitions: (topic id (16 bytes), partition, fetch offset, current leader epoch or -1);
+    session_id/session_epoch: KIP-227 (0/-1: no session); forgotten: (topic id, partition)."""
     by_topic: dict[bytes, list[bytes]] = {}
     for topic_id, partition, offset, epoch in partitions:
         assert len(topic_id) == 16, topic_id
         by_topic.setdefault(topic_id, []).append(
             i32(partition) + i32(epoch) + i64(offset) + i32(-1) + i64(-1) + i32(partition_max_bytes) + EMPTY_TAGS)
     topics = [tid + compact_array(parts) + EMPTY_TAGS for tid, parts in by_topic.items()]
+    gone: dict[bytes, list[int]] = {}
+    for topic_id, partition in forgotten:
+        gone.setdefault(topic_id, []).append(partition)
+    forgotten_topics = [tid + compact_array([i32(p) for p in parts]) + EMPTY_TAGS for tid, parts in gone.items()]
     return (
-        i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0) + i32(0) + i32(-1)
-        + compact_array(topics) + compact_array([]) + compact_string("") + EMPTY_TAGS
+        i32(max_wait_ms) + i32(min_bytes) + i32(max_bytes) + i8(0) + i32(session_id) + i32(session_epoch)
+        + compact_array(topics) + compact_array(forgotten_topics) + compact_string("") + EMPTY_TAGS
     )
 
 

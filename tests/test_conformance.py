@@ -19,6 +19,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_CREATE_TIME,
     KafkaError,
+    Producer,
     TopicCollection,
     TopicPartition,
 )
@@ -773,3 +774,128 @@ def test_kafka_python_admin(broker):
             a.delete_topics([topic])
     finally:
         a.close()
+
+
+# ---------------------------------------------------------------------------
+# Topic compression.type: the broker rewrites batches in the topic's codec
+# ---------------------------------------------------------------------------
+
+CODEC_BITS = {"uncompressed": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
+
+
+def _stored_codecs(bootstrap: str, topic: str, high: int) -> list[int]:
+    """The codec bits of every batch the partition's leader serves, read raw to `high`."""
+    codecs, offset = [], 0
+    leader = leader_of(bootstrap, topic, 0)
+    while offset < high:
+        with kwire.Conn(leader, timeout=10) as c:
+            res = c.request(kwire.FETCH, 4, kwire.fetch_v4_body(topic, 0, offset, 500))
+        part = kwire.parse_fetch_v4(res[1])[(topic, 0)]
+        assert part["error"] == 0, part
+        batches = kwire.parse_record_batches(part["records"] or b"")
+        assert batches, f"no batch at offset {offset}"
+        for b in batches:
+            assert b["crc_ok"], b
+            codecs.append(b["attributes"] & 0x7)
+            offset = b["base_offset"] + b["last_offset_delta"] + 1
+    return codecs
+
+
+@pytest.mark.parametrize("codec", ["uncompressed", "gzip", "snappy", "lz4", "zstd", "producer"])
+def test_topic_compression_type_rewrites_batches(broker, codec):
+    """An idempotent producer compresses with lz4 (gzip for an lz4 topic); the topic's
+    codec is what the leader serves, every record (key, value, headers, timestamp) unchanged,
+    offsets dense; the producer's sequences survive the rewrite, or its next batch would be
+    refused as out of order."""
+    topic = unique_topic(f"ct-{codec}")
+    levels = {"gzip": {"compression.gzip.level": "9"}, "zstd": {"compression.zstd.level": "19"},
+              "lz4": {"compression.lz4.level": "12"}}.get(codec, {})
+    create_topic(broker, topic, config={"compression.type": codec, **levels})
+    sent_with = "gzip" if codec == "lz4" else "lz4"
+    t0 = _recent_ts()
+    sent = [{"key": f"k{i}".encode(), "value": (f"payload {i % 13} " * 40).encode(),
+             "headers": [("i", str(i).encode())], "timestamp": t0 + i} for i in range(400)]
+    reports = produce_all(broker, topic, sent, acks="all",
+                          **{"compression.type": sent_with, "linger.ms": 50, "batch.num.messages": 100,
+                             "enable.idempotence": True})
+    assert [r[2] for r in reports] == list(range(400))
+    _check_consumed(consume(broker, topic, 0, 0, 400), sent)
+    want = CODEC_BITS[sent_with] if codec == "producer" else CODEC_BITS[codec]
+    assert set(_stored_codecs(broker, topic, 400)) == {want}
+    assert _describe(admin(broker), topic)["compression.type"].value == codec
+
+
+def test_topic_compression_levels_are_checked(broker):
+    topic = unique_topic("ct-levels")
+    a = admin(broker)
+    for name, value in [("compression.type", "brotli"), ("compression.gzip.level", "10"),
+                        ("compression.lz4.level", "18"), ("compression.zstd.level", "23")]:
+        err = future_error(a.create_topics([NewTopic(topic, 1, config={name: value})])[topic])
+        assert err is not None and err.code() == INVALID_CONFIG, (name, value, err)
+    create_topic(broker, topic, config={"compression.type": "zstd"})
+    assert _alter(a, topic, "compression.type", "gzip") is None
+    assert _alter(a, topic, "compression.gzip.level", "0").code() == INVALID_CONFIG
+    assert _describe(a, topic)["compression.type"].value == "gzip"
+
+
+# ---------------------------------------------------------------------------
+# Incremental fetch sessions (KIP-227), raw Fetch v16
+# ---------------------------------------------------------------------------
+
+FETCH_SESSION_ID_NOT_FOUND = 70
+INVALID_FETCH_SESSION_EPOCH = 71
+
+
+def test_fetch_sessions(broker):
+    """A session answers only partitions with news: records, a moved high watermark, an
+    error. Its epoch must follow on, an unknown id is refused, a forgotten partition is no
+    longer answered, and epoch -1 closes it. With several brokers, only the partitions led
+    by the broker asked are used."""
+    topic = unique_topic("fsess")
+    create_topic(broker, topic, partitions=6)
+    tid = _topic_id(broker, topic)
+    leader = leader_of(broker, topic, 0)
+    led = [p for p in range(6) if leader_of(broker, topic, p) == leader]
+    assert len(led) >= 2, led
+    p = Producer({"bootstrap.servers": str(broker), "acks": "all"})
+    for q in led:
+        for i in range(3):
+            p.produce(topic, f"{q}-{i}".encode(), partition=q)
+    assert p.flush(30) == 0
+
+    def fetch(conn, parts, session_id, epoch, forgotten=(), wait=0):
+        body = kwire.fetch_v16_body(parts, max_wait_ms=wait, min_bytes=1 if wait else 0,
+                                    session_id=session_id, session_epoch=epoch, forgotten=list(forgotten))
+        res = conn.request(kwire.FETCH, 16, body, flexible=True)
+        assert res is not None
+        return kwire.parse_fetch_v16(res[1])
+
+    with kwire.Conn(leader, timeout=15) as conn:
+        full = fetch(conn, [(tid, q, 0, -1) for q in led], 0, 0)
+        assert full["error"] == 0 and full["session_id"] != 0, full
+        sid = full["session_id"]
+        assert {k[1] for k in full["partitions"]} == set(led)
+        assert all(full["partitions"][(tid, q)]["high_watermark"] == 3 for q in led)
+        # The client moves every position to 3: nothing new, nothing answered.
+        quiet = fetch(conn, [(tid, q, 3, -1) for q in led], sid, 1)
+        assert (quiet["error"], quiet["session_id"], quiet["partitions"]) == (0, sid, {}), quiet
+        # One record to one partition: only that partition comes back (a long poll).
+        target, other = led[0], led[1]
+        p.produce(topic, b"new", partition=target)
+        assert p.flush(30) == 0
+        news = fetch(conn, [], sid, 2, wait=5000)
+        assert set(news["partitions"]) == {(tid, target)}, news
+        got = kwire.parse_record_batches(news["partitions"][(tid, target)]["records"])
+        assert [r[3] for b in got for r in b["records"]] == [b"new"]
+        # Epoch 2 again: refused; an unknown session: refused.
+        assert fetch(conn, [], sid, 2)["error"] == INVALID_FETCH_SESSION_EPOCH
+        assert fetch(conn, [], sid + 1 if sid < 2**31 - 1 else 1, 1)["error"] == FETCH_SESSION_ID_NOT_FOUND
+        # Forget `other`; its new record is then not answered, `target`'s position moves to 4.
+        assert fetch(conn, [(tid, target, 4, -1)], sid, 3, forgotten=[(tid, other)])["partitions"] == {}
+        p.produce(topic, b"unseen", partition=other)
+        assert p.flush(30) == 0
+        assert fetch(conn, [], sid, 4)["partitions"] == {}
+        # Closing: a sessionless full answer.
+        closed = fetch(conn, [(tid, other, 3, -1)], sid, -1)
+        assert closed["session_id"] == 0
+        assert closed["partitions"][(tid, other)]["high_watermark"] == 4

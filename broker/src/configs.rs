@@ -75,28 +75,28 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         T::String,
         "producer",
         None,
-        "Batches are stored as produced; only `producer` is accepted.",
+        "`producer` stores batches as produced; `uncompressed`, `gzip`, `snappy`, `lz4` or `zstd` has the partition leader rewrite every batch in another codec in that codec before it is replicated.",
     ),
     def(
         "compression.gzip.level",
         T::Int,
         "-1",
         Some(-1),
-        "No effect: batches are never recompressed.",
+        "The gzip level (1 to 9, -1 for the default) batches are rewritten at.",
     ),
     def(
         "compression.lz4.level",
         T::Int,
         "9",
         Some(1),
-        "No effect: batches are never recompressed.",
+        "The lz4 level (1 to 17) batches are rewritten at.",
     ),
     def(
         "compression.zstd.level",
         T::Int,
         "3",
         Some(-131072),
-        "No effect: batches are never recompressed.",
+        "The zstd level (-131072 to 22) batches are rewritten at.",
     ),
     def(
         "delete.retention.ms",
@@ -448,10 +448,23 @@ pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
                 ));
             }
         }
-        "compression.type" if v != "producer" => {
+        "compression.type"
+            if !["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"].contains(&v) =>
+        {
             return Err(invalid(
-                "Chronik stores batches exactly as produced; only `producer` is supported".into(),
+                "String must be one of: uncompressed, zstd, lz4, snappy, gzip, producer".into(),
             ));
+        }
+        "compression.gzip.level"
+            if v != "-1" && !(1..=9).contains(&v.parse::<i64>().unwrap_or(0)) =>
+        {
+            return Err(invalid("Value must be between 1 and 9, or -1".into()));
+        }
+        "compression.lz4.level" if v.parse::<i64>().unwrap_or(0) > 17 => {
+            return Err(invalid("Value must be no more than 17".into()));
+        }
+        "compression.zstd.level" if v.parse::<i64>().unwrap_or(0) > 22 => {
+            return Err(invalid("Value must be no more than 22".into()));
         }
         "message.timestamp.type" if v != "CreateTime" && v != "LogAppendTime" => {
             return Err(invalid(
@@ -515,6 +528,8 @@ pub struct EffectiveConfig {
     /// `chronik.forward.ack = mirrored`: a forwarded produce is answered
     /// once the local mirror holds it.
     pub forward_ack_mirrored: bool,
+    /// `compression.type` with its level.
+    pub compression: crate::recompress::TopicCompression,
 }
 
 impl EffectiveConfig {
@@ -546,6 +561,12 @@ impl EffectiveConfig {
             rpo_watched: explicit.contains_key(RPO_MS)
                 || get(RPO_ENFORCE).eq_ignore_ascii_case("true"),
             forward_ack_mirrored: get(FORWARD_ACK) == "mirrored",
+            compression: crate::recompress::TopicCompression::from_configs(
+                &get("compression.type"),
+                get("compression.gzip.level").parse().unwrap_or(-1),
+                get("compression.lz4.level").parse().unwrap_or(9),
+                get("compression.zstd.level").parse().unwrap_or(3),
+            ),
         }
     }
 }
@@ -586,7 +607,13 @@ mod tests {
             .to_string();
         assert!(compact.contains("compaction is not supported"), "{compact}");
         assert!(validate("cleanup.policy", "delete,compact").is_err());
-        assert!(validate("compression.type", "zstd").is_err());
+        assert!(validate("compression.type", "zstd").is_ok());
+        assert!(validate("compression.type", "brotli").is_err());
+        assert!(validate("compression.gzip.level", "0").is_err());
+        assert!(validate("compression.gzip.level", "-1").is_ok());
+        assert!(validate("compression.lz4.level", "18").is_err());
+        assert!(validate("compression.zstd.level", "23").is_err());
+        assert!(validate("compression.zstd.level", "-7").is_ok());
     }
 
     #[test]

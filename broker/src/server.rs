@@ -95,6 +95,8 @@ pub struct BrokerCtx {
     pub forwarder: crate::forward::Forwarder,
     /// ACL authorization (`[authorization]`), with its cached bindings.
     pub authorizer: crate::handlers::authorize::Authorizer,
+    /// Incremental fetch sessions (KIP-227) of this broker's consumers.
+    pub fetch_sessions: std::sync::Mutex<crate::fetch_session::SessionCache>,
     ready: AtomicBool,
 }
 
@@ -339,6 +341,15 @@ impl Broker {
             lease,
             forwarder: crate::forward::Forwarder::new(config_forward_limit),
             authorizer,
+            // Kafka's max.incremental.fetch.session.cache.slots and
+            // min.incremental.fetch.session.eviction.ms defaults; ids start
+            // somewhere per process, so a client's old id after a restart
+            // is unlikely to name another client's session.
+            fetch_sessions: std::sync::Mutex::new(crate::fetch_session::SessionCache::new(
+                1000,
+                Duration::from_secs(120),
+                (std::process::id() as i32).wrapping_mul(7919) & 0x3fff_ffff,
+            )),
             ready: AtomicBool::new(false),
         });
         let listeners = kafka

@@ -16,11 +16,14 @@ use kafka_protocol::messages::list_offsets_response::{
 use kafka_protocol::messages::{
     BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
 };
+use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Notify;
+use uuid::Uuid;
 
 use crate::acl::op;
 use crate::catalog::Topic;
 use crate::error::KafkaCode;
+use crate::fetch_session as fs;
 use crate::log::PartitionLog;
 use crate::server::BrokerCtx;
 
@@ -30,6 +33,8 @@ use super::authorize::Authz;
 const FETCH_TOPIC_ID_VERSION: i16 = 13;
 /// The fetching replica's id moves into `replica_state` from this version on.
 const FETCH_REPLICA_STATE_VERSION: i16 = 15;
+/// Incremental fetch sessions (KIP-227) from this version on.
+const FETCH_SESSION_VERSION: i16 = 7;
 /// Fetch responses carry the log start offset from v5.
 const FETCH_LOG_START_VERSION: i16 = 5;
 /// ListOffsets responses carry the leader epoch from v4.
@@ -61,6 +66,7 @@ pub(super) fn check_epoch(client: i32, ours: i32) -> Option<i16> {
 
 struct Slot {
     topic_index: usize,
+    key: fs::PartitionKey,
     log: Option<Arc<PartitionLog>>,
     data: PartitionData,
     fetch_offset: i64,
@@ -86,44 +92,87 @@ pub async fn handle_fetch(
     // A replica's fetch needs CLUSTER_ACTION on the cluster; a consumer's,
     // READ on each topic (Kafka's rule).
     let replica_allowed = replica_id < 0 || authz.cluster(op::CLUSTER_ACTION);
-    let mut topics: Vec<FetchableTopicResponse> = Vec::with_capacity(req.topics.len());
+    let (wanted, forgotten) = requested(&req, version);
+    let session_req = fs::Request {
+        session_id: if version >= FETCH_SESSION_VERSION {
+            req.session_id
+        } else {
+            0
+        },
+        epoch: if version >= FETCH_SESSION_VERSION {
+            req.session_epoch
+        } else {
+            -1
+        },
+        partitions: &wanted,
+        forgotten: &forgotten,
+    };
+    let plan = {
+        let mut cache = ctx.fetch_sessions.lock().unwrap();
+        let plan = cache.begin(&session_req, std::time::Instant::now());
+        metrics::gauge!("chronik_fetch_sessions").set(cache.len() as f64);
+        match plan {
+            Ok(fs::Plan::Incremental { id }) => {
+                Ok((fs::Plan::Incremental { id }, cache.partitions(id)))
+            }
+            Ok(p) => Ok((p, wanted)),
+            Err(code) => Err(code),
+        }
+    };
+    let (plan, wanted) = match plan {
+        Ok(p) => p,
+        Err(code) => {
+            return FetchResponse::default()
+                .with_error_code(code)
+                .with_session_id(0)
+        }
+    };
+    let mut topics: Vec<FetchableTopicResponse> = Vec::new();
     let mut slots: Vec<Slot> = Vec::new();
-    for ft in &req.topics {
-        let topic: Option<Arc<Topic>> = if by_id {
-            ctx.catalog.get_by_id(&ft.topic_id)
-        } else {
-            ctx.catalog.get(&ft.topic)
-        };
-        // Kafka: an unknown id is UNKNOWN_TOPIC_ID, but a partition that a
-        // known topic does not have is UNKNOWN_TOPIC_OR_PARTITION.
-        let denied = match &topic {
-            _ if !replica_allowed => true,
-            _ if replica_id >= 0 => false,
-            Some(t) => !authz.topic(op::READ, t.name()),
-            None => !by_id && !authz.topic(op::READ, &ft.topic),
-        };
-        let missing = if !replica_allowed {
-            E::ClusterAuthorizationFailed.code()
-        } else if denied {
-            E::TopicAuthorizationFailed.code()
-        } else if by_id && topic.is_none() {
-            E::UnknownTopicId.code()
-        } else {
-            E::UnknownTopicOrPartition.code()
-        };
-        topics.push(
-            FetchableTopicResponse::default()
-                .with_topic(ft.topic.clone())
-                .with_topic_id(ft.topic_id),
-        );
-        for fp in &ft.partitions {
+    let mut current: Option<(&[u8; 16], &str)> = None;
+    let mut resolved: (Option<Arc<Topic>>, bool, i16) = (None, true, 0);
+    for (key, position) in &wanted {
+        if current != Some((&key.topic_id, key.topic.as_str())) {
+            current = Some((&key.topic_id, key.topic.as_str()));
+            let topic_id = Uuid::from_bytes(key.topic_id);
+            let topic: Option<Arc<Topic>> = if by_id {
+                ctx.catalog.get_by_id(&topic_id)
+            } else {
+                ctx.catalog.get(&key.topic)
+            };
+            // Kafka: an unknown id is UNKNOWN_TOPIC_ID, but a partition that a
+            // known topic does not have is UNKNOWN_TOPIC_OR_PARTITION.
+            let denied = match &topic {
+                _ if !replica_allowed => true,
+                _ if replica_id >= 0 => false,
+                Some(t) => !authz.topic(op::READ, t.name()),
+                None => !by_id && !authz.topic(op::READ, &key.topic),
+            };
+            let missing = if !replica_allowed {
+                E::ClusterAuthorizationFailed.code()
+            } else if denied {
+                E::TopicAuthorizationFailed.code()
+            } else if by_id && topic.is_none() {
+                E::UnknownTopicId.code()
+            } else {
+                E::UnknownTopicOrPartition.code()
+            };
+            resolved = (topic, denied, missing);
+            topics.push(
+                FetchableTopicResponse::default()
+                    .with_topic(TopicName(StrBytes::from_string(key.topic.clone())))
+                    .with_topic_id(topic_id),
+            );
+        }
+        let (topic, denied, missing) = (&resolved.0, resolved.1, resolved.2);
+        {
             let mut log = topic
                 .as_ref()
                 .filter(|_| !denied)
-                .and_then(|t| t.partition(fp.partition))
+                .and_then(|t| t.partition(key.partition))
                 .cloned();
             let mut data = PartitionData::default()
-                .with_partition_index(fp.partition)
+                .with_partition_index(key.partition)
                 .with_high_watermark(-1)
                 .with_last_stable_offset(-1)
                 .with_log_start_offset(-1);
@@ -132,7 +181,7 @@ pub async fn handle_fetch(
                 Some(l)
                     if ctx
                         .cluster
-                        .leader_for_read(l, fp.fetch_offset)
+                        .leader_for_read(l, position.fetch_offset)
                         .await
                         .is_none() =>
                 {
@@ -147,7 +196,8 @@ pub async fn handle_fetch(
                     log = None;
                 }
                 Some(l) => {
-                    if let Some(code) = check_epoch(fp.current_leader_epoch, l.leader_epoch()) {
+                    if let Some(code) = check_epoch(position.current_leader_epoch, l.leader_epoch())
+                    {
                         data.error_code = code;
                     }
                     data.current_leader = LeaderIdAndEpoch::default()
@@ -157,10 +207,11 @@ pub async fn handle_fetch(
             }
             slots.push(Slot {
                 topic_index: topics.len() - 1,
+                key: key.clone(),
                 log,
                 data,
-                fetch_offset: fp.fetch_offset,
-                max_bytes: fp.partition_max_bytes.max(0) as usize,
+                fetch_offset: position.fetch_offset,
+                max_bytes: position.max_bytes.max(0) as usize,
                 wait_for_mirrors: !debugging
                     && topic
                         .as_ref()
@@ -200,10 +251,88 @@ pub async fn handle_fetch(
         }
     }
     metrics::counter!("chronik_fetch_requests_total").increment(1);
-    for s in slots {
-        topics[s.topic_index].partitions.push(answered(s.data));
+    let (session_id, incremental) = match plan {
+        fs::Plan::Sessionless => (0, false),
+        fs::Plan::Full { id } => (id, false),
+        fs::Plan::Incremental { id } => (id, true),
+    };
+    let keep = if session_id == 0 {
+        vec![true; slots.len()]
+    } else {
+        let answers: Vec<(fs::PartitionKey, fs::Told, fs::Answer)> = slots
+            .iter()
+            .map(|s| {
+                (
+                    s.key.clone(),
+                    fs::Told {
+                        high_watermark: s.data.high_watermark,
+                        last_stable_offset: s.data.last_stable_offset,
+                        log_start_offset: s.data.log_start_offset,
+                    },
+                    fs::Answer {
+                        records: s.data.records.as_ref().is_some_and(|r| !r.is_empty()),
+                        error: s.data.error_code != 0,
+                    },
+                )
+            })
+            .collect();
+        ctx.fetch_sessions
+            .lock()
+            .unwrap()
+            .finish(session_id, &answers, incremental)
+    };
+    for (s, keep) in slots.into_iter().zip(keep) {
+        if keep {
+            topics[s.topic_index].partitions.push(answered(s.data));
+        }
     }
-    FetchResponse::default().with_responses(topics)
+    // An incremental response names only topics with news.
+    topics.retain(|t| !incremental || !t.partitions.is_empty());
+    FetchResponse::default()
+        .with_session_id(session_id)
+        .with_responses(topics)
+}
+
+/// The partitions a Fetch names, in request order, and the ones it asks
+/// its session to forget.
+fn requested(
+    req: &FetchRequest,
+    version: i16,
+) -> (Vec<(fs::PartitionKey, fs::Position)>, Vec<fs::PartitionKey>) {
+    let key = |topic: &TopicName, id: &Uuid, partition: i32| fs::PartitionKey {
+        topic_id: *id.as_bytes(),
+        topic: topic.0.as_str().to_string(),
+        partition,
+    };
+    let wanted = req
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions.iter().map(move |p| {
+                (
+                    key(&t.topic, &t.topic_id, p.partition),
+                    fs::Position {
+                        fetch_offset: p.fetch_offset,
+                        max_bytes: p.partition_max_bytes,
+                        current_leader_epoch: p.current_leader_epoch,
+                    },
+                )
+            })
+        })
+        .collect();
+    let forgotten = if version >= FETCH_SESSION_VERSION {
+        req.forgotten_topics_data
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(move |p| key(&t.topic, &t.topic_id, *p))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (wanted, forgotten)
 }
 
 /// Reads every partition once; returns (bytes read, whether any partition
@@ -383,6 +512,11 @@ mod tests {
     fn slot(log: Option<Arc<PartitionLog>>, error_code: i16, fetch_offset: i64) -> Slot {
         Slot {
             topic_index: 0,
+            key: crate::fetch_session::PartitionKey {
+                topic_id: [0; 16],
+                topic: "t".into(),
+                partition: 0,
+            },
             log,
             data: PartitionData::default().with_error_code(error_code),
             fetch_offset,

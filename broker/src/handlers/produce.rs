@@ -213,6 +213,40 @@ pub fn handle(
                 });
                 continue;
             }
+            // Here, at the leader, so that the Raft log and every replica
+            // and mirror hold the same bytes (see `recompress`).
+            let records = match crate::recompress::recompress(&records, t.effective.compression) {
+                Ok(None) => records,
+                Ok(Some(rewritten))
+                    if rewritten.len() > t.effective.max_message_bytes.max(0) as usize =>
+                {
+                    outcomes.push(Outcome::Done(partition_error(
+                        version,
+                        idx,
+                        E::MessageTooLarge.code(),
+                        Some(format!(
+                            "the batch rewritten in the topic's compression.type is {} bytes, more than max.message.bytes={}",
+                            rewritten.len(),
+                            t.effective.max_message_bytes
+                        )),
+                    )));
+                    continue;
+                }
+                Ok(Some(rewritten)) => {
+                    metrics::counter!("chronik_recompressed_batches_total", "topic" => t.name().to_string())
+                        .increment(1);
+                    rewritten
+                }
+                Err(e) => {
+                    outcomes.push(Outcome::Done(partition_error(
+                        version,
+                        idx,
+                        E::CorruptMessage.code(),
+                        Some(e.to_string()),
+                    )));
+                    continue;
+                }
+            };
             if t.effective.rpo_enforce {
                 let alone = rpo_decision(t, log);
                 match log.rpo_in_order(

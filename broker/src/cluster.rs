@@ -805,17 +805,17 @@ impl Cluster {
     /// quiescent leader that was cut off cannot tell from its own state
     /// that a successor has committed more. Only then is leadership
     /// confirmed with a quorum round.
-    pub async fn leader_for_read(
-        &self,
-        log: &PartitionLog,
-        offset: i64,
-    ) -> Option<(Arc<dyn ReplicaGroup>, GroupStatus)> {
-        let (g, st) = self.leader_group(log)?;
-        if offset <= log.log_end_offset() || g.confirm_leadership().await {
-            Some((g, st))
-        } else {
-            None
-        }
+    pub async fn leader_for_read(&self, log: &PartitionLog, offset: i64) -> bool {
+        let Some(g) = self.group(log.log_id) else {
+            return false;
+        };
+        // Every fetch asks this of every partition it names: the cheap
+        // question, not the whole status.
+        let Some(term) = g.serving_term() else {
+            return false;
+        };
+        log.note_term(term.min(i32::MAX as u64) as i32);
+        offset <= log.log_end_offset() || g.confirm_leadership().await
     }
 
     /// A peer's claim to lead group `id`, if it repeated it recently. Leaders

@@ -15,7 +15,7 @@
 //! idle for longer than `evict_after`, else the fetch is served without a
 //! session (session id 0), which clients handle by sending full fetches.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Kafka's FETCH_SESSION_ID_NOT_FOUND.
@@ -30,7 +30,8 @@ const FINAL_EPOCH: i32 = -1;
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PartitionKey {
     pub topic_id: [u8; 16],
-    pub topic: String,
+    /// Shared by a topic's partitions: sessions copy keys on every fetch.
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
 }
 
@@ -60,8 +61,17 @@ struct Session {
     /// The epoch the next request must carry (moved on when a request is
     /// accepted).
     next_epoch: i32,
-    partitions: BTreeMap<PartitionKey, (Position, Told)>,
+    /// Sorted by key, one entry per partition: a topic's partitions are
+    /// adjacent, and a fetch's answers line up with it by index (lookups
+    /// by key happen only for the few partitions a request changes).
+    partitions: Vec<(PartitionKey, Position, Told)>,
     used: Instant,
+}
+
+impl Session {
+    fn find(&self, k: &PartitionKey) -> Result<usize, usize> {
+        self.partitions.binary_search_by(|(e, _, _)| e.cmp(k))
+    }
 }
 
 /// How a fetch relates to a session.
@@ -137,13 +147,17 @@ impl SessionCache {
                 }
                 s.next_epoch = if epoch == i32::MAX { 1 } else { epoch + 1 };
                 for k in req.forgotten {
-                    s.partitions.remove(k);
+                    if let Ok(i) = s.find(k) {
+                        s.partitions.remove(i);
+                    }
                 }
                 for (k, pos) in req.partitions {
                     // A changed position keeps what was told: the client
                     // knows the watermarks it was sent.
-                    let told = s.partitions.get(k).map_or(NOT_TOLD, |(_, t)| *t);
-                    s.partitions.insert(k.clone(), (*pos, told));
+                    match s.find(k) {
+                        Ok(i) => s.partitions[i].1 = *pos,
+                        Err(i) => s.partitions.insert(i, (k.clone(), *pos, NOT_TOLD)),
+                    }
                 }
                 s.used = now;
                 Ok(Plan::Incremental { id })
@@ -171,10 +185,16 @@ impl SessionCache {
             id,
             Session {
                 next_epoch: 1,
-                partitions: partitions
-                    .iter()
-                    .map(|(k, p)| (k.clone(), (*p, NOT_TOLD)))
-                    .collect(),
+                partitions: {
+                    let mut v: Vec<_> = partitions
+                        .iter()
+                        .map(|(k, p)| (k.clone(), *p, NOT_TOLD))
+                        .collect();
+                    // A partition named twice keeps its first position.
+                    v.sort_by(|a, b| a.0.cmp(&b.0));
+                    v.dedup_by(|b, a| a.0 == b.0);
+                    v
+                },
                 used: now,
             },
         );
@@ -192,37 +212,38 @@ impl SessionCache {
         }
     }
 
-    /// The partitions an incremental fetch of session `id` reads, in order.
+    /// The partitions a fetch of session `id` reads, in the session's
+    /// order, which [`SessionCache::finish`]'s answers follow.
     pub fn partitions(&self, id: i32) -> Vec<(PartitionKey, Position)> {
         self.sessions
             .get(&id)
             .map(|s| {
                 s.partitions
                     .iter()
-                    .map(|(k, (p, _))| (k.clone(), *p))
+                    .map(|(k, p, _)| (k.clone(), *p))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    /// Ends serving a fetch of session `id`: records what each answered
-    /// partition told the client. Returns, for an
-    /// incremental fetch, which partitions go in the response.
-    pub fn finish(
-        &mut self,
-        id: i32,
-        answered: &[(PartitionKey, Told, Answer)],
-        incremental: bool,
-    ) -> Vec<bool> {
+    /// Ends serving a fetch of session `id`: `answered[i]` is what the
+    /// response holds for the session's i-th partition (as
+    /// [`SessionCache::partitions`] listed them); records what it told the
+    /// client. Returns which partitions go in the response: all of them for
+    /// a full fetch, the ones with news for an incremental one.
+    pub fn finish(&mut self, id: i32, answered: &[(Told, Answer)], incremental: bool) -> Vec<bool> {
         let Some(s) = self.sessions.get_mut(&id) else {
             return vec![true; answered.len()];
         };
-        answered
-            .iter()
-            .map(|(k, now, a)| {
-                let Some((_, told)) = s.partitions.get_mut(k) else {
-                    return !incremental;
-                };
+        if s.partitions.len() != answered.len() {
+            // Changed under us (closed and recreated by the same id): answer
+            // everything, remember nothing.
+            return vec![true; answered.len()];
+        }
+        s.partitions
+            .iter_mut()
+            .zip(answered)
+            .map(|((_, _, told), (now, a))| {
                 let news = *told != *now || a.records || a.error;
                 *told = *now;
                 !incremental || news
@@ -248,6 +269,10 @@ mod tests {
             topic: "t".into(),
             partition: p,
         }
+    }
+
+    fn answers(v: &[(PartitionKey, Told, Answer)]) -> Vec<(Told, Answer)> {
+        v.iter().map(|(_, t, a)| (*t, *a)).collect()
     }
 
     fn pos(offset: i64) -> Position {
@@ -294,14 +319,14 @@ mod tests {
             panic!()
         };
         let first: Vec<_> = (0..3).map(|p| (key(p), told(5), QUIET)).collect();
-        assert_eq!(c.finish(id, &first, false), vec![true; 3]);
+        assert_eq!(c.finish(id, &answers(&first), false), vec![true; 3]);
         // Nothing moved: an empty incremental response.
         assert_eq!(
             c.begin(&req(id, 1, &[], &[]), now),
             Ok(Plan::Incremental { id })
         );
         assert_eq!(c.partitions(id).len(), 3);
-        assert_eq!(c.finish(id, &first, true), vec![false; 3]);
+        assert_eq!(c.finish(id, &answers(&first), true), vec![false; 3]);
         // Partition 1's high watermark moved; partition 2 has records.
         assert_eq!(
             c.begin(&req(id, 2, &[], &[]), now),
@@ -319,11 +344,23 @@ mod tests {
                 },
             ),
         ];
-        assert_eq!(c.finish(id, &next, true), vec![false, true, true]);
+        assert_eq!(c.finish(id, &answers(&next), true), vec![false, true, true]);
         // The client moves partition 2 on and forgets partition 0.
         let moved = [(key(2), pos(5))];
         c.begin(&req(id, 3, &moved, &[key(0)]), now).unwrap();
         assert_eq!(c.partitions(id), vec![(key(1), pos(0)), (key(2), pos(5))]);
+    }
+
+    #[test]
+    fn a_full_fetch_naming_a_partition_twice_keeps_one_in_key_order() {
+        let mut c = SessionCache::new(10, Duration::from_secs(120), 1);
+        let asked = [(key(2), pos(7)), (key(0), pos(1)), (key(2), pos(9))];
+        let Plan::Full { id } = c.begin(&req(0, 0, &asked, &[]), Instant::now()).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.partitions(id), vec![(key(0), pos(1)), (key(2), pos(7))]);
+        // Answers that do not line up with the session are all answered.
+        assert_eq!(c.finish(id, &[(told(1), QUIET)], true), vec![true]);
     }
 
     #[test]

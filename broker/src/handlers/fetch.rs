@@ -66,7 +66,6 @@ pub(super) fn check_epoch(client: i32, ours: i32) -> Option<i16> {
 
 struct Slot {
     topic_index: usize,
-    key: fs::PartitionKey,
     log: Option<Arc<PartitionLog>>,
     data: PartitionData,
     fetch_offset: i64,
@@ -112,10 +111,12 @@ pub async fn handle_fetch(
         let plan = cache.begin(&session_req, std::time::Instant::now());
         metrics::gauge!("chronik_fetch_sessions").set(cache.len() as f64);
         match plan {
+            // A session's partitions in its order, which its answers follow.
             Ok(fs::Plan::Incremental { id }) => {
                 Ok((fs::Plan::Incremental { id }, cache.partitions(id)))
             }
-            Ok(p) => Ok((p, wanted)),
+            Ok(fs::Plan::Full { id }) => Ok((fs::Plan::Full { id }, cache.partitions(id))),
+            Ok(fs::Plan::Sessionless) => Ok((fs::Plan::Sessionless, wanted)),
             Err(code) => Err(code),
         }
     };
@@ -132,8 +133,8 @@ pub async fn handle_fetch(
     let mut current: Option<(&[u8; 16], &str)> = None;
     let mut resolved: (Option<Arc<Topic>>, bool, i16) = (None, true, 0);
     for (key, position) in &wanted {
-        if current != Some((&key.topic_id, key.topic.as_str())) {
-            current = Some((&key.topic_id, key.topic.as_str()));
+        if current != Some((&key.topic_id, &key.topic)) {
+            current = Some((&key.topic_id, &key.topic));
             let topic_id = Uuid::from_bytes(key.topic_id);
             let topic: Option<Arc<Topic>> = if by_id {
                 ctx.catalog.get_by_id(&topic_id)
@@ -160,7 +161,7 @@ pub async fn handle_fetch(
             resolved = (topic, denied, missing);
             topics.push(
                 FetchableTopicResponse::default()
-                    .with_topic(TopicName(StrBytes::from_string(key.topic.clone())))
+                    .with_topic(TopicName(StrBytes::from_string(key.topic.to_string())))
                     .with_topic_id(topic_id),
             );
         }
@@ -178,13 +179,7 @@ pub async fn handle_fetch(
                 .with_log_start_offset(-1);
             match &log {
                 None => data.error_code = missing,
-                Some(l)
-                    if ctx
-                        .cluster
-                        .leader_for_read(l, position.fetch_offset)
-                        .await
-                        .is_none() =>
-                {
+                Some(l) if !ctx.cluster.leader_for_read(l, position.fetch_offset).await => {
                     // Consumers read from the leader; point them at it.
                     let v = ctx
                         .cluster
@@ -207,7 +202,6 @@ pub async fn handle_fetch(
             }
             slots.push(Slot {
                 topic_index: topics.len() - 1,
-                key: key.clone(),
                 log,
                 data,
                 fetch_offset: position.fetch_offset,
@@ -259,11 +253,10 @@ pub async fn handle_fetch(
     let keep = if session_id == 0 {
         vec![true; slots.len()]
     } else {
-        let answers: Vec<(fs::PartitionKey, fs::Told, fs::Answer)> = slots
+        let answers: Vec<(fs::Told, fs::Answer)> = slots
             .iter()
             .map(|s| {
                 (
-                    s.key.clone(),
                     fs::Told {
                         high_watermark: s.data.high_watermark,
                         last_stable_offset: s.data.last_stable_offset,
@@ -299,18 +292,19 @@ fn requested(
     req: &FetchRequest,
     version: i16,
 ) -> (Vec<(fs::PartitionKey, fs::Position)>, Vec<fs::PartitionKey>) {
-    let key = |topic: &TopicName, id: &Uuid, partition: i32| fs::PartitionKey {
+    let key = |topic: &Arc<str>, id: &Uuid, partition: i32| fs::PartitionKey {
         topic_id: *id.as_bytes(),
-        topic: topic.0.as_str().to_string(),
+        topic: topic.clone(),
         partition,
     };
     let wanted = req
         .topics
         .iter()
         .flat_map(|t| {
+            let name: Arc<str> = t.topic.0.as_str().into();
             t.partitions.iter().map(move |p| {
                 (
-                    key(&t.topic, &t.topic_id, p.partition),
+                    key(&name, &t.topic_id, p.partition),
                     fs::Position {
                         fetch_offset: p.fetch_offset,
                         max_bytes: p.partition_max_bytes,
@@ -324,9 +318,10 @@ fn requested(
         req.forgotten_topics_data
             .iter()
             .flat_map(|t| {
+                let name: Arc<str> = t.topic.0.as_str().into();
                 t.partitions
                     .iter()
-                    .map(move |p| key(&t.topic, &t.topic_id, *p))
+                    .map(move |p| key(&name, &t.topic_id, *p))
             })
             .collect()
     } else {
@@ -512,11 +507,6 @@ mod tests {
     fn slot(log: Option<Arc<PartitionLog>>, error_code: i16, fetch_offset: i64) -> Slot {
         Slot {
             topic_index: 0,
-            key: crate::fetch_session::PartitionKey {
-                topic_id: [0; 16],
-                topic: "t".into(),
-                partition: 0,
-            },
             log,
             data: PartitionData::default().with_error_code(error_code),
             fetch_offset,

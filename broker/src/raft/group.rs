@@ -186,6 +186,13 @@ pub trait ReplicaGroup: Send + Sync + 'static {
     /// restores a leader from its committed vote on disk at startup, and
     /// only a heartbeat round tells whether a successor was elected since.
     fn leadership_unconfirmed(&self) -> bool;
+    /// The term, if this replica leads and may serve
+    /// ([`GroupStatus::leader_fresh`]): what every produce and fetch asks,
+    /// so without building the whole status.
+    fn serving_term(&self) -> Option<u64> {
+        let st = self.status();
+        st.leader_fresh.then_some(st.term)
+    }
     /// Removes the group's Raft state (its partition was deleted).
     fn destroy_into(&self, wb: &mut rocksdb::WriteBatch);
     /// On the leader, one step towards voters = `target` (partition
@@ -500,6 +507,29 @@ impl ReplicaGroup for OpenraftGroup {
         self.id
     }
 
+    fn serving_term(&self) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        if !(m.current_leader == Some(self.node) && m.state.is_leader()) {
+            return None;
+        }
+        // Outside a membership change the voters are one set: read it in
+        // place (voter_ids() builds a new set on every call).
+        let fresh = match m
+            .membership_config
+            .membership()
+            .get_joint_config()
+            .as_slice()
+        {
+            [one] => self.fresh(&m, one.iter().copied()),
+            _ => {
+                let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+                self.fresh(&m, voters.into_iter())
+            }
+        };
+        fresh.then_some(m.current_term)
+    }
+
     fn brief(&self) -> (Option<u64>, u64, bool) {
         let m = self.raft.metrics();
         let m = m.borrow_watched();
@@ -560,31 +590,7 @@ impl ReplicaGroup for OpenraftGroup {
             }
             isr.sort_unstable();
         }
-        let quorum_ack_age = m.last_quorum_acked.as_ref().map(|t| (**t).elapsed());
-        // A new leader holds every committed entry in its Raft log, but its
-        // partition log (the state machine) has them only once it applied
-        // the blank entry of its own term. Before that, a fetch between its
-        // applied end and the old high watermark would be answered
-        // OFFSET_OUT_OF_RANGE, and a consumer would reset its position.
-        let applied_own_term = m
-            .last_applied
-            .as_ref()
-            .is_some_and(|l| l.committed_leader_id().term == m.current_term);
-        let leader_fresh = is_leader
-            && applied_own_term
-            && (voters.len() <= 1
-                || if self.quiescent {
-                    let live = voters
-                        .iter()
-                        .filter(|v| **v == self.node || (self.alive)(**v))
-                        .count();
-                    // A leader restored from disk at startup has heard from
-                    // no one in this process: a successor may have been
-                    // elected and committed more while it was down.
-                    live * 2 > voters.len() && m.last_quorum_acked.is_some()
-                } else {
-                    quorum_ack_age.is_some_and(|a| a <= self.election_max)
-                });
+        let leader_fresh = is_leader && self.fresh(&m, voters.iter().copied());
         GroupStatus {
             leader_fresh,
             leader: m.current_leader,
@@ -1093,6 +1099,41 @@ async fn see_transfer_through(
 }
 
 impl OpenraftGroup {
+    /// Whether a leader (as `m` shows it, with these voters) may serve: see
+    /// [`GroupStatus::leader_fresh`].
+    fn fresh(
+        &self,
+        m: &openraft::RaftMetrics<TypeConfig>,
+        voters: impl ExactSizeIterator<Item = u64>,
+    ) -> bool {
+        // A new leader holds every committed entry in its Raft log, but its
+        // partition log (the state machine) has them only once it applied
+        // the blank entry of its own term. Before that, a fetch between its
+        // applied end and the old high watermark would be answered
+        // OFFSET_OUT_OF_RANGE, and a consumer would reset its position.
+        let applied_own_term = m
+            .last_applied
+            .as_ref()
+            .is_some_and(|l| l.committed_leader_id().term == m.current_term);
+        let n = voters.len();
+        applied_own_term
+            && (n <= 1
+                || if self.quiescent {
+                    let live = voters
+                        .filter(|v| *v == self.node || (self.alive)(*v))
+                        .count();
+                    // A leader restored from disk at startup has heard from
+                    // no one in this process: a successor may have been
+                    // elected and committed more while it was down.
+                    live * 2 > n && m.last_quorum_acked.is_some()
+                } else {
+                    m.last_quorum_acked
+                        .as_ref()
+                        .map(|t| (**t).elapsed())
+                        .is_some_and(|a| a <= self.election_max)
+                })
+    }
+
     /// Writes a `Command::Noop` and waits, bounded, until `to` holds it.
     /// False if this replica lost leadership or the marker did not commit;
     /// a target that is merely slow is still asked (the transfer is

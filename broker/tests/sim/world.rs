@@ -288,7 +288,7 @@ async fn serve(cluster: &Arc<Cluster>, catalog: &Catalog, req: Request) -> Respo
                 Ok(found) => found,
                 Err(r) => return r,
             };
-            if cluster.leader_for_read(&log, offset).await.is_none() {
+            if !cluster.leader_for_read(&log, offset).await {
                 return Response::NotLeader(cluster.view(&t, &log).leader);
             }
             match log.read(offset, 16 * 1024, true) {

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 import kwire  # noqa: E402
 from cluster import cpu_seconds  # noqa: E402
+from run import alternating_rounds, median  # noqa: E402
 
 
 def prepare(bootstrap: str, topic: str, partitions: int) -> bytes:
@@ -100,10 +99,6 @@ def run_system(kind: str, work: Path, partitions: int, fetches: int) -> dict:
         proc.stop()
 
 
-def median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--partitions", type=int, default=1000)
@@ -111,15 +106,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    load = lambda: open("/proc/loadavg").read().split()[0]  # noqa: E731
-    res: dict = {"machine": f"{platform.node()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": load(), "rounds": []}
     with tempfile.TemporaryDirectory(prefix="chronik-fetch-bench-") as tmp:
-        order = ["kafka", "chronik"]
-        for _ in range(args.rounds):
-            res["rounds"].append({k: run_system(k, Path(tmp), args.partitions, args.fetches) for k in order})
-            order.reverse()
-    res["load_end"] = load()
+        res = alternating_rounds(args.rounds, lambda k: run_system(k, Path(tmp), args.partitions, args.fetches))
     print(f"\nmachine: {res['machine']}; started {res['started']}; load {res['load_start']} -> {res['load_end']}; "
           f"median of {args.rounds} rounds, {args.fetches} fetches over {args.partitions} partitions\n")
     print("| system | full: broker CPU ms / fetch | full: fetches/s | incremental: broker CPU ms / fetch "

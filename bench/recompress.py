@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 from cluster import cpu_seconds  # noqa: E402
-from run import producer_perf  # noqa: E402
+from run import alternating_rounds, median, producer_perf  # noqa: E402
 
 
 def payload_file(path: Path, lines: int = 2000) -> Path:
@@ -76,27 +73,16 @@ def run_system(kind: str, work: Path, payload: Path, records: int) -> dict:
         proc.stop()
 
 
-def median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    load = lambda: open("/proc/loadavg").read().split()[0]  # noqa: E731
-    res: dict = {"machine": f"{platform.node()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores",
-                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_start": load(), "rounds": []}
     with tempfile.TemporaryDirectory(prefix="chronik-recompress-bench-") as tmp:
         work = Path(tmp)
         payload = payload_file(work / "payload.txt")
-        order = ["kafka", "chronik"]
-        for _ in range(args.rounds):
-            res["rounds"].append({k: run_system(k, work, payload, args.records) for k in order})
-            order.reverse()
-    res["load_end"] = load()
+        res = alternating_rounds(args.rounds, lambda k: run_system(k, work, payload, args.records))
     print(f"\nmachine: {res['machine']}; started {res['started']}; load {res['load_start']} -> {res['load_end']}; "
           f"median of {args.rounds} rounds, {args.records} records of ~1 KiB sent with lz4\n")
     print("| system | producer: msg/s | producer: CPU s / 100k | zstd: msg/s | zstd: CPU s / 100k "

@@ -117,6 +117,29 @@ def run_target(kind: str, mode: str, work: Path, records: int, rate_records: int
         shutil.rmtree(data, ignore_errors=True)
 
 
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+def load_average() -> str:
+    return open("/proc/loadavg").read().split()[0]
+
+
+def alternating_rounds(rounds: int, run_system) -> dict:
+    """`rounds` rounds of run_system(kind) for Kafka and Chronik, alternating which goes
+    first (neither always gets the cooler machine), with the machine and its load."""
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+    res: dict = {"machine": f"{platform.node()}, {nproc} cores",
+                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "load_start": load_average(), "rounds": []}
+    order = ["kafka", "chronik"]
+    for _ in range(rounds):
+        res["rounds"].append({k: run_system(k) for k in order})
+        order.reverse()
+    res["load_end"] = load_average()
+    return res
+
+
 def median_run(runs: list[dict]) -> dict:
     """Per scenario, the run with the median throughput (and, for the fixed
     rate scenario, the median p99), so one noisy run cannot decide."""

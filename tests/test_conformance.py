@@ -19,6 +19,7 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     TIMESTAMP_CREATE_TIME,
     KafkaError,
+    KafkaException,
     Producer,
     TopicCollection,
     TopicPartition,
@@ -475,9 +476,18 @@ def test_create_partitions(broker):
 
 
 def _describe(a, topic) -> dict:
-    res = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
-    (fut,) = res.values()
-    return fut.result(timeout=30)
+    """The topic's configs. A cluster's brokers learn a new topic one after another (Kafka's
+    as Chronik's), and DescribeConfigs goes to any of them: UNKNOWN_TOPIC_OR_PARTITION from
+    one that has not yet is retried, as the Java admin client does, for up to 30 s."""
+    deadline = time.monotonic() + 30
+    while True:
+        (fut,) = a.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)]).values()
+        try:
+            return fut.result(timeout=30)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def test_describe_configs(broker):

@@ -86,21 +86,31 @@ def test_a_broker_joins_and_another_leaves_a_running_region(tmp_path):
 
         added = ctl(binary, "add", "4", "--raft", f"127.0.0.4:{raft_port}", "--broker", c.admin_url(1))
         assert added.returncode == 0, added.stderr
-        assert "votes in its controller" in added.stdout
+        assert "active member" in added.stdout
         for via in (1, 2, 3):
-            wait_until(lambda via=via: brokers(c, via).get(4, {}).get("controller") == "voter", 30,
-                       what=f"broker {via} listing broker 4 as a controller voter")
+            wait_until(lambda via=via: brokers(c, via).get(4, {}).get("controller") == "voter"
+                       and brokers(c, via)[4]["state"] == "active", 30,
+                       what=f"broker {via} listing broker 4 as an active controller voter")
         new.wait_ready(60)
         wait_until(lambda: 4 in {b.id for b in admin(new.bootstrap).list_topics(timeout=10).brokers.values()},
                    30, what="broker 4 in Metadata")
 
-        # New topics use broker 4; it serves what it hosts.
+        # Broker 5 is added but never started: it stays joining and takes no replica; removing
+        # it takes it out again.
+        ghost = ctl(binary, "add", "5", "--raft", "127.0.0.5:9", "--no-wait", "--broker", c.admin_url(1))
+        assert ghost.returncode == 0, ghost.stderr
+        assert brokers(c, 1)[5]["state"] == "joining"
+
+        # New topics use broker 4 (never the joining 5); it serves what it hosts.
         second = unique_topic("members")
         everyone = c.bootstrap + "," + new.bootstrap
         err = future_error(admin(everyone).create_topics([NewTopic(second, 4, 3)])[second])
         assert err is None, err
         wait_topic(everyone, second, 4)
-        assert any(4 in r for r in replicas(c.bootstrap, second).values()), replicas(c.bootstrap, second)
+        placed = replicas(c.bootstrap, second)
+        assert any(4 in r for r in placed.values()) and not any(5 in r for r in placed.values()), placed
+        gone = ctl(binary, "remove", "5", "--broker", c.admin_url(1), timeout=120)
+        assert gone.returncode == 0, gone.stderr
         want_second = [f"{second}-{i}".encode() for i in range(200)]
         produce(new.bootstrap, second, want_second, 4)
 
@@ -155,7 +165,7 @@ def test_a_broker_joins_and_another_leaves_a_running_region(tmp_path):
         listing = ctl(binary, "list", "--json", "--broker", c.admin_url(3))
         assert listing.returncode == 0, listing.stderr
         states = {b["id"]: b["state"] for b in json.loads(listing.stdout)["brokers"]}
-        assert states == {1: "active", 2: "removed", 3: "active", 4: "active"}
+        assert states == {1: "active", 2: "removed", 3: "active", 4: "active", 5: "removed"}
     finally:
         if new is not None:
             new.stop()

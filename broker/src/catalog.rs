@@ -1202,6 +1202,7 @@ impl Catalog {
             } => self.apply_alter_acls(create, delete, *now_ms, wb),
             ControllerCommand::AddBroker { id, raft } => self.apply_add_broker(*id, raft, wb),
             ControllerCommand::RemoveBroker { id } => self.apply_remove_broker(*id, wb),
+            ControllerCommand::ActivateBroker { id } => self.apply_activate_broker(*id, wb),
             ControllerCommand::ForgetBroker { id } => self.apply_forget_broker(*id, wb),
             ControllerCommand::Barrier => Ok(PostApply::Nothing),
         }

@@ -8,10 +8,12 @@
 //! 1. a leaving broker's replicas move to the least loaded active brokers,
 //!    by the ordinary reassignment (the new replica catches up as a
 //!    learner before the old one stops voting);
-//! 2. the controller's voters become the active brokers plus the leaving
-//!    ones that still host a replica (an added broker catches up as a
-//!    learner first, see `ReplicaGroup::change_voters`);
-//! 3. a leaving broker that hosts nothing and no longer votes is forgotten.
+//! 2. the controller's voters become the active and joining brokers plus
+//!    the leaving ones that still host a replica (an added broker catches
+//!    up as a learner first, see `ReplicaGroup::change_voters`);
+//! 3. a joining broker that votes becomes active: replicas go there only
+//!    from then on, so none is placed on a broker that never started;
+//! 4. a leaving broker that hosts nothing and no longer votes is forgotten.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -37,6 +39,8 @@ pub enum Step {
     },
     /// Change the controller's voters towards these (one step at a time).
     ControllerVoters(BTreeSet<u64>),
+    /// A joining broker votes now: replicas may be placed on it.
+    Activate(i32),
     /// The broker has left: record it.
     Forget(i32),
 }
@@ -50,6 +54,7 @@ pub fn plan(
     learners: &BTreeSet<u64>,
 ) -> Vec<Step> {
     let active: Vec<i32> = with_state(members, MemberState::Active);
+    let joining: Vec<i32> = with_state(members, MemberState::Joining);
     let leaving: Vec<i32> = with_state(members, MemberState::Leaving);
     let mut steps = Vec::new();
     // Replicas per broker, counting where running moves are going.
@@ -97,11 +102,17 @@ pub fn plan(
     };
     let want: BTreeSet<u64> = active
         .iter()
+        .chain(joining.iter())
         .chain(leaving.iter().filter(|b| hosting(**b)))
         .map(|b| *b as u64)
         .collect();
     if !want.is_empty() && (want != *voters || !learners.is_empty()) {
         steps.push(Step::ControllerVoters(want));
+    }
+    for b in joining {
+        if voters.contains(&(b as u64)) {
+            steps.push(Step::Activate(b));
+        }
     }
     for b in leaving {
         let id = b as u64;
@@ -153,10 +164,13 @@ mod tests {
     }
 
     #[test]
-    fn an_added_broker_becomes_a_controller_voter() {
-        let members = [1, 2, 3, 4].map(|i| member(i, MemberState::Active));
+    fn an_added_broker_becomes_a_controller_voter_then_active() {
+        let mut members = [1, 2, 3, 4].map(|i| member(i, MemberState::Active));
+        members[3].state = MemberState::Joining;
         let steps = plan(&members, &[], &set(&[1, 2, 3]), &set(&[]));
         assert_eq!(steps, vec![Step::ControllerVoters(set(&[1, 2, 3, 4]))]);
+        let steps = plan(&members, &[], &set(&[1, 2, 3, 4]), &set(&[]));
+        assert_eq!(steps, vec![Step::Activate(4)]);
     }
 
     #[test]
@@ -255,6 +269,7 @@ mod tests {
                         }
                     }
                     Step::ControllerVoters(v) => assert!(!v.is_empty()),
+                    Step::Activate(b) => panic!("broker {b} was not joining"),
                     Step::Forget(b) => panic!("broker {b} still votes"),
                 }
             }

@@ -26,8 +26,9 @@ pub enum BrokerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Add a started broker to the region (or cancel its removal); waits
-    /// until it votes in the regional controller.
+    /// Add a started broker to the region (or cancel its removal, or
+    /// correct the address of one still joining); waits until it votes in
+    /// the regional controller and takes replicas.
     Add {
         /// The new broker's node_id.
         id: i32,
@@ -197,15 +198,16 @@ async fn go(cmd: BrokerCommand) -> Result<(), String> {
                 &region,
                 id,
                 Duration::from_secs(timeout_secs),
-                |b| b["controller"] == "voter",
+                |b| b["state"] == "active",
                 |b| match b["controller"].as_str() {
                     Some("learner") => "catching up with the controller".into(),
+                    Some("voter") => "votes; becoming active".into(),
                     _ if b["alive"] == false => "not heard from: is it started?".into(),
                     _ => "waiting for the controller".into(),
                 },
             )
             .await?;
-            println!("broker {id} is a member of the region and votes in its controller");
+            println!("broker {id} is an active member of the region: it votes in its controller and takes replicas");
             Ok(())
         }
         BrokerCommand::Remove {

@@ -28,6 +28,9 @@ const INVALID_REQUEST: i16 = 42;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MemberState {
+    /// Added, not yet a controller voter (it has to start and catch up):
+    /// no replicas are placed on it yet.
+    Joining,
     /// Hosts replicas and votes in the controller.
     Active,
     /// Being removed: its replicas move away; no new ones are placed on it.
@@ -165,6 +168,12 @@ impl Catalog {
         );
     }
 
+    /// Writes `m` and returns the in-memory step that follows the write.
+    fn record_member(&self, wb: &mut WriteBatch, m: Member) -> PostApply {
+        self.put_member(wb, &m);
+        PostApply::Members(vec![m])
+    }
+
     fn member(&self, id: i32) -> Option<Member> {
         self.members().into_iter().find(|m| m.id == id)
     }
@@ -188,6 +197,17 @@ impl Catalog {
                     _ => Ok(PostApply::Nothing),
                 };
             }
+            // Not caught up yet: the address may be what kept it from
+            // joining, so a second add corrects it.
+            Some(m) if m.state == MemberState::Joining => {
+                if m.raft.as_deref() == Some(raft) {
+                    return Ok(PostApply::Nothing);
+                }
+                Member {
+                    raft: Some(raft.to_string()),
+                    ..m
+                }
+            }
             // Adding a broker that is being removed cancels the removal;
             // the replicas already moved stay where they went.
             Some(m) if m.state == MemberState::Leaving => Member {
@@ -196,12 +216,11 @@ impl Catalog {
             },
             _ => Member {
                 id,
-                state: MemberState::Active,
+                state: MemberState::Joining,
                 raft: Some(raft.to_string()),
             },
         };
-        self.put_member(wb, &next);
-        Ok(PostApply::Members(vec![next]))
+        Ok(self.record_member(wb, next))
     }
 
     pub(super) fn apply_remove_broker(
@@ -210,6 +229,15 @@ impl Catalog {
         wb: &mut WriteBatch,
     ) -> Result<PostApply, TopicError> {
         let m = match self.member(id) {
+            Some(m) if m.state == MemberState::Joining => {
+                return Ok(self.record_member(
+                    wb,
+                    Member {
+                        state: MemberState::Leaving,
+                        ..m
+                    },
+                ))
+            }
             Some(m) if m.state == MemberState::Active => m,
             Some(m) if m.state == MemberState::Leaving => return Ok(PostApply::Nothing),
             _ => {
@@ -242,8 +270,26 @@ impl Catalog {
             state: MemberState::Leaving,
             ..m
         };
-        self.put_member(wb, &next);
-        Ok(PostApply::Members(vec![next]))
+        Ok(self.record_member(wb, next))
+    }
+
+    /// A joining broker became a controller voter: replicas may go there.
+    pub(super) fn apply_activate_broker(
+        &self,
+        id: i32,
+        wb: &mut WriteBatch,
+    ) -> Result<PostApply, TopicError> {
+        match self.member(id) {
+            Some(m) if m.state == MemberState::Joining => Ok(self.record_member(
+                wb,
+                Member {
+                    state: MemberState::Active,
+                    ..m
+                },
+            )),
+            Some(m) if m.state == MemberState::Active => Ok(PostApply::Nothing),
+            _ => Err(refused(format!("broker {id} is not joining the region"))),
+        }
     }
 
     pub(super) fn apply_forget_broker(
@@ -264,18 +310,17 @@ impl Catalog {
             state: MemberState::Removed,
             ..m
         };
-        self.put_member(wb, &next);
         // Clients stop seeing it in Metadata.
         wb.delete_cf(self.store.cf(CF_META), super::broker_key(id));
         Ok(PostApply::Many(vec![
-            PostApply::Members(vec![next]),
+            self.record_member(wb, next),
             PostApply::Unregister(id),
         ]))
     }
 
     /// `chronik ctl broker add`: `id` joins the region, its peers reach it
     /// at `raft`. The controller leader then makes it a controller voter
-    /// once it has caught up.
+    /// once it has caught up, and active.
     pub async fn add_broker(&self, id: i32, raft: String) -> Result<(), TopicError> {
         check_raft_addr(&raft)?;
         self.submit(ControllerCommand::AddBroker {
@@ -285,7 +330,7 @@ impl Catalog {
         .await?;
         self.await_local(|| {
             self.member(id)
-                .filter(|m| m.state == MemberState::Active)
+                .filter(|m| matches!(m.state, MemberState::Joining | MemberState::Active))
                 .map(|_| ())
         })
         .await
@@ -363,6 +408,7 @@ mod tests {
                 id: 4,
                 raft: "127.0.0.4:9093".into(),
             },
+            ControllerCommand::ActivateBroker { id: 4 },
             ControllerCommand::CreatePartitions {
                 name: "t".into(),
                 count: 12,
@@ -446,6 +492,13 @@ mod tests {
         )
         .await
         .unwrap();
+        // Joining: not yet a place for replicas, so 3 still cannot go.
+        assert!(apply(&cat, &ControllerCommand::RemoveBroker { id: 3 })
+            .await
+            .is_err());
+        apply(&cat, &ControllerCommand::ActivateBroker { id: 4 })
+            .await
+            .unwrap();
         apply(&cat, &ControllerCommand::RemoveBroker { id: 3 })
             .await
             .unwrap();

@@ -87,6 +87,20 @@ impl Cluster {
                         }
                     }
                 }
+                Step::Activate(id) => {
+                    match self
+                        .controller_write(ControllerCommand::ActivateBroker { id })
+                        .await
+                    {
+                        Ok(()) => tracing::info!(
+                            broker = id,
+                            "broker joined the region: it takes replicas from now on"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(broker = id, error = %e, "broker activation not recorded yet")
+                        }
+                    }
+                }
                 Step::Forget(id) => {
                     match self
                         .controller_write(ControllerCommand::ForgetBroker { id })

@@ -260,6 +260,9 @@ pub enum ControllerCommand {
     /// `chronik ctl broker add`: broker `id` joins the region; its peers
     /// reach it at `raft` (see `catalog/members.rs`).
     AddBroker { id: i32, raft: String },
+    /// Broker `id`, joining, now votes in the controller: it takes
+    /// replicas from now on.
+    ActivateBroker { id: i32 },
     /// `chronik ctl broker remove`: broker `id` starts leaving the region.
     RemoveBroker { id: i32 },
     /// Broker `id` has left: no replicas, no controller vote.

@@ -389,6 +389,19 @@ mod tests {
             .is_none());
     }
 
+    /// Topic `t`, one partition on brokers 1, 2 and 3.
+    fn topic_on_1_2_3(id: u128) -> ControllerCommand {
+        ControllerCommand::CreateTopic {
+            name: "t".into(),
+            id: uuid::Uuid::from_u128(id),
+            partitions: -1,
+            replication_factor: -1,
+            assignments: vec![vec![1, 2, 3]],
+            configs: BTreeMap::new(),
+            now_ms: 0,
+        }
+    }
+
     /// A broker added later names more brokers in its configuration than
     /// the region formed with; replaying the region's log it must still
     /// place every partition as the others did.
@@ -419,20 +432,7 @@ mod tests {
         ];
         for cat in [&original, &joiner] {
             seed(cat, &[1, 2, 3]).await;
-            apply(
-                cat,
-                &ControllerCommand::CreateTopic {
-                    name: "t".into(),
-                    id: uuid::Uuid::from_u128(7),
-                    partitions: -1,
-                    replication_factor: -1,
-                    assignments: vec![vec![1, 2, 3]],
-                    configs: BTreeMap::new(),
-                    now_ms: 0,
-                },
-            )
-            .await
-            .unwrap();
+            apply(cat, &topic_on_1_2_3(7)).await.unwrap();
             for cmd in &log {
                 apply(cat, cmd).await.unwrap();
             }
@@ -452,20 +452,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cat = catalog(dir.path(), vec![1, 2, 3]);
         seed(&cat, &[1, 2, 3]).await;
-        apply(
-            &cat,
-            &ControllerCommand::CreateTopic {
-                name: "t".into(),
-                id: uuid::Uuid::from_u128(8),
-                partitions: -1,
-                replication_factor: -1,
-                assignments: vec![vec![1, 2, 3]],
-                configs: BTreeMap::new(),
-                now_ms: 0,
-            },
-        )
-        .await
-        .unwrap();
+        apply(&cat, &topic_on_1_2_3(8)).await.unwrap();
         let err = apply(&cat, &ControllerCommand::RemoveBroker { id: 3 })
             .await
             .unwrap_err();

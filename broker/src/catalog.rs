@@ -444,6 +444,7 @@ impl Catalog {
     }
 
     fn check_assignments(&self, assignments: &[Vec<i32>]) -> Result<(), TopicError> {
+        let members = self.active_brokers();
         for (i, brokers) in assignments.iter().enumerate() {
             let mut uniq = brokers.clone();
             uniq.sort_unstable();
@@ -453,7 +454,6 @@ impl Catalog {
                     "Replica assignment for partition {i} must list distinct brokers (got {brokers:?})"
                 )));
             }
-            let members = self.active_brokers();
             if let Some(b) = brokers.iter().find(|b| !members.contains(b)) {
                 return Err(TopicError::InvalidReplicaAssignment(format!(
                     "Replica assignment for partition {i} names broker {b}, which is not a broker of this region {members:?}"

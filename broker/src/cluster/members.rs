@@ -60,6 +60,20 @@ impl Cluster {
         let voters: BTreeSet<u64> = st.voters.iter().copied().collect();
         let learners: BTreeSet<u64> = st.learners.iter().copied().collect();
         let members = self.catalog.members();
+        // A settled region (the usual case) needs no plan: skip listing
+        // every partition twice a second.
+        let settled = learners.is_empty()
+            && members
+                .iter()
+                .all(|m| m.state != MemberState::Joining && m.state != MemberState::Leaving)
+            && members
+                .iter()
+                .filter(|m| m.state == MemberState::Active)
+                .map(|m| m.id as u64)
+                .eq(voters.iter().copied());
+        if settled {
+            return;
+        }
         for step in plan(&members, &self.placements(), &voters, &learners) {
             match step {
                 Step::Reassign {

@@ -43,6 +43,8 @@ KINDS = ["kafka", "chronik"]
 
 # Broker-wide settings shared by both brokers where they have an equivalent.
 RETENTION_CHECK_MS = 1000
+# How often both brokers' log cleaners look for due partitions (Kafka's default is 15 s).
+CLEANER_BACKOFF_MS = 500
 
 
 class BrokerTarget(str):
@@ -181,7 +183,8 @@ def _chronik_cluster_target(tmp_path_factory, name: str, **config) -> WholeClust
 @pytest.fixture(scope="session")
 def kafka_oracle(tmp_path_factory):
     """Session-wide Apache Kafka (auto-create on, retention checked every second)."""
-    props = {"log.retention.check.interval.ms": RETENTION_CHECK_MS, "log.initial.task.delay.ms": 0}
+    props = {"log.retention.check.interval.ms": RETENTION_CHECK_MS, "log.initial.task.delay.ms": 0,
+             "log.cleaner.backoff.ms": CLEANER_BACKOFF_MS}
     if CLUSTERED:
         k = _kafka_cluster_target(tmp_path_factory, "kafka3", props)
         yield k
@@ -246,13 +249,15 @@ def _require_chronik_binary() -> Path:
 def chronik(tmp_path_factory):
     """A fresh Chronik broker per test module (auto-create on, retention checked every second)."""
     if CLUSTERED:
-        c = _chronik_cluster_target(tmp_path_factory, "chronik3", retention_check_interval_ms=RETENTION_CHECK_MS)
+        c = _chronik_cluster_target(tmp_path_factory, "chronik3", retention_check_interval_ms=RETENTION_CHECK_MS,
+                                    cleaner_backoff_ms=CLEANER_BACKOFF_MS)
         yield c
         forget_clients(c.bootstrap)
         c.stop()
         return
     _require_chronik_binary()
-    c = Chronik(None, tmp_path_factory.mktemp("chronik") / "data", retention_check_interval_ms=RETENTION_CHECK_MS)
+    c = Chronik(None, tmp_path_factory.mktemp("chronik") / "data", retention_check_interval_ms=RETENTION_CHECK_MS,
+                cleaner_backoff_ms=CLEANER_BACKOFF_MS)
     c.start()
     yield c
     forget_clients(c.bootstrap)

@@ -504,6 +504,7 @@ _CHRONIK_KEYS = {
     "auto_create": "topics",
     "default_partitions": "topics",
     "retention_check_interval_ms": "topics",
+    "cleaner_backoff_ms": "topics",
     "socket_request_max_bytes": "limits",
     "initial_rebalance_delay_ms": "groups",
     "offsets_retention_minutes": "groups",

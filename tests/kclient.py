@@ -214,6 +214,35 @@ def values_to_high_watermark(bootstrap: str, topic: str, partition: int = 0, tim
     return [m.value() for m in consume(bootstrap, topic, partition, start=low, count=high - low, timeout=timeout)]
 
 
+def records_to_high_watermark(bootstrap: str, topic: str, partition: int = 0, timeout: float = 60.0) -> list:
+    """(offset, key, value) of every record of one partition from its log start to its high
+    watermark. Offsets may have holes (a compacted topic), so this reads until the consumer's
+    position reaches the high watermark rather than counting records."""
+    low, high = watermarks(bootstrap, topic, partition)
+    out: list = []
+    if high <= low:
+        return out
+    c = consumer(bootstrap)
+    try:
+        tp = TopicPartition(topic, partition, low)
+        c.assign([tp])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in c.consume(num_messages=1000, timeout=0.5):
+                if m.error():
+                    raise AssertionError(f"consumer error: {m.error()}")
+                out.append((m.offset(), m.key(), m.value()))
+            if out and out[-1][0] >= high - 1:
+                return out
+            (pos,) = c.position([TopicPartition(topic, partition)])
+            if pos.offset >= high:
+                return out
+    finally:
+        c.close()
+    raise AssertionError(f"read {len(out)} records of {topic}[{partition}] but not up to its high watermark "
+                         f"{high} in {timeout}s (last offset {out[-1][0] if out else None})")
+
+
 # Errors a client retries after refreshing metadata: the partition's leader is moving, or
 # the broker asked has not yet learnt of a topic another broker of the region already lists
 # (metadata reaches a region's brokers one after another, as in Kafka; the Java client

@@ -547,35 +547,21 @@ def test_incremental_alter_configs(broker):
                what="retention.ms back to its default")
 
 
-@pytest.mark.oracle_only
-def test_cleanup_policy_compact_accepted_by_kafka(kafka_oracle):
-    """Reference only: Apache Kafka accepts cleanup.policy=compact (Chronik deliberately does not)."""
-    bs = kafka_oracle.bootstrap
+def test_cleanup_policy_compact_accepted(broker):
+    """cleanup.policy=compact (and compact,delete) is accepted at creation and by
+    IncrementalAlterConfigs, and described back; an unknown policy is INVALID_CONFIG.
+    (What the cleaner does: test_compaction.py.)"""
+    a = admin(broker)
     topic = unique_topic("compact")
-    create_topic(bs, topic, config={"cleanup.policy": "compact"})
-    assert _describe(admin(bs), topic)["cleanup.policy"].value == "compact"
+    create_topic(broker, topic, config={"cleanup.policy": "compact"})
+    assert _describe(a, topic)["cleanup.policy"].value == "compact"
     t2 = unique_topic("compact-alter")
-    create_topic(bs, t2)
-    assert _alter(admin(bs), t2, "cleanup.policy", "compact") is None
-
-
-@pytest.mark.chronik
-def test_cleanup_policy_compact_rejected_by_chronik(chronik):
-    """Chronik-specific: compaction is not supported and must be refused with a clear error."""
-    bs = chronik.bootstrap
-    a = admin(bs)
-    topic = unique_topic("compact")
-    err = future_error(a.create_topics([NewTopic(topic, 1, config={"cleanup.policy": "compact"})])[topic])
-    assert err is not None and err.code() in (INVALID_CONFIG, POLICY_VIOLATION), err
-    assert "compact" in err.str().lower(), f"error message should mention compaction: {err.str()!r}"
-    assert topic_partitions(bs, topic) is None
-
-    t2 = unique_topic("compact-alter")
-    create_topic(bs, t2)
-    err = _alter(a, t2, "cleanup.policy", "compact")
-    assert err is not None and err.code() in (INVALID_CONFIG, POLICY_VIOLATION), err
-    assert "compact" in err.str().lower(), f"error message should mention compaction: {err.str()!r}"
-    assert _describe(a, t2)["cleanup.policy"].value == "delete"
+    create_topic(broker, t2)
+    assert _alter(a, t2, "cleanup.policy", "compact,delete") is None
+    wait_until(lambda: _describe(a, t2)["cleanup.policy"].value == "compact,delete", timeout=15,
+               what="cleanup.policy=compact,delete described")
+    err = _alter(a, t2, "cleanup.policy", "shred")
+    assert err is not None and err.code() == INVALID_CONFIG, err
 
 
 def test_describe_cluster(broker):

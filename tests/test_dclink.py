@@ -40,7 +40,8 @@ from ackcheck import (IDEMPOTENT, AckLog, ProducerThread, _drive, make_value, pr
                       records_from_dump, verify_partition)
 from cluster import create_topic
 from harness import Chronik, http_get, wait_until
-from kclient import admin, consume, future_error, produce_all, topic_partitions, unique_topic
+from kclient import (admin, consume, future_error, produce_all, records_to_high_watermark, topic_partitions,
+                     unique_topic)
 from regions import DcLink, Regions, certs_init, grep_log, log_size, prometheus_value
 
 pytestmark = pytest.mark.chronik
@@ -1621,3 +1622,41 @@ def test_delete_records_at_home_reaches_the_mirror(regions_factory):
     regions.assert_identical(topic, 0, US)
     got = consume(regions.bootstrap(EU), topic, 0, count=3, timeout=30)
     assert [m.offset() for m in got] == [22, 23, 24], [m.offset() for m in got]
+
+
+def test_compacted_topic_mirrors_across_the_home_cleaners_holes(regions_factory):
+    """A compacted topic cleaned at home while its dc-link is down: the mirror then takes the
+    cleaned batches across the holes the home's cleaner left (offsets unchanged), and later
+    cleans what it receives itself. Both regions end with exactly each key's latest record,
+    tombstones included, at the same offsets."""
+    from test_compaction import COMPACT, _latest, _now_ms, _produce_keyed, _sentinel, _wait_compacted
+
+    regions = regions_factory(names=(US, EU), brokers=1, cluster_opts={"cleaner_backoff_ms": 300})
+    us, eu = regions.bootstrap(US), regions.bootstrap(EU)
+    topic = unique_topic("compact-mirror")
+    make_topic(regions, US, topic, 1, config=COMPACT)
+    wait_topic_in(regions, EU, topic, 1)
+    regions.stop_dclink(US)
+    ts = _now_ms()
+    pairs = [(b"k%d" % (i % 10), b"a%d" % i) for i in range(120)] + [(b"k0", None)]
+    offsets = _produce_keyed(us, topic, pairs, ts)
+    offsets.append(_sentinel(us, topic, ts))
+    pairs.append((b"sentinel", b"end"))
+    expected = {o: (k, v) for k, (o, v) in _latest(pairs, offsets).items()}
+    _wait_compacted(us, topic, expected)
+    regions.restart_dclink(US)
+    regions.wait_mirrored(topic, 1, US, timeout=60)
+    assert {o: (k, v) for o, k, v in records_to_high_watermark(eu, topic)} == expected
+    # Now the mirror receives superseded records before the home cleans them, and its own
+    # cleaner removes them.
+    more = [(b"k%d" % (i % 10), b"b%d" % i) for i in range(60)]
+    offsets += _produce_keyed(us, topic, more, ts + 20_000)
+    pairs += more
+    offsets.append(_sentinel(us, topic, ts + 20_000, key=b"sentinel-2"))
+    pairs.append((b"sentinel-2", b"end"))
+    expected = {o: (k, v) for k, (o, v) in _latest(pairs, offsets).items()}
+    for bs in (us, eu):
+        _wait_compacted(bs, topic, expected)
+    regions.wait_mirrored(topic, 1, US, timeout=60)
+    # eu-west's leader ran passes of its own (the record of them is its copy's).
+    assert regions.leader_state(EU, topic, 0)[1]["cleaned"], "the mirror never cleaned its copy"

@@ -349,6 +349,8 @@ async fn partition(
         "snapshot_index": st.snapshot_index,
         "purged_index": st.purged_index,
         "epochs": log.epoch_history(),
+        "size_bytes": log.size_bytes(),
+        "cleaned": log.cleaned(),
         "raft": s.ctx.cluster.local_debug(log.log_id),
     }))
     .into_response()

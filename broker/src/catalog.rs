@@ -1554,7 +1554,10 @@ mod tests {
         assert!(cat
             .alter_configs(
                 "t",
-                vec![ConfigOp::Set("cleanup.policy".into(), "compact".into())],
+                vec![ConfigOp::Set(
+                    "cleanup.policy".into(),
+                    "compact,shred".into()
+                )],
                 false
             )
             .await

@@ -68,7 +68,7 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         T::List,
         "delete",
         None,
-        "Only `delete` is supported; `compact` is rejected.",
+        "`delete` removes old records (retention), `compact` keeps each key's latest record (the cleaner), `compact,delete` does both.",
     ),
     def(
         "compression.type",
@@ -103,7 +103,7 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         T::Long,
         "86400000",
         Some(0),
-        "No effect without compaction.",
+        "How long a compacted topic keeps a tombstone (null value) after the cleaner first reached it.",
     ),
     def(
         "file.delete.delay.ms",
@@ -166,7 +166,7 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         T::Long,
         "9223372036854775807",
         Some(1),
-        "No effect without compaction.",
+        "A dirty record older than this makes a compacted partition due for cleaning whatever its dirty ratio.",
     ),
     def(
         "max.message.bytes",
@@ -201,14 +201,14 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         T::Double,
         "0.5",
         None,
-        "No effect without compaction.",
+        "Share of a compacted partition's bytes not cleaned yet at which the cleaner runs (0 to 1).",
     ),
     def(
         "min.compaction.lag.ms",
         T::Long,
         "0",
         Some(0),
-        "No effect without compaction.",
+        "Records younger than this are not compacted.",
     ),
     def(
         "min.insync.replicas",
@@ -244,7 +244,7 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         T::Int,
         "1073741824",
         Some(14),
-        "No effect: there are no segment files.",
+        "No effect: there are no segment files; the cleaner may clean every batch but the log's last.",
     ),
     def(
         "segment.index.bytes",
@@ -259,7 +259,7 @@ pub static TOPIC_CONFIGS: &[ConfigDef] = &[
         T::Long,
         "604800000",
         Some(1),
-        "No effect: retention applies per batch.",
+        "No effect: retention applies per batch, and the cleaner may clean every batch but the log's last.",
     ),
     def(
         "unclean.leader.election.enable",
@@ -441,12 +441,6 @@ pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
             if items.iter().any(|i| *i != "delete" && *i != "compact") {
                 return Err(invalid("String must be one of: compact, delete".into()));
             }
-            if items.contains(&"compact") {
-                return Err(invalid(
-                    "log compaction is not supported by Chronik yet; use cleanup.policy=delete"
-                        .into(),
-                ));
-            }
         }
         "compression.type"
             if !["uncompressed", "zstd", "lz4", "snappy", "gzip", "producer"].contains(&v) =>
@@ -462,6 +456,9 @@ pub fn validate(name: &str, value: &str) -> Result<String, ConfigValueError> {
         }
         "compression.lz4.level" if v.parse::<i64>().unwrap_or(0) > 17 => {
             return Err(invalid("Value must be no more than 17".into()));
+        }
+        "min.cleanable.dirty.ratio" if !(0.0..=1.0).contains(&v.parse::<f64>().unwrap_or(-1.0)) => {
+            return Err(invalid("Value must be between 0 and 1".into()));
         }
         "compression.zstd.level" if v.parse::<i64>().unwrap_or(0) > 22 => {
             return Err(invalid("Value must be no more than 22".into()));
@@ -530,6 +527,15 @@ pub struct EffectiveConfig {
     pub forward_ack_mirrored: bool,
     /// `compression.type` with its level.
     pub compression: crate::recompress::TopicCompression,
+    /// `cleanup.policy` holds `delete`: retention applies.
+    pub cleanup_delete: bool,
+    /// `cleanup.policy` holds `compact`: the cleaner runs, with these configs.
+    pub compaction: Option<crate::compaction::Policy>,
+}
+
+/// Whether a `cleanup.policy` list names `policy`.
+fn policy_has(list: &str, policy: &str) -> bool {
+    list.split(',').any(|p| p.trim() == policy)
 }
 
 impl EffectiveConfig {
@@ -567,6 +573,17 @@ impl EffectiveConfig {
                 get("compression.lz4.level").parse().unwrap_or(9),
                 get("compression.zstd.level").parse().unwrap_or(3),
             ),
+            cleanup_delete: policy_has(&get("cleanup.policy"), "delete"),
+            compaction: policy_has(&get("cleanup.policy"), "compact").then(|| {
+                crate::compaction::Policy {
+                    min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
+                        .parse()
+                        .unwrap_or(0.5),
+                    min_compaction_lag_ms: get("min.compaction.lag.ms").parse().unwrap_or(0),
+                    max_compaction_lag_ms: get("max.compaction.lag.ms").parse().unwrap_or(i64::MAX),
+                    delete_retention_ms: get("delete.retention.ms").parse().unwrap_or(86_400_000),
+                }
+            }),
         }
     }
 }
@@ -602,11 +619,11 @@ mod tests {
             validate("preallocate", "yes"),
             Err(ConfigValueError::Invalid { .. })
         ));
-        let compact = validate("cleanup.policy", "compact")
-            .unwrap_err()
-            .to_string();
-        assert!(compact.contains("compaction is not supported"), "{compact}");
-        assert!(validate("cleanup.policy", "delete,compact").is_err());
+        assert!(validate("cleanup.policy", "compact").is_ok());
+        assert!(validate("cleanup.policy", "delete,compact").is_ok());
+        assert!(validate("cleanup.policy", "compact,shred").is_err());
+        assert!(validate("min.cleanable.dirty.ratio", "0.01").is_ok());
+        assert!(validate("min.cleanable.dirty.ratio", "1.5").is_err());
         assert!(validate("compression.type", "zstd").is_ok());
         assert!(validate("compression.type", "brotli").is_err());
         assert!(validate("compression.gzip.level", "0").is_err());

@@ -4,7 +4,9 @@
 pub mod acl;
 pub mod admin_http;
 pub mod catalog;
+pub mod cleaner;
 pub mod cluster;
+pub mod compaction;
 pub mod configs;
 pub mod connection;
 pub mod discovery;

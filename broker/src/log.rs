@@ -54,6 +54,11 @@ pub struct PartitionRecord {
     /// committed here (a `global_quorum` high watermark starts there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub home_since: Option<i64>,
+    /// What compaction passes did (see [`crate::compaction::Cleaned`]).
+    /// Once set, `log_start_offset` is where the log starts even when the
+    /// cleaner removed the batch that began there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaned: Option<crate::compaction::Cleaned>,
 }
 
 impl Default for PartitionRecord {
@@ -65,6 +70,7 @@ impl Default for PartitionRecord {
             own_latest: Some(false),
             role: None,
             home_since: None,
+            cleaned: None,
         }
     }
 }
@@ -129,6 +135,8 @@ pub enum AppendError {
     Sequence(#[from] SequenceError),
     #[error("transactional produce is not supported by Chronik yet")]
     Transactional,
+    #[error("compacted topic cannot accept a record without a key")]
+    KeyRequired,
     #[error(transparent)]
     Storage(#[from] StoreError),
     #[error("the partition was deleted")]
@@ -193,6 +201,8 @@ struct LogState {
     role: Option<Role>,
     /// See [`PartitionRecord::home_since`].
     home_since: Option<i64>,
+    /// See [`PartitionRecord::cleaned`].
+    cleaned: Option<crate::compaction::Cleaned>,
     producers: ProducerStates,
     size_bytes: u64,
 }
@@ -206,6 +216,7 @@ impl LogState {
             own_latest: Some(self.own_latest),
             role: self.role,
             home_since: self.home_since,
+            cleaned: self.cleaned.clone(),
         }
     }
 }
@@ -259,6 +270,17 @@ fn truncate_epochs_from_start(epochs: &mut Vec<(i32, i64)>, start: i64) {
     }
     let epoch = epochs[below - 1].0;
     epochs.splice(..below, [(epoch, start)]);
+}
+
+/// The epoch history entry in effect at `offset`: a cleaning pass names
+/// the one at its end, so a replica whose log was cut back and refilled
+/// from another history there does not apply it.
+fn epoch_covering(epochs: &[(i32, i64)], offset: i64) -> Option<(i32, i64)> {
+    epochs
+        .iter()
+        .rev()
+        .find(|(_, start)| *start <= offset)
+        .copied()
 }
 
 pub struct PartitionLog {
@@ -399,11 +421,17 @@ impl PartitionLog {
             .last()
             .map(|e| e.last_offset + 1)
             .unwrap_or(rec.log_start_offset);
-        let log_start = entries
-            .first()
-            .map(|e| e.base_offset)
-            .unwrap_or(next_offset)
-            .max(rec.log_start_offset);
+        let log_start = if rec.cleaned.is_some() {
+            // The cleaner may have removed the first batch; the log still
+            // starts where it did (as in Kafka, compaction leaves holes).
+            rec.log_start_offset.min(next_offset)
+        } else {
+            entries
+                .first()
+                .map(|e| e.base_offset)
+                .unwrap_or(next_offset)
+                .max(rec.log_start_offset)
+        };
         let mut producers = ProducerStates::default();
         {
             let mut it = store.log_iter(CF_PRODUCERS, log_id);
@@ -431,6 +459,7 @@ impl PartitionLog {
                 own_latest: rec.own_latest.unwrap_or(true),
                 role: rec.role,
                 home_since: rec.home_since,
+                cleaned: rec.cleaned,
                 producers,
                 size_bytes,
             },
@@ -477,6 +506,11 @@ impl PartitionLog {
         self.state.lock().unwrap().producers.summary()
     }
 
+    /// What the cleaner has done to this log (`None`: never cleaned).
+    pub fn cleaned(&self) -> Option<crate::compaction::Cleaned> {
+        self.state.lock().unwrap().cleaned.clone()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.state.lock().unwrap().size_bytes
     }
@@ -493,6 +527,13 @@ impl PartitionLog {
                 size: records.len(),
                 max: cfg.max_message_bytes,
             });
+        }
+        if cfg.compaction.is_some()
+            && crate::compaction::has_keyless_record(records).map_err(|_| {
+                AppendError::Batch(BatchError::Invalid("malformed record inside the batch"))
+            })?
+        {
+            return Err(AppendError::KeyRequired);
         }
         Ok(h)
     }
@@ -568,7 +609,9 @@ impl PartitionLog {
         home_role::check_mirror(st.role)?;
         let first = batches.first().map(|(h, _)| h.base_offset);
         let empty = st.size_bytes == 0 && self.log_start_offset() == st.next_offset;
-        let starts_here = first == Some(base_offset)
+        // The first batch may start after `base_offset` when the home's
+        // cleaner removed the batches in between (a compacted topic).
+        let starts_here = first.is_some_and(|f| f >= base_offset)
             && (base_offset == st.next_offset
                 || (from_log_start && empty && base_offset > st.next_offset));
         if !starts_here {
@@ -839,6 +882,15 @@ impl PartitionLog {
     /// For a `global_quorum` topic at home: the offset below which enough
     /// mirror regions hold the log, as the home dc-link last reported;
     /// `None` until it has reported to this leader.
+    /// The lowest log end the home dc-link reported for a mirror region
+    /// (`None`: no report, or no mirror): the cleaner keeps tombstones at
+    /// or above it, so no mirror misses a delete.
+    pub fn slowest_mirror_end(&self) -> Option<i64> {
+        let acks = self.mirror_acks.borrow();
+        acks.1?;
+        acks.0.values().copied().min()
+    }
+
     pub fn mirrored_through(&self) -> Option<i64> {
         let acks = self.mirror_acks.borrow();
         let required = acks.1?;
@@ -1082,6 +1134,157 @@ impl PartitionLog {
         Ok((new_start > self.log_start_offset()).then_some(new_start))
     }
 
+    /// The leader's cleaning pass over this log (see [`crate::compaction`]),
+    /// read from the store; `None` when the log is not due. Proposed as
+    /// `Command::Compact` and applied by [`PartitionLog::compact_into`].
+    pub fn plan_compaction(
+        &self,
+        policy: &crate::compaction::Policy,
+        now_ms: i64,
+        tombstone_floor: i64,
+        limits: crate::compaction::Limits,
+    ) -> Result<Option<crate::compaction::Plan>, crate::compaction::PlanError> {
+        use crate::compaction::{due, KeyMap, Pass, Plan};
+        let (cleaned, epochs) = {
+            let st = self.state.lock().unwrap();
+            (st.cleaned.clone().unwrap_or_default(), st.epochs.clone())
+        };
+        let entries = self.store.index_entries(self.log_id)?;
+        let Some(clean_end) = due(&entries, self.high_watermark(), &cleaned, policy, now_ms) else {
+            return Ok(None);
+        };
+        let mut bytes_read = 0u64;
+        let mut map = KeyMap::new(limits.key_map_bytes);
+        self.each_batch_below(clean_end, |b| {
+            bytes_read += b.len() as u64;
+            map.add_batch(b)?;
+            Ok(!map.full())
+        })?;
+        let pass = Pass {
+            map: &map,
+            cleaned: &cleaned,
+            policy,
+            now_ms,
+            tombstone_floor,
+        };
+        let mut plan = Plan {
+            rewrites: Vec::new(),
+            end: map.end.min(clean_end),
+            through: None,
+            now_ms,
+            tombstone_horizon: None,
+            bytes_read,
+            records_removed: 0,
+            keys: map.keys() as u64,
+        };
+        let (map_end, mut rewritten) = (plan.end, 0usize);
+        self.each_batch_below(map_end, |b| {
+            let c = pass.clean_batch(b)?;
+            plan.records_removed += c.records_removed;
+            if let Some(h) = c.tombstone_horizon {
+                plan.tombstone_horizon = Some(plan.tombstone_horizon.map_or(h, |p| p.min(h)));
+            }
+            if let Some(r) = c.rewrite {
+                rewritten += r.bytes.len();
+                plan.rewrites.push(r);
+            }
+            if rewritten >= limits.rewrite_bytes {
+                // The rest waits for the next pass: one Raft entry stays small.
+                let h = crate::batch::BatchHeader::parse(b).map_err(|e| {
+                    crate::compaction::CompactError::Malformed {
+                        base: -1,
+                        detail: e.to_string(),
+                    }
+                })?;
+                plan.end = h.last_offset() + 1;
+                return Ok(false);
+            }
+            Ok(true)
+        })?;
+        plan.through = epoch_covering(&epochs, plan.end - 1);
+        Ok(Some(plan))
+    }
+
+    /// Calls `f` with each stored batch from the log start that starts below
+    /// `end`, until it returns false.
+    fn each_batch_below(
+        &self,
+        end: i64,
+        mut f: impl FnMut(&[u8]) -> Result<bool, crate::compaction::CompactError>,
+    ) -> Result<(), crate::compaction::PlanError> {
+        let mut it = self.store.log_iter(CF_LOG, self.log_id);
+        it.seek_to_first();
+        while it.valid() {
+            let Some((_, base)) = it.key().and_then(split_log_key) else {
+                break;
+            };
+            if base >= end || !f(it.value().unwrap_or_default())? {
+                break;
+            }
+            it.next();
+        }
+        it.status().map_err(StoreError::from)?;
+        Ok(())
+    }
+
+    /// A cleaning pass, applied from the partition's Raft log on every
+    /// replica: the leader's rewrites are written as they are, all or none.
+    /// None are when this log no longer holds what the leader cleaned (a
+    /// batch differs, or the log was cut back below the pass's end and
+    /// refilled): then nothing changes and the next pass starts over.
+    /// Returns whether the pass was applied. The caller writes every
+    /// earlier entry first (this reads the store).
+    pub fn compact_into(
+        &self,
+        wb: &mut WriteBatch,
+        c: &crate::compaction::Plan,
+    ) -> Result<bool, StoreError> {
+        let mut st = self.state.lock().unwrap();
+        if st.next_offset < c.end || epoch_covering(&st.epochs, c.end - 1) != c.through {
+            return Ok(false);
+        }
+        let mut changes = Vec::with_capacity(c.rewrites.len());
+        for r in &c.rewrites {
+            let key = log_key(self.log_id, r.base_offset);
+            let stored = self.store.db().get_cf(self.store.cf(CF_INDEX), key)?;
+            let Some(entry) = stored.and_then(|v| IndexEntry::decode(&key, &v)) else {
+                return Ok(false);
+            };
+            let batch = self.store.db().get_cf(self.store.cf(CF_LOG), key)?;
+            let same = batch
+                .as_deref()
+                .and_then(|b| BatchHeader::parse(b).ok())
+                .is_some_and(|h| h.crc == r.crc);
+            if !same {
+                return Ok(false);
+            }
+            changes.push((key, entry, r));
+        }
+        let mut freed = 0u64;
+        for (key, entry, r) in changes {
+            freed += entry.size as u64;
+            if r.bytes.is_empty() {
+                wb.delete_cf(self.store.cf(CF_LOG), key);
+                wb.delete_cf(self.store.cf(CF_INDEX), key);
+                continue;
+            }
+            freed -= r.bytes.len() as u64;
+            wb.put_cf(self.store.cf(CF_LOG), key, &r.bytes);
+            let idx = IndexEntry {
+                size: r.bytes.len() as u32,
+                ..entry
+            };
+            wb.put_cf(self.store.cf(CF_INDEX), key, idx.encode());
+        }
+        st.size_bytes = st.size_bytes.saturating_sub(freed);
+        let start = self.log_start_offset();
+        let cleaned = st.cleaned.clone().unwrap_or_default();
+        st.cleaned = Some(cleaned.after_pass(c.end, c.now_ms, c.tombstone_horizon, start));
+        self.put_record(wb, &st, start);
+        metrics::counter!("chronik_cleaner_freed_bytes_total").increment(freed);
+        Ok(true)
+    }
+
     /// The log end when this copy last became the home (0: never).
     pub fn home_since(&self) -> i64 {
         self.state.lock().unwrap().home_since.unwrap_or(0)
@@ -1219,6 +1422,7 @@ impl PartitionLog {
         // A log cut back to its start keeps its first entry, as a log that
         // never held a record does: copies filled from there again then
         // carry the same history as their home.
+        st.cleaned = st.cleaned.as_ref().map(|c| c.cut_back(offset));
         let first = st.epochs.first().copied();
         st.epochs.retain(|(_, o)| *o < offset);
         if st.epochs.is_empty() {
@@ -1792,6 +1996,118 @@ mod tests {
         let mut wb = WriteBatch::default();
         log.trim_into(&mut wb, offset).unwrap();
         commit(log, store, wb).await;
+    }
+
+    fn keyed(key: &str, value: Option<&str>) -> Vec<u8> {
+        build::batch(
+            1_000,
+            None,
+            &[build::Record {
+                key: Some(key.as_bytes()),
+                value: value.map(str::as_bytes),
+                headers: vec![],
+                timestamp_delta: 0,
+            }],
+        )
+    }
+
+    fn compact_policy() -> crate::compaction::Policy {
+        crate::compaction::Policy {
+            min_cleanable_dirty_ratio: 0.0,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 60_000,
+        }
+    }
+
+    async fn compact(log: &PartitionLog, store: &Store, plan: &crate::compaction::Plan) -> bool {
+        let mut wb = WriteBatch::default();
+        let applied = log.compact_into(&mut wb, plan).unwrap();
+        commit(log, store, wb).await;
+        applied
+    }
+
+    #[tokio::test]
+    async fn a_compacted_log_keeps_its_start_end_and_offsets_through_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = open(&store);
+        for (k, v) in [("a", "1"), ("b", "1"), ("a", "2"), ("c", "1"), ("b", "2")] {
+            append(&log, &keyed(k, Some(v))).await;
+        }
+        let plan = log
+            .plan_compaction(&compact_policy(), 2_000, i64::MAX, Default::default())
+            .unwrap()
+            .expect("due");
+        // The last batch (offset 4, b=2) is never cleaned, nor does it count
+        // in the key map: of 0..4 only a=1 is superseded.
+        assert_eq!(plan.end, 4);
+        assert_eq!(plan.records_removed, 1);
+        assert!(compact(&log, &store, &plan).await);
+        // A replayed (or stale) pass finds other bytes and changes nothing.
+        assert!(!compact(&log, &store, &plan).await);
+        let offsets = |log: &PartitionLog| -> Vec<i64> {
+            let r = log.read(0, 1 << 20, true).unwrap().records;
+            crate::batch::split_stored(&r)
+                .unwrap()
+                .iter()
+                .map(|(h, _)| h.base_offset)
+                .collect()
+        };
+        assert_eq!(offsets(&log), vec![1, 2, 3, 4]);
+        // A fetch at a removed offset gets the next batch.
+        let at0 = log.read(0, 1 << 20, true).unwrap().records;
+        assert_eq!(BatchHeader::parse(&at0).unwrap().base_offset, 1);
+        drop(log);
+        let log = open(&store);
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 5));
+        assert_eq!(offsets(&log), vec![1, 2, 3, 4]);
+        // Nothing is dirty now.
+        assert!(log
+            .plan_compaction(&compact_policy(), 2_000, i64::MAX, Default::default())
+            .unwrap()
+            .is_none());
+        // A batch trimmed away between planning and applying voids the pass.
+        append(&log, &keyed("a", Some("3"))).await;
+        let plan = log
+            .plan_compaction(&compact_policy(), 2_000, i64::MAX, Default::default())
+            .unwrap()
+            .expect("b=2 is no longer the last batch");
+        assert_eq!(plan.rewrites.len(), 1, "b=1 goes");
+        trim(&log, &store, 3).await;
+        assert!(!compact(&log, &store, &plan).await);
+        assert_eq!(offsets_from(&log, 3), vec![3, 4, 5]);
+    }
+
+    fn offsets_from(log: &PartitionLog, from: i64) -> Vec<i64> {
+        let r = log.read(from, 1 << 20, true).unwrap().records;
+        crate::batch::split_stored(&r)
+            .unwrap()
+            .iter()
+            .map(|(h, _)| h.base_offset)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_mirror_takes_batches_across_a_hole_the_home_cleaner_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let home = open(&store);
+        for (k, v) in [("a", "1"), ("a", "2"), ("b", "1")] {
+            append(&home, &keyed(k, Some(v))).await;
+        }
+        let plan = home
+            .plan_compaction(&compact_policy(), 2_000, i64::MAX, Default::default())
+            .unwrap()
+            .unwrap();
+        assert!(compact(&home, &store, &plan).await);
+        let shipped = home.read(0, 1 << 20, true).unwrap().records;
+        assert_eq!(BatchHeader::parse(&shipped).unwrap().base_offset, 1);
+        let mirror_log = PartitionLog::open(store.clone(), 2, "t".into(), 0).unwrap();
+        let m = mirror(&mirror_log, &store, &shipped, 0).await;
+        assert!(m.appended);
+        assert_eq!(m.log_end_offset, 3);
+        assert_eq!(mirror_log.dump().unwrap(), home.dump().unwrap());
     }
 
     #[tokio::test]

@@ -98,6 +98,17 @@ pub fn recompress(
     Ok(Some(out.freeze()))
 }
 
+/// `raw` records compressed into `out` as `target` says (the cleaner's
+/// rewrite of a batch in its own codec, see `crate::compaction`).
+pub(crate) fn compress_section(
+    raw: &mut BytesMut,
+    out: &mut BytesMut,
+    target: TopicCompression,
+) -> anyhow::Result<()> {
+    let codec = target.codec().unwrap_or(Compression::None);
+    compress(raw, out, codec, target)
+}
+
 /// The topic's level where it has one; snappy and no compression through
 /// the library's own writers (snappy in the xerial framing Kafka's clients
 /// expect).

@@ -377,6 +377,10 @@ impl Broker {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(retention_loop(ctx.clone(), shutdown_rx.clone())),
+            tokio::spawn(crate::cleaner::cleaner_loop(
+                ctx.clone(),
+                shutdown_rx.clone(),
+            )),
             tokio::spawn(drain_timeout_loop(ctx.clone(), shutdown_rx.clone())),
             tokio::spawn(crate::role_keeper::run(ctx.clone(), shutdown_rx)),
         ]);
@@ -465,7 +469,8 @@ async fn retention_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>
         let now = handlers::now_ms();
         let mut trims = Vec::new();
         for (topic, log) in ctx.catalog.all_partitions() {
-            if log.is_deleted() {
+            // A compact-only topic keeps each key's latest record however old.
+            if log.is_deleted() || !topic.effective.cleanup_delete {
                 continue;
             }
             let Some((group, _)) = ctx.cluster.leader_group(&log) else {

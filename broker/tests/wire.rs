@@ -567,7 +567,7 @@ async fn every_advertised_version_answers() {
                     };
                     let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
                         set("retention.ms", "86400000"),
-                        set("cleanup.policy", "compact"),
+                        set("cleanup.policy", "shred"),
                     ]);
                     let r: IncrementalAlterConfigsResponse = c.call(key, v, &req).await;
                     assert_eq!(
@@ -588,7 +588,7 @@ async fn every_advertised_version_answers() {
                     };
                     let req = AlterConfigsRequest::default().with_resources(vec![
                         set("retention.ms", "3600000"),
-                        set("cleanup.policy", "compact"),
+                        set("cleanup.policy", "shred"),
                     ]);
                     let r: AlterConfigsResponse = c.call(key, v, &req).await;
                     assert_eq!(

@@ -748,7 +748,10 @@ async fn read_partition(s: Arc<Session>, topic: String, topic_id: uuid::Uuid, pa
         };
         let (first_h, first_r) = &batches[start];
         let (last_h, _) = batches.last().expect("non-empty");
-        let base = first_h.base_offset;
+        // A compacted home log has holes: the first batch after the mirror's
+        // end may start later. The chunk still starts at the end, so the
+        // mirror sees it connect.
+        let base = first_h.base_offset.min(pos.offset);
         let next = last_h.last_offset() + 1;
         start_sent = (f.log_start_offset.max(0), Instant::now());
         let chunk = Chunk {

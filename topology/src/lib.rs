@@ -159,6 +159,13 @@ pub struct TopicDefaults {
     pub retention_bytes: i64,
     pub max_message_bytes: i32,
     pub retention_check_interval_ms: u64,
+    /// How often the cleaner looks for compacted partitions that are due
+    /// (Kafka's `log.cleaner.backoff.ms`).
+    pub cleaner_backoff_ms: u64,
+    /// Memory one cleaning pass may use for its key map (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`); a partition with more keys is
+    /// cleaned over several passes.
+    pub cleaner_key_map_bytes: u64,
 }
 
 impl Default for TopicDefaults {
@@ -170,6 +177,8 @@ impl Default for TopicDefaults {
             retention_bytes: -1,
             max_message_bytes: 1_048_588,
             retention_check_interval_ms: 300_000,
+            cleaner_backoff_ms: 15_000,
+            cleaner_key_map_bytes: 64 << 20,
         }
     }
 }
@@ -743,6 +752,15 @@ impl BrokerConfig {
             return bad(
                 "topics.retention_check_interval_ms",
                 "must be positive".into(),
+            );
+        }
+        if t.cleaner_backoff_ms == 0 {
+            return bad("topics.cleaner_backoff_ms", "must be positive".into());
+        }
+        if t.cleaner_key_map_bytes < 1 << 20 {
+            return bad(
+                "topics.cleaner_key_map_bytes",
+                "must be at least 1 MiB (1048576)".into(),
             );
         }
         let l = &self.limits;

@@ -171,7 +171,9 @@ pub fn validate_produce_batch(records: &[u8]) -> Result<BatchHeader, BatchError>
 
 /// Splits a run of stored (offset-stamped) v2 batches, as a log or a Fetch
 /// returns them, checking each one's framing, magic and CRC-32C, and that
-/// offsets are contiguous. A trailing partial batch (Fetch may cut one off
+/// offsets only increase: a compacted log has holes where the cleaner
+/// removed whole batches, so a batch may start after the previous one's
+/// end, never at or before it. A trailing partial batch (Fetch may cut one off
 /// at its byte limit) is an error here: callers trim to whole batches first
 /// with [`whole_batches_len`].
 pub fn split_stored(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usize>)>, BatchError> {
@@ -198,8 +200,8 @@ pub fn split_stored(buf: &[u8]) -> Result<Vec<(BatchHeader, std::ops::Range<usiz
                 computed,
             });
         }
-        if h.last_offset_delta < 0 || next.is_some_and(|n| n != h.base_offset) {
-            return Err(BatchError::Invalid("stored batches are not contiguous"));
+        if h.last_offset_delta < 0 || next.is_some_and(|n| h.base_offset < n) {
+            return Err(BatchError::Invalid("stored batches overlap"));
         }
         next = Some(h.last_offset() + 1);
         out.push((h, at..end));
@@ -284,6 +286,13 @@ pub fn stamp(
         b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
     }
     b.freeze()
+}
+
+/// Recomputes the CRC-32C of a v2 batch whose CRC-covered bytes (from the
+/// attributes on) were changed.
+pub fn reseal(b: &mut [u8]) {
+    let crc = crc32c::crc32c(&b[ATTRIBUTES_OFFSET..]);
+    b[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
 }
 
 /// Builds uncompressed v2 batches. Used by tests and tools; the broker never

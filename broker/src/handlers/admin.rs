@@ -299,6 +299,16 @@ fn broker_configs(ctx: &BrokerCtx) -> Vec<(&'static str, String, ConfigType)> {
             ConfigType::Long,
         ),
         (
+            "log.cleaner.backoff.ms",
+            c.topics.cleaner_backoff_ms.to_string(),
+            ConfigType::Long,
+        ),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            c.topics.cleaner_key_map_bytes.to_string(),
+            ConfigType::Long,
+        ),
+        (
             "message.max.bytes",
             c.topics.max_message_bytes.to_string(),
             ConfigType::Int,

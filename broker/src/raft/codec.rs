@@ -146,6 +146,37 @@ pub struct PbCommand {
     /// TruncateSuffix: the offset the log is cut back to.
     #[prost(int64, optional, tag = "11")]
     pub truncate_suffix: Option<i64>,
+    /// Compact: the leader's cleaning pass.
+    #[prost(message, optional, tag = "12")]
+    pub compact: Option<PbCompact>,
+}
+
+/// `Command::Compact` (see `crate::compaction::Plan`).
+#[derive(Clone, PartialEq, Message)]
+pub struct PbCompact {
+    #[prost(message, repeated, tag = "1")]
+    pub rewrites: Vec<PbRewrite>,
+    #[prost(int64, tag = "2")]
+    pub end: i64,
+    #[prost(int32, optional, tag = "3")]
+    pub through_epoch: Option<i32>,
+    #[prost(int64, tag = "4")]
+    pub through_start: i64,
+    #[prost(int64, tag = "5")]
+    pub now_ms: i64,
+    #[prost(int64, optional, tag = "6")]
+    pub tombstone_horizon: Option<i64>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PbRewrite {
+    #[prost(int64, tag = "1")]
+    pub base_offset: i64,
+    #[prost(uint32, tag = "2")]
+    pub crc: u32,
+    /// The cleaned batch; empty when it is removed.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub bytes: Bytes,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -428,6 +459,25 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             truncate_suffix: Some(*offset),
             ..Default::default()
         },
+        Command::Compact(p) => PbCommand {
+            compact: Some(PbCompact {
+                rewrites: p
+                    .rewrites
+                    .iter()
+                    .map(|r| PbRewrite {
+                        base_offset: r.base_offset,
+                        crc: r.crc,
+                        bytes: r.bytes.clone(),
+                    })
+                    .collect(),
+                end: p.end,
+                through_epoch: p.through.map(|t| t.0),
+                through_start: p.through.map_or(0, |t| t.1),
+                now_ms: p.now_ms,
+                tombstone_horizon: p.tombstone_horizon,
+            }),
+            ..Default::default()
+        },
         Command::SetRole { role } => PbCommand {
             role_epoch: Some(role.epoch),
             role_home: role.home,
@@ -439,6 +489,25 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
 pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
     if p.noop {
         Ok(Command::Noop)
+    } else if let Some(c) = p.compact {
+        Ok(Command::Compact(crate::compaction::Plan {
+            rewrites: c
+                .rewrites
+                .into_iter()
+                .map(|r| crate::compaction::Rewrite {
+                    base_offset: r.base_offset,
+                    crc: r.crc,
+                    bytes: r.bytes,
+                })
+                .collect(),
+            end: c.end,
+            through: c.through_epoch.map(|e| (e, c.through_start)),
+            now_ms: c.now_ms,
+            tombstone_horizon: c.tombstone_horizon,
+            bytes_read: 0,
+            records_removed: 0,
+            keys: 0,
+        }))
     } else if let Some(epoch) = p.role_epoch {
         Ok(Command::SetRole {
             role: crate::home_role::Role {
@@ -669,6 +738,32 @@ mod tests {
                         epoch: 7,
                     },
                 }),
+            },
+            Entry {
+                log_id: LogId::new_term_index(4, 13),
+                payload: openraft::EntryPayload::Normal(Command::Compact(
+                    crate::compaction::Plan {
+                        rewrites: vec![
+                            crate::compaction::Rewrite {
+                                base_offset: 4,
+                                crc: 0xdead_beef,
+                                bytes: Bytes::from_static(b"cleaned"),
+                            },
+                            crate::compaction::Rewrite {
+                                base_offset: 9,
+                                crc: 7,
+                                bytes: Bytes::new(),
+                            },
+                        ],
+                        end: 20,
+                        through: Some((3, 0)),
+                        now_ms: 1_700_000_000_000,
+                        tombstone_horizon: Some(1_700_086_400_000),
+                        bytes_read: 0,
+                        records_removed: 0,
+                        keys: 0,
+                    },
+                )),
             },
         ];
         for e in entries {

@@ -207,6 +207,12 @@ impl StateMachine {
                     Err(e) => rejected(&e),
                 }
             }
+            (Target::Partition { log, .. }, Command::Compact(plan)) => {
+                match log.compact_into(wb, plan) {
+                    Ok(applied) => CommandResult::Compacted { applied },
+                    Err(e) => rejected(&e),
+                }
+            }
             (Target::Partition { log, .. }, Command::SetRole { role }) => {
                 match log.set_role_into(wb, *role) {
                     Ok(_) => CommandResult::Done,
@@ -408,7 +414,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 && (cut
                     || matches!(
                         entry.payload,
-                        EntryPayload::Normal(Command::DeleteRecords { .. })
+                        EntryPayload::Normal(Command::DeleteRecords { .. } | Command::Compact(_))
                     ))
             {
                 // A trim finds the batches below its offset in the store.

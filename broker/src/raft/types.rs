@@ -73,6 +73,9 @@ pub enum Command {
     TruncateSuffix {
         offset: i64,
     },
+    /// A log compaction pass, as the leader cleaned it (see
+    /// `crate::compaction`): every replica writes the same bytes.
+    Compact(crate::compaction::Plan),
     /// Changes nothing. A leader writes one before handing leadership over:
     /// a replica that restarted has appended nothing under the current
     /// leader yet, and openraft's target refuses a transfer until it has
@@ -299,6 +302,9 @@ pub enum CommandResult {
     /// MirrorAppend: the log now ends at `log_end_offset`. `appended` is
     /// false when the batches did not start at the log end (nothing written).
     Mirrored { log_end_offset: i64, appended: bool },
+    /// Compact: whether the pass was applied (false: this log no longer
+    /// holds what the leader cleaned; nothing changed).
+    Compacted { applied: bool },
 }
 
 impl std::fmt::Display for Command {
@@ -314,6 +320,7 @@ impl std::fmt::Display for Command {
             } => write!(f, "mirror-append(@{base_offset}, {} bytes)", records.len()),
             Command::TruncateSuffix { offset } => write!(f, "truncate-suffix(>={offset})"),
             Command::Noop => write!(f, "noop"),
+            Command::Compact(p) => write!(f, "compact(<{}, {} rewrites)", p.end, p.rewrites.len()),
             Command::SetRole { role } => write!(
                 f,
                 "set-role({} @ epoch {})",

@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 from cluster import cpu_seconds  # noqa: E402
-from run import alternating_rounds, median  # noqa: E402
+from run import alternating_rounds, median, print_machine, print_ratios  # noqa: E402
 
 TOPIC = "bench-compact"
 
@@ -121,8 +121,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="chronik-compaction-bench-") as tmp:
         res = alternating_rounds(args.rounds, lambda k: run_system(k, Path(tmp), args.records, args.keys))
-    print(f"\nmachine: {res['machine']}; started {res['started']}; load {res['load_start']} -> {res['load_end']}; "
-          f"median of {args.rounds} rounds, {args.records} records of 100 B over {args.keys} keys, lz4\n")
+    print_machine(res, args.rounds, f"{args.records} records of 100 B over {args.keys} keys, lz4")
     print("| system | log before (MB) | after (MB) | seconds to clean | **cleaned MB/s** | CPU s / 100 MB |")
     print("|---|---|---|---|---|---|")
     for kind in ("kafka", "chronik"):
@@ -131,8 +130,8 @@ def main() -> int:
               f"| {median([r['bytes_after'] for r in rs]) / 1e6:.1f} | {median([r['seconds'] for r in rs]):.2f} "
               f"| **{median([r['mb_s'] for r in rs]):.1f}** | {median([r['cpu_s_per_100mb'] for r in rs]):.2f} |")
     ratios = [r["chronik"]["mb_s"] / r["kafka"]["mb_s"] for r in res["rounds"]]
-    print(f"\nChronik / Kafka cleaner throughput: {median(ratios):.2f} "
-          f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    print()
+    print_ratios("Chronik / Kafka cleaner throughput", ratios)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 import kwire  # noqa: E402
 from cluster import cpu_seconds  # noqa: E402
-from run import alternating_rounds, median  # noqa: E402
+from run import alternating_rounds, median, print_machine, print_ratios  # noqa: E402
 
 
 def prepare(bootstrap: str, topic: str, partitions: int) -> bytes:
@@ -108,8 +108,7 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="chronik-fetch-bench-") as tmp:
         res = alternating_rounds(args.rounds, lambda k: run_system(k, Path(tmp), args.partitions, args.fetches))
-    print(f"\nmachine: {res['machine']}; started {res['started']}; load {res['load_start']} -> {res['load_end']}; "
-          f"median of {args.rounds} rounds, {args.fetches} fetches over {args.partitions} partitions\n")
+    print_machine(res, args.rounds, f"{args.fetches} fetches over {args.partitions} partitions")
     print("| system | full: broker CPU ms / fetch | full: fetches/s | incremental: broker CPU ms / fetch "
           "| incremental: fetches/s | **incremental / full CPU** |")
     print("|---|---|---|---|---|---|")
@@ -123,8 +122,7 @@ def main() -> int:
         print("| " + " | ".join(row) + " |")
     for mode in ("full", "incremental"):
         ratios = [r["chronik"][mode]["cpu_ms_per_fetch"] / r["kafka"][mode]["cpu_ms_per_fetch"] for r in res["rounds"]]
-        print(f"Chronik / Kafka broker CPU per {mode} fetch: {median(ratios):.2f} "
-              f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+        print_ratios(f"Chronik / Kafka broker CPU per {mode} fetch", ratios)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import harness  # noqa: E402
 from cluster import cpu_seconds  # noqa: E402
-from run import alternating_rounds, median, producer_perf  # noqa: E402
+from run import alternating_rounds, median, print_machine, print_ratios, producer_perf  # noqa: E402
 
 
 def payload_file(path: Path, lines: int = 2000) -> Path:
@@ -83,8 +83,7 @@ def main() -> int:
         work = Path(tmp)
         payload = payload_file(work / "payload.txt")
         res = alternating_rounds(args.rounds, lambda k: run_system(k, work, payload, args.records))
-    print(f"\nmachine: {res['machine']}; started {res['started']}; load {res['load_start']} -> {res['load_end']}; "
-          f"median of {args.rounds} rounds, {args.records} records of ~1 KiB sent with lz4\n")
+    print_machine(res, args.rounds, f"{args.records} records of ~1 KiB sent with lz4")
     print("| system | producer: msg/s | producer: CPU s / 100k | zstd: msg/s | zstd: CPU s / 100k "
           "| **zstd / producer CPU** |")
     print("|---|---|---|---|---|---|")
@@ -97,8 +96,8 @@ def main() -> int:
         row.append(f"**{median([r['zstd']['cpu_s_per_100k'] / r['producer']['cpu_s_per_100k'] for r in rs]):.2f}**")
         print("| " + " | ".join(row) + " |")
     ratios = [r["chronik"]["zstd"]["cpu_s_per_100k"] / r["kafka"]["zstd"]["cpu_s_per_100k"] for r in res["rounds"]]
-    print(f"\nChronik / Kafka broker CPU with compression.type=zstd: {median(ratios):.2f} "
-          f"(per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+    print()
+    print_ratios("Chronik / Kafka broker CPU with compression.type=zstd", ratios)
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
     return 0

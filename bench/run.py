@@ -140,6 +140,17 @@ def alternating_rounds(rounds: int, run_system) -> dict:
     return res
 
 
+def print_machine(res: dict, rounds: int, what: str) -> None:
+    """The line every side-by-side benchmark starts its report with."""
+    print(f"\nmachine: {res['machine']}; started {res['started']}; load {res['load_start']} -> {res['load_end']}; "
+          f"median of {rounds} rounds, {what}\n")
+
+
+def print_ratios(label: str, ratios: list[float]) -> None:
+    """A Chronik / Kafka ratio: its median and each round's."""
+    print(f"{label}: {median(ratios):.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
+
+
 def median_run(runs: list[dict]) -> dict:
     """Per scenario, the run with the median throughput (and, for the fixed
     rate scenario, the median p99), so one noisy run cannot decide."""

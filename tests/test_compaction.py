@@ -10,6 +10,7 @@ import time
 import pytest
 from confluent_kafka import KafkaError
 
+import kwire
 from conftest import CLUSTERED
 from harness import wait_until
 from kclient import (
@@ -23,6 +24,7 @@ from kclient import (
 
 # Kafka cleans only segments it has rolled: segment.ms makes the next batch with a later
 # timestamp roll the segment. Chronik has no segments (the setting is accepted, no effect).
+INVALID_RECORD, CORRUPT_MESSAGE = 87, 2
 COMPACT = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.01", "segment.ms": "100"}
 
 
@@ -154,6 +156,40 @@ def test_compact_and_delete_applies_retention_too(broker):
     # The compact-only topic keeps offset 0 ("a"'s only record) and its log start.
     assert [(o, k) for o, k, _ in records_to_high_watermark(broker, only)][0] == (0, b"a")
     assert watermarks(broker, only)[0] == 0
+
+
+def _zstd_bomb(size: int) -> bytes:
+    """A zstd batch of one record whose value is `size` zero bytes: a few KiB on the wire."""
+    import zstandard
+
+    record = kwire.encode_record(0, 0, b"k", bytes(size))
+    section = zstandard.ZstdCompressor().compress(record)
+    ts = _now_ms()
+    after_crc = (kwire.i16(4) + kwire.i32(0) + kwire.i64(ts) + kwire.i64(ts) + kwire.i64(-1) + kwire.i16(-1)
+                 + kwire.i32(-1) + kwire.i32(1) + section)
+    rest = kwire.i32(-1) + kwire.i8(2) + kwire.u32(kwire.crc32c(after_crc)) + after_crc
+    return kwire.i64(0) + kwire.i32(len(rest)) + rest
+
+
+@pytest.mark.chronik
+@pytest.mark.skipif(CLUSTERED, reason="one broker is enough")
+def test_a_decompression_bomb_is_refused_and_the_broker_lives(chronik):
+    """When the leader must read a batch's records (a compacted topic's keys, another
+    compression.type), a batch that decompresses past 128 MiB is refused without being
+    expanded: INVALID_RECORD on a compacted topic, CORRUPT_MESSAGE for recompression."""
+    bs = chronik.bootstrap
+    bomb = _zstd_bomb(160 << 20)
+    assert len(bomb) < 64 << 10
+    compacted, recompressed = unique_topic("bomb-compact"), unique_topic("bomb-lz4")
+    create_topic(bs, compacted, config=COMPACT)
+    create_topic(bs, recompressed, config={"compression.type": "lz4"})
+    for topic, code in ((compacted, INVALID_RECORD), (recompressed, CORRUPT_MESSAGE)):
+        with kwire.Conn(bs) as c:
+            _, body = c.request(kwire.PRODUCE, 8, kwire.produce_body(topic, 0, bomb))
+        assert kwire.parse_produce_v8(body)[(topic, 0)]["error"] == code, topic
+    # Still serving, and a sane batch goes in.
+    _produce_keyed(bs, compacted, [(b"k", b"v")], _now_ms())
+    assert [(k, v) for _, k, v in records_to_high_watermark(bs, compacted)] == [(b"k", b"v")]
 
 
 @pytest.mark.chronik

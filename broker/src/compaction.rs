@@ -187,23 +187,11 @@ struct RawRecord<'a> {
     raw: std::ops::Range<usize>,
 }
 
-/// The batch's records section, decompressed.
+/// The batch's records section, decompressed (within
+/// [`crate::decompress::MAX_DECOMPRESSED`]).
 fn records_section(batch: &[u8], h: &BatchHeader) -> Result<Bytes, CompactError> {
-    use kafka_protocol::compression::{Decompressor, Gzip, Lz4, Snappy, Zstd};
-    let body = batch
-        .get(HEADER_LEN..h.total_len())
-        .ok_or_else(|| malformed(h.base_offset, "shorter than its length"))?;
-    let mut src = Bytes::copy_from_slice(body);
-    let take = |b: &mut Bytes| Ok(std::mem::take(b));
-    let out = match h.compression() {
-        0 => Ok(src),
-        1 => <Gzip as Decompressor<Bytes>>::decompress(&mut src, take),
-        2 => <Snappy as Decompressor<Bytes>>::decompress(&mut src, take),
-        3 => <Lz4 as Decompressor<Bytes>>::decompress(&mut src, take),
-        4 => <Zstd as Decompressor<Bytes>>::decompress(&mut src, take),
-        c => return Err(malformed(h.base_offset, format!("unknown codec {c}"))),
-    };
-    out.map_err(|e| malformed(h.base_offset, e.to_string()))
+    crate::decompress::records_section(batch, crate::decompress::MAX_DECOMPRESSED)
+        .map_err(|e| malformed(h.base_offset, e.to_string()))
 }
 
 fn parse_records<'a>(

@@ -46,7 +46,7 @@ impl KafkaCode for AppendError {
                 E::OutOfOrderSequenceNumber.code()
             }
             AppendError::Transactional => E::InvalidRecord.code(),
-            AppendError::KeyRequired => E::InvalidRecord.code(),
+            AppendError::KeyRequired | AppendError::Undecodable(_) => E::InvalidRecord.code(),
             AppendError::Storage(s) => s.kafka_code(),
             AppendError::Deleted => E::UnknownTopicOrPartition.code(),
             AppendError::EpochRegressed { .. } => E::FencedLeaderEpoch.code(),

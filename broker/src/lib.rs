@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod compaction;
 pub mod configs;
 pub mod connection;
+pub mod decompress;
 pub mod discovery;
 pub mod error;
 pub mod fetch_session;
@@ -29,6 +30,9 @@ mod role_keeper;
 pub mod rpo;
 pub mod server;
 pub mod storage;
+#[cfg(test)]
+mod test_batches;
+pub mod txn_state;
 
 pub use server::{Broker, StartError};
 

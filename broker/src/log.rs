@@ -137,6 +137,9 @@ pub enum AppendError {
     Transactional,
     #[error("compacted topic cannot accept a record without a key")]
     KeyRequired,
+    /// The leader had to read the records (a compacted topic) and could not.
+    #[error("record batch cannot be read: {0}")]
+    Undecodable(String),
     #[error(transparent)]
     Storage(#[from] StoreError),
     #[error("the partition was deleted")]
@@ -529,9 +532,8 @@ impl PartitionLog {
             });
         }
         if cfg.compaction.is_some()
-            && crate::compaction::has_keyless_record(records).map_err(|_| {
-                AppendError::Batch(BatchError::Invalid("malformed record inside the batch"))
-            })?
+            && crate::compaction::has_keyless_record(records)
+                .map_err(|e| AppendError::Undecodable(e.to_string()))?
         {
             return Err(AppendError::KeyRequired);
         }

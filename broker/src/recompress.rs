@@ -79,7 +79,10 @@ pub fn recompress(
     if batch_codec(batch) == Some(codec as i16) {
         return Ok(None);
     }
-    let mut input = Bytes::copy_from_slice(batch);
+    // Decompressed within a bound first: the decoder would expand a bomb
+    // without one.
+    let mut input = crate::decompress::uncompressed(batch, crate::decompress::MAX_DECOMPRESSED)
+        .map_err(|e| RecompressError(e.to_string()))?;
     let set = RecordBatchDecoder::decode(&mut input).map_err(|e| RecompressError(e.to_string()))?;
     let mut out = BytesMut::with_capacity(batch.len());
     let options = RecordEncodeOptions {
@@ -157,38 +160,16 @@ fn compress(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use indexmap::IndexMap;
-    use kafka_protocol::records::{Record, TimestampType};
-
     fn batch(codec: Compression, producer: i64, n: i32) -> Bytes {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: producer,
-                producer_epoch: if producer < 0 { -1 } else { 3 },
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: if producer < 0 { -1 } else { 40 + i },
-                timestamp: 1_700_000_000_000 + i as i64,
-                key: Some(Bytes::from(format!("k{i}"))),
-                value: Some(Bytes::from(format!("value {i} ").repeat(20))),
-                headers: IndexMap::new(),
-            })
+        let records: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("k{i}"), format!("value {i} ").repeat(20)))
             .collect();
-        let mut out = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut out,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: codec,
-            },
-        )
-        .unwrap();
-        out.freeze()
+        let refs: Vec<(Option<&str>, Option<&str>)> = records
+            .iter()
+            .map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))
+            .collect();
+        let producer = (producer >= 0).then_some((producer, 3, 40));
+        crate::test_batches::encode(0, codec, producer, &refs)
     }
 
     fn decoded(b: &Bytes) -> kafka_protocol::records::RecordSet {

@@ -1,13 +1,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
-use indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 
 use super::*;
-
-const T0: i64 = 1_700_000_000_000;
+use crate::test_batches::T0;
 
 fn policy(retention: i64) -> Policy {
     Policy {
@@ -20,36 +16,7 @@ fn policy(retention: i64) -> Policy {
 
 /// A stored batch at `base` holding `(key, value)` records, in `codec`.
 fn batch(base: i64, codec: Compression, records: &[(Option<&str>, Option<&str>)]) -> Bytes {
-    let records: Vec<Record> = records
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 4,
-            producer_id: 9,
-            producer_epoch: 1,
-            timestamp_type: TimestampType::Creation,
-            offset: base + i as i64,
-            sequence: 100 + i as i32,
-            timestamp: T0 + i as i64,
-            key: k.map(|k| Bytes::from(k.to_string())),
-            value: v.map(|v| Bytes::from(v.to_string())),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut out = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut out,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: codec,
-        },
-    )
-    .unwrap();
-    out.freeze()
+    crate::test_batches::encode(base, codec, Some((9, 1, 100)), records)
 }
 
 /// (offset, key, value, sequence) of every record in `b`.
@@ -335,32 +302,28 @@ fn a_small_key_map_fills_and_ends_the_pass_early() {
     assert_eq!(m.end, 3);
 }
 
-/// xorshift: the same seeds give the same runs.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// Random logs cleaned in random steps: whatever the passes, each key's
 /// latest record stays at its offset, everything else below the pass ends
 /// goes, and what remains reads back in offset order.
 #[test]
 fn random_logs_keep_exactly_each_keys_latest_record() {
     for seed in 1..=200u64 {
-        let mut rng = Rng(seed * 0x9e37_79b9_7f4a_7c15);
-        let codec = [Compression::None, Compression::Lz4, Compression::Zstd][rng.next(3) as usize];
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let codec =
+            [Compression::None, Compression::Lz4, Compression::Zstd][rng.random_range(0..3usize)];
         let mut log: BTreeMap<i64, Bytes> = BTreeMap::new();
         let mut latest: BTreeMap<String, (i64, String)> = BTreeMap::new();
         let mut next = 0i64;
-        for _ in 0..(2 + rng.next(12)) {
-            let n = 1 + rng.next(5) as usize;
+        for _ in 0..(2 + rng.random_range(0..12)) {
+            let n = 1 + rng.random_range(0..5) as usize;
             let recs: Vec<(String, String)> = (0..n)
-                .map(|i| (format!("k{}", rng.next(6)), format!("v{}", next + i as i64)))
+                .map(|i| {
+                    (
+                        format!("k{}", rng.random_range(0..6)),
+                        format!("v{}", next + i as i64),
+                    )
+                })
                 .collect();
             for (i, (k, v)) in recs.iter().enumerate() {
                 latest.insert(k.clone(), (next + i as i64, v.clone()));
@@ -375,8 +338,8 @@ fn random_logs_keep_exactly_each_keys_latest_record() {
         // Passes over growing prefixes of the log.
         let mut cleaned = Cleaned::default();
         let bases: Vec<i64> = log.keys().copied().collect();
-        let mut ends: Vec<i64> = (0..1 + rng.next(3))
-            .map(|_| bases[rng.next(bases.len() as u64) as usize])
+        let mut ends: Vec<i64> = (0..1 + rng.random_range(0..3))
+            .map(|_| bases[rng.random_range(0..bases.len())])
             .chain([next])
             .collect();
         ends.sort_unstable();

@@ -106,6 +106,20 @@ def _lines_in_topic(bootstrap: str, topic: str) -> list[str]:
         return []
 
 
+def _cleanup_policies(bootstrap: str, topics) -> list[str | None]:
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource
+
+    res = admin(bootstrap).describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t) for t in topics])
+    out = []
+    for fut in res.values():
+        try:
+            out.append(fut.result(timeout=30)["cleanup.policy"].value)
+        except KafkaException:
+            out.append(None)
+    return out
+
+
 def _committed_position(bootstrap: str, topic: str, partitions: int = 3) -> int | None:
     """The furthest file position the worker committed to its offset topic."""
     positions = []
@@ -124,12 +138,10 @@ def test_connect_distributed_file_source_survives_a_broker_restart(any_cluster, 
     worker = ConnectWorker(tmp_path / "worker", bs, replication=3).start()
     try:
         # Connect created its topics compacted (it refuses to run on any other policy).
-        from confluent_kafka.admin import ConfigResource
-
-        res = admin(bs).describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t)
-                                          for t in worker.topics.values()])
-        for fut in res.values():
-            assert fut.result(timeout=30)["cleanup.policy"].value == "compact"
+        # A broker of the region may not have learnt a topic just created yet
+        # (UNKNOWN_TOPIC_OR_PARTITION, as on Kafka): asked again until all answer.
+        wait_until(lambda: _cleanup_policies(bs, worker.topics.values()) == ["compact"] * 3, 30, interval=0.5,
+                   what="Connect's topics described as compacted")
 
         source = tmp_path / "input.txt"
         source.write_text("")

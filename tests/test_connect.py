@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import KAFKA_LIBS, LOOPBACK, ManagedProcess, ensure_kafka_libs, free_port, java_bin, tail, wait_until
+from harness import (_KAFKA_LOG4J, KAFKA_LIBS, LOOPBACK, ManagedProcess, ensure_kafka_libs, free_port, java_bin,
+                     tail, wait_until)
 from kclient import admin, records_to_high_watermark, unique_topic
 
 pytestmark = pytest.mark.timeout(420)
@@ -59,11 +60,7 @@ class ConnectWorker(ManagedProcess):
         props = self.work / "worker.properties"
         props.write_text("".join(f"{k}={v}\n" for k, v in self.props.items()))
         log4j = self.work / "log4j2.properties"
-        log4j.write_text("status = warn\nappender.file.type = File\nappender.file.name = FILE\n"
-                         f"appender.file.fileName = {self.work / 'connect.log'}\n"
-                         "appender.file.layout.type = PatternLayout\n"
-                         "appender.file.layout.pattern = [%d] %p %m (%c)%n\n"
-                         "rootLogger.level = INFO\nrootLogger.appenderRef.file.ref = FILE\n")
+        log4j.write_text(_KAFKA_LOG4J.format(log=self.work / "connect.log"))
         self._spawn([java_bin(), "-Xmx512m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
                      f"-Dlog4j2.configurationFile={log4j}", "-cp", str(KAFKA_LIBS / "*"),
                      "org.apache.kafka.connect.cli.ConnectDistributed", str(props)],

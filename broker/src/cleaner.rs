@@ -51,8 +51,8 @@ pub(crate) async fn cleaner_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Recei
                 planning.plan_compaction(&policy, now, floor, limits)
             })
             .await;
-            let plan = match planned {
-                Ok(Ok(Some(plan))) => plan,
+            let (plan, stats) = match planned {
+                Ok(Ok(Some(planned))) => planned,
                 Ok(Ok(None)) => continue,
                 Ok(Err(e)) => {
                     tracing::warn!(topic = topic.name(), partition = log.partition, error = %e, "cleaning pass failed");
@@ -65,13 +65,8 @@ pub(crate) async fn cleaner_loop(ctx: Arc<BrokerCtx>, mut shutdown: watch::Recei
                     continue;
                 }
             };
-            let (end, rewrites, removed, read) = (
-                plan.end,
-                plan.rewrites.len(),
-                plan.records_removed,
-                plan.bytes_read,
-            );
-            metrics::counter!("chronik_cleaner_read_bytes_total").increment(read);
+            let (end, rewrites, removed) = (plan.end, plan.rewrites.len(), stats.records_removed);
+            metrics::counter!("chronik_cleaner_read_bytes_total").increment(stats.bytes_read);
             let done = group.submit(Command::Compact(plan));
             match tokio::time::timeout(APPLY_TIMEOUT, done).await {
                 Ok(Ok(Ok(CommandResult::Compacted { applied: true }))) => {

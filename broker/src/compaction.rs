@@ -296,10 +296,6 @@ impl KeyMap {
     fn superseded(&self, key: &[u8], offset: i64) -> bool {
         self.latest.get(key).is_some_and(|l| *l > offset)
     }
-
-    pub fn keys(&self) -> usize {
-        self.latest.len()
-    }
 }
 
 /// A stored batch replaced by a pass.
@@ -344,13 +340,13 @@ pub struct Plan {
     /// cleaned, if they were not before.
     pub now_ms: i64,
     pub tombstone_horizon: Option<i64>,
-    /// What the pass read and removed (metrics; not replicated).
-    #[serde(skip)]
+}
+
+/// What a pass read and removed, for the leader's metrics (not replicated).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PassStats {
     pub bytes_read: u64,
-    #[serde(skip)]
     pub records_removed: u64,
-    #[serde(skip)]
-    pub keys: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,8 +369,10 @@ pub struct Pass<'a> {
 }
 
 /// The outcome for one batch.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Cleaning {
+    /// The batch's end (its last offset + 1).
+    pub next_offset: i64,
     pub rewrite: Option<Rewrite>,
     pub records_removed: u64,
     /// When the earliest tombstone kept here may be removed.
@@ -384,8 +382,14 @@ pub struct Cleaning {
 impl Pass<'_> {
     pub fn clean_batch(&self, batch: &[u8]) -> Result<Cleaning, CompactError> {
         let h = BatchHeader::parse(batch).map_err(|e| malformed(-1, e.to_string()))?;
+        let kept_whole = Cleaning {
+            next_offset: h.last_offset() + 1,
+            rewrite: None,
+            records_removed: 0,
+            tombstone_horizon: None,
+        };
         if h.is_control() {
-            return Ok(Cleaning::default());
+            return Ok(kept_whole);
         }
         let section = records_section(batch, &h)?;
         let records = parse_records(&section, &h)?;
@@ -416,9 +420,8 @@ impl Pass<'_> {
         let removed = (records.len() - kept.len()) as u64;
         if removed == 0 {
             return Ok(Cleaning {
-                rewrite: None,
-                records_removed: 0,
                 tombstone_horizon: horizon,
+                ..kept_whole
             });
         }
         let bytes = if kept.is_empty() {
@@ -427,6 +430,7 @@ impl Pass<'_> {
             rebuild(batch, &h, &section, &kept)?
         };
         Ok(Cleaning {
+            next_offset: kept_whole.next_offset,
             rewrite: Some(Rewrite {
                 base_offset: h.base_offset,
                 crc: h.crc,

@@ -549,6 +549,7 @@ impl EffectiveConfig {
                 .cloned()
                 .unwrap_or_else(|| default_value(find(name).expect("known config"), defaults))
         };
+        let cleanup = get("cleanup.policy");
         EffectiveConfig {
             retention_ms: get("retention.ms").parse().unwrap_or(defaults.retention_ms),
             retention_bytes: get("retention.bytes")
@@ -573,16 +574,12 @@ impl EffectiveConfig {
                 get("compression.lz4.level").parse().unwrap_or(9),
                 get("compression.zstd.level").parse().unwrap_or(3),
             ),
-            cleanup_delete: policy_has(&get("cleanup.policy"), "delete"),
-            compaction: policy_has(&get("cleanup.policy"), "compact").then(|| {
-                crate::compaction::Policy {
-                    min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio")
-                        .parse()
-                        .unwrap_or(0.5),
-                    min_compaction_lag_ms: get("min.compaction.lag.ms").parse().unwrap_or(0),
-                    max_compaction_lag_ms: get("max.compaction.lag.ms").parse().unwrap_or(i64::MAX),
-                    delete_retention_ms: get("delete.retention.ms").parse().unwrap_or(86_400_000),
-                }
+            cleanup_delete: policy_has(&cleanup, "delete"),
+            compaction: policy_has(&cleanup, "compact").then(|| crate::compaction::Policy {
+                min_cleanable_dirty_ratio: get("min.cleanable.dirty.ratio").parse().unwrap_or(0.5),
+                min_compaction_lag_ms: get("min.compaction.lag.ms").parse().unwrap_or(0),
+                max_compaction_lag_ms: get("max.compaction.lag.ms").parse().unwrap_or(i64::MAX),
+                delete_retention_ms: get("delete.retention.ms").parse().unwrap_or(86_400_000),
             }),
         }
     }

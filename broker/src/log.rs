@@ -275,17 +275,6 @@ fn truncate_epochs_from_start(epochs: &mut Vec<(i32, i64)>, start: i64) {
     epochs.splice(..below, [(epoch, start)]);
 }
 
-/// The epoch history entry in effect at `offset`: a cleaning pass names
-/// the one at its end, so a replica whose log was cut back and refilled
-/// from another history there does not apply it.
-fn epoch_covering(epochs: &[(i32, i64)], offset: i64) -> Option<(i32, i64)> {
-    epochs
-        .iter()
-        .rev()
-        .find(|(_, start)| *start <= offset)
-        .copied()
-}
-
 pub struct PartitionLog {
     pub log_id: u64,
     pub topic: Arc<str>,
@@ -881,18 +870,17 @@ impl PartitionLog {
             .span(mirrored, floor, self.high_watermark(), now_ms)
     }
 
-    /// For a `global_quorum` topic at home: the offset below which enough
-    /// mirror regions hold the log, as the home dc-link last reported;
-    /// `None` until it has reported to this leader.
     /// The lowest log end the home dc-link reported for a mirror region
     /// (`None`: no report, or no mirror): the cleaner keeps tombstones at
     /// or above it, so no mirror misses a delete.
     pub fn slowest_mirror_end(&self) -> Option<i64> {
         let acks = self.mirror_acks.borrow();
-        acks.1?;
-        acks.0.values().copied().min()
+        acks.1.and(acks.0.values().copied().min())
     }
 
+    /// For a `global_quorum` topic at home: the offset below which enough
+    /// mirror regions hold the log, as the home dc-link last reported;
+    /// `None` until it has reported to this leader.
     pub fn mirrored_through(&self) -> Option<i64> {
         let acks = self.mirror_acks.borrow();
         let required = acks.1?;
@@ -1145,8 +1133,11 @@ impl PartitionLog {
         now_ms: i64,
         tombstone_floor: i64,
         limits: crate::compaction::Limits,
-    ) -> Result<Option<crate::compaction::Plan>, crate::compaction::PlanError> {
-        use crate::compaction::{due, KeyMap, Pass, Plan};
+    ) -> Result<
+        Option<(crate::compaction::Plan, crate::compaction::PassStats)>,
+        crate::compaction::PlanError,
+    > {
+        use crate::compaction::{due, KeyMap, Pass, PassStats, Plan};
         let (cleaned, epochs) = {
             let st = self.state.lock().unwrap();
             (st.cleaned.clone().unwrap_or_default(), st.epochs.clone())
@@ -1155,13 +1146,16 @@ impl PartitionLog {
         let Some(clean_end) = due(&entries, self.high_watermark(), &cleaned, policy, now_ms) else {
             return Ok(None);
         };
-        let mut bytes_read = 0u64;
+        let mut stats = PassStats::default();
         let mut map = KeyMap::new(limits.key_map_bytes);
         self.each_batch_below(clean_end, |b| {
-            bytes_read += b.len() as u64;
+            stats.bytes_read += b.len() as u64;
             map.add_batch(b)?;
             Ok(!map.full())
         })?;
+        if map.end == i64::MIN {
+            return Ok(None); // trimmed away meanwhile
+        }
         let pass = Pass {
             map: &map,
             cleaned: &cleaned,
@@ -1175,14 +1169,11 @@ impl PartitionLog {
             through: None,
             now_ms,
             tombstone_horizon: None,
-            bytes_read,
-            records_removed: 0,
-            keys: map.keys() as u64,
         };
         let (map_end, mut rewritten) = (plan.end, 0usize);
         self.each_batch_below(map_end, |b| {
             let c = pass.clean_batch(b)?;
-            plan.records_removed += c.records_removed;
+            stats.records_removed += c.records_removed;
             if let Some(h) = c.tombstone_horizon {
                 plan.tombstone_horizon = Some(plan.tombstone_horizon.map_or(h, |p| p.min(h)));
             }
@@ -1192,19 +1183,15 @@ impl PartitionLog {
             }
             if rewritten >= limits.rewrite_bytes {
                 // The rest waits for the next pass: one Raft entry stays small.
-                let h = crate::batch::BatchHeader::parse(b).map_err(|e| {
-                    crate::compaction::CompactError::Malformed {
-                        base: -1,
-                        detail: e.to_string(),
-                    }
-                })?;
-                plan.end = h.last_offset() + 1;
+                plan.end = c.next_offset;
                 return Ok(false);
             }
             Ok(true)
         })?;
-        plan.through = epoch_covering(&epochs, plan.end - 1);
-        Ok(Some(plan))
+        // Named so that a replica whose log was cut back and refilled from
+        // another history there does not apply the pass.
+        plan.through = chronik_wire::epochs::entry_at(&epochs, plan.end - 1);
+        Ok(Some((plan, stats)))
     }
 
     /// Calls `f` with each stored batch from the log start that starts below
@@ -1242,24 +1229,28 @@ impl PartitionLog {
         c: &crate::compaction::Plan,
     ) -> Result<bool, StoreError> {
         let mut st = self.state.lock().unwrap();
-        if st.next_offset < c.end || epoch_covering(&st.epochs, c.end - 1) != c.through {
+        if st.next_offset < c.end
+            || chronik_wire::epochs::entry_at(&st.epochs, c.end - 1) != c.through
+        {
             return Ok(false);
         }
         let mut changes = Vec::with_capacity(c.rewrites.len());
         for r in &c.rewrites {
             let key = log_key(self.log_id, r.base_offset);
-            let stored = self.store.db().get_cf(self.store.cf(CF_INDEX), key)?;
-            let Some(entry) = stored.and_then(|v| IndexEntry::decode(&key, &v)) else {
+            let stored = self.store.db().get_cf(self.store.cf(CF_LOG), key)?;
+            // The batch's index entry follows from the batch (see `put_batch`).
+            let entry = stored.as_deref().and_then(|b| {
+                let h = BatchHeader::parse(b).ok().filter(|h| h.crc == r.crc)?;
+                Some(IndexEntry {
+                    base_offset: r.base_offset,
+                    last_offset: h.last_offset(),
+                    max_timestamp: h.max_timestamp,
+                    size: b.len() as u32,
+                })
+            });
+            let Some(entry) = entry else {
                 return Ok(false);
             };
-            let batch = self.store.db().get_cf(self.store.cf(CF_LOG), key)?;
-            let same = batch
-                .as_deref()
-                .and_then(|b| BatchHeader::parse(b).ok())
-                .is_some_and(|h| h.crc == r.crc);
-            if !same {
-                return Ok(false);
-            }
             changes.push((key, entry, r));
         }
         let mut freed = 0u64;
@@ -2037,14 +2028,14 @@ mod tests {
         for (k, v) in [("a", "1"), ("b", "1"), ("a", "2"), ("c", "1"), ("b", "2")] {
             append(&log, &keyed(k, Some(v))).await;
         }
-        let plan = log
+        let (plan, stats) = log
             .plan_compaction(&compact_policy(), 2_000, i64::MAX, Default::default())
             .unwrap()
             .expect("due");
         // The last batch (offset 4, b=2) is never cleaned, nor does it count
         // in the key map: of 0..4 only a=1 is superseded.
         assert_eq!(plan.end, 4);
-        assert_eq!(plan.records_removed, 1);
+        assert_eq!(stats.records_removed, 1);
         assert!(compact(&log, &store, &plan).await);
         // A replayed (or stale) pass finds other bytes and changes nothing.
         assert!(!compact(&log, &store, &plan).await);
@@ -2074,7 +2065,8 @@ mod tests {
         let plan = log
             .plan_compaction(&compact_policy(), 2_000, i64::MAX, Default::default())
             .unwrap()
-            .expect("b=2 is no longer the last batch");
+            .expect("b=2 is no longer the last batch")
+            .0;
         assert_eq!(plan.rewrites.len(), 1, "b=1 goes");
         trim(&log, &store, 3).await;
         assert!(!compact(&log, &store, &plan).await);
@@ -2101,7 +2093,8 @@ mod tests {
         let plan = home
             .plan_compaction(&compact_policy(), 2_000, i64::MAX, Default::default())
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .0;
         assert!(compact(&home, &store, &plan).await);
         let shipped = home.read(0, 1 << 20, true).unwrap().records;
         assert_eq!(BatchHeader::parse(&shipped).unwrap().base_offset, 1);

@@ -17,12 +17,17 @@ pub struct LogShape<'a> {
 impl LogShape<'_> {
     /// The epoch of the record at `offset`, if the history says.
     fn epoch_at(&self, offset: i64) -> Option<i32> {
-        self.epochs
-            .iter()
-            .rev()
-            .find(|(_, start)| *start <= offset)
-            .map(|(e, _)| *e)
+        entry_at(self.epochs, offset).map(|(e, _)| e)
     }
+}
+
+/// The history entry (epoch, first offset) in force at `offset`.
+pub fn entry_at(epochs: &[(i32, i64)], offset: i64) -> Option<(i32, i64)> {
+    epochs
+        .iter()
+        .rev()
+        .find(|(_, start)| *start <= offset)
+        .copied()
 }
 
 /// The first offset at which `a` holds a record that `b` does not hold at

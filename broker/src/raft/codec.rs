@@ -504,9 +504,6 @@ pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
             through: c.through_epoch.map(|e| (e, c.through_start)),
             now_ms: c.now_ms,
             tombstone_horizon: c.tombstone_horizon,
-            bytes_read: 0,
-            records_removed: 0,
-            keys: 0,
         }))
     } else if let Some(epoch) = p.role_epoch {
         Ok(Command::SetRole {
@@ -759,9 +756,6 @@ mod tests {
                         through: Some((3, 0)),
                         now_ms: 1_700_000_000_000,
                         tombstone_horizon: Some(1_700_086_400_000),
-                        bytes_read: 0,
-                        records_removed: 0,
-                        keys: 0,
                     },
                 )),
             },

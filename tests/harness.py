@@ -509,6 +509,7 @@ _CHRONIK_KEYS = {
     "initial_rebalance_delay_ms": "groups",
     "offsets_retention_minutes": "groups",
     "offsets_retention_check_interval_ms": "groups",
+    "abort_timed_out_check_interval_ms": "transactions",
     "admin_token_file": "listeners",
 }
 
@@ -574,7 +575,8 @@ class Chronik(ManagedProcess):
         return f"http://{self.host}:{self.admin_port}"
 
     def toml(self) -> str:
-        sections: dict[str | None, list[str]] = {None: [], "listeners": [], "topics": [], "limits": [], "groups": []}
+        sections: dict[str | None, list[str]] = {None: [], "listeners": [], "topics": [], "limits": [], "groups": [],
+                                                  "transactions": []}
         for k, v in self.config.items():
             sections[_CHRONIK_KEYS[k]].append(f"{k} = {_toml_value(v)}")
         sections[None].insert(3, f"data_dir = {_toml_value(str(self.data_dir))}")
@@ -582,7 +584,7 @@ class Chronik(ManagedProcess):
         if self.raft_port:
             sections["listeners"].append(f'raft = "{self.host}:{self.raft_port}"')
         out = "\n".join(sections[None]) + "\n"
-        for name in ("listeners", "topics", "limits", "groups"):
+        for name in ("listeners", "topics", "limits", "groups", "transactions"):
             out += f"\n[{name}]\n" + "\n".join(sections[name]) + "\n"
         if self.extra_toml:
             out += "\n" + self.extra_toml.strip() + "\n"

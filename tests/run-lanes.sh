@@ -4,7 +4,7 @@
 # lanes halve the wall time on the 2-core CI machine.
 #   - the clients lane: the suites that run side by side with Apache Kafka
 #     (security, groups, clients, conformance, Kafka's CLIs, the one-region
-#     cluster faults and membership, compaction, Kafka Connect);
+#     cluster faults and membership, compaction, Kafka Connect, transactions);
 #   - the regions lane: every other test_*.py (multi-region, failover,
 #     failback, forwarding, runbooks, soak, deploy...), so a new test file
 #     runs without being listed here.
@@ -18,7 +18,7 @@ cd "$(dirname "$0")"
 CLIENTS_LANE=(test_security.py test_acls.py test_groups.py test_clients.py test_group_clients.py
   test_java_idempotence.py test_kafka_cli.py test_conformance.py test_crash.py
   test_kafkajs.py test_bad_input.py test_faultproxy.py test_ackcheck.py test_cluster.py
-  test_membership.py test_compaction.py test_connect.py)
+  test_membership.py test_compaction.py test_connect.py test_transactions.py)
 CLUSTERED_PASS=(test_conformance.py test_bad_input.py test_clients.py test_kafkajs.py
   test_groups.py test_kafka_cli.py test_compaction.py)
 REGIONS_LANE=()

@@ -51,7 +51,6 @@ FORWARD_LIMIT = 2 * 1024 * 1024
 CORRUPT_MESSAGE = 2
 UNKNOWN_TOPIC_OR_PARTITION = 3
 OUT_OF_ORDER_SEQUENCE_NUMBER = 45
-INVALID_RECORD = 87
 # What a forwarding broker may answer while the home is out of reach; librdkafka retries
 # every one of them (a non-retriable code fails the message at once).
 RETRIABLE = {6, 7, 19, 20}  # NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS(_AFTER_APPEND)
@@ -322,11 +321,12 @@ class TestForwarding:
         batch[kwire.BATCH_CRC_OFFSET] ^= 0xFF
         err, *_ = raw_produce_batch(eu_leader, topic, 0, bytes(batch), 10000)
         assert err == CORRUPT_MESSAGE, err
-        # A transactional batch is refused until transactions exist, as for a local topic.
+        # A transactional batch is never forwarded: no transaction of this region holds a
+        # mirror partition (AddPartitionsToTxn refuses it), so the leader refuses the batch.
         txn = kwire.record_batch([(None, b"txn")], producer_id=1, producer_epoch=0, base_sequence=0,
                                  attributes=0x10)
         err, _, msg, _ = raw_produce_batch(eu_leader, topic, 0, txn, 10000)
-        assert err == INVALID_RECORD and msg and "transactional" in msg, (err, msg)
+        assert err == 19 and msg and "transaction" in msg, (err, msg)  # NOT_ENOUGH_REPLICAS
         assert forwarded(regions) == before, "a batch the forwarding broker refused crossed the WAN"
 
         # A batch the home refuses (a sequence gap) gets the error a local producer gets.

@@ -28,6 +28,7 @@ mod home_move;
 mod link_actor;
 mod members;
 mod meta_apply;
+mod txns;
 
 pub use credentials::ScramUpsert;
 pub use home_move::{HomeMove, OffsetMove, OffsetMoveReason, OFFSET_MOVED_PREFIX};
@@ -37,8 +38,9 @@ const TOPIC_PREFIX: &str = "topic/";
 const NEXT_LOG_ID_KEY: &str = "counter/next_log_id";
 const BROKER_PREFIX: &str = "broker/";
 /// Keyed controller entries besides topics that a snapshot carries whole.
-const SNAPSHOT_PREFIXES: [&str; 7] = [
+const SNAPSHOT_PREFIXES: [&str; 8] = [
     BROKER_PREFIX,
+    crate::txn::TXN_PREFIX,
     members::MEMBER_PREFIX,
     groups::GROUP_PREFIX,
     groups::OFFSET_PREFIX,
@@ -272,6 +274,8 @@ pub struct Catalog {
     /// Told which committed offsets a merge changed (the live group
     /// coordinator re-reads them).
     offsets_hook: std::sync::OnceLock<OffsetsHook>,
+    /// Transactional ids' states (see `catalog/txns.rs`).
+    txns: txns::Txns,
 }
 
 /// (group, topic, partition) of offsets changed by another region.
@@ -314,6 +318,7 @@ impl Catalog {
             admin: tokio::sync::Mutex::new(()),
             global: GlobalMeta::open(&store, &region_name)?,
             offsets_hook: std::sync::OnceLock::new(),
+            txns: txns::Txns::default(),
         };
         for (key, value) in store.scan_meta(TOPIC_PREFIX)? {
             let record: TopicRecord =
@@ -326,6 +331,7 @@ impl Catalog {
         }
         cat.load_brokers()?;
         cat.load_members()?;
+        cat.txns.load(&store)?;
         Ok(cat)
     }
 
@@ -1146,6 +1152,10 @@ impl Catalog {
                 }
                 Ok(PostApply::Nothing)
             }
+            ControllerCommand::PutTxn { id, txn } => {
+                txns::Txns::put_into(&self.store, wb, id, txn.as_ref());
+                Ok(PostApply::Txn(id.clone(), txn.clone()))
+            }
             ControllerCommand::CommitOffsets { group, offsets } => {
                 let meta = self.store.cf(CF_META);
                 for (t, p, r) in offsets {
@@ -1271,6 +1281,17 @@ impl Catalog {
     }
 
     /// Reloads the in-memory catalog from the store (after a snapshot install).
+    /// The state of the transactional id that holds `producer_id`, as
+    /// this broker applied it.
+    pub fn txn_by_producer(&self, producer_id: i64) -> Option<crate::txn::state::Txn> {
+        self.txns.by_producer(producer_id)
+    }
+
+    /// See `Txns::offset_pending`.
+    pub fn txn_offset_pending(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.txns.offset_pending(group, topic, partition)
+    }
+
     pub fn reload(&self) -> Result<(), StoreError> {
         let next = match self.store.get_meta(NEXT_LOG_ID_KEY)? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v[..8].try_into().unwrap()),
@@ -1298,6 +1319,7 @@ impl Catalog {
         }
         self.load_brokers()?;
         self.load_members()?;
+        self.txns.load(&self.store)?;
         self.global.reload(&self.store)?;
         Ok(())
     }
@@ -1331,6 +1353,8 @@ pub enum PostApply {
     Nothing,
     /// Committed offsets another region changed: tell the coordinator.
     RemoteOffsets(Vec<(String, String, i32)>),
+    /// A transactional id's state was stored.
+    Txn(String, Option<crate::txn::state::Txn>),
     Many(Vec<PostApply>),
 }
 
@@ -1377,6 +1401,10 @@ impl PostApply {
                 cat.install(cat.with_partitions(record, parts));
             }
             PostApply::Nothing => return Ok(()),
+            PostApply::Txn(id, txn) => {
+                cat.txns.applied(&id, txn);
+                return Ok(());
+            }
             PostApply::RemoteOffsets(keys) => {
                 if let Some(hook) = cat.offsets_hook.get() {
                     hook(keys);

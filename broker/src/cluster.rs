@@ -19,7 +19,11 @@ use crate::log::PartitionLog;
 use crate::raft::codec::{self, kind, Frame};
 use crate::raft::sm::Target;
 use crate::raft::transport::{Inbound, PeerIo, Probed, TcpIo, Transport};
-use crate::raft::types::{Command, CommandResult, ControllerCommand};
+use crate::raft::types::{Command, CommandResult, ControllerCommand, TxnMarker};
+
+/// NOT_LEADER_OR_FOLLOWER: a marker that did not reach the partition's
+/// leader is retried once leadership is known again.
+const NOT_LEADER: i16 = 6;
 use crate::raft::{
     GroupDebug, GroupStatus, OpenraftGroup, ProposeError, RaftSettings, ReplicaGroup,
     CONTROLLER_GROUP,
@@ -782,6 +786,62 @@ impl Cluster {
         }
     }
 
+    /// Writes a transaction marker into partition `log_id` through its
+    /// leader: here, or on the broker `leader` names. `Ok(None)`: the
+    /// producer had no transaction open there.
+    pub async fn write_marker(
+        &self,
+        log_id: u64,
+        leader: i32,
+        marker: TxnMarker,
+    ) -> Result<Option<i64>, (i16, String)> {
+        if leader == self.node_id {
+            return self.write_marker_here(log_id, marker).await;
+        }
+        let body = serde_json::to_vec(&marker).expect("serializes");
+        match self
+            .transport
+            .request(
+                leader as u64,
+                kind::TXN_MARKER,
+                log_id,
+                body.into(),
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(resp) => serde_json::from_slice(&resp)
+                .unwrap_or_else(|e| Err((NOT_LEADER, format!("undecodable answer: {e}")))),
+            Err(e) => Err((NOT_LEADER, format!("broker {leader}: {e}"))),
+        }
+    }
+
+    async fn write_marker_here(
+        &self,
+        log_id: u64,
+        marker: TxnMarker,
+    ) -> Result<Option<i64>, (i16, String)> {
+        let Some(g) = self.group(log_id) else {
+            return Err((NOT_LEADER, "the partition is not hosted here".into()));
+        };
+        if !g.status().is_leader {
+            return Err((NOT_LEADER, "this broker does not lead the partition".into()));
+        }
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            g.submit(Command::TxnMarker(marker)),
+        )
+        .await
+        {
+            Ok(Ok(Ok(CommandResult::Marked { offset }))) => Ok(offset),
+            Ok(Ok(Ok(CommandResult::Rejected { code, message }))) => Err((code, message)),
+            Ok(Ok(Ok(other))) => Err((NOT_LEADER, format!("unexpected result {other:?}"))),
+            Ok(Ok(Err(e))) => Err((NOT_LEADER, e.to_string())),
+            Ok(Err(e)) => Err((NOT_LEADER, e.to_string())),
+            Err(_) => Err((NOT_LEADER, "the marker did not commit within 10 s".into())),
+        }
+    }
+
     /// The replica group for a partition hosted here.
     pub fn group(&self, log_id: u64) -> Option<Arc<dyn ReplicaGroup>> {
         self.groups.read().unwrap().get(&log_id).cloned()
@@ -999,6 +1059,15 @@ impl Cluster {
                 let wait = Duration::from_millis(u64::from_be_bytes(b[8..].try_into().unwrap()));
                 let code = me.elect_here(frame.group, preferred, wait).await;
                 Ok(Bytes::copy_from_slice(&code.to_be_bytes()))
+            });
+        }
+        if frame.kind == kind::TXN_MARKER {
+            let me = self.clone();
+            return Box::pin(async move {
+                let marker: TxnMarker =
+                    serde_json::from_slice(&frame.body).map_err(|e| e.to_string())?;
+                let r = me.write_marker_here(frame.group, marker).await;
+                Ok(serde_json::to_vec(&r).expect("serializes").into())
             });
         }
         if frame.kind == kind::FORWARD {

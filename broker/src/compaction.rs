@@ -293,6 +293,14 @@ impl KeyMap {
         Ok(())
     }
 
+    /// A batch the map must not learn from (an aborted transaction's):
+    /// only the end moves past it.
+    pub fn skip_batch(&mut self, batch: &[u8]) -> Result<(), CompactError> {
+        let h = BatchHeader::parse(batch).map_err(|e| malformed(-1, e.to_string()))?;
+        self.end = h.last_offset() + 1;
+        Ok(())
+    }
+
     fn superseded(&self, key: &[u8], offset: i64) -> bool {
         self.latest.get(key).is_some_and(|l| *l > offset)
     }
@@ -481,3 +489,33 @@ fn rebuild(
 
 #[cfg(test)]
 mod tests;
+
+/// The removal of a batch of an aborted transaction (`None` for any other
+/// batch): no read_committed consumer ever sees its records, so, as
+/// Kafka's cleaner does, they neither count as a key's latest value (which
+/// would hide the committed one) nor stay. The abort marker stays, so the
+/// aborted-transaction index still names the transaction.
+pub fn remove_aborted(
+    batch: &[u8],
+    aborted: &[crate::txn_index::Aborted],
+) -> Option<(Rewrite, i32)> {
+    let h = BatchHeader::parse(batch).ok()?;
+    if !h.is_transactional() || h.is_control() {
+        return None;
+    }
+    aborted
+        .iter()
+        .any(|a| {
+            a.producer_id == h.producer_id && a.first <= h.base_offset && h.base_offset < a.last
+        })
+        .then(|| {
+            (
+                Rewrite {
+                    base_offset: h.base_offset,
+                    crc: h.crc,
+                    bytes: Bytes::new(),
+                },
+                h.records_count,
+            )
+        })
+}

@@ -45,7 +45,6 @@ impl KafkaCode for AppendError {
             AppendError::Sequence(SequenceError::OutOfOrder { .. }) => {
                 E::OutOfOrderSequenceNumber.code()
             }
-            AppendError::Transactional => E::InvalidRecord.code(),
             AppendError::KeyRequired | AppendError::Undecodable(_) => E::InvalidRecord.code(),
             AppendError::Storage(s) => s.kafka_code(),
             AppendError::Deleted => E::UnknownTopicOrPartition.code(),

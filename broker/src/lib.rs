@@ -32,7 +32,8 @@ pub mod server;
 pub mod storage;
 #[cfg(test)]
 mod test_batches;
-pub mod txn_state;
+pub mod txn;
+pub mod txn_index;
 
 pub use server::{Broker, StartError};
 

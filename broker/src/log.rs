@@ -26,6 +26,7 @@ use crate::producer::{BatchMeta, ProducerEntry, ProducerStates, SequenceCheck, S
 use crate::storage::{
     log_key, split_log_key, IndexEntry, Store, StoreError, CF_INDEX, CF_LOG, CF_META, CF_PRODUCERS,
 };
+use crate::txn_index::TxnIndex;
 
 /// Durable per-partition state besides the batches themselves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +60,11 @@ pub struct PartitionRecord {
     /// cleaner removed the batch that began there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleaned: Option<crate::compaction::Cleaned>,
+    /// Open and aborted transactions (see [`crate::txn_index`]). Kept here,
+    /// not rebuilt from the log at open, so a restart reads no batch; the
+    /// record is rewritten when a transaction begins or ends here.
+    #[serde(default, skip_serializing_if = "TxnIndex::is_empty")]
+    pub txns: TxnIndex,
 }
 
 impl Default for PartitionRecord {
@@ -71,6 +77,7 @@ impl Default for PartitionRecord {
             role: None,
             home_since: None,
             cleaned: None,
+            txns: TxnIndex::default(),
         }
     }
 }
@@ -133,8 +140,6 @@ pub enum AppendError {
     TooLarge { size: usize, max: i32 },
     #[error(transparent)]
     Sequence(#[from] SequenceError),
-    #[error("transactional produce is not supported by Chronik yet")]
-    Transactional,
     #[error("compacted topic cannot accept a record without a key")]
     KeyRequired,
     /// The leader had to read the records (a compacted topic) and could not.
@@ -206,6 +211,8 @@ struct LogState {
     home_since: Option<i64>,
     /// See [`PartitionRecord::cleaned`].
     cleaned: Option<crate::compaction::Cleaned>,
+    /// See [`PartitionRecord::txns`].
+    txns: TxnIndex,
     producers: ProducerStates,
     size_bytes: u64,
 }
@@ -220,6 +227,7 @@ impl LogState {
             role: self.role,
             home_since: self.home_since,
             cleaned: self.cleaned.clone(),
+            txns: self.txns.clone(),
         }
     }
 }
@@ -452,6 +460,7 @@ impl PartitionLog {
                 role: rec.role,
                 home_since: rec.home_since,
                 cleaned: rec.cleaned,
+                txns: rec.txns,
                 producers,
                 size_bytes,
             },
@@ -503,6 +512,35 @@ impl PartitionLog {
         self.state.lock().unwrap().cleaned.clone()
     }
 
+    /// The last stable offset for reads bounded by `high_watermark` (the
+    /// visible one): read_committed fetches stop here.
+    pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
+        self.state
+            .lock()
+            .unwrap()
+            .txns
+            .last_stable_offset(high_watermark)
+    }
+
+    /// The aborted transactions a read of `from..to` overlaps.
+    pub fn aborted_in(&self, from: i64, to: i64) -> Vec<crate::txn_index::Aborted> {
+        self.state
+            .lock()
+            .unwrap()
+            .txns
+            .aborted_overlapping(from, to)
+    }
+
+    pub fn has_open_transaction(&self, producer_id: i64) -> bool {
+        self.state.lock().unwrap().txns.is_open(producer_id)
+    }
+
+    /// Producers with a transaction open here, and its first offset.
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        let st = self.state.lock().unwrap();
+        st.txns.open.iter().map(|(p, f)| (*p, *f)).collect()
+    }
+
     pub fn size_bytes(&self) -> u64 {
         self.state.lock().unwrap().size_bytes
     }
@@ -532,15 +570,14 @@ impl PartitionLog {
     /// Framing, CRC and features: a function of the bytes alone, so every
     /// replica applying the same entry reaches the same verdict.
     pub fn validate(records: &[u8]) -> Result<BatchHeader, AppendError> {
-        let h: BatchHeader = batch::validate_produce_batch(records)?;
-        if h.is_transactional() {
-            return Err(AppendError::Transactional);
-        }
-        Ok(h)
+        Ok(batch::validate_produce_batch(records)?)
     }
 
     /// Adds one offset-stamped batch to `wb` (data, index entry, and the
     /// producer's state when it is idempotent) and moves `st` past it.
+    /// Returns whether the partition record must be written again (the
+    /// batch began or ended a transaction here).
+    #[must_use]
     fn put_batch(
         &self,
         wb: &mut WriteBatch,
@@ -549,7 +586,7 @@ impl PartitionLog {
         base: i64,
         bytes: &[u8],
         max_timestamp: i64,
-    ) {
+    ) -> bool {
         let last = base + h.last_offset_delta as i64;
         let key = log_key(self.log_id, base);
         wb.put_cf(self.store.cf(CF_LOG), key, bytes);
@@ -574,8 +611,28 @@ impl PartitionLog {
                 entry.encode(),
             );
         }
+        let mut txns_changed = false;
+        if h.is_transactional() && h.has_producer_id() {
+            if h.is_control() {
+                // A marker with a newer epoch (an abort that fenced the
+                // producer) fences the old epoch's late batches here too.
+                if let Some(entry) = st.producers.fence(h.producer_id, h.producer_epoch) {
+                    wb.put_cf(
+                        self.store.cf(CF_PRODUCERS),
+                        log_key(self.log_id, h.producer_id),
+                        entry.encode(),
+                    );
+                }
+                if let Some(commit) = chronik_wire::control::marker_kind(h, bytes) {
+                    txns_changed = st.txns.on_marker(h.producer_id, commit, base);
+                }
+            } else {
+                txns_changed = st.txns.on_data(h.producer_id, base);
+            }
+        }
         st.next_offset = last + 1;
         st.size_bytes += bytes.len() as u64;
+        txns_changed
     }
 
     /// Adds batches copied from the topic's home region (see
@@ -652,8 +709,12 @@ impl PartitionLog {
                 history_changed = true;
             }
             // Producer state travels with the data, so a mirror promoted to
-            // home keeps deduplicating the same producers.
-            self.put_batch(wb, &mut st, h, base, bytes, h.max_timestamp);
+            // home keeps deduplicating the same producers; transactions and
+            // their markers too, so a mirror's read_committed view is the
+            // home's.
+            if self.put_batch(wb, &mut st, h, base, bytes, h.max_timestamp) {
+                history_changed = true;
+            }
         }
         if history_changed {
             self.put_record(wb, &st, start);
@@ -690,6 +751,57 @@ impl PartitionLog {
         log_append_time: Option<i64>,
     ) -> Result<AppendedInto, AppendError> {
         let h = Self::validate(records)?;
+        self.append_checked(wb, h, records, term, log_append_time)
+    }
+
+    /// Writes a transaction marker (see `chronik_wire::control`) for
+    /// `producer_id`'s open transaction here, as the coordinator decided
+    /// it: ordered with the data, stamped like a produced batch. A producer
+    /// with no transaction open here gets no marker (`Ok(None)`), so a
+    /// coordinator retrying after a lost answer writes it once. A marker
+    /// older than the producer's epoch here is refused.
+    pub fn marker_into(
+        &self,
+        wb: &mut WriteBatch,
+        marker: &crate::raft::types::TxnMarker,
+        term: i32,
+    ) -> Result<Option<i64>, AppendError> {
+        {
+            let st = self.state.lock().unwrap();
+            if !st.txns.is_open(marker.producer_id) {
+                return Ok(None);
+            }
+            if let Some(e) = st.producers.get(marker.producer_id) {
+                if marker.producer_epoch < e.epoch {
+                    return Err(AppendError::Sequence(SequenceError::FencedEpoch {
+                        got: marker.producer_epoch,
+                        current: e.epoch,
+                    }));
+                }
+            }
+        }
+        let bytes = chronik_wire::control::marker_batch(
+            marker.producer_id,
+            marker.producer_epoch,
+            marker.commit,
+            marker.coordinator_epoch,
+            marker.now_ms,
+        );
+        let h = BatchHeader::parse(&bytes)?;
+        match self.append_checked(wb, h, &bytes, term, None)? {
+            AppendedInto::New { base, .. } => Ok(Some(base)),
+            AppendedInto::Duplicate { .. } => Ok(None),
+        }
+    }
+
+    fn append_checked(
+        &self,
+        wb: &mut WriteBatch,
+        h: BatchHeader,
+        records: &[u8],
+        term: i32,
+        log_append_time: Option<i64>,
+    ) -> Result<AppendedInto, AppendError> {
         let mut st = self.state.lock().unwrap();
         if self.deleted.load(Ordering::Acquire) {
             return Err(AppendError::Deleted);
@@ -699,7 +811,7 @@ impl PartitionLog {
                 "an earlier write failed".into(),
             )));
         }
-        if h.has_producer_id() {
+        if h.has_producer_id() && !h.is_control() {
             if let SequenceCheck::Duplicate(b) = st.producers.check(
                 h.producer_id,
                 h.producer_epoch,
@@ -733,7 +845,9 @@ impl PartitionLog {
         }
         let stamped = batch::stamp(records, base, epoch, log_append_time);
         let max_ts = log_append_time.unwrap_or(h.max_timestamp);
-        self.put_batch(wb, &mut st, &h, base, &stamped, max_ts);
+        if self.put_batch(wb, &mut st, &h, base, &stamped, max_ts) {
+            self.put_record(wb, &st, self.log_start_offset());
+        }
         self.log_end.store(last + 1, Ordering::Release);
         drop(st);
         metrics::counter!("chronik_produced_records_total").increment(h.records_count as u64);
@@ -1138,19 +1252,30 @@ impl PartitionLog {
         crate::compaction::PlanError,
     > {
         use crate::compaction::{due, KeyMap, Pass, PassStats, Plan};
-        let (cleaned, epochs) = {
+        let (cleaned, epochs, aborted, stable) = {
             let st = self.state.lock().unwrap();
-            (st.cleaned.clone().unwrap_or_default(), st.epochs.clone())
+            (
+                st.cleaned.clone().unwrap_or_default(),
+                st.epochs.clone(),
+                st.txns.aborted.clone(),
+                // Open transactions may still abort: their records, and
+                // everything after, wait.
+                st.txns.last_stable_offset(self.high_watermark()),
+            )
         };
         let entries = self.store.index_entries(self.log_id)?;
-        let Some(clean_end) = due(&entries, self.high_watermark(), &cleaned, policy, now_ms) else {
+        let Some(clean_end) = due(&entries, stable, &cleaned, policy, now_ms) else {
             return Ok(None);
         };
         let mut stats = PassStats::default();
         let mut map = KeyMap::new(limits.key_map_bytes);
         self.each_batch_below(clean_end, |b| {
             stats.bytes_read += b.len() as u64;
-            map.add_batch(b)?;
+            if crate::compaction::remove_aborted(b, &aborted).is_some() {
+                map.skip_batch(b)?;
+            } else {
+                map.add_batch(b)?;
+            }
             Ok(!map.full())
         })?;
         if map.end == i64::MIN {
@@ -1172,6 +1297,11 @@ impl PartitionLog {
         };
         let (map_end, mut rewritten) = (plan.end, 0usize);
         self.each_batch_below(map_end, |b| {
+            if let Some((removal, records)) = crate::compaction::remove_aborted(b, &aborted) {
+                stats.records_removed += records as u64;
+                plan.rewrites.push(removal);
+                return Ok(true);
+            }
             let c = pass.clean_batch(b)?;
             stats.records_removed += c.records_removed;
             if let Some(h) = c.tombstone_horizon {
@@ -1294,22 +1424,50 @@ impl PartitionLog {
 
     /// Applies a `SetRole` entry: from here on, produce or mirror appends
     /// are refused at apply as the role says.
-    pub fn set_role_into(&self, wb: &mut WriteBatch, next: Role) -> Result<Role, AppendError> {
+    pub fn set_role_into(
+        &self,
+        wb: &mut WriteBatch,
+        next: Role,
+        term: i32,
+    ) -> Result<Role, AppendError> {
         let mut st = self.state.lock().unwrap();
         if self.deleted.load(Ordering::Acquire) {
             return Err(AppendError::Deleted);
         }
         let role = home_role::apply(st.role, next)?;
         if st.role != Some(role) {
-            if role.home && !st.role.is_some_and(|r| r.home) {
+            let promoted = role.home && !st.role.is_some_and(|r| r.home);
+            if promoted {
                 st.home_since = Some(st.next_offset);
             }
             st.role = Some(role);
             self.role_copy
                 .store(encode_role(st.role), Ordering::Release);
             self.put_record(wb, &st, self.log_start_offset());
+            let open = st.txns.open_producers();
+            let epochs: Vec<i16> = open
+                .iter()
+                .map(|p| st.producers.get(*p).map_or(0, |e| e.epoch))
+                .collect();
             drop(st);
             self.forget_mirror_acks();
+            if promoted {
+                // The transactions the old home left open here had their
+                // coordinator in the old home's region, which no longer
+                // decides for this copy: they are aborted, never half
+                // applied. Deterministic (the log's own open set), so every
+                // replica writes the same markers.
+                for (producer_id, producer_epoch) in open.into_iter().zip(epochs) {
+                    let marker = crate::raft::types::TxnMarker {
+                        producer_id,
+                        producer_epoch,
+                        commit: false,
+                        coordinator_epoch: -1,
+                        now_ms: -1,
+                    };
+                    self.marker_into(wb, &marker, term)?;
+                }
+            }
         }
         Ok(role)
     }
@@ -1349,6 +1507,7 @@ impl PartitionLog {
             wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
         }
         truncate_epochs_from_start(&mut st.epochs, offset);
+        st.txns.trim(offset);
         self.put_record(wb, &st, offset);
         drop(st);
         let freed: u64 = gone.iter().map(|e| e.size as u64).sum();
@@ -1416,6 +1575,11 @@ impl PartitionLog {
         // never held a record does: copies filled from there again then
         // carry the same history as their home.
         st.cleaned = st.cleaned.as_ref().map(|c| c.cut_back(offset));
+        // A marker past the cut may end a transaction whose records stay:
+        // it is open again (the new home's abort marker, mirrored, ends
+        // it). Rebuilt from the batches that stay, since a cut commit
+        // leaves no trace of where its transaction began.
+        st.txns = self.scan_txns(&entries[..entries.len() - gone.len()])?;
         let first = st.epochs.first().copied();
         st.epochs.retain(|(_, o)| *o < offset);
         if st.epochs.is_empty() {
@@ -1423,6 +1587,35 @@ impl PartitionLog {
         }
         self.put_record(wb, &st, start);
         Ok(gone.len() as u64)
+    }
+
+    /// The transaction index of the stored batches `entries` (read from
+    /// the store, in offset order).
+    fn scan_txns(&self, entries: &[crate::storage::IndexEntry]) -> Result<TxnIndex, StoreError> {
+        let mut txns = TxnIndex::default();
+        for e in entries {
+            let Some(bytes) = self
+                .store
+                .get_cf(CF_LOG, &log_key(self.log_id, e.base_offset))?
+            else {
+                continue;
+            };
+            let Ok(h) = BatchHeader::parse(&bytes) else {
+                continue;
+            };
+            if !h.is_transactional() || !h.has_producer_id() {
+                continue;
+            }
+            if h.is_control() {
+                if let Some(commit) = chronik_wire::control::marker_kind(&h, &bytes) {
+                    txns.on_marker(h.producer_id, commit, e.base_offset);
+                }
+            } else {
+                txns.on_data(h.producer_id, e.base_offset);
+            }
+        }
+        txns.trim(self.log_start_offset());
+        Ok(txns)
     }
 
     /// Adds the removal of this replica's data to `wb`, leaving an empty
@@ -1504,6 +1697,117 @@ mod tests {
             }
             Appended::Duplicate { base_offset } => base_offset,
         }
+    }
+
+    fn transactional(n: usize, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
+        let mut b = build::simple(n, 100, Some((pid, epoch, seq)));
+        b[21] |= 0x00;
+        b[22] |= 0x10; // attributes (big-endian i16 at 21): the transactional bit
+        chronik_wire::batch::reseal(&mut b);
+        b
+    }
+
+    async fn mark(
+        log: &Arc<PartitionLog>,
+        store: &Store,
+        pid: i64,
+        epoch: i16,
+        commit: bool,
+    ) -> Option<i64> {
+        let mut wb = WriteBatch::default();
+        let marker = crate::raft::types::TxnMarker {
+            producer_id: pid,
+            producer_epoch: epoch,
+            commit,
+            coordinator_epoch: 1,
+            now_ms: 1,
+        };
+        let at = log.marker_into(&mut wb, &marker, 1).unwrap();
+        store.write(wb).await.unwrap();
+        log.committed(log.log_end_offset());
+        at
+    }
+
+    #[tokio::test]
+    async fn markers_end_transactions_fence_late_batches_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = PartitionLog::open(store.clone(), 9, "tx".into(), 0).unwrap();
+        assert_eq!(append(&log, &transactional(2, 5, 0, 0)).await, 0);
+        assert_eq!(append(&log, &transactional(1, 6, 0, 0)).await, 2);
+        assert_eq!(log.last_stable_offset(log.high_watermark()), 0);
+        assert_eq!(mark(&log, &store, 5, 0, true).await, Some(3));
+        assert_eq!(log.last_stable_offset(log.high_watermark()), 2);
+        // An abort at a bumped epoch (a fenced producer's transaction).
+        assert_eq!(mark(&log, &store, 6, 1, false).await, Some(4));
+        assert_eq!(log.last_stable_offset(log.high_watermark()), 5);
+        let aborted = crate::txn_index::Aborted {
+            producer_id: 6,
+            first: 2,
+            last: 4,
+        };
+        assert_eq!(log.aborted_in(0, 5), vec![aborted]);
+        // A repeated marker writes nothing.
+        assert_eq!(mark(&log, &store, 6, 1, false).await, None);
+        assert_eq!(log.log_end_offset(), 5);
+        // The fenced epoch's late batch is refused.
+        assert!(matches!(
+            log.append(&transactional(1, 6, 0, 1), &cfg(), 0),
+            Err(AppendError::Sequence(SequenceError::FencedEpoch { .. }))
+        ));
+        let reopened = PartitionLog::open(store.clone(), 9, "tx".into(), 0).unwrap();
+        assert_eq!(reopened.aborted_in(0, 5), vec![aborted]);
+        assert_eq!(reopened.last_stable_offset(5), 5);
+        // Every batch stored is a valid v2 batch; the markers are control batches.
+        let dump = reopened.dump().unwrap();
+        let batches = crate::batch::split_stored(&dump).unwrap();
+        let controls: Vec<i64> = batches
+            .iter()
+            .filter(|(h, _)| h.is_control())
+            .map(|(h, _)| h.base_offset)
+            .collect();
+        assert_eq!(controls, vec![3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_promotion_aborts_the_transactions_the_old_home_left_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = PartitionLog::open(store.clone(), 4, "tx".into(), 0).unwrap();
+        append(&log, &transactional(3, 8, 2, 0)).await;
+        let mut wb = WriteBatch::default();
+        log.set_role_into(
+            &mut wb,
+            Role {
+                home: false,
+                epoch: 2,
+            },
+            1,
+        )
+        .unwrap();
+        store.write(wb).await.unwrap();
+        assert_eq!(log.last_stable_offset(3), 0, "still open on a mirror");
+        let mut wb = WriteBatch::default();
+        log.set_role_into(
+            &mut wb,
+            Role {
+                home: true,
+                epoch: 3,
+            },
+            1,
+        )
+        .unwrap();
+        store.write(wb).await.unwrap();
+        assert_eq!(log.log_end_offset(), 4, "one abort marker");
+        assert_eq!(log.last_stable_offset(4), 4);
+        assert_eq!(
+            log.aborted_in(0, 4),
+            vec![crate::txn_index::Aborted {
+                producer_id: 8,
+                first: 0,
+                last: 3
+            }]
+        );
     }
 
     /// Writes `wb` and moves the high watermark, as the state machine does.
@@ -1798,7 +2102,7 @@ mod tests {
         let log = PartitionLog::open(store.clone(), 3, "moving".into(), 0).unwrap();
         let set = |log: &PartitionLog, home, epoch| {
             let mut wb = WriteBatch::default();
-            let r = log.set_role_into(&mut wb, Role { home, epoch });
+            let r = log.set_role_into(&mut wb, Role { home, epoch }, 1);
             (r, wb)
         };
         let idem = build::simple(2, 100, Some((7, 0, 0)));

@@ -87,8 +87,9 @@ pub struct BrokerCtx {
     pub catalog: Arc<Catalog>,
     pub cluster: Arc<Cluster>,
     pub groups: Arc<crate::groups::Coordinator>,
+    pub txns: Arc<crate::txn::Coordinator>,
     pub cluster_id: String,
-    pub producer_ids: ProducerIdAllocator,
+    pub producer_ids: Arc<ProducerIdAllocator>,
     /// The region's home-role lease, as its dc-link last reported it.
     pub lease: crate::lease_gate::LeaseGate,
     /// Produces to mirror partitions, on their way to the home region.
@@ -327,6 +328,22 @@ impl Broker {
             store.clone(),
             crate::groups::GroupSettings::from_config(&config.groups),
         );
+        let producer_ids = Arc::new(producer_ids);
+        let txns = crate::txn::Coordinator::start(
+            cluster.clone(),
+            catalog.clone(),
+            store.clone(),
+            groups.clone(),
+            producer_ids.clone(),
+            config.node_id,
+            config.region.clone(),
+            Duration::from_millis(
+                config
+                    .transactions
+                    .abort_timed_out_check_interval_ms
+                    .max(10),
+            ),
+        );
         let lease = crate::lease_gate::LeaseGate::open(&config.region, &config.data_dir);
         let config_forward_limit = config.limits.forward_max_inflight_bytes;
         let authorizer = crate::handlers::authorize::Authorizer::new(&config.authorization);
@@ -336,6 +353,7 @@ impl Broker {
             catalog,
             cluster,
             groups,
+            txns,
             cluster_id,
             producer_ids,
             lease,

@@ -284,6 +284,10 @@ impl Store {
             .unwrap_or_else(|_| Err(StoreError::Failed("writer thread stopped".into())))
     }
 
+    pub fn get_cf(&self, cf: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self.db.get_cf(self.cf(CF_META), key.as_bytes())?)
     }

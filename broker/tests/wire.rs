@@ -380,6 +380,18 @@ async fn data_survives_restart() {
     b.shutdown().await;
 }
 
+/// A transactional id's producer id and epoch (InitProducerId v4).
+async fn txn_init(c: &mut Conn, id: &str) -> (i64, i16) {
+    let req = InitProducerIdRequest::default()
+        .with_transactional_id(Some(TransactionalId(StrBytes::from_string(id.to_string()))))
+        .with_transaction_timeout_ms(60_000)
+        .with_producer_id(ProducerId(-1))
+        .with_producer_epoch(-1);
+    let r: InitProducerIdResponse = c.call(ApiKey::InitProducerId, 4, &req).await;
+    assert_eq!(r.error_code, 0, "InitProducerId for {id}");
+    (r.producer_id.0, r.producer_epoch)
+}
+
 /// Every API at every advertised version, including error paths, must get a
 /// decodable answer: a field set outside its version would otherwise close
 /// the connection.
@@ -501,11 +513,160 @@ async fn every_advertised_version_answers() {
                         r2.producer_id.0 > r.producer_id.0,
                         "fresh producer id each time"
                     );
-                    let txn = InitProducerIdRequest::default().with_transactional_id(Some(
-                        TransactionalId(StrBytes::from_static_str("txn")),
-                    ));
+                    let txn = InitProducerIdRequest::default()
+                        .with_transactional_id(Some(TransactionalId(StrBytes::from_static_str(
+                            "txn",
+                        ))))
+                        .with_transaction_timeout_ms(60_000);
                     let r: InitProducerIdResponse = c.call(key, v, &txn).await;
-                    assert_eq!(r.error_code, 53, "transactions are refused");
+                    assert_eq!(r.error_code, 0, "InitProducerId v{v} transactional");
+                    let again: InitProducerIdResponse = c.call(key, v, &txn).await;
+                    assert_eq!(
+                        (again.producer_id, again.producer_epoch),
+                        (r.producer_id, r.producer_epoch + 1),
+                        "a second init bumps the epoch"
+                    );
+                }
+                ApiKey::AddPartitionsToTxn => {
+                    use add_partitions_to_txn_request::AddPartitionsToTxnTopic;
+                    let (pid, epoch) = txn_init(&mut c, &fresh).await;
+                    let add = |topics: Vec<&str>| {
+                        AddPartitionsToTxnRequest::default()
+                            .with_v3_and_below_transactional_id(TransactionalId(
+                                StrBytes::from_string(fresh.clone()),
+                            ))
+                            .with_v3_and_below_producer_id(ProducerId(pid))
+                            .with_v3_and_below_producer_epoch(epoch)
+                            .with_v3_and_below_topics(
+                                topics
+                                    .into_iter()
+                                    .map(|t| {
+                                        AddPartitionsToTxnTopic::default()
+                                            .with_name(topic_name(t))
+                                            .with_partitions(vec![0])
+                                    })
+                                    .collect(),
+                            )
+                    };
+                    let r: AddPartitionsToTxnResponse = c
+                        .call(key, v, &add(vec!["all-versions", "missing-topic"]))
+                        .await;
+                    let codes: Vec<i16> = r
+                        .results_by_topic_v3_and_below
+                        .iter()
+                        .map(|t| t.results_by_partition[0].partition_error_code)
+                        .collect();
+                    assert_eq!(
+                        codes,
+                        vec![55, 3],
+                        "AddPartitionsToTxn v{v}: not attempted, unknown"
+                    );
+                    let r: AddPartitionsToTxnResponse =
+                        c.call(key, v, &add(vec!["all-versions"])).await;
+                    assert_eq!(
+                        r.results_by_topic_v3_and_below[0].results_by_partition[0]
+                            .partition_error_code,
+                        0
+                    );
+                }
+                ApiKey::AddOffsetsToTxn => {
+                    let (pid, epoch) = txn_init(&mut c, &fresh).await;
+                    let req = |pid: i64| {
+                        AddOffsetsToTxnRequest::default()
+                            .with_transactional_id(TransactionalId(StrBytes::from_string(
+                                fresh.clone(),
+                            )))
+                            .with_producer_id(ProducerId(pid))
+                            .with_producer_epoch(epoch)
+                            .with_group_id(GroupId(StrBytes::from_static_str("txn-group")))
+                    };
+                    let r: AddOffsetsToTxnResponse = c.call(key, v, &req(pid + 1)).await;
+                    assert_eq!(
+                        r.error_code, 49,
+                        "AddOffsetsToTxn v{v}: INVALID_PRODUCER_ID_MAPPING"
+                    );
+                    let r: AddOffsetsToTxnResponse = c.call(key, v, &req(pid)).await;
+                    assert_eq!(r.error_code, 0, "AddOffsetsToTxn v{v}");
+                }
+                ApiKey::EndTxn => {
+                    let (pid, epoch) = txn_init(&mut c, &fresh).await;
+                    let req = EndTxnRequest::default()
+                        .with_transactional_id(TransactionalId(StrBytes::from_string(
+                            fresh.clone(),
+                        )))
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                        .with_committed(true);
+                    let r: EndTxnResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        r.error_code, 48,
+                        "EndTxn v{v} with nothing open: INVALID_TXN_STATE"
+                    );
+                    let stale = req.clone().with_producer_epoch(epoch - 1);
+                    let r: EndTxnResponse = c.call(key, v, &stale).await;
+                    assert_eq!(
+                        r.error_code, 90,
+                        "EndTxn v{v} at an old epoch: PRODUCER_FENCED"
+                    );
+                }
+                ApiKey::TxnOffsetCommit => {
+                    use txn_offset_commit_request::{
+                        TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+                    };
+                    let (pid, epoch) = txn_init(&mut c, &fresh).await;
+                    let req = TxnOffsetCommitRequest::default()
+                        .with_transactional_id(TransactionalId(StrBytes::from_string(
+                            fresh.clone(),
+                        )))
+                        .with_group_id(GroupId(StrBytes::from_static_str("txn-group")))
+                        .with_producer_id(ProducerId(pid))
+                        .with_producer_epoch(epoch)
+                        .with_generation_id(-1)
+                        .with_topics(vec![TxnOffsetCommitRequestTopic::default()
+                            .with_name(topic_name("all-versions"))
+                            .with_partitions(vec![TxnOffsetCommitRequestPartition::default()
+                                .with_partition_index(0)
+                                .with_committed_offset(1)])]);
+                    let r: TxnOffsetCommitResponse = c.call(key, v, &req).await;
+                    assert_eq!(
+                        r.topics[0].partitions[0].error_code, 48,
+                        "TxnOffsetCommit v{v} before AddOffsetsToTxn: INVALID_TXN_STATE"
+                    );
+                }
+                ApiKey::DescribeTransactions => {
+                    txn_init(&mut c, &fresh).await;
+                    let req = DescribeTransactionsRequest::default().with_transactional_ids(vec![
+                        TransactionalId(StrBytes::from_string(fresh.clone())),
+                        TransactionalId(StrBytes::from_static_str("never-was")),
+                    ]);
+                    let r: DescribeTransactionsResponse = c.call(key, v, &req).await;
+                    let s = &r.transaction_states;
+                    assert_eq!(
+                        (
+                            s[0].error_code,
+                            s[0].transaction_state.as_str(),
+                            s[1].error_code
+                        ),
+                        (0, "Empty", 105),
+                        "DescribeTransactions v{v}"
+                    );
+                }
+                ApiKey::ListTransactions => {
+                    txn_init(&mut c, &fresh).await;
+                    let req = ListTransactionsRequest::default().with_state_filters(vec![
+                        StrBytes::from_static_str("Empty"),
+                        StrBytes::from_static_str("Bogus"),
+                    ]);
+                    let r: ListTransactionsResponse = c.call(key, v, &req).await;
+                    assert_eq!(r.error_code, 0);
+                    assert!(r
+                        .transaction_states
+                        .iter()
+                        .any(|t| t.transactional_id.0.as_str() == fresh));
+                    assert_eq!(
+                        r.unknown_state_filters,
+                        vec![StrBytes::from_static_str("Bogus")]
+                    );
                 }
                 ApiKey::DescribeConfigs => {
                     use describe_configs_request::DescribeConfigsResource;

@@ -339,6 +339,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
                     },
                     limits: Default::default(),
                     groups: Default::default(),
+                    transactions: Default::default(),
                     sasl: Default::default(),
                     authorization: Default::default(),
                 };

@@ -240,6 +240,25 @@ impl Default for Groups {
     }
 }
 
+/// The transaction coordinator, mirroring Kafka's `transaction.*` broker
+/// settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Transactions {
+    /// How often open transactions are checked against their
+    /// `transaction.timeout.ms` and aborted past it
+    /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`).
+    pub abort_timed_out_check_interval_ms: u64,
+}
+
+impl Default for Transactions {
+    fn default() -> Self {
+        Transactions {
+            abort_timed_out_check_interval_ms: 10_000,
+        }
+    }
+}
+
 /// Another broker of the same region.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -424,6 +443,8 @@ pub struct BrokerConfig {
     #[serde(default)]
     pub groups: Groups,
     #[serde(default)]
+    pub transactions: Transactions,
+    #[serde(default)]
     pub sasl: Sasl,
     #[serde(default)]
     pub authorization: Authorization,
@@ -449,6 +470,7 @@ impl Default for BrokerConfig {
             limits: Limits::default(),
             cluster: Cluster::default(),
             groups: Groups::default(),
+            transactions: Transactions::default(),
             sasl: Sasl::default(),
             authorization: Authorization::default(),
         }

@@ -12,7 +12,7 @@ pub const HEADER_LEN: usize = 61;
 /// Bytes covered by neither the batch length nor the CRC: base offset + length.
 const LOG_OVERHEAD: usize = 12;
 const CRC_OFFSET: usize = 17;
-const ATTRIBUTES_OFFSET: usize = 21;
+pub(crate) const ATTRIBUTES_OFFSET: usize = 21;
 const MAX_TIMESTAMP_OFFSET: usize = 35;
 
 pub(crate) const TIMESTAMP_TYPE_BIT: i16 = 1 << 3;

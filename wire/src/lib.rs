@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod batch;
 #[cfg(feature = "client")]
 pub mod client;
+pub mod control;
 pub mod epochs;
 pub mod framing;
 pub mod producer;

@@ -139,6 +139,20 @@ impl ProducerStates {
         Ok(SequenceCheck::Append)
     }
 
+    /// A transaction marker at `epoch` was stored: a newer epoch than the
+    /// producer's here becomes its epoch (its sequence starts again), so
+    /// the old epoch's late batches are fenced. Returns the entry to
+    /// persist, if it changed.
+    pub fn fence(&mut self, pid: i64, epoch: i16) -> Option<&ProducerEntry> {
+        if self.entries.get(&pid).is_some_and(|e| epoch <= e.epoch) {
+            return None;
+        }
+        let e = self.entries.entry(pid).or_default();
+        e.epoch = epoch;
+        e.batches.clear();
+        Some(e)
+    }
+
     /// Records an appended batch; returns the entry to persist.
     pub fn record(&mut self, pid: i64, epoch: i16, meta: BatchMeta) -> &ProducerEntry {
         let e = self.entries.entry(pid).or_default();

@@ -671,6 +671,53 @@ impl Coordinator {
         Ok(codes)
     }
 
+    /// Offsets a committed transaction wrote (TxnOffsetCommit, checked
+    /// when the transaction took them): they become the group's committed
+    /// offsets, whatever its membership is now, as Kafka's commit markers
+    /// make them.
+    pub async fn commit_transactional(
+        &self,
+        group: &str,
+        offsets: Vec<(String, i32, OffsetRecord)>,
+    ) -> Result<(), i16> {
+        let slot = self.slot(group, true)?.expect("created");
+        let mut s = slot.lock().await;
+        self.write(ControllerCommand::CommitOffsets {
+            group: group.to_string(),
+            offsets: offsets.clone(),
+        })
+        .await?;
+        for (t, p, r) in offsets {
+            s.offsets.insert((t, p), r);
+        }
+        Ok(())
+    }
+
+    /// TxnOffsetCommit's membership check (KIP-447): a producer that names
+    /// a member and generation must hold them; one that names none
+    /// (generation -1) commits as a standalone producer.
+    pub async fn check_member(
+        &self,
+        group: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> Result<(), i16> {
+        if group.is_empty() || group.contains('\0') {
+            return Err(err::INVALID_GROUP_ID);
+        }
+        self.check_active()?;
+        if generation < 0 {
+            return Ok(());
+        }
+        let slot = self.slot(group, false)?.ok_or(code::ILLEGAL_GENERATION)?;
+        let s = slot.lock().await;
+        match s.g.validate_member(member_id, instance_id, generation) {
+            code::NONE => Ok(()),
+            e => Err(e),
+        }
+    }
+
     /// Committed offsets: of the listed partitions (unknown ones as None),
     /// or of every committed partition when `topics` is None.
     pub async fn fetch(

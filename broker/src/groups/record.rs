@@ -69,7 +69,7 @@ pub struct MemberRecord {
     pub assignment: Vec<u8>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OffsetRecord {
     pub offset: i64,
     pub leader_epoch: i32,

@@ -8,13 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::error::ResponseError as E;
 use kafka_protocol::messages::fetch_response::{
-    FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
+    AbortedTransaction, FetchableTopicResponse, LeaderIdAndEpoch, PartitionData,
 };
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
 use kafka_protocol::messages::{
-    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, TopicName,
+    BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse, ProducerId,
+    TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::Notify;
@@ -49,6 +50,8 @@ const MAX_WAIT_CAP_MS: i32 = 60_000;
 /// topic's records before its mirrors hold them.
 pub const DEBUGGING_REPLICA_ID: i32 = -2;
 
+/// `isolation.level=read_committed` in Fetch and ListOffsets.
+const READ_COMMITTED: i8 = 1;
 const EARLIEST: i64 = -2;
 const LATEST: i64 = -1;
 const MAX_TIMESTAMP: i64 = -3;
@@ -222,6 +225,8 @@ pub async fn handle_fetch(
     } else {
         req.max_bytes as usize
     };
+    // isolation.level=read_committed: nothing past the last stable offset.
+    let read_committed = req.isolation_level == READ_COMMITTED;
     let wake = Arc::new(Notify::new());
     loop {
         // Register before reading so a write landing in between still wakes us.
@@ -230,7 +235,7 @@ pub async fn handle_fetch(
                 l.register_waiter(&wake);
             }
         }
-        let (total, any_error) = read_all(&mut slots, max_bytes, version);
+        let (total, any_error) = read_all(&mut slots, max_bytes, version, read_committed);
         let now = tokio::time::Instant::now();
         if total >= min_bytes || any_error || now >= deadline {
             break;
@@ -240,7 +245,7 @@ pub async fn handle_fetch(
             .is_err()
         {
             // One last read so data that arrived with the deadline is not missed.
-            read_all(&mut slots, max_bytes, version);
+            read_all(&mut slots, max_bytes, version, read_committed);
             break;
         }
     }
@@ -334,7 +339,12 @@ fn requested(
 /// has an error to report). Kafka returns the first batch even if it is
 /// larger than the limits, but only for the first partition that has data,
 /// so that one oversized batch cannot stall a consumer.
-fn read_all(slots: &mut [Slot], max_bytes: usize, version: i16) -> (usize, bool) {
+fn read_all(
+    slots: &mut [Slot],
+    max_bytes: usize,
+    version: i16,
+    read_committed: bool,
+) -> (usize, bool) {
     let with_start = version >= FETCH_LOG_START_VERSION;
     let mut total = 0usize;
     let mut any_error = false;
@@ -352,21 +362,36 @@ fn read_all(slots: &mut [Slot], max_bytes: usize, version: i16) -> (usize, bool)
         }
         s.data.error_code = 0;
         let budget = s.max_bytes.min(max_bytes.saturating_sub(total));
-        let limit = log.visible_high_watermark(s.wait_for_mirrors);
+        let hw = log.visible_high_watermark(s.wait_for_mirrors);
+        let lso = log.last_stable_offset(hw);
+        let limit = if read_committed { lso } else { hw };
         match log.read_below(s.fetch_offset, budget, total == 0, limit) {
             Ok(r) => {
                 total += r.records.len();
-                s.data.high_watermark = r.high_watermark;
-                s.data.last_stable_offset = r.high_watermark;
+                s.data.high_watermark = hw;
+                s.data.last_stable_offset = lso;
                 s.data.log_start_offset = if with_start { r.log_start_offset } else { -1 };
-                s.data.aborted_transactions = Some(vec![]);
+                // The client drops these producers' records up to each
+                // one's abort marker.
+                s.data.aborted_transactions = Some(if read_committed && !r.records.is_empty() {
+                    log.aborted_in(s.fetch_offset, limit)
+                        .into_iter()
+                        .map(|a| {
+                            AbortedTransaction::default()
+                                .with_producer_id(ProducerId(a.producer_id))
+                                .with_first_offset(a.first)
+                        })
+                        .collect()
+                } else {
+                    vec![]
+                });
                 s.data.records = Some(r.records);
             }
             Err(e) => {
                 any_error = true;
                 s.data.error_code = e.kafka_code();
-                s.data.high_watermark = limit;
-                s.data.last_stable_offset = limit;
+                s.data.high_watermark = hw;
+                s.data.last_stable_offset = lso;
                 s.data.log_start_offset = if with_start {
                     log.log_start_offset()
                 } else {
@@ -426,7 +451,10 @@ pub fn handle_list_offsets(
                         p.partition_index,
                         p.current_leader_epoch,
                         p.timestamp,
-                        wait_for_mirrors,
+                        Visibility {
+                            wait_for_mirrors,
+                            read_committed: req.isolation_level == READ_COMMITTED,
+                        },
                     )
                 })
                 .collect();
@@ -438,6 +466,13 @@ pub fn handle_list_offsets(
     ListOffsetsResponse::default().with_topics(topics)
 }
 
+/// What a ListOffsets reader may see: a `global_quorum` topic's reads wait
+/// for the mirrors; read_committed stops at the last stable offset.
+struct Visibility {
+    wait_for_mirrors: bool,
+    read_committed: bool,
+}
+
 fn list_offset(
     ctx: &BrokerCtx,
     topic: Option<&Topic>,
@@ -445,7 +480,10 @@ fn list_offset(
     partition: i32,
     leader_epoch: i32,
     ts: i64,
-    wait_for_mirrors: bool,
+    Visibility {
+        wait_for_mirrors,
+        read_committed,
+    }: Visibility,
 ) -> ListOffsetsPartitionResponse {
     let resp = ListOffsetsPartitionResponse::default()
         .with_partition_index(partition)
@@ -474,13 +512,24 @@ fn list_offset(
     let found = match ts {
         EARLIEST => Ok(Some((log.log_start_offset(), -1))),
         EARLIEST_LOCAL if version >= 8 => Ok(Some((log.log_start_offset(), -1))),
-        LATEST => Ok(Some((log.visible_high_watermark(wait_for_mirrors), -1))),
+        LATEST => {
+            let hw = log.visible_high_watermark(wait_for_mirrors);
+            let end = if read_committed {
+                log.last_stable_offset(hw)
+            } else {
+                hw
+            };
+            Ok(Some((end, -1)))
+        }
         MAX_TIMESTAMP if version >= 7 => log.max_timestamp_offset(),
         t if t >= 0 => log.offset_for_timestamp(t),
         _ => return resp.with_error_code(E::UnsupportedVersion.code()),
     };
     // A record consumers may not see yet is not found by timestamp either.
-    let visible = log.visible_high_watermark(wait_for_mirrors);
+    let mut visible = log.visible_high_watermark(wait_for_mirrors);
+    if read_committed {
+        visible = log.last_stable_offset(visible);
+    }
     let by_timestamp = ts >= 0 || ts == MAX_TIMESTAMP;
     let found = found.map(|f| f.filter(|(offset, _)| !by_timestamp || *offset < visible));
     let epoch = if version >= LIST_OFFSETS_EPOCH_VERSION {
@@ -529,7 +578,7 @@ mod tests {
             slot(None, E::UnknownTopicId.code(), 0),
             slot(Some(log), E::FencedLeaderEpoch.code(), 0),
         ];
-        let (_, any_error) = read_all(&mut slots, usize::MAX, 16);
+        let (_, any_error) = read_all(&mut slots, usize::MAX, 16, false);
         assert!(any_error);
         let codes: Vec<i16> = slots.iter().map(|s| s.data.error_code).collect();
         assert_eq!(

@@ -44,7 +44,10 @@ use super::OPS_NOT_REQUESTED;
 const GROUP_DENIED: i16 = 30; // GROUP_AUTHORIZATION_FAILED
 const TOPIC_DENIED: i16 = 29; // TOPIC_AUTHORIZATION_FAILED
 
+const TRANSACTIONAL_ID_DENIED: i16 = 53; // TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+
 const KEY_TYPE_GROUP: i8 = 0;
+const KEY_TYPE_TRANSACTION: i8 = 1;
 const INVALID_REQUEST: i16 = 42;
 
 fn s(v: impl Into<String>) -> StrBytes {
@@ -79,23 +82,34 @@ pub fn find_coordinator(
         vec![req.key.clone()]
     };
     let answer = |key: StrBytes| -> CoordinatorEntry {
-        let allowed = authz.group(op::DESCRIBE, &key);
+        let allowed = match req.key_type {
+            KEY_TYPE_GROUP => authz.group(op::DESCRIBE, &key),
+            KEY_TYPE_TRANSACTION => {
+                authz.allows(op::DESCRIBE, crate::acl::resource::TRANSACTIONAL_ID, &key)
+            }
+            _ => false,
+        };
         let base = CoordinatorEntry::default()
             .with_key(key)
             .with_node_id(BrokerId(-1))
             .with_port(-1);
-        if req.key_type != KEY_TYPE_GROUP {
-            // Transactions and share groups are not served here.
+        if req.key_type != KEY_TYPE_GROUP && req.key_type != KEY_TYPE_TRANSACTION {
+            // Share groups are not served here.
             return base
                 .with_error_code(INVALID_REQUEST)
                 .with_error_message(Some(s(format!(
-                    "key type {} is not supported: Chronik coordinates consumer groups only",
+                    "key type {} is not supported: Chronik coordinates consumer groups and transactions",
                     req.key_type
                 ))));
         }
         if !allowed {
-            return base.with_error_code(GROUP_DENIED);
+            return base.with_error_code(if req.key_type == KEY_TYPE_GROUP {
+                GROUP_DENIED
+            } else {
+                TRANSACTIONAL_ID_DENIED
+            });
         }
+        // Both coordinators are the controller leader.
         match ctx.groups.find(listener) {
             Ok((id, host, port)) => base
                 .with_node_id(BrokerId(id))
@@ -391,16 +405,18 @@ pub async fn offset_fetch(
             } else {
                 Err(GROUP_DENIED)
             };
+            let group = g.group_id.0.to_string();
             groups.push(match rows {
                 Err(code) => out.with_error_code(code),
                 Ok(rows) => out.with_topics(group_rows(visible(authz, named, rows), |t, parts| {
                     OffsetFetchResponseTopics::default()
-                        .with_name(TopicName(s(t)))
+                        .with_name(TopicName(s(t.clone())))
                         .with_partitions(
                             parts
                                 .into_iter()
                                 .map(|(p, r)| {
-                                    let (o, e, m, code) = fetched(&r);
+                                    let (o, e, m, code) =
+                                        stable(ctx, req.require_stable, &group, &t, p, fetched(&r));
                                     OffsetFetchResponsePartitions::default()
                                         .with_partition_index(p)
                                         .with_committed_offset(o)
@@ -457,12 +473,19 @@ pub async fn offset_fetch(
             visible(authz, named, rows),
             |t, parts| {
                 OffsetFetchResponseTopic::default()
-                    .with_name(TopicName(s(t)))
+                    .with_name(TopicName(s(t.clone())))
                     .with_partitions(
                         parts
                             .into_iter()
                             .map(|(p, r)| {
-                                let (o, e, m, code) = fetched(&r);
+                                let (o, e, m, code) = stable(
+                                    ctx,
+                                    version >= 7 && req.require_stable,
+                                    &req.group_id.0,
+                                    &t,
+                                    p,
+                                    fetched(&r),
+                                );
                                 OffsetFetchResponsePartition::default()
                                     .with_partition_index(p)
                                     .with_committed_offset(o)
@@ -475,6 +498,29 @@ pub async fn offset_fetch(
             },
         )),
     }
+}
+
+/// KIP-447: a consumer that asks for stable offsets gets
+/// UNSTABLE_OFFSET_COMMIT (and retries) while a transaction that commits
+/// the partition's offset is still open, instead of an offset the
+/// transaction may be about to move.
+fn stable<M>(
+    ctx: &BrokerCtx,
+    require_stable: bool,
+    group: &str,
+    topic: &str,
+    partition: i32,
+    row: (i64, i32, M, i16),
+) -> (i64, i32, M, i16) {
+    if require_stable && ctx.catalog.txn_offset_pending(group, topic, partition) {
+        return (
+            -1,
+            -1,
+            row.2,
+            kafka_protocol::error::ResponseError::UnstableOffsetCommit.code(),
+        );
+    }
+    row
 }
 
 /// Groups (topic, partition, record) rows by topic, keeping first-seen order.

@@ -9,6 +9,7 @@ mod groups;
 mod partition_admin;
 mod produce;
 mod scram;
+mod txn;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -121,6 +122,24 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
         }
         RequestKind::InitProducerId(r) => later(ctx, id, move |ctx| async move {
             handle_init_producer_id(&ctx, &authz, r).await
+        }),
+        RequestKind::AddPartitionsToTxn(r) => later(ctx, id, move |ctx| async move {
+            txn::add_partitions(&ctx, &authz, r).await
+        }),
+        RequestKind::AddOffsetsToTxn(r) => later(ctx, id, move |ctx| async move {
+            txn::add_offsets(&ctx, &authz, r).await
+        }),
+        RequestKind::TxnOffsetCommit(r) => later(ctx, id, move |ctx| async move {
+            txn::txn_offset_commit(&ctx, &authz, r).await
+        }),
+        RequestKind::EndTxn(r) => later(ctx, id, move |ctx| async move {
+            txn::end_txn(&ctx, &authz, r).await
+        }),
+        RequestKind::DescribeTransactions(r) => later(ctx, id, move |ctx| async move {
+            txn::describe(&ctx, &authz, r).await
+        }),
+        RequestKind::ListTransactions(r) => later(ctx, id, move |ctx| async move {
+            txn::list(&ctx, &authz, r).await
         }),
         RequestKind::DescribeCluster(_) => Reply::Now(encode_response(
             cid,
@@ -593,10 +612,16 @@ async fn handle_init_producer_id(
     if req.transactional_id.is_none() && !authz.idempotent_write() {
         return resp.with_error_code(E::ClusterAuthorizationFailed.code());
     }
-    if req.transactional_id.is_some() {
-        // Transactions are not implemented; refuse clearly rather than hand
-        // out a producer id whose transactional guarantees we cannot keep.
-        return resp.with_error_code(E::TransactionalIdAuthorizationFailed.code());
+    if let Some(id) = &req.transactional_id {
+        let expected = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+        return match txn::init_producer_id(ctx, authz, id, req.transaction_timeout_ms, expected)
+            .await
+        {
+            Ok((pid, epoch)) => resp
+                .with_producer_id(ProducerId(pid))
+                .with_producer_epoch(epoch),
+            Err(code) => resp.with_error_code(code),
+        };
     }
     let tag = chronik_topology::region_tag(&ctx.config.region);
     match ctx

@@ -199,6 +199,17 @@ pub fn handle(
                     continue;
                 }
             };
+            if header.is_transactional() {
+                if let Err((code, message)) = verify_transactional(ctx, t.name(), log, &header) {
+                    outcomes.push(Outcome::Done(partition_error(
+                        version,
+                        idx,
+                        code,
+                        Some(message),
+                    )));
+                    continue;
+                }
+            }
             if let Some(home) = t.mirror_of(&ctx.config.region) {
                 let mirrored = t
                     .effective
@@ -621,5 +632,48 @@ fn moved_refusal(t: &Topic, log: &PartitionLog, region: &str, forwarded: bool) -
             t.name()
         )),
         None => None,
+    }
+}
+
+/// KIP-890's defence, at the partition leader: a transactional batch that
+/// would open a transaction here must come from a producer whose open
+/// transaction holds this partition, or a late batch (after its
+/// transaction ended) would open one that no marker ever closes, and hold
+/// the last stable offset back for good. The state is this broker's copy
+/// of the controller's, which may trail the coordinator's answer by a few
+/// milliseconds: anything short of a newer epoch is answered retriably.
+fn verify_transactional(
+    ctx: &BrokerCtx,
+    topic: &str,
+    log: &PartitionLog,
+    h: &crate::batch::BatchHeader,
+) -> Result<(), (i16, String)> {
+    if log.has_open_transaction(h.producer_id) {
+        return Ok(());
+    }
+    if crate::txn::Coordinator::verify(
+        &ctx.catalog,
+        h.producer_id,
+        h.producer_epoch,
+        topic,
+        log.partition,
+    ) {
+        return Ok(());
+    }
+    match ctx.catalog.txn_by_producer(h.producer_id) {
+        Some(t) if t.producer_epoch > h.producer_epoch => Err((
+            E::InvalidProducerEpoch.code(),
+            format!(
+                "producer {} epoch {} was fenced by epoch {}",
+                h.producer_id, h.producer_epoch, t.producer_epoch
+            ),
+        )),
+        _ => Err((
+            E::NotEnoughReplicas.code(),
+            format!(
+                "{topic}-{} is not (yet) part of producer {}'s open transaction here; retry",
+                log.partition, h.producer_id
+            ),
+        )),
     }
 }

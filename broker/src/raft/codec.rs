@@ -38,6 +38,10 @@ pub mod kind {
     /// directory: "do you know me as a member?" The answer (one byte, 1 for
     /// yes) comes back and the connection closes.
     pub const PROBE: i32 = 12;
+    /// A transaction marker for a partition this broker leads (`group` is
+    /// the partition's log id, the body a JSON `TxnMarker`), from the
+    /// transaction coordinator.
+    pub const TXN_MARKER: i32 = 13;
 }
 
 /// One frame on a peer connection. Requests carry `id` > 0 and are answered
@@ -149,6 +153,24 @@ pub struct PbCommand {
     /// Compact: the leader's cleaning pass.
     #[prost(message, optional, tag = "12")]
     pub compact: Option<PbCompact>,
+    /// TxnMarker: a transaction's end in this partition.
+    #[prost(message, optional, tag = "13")]
+    pub txn_marker: Option<PbTxnMarker>,
+}
+
+/// `Command::TxnMarker`.
+#[derive(Clone, PartialEq, Message)]
+pub struct PbTxnMarker {
+    #[prost(int64, tag = "1")]
+    pub producer_id: i64,
+    #[prost(int32, tag = "2")]
+    pub producer_epoch: i32,
+    #[prost(bool, tag = "3")]
+    pub commit: bool,
+    #[prost(int32, tag = "4")]
+    pub coordinator_epoch: i32,
+    #[prost(int64, tag = "5")]
+    pub now_ms: i64,
 }
 
 /// `Command::Compact` (see `crate::compaction::Plan`).
@@ -478,6 +500,16 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
             }),
             ..Default::default()
         },
+        Command::TxnMarker(m) => PbCommand {
+            txn_marker: Some(PbTxnMarker {
+                producer_id: m.producer_id,
+                producer_epoch: m.producer_epoch as i32,
+                commit: m.commit,
+                coordinator_epoch: m.coordinator_epoch,
+                now_ms: m.now_ms,
+            }),
+            ..Default::default()
+        },
         Command::SetRole { role } => PbCommand {
             role_epoch: Some(role.epoch),
             role_home: role.home,
@@ -504,6 +536,15 @@ pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
             through: c.through_epoch.map(|e| (e, c.through_start)),
             now_ms: c.now_ms,
             tombstone_horizon: c.tombstone_horizon,
+        }))
+    } else if let Some(m) = p.txn_marker {
+        Ok(Command::TxnMarker(crate::raft::types::TxnMarker {
+            producer_id: m.producer_id,
+            producer_epoch: i16::try_from(m.producer_epoch)
+                .map_err(|_| DecodeError(format!("producer epoch {}", m.producer_epoch)))?,
+            commit: m.commit,
+            coordinator_epoch: m.coordinator_epoch,
+            now_ms: m.now_ms,
         }))
     } else if let Some(epoch) = p.role_epoch {
         Ok(Command::SetRole {
@@ -756,6 +797,18 @@ mod tests {
                         through: Some((3, 0)),
                         now_ms: 1_700_000_000_000,
                         tombstone_horizon: Some(1_700_086_400_000),
+                    },
+                )),
+            },
+            Entry {
+                log_id: LogId::new_term_index(4, 14),
+                payload: openraft::EntryPayload::Normal(Command::TxnMarker(
+                    crate::raft::types::TxnMarker {
+                        producer_id: 1 << 40,
+                        producer_epoch: 3,
+                        commit: true,
+                        coordinator_epoch: 2,
+                        now_ms: 1_700_000_000_001,
                     },
                 )),
             },

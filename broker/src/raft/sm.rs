@@ -207,6 +207,19 @@ impl StateMachine {
                     Err(e) => rejected(&e),
                 }
             }
+            (Target::Partition { log, .. }, Command::TxnMarker(marker)) => {
+                let term = log_id.committed_leader_id().term.min(i32::MAX as u64) as i32;
+                match log.marker_into(wb, marker, term) {
+                    Ok(Some(offset)) => {
+                        *hw = Some(offset + 1);
+                        CommandResult::Marked {
+                            offset: Some(offset),
+                        }
+                    }
+                    Ok(None) => CommandResult::Marked { offset: None },
+                    Err(e) => rejected(&e),
+                }
+            }
             (Target::Partition { log, .. }, Command::Compact(plan)) => {
                 match log.compact_into(wb, plan) {
                     Ok(applied) => CommandResult::Compacted { applied },
@@ -214,8 +227,13 @@ impl StateMachine {
                 }
             }
             (Target::Partition { log, .. }, Command::SetRole { role }) => {
-                match log.set_role_into(wb, *role) {
-                    Ok(_) => CommandResult::Done,
+                let term = log_id.committed_leader_id().term.min(i32::MAX as u64) as i32;
+                match log.set_role_into(wb, *role, term) {
+                    Ok(_) => {
+                        // A promotion may have written abort markers.
+                        *hw = Some(log.log_end_offset());
+                        CommandResult::Done
+                    }
                     Err(e) => rejected(&e),
                 }
             }

@@ -76,12 +76,26 @@ pub enum Command {
     /// A log compaction pass, as the leader cleaned it (see
     /// `crate::compaction`): every replica writes the same bytes.
     Compact(crate::compaction::Plan),
+    /// The end of a producer's transaction in this partition, as its
+    /// coordinator decided it (see `crate::txn`).
+    TxnMarker(TxnMarker),
     /// Changes nothing. A leader writes one before handing leadership over:
     /// a replica that restarted has appended nothing under the current
     /// leader yet, and openraft's target refuses a transfer until it has
     /// ("log not flushed"), however complete its log is. Written, the
     /// marker gives it that append.
     Noop,
+}
+
+/// A transaction marker to write (see `chronik_wire::control`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMarker {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    pub coordinator_epoch: i32,
+    /// The marker's timestamp: the coordinator's clock.
+    pub now_ms: i64,
 }
 
 /// Changes to the region's catalog, decided by the controller group. Every
@@ -197,6 +211,11 @@ pub enum ControllerCommand {
         #[serde(default)]
         regional: bool,
     },
+    /// A transactional id's state (see `crate::txn`); `None` forgets it.
+    PutTxn {
+        id: String,
+        txn: Option<crate::txn::state::Txn>,
+    },
     CommitOffsets {
         group: String,
         offsets: Vec<(String, i32, crate::groups::record::OffsetRecord)>,
@@ -305,6 +324,9 @@ pub enum CommandResult {
     /// Compact: whether the pass was applied (false: this log no longer
     /// holds what the leader cleaned; nothing changed).
     Compacted { applied: bool },
+    /// TxnMarker: the marker's offset, or `None` when the producer had no
+    /// transaction open in the partition (nothing written).
+    Marked { offset: Option<i64> },
 }
 
 impl std::fmt::Display for Command {
@@ -321,6 +343,13 @@ impl std::fmt::Display for Command {
             Command::TruncateSuffix { offset } => write!(f, "truncate-suffix(>={offset})"),
             Command::Noop => write!(f, "noop"),
             Command::Compact(p) => write!(f, "compact(<{}, {} rewrites)", p.end, p.rewrites.len()),
+            Command::TxnMarker(m) => write!(
+                f,
+                "txn-marker({} producer {} epoch {})",
+                if m.commit { "commit" } else { "abort" },
+                m.producer_id,
+                m.producer_epoch
+            ),
             Command::SetRole { role } => write!(
                 f,
                 "set-role({} @ epoch {})",

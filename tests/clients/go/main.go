@@ -254,6 +254,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "group-consume" {
 		os.Exit(groupConsume(os.Args[2:])) // group.go
 	}
+	if len(os.Args) > 1 && os.Args[1] == "txn-copy" {
+		os.Exit(txnCopy(os.Args[2:])) // txn.go
+	}
 	os.Exit(run())
 }
 

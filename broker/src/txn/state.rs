@@ -4,10 +4,8 @@
 //! the request and the clock in, the next state (or the Kafka error) out,
 //! so every rule is unit-tested without a broker.
 //!
-//! Not yet reachable: the coordinator that keeps these states in the
-//! regional controller and writes the markers is the next step of the
-//! transactions work (see `docs/ARCHITECTURE.md`, "What is deliberately not
-//! here yet").
+//! The coordinator (`super`) keeps these states in the regional controller
+//! and writes the markers.
 
 use std::collections::BTreeSet;
 
@@ -54,6 +52,15 @@ impl Status {
     }
 }
 
+/// An offset committed inside a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnOffset {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: crate::groups::record::OffsetRecord,
+}
+
 /// One transactional id's state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
@@ -68,6 +75,10 @@ pub struct Txn {
     pub partitions: BTreeSet<(String, i32)>,
     /// Consumer groups whose offsets it commits (AddOffsetsToTxn).
     pub groups: BTreeSet<String>,
+    /// Offsets committed in the transaction (TxnOffsetCommit), made the
+    /// groups' committed offsets when it commits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<TxnOffset>,
     /// When the open transaction began (its first AddPartitionsToTxn).
     pub started_ms: i64,
     pub updated_ms: i64,
@@ -84,6 +95,7 @@ impl Txn {
             status: Status::Empty,
             partitions: BTreeSet::new(),
             groups: BTreeSet::new(),
+            offsets: Vec::new(),
             started_ms: -1,
             updated_ms: now_ms,
         }
@@ -183,7 +195,7 @@ pub fn init_producer_id(
 }
 
 fn bump(epoch: i16) -> i16 {
-    epoch.saturating_add(1).min(i16::MAX)
+    epoch.saturating_add(1)
 }
 
 /// The producer id and epoch of a request must be the transaction's own.
@@ -226,11 +238,36 @@ pub fn add(
     if cur.status != Status::Ongoing {
         next.partitions.clear();
         next.groups.clear();
+        next.offsets.clear();
         next.started_ms = now_ms;
     }
     next.status = Status::Ongoing;
     next.partitions.extend(partitions.iter().cloned());
     next.groups.extend(groups.iter().cloned());
+    next.updated_ms = now_ms;
+    Ok(next)
+}
+
+/// TxnOffsetCommit: the offsets join the open transaction, which must
+/// hold the group (AddOffsetsToTxn came first). A later commit of the same
+/// partition replaces the earlier one.
+pub fn commit_offsets(
+    current: Option<&Txn>,
+    pid: i64,
+    epoch: i16,
+    offsets: Vec<TxnOffset>,
+    now_ms: i64,
+) -> Result<Txn, TxnError> {
+    let cur = check_producer(current, pid, epoch)?;
+    if cur.status != Status::Ongoing || offsets.iter().any(|o| !cur.groups.contains(&o.group)) {
+        return Err(TxnError::InvalidTxnState);
+    }
+    let mut next = cur.clone();
+    for o in offsets {
+        next.offsets
+            .retain(|e| (&e.group, &e.topic, e.partition) != (&o.group, &o.topic, o.partition));
+        next.offsets.push(o);
+    }
     next.updated_ms = now_ms;
     Ok(next)
 }
@@ -282,6 +319,7 @@ pub fn complete(cur: &Txn, now_ms: i64) -> Option<Txn> {
         status,
         partitions: BTreeSet::new(),
         groups: BTreeSet::new(),
+        offsets: Vec::new(),
         started_ms: -1,
         updated_ms: now_ms,
         ..cur.clone()
@@ -489,5 +527,45 @@ mod tests {
         );
         assert_eq!(expire(&new_txn(), NOW + 10_000_000), None, "nothing open");
         assert_eq!(expire(&aborting, NOW + 10_000_000), None, "already ending");
+    }
+
+    #[test]
+    fn offsets_join_only_an_open_transaction_that_holds_their_group() {
+        let t = new_txn();
+        let o = |g: &str, off: i64| TxnOffset {
+            group: g.into(),
+            topic: "in".into(),
+            partition: 0,
+            offset: crate::groups::record::OffsetRecord {
+                offset: off,
+                leader_epoch: -1,
+                metadata: None,
+                commit_ms: NOW,
+            },
+        };
+        let (pid, ep) = (t.producer_id, t.producer_epoch);
+        assert_eq!(
+            commit_offsets(Some(&t), pid, ep, vec![o("g", 1)], NOW),
+            Err(TxnError::InvalidTxnState),
+            "no transaction open"
+        );
+        let open = add(Some(&t), pid, ep, &[], &["g".to_string()], NOW).unwrap();
+        assert_eq!(
+            commit_offsets(Some(&open), pid, ep, vec![o("h", 1)], NOW),
+            Err(TxnError::InvalidTxnState),
+            "group not added"
+        );
+        let one = commit_offsets(Some(&open), pid, ep, vec![o("g", 1)], NOW).unwrap();
+        let two = commit_offsets(Some(&one), pid, ep, vec![o("g", 5)], NOW).unwrap();
+        assert_eq!(two.offsets, vec![o("g", 5)], "the later commit replaces");
+        let Ok(End::Prepare(ending)) = end_txn(Some(&two), pid, ep, true, NOW) else {
+            panic!("prepare")
+        };
+        assert_eq!(
+            ending.offsets.len(),
+            1,
+            "kept until the markers are written"
+        );
+        assert!(complete(&ending, NOW).unwrap().offsets.is_empty());
     }
 }

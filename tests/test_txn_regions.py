@@ -1,0 +1,124 @@
+"""Transactions across regions: markers travel with the data, so a read_committed consumer
+in a mirror region sees exactly the home's committed transactions; after a failover, the
+transaction the lost home left open is aborted in the new home, never half applied
+(docs/transactions.md).
+
+Two regions of one broker each and the witness, as in test_failover.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from harness import wait_until
+from kclient import produce_all, unique_topic
+from test_dclink import make_topic, wait_topic_in
+from test_failover import EU, US, failover, kill_region, witness_regions  # noqa: F401 (fixture)
+
+PARTITIONS = 2
+
+
+def read(bootstrap: str, topic: str, isolation: str, timeout: float = 60.0) -> dict[int, list[str]]:
+    """Every value each partition shows a consumer at `isolation`, read until the consumer's
+    position reaches the end that isolation level sees (the last stable offset for
+    read_committed, the high watermark otherwise), so nothing stops early on a count."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_topic("txn-reader"),
+                  "isolation.level": isolation, "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    out: dict[int, list[str]] = {}
+    try:
+        for p in range(PARTITIONS):
+            tp = TopicPartition(topic, p)
+            _low, end = c.get_watermark_offsets(tp, timeout=10, cached=False)
+            c.assign([TopicPartition(topic, p, 0)])
+            vals: list[str] = []
+            deadline = time.monotonic() + timeout
+            while True:
+                for m in c.consume(num_messages=500, timeout=0.5):
+                    assert not m.error(), m.error()
+                    if m.offset() < end:
+                        vals.append(m.value().decode())
+                (pos,) = c.position([tp])
+                if pos.offset >= end:
+                    break
+                assert time.monotonic() < deadline, f"{topic}[{p}] not read to {end} at {isolation}"
+            out[p] = vals
+    finally:
+        c.close()
+    return out
+
+
+def ends(bootstrap: str, topic: str, isolation: str) -> list[int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_topic("txn-ends"),
+                  "isolation.level": isolation})
+    try:
+        return [c.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)[1]
+                for p in range(PARTITIONS)]
+    finally:
+        c.close()
+
+
+def test_a_mirror_shows_only_committed_transactions_and_a_failover_aborts_the_open_one(witness_regions):
+    regions = witness_regions
+    topic = unique_topic("txn-geo")
+    make_topic(regions, US, topic, PARTITIONS)
+    wait_topic_in(regions, EU, topic, PARTITIONS)
+
+    p = Producer({"bootstrap.servers": regions.bootstrap(US), "transactional.id": unique_topic("geo-tid"),
+                  "transaction.timeout.ms": 600_000})
+    p.init_transactions(30)
+    committed: dict[int, list[str]] = {i: [] for i in range(PARTITIONS)}
+    everything: dict[int, list[str]] = {i: [] for i in range(PARTITIONS)}
+    for n in range(6):
+        p.begin_transaction()
+        batch = {i: [f"t{n}-p{i}-{j}" for j in range(5)] for i in range(PARTITIONS)}
+        for i, vals in batch.items():
+            for v in vals:
+                p.produce(topic, v.encode(), partition=i)
+        p.flush(30)
+        for i, vals in batch.items():
+            everything[i] += vals
+        if n % 3 == 2:
+            p.abort_transaction(30)
+        else:
+            p.commit_transaction(30)
+            for i, vals in batch.items():
+                committed[i] += vals
+    # A transaction left open when the home is lost.
+    p.begin_transaction()
+    for i in range(PARTITIONS):
+        for j in range(7):
+            v = f"open-p{i}-{j}"
+            p.produce(topic, v.encode(), partition=i)
+            everything[i].append(v)
+    p.flush(30)
+
+    # eu-west holds every record (markers included) once its read_uncommitted view is the
+    # home's; its read_committed view is exactly the committed transactions.
+    wait_until(lambda: read(regions.bootstrap(EU), topic, "read_uncommitted") == everything, 60,
+               what="eu-west mirrors every record, the open transaction's too")
+    assert read(regions.bootstrap(EU), topic, "read_committed") == committed
+    # The open transaction holds eu-west's last stable offset below its high watermark.
+    lso, hw = ends(regions.bootstrap(EU), topic, "read_committed"), ends(regions.bootstrap(EU), topic,
+                                                                       "read_uncommitted")
+    assert all(a < b for a, b in zip(lso, hw)), (lso, hw)
+
+    kill_region(regions, US)
+    out = failover(regions, EU, topic)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+
+    # The new home aborted the open transaction: its records stay in the log but
+    # read_committed never shows them, and nothing holds the last stable offset back.
+    wait_until(lambda: ends(regions.bootstrap(EU), topic, "read_committed")
+               == ends(regions.bootstrap(EU), topic, "read_uncommitted"), 60,
+               what="eu-west's last stable offset reaches its high watermark")
+    assert read(regions.bootstrap(EU), topic, "read_committed") == committed
+    assert read(regions.bootstrap(EU), topic, "read_uncommitted") == everything
+
+    # eu-west, the home now, takes writes that read_committed consumers see.
+    reports = produce_all(regions.bootstrap(EU), topic, [{"value": b"after", "partition": 0}], acks="all")
+    assert all(r[0] is None for r in reports), reports
+    committed[0].append("after")
+    assert read(regions.bootstrap(EU), topic, "read_committed") == committed

@@ -1,0 +1,96 @@
+//! Transaction markers: the control batches that end a transaction in each
+//! partition it wrote (KIP-98). A marker is one record whose key is
+//! `(version: i16 = 0, type: i16)`, type 0 aborting and 1 committing, and
+//! whose value is `(version: i16 = 0, coordinator epoch: i32)`, in an
+//! uncompressed batch with the transactional and control bits set and the
+//! producer's id and epoch (no sequence).
+
+use crate::batch::{self, BatchHeader};
+
+const ABORT: i16 = 0;
+const COMMIT: i16 = 1;
+const TRANSACTIONAL_AND_CONTROL: i16 = 0x10 | 0x20;
+
+/// The marker batch, offsets and leader epoch left for the append to stamp.
+pub fn marker_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Vec<u8> {
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&(if commit { COMMIT } else { ABORT }).to_be_bytes());
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let mut b = batch::build::batch(
+        timestamp,
+        Some((producer_id, producer_epoch, -1)),
+        &[batch::build::Record {
+            key: Some(&key),
+            value: Some(&value),
+            headers: Vec::new(),
+            timestamp_delta: 0,
+        }],
+    );
+    b[batch::ATTRIBUTES_OFFSET..batch::ATTRIBUTES_OFFSET + 2]
+        .copy_from_slice(&TRANSACTIONAL_AND_CONTROL.to_be_bytes());
+    batch::reseal(&mut b);
+    b
+}
+
+/// Whether a stored control batch commits (`Some(true)`), aborts
+/// (`Some(false)`) or is some other control record (`None`). `bytes` is the
+/// whole batch; control batches are never compressed.
+pub fn marker_kind(h: &BatchHeader, bytes: &[u8]) -> Option<bool> {
+    if !h.is_control() || h.compression() != 0 || h.records_count < 1 {
+        return None;
+    }
+    // Record: length, attributes (i8), timestamp delta, offset delta, key.
+    let mut at = batch::HEADER_LEN;
+    let (_len, n) = batch::read_varint(bytes.get(at..)?)?;
+    at += n + 1;
+    for _ in 0..2 {
+        let (_, n) = batch::read_varint(bytes.get(at..)?)?;
+        at += n;
+    }
+    let (klen, n) = batch::read_varint(bytes.get(at..)?)?;
+    at += n;
+    if klen < 4 {
+        return None;
+    }
+    let key = bytes.get(at..at + 4)?;
+    match i16::from_be_bytes([key[2], key[3]]) {
+        COMMIT => Some(true),
+        ABORT => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_reads_back_as_what_it_marks() {
+        for commit in [true, false] {
+            let b = marker_batch(42, 7, commit, 3, 1_000);
+            let h = batch::BatchHeader::parse(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch), (42, 7));
+            assert_eq!(h.records_count, 1);
+            assert_eq!(marker_kind(&h, &b), Some(commit));
+            // A valid batch as stored (the CRC covers the attributes).
+            assert!(batch::split_stored(&b).is_ok());
+        }
+    }
+
+    #[test]
+    fn data_batches_are_not_markers() {
+        let b = batch::build::simple(2, 0, Some((1, 0, 0)));
+        let h = batch::BatchHeader::parse(&b).unwrap();
+        assert_eq!(marker_kind(&h, &b), None);
+    }
+}

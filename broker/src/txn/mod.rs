@@ -40,6 +40,9 @@ pub fn txn_key(id: &str) -> String {
 /// How long a marker round may take before EndTxn answers anyway: the
 /// decision is committed, and the coordinator's own loop finishes it.
 const DRIVE_WAIT: Duration = Duration::from_secs(20);
+/// How soon a marker round that failed (a partition leader moving) is
+/// tried again.
+const RETRY_EVERY: Duration = Duration::from_millis(200);
 
 enum Phase {
     Inactive,
@@ -128,10 +131,16 @@ impl Coordinator {
                 inner.txns.clear();
                 continue;
             }
-            if active.is_none() || last_check.elapsed() < c.abort_check {
+            if active.is_none() {
                 continue;
             }
-            last_check = tokio::time::Instant::now();
+            // Transactions left ending (a request gave up, a new leader
+            // loaded them) are finished at once; timeouts are looked for
+            // every `abort_check`.
+            let check_timeouts = last_check.elapsed() >= c.abort_check;
+            if check_timeouts {
+                last_check = tokio::time::Instant::now();
+            }
             let slots: Vec<(String, Slot)> = c
                 .inner
                 .lock()
@@ -143,6 +152,14 @@ impl Coordinator {
             for (id, slot) in slots {
                 // A slot held by a request is that request's to finish.
                 let Ok(mut g) = slot.try_lock() else { continue };
+                let due = g.as_ref().is_some_and(|t| match t.status {
+                    Status::PrepareCommit | Status::PrepareAbort => true,
+                    Status::Ongoing => check_timeouts,
+                    _ => false,
+                });
+                if !due {
+                    continue;
+                }
                 let Some(cur) = g.clone() else { continue };
                 let now = now_ms();
                 let next = match cur.status {
@@ -302,9 +319,7 @@ impl Coordinator {
                 // client retries once it is.
                 self.persist(id, Some(&aborting)).await?;
                 *g = Some(aborting.clone());
-                if let Ok(Ok(done)) =
-                    tokio::time::timeout(DRIVE_WAIT, self.finish(id, &aborting)).await
-                {
+                if let Some(done) = self.drive(id, &aborting).await {
                     *g = Some(done);
                 }
                 Err(E::ConcurrentTransactions.code())
@@ -422,10 +437,31 @@ impl Coordinator {
             "outcome" => if commit { "commit" } else { "abort" }
         )
         .increment(1);
-        if let Ok(Ok(done)) = tokio::time::timeout(DRIVE_WAIT, self.finish(id, &ending)).await {
+        if let Some(done) = self.drive(id, &ending).await {
             *g = Some(done);
         }
         Ok(())
+    }
+
+    /// [`Coordinator::finish`], retried while a partition's leader is
+    /// moving, for at most [`DRIVE_WAIT`]; `None` leaves the transaction
+    /// ending, for the coordinator's loop to finish.
+    async fn drive(&self, id: &str, ending: &Txn) -> Option<Txn> {
+        let deadline = tokio::time::Instant::now() + DRIVE_WAIT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.finish(id, ending)).await {
+                Ok(Ok(done)) => return Some(done),
+                Ok(Err(e)) if tokio::time::Instant::now() + RETRY_EVERY < deadline => {
+                    tracing::debug!(transactional_id = id, error = %e, "transaction markers: retrying");
+                    tokio::time::sleep(RETRY_EVERY).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(transactional_id = id, error = %e, "transaction markers not written yet; the coordinator retries");
+                    return None;
+                }
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Writes the markers of a prepared transaction and, for a commit, its

@@ -546,6 +546,14 @@ def java_argv(classpath: str, main: str, work: Path, *args: str) -> list[str]:
             f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, main, *args]
 
 
+def copy_topics(c, prefix: str) -> tuple[str, str, str]:
+    """(bootstrap, input topic, output topic): two fresh three-partition topics on `c`."""
+    src, dst = unique_topic(f"{prefix}-in"), unique_topic(f"{prefix}-out")
+    create_topic(c, src, partitions=3)
+    create_topic(c, dst, partitions=3)
+    return live_bootstrap(c), src, dst
+
+
 def produce_input(bootstrap: str, topic: str, n: int) -> dict[int, list[bytes]]:
     """n records round-robin over the partitions (idempotent, acks=all), values unique;
     returns each partition's values in offset order."""
@@ -593,10 +601,7 @@ def test_java_consume_transform_produce_through_kill9(any_cluster, txn_java, pro
     way, while a transaction is open (its records written), and started again with the same transactional.id and group:
     the output read with read_committed holds every input record exactly once, in order."""
     c = any_cluster
-    bs = live_bootstrap(c)
-    src, dst = unique_topic("copy-in"), unique_topic("copy-out")
-    create_topic(c, src, partitions=3)
-    create_topic(c, dst, partitions=3)
+    bs, src, dst = copy_topics(c, "copy")
     inputs = produce_input(bs, src, COPY_RECORDS)
     group, txid = unique_topic("copy-group"), unique_topic("copy-txid")
     args = ["--bootstrap", bs, "--input", src, "--output", dst, "--group", group, "--transactional-id", txid,
@@ -694,10 +699,7 @@ def test_kafka_streams_word_count_exactly_once_through_kill9(any_cluster, txn_ja
     The last count of each word read with read_committed is the exact count of the input, and no
     word's count ever goes down."""
     c = any_cluster
-    bs = live_bootstrap(c)
-    src, dst = unique_topic("wc-in"), unique_topic("wc-out")
-    create_topic(c, src, partitions=3)
-    create_topic(c, dst, partitions=3)
+    bs, src, dst = copy_topics(c, "wc")
     lines = word_lines()
     expected = dict(Counter(w for line in lines for w in line.split(" ")))
     app = unique_topic("wordcount")
@@ -848,10 +850,7 @@ def test_franz_go_group_transact_session_through_leader_kill9(any_cluster, go_bi
     with -9, and restarted at two thirds. The program ends once the group committed every input
     record; the output read with read_committed holds every input record exactly once, in order."""
     c = any_cluster
-    bs = live_bootstrap(c)
-    src, dst = unique_topic("go-in"), unique_topic("go-out")
-    create_topic(c, src, partitions=3)
-    create_topic(c, dst, partitions=3)
+    bs, src, dst = copy_topics(c, "go")
     inputs = produce_input(bs, src, COPY_RECORDS)
     group = unique_topic("go-group")
     prog = Program("franz-go-txn-copy", [str(go_bin), "txn-copy", "--bootstrap", bs, "--input", src, "--output", dst,

@@ -337,12 +337,7 @@ impl Broker {
             producer_ids.clone(),
             config.node_id,
             config.region.clone(),
-            Duration::from_millis(
-                config
-                    .transactions
-                    .abort_timed_out_check_interval_ms
-                    .max(10),
-            ),
+            &config.transactions,
         );
         let lease = crate::lease_gate::LeaseGate::open(&config.region, &config.data_dir);
         let config_forward_limit = config.limits.forward_max_inflight_bytes;

@@ -1176,3 +1176,59 @@ async fn describe_configs_empty_key_list_means_all() {
     assert_eq!(counts[2], 1);
     b.shutdown().await;
 }
+
+/// An idle transactional id is forgotten after
+/// `transactions.transactional_id_expiration_ms`; one with a transaction
+/// open is not (it times out instead).
+#[tokio::test]
+async fn idle_transactional_ids_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = local_config(dir.path(), 1);
+    cfg.transactions.abort_timed_out_check_interval_ms = 50;
+    cfg.transactions.transactional_id_expiration_ms = 300;
+    let b = Broker::start(cfg).await.unwrap();
+    let mut c = Conn::open(&b).await;
+    create_topic(&mut c, "txn-expiry", 1).await;
+    let (pid, epoch) = txn_init(&mut c, "idle").await;
+    let (busy_pid, busy_epoch) = txn_init(&mut c, "busy").await;
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("busy")))
+        .with_v3_and_below_producer_id(ProducerId(busy_pid))
+        .with_v3_and_below_producer_epoch(busy_epoch)
+        .with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(topic_name("txn-expiry"))
+                .with_partitions(vec![0]),
+        ]);
+    let r: AddPartitionsToTxnResponse = c.call(ApiKey::AddPartitionsToTxn, 3, &add).await;
+    assert_eq!(
+        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        0
+    );
+    let describe = DescribeTransactionsRequest::default().with_transactional_ids(vec![
+        TransactionalId(StrBytes::from_static_str("idle")),
+        TransactionalId(StrBytes::from_static_str("busy")),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r: DescribeTransactionsResponse =
+            c.call(ApiKey::DescribeTransactions, 0, &describe).await;
+        let s = &r.transaction_states;
+        if s[0].error_code == 105 {
+            // TRANSACTIONAL_ID_NOT_FOUND; the open one is still there.
+            assert_eq!(
+                (s[1].error_code, s[1].transaction_state.as_str()),
+                (0, "Ongoing")
+            );
+            break;
+        }
+        assert_eq!((s[0].producer_id.0, s[0].producer_epoch), (pid, epoch));
+        assert!(Instant::now() < deadline, "the idle id never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Back after expiry: a new producer id, epoch 0.
+    let (again, again_epoch) = txn_init(&mut c, "idle").await;
+    assert_eq!(again_epoch, 0);
+    assert_ne!(again, pid);
+    b.shutdown().await;
+}

@@ -249,12 +249,16 @@ pub struct Transactions {
     /// `transaction.timeout.ms` and aborted past it
     /// (`transaction.abort.timed.out.transaction.cleanup.interval.ms`).
     pub abort_timed_out_check_interval_ms: u64,
+    /// An idle transactional id (no transaction open, no request) is
+    /// forgotten after this long (`transactional.id.expiration.ms`).
+    pub transactional_id_expiration_ms: u64,
 }
 
 impl Default for Transactions {
     fn default() -> Self {
         Transactions {
             abort_timed_out_check_interval_ms: 10_000,
+            transactional_id_expiration_ms: 604_800_000,
         }
     }
 }

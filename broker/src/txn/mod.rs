@@ -65,8 +65,11 @@ pub struct Coordinator {
     producer_ids: Arc<ProducerIdAllocator>,
     node_id: i32,
     region: String,
-    /// How often open transactions are checked against their timeout.
+    /// How often open transactions are checked against their timeout (and
+    /// idle ids against their expiration).
     abort_check: Duration,
+    /// `transactional.id.expiration.ms`.
+    id_expiration_ms: i64,
     inner: Mutex<Inner>,
 }
 
@@ -84,7 +87,7 @@ impl Coordinator {
         producer_ids: Arc<ProducerIdAllocator>,
         node_id: i32,
         region: String,
-        abort_check: Duration,
+        settings: &chronik_topology::Transactions,
     ) -> Arc<Coordinator> {
         let c = Arc::new(Coordinator {
             cluster,
@@ -94,7 +97,8 @@ impl Coordinator {
             producer_ids,
             node_id,
             region,
-            abort_check,
+            abort_check: Duration::from_millis(settings.abort_timed_out_check_interval_ms.max(10)),
+            id_expiration_ms: settings.transactional_id_expiration_ms.min(i64::MAX as u64) as i64,
             inner: Mutex::new(Inner {
                 phase: Phase::Inactive,
                 txns: HashMap::new(),
@@ -152,6 +156,17 @@ impl Coordinator {
             for (id, slot) in slots {
                 // A slot held by a request is that request's to finish.
                 let Ok(mut g) = slot.try_lock() else { continue };
+                if check_timeouts
+                    && g.as_ref()
+                        .is_some_and(|t| state::id_expired(t, now_ms(), c.id_expiration_ms))
+                {
+                    // The empty slot stays: a request may already hold it.
+                    if c.persist(&id, None).await.is_ok() {
+                        tracing::info!(transactional_id = id, "idle transactional id expired");
+                        *g = None;
+                    }
+                    continue;
+                }
                 let due = g.as_ref().is_some_and(|t| match t.status {
                     Status::PrepareCommit | Status::PrepareAbort => true,
                     Status::Ongoing => check_timeouts,

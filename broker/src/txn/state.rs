@@ -326,6 +326,14 @@ pub fn complete(cur: &Txn, now_ms: i64) -> Option<Txn> {
     })
 }
 
+/// Whether an idle transactional id is forgotten: no transaction open or
+/// ending, and no request for `expiration_ms` (Kafka's
+/// `transactional.id.expiration.ms`). A producer that comes back later
+/// starts over with a new producer id.
+pub fn id_expired(cur: &Txn, now_ms: i64, expiration_ms: i64) -> bool {
+    cur.status.settled() && now_ms.saturating_sub(cur.updated_ms) >= expiration_ms
+}
+
 /// An open transaction past its timeout is aborted under a bumped epoch, so
 /// the producer that opened it is fenced (its next request gets
 /// PRODUCER_FENCED) and cannot commit what was aborted.
@@ -567,5 +575,36 @@ mod tests {
             "kept until the markers are written"
         );
         assert!(complete(&ending, NOW).unwrap().offsets.is_empty());
+    }
+
+    #[test]
+    fn only_an_idle_settled_id_expires() {
+        let t = new_txn();
+        assert!(!id_expired(&t, NOW + 999, 1000));
+        assert!(id_expired(&t, NOW + 1000, 1000));
+        let open = add(
+            Some(&t),
+            t.producer_id,
+            t.producer_epoch,
+            &[p("a", 0)],
+            &[],
+            NOW,
+        )
+        .unwrap();
+        assert!(
+            !id_expired(&open, NOW + 10_000_000, 1000),
+            "an open transaction times out instead"
+        );
+        let Ok(End::Prepare(ending)) =
+            end_txn(Some(&open), t.producer_id, t.producer_epoch, true, NOW)
+        else {
+            panic!("prepare")
+        };
+        assert!(
+            !id_expired(&ending, NOW + 10_000_000, 1000),
+            "an ending one is finished first"
+        );
+        let done = complete(&ending, NOW).unwrap();
+        assert!(id_expired(&done, NOW + 1000, 1000));
     }
 }

@@ -535,12 +535,6 @@ impl PartitionLog {
         self.state.lock().unwrap().txns.is_open(producer_id)
     }
 
-    /// Producers with a transaction open here, and its first offset.
-    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
-        let st = self.state.lock().unwrap();
-        st.txns.open.iter().map(|(p, f)| (*p, *f)).collect()
-    }
-
     pub fn size_bytes(&self) -> u64 {
         self.state.lock().unwrap().size_bytes
     }
@@ -1701,7 +1695,6 @@ mod tests {
 
     fn transactional(n: usize, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
         let mut b = build::simple(n, 100, Some((pid, epoch, seq)));
-        b[21] |= 0x00;
         b[22] |= 0x10; // attributes (big-endian i16 at 21): the transactional bit
         chronik_wire::batch::reseal(&mut b);
         b

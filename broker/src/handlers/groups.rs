@@ -528,20 +528,9 @@ fn group_rows<T, R>(
     rows: Vec<(String, i32, R)>,
     make: impl Fn(String, Vec<(i32, R)>) -> T,
 ) -> Vec<T> {
-    let mut order: Vec<String> = Vec::new();
-    let mut by: std::collections::HashMap<String, Vec<(i32, R)>> = Default::default();
-    for (t, p, r) in rows {
-        if !by.contains_key(&t) {
-            order.push(t.clone());
-        }
-        by.entry(t).or_default().push((p, r));
-    }
-    order
+    super::by_topic(rows.into_iter().map(|(t, p, r)| (t, (p, r))))
         .into_iter()
-        .map(|t| {
-            let parts = by.remove(&t).unwrap_or_default();
-            make(t, parts)
-        })
+        .map(|(t, parts)| make(t, parts))
         .collect()
 }
 

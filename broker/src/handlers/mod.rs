@@ -637,3 +637,23 @@ async fn handle_init_producer_id(
         Err(e) => resp.with_error_code(e.kafka_code()),
     }
 }
+
+/// Rows grouped by topic, in the order topics first appear (responses list
+/// each topic once, with its partitions).
+fn by_topic<T>(rows: impl IntoIterator<Item = (String, T)>) -> Vec<(String, Vec<T>)> {
+    let mut order: Vec<String> = Vec::new();
+    let mut by: std::collections::HashMap<String, Vec<T>> = Default::default();
+    for (topic, row) in rows {
+        if !by.contains_key(&topic) {
+            order.push(topic.clone());
+        }
+        by.entry(topic).or_default().push(row);
+    }
+    order
+        .into_iter()
+        .map(|t| {
+            let rows = by.remove(&t).unwrap_or_default();
+            (t, rows)
+        })
+        .collect()
+}

@@ -651,24 +651,22 @@ fn verify_transactional(
     if log.has_open_transaction(h.producer_id) {
         return Ok(());
     }
-    if crate::txn::Coordinator::verify(
+    match crate::txn::Coordinator::verify(
         &ctx.catalog,
         h.producer_id,
         h.producer_epoch,
         topic,
         log.partition,
     ) {
-        return Ok(());
-    }
-    match ctx.catalog.txn_by_producer(h.producer_id) {
-        Some(t) if t.producer_epoch > h.producer_epoch => Err((
+        Ok(()) => Ok(()),
+        Err(true) => Err((
             E::InvalidProducerEpoch.code(),
             format!(
-                "producer {} epoch {} was fenced by epoch {}",
-                h.producer_id, h.producer_epoch, t.producer_epoch
+                "producer {} epoch {} was fenced by a newer epoch",
+                h.producer_id, h.producer_epoch
             ),
         )),
-        _ => Err((
+        Err(false) => Err((
             E::NotEnoughReplicas.code(),
             format!(
                 "{topic}-{} is not (yet) part of producer {}'s open transaction here; retry",

@@ -26,6 +26,7 @@ use crate::server::BrokerCtx;
 use crate::txn::state::{Status, TxnOffset};
 
 use super::authorize::Authz;
+use super::by_topic;
 
 fn txn_allowed(authz: &Authz, operation: i8, id: &str) -> bool {
     authz.allows(operation, resource::TRANSACTIONAL_ID, id)
@@ -104,18 +105,6 @@ pub async fn add_partitions(
         })
         .collect();
     AddPartitionsToTxnResponse::default().with_results_by_topic_v3_and_below(by_topic)
-}
-
-/// Rows grouped by topic, in the order topics first appear.
-fn by_topic<T>(rows: impl IntoIterator<Item = (String, T)>) -> Vec<(String, Vec<T>)> {
-    let mut out: Vec<(String, Vec<T>)> = Vec::new();
-    for (topic, row) in rows {
-        match out.iter_mut().find(|(t, _)| *t == topic) {
-            Some((_, v)) => v.push(row),
-            None => out.push((topic, vec![row])),
-        }
-    }
-    out
 }
 
 pub async fn add_offsets(

@@ -622,21 +622,29 @@ impl Coordinator {
         Ok(out)
     }
 
-    /// Whether `producer_id` at `epoch` has `topic`/`partition` in its
-    /// open transaction, as this broker's copy of the controller state
-    /// says (KIP-890's check before a partition leader takes a
-    /// transactional batch; the leader need not be the coordinator).
+    /// KIP-890's check before a partition leader takes a transactional
+    /// batch that would open a transaction (the leader need not be the
+    /// coordinator): `producer_id` at `epoch` must have `topic`/`partition`
+    /// in its open transaction, as this broker's copy of the controller
+    /// state says. `Err(true)`: a newer epoch fenced the producer;
+    /// `Err(false)`: not (yet) in the transaction.
     pub fn verify(
         catalog: &Catalog,
         producer_id: i64,
         epoch: i16,
         topic: &str,
         partition: i32,
-    ) -> bool {
-        catalog.txn_by_producer(producer_id).is_some_and(|t| {
-            t.producer_epoch == epoch
-                && t.status == Status::Ongoing
-                && t.partitions.contains(&(topic.to_string(), partition))
-        })
+    ) -> Result<(), bool> {
+        match catalog.txn_by_producer(producer_id) {
+            Some(t) if t.producer_epoch > epoch => Err(true),
+            Some(t)
+                if t.producer_epoch == epoch
+                    && t.status == Status::Ongoing
+                    && t.partitions.contains(&(topic.to_string(), partition)) =>
+            {
+                Ok(())
+            }
+            _ => Err(false),
+        }
     }
 }

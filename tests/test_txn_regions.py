@@ -122,3 +122,58 @@ def test_a_mirror_shows_only_committed_transactions_and_a_failover_aborts_the_op
     assert all(r[0] is None for r in reports), reports
     committed[0].append("after")
     assert read(regions.bootstrap(EU), topic, "read_committed") == committed
+
+
+def test_failback_recovers_only_what_transactions_committed(witness_regions):
+    """us-east writes committed, aborted and open transactions and plain records that eu-west
+    never receives, is lost, and eu-west is failed over to holding nothing of the topic. The
+    failback's recovery topic holds exactly the records a read_committed consumer of us-east
+    could have read: the committed transactions' and the plain ones, not the aborted nor the
+    never-ended transactions' (counted in its result)."""
+    from test_failback import failback_done, read_recovered
+
+    regions = witness_regions
+    topic = unique_topic("txn-fb")
+    make_topic(regions, US, topic, PARTITIONS)
+    wait_topic_in(regions, EU, topic, PARTITIONS)
+    regions.kill9_dclink(EU)  # eu-west receives nothing of what follows
+
+    p = Producer({"bootstrap.servers": regions.bootstrap(US), "transactional.id": unique_topic("fb-tid"),
+                  "transaction.timeout.ms": 600_000})
+    p.init_transactions(30)
+    expected: dict[int, list[str]] = {i: [] for i in range(PARTITIONS)}
+    for n, commit in enumerate([True, False, True]):
+        p.begin_transaction()
+        for i in range(PARTITIONS):
+            vals = [f"t{n}-p{i}-{j}" for j in range(5)]
+            for v in vals:
+                p.produce(topic, v.encode(), partition=i)
+            if commit:
+                expected[i] += vals
+        p.flush(30)
+        p.commit_transaction(30) if commit else p.abort_transaction(30)
+    plain = [{"value": f"plain-p{i}-{j}".encode(), "partition": i} for i in range(PARTITIONS) for j in range(4)]
+    assert all(r[0] is None for r in produce_all(regions.bootstrap(US), topic, plain, acks="all"))
+    for rec in plain:
+        expected[rec["partition"]].append(rec["value"].decode())
+    p.begin_transaction()
+    for i in range(PARTITIONS):
+        for j in range(7):
+            p.produce(topic, f"open-p{i}-{j}".encode(), partition=i)
+    p.flush(30)
+
+    kill_region(regions, US)
+    regions.restart_dclink(EU, timeout=60, ready=False)
+    out = failover(regions, EU, topic)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    for node in regions.cluster(US).ids:
+        regions.restart_broker(US, node, timeout=120)
+    regions.restart_dclink(US, timeout=60, ready=False)
+
+    res = failback_done(regions, US, topic)
+    for i in range(PARTITIONS):
+        rec = read_recovered(regions.bootstrap(EU), res["recovery_topic"], i)
+        got = [rec[o][0].decode() for o in sorted(rec)]
+        assert got == expected[i], f"{res['recovery_topic']}/{i}: {got}"
+    assert (res["skipped_aborted"], res["skipped_open"]) == (5 * PARTITIONS, 7 * PARTITIONS), res
+    assert res["records_recovered"] == sum(len(v) for v in expected.values()), res

@@ -1694,10 +1694,7 @@ mod tests {
     }
 
     fn transactional(n: usize, pid: i64, epoch: i16, seq: i32) -> Vec<u8> {
-        let mut b = build::simple(n, 100, Some((pid, epoch, seq)));
-        b[22] |= 0x10; // attributes (big-endian i16 at 21): the transactional bit
-        chronik_wire::batch::reseal(&mut b);
-        b
+        build::transactional(build::simple(n, 100, Some((pid, epoch, seq))))
     }
 
     async fn mark(

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use chronik_dc_link::broker_http::{encode_segment, get_bytes, get_json, post_json, MirrorState};
 use chronik_dc_link::kafka;
 use chronik_wire::batch::build;
+use chronik_wire::control::{fates, key_kind, Fate};
 use chronik_wire::epochs::{divergence, LogShape};
 use chronik_wire::records::{decode_all, Record};
 use serde_json::{json, Value};
@@ -242,6 +243,19 @@ struct RecoveryCopy {
     origins: BTreeSet<Origin>,
     /// The records' timestamps, in log order.
     timestamps: Vec<i64>,
+    skipped: Skipped,
+}
+
+/// Diverged records of transactions that did not commit, which the
+/// recovery topic does not take.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Skipped {
+    /// Of transactions the region's log shows aborted.
+    aborted: u64,
+    /// Of transactions still open in the region's log: their coordinator,
+    /// in the region, lost the home before it could end them, and the new
+    /// home never had them committed.
+    open: u64,
 }
 
 /// Recovery batches for the records of `suffix` (stored batches of the
@@ -282,9 +296,35 @@ fn recovery_batches(
         pending.clear();
     };
     let mut bytes = 0usize;
-    for (h, records) in decode_all(suffix).map_err(|e| format!("diverged log: {e}"))? {
-        if h.is_control() {
-            continue; // transaction markers are not records
+    let mut skipped = Skipped::default();
+    let batches = decode_all(suffix).map_err(|e| format!("diverged log: {e}"))?;
+    let marks: Vec<_> = batches
+        .iter()
+        .map(|(h, records)| {
+            let key = records.first().and_then(|r| r.key.as_deref());
+            (*h, key.filter(|_| h.is_control()).and_then(key_kind))
+        })
+        .collect();
+    for ((h, records), fate) in batches.into_iter().zip(fates(&marks)) {
+        let in_range = || {
+            records
+                .iter()
+                .filter(|r| r.offset >= from && r.offset < to)
+                .count() as u64
+        };
+        match fate {
+            Fate::Plain | Fate::Committed => {}
+            Fate::Control => continue, // transaction markers are not records
+            // Never visible to a read_committed consumer of the region, and
+            // no producer was told they were committed.
+            Fate::Aborted => {
+                skipped.aborted += in_range();
+                continue;
+            }
+            Fate::Open => {
+                skipped.open += in_range();
+                continue;
+            }
         }
         for r in records {
             let origin = (r.offset, h.partition_leader_epoch);
@@ -321,6 +361,7 @@ fn recovery_batches(
         count,
         origins,
         timestamps,
+        skipped,
     })
 }
 
@@ -643,6 +684,7 @@ pub(crate) async fn failback_one(
         let mut row = json!({
             "partition": p, "divergence": fork, "log_end": ours.log_end(),
             "home_log_end": theirs.state.high_watermark, "copied": 0, "copied_before": 0, "offsets_moved": 0,
+            "skipped_aborted": 0, "skipped_open": 0,
         });
         if fork < ours.log_end() {
             progress.say(
@@ -670,6 +712,15 @@ pub(crate) async fn failback_one(
                 .map_err(|e| format!("reading {topic}/{p} in {region}: {}", reason(&e)))?;
             let copy = recovery_batches(&suffix, fork, ours.log_end(), &before, region, p)?;
             let count = copy.count;
+            if copy.skipped != Skipped::default() {
+                progress.say(
+                    format!(
+                        "partition {p}: left out of {recovery}: {} record(s) of aborted transactions, {} of transactions {region} never ended",
+                        copy.skipped.aborted, copy.skipped.open
+                    ),
+                    None,
+                );
+            }
             row["oldest_timestamp_ms"] = json!(copy.timestamps.iter().min());
             if let Some(t) = args.written_before_ms {
                 row["written_before"] =
@@ -691,6 +742,8 @@ pub(crate) async fn failback_one(
             }
             let before_here = copy.origins.intersection(&before).count();
             row["copied"] = json!(count);
+            row["skipped_aborted"] = json!(copy.skipped.aborted);
+            row["skipped_open"] = json!(copy.skipped.open);
             row["copied_before"] = json!(before_here);
             let cut: Value = post_json(
                 &ours.admin,
@@ -755,10 +808,12 @@ pub(crate) async fn failback_one(
         .iter()
         .map(|r| r["copied_before"].as_u64().unwrap_or(0))
         .sum();
+    let sum = |k: &str| rows.iter().map(|r| r[k].as_u64().unwrap_or(0)).sum::<u64>();
     Ok(json!({
         "topic": topic, "region": region, "home": home, "epoch": epoch,
         "recovery_topic": recovery, "records_recovered": copied + copied_before,
         "copied_now": copied, "elapsed_ms": started.elapsed().as_millis() as u64,
+        "skipped_aborted": sum("skipped_aborted"), "skipped_open": sum("skipped_open"),
         "partitions": rows,
     }))
 }
@@ -815,7 +870,16 @@ fn print_results(results: &[Value]) {
             .map(|p| {
                 let n =
                     p["copied"].as_u64().unwrap_or(0) + p["copied_before"].as_u64().unwrap_or(0);
-                format!("{}@{}: {n}", p["partition"], p["divergence"])
+                let skipped = p["skipped_aborted"].as_u64().unwrap_or(0)
+                    + p["skipped_open"].as_u64().unwrap_or(0);
+                if skipped > 0 {
+                    format!(
+                        "{}@{}: {n} ({skipped} of uncommitted transactions left out)",
+                        p["partition"], p["divergence"]
+                    )
+                } else {
+                    format!("{}@{}: {n}", p["partition"], p["divergence"])
+                }
             })
             .collect();
         println!(
@@ -952,6 +1016,36 @@ mod tests {
         );
         assert!(recovered_origins(&dump, "us-east", 1).unwrap().is_empty());
         assert!(recovered_origins(&dump, "eu-west", 2).unwrap().is_empty());
+    }
+
+    #[test]
+    fn recovery_leaves_out_what_no_transaction_committed() {
+        use chronik_wire::batch::{build::transactional, stamp};
+        use chronik_wire::control::marker_batch;
+        let data = |pid: i64, n: usize| transactional(build::simple(n, 0, Some((pid, 0, 0))));
+        // Offsets: 20-21 pid 5's (committed at 24), 22 pid 6's (aborted at
+        // 25), 23 plain, 26-28 pid 7's (never ended).
+        let log = [
+            stamp(&data(5, 2), 20, 4, None),
+            stamp(&data(6, 1), 22, 4, None),
+            stamp(&build::simple(1, 0, None), 23, 4, None),
+            stamp(&marker_batch(5, 0, true, 0, 0), 24, 4, None),
+            stamp(&marker_batch(6, 0, false, 0, 0), 25, 4, None),
+            stamp(&data(7, 3), 26, 4, None),
+        ]
+        .concat();
+        // The region's log left the home's at 21: pid 5's first record is
+        // not diverged, its second is, and the commit covers it.
+        let copy = recovery_batches(&log, 21, 29, &BTreeSet::new(), "us-east", 0).unwrap();
+        assert_eq!(copy.origins, BTreeSet::from([(21, 4), (23, 4)]));
+        assert_eq!(copy.count, 2);
+        assert_eq!(
+            copy.skipped,
+            Skipped {
+                aborted: 1,
+                open: 3
+            }
+        );
     }
 
     #[test]

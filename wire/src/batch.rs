@@ -388,6 +388,16 @@ pub mod build {
             .collect();
         batch(base_timestamp, producer, &recs)
     }
+
+    /// `b` (built here, with a producer) made transactional: records of its
+    /// producer's open transaction.
+    pub fn transactional(mut b: Vec<u8>) -> Vec<u8> {
+        let attrs = i16::from_be_bytes([b[ATTRIBUTES_OFFSET], b[ATTRIBUTES_OFFSET + 1]])
+            | TRANSACTIONAL_BIT;
+        b[ATTRIBUTES_OFFSET..ATTRIBUTES_OFFSET + 2].copy_from_slice(&attrs.to_be_bytes());
+        super::reseal(&mut b);
+        b
+    }
 }
 
 #[cfg(test)]

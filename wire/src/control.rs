@@ -61,12 +61,65 @@ pub fn marker_kind(h: &BatchHeader, bytes: &[u8]) -> Option<bool> {
     if klen < 4 {
         return None;
     }
-    let key = bytes.get(at..at + 4)?;
-    match i16::from_be_bytes([key[2], key[3]]) {
+    key_kind(bytes.get(at..at + klen as usize)?)
+}
+
+/// What a control record's key marks: a commit (`Some(true)`), an abort
+/// (`Some(false)`) or neither.
+pub fn key_kind(key: &[u8]) -> Option<bool> {
+    match i16::from_be_bytes([*key.get(2)?, *key.get(3)?]) {
         COMMIT => Some(true),
         ABORT => Some(false),
         _ => None,
     }
+}
+
+/// What became of one batch's records, as the batches after it in the same
+/// partition's log tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Not transactional: its records stand.
+    Plain,
+    /// A control batch: no records of the application's.
+    Control,
+    /// Its transaction's commit marker follows.
+    Committed,
+    /// Its transaction's abort marker follows.
+    Aborted,
+    /// No marker of its producer follows: the transaction never ended here.
+    Open,
+}
+
+/// The fate of each of `batches` (a stretch of one partition's log, in
+/// offset order: each batch's header and, for a control batch, what it
+/// marks). A transaction whose data lies partly before the stretch is judged
+/// by the marker in it all the same; one whose marker lies past the
+/// stretch is `Open`.
+pub fn fates(batches: &[(BatchHeader, Option<bool>)]) -> Vec<Fate> {
+    let mut out = Vec::with_capacity(batches.len());
+    // Producer id -> its batches since its last marker.
+    let mut pending: std::collections::HashMap<i64, Vec<usize>> = Default::default();
+    for (i, (h, kind)) in batches.iter().enumerate() {
+        if h.is_control() {
+            out.push(Fate::Control);
+            if let (Some(commit), Some(open)) = (kind, pending.remove(&h.producer_id)) {
+                let fate = if *commit {
+                    Fate::Committed
+                } else {
+                    Fate::Aborted
+                };
+                for j in open {
+                    out[j] = fate;
+                }
+            }
+        } else if h.is_transactional() {
+            out.push(Fate::Open);
+            pending.entry(h.producer_id).or_default().push(i);
+        } else {
+            out.push(Fate::Plain);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -85,6 +138,39 @@ mod tests {
             // A valid batch as stored (the CRC covers the attributes).
             assert!(batch::split_stored(&b).is_ok());
         }
+    }
+
+    #[test]
+    fn each_batch_takes_the_fate_of_the_marker_after_it() {
+        let data = |pid: i64, txn: bool| {
+            let mut b = batch::build::simple(1, 0, Some((pid, 0, 0)));
+            if txn {
+                b = batch::build::transactional(b);
+            }
+            (batch::BatchHeader::parse(&b).unwrap(), None)
+        };
+        let marker = |pid: i64, commit: bool| {
+            let b = marker_batch(pid, 0, commit, 0, 0);
+            let h = batch::BatchHeader::parse(&b).unwrap();
+            let kind = marker_kind(&h, &b);
+            (h, kind)
+        };
+        let log = [
+            data(1, true),
+            data(2, true),
+            data(9, false),
+            data(1, true),
+            marker(1, true),
+            data(3, true),
+            marker(2, false),
+            marker(4, true), // its data lies before the stretch
+            data(1, true),
+        ];
+        use Fate::*;
+        assert_eq!(
+            fates(&log),
+            [Committed, Aborted, Plain, Committed, Control, Open, Control, Control, Open]
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@ Three brokers form the region and take a replicated topic. A fourth broker start
 data directory, finds the region running without it and waits; `chronik ctl broker add` makes it
 a controller voter, and new topics place replicas on it. Then `chronik ctl broker remove` takes
 one of the original brokers out while an idempotent producer writes: its replicas move to the
-others by reassignment, it leaves the controller, Metadata stops naming it, and it is stopped.
+others by reassignment, it leaves the controller, Metadata stops naming it, it logs that it was
+removed, and it is stopped; restarted on its old data, it refuses to start and says why.
 Every acknowledged record is read back from every partition, to the high watermark, and the
 region still takes writes with acks=all. A removal that would leave fewer brokers than a topic's
 replicas, and an add with a malformed address, are refused with the reason.
@@ -149,7 +150,15 @@ def test_a_broker_joins_and_another_leaves_a_running_region(tmp_path):
             assert all(2 not in r for r in replicas(rest, t).values()), replicas(rest, t)
         wait_until(lambda: {b.id for b in admin(rest).list_topics(timeout=10).brokers.values()} == {1, 3, 4},
                    30, what="Metadata naming brokers 1, 3 and 4 only")
+        # Left running, the removed broker hears from no one, asks, and says it was removed.
+        wait_until(lambda: "this broker was removed from region" in c.nodes[2].log_path.read_text(errors="replace"), 90,
+                   what="broker 2 logging that it was removed")
         c.nodes[2].stop()
+        # Restarted on its old data, it refuses to start and says why.
+        c.nodes[2].launch()
+        wait_until(lambda: not c.nodes[2].running, 60, what="broker 2 refusing to start")
+        assert c.nodes[2].proc.returncode != 0
+        assert "broker 2 was removed from region" in c.nodes[2].log_tail(), c.nodes[2].log_tail()
 
         assert len(acked) > 0
         assert read_all(rest, first, 3) == sorted(want_first + acked)

@@ -1033,6 +1033,11 @@ impl Inbound for InboundRef {
             known: c.catalog.brokers().iter().any(|b| b.id as u64 == id),
             running: !st.voters.is_empty(),
             member: st.voters.contains(&id) || st.learners.contains(&id),
+            removed: c
+                .catalog
+                .members()
+                .iter()
+                .any(|m| m.id as u64 == id && m.state == crate::catalog::MemberState::Removed),
         }
     }
 }

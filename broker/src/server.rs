@@ -17,6 +17,7 @@ use chronik_topology::BrokerConfig;
 use crate::catalog::{Catalog, RegionSettings};
 use crate::cluster::Cluster;
 use crate::handlers;
+use crate::raft::transport::Probed;
 use crate::raft::types::{Command, CommandResult};
 use crate::storage::{Store, StoreError, CF_META};
 
@@ -143,12 +144,19 @@ pub enum StartError {
     AdminToken(String),
     #[error("{0}")]
     Discovery(String),
-    #[error("{dir} is empty, but broker(s) {known:?} of region {region} know broker {node} as a member: its data was lost. Starting it empty would let it vote in Raft elections with an empty log, which can lose committed records. Restore the data directory from a backup. (Replacing a broker that lost its disk needs it removed from the region and added back, which Chronik does not support yet.)")]
+    #[error("{dir} is empty, but broker(s) {known:?} of region {region} know broker {node} as a member: its data was lost. Starting it empty would let it vote in Raft elections with an empty log, which can lose committed records. Restore the data directory from a backup, or replace the broker: `chronik ctl broker remove {node}` moves its replicas to the other brokers, then start it empty and `chronik ctl broker add {node}`")]
     EmptyButKnown {
         dir: String,
         node: i32,
         region: String,
         known: Vec<i32>,
+    },
+    #[error("broker {node} was removed from region {region} (`chronik ctl broker remove`; broker(s) {removed_by:?} record it as removed): the data in {dir} is from before the removal, and no broker of the region talks to it any more. Delete {dir}; to bring this machine back, start it on an empty data directory and run `chronik ctl broker add {node} --raft <its raft address>`")]
+    Removed {
+        dir: String,
+        node: i32,
+        region: String,
+        removed_by: Vec<i32>,
     },
     #[error("{0}")]
     PeerIo(String),
@@ -162,6 +170,50 @@ pub enum StartError {
     },
 }
 
+/// What each configured peer that answers within `wait` knows of this
+/// broker.
+async fn ask_peers(
+    config: &BrokerConfig,
+    wait: Duration,
+) -> Result<Vec<(i32, Result<Probed, String>)>, StartError> {
+    let io = crate::cluster::Cluster::peer_io(config).map_err(StartError::PeerIo)?;
+    let me = config.node_id as u64;
+    let asks = config.cluster.peers.iter().map(|p| {
+        let io = io.clone();
+        async move {
+            let answer =
+                crate::raft::transport::probe(io.as_ref(), me, p.id as u64, p.raft.clone(), wait)
+                    .await;
+            (p.id, answer)
+        }
+    });
+    Ok(futures_util::future::join_all(asks).await)
+}
+
+/// A broker restarting on its data after `chronik ctl broker remove` would
+/// knock on peers that no longer talk to it, forever: it stops here,
+/// saying why, if a peer answers that the region removed it.
+async fn refuse_if_removed(config: &BrokerConfig) -> Result<(), StartError> {
+    if config.cluster.peers.is_empty() {
+        return Ok(());
+    }
+    let removed_by: Vec<i32> = ask_peers(config, Duration::from_secs(2))
+        .await?
+        .into_iter()
+        .filter(|(_, a)| a.as_ref().is_ok_and(|p| p.removed))
+        .map(|(peer, _)| peer)
+        .collect();
+    if removed_by.is_empty() {
+        return Ok(());
+    }
+    Err(StartError::Removed {
+        dir: config.data_dir.display().to_string(),
+        node: config.node_id,
+        region: config.region.clone(),
+        removed_by,
+    })
+}
+
 /// A broker starting on an empty data directory asks its peers about
 /// itself. If one knows it, its disk was wiped and it must not vote. If
 /// one runs the region's controller, it must not form one of its own
@@ -173,24 +225,8 @@ async fn probe_peers(config: &BrokerConfig) -> Result<bool, StartError> {
     if config.cluster.peers.is_empty() {
         return Ok(true);
     }
-    let io = crate::cluster::Cluster::peer_io(config).map_err(StartError::PeerIo)?;
-    let me = config.node_id as u64;
-    let asks = config.cluster.peers.iter().map(|p| {
-        let io = io.clone();
-        async move {
-            let answer = crate::raft::transport::probe(
-                io.as_ref(),
-                me,
-                p.id as u64,
-                p.raft.clone(),
-                Duration::from_secs(5),
-            )
-            .await;
-            (p.id, answer)
-        }
-    });
     let (mut known, mut running, mut member) = (Vec::new(), false, false);
-    for (peer, answer) in futures_util::future::join_all(asks).await {
+    for (peer, answer) in ask_peers(config, Duration::from_secs(5)).await? {
         match answer {
             Ok(p) => {
                 if p.known {
@@ -252,7 +288,10 @@ impl Broker {
             }
             // A broker that started as a joiner stays one until the
             // controller reaches it, across restarts.
-            Some(_) => store.get_meta(JOINING_KEY).map_err(storage_err)?.is_none(),
+            Some(_) => {
+                refuse_if_removed(&config).await?;
+                store.get_meta(JOINING_KEY).map_err(storage_err)?.is_none()
+            }
             None => {
                 let form = probe_peers(&config).await?;
                 let mut wb = WriteBatch::default();

@@ -12,6 +12,16 @@ use crate::catalog::MemberState;
 use crate::membership::{plan, Placement, Step};
 use crate::raft::types::ControllerCommand;
 
+/// How long a broker hears from no peer before it asks whether the region
+/// removed it, and how often it asks again while that lasts.
+const REMOVAL_SILENCE: Duration = Duration::from_secs(10);
+const REMOVAL_PROBE_EVERY: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct RemovalCheck {
+    last: Option<std::time::Instant>,
+}
+
 impl Cluster {
     /// Dials brokers added while the region ran (no configuration names
     /// them) and drops removed ones (configurations still may).
@@ -29,6 +39,7 @@ impl Cluster {
     }
 
     pub(super) async fn membership_loop(me: Weak<Cluster>) {
+        let mut removal = RemovalCheck::default();
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let Some(c) = me.upgrade() else { return };
@@ -38,7 +49,49 @@ impl Cluster {
             c.sync_peers();
             if c.controller.status().is_leader {
                 c.membership_round().await;
+            } else {
+                c.check_removed(&mut removal).await;
             }
+        }
+    }
+
+    /// A broker removed from the region while it ran never learns it from
+    /// its own log (it left the controller first), and its peers close
+    /// every connection it opens. Once it has heard from no peer for a
+    /// while, it asks them about itself, and says so if it was removed.
+    async fn check_removed(&self, check: &mut RemovalCheck) {
+        let peers = self.transport.peer_ids();
+        let deaf = !peers.is_empty()
+            && peers
+                .iter()
+                .all(|p| !self.transport.heard_from(*p, REMOVAL_SILENCE));
+        if !deaf
+            || check
+                .last
+                .is_some_and(|t| t.elapsed() < REMOVAL_PROBE_EVERY)
+        {
+            return;
+        }
+        check.last = Some(std::time::Instant::now());
+        let removed_by: Vec<u64> = self
+            .transport
+            .probe_peers(Duration::from_secs(2))
+            .await
+            .into_iter()
+            .filter(|(_, p)| p.removed)
+            .map(|(peer, _)| peer)
+            .collect();
+        metrics::gauge!("chronik_broker_removed").set(if removed_by.is_empty() {
+            0.0
+        } else {
+            1.0
+        });
+        if !removed_by.is_empty() {
+            tracing::error!(
+                node = self.node_id,
+                ?removed_by,
+                "this broker was removed from region (`chronik ctl broker remove`): no broker of the region talks to it any more. Stop it and delete its data directory; to bring it back, start it empty and `chronik ctl broker add` it"
+            );
         }
     }
 

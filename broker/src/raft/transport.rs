@@ -48,13 +48,13 @@ pub trait Inbound: Send + Sync + 'static {
     /// A one-way message.
     fn notify(&self, from: u64, frame: Frame);
     /// What this broker knows of broker `id`: asked by a broker starting
-    /// on an empty data dir.
+    /// on an empty data dir, or one that may have been removed.
     fn probe(&self, _id: u64) -> Probed {
         Probed::default()
     }
 }
 
-/// A peer's answer to a broker starting on an empty data directory.
+/// A peer's answer to a broker asking about itself.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Probed {
     /// The asker has been a member of the region (registered with its
@@ -66,6 +66,9 @@ pub struct Probed {
     pub running: bool,
     /// The asker is a voter or learner of that controller.
     pub member: bool,
+    /// The region removed the asker (`chronik ctl broker remove`): whatever
+    /// data it holds is from before, and it must not rejoin.
+    pub removed: bool,
 }
 
 /// Asks broker `peer` at `addr`, over `io`, what it knows of broker `me`.
@@ -96,6 +99,7 @@ pub async fn probe(
             known: answer.body.first() == Some(&1),
             running: answer.body.get(1) == Some(&1),
             member: answer.body.get(2) == Some(&1),
+            removed: answer.body.get(3) == Some(&1),
         })
     };
     tokio::time::timeout(wait, exchange)
@@ -173,6 +177,11 @@ struct Conn {
     pending: Mutex<HashMap<u64, oneshot::Sender<Frame>>>,
     closed: AtomicBool,
 }
+
+/// Between dials of a peer; up to the longer pause while every connection
+/// to it closes at once.
+const DIAL_PAUSE: Duration = Duration::from_millis(200);
+const DIAL_PAUSE_MAX: Duration = Duration::from_secs(5);
 
 pub struct Transport {
     node_id: u64,
@@ -339,8 +348,34 @@ impl Transport {
         self.peers.lock().unwrap().get(&peer).cloned()
     }
 
+    /// Asks every peer, at once, what it knows of this broker; the peers
+    /// that answer within `wait`, with their answers.
+    pub async fn probe_peers(&self, wait: Duration) -> Vec<(u64, Probed)> {
+        let peers: Vec<(u64, String)> = self
+            .peers
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, addr)| (*id, addr.clone()))
+            .collect();
+        let asks = peers.into_iter().map(|(peer, addr)| async move {
+            (
+                peer,
+                probe(self.io.as_ref(), self.node_id, peer, addr, wait).await,
+            )
+        });
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|(peer, answer)| Some((peer, answer.ok()?)))
+            .collect()
+    }
+
     async fn dial_loop(self: Arc<Self>, peer: u64) {
         let mut logged = false;
+        // A peer that closes every connection at once (it no longer counts
+        // this broker as a member) is redialled ever more slowly.
+        let mut pause = DIAL_PAUSE;
         loop {
             let Some(addr) = self.peer_addr(peer) else {
                 return;
@@ -355,10 +390,21 @@ impl Transport {
                         ..Default::default()
                     };
                     if write_frame(&mut sock, &hello).await.is_ok() {
-                        tracing::info!(peer, %addr, "connected to peer");
+                        let quiet = pause > DIAL_PAUSE;
+                        if !quiet {
+                            tracing::info!(peer, %addr, "connected to peer");
+                        }
                         logged = false;
+                        let opened = tokio::time::Instant::now();
                         self.run(peer, sock).await;
-                        tracing::info!(peer, "peer connection closed");
+                        pause = if opened.elapsed() < Duration::from_secs(1) {
+                            (pause * 2).min(DIAL_PAUSE_MAX)
+                        } else {
+                            DIAL_PAUSE
+                        };
+                        if !quiet {
+                            tracing::info!(peer, "peer connection closed");
+                        }
                     }
                 }
                 Ok(Err(e)) if !logged => {
@@ -367,7 +413,7 @@ impl Transport {
                 }
                 _ => {}
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(pause).await;
         }
     }
 
@@ -392,6 +438,7 @@ impl Transport {
                             u8::from(p.known),
                             u8::from(p.running),
                             u8::from(p.member),
+                            u8::from(p.removed),
                         ]),
                         ..Default::default()
                     };
@@ -464,6 +511,14 @@ impl Transport {
                 Ok(f) => f,
                 Err(_) => break,
             };
+            // A connection closed here (replaced, or its peer removed from
+            // the region) still reads; a removed peer's stops being served,
+            // or that broker would go on talking to the region.
+            if conn.closed.load(Ordering::Acquire)
+                && !self.peers.lock().unwrap().contains_key(&peer)
+            {
+                break;
+            }
             self.last_seen
                 .lock()
                 .unwrap()

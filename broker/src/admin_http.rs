@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::server::BrokerCtx;
+use crate::context::BrokerCtx;
 
 static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
 

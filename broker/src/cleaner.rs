@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::compaction::Limits;
+use crate::context::BrokerCtx;
 use crate::raft::types::{Command, CommandResult};
-use crate::server::BrokerCtx;
 
 /// A pass that is not applied within this long is given up; the next round
 /// plans it again.

@@ -255,7 +255,7 @@ impl Cluster {
     /// Whether this broker hears from less than a majority of its region
     /// (itself included). Such a broker can commit nothing, and a leader
     /// it still believes it is has been replaced on the other side; see
-    /// `server::serve_connection` for what it does about its clients.
+    /// `connection::serve` for what it does about its clients.
     pub fn is_cut_off(&self) -> bool {
         self.cut_off.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -27,11 +27,11 @@ use tokio::sync::{mpsc, watch};
 
 use chronik_wire::sasl::{AuthOutcome, Session};
 
+use crate::context::BrokerCtx;
 use crate::framing::FrameDecoder;
 use crate::handlers::{self, BoxFuture, Reply};
 use crate::listener::Listener;
 use crate::protocol::{self, encode_response, Parsed, Request};
-use crate::server::BrokerCtx;
 
 /// The principal of a client that has not authenticated, as Kafka names it.
 pub const ANONYMOUS: &str = "User:ANONYMOUS";

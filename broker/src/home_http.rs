@@ -28,7 +28,7 @@ use serde_json::json;
 
 use crate::admin_http::query_param;
 use crate::catalog::TopicError;
-use crate::server::BrokerCtx;
+use crate::context::BrokerCtx;
 
 type Ctx = State<Arc<BrokerCtx>>;
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::catalog::OffsetMoveReason;
+use crate::context::BrokerCtx;
 use crate::home_role;
 use crate::raft::types::{Command, CommandResult};
-use crate::server::BrokerCtx;
 
 /// How long one role entry may take to commit before the next round tries
 /// again.

@@ -20,8 +20,8 @@ use chronik_metadata_sync::{ConflictKind, Delta, Key, Side, Summary};
 use serde_json::{json, Value};
 
 use crate::catalog::TopicError;
+use crate::context::BrokerCtx;
 use crate::raft::types::ControllerCommand;
-use crate::server::BrokerCtx;
 
 type Ctx = State<Arc<BrokerCtx>>;
 

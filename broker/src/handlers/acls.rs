@@ -17,8 +17,8 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::authorize::Authz;
 use crate::acl::{op, pattern, permission, resource, AclBinding, AclFilter, Acls};
+use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
-use crate::server::BrokerCtx;
 
 const DISABLED: &str = "No Authorizer is configured.";
 

@@ -24,8 +24,8 @@ use kafka_protocol::protocol::StrBytes;
 use crate::acl::op;
 use crate::catalog::{ConfigOp, Topic, TopicError};
 use crate::configs::{self, ConfigType};
+use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
-use crate::server::BrokerCtx;
 
 use super::authorize::Authz;
 

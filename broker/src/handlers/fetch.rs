@@ -23,10 +23,10 @@ use uuid::Uuid;
 
 use crate::acl::op;
 use crate::catalog::Topic;
+use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
 use crate::fetch_session as fs;
 use crate::log::PartitionLog;
-use crate::server::BrokerCtx;
 
 use super::authorize::Authz;
 

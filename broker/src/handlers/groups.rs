@@ -33,10 +33,10 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::acl::op;
+use crate::context::BrokerCtx;
 use crate::groups::record::OffsetRecord;
 use crate::groups::state::JoinRequest;
 use crate::groups::{err, CommitItem};
-use crate::server::BrokerCtx;
 
 use super::authorize::Authz;
 use super::OPS_NOT_REQUESTED;

@@ -29,9 +29,9 @@ use kafka_protocol::protocol::{Encodable, StrBytes};
 use crate::acl::op;
 use crate::catalog::{validate_topic_name, Topic};
 use crate::connection::ConnCtx;
+use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
 use crate::protocol::{self, encode_response, Request};
-use crate::server::BrokerCtx;
 use authorize::Authz;
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = Bytes> + Send>>;

@@ -35,10 +35,10 @@ use kafka_protocol::protocol::StrBytes;
 
 use crate::acl::op;
 use crate::catalog::TopicError;
+use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
 use crate::raft::types::{Command, CommandResult};
 use crate::raft::ProposeError;
-use crate::server::BrokerCtx;
 
 use super::authorize::Authz;
 

@@ -19,6 +19,7 @@ use super::authorize::Authz;
 use super::{now_ms, Reply};
 use crate::acl::op;
 use crate::catalog::Topic;
+use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
 use crate::forward::ForwardError;
 use crate::log::PartitionLog;
@@ -26,7 +27,6 @@ use crate::protocol::encode_response;
 use crate::raft::types::{Command, CommandResult};
 use crate::raft::ProposeError;
 use crate::rpo::Decision;
-use crate::server::BrokerCtx;
 
 /// The topic's `min.insync.replicas`, else the region default.
 fn min_insync_replicas(ctx: &BrokerCtx, t: &Topic) -> i32 {

@@ -18,8 +18,8 @@ use chronik_wire::sasl::scram::{MAX_ITERATIONS, MIN_ITERATIONS};
 use chronik_wire::sasl::{ScramCredential, ScramHash};
 
 use crate::catalog::ScramUpsert;
+use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
-use crate::server::BrokerCtx;
 
 fn s(text: impl Into<String>) -> StrBytes {
     StrBytes::from_string(text.into())

@@ -21,8 +21,8 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use crate::acl::{op, resource};
+use crate::context::BrokerCtx;
 use crate::groups::record::OffsetRecord;
-use crate::server::BrokerCtx;
 use crate::txn::state::{Status, TxnOffset};
 
 use super::authorize::Authz;

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::connection::{self, ConnCtx};
-use crate::server::BrokerCtx;
+use crate::context::BrokerCtx;
 use tls::ReloadingTls;
 
 /// A client that has not finished its TLS handshake in this long is

@@ -25,8 +25,8 @@ use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
+use crate::producer_ids::ProducerIdAllocator;
 use crate::raft::types::{ControllerCommand, TxnMarker};
-use crate::server::ProducerIdAllocator;
 use crate::storage::Store;
 use kafka_protocol::error::ResponseError as E;
 use state::{End, Init, Status, Txn, TxnOffset};

@@ -10,6 +10,7 @@ pub mod compaction;
 pub mod configs;
 pub mod connection;
 pub mod context;
+pub mod coordinator_phase;
 pub mod decompress;
 pub mod discovery;
 pub mod error;

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
+use crate::coordinator_phase::{self, Phase};
 use crate::raft::types::ControllerCommand;
 use crate::storage::Store;
 use record::{GroupRecord, OffsetRecord};
@@ -112,13 +113,6 @@ impl Slot {
 }
 
 type SlotRef = Arc<tokio::sync::Mutex<Slot>>;
-
-enum Phase {
-    Inactive,
-    Loading,
-    /// Serving, as leader of this controller term.
-    Active(u64),
-}
 
 struct Inner {
     phase: Phase,
@@ -253,29 +247,24 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let Some(c) = me.upgrade() else { return };
             let st = c.cluster.controller_status();
-            let active_term = match c.inner.lock().unwrap().phase {
-                Phase::Active(t) => Some(t),
-                Phase::Loading => continue,
-                Phase::Inactive => None,
-            };
-            if st.is_leader && st.leader_fresh {
-                match active_term {
-                    Some(t) if t == st.term => {}
-                    _ => {
-                        c.deactivate();
-                        c.inner.lock().unwrap().phase = Phase::Loading;
-                        let c2 = c.clone();
-                        tokio::spawn(async move { c2.load(st.term).await });
-                        continue;
-                    }
+            let phase = c.inner.lock().unwrap().phase;
+            match coordinator_phase::next(phase, st.is_leader, st.leader_fresh, st.term) {
+                coordinator_phase::Step::Wait => continue,
+                coordinator_phase::Step::Load(term) => {
+                    c.deactivate();
+                    c.inner.lock().unwrap().phase = Phase::Loading;
+                    let c2 = c.clone();
+                    tokio::spawn(async move { c2.load(term).await });
+                    continue;
                 }
-            } else if active_term.is_some() && !st.is_leader {
-                tracing::info!("group coordinator stepping down: no longer the controller leader");
-                c.deactivate();
-                continue;
-            }
-            if active_term.is_none() {
-                continue;
+                coordinator_phase::Step::StepDown => {
+                    tracing::info!(
+                        "group coordinator stepping down: no longer the controller leader"
+                    );
+                    c.deactivate();
+                    continue;
+                }
+                coordinator_phase::Step::Serve => {}
             }
             c.tick().await;
             let every = Duration::from_millis(c.settings.retention_check_ms);
@@ -354,20 +343,12 @@ impl Coordinator {
     }
 
     fn check_active(&self) -> Result<(), i16> {
-        match self.inner.lock().unwrap().phase {
-            Phase::Active(_) => Ok(()),
-            Phase::Loading => Err(err::COORDINATOR_LOAD_IN_PROGRESS),
-            Phase::Inactive => Err(err::NOT_COORDINATOR),
-        }
+        self.inner.lock().unwrap().phase.serving().map(|_| ())
     }
 
     fn slot(&self, group: &str, create: bool) -> Result<Option<SlotRef>, i16> {
         let mut inner = self.inner.lock().unwrap();
-        match inner.phase {
-            Phase::Active(_) => {}
-            Phase::Loading => return Err(err::COORDINATOR_LOAD_IN_PROGRESS),
-            Phase::Inactive => return Err(err::NOT_COORDINATOR),
-        }
+        inner.phase.serving()?;
         if create {
             Ok(Some(
                 inner

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
+use crate::coordinator_phase::{self, Phase, Step};
 use crate::producer_ids::ProducerIdAllocator;
 use crate::raft::types::{ControllerCommand, TxnMarker};
 use crate::storage::Store;
@@ -43,12 +44,6 @@ const DRIVE_WAIT: Duration = Duration::from_secs(20);
 /// How soon a marker round that failed (a partition leader moving) is
 /// tried again.
 const RETRY_EVERY: Duration = Duration::from_millis(200);
-
-enum Phase {
-    Inactive,
-    Loading,
-    Active(u64),
-}
 
 type Slot = Arc<tokio::sync::Mutex<Option<Txn>>>;
 
@@ -116,27 +111,23 @@ impl Coordinator {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let Some(c) = me.upgrade() else { return };
             let st = c.cluster.controller_status();
-            let active = match c.inner.lock().unwrap().phase {
-                Phase::Active(t) => Some(t),
-                Phase::Loading => continue,
-                Phase::Inactive => None,
-            };
-            if st.is_leader && st.leader_fresh {
-                if active != Some(st.term) {
+            let phase = c.inner.lock().unwrap().phase;
+            match coordinator_phase::next(phase, st.is_leader, st.leader_fresh, st.term) {
+                Step::Wait => continue,
+                Step::Load(term) => {
                     c.inner.lock().unwrap().phase = Phase::Loading;
                     let c2 = c.clone();
-                    tokio::spawn(async move { c2.load(st.term).await });
+                    tokio::spawn(async move { c2.load(term).await });
                     continue;
                 }
-            } else if active.is_some() && !st.is_leader {
-                tracing::info!("transaction coordinator stepping down");
-                let mut inner = c.inner.lock().unwrap();
-                inner.phase = Phase::Inactive;
-                inner.txns.clear();
-                continue;
-            }
-            if active.is_none() {
-                continue;
+                Step::StepDown => {
+                    tracing::info!("transaction coordinator stepping down");
+                    let mut inner = c.inner.lock().unwrap();
+                    inner.phase = Phase::Inactive;
+                    inner.txns.clear();
+                    continue;
+                }
+                Step::Serve => {}
             }
             // Transactions left ending (a request gave up, a new leader
             // loaded them) are finished at once; timeouts are looked for
@@ -251,20 +242,13 @@ impl Coordinator {
 
     /// The controller term, as the coordinator epoch markers carry.
     fn epoch(&self) -> Result<i32, i16> {
-        match self.inner.lock().unwrap().phase {
-            Phase::Active(t) => Ok(t.min(i32::MAX as u64) as i32),
-            Phase::Loading => Err(E::CoordinatorLoadInProgress.code()),
-            Phase::Inactive => Err(E::NotCoordinator.code()),
-        }
+        let term = self.inner.lock().unwrap().phase.serving()?;
+        Ok(term.min(i32::MAX as u64) as i32)
     }
 
     fn slot(&self, id: &str, create: bool) -> Result<Option<Slot>, i16> {
         let mut inner = self.inner.lock().unwrap();
-        match inner.phase {
-            Phase::Active(_) => {}
-            Phase::Loading => return Err(E::CoordinatorLoadInProgress.code()),
-            Phase::Inactive => return Err(E::NotCoordinator.code()),
-        }
+        inner.phase.serving()?;
         if create {
             Ok(Some(
                 inner

@@ -1497,7 +1497,7 @@ impl PartitionLog {
                 log_key(self.log_id, 0),
                 log_key(self.log_id, last.last_offset + 1),
             );
-            wb.delete_range_cf(self.store.cf(CF_LOG), from.clone(), to.clone());
+            wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
             wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
         }
         truncate_epochs_from_start(&mut st.epochs, offset);
@@ -1552,7 +1552,7 @@ impl PartitionLog {
         }
         let gone = &entries[entries.partition_point(|e| e.base_offset < offset)..];
         let (from, to) = (log_key(self.log_id, offset), log_key(self.log_id + 1, 0));
-        wb.delete_range_cf(self.store.cf(CF_LOG), from.clone(), to.clone());
+        wb.delete_range_cf(self.store.cf(CF_LOG), from, to);
         wb.delete_range_cf(self.store.cf(CF_INDEX), from, to);
         // Producers that wrote in the suffix are forgotten, as Kafka treats
         // a producer whose records retention removed: its next batch is taken
@@ -1618,7 +1618,7 @@ impl PartitionLog {
     pub fn clear_into(&self, wb: &mut WriteBatch) {
         let (from, to) = (log_key(self.log_id, 0), log_key(self.log_id + 1, 0));
         for cf in [CF_LOG, CF_INDEX, CF_PRODUCERS] {
-            wb.delete_range_cf(self.store.cf(cf), from.clone(), to.clone());
+            wb.delete_range_cf(self.store.cf(cf), from, to);
         }
         Self::init_record(&self.store, wb, self.log_id);
     }

@@ -416,7 +416,7 @@ mod tests {
 
     #[test]
     fn keys_sort_by_log_then_offset() {
-        let mut keys = vec![
+        let mut keys = [
             log_key(2, 0),
             log_key(1, 300),
             log_key(1, 2),

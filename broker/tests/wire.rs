@@ -300,7 +300,7 @@ async fn protocol_violations_close_the_connection() {
     let (b, _dir) = start().await;
     // Larger than socket_request_max_bytes (1 MiB here).
     let mut c = Conn::open(&b).await;
-    c.send_raw(&((2 << 20) as i32).to_be_bytes()).await;
+    c.send_raw(&(2i32 << 20).to_be_bytes()).await;
     assert!(c.is_closed().await);
     // Negative size.
     let mut c = Conn::open(&b).await;

@@ -293,8 +293,7 @@ fn plan(args: &DevArgs, root: &Path) -> Result<Vec<Planned>, String> {
         return Err(format!("--nodes {}: must be between 1 and 9", args.nodes));
     }
     let mut out = Vec::new();
-    for r in 0..args.regions as usize {
-        let region = REGION_NAMES[r];
+    for (r, region) in REGION_NAMES.iter().take(args.regions as usize).enumerate() {
         for n in 0..args.nodes as usize {
             let node_id = (r * 100 + n + 1) as i32;
             let port = args.base_port as usize + r * 100 + n;

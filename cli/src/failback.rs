@@ -537,9 +537,8 @@ async fn produce_all(
             let addr = view
                 .ok()
                 .and_then(|v| v.leader_addr(name, p).map(str::to_string));
-            match addr {
-                Some(a) => conn = kafka::Conn::connect(&a).await.ok(),
-                None => {}
+            if let Some(a) = addr {
+                conn = kafka::Conn::connect(&a).await.ok()
             }
             if conn.is_none() {
                 tokio::time::sleep(Duration::from_millis(300)).await;

@@ -624,7 +624,7 @@ impl Shared {
                     .get("chronik.rpo.enforce")
                     .is_some_and(|v| v.eq_ignore_ascii_case("true"))
         };
-        for t in homed.iter().filter(|t| t.policy.global_quorum || rpo(*t)) {
+        for t in homed.iter().filter(|t| t.policy.global_quorum || rpo(t)) {
             let required = if want == 0 {
                 t.policy.mirrors.len()
             } else {

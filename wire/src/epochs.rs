@@ -122,7 +122,7 @@ mod tests {
             if hist.last().map(|(x, _): &(i32, i64)| *x) != Some(*e) {
                 hist.push((*e, per_offset.len() as i64));
             }
-            per_offset.extend(std::iter::repeat(*e).take(*n as usize));
+            per_offset.extend(std::iter::repeat_n(*e, *n as usize));
         }
         (hist, per_offset)
     }

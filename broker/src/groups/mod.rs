@@ -636,15 +636,11 @@ impl Coordinator {
             codes.push(code);
         }
         if !accepted.is_empty() {
-            if let Err(e) = self
-                .write(ControllerCommand::CommitOffsets {
-                    group: group.to_string(),
-                    offsets: accepted.clone(),
-                })
-                .await
-            {
-                return Err(e);
-            }
+            self.write(ControllerCommand::CommitOffsets {
+                group: group.to_string(),
+                offsets: accepted.clone(),
+            })
+            .await?;
             for (t, p, r) in accepted {
                 s.offsets.insert((t, p), r);
             }

@@ -315,7 +315,7 @@ async fn count_role_changes(raft: Raft, node: u64) {
         let s = m.borrow_watched();
         (
             s.state.is_leader() && s.current_leader == Some(node),
-            s.committed_membership_config.log_id().clone(),
+            *s.committed_membership_config.log_id(),
         )
     };
     while m.changed().await.is_ok() {
@@ -325,7 +325,7 @@ async fn count_role_changes(raft: Raft, node: u64) {
             metrics::counter!("raft_leadership_changes_total").increment(1);
         }
         leading = leads;
-        let committed = s.committed_membership_config.log_id().clone();
+        let committed = *s.committed_membership_config.log_id();
         if committed != membership {
             if leads {
                 metrics::counter!("raft_membership_changes_total").increment(1);

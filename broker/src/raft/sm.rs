@@ -858,7 +858,7 @@ mod tests {
         all.push(entry(
             8,
             Command::MirrorAppend {
-                records: from_new_home.into(),
+                records: from_new_home,
                 base_offset: 4,
                 from_log_start: false,
             },

@@ -217,7 +217,7 @@ fn decode_saslname(s: &str) -> Result<String, ScramError> {
     Ok(out)
 }
 
-fn attr<'a>(part: Option<&'a str>, name: char) -> Result<&'a str, ScramError> {
+fn attr(part: Option<&str>, name: char) -> Result<&str, ScramError> {
     let part = part.ok_or(ScramError::Malformed("missing attribute"))?;
     let mut c = part.chars();
     if c.next() != Some(name) || c.next() != Some('=') {

@@ -236,9 +236,7 @@ impl Session {
                     {
                         Ok((Some(user), Vec::new()))
                     } else {
-                        Err(format!(
-                            "Authentication failed: Invalid username or password"
-                        ))
+                        Err("Authentication failed: Invalid username or password".to_string())
                     }
                 }
                 Err(e) => Err(e.to_string()),

@@ -15,7 +15,9 @@ both looking for timed-out transactions every second instead of every 10 s).
                          transaction.timeout.ms: the last stable offset passes it, its records
                          stay invisible, the stalled producer's commit fails fenced
   kafka-transactions     Kafka's CLI lists the transactional id and describes it Ongoing (with
-                         its partitions), then CompleteCommit, and CompleteAbort
+                         its partitions), then CompleteCommit, and CompleteAbort; its
+                         describe-producers shows where an open transaction began, and its
+                         abort --start-offset (WriteTxnMarkers) ends it
   Java read-process-write  the Java client copies a topic with sendOffsetsToTransaction; kill -9
                          mid-run and a restart: every input record in the output exactly once
   Kafka Streams          a word count with a state store and exactly_once_v2; the Streams
@@ -472,6 +474,60 @@ def test_kafka_transactions_cli_lists_and_describes(any_cluster):
     row = wait_until(lambda: (r := describe())["TransactionState"] != "PrepareAbort" and r, 60, interval=0.5,
                      what="the transaction past PrepareAbort")
     assert row["TransactionState"] == "CompleteAbort" and row["TopicPartitions"] == "", row
+
+
+def test_kafka_transactions_cli_aborts_an_open_transaction(any_cluster):
+    """An open transaction holds partition 0's last stable offset at its first record (3, after
+    three plain records). `kafka-transactions.sh describe-producers` shows where it began;
+    `abort --start-offset 3` (DescribeProducers, then WriteTxnMarkers to the partition leader)
+    ends it: the last stable offset reaches the high watermark, read_committed reads the plain
+    records only, and the producer's describe-producers row no longer has a transaction open."""
+    c = any_cluster
+    bs = live_bootstrap(c)
+    topic = unique_topic("cli-abort")
+    create_topic(c, topic, partitions=3)
+    plain = Producer({"bootstrap.servers": bs, "acks": "all"})
+    for i in range(3):
+        plain.produce(topic, value=b"plain-%d" % i, partition=0)
+    assert plain.flush(30) == 0
+    p = txn_producer(bs, unique_topic("txid-abort"), **{"transaction.timeout.ms": 600000})
+    p.begin_transaction()
+    produce_txn_records(p, topic, [(0, b"t0"), (0, b"t1")])
+    assert end_offsets(bs, topic, committed=True, partitions=[0]) == {0: 3}
+
+    def producers() -> list[dict[str, str]]:
+        out = kafka_cli(TRANSACTIONS_COMMAND, "--bootstrap-server", bs, "describe-producers",
+                        "--topic", topic, "--partition", "0")
+        return _table(out)
+
+    def open_starts() -> list[str]:
+        """The start offsets of open transactions (the tool prints None, or -1, for none)."""
+        return [r["CurrentTransactionStartOffset"] for r in producers()
+                if r["CurrentTransactionStartOffset"] not in ("None", "-1")]
+
+    assert open_starts() == ["3"], producers()
+
+    kafka_cli(TRANSACTIONS_COMMAND, "--bootstrap-server", bs, "abort", "--topic", topic, "--partition", "0",
+              "--start-offset", "3")
+    wait_until(lambda: end_offsets(bs, topic, committed=True, partitions=[0])
+               == end_offsets(bs, topic, committed=False, partitions=[0]), 30, interval=0.2,
+               what="the last stable offset at the high watermark after the abort")
+    assert end_offsets(bs, topic, committed=False, partitions=[0]) == {0: 6}, "plain, t0, t1, the abort marker"
+    assert open_starts() == [], producers()
+    def committed_values(end: int) -> list[bytes]:
+        reader = Reader(bs, topic, committed=True, partitions=[0])
+        try:
+            return values(reader.read_to({0: end}, timeout=30))[0]
+        finally:
+            reader.close()
+
+    assert committed_values(6) == [b"plain-0", b"plain-1", b"plain-2"]
+    # The producer's own abort afterwards hides nothing more and shows nothing.
+    p.abort_transaction(30)
+    end = wait_until(lambda: (e := end_offsets(bs, topic, committed=True, partitions=[0]))
+                     == end_offsets(bs, topic, committed=False, partitions=[0]) and e[0], 30, interval=0.2,
+                     what="stable after the producer's abort")
+    assert committed_values(end) == [b"plain-0", b"plain-1", b"plain-2"]
 
 
 # ---------------------------------------------------------------------------

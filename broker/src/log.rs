@@ -507,6 +507,11 @@ impl PartitionLog {
         self.state.lock().unwrap().producers.summary()
     }
 
+    /// The first offset of each producer's open transaction here.
+    pub fn open_transactions(&self) -> std::collections::BTreeMap<i64, i64> {
+        self.state.lock().unwrap().txns.open.clone()
+    }
+
     /// What the cleaner has done to this log (`None`: never cleaned).
     pub fn cleaned(&self) -> Option<crate::compaction::Cleaned> {
         self.state.lock().unwrap().cleaned.clone()

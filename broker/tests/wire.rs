@@ -1125,6 +1125,25 @@ async fn every_advertised_version_answers() {
                     let r: DeleteAclsResponse = c.call(key, v, &req).await;
                     assert_eq!(r.filter_results[0].error_code, 54, "DeleteAcls v{v}");
                 }
+                ApiKey::WriteTxnMarkers => {
+                    let r: WriteTxnMarkersResponse = c
+                        .call(
+                            key,
+                            v,
+                            &txn_markers(7, 0, &["all-versions", "missing-topic"]),
+                        )
+                        .await;
+                    let codes: Vec<i16> = r.markers[0]
+                        .topics
+                        .iter()
+                        .map(|t| t.partitions[0].error_code)
+                        .collect();
+                    assert_eq!(
+                        codes,
+                        vec![0, 3],
+                        "WriteTxnMarkers v{v}: nothing open, unknown"
+                    );
+                }
                 other => panic!("no case for {other:?}: add one"),
             }
             n += 1;
@@ -1231,4 +1250,133 @@ async fn idle_transactional_ids_expire() {
     assert_eq!(again_epoch, 0);
     assert_ne!(again, pid);
     b.shutdown().await;
+}
+
+/// WriteTxnMarkers aborting `producer_id`'s transaction on partition 0 of
+/// each of `topics`.
+fn txn_markers(producer_id: i64, epoch: i16, topics: &[&str]) -> WriteTxnMarkersRequest {
+    use write_txn_markers_request::{WritableTxnMarker, WritableTxnMarkerTopic};
+    WriteTxnMarkersRequest::default().with_markers(vec![WritableTxnMarker::default()
+        .with_producer_id(ProducerId(producer_id))
+        .with_producer_epoch(epoch)
+        .with_transaction_result(false)
+        .with_coordinator_epoch(-1)
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| {
+                    WritableTxnMarkerTopic::default()
+                        .with_name(topic_name(t))
+                        .with_partition_indexes(vec![0])
+                })
+                .collect(),
+        )])
+}
+
+/// The first offset of each producer's open transaction on partition 0
+/// (DescribeProducers; -1 when none is open).
+async fn open_txn_starts(c: &mut Conn, topic: &str) -> Vec<(i64, i64)> {
+    let req = DescribeProducersRequest::default().with_topics(vec![
+        describe_producers_request::TopicRequest::default()
+            .with_name(topic_name(topic))
+            .with_partition_indexes(vec![0]),
+    ]);
+    let r: DescribeProducersResponse = c.call(ApiKey::DescribeProducers, 0, &req).await;
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(p.error_code, 0);
+    p.active_producers
+        .iter()
+        .map(|s| (s.producer_id.0, s.current_txn_start_offset))
+        .collect()
+}
+
+/// An admin's WriteTxnMarkers (`kafka-transactions.sh abort`) ends an open
+/// transaction the coordinator still holds: DescribeProducers shows where
+/// it began, then nothing open, and the last stable offset reaches the high
+/// watermark. A stale producer epoch is refused.
+#[tokio::test]
+async fn write_txn_markers_abort_an_open_transaction() {
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    create_topic(&mut c, "hanging", 1).await;
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("hanging", 0, build::simple(2, 0, None), -1),
+        )
+        .await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    let (pid, epoch) = txn_init(&mut c, "hanging-txn").await;
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str(
+            "hanging-txn",
+        )))
+        .with_v3_and_below_producer_id(ProducerId(pid))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(topic_name("hanging"))
+                .with_partitions(vec![0]),
+        ]);
+    let r: AddPartitionsToTxnResponse = c.call(ApiKey::AddPartitionsToTxn, 3, &add).await;
+    assert_eq!(
+        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
+        0
+    );
+    let batch = build::transactional(build::simple(3, 0, Some((pid, epoch, 0))));
+    let r: ProduceResponse = c
+        .call(ApiKey::Produce, 9, &produce_req("hanging", 0, batch, -1))
+        .await;
+    assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
+    assert_eq!(open_txn_starts(&mut c, "hanging").await, vec![(pid, 2)]);
+    assert_eq!(
+        last_stable(&mut c, "hanging").await,
+        2,
+        "held at the open transaction"
+    );
+
+    let r: WriteTxnMarkersResponse = c
+        .call(
+            ApiKey::WriteTxnMarkers,
+            1,
+            &txn_markers(pid, epoch - 1, &["hanging"]),
+        )
+        .await;
+    assert_eq!(
+        r.markers[0].topics[0].partitions[0].error_code, 47,
+        "an older epoch than the producer's: INVALID_PRODUCER_EPOCH"
+    );
+    let r: WriteTxnMarkersResponse = c
+        .call(
+            ApiKey::WriteTxnMarkers,
+            1,
+            &txn_markers(pid, epoch, &["hanging"]),
+        )
+        .await;
+    assert_eq!(r.markers[0].producer_id.0, pid);
+    assert_eq!(r.markers[0].topics[0].partitions[0].error_code, 0);
+    assert_eq!(open_txn_starts(&mut c, "hanging").await, vec![(pid, -1)]);
+    assert_eq!(
+        last_stable(&mut c, "hanging").await,
+        6,
+        "two records, three, the marker"
+    );
+    b.shutdown().await;
+}
+
+/// ListOffsets latest at read_committed: partition 0's last stable offset.
+async fn last_stable(c: &mut Conn, topic: &str) -> i64 {
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_isolation_level(1)
+        .with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
+            .with_name(topic_name(topic))
+            .with_partitions(vec![
+                list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1),
+            ])]);
+    let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 7, &req).await;
+    r.topics[0].partitions[0].offset
 }

@@ -141,6 +141,9 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
         RequestKind::ListTransactions(r) => later(ctx, id, move |ctx| async move {
             txn::list(&ctx, &authz, r).await
         }),
+        RequestKind::WriteTxnMarkers(r) => later(ctx, id, move |ctx| async move {
+            txn::write_markers(&ctx, &authz, r).await
+        }),
         RequestKind::DescribeCluster(_) => Reply::Now(encode_response(
             cid,
             key,

@@ -294,9 +294,11 @@ pub async fn elect_leaders(ctx: &BrokerCtx, req: ElectLeadersRequest) -> ElectLe
     ElectLeadersResponse::default().with_replica_election_results(results)
 }
 
-/// The idempotent producers each partition leader remembers. Chronik keeps
-/// no per-producer timestamp and has no transactions, so `last_timestamp`
-/// is -1 and there is never an open transaction.
+/// The producers each partition leader remembers, with where each one's
+/// open transaction begins (`kafka-transactions.sh find-hanging` and
+/// `abort --start-offset` look for it here). Chronik keeps no per-producer
+/// timestamp nor the epoch of the coordinator that wrote a producer's last
+/// marker: both are -1.
 pub fn describe_producers(
     ctx: &BrokerCtx,
     authz: &Authz,
@@ -322,6 +324,7 @@ pub fn describe_producers(
                     if ctx.cluster.leader_group(log).is_none() {
                         return out.with_error_code(E::NotLeaderOrFollower.code());
                     }
+                    let open = log.open_transactions();
                     out.with_active_producers(
                         log.producers()
                             .into_iter()
@@ -332,7 +335,9 @@ pub fn describe_producers(
                                     .with_last_sequence(seq)
                                     .with_last_timestamp(-1)
                                     .with_coordinator_epoch(-1)
-                                    .with_current_txn_start_offset(-1)
+                                    .with_current_txn_start_offset(
+                                        open.get(&pid).copied().unwrap_or(-1),
+                                    )
                             })
                             .collect(),
                     )

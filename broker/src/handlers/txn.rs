@@ -1,6 +1,7 @@
 //! Transaction APIs: InitProducerId with a transactional id,
 //! AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn,
-//! DescribeTransactions and ListTransactions. The coordinator's rules are in
+//! DescribeTransactions, ListTransactions, and WriteTxnMarkers from admin
+//! clients. The coordinator's rules are in
 //! `crate::txn`; here are the wire shapes and the ACL checks.
 
 use kafka_protocol::error::ResponseError as E;
@@ -12,11 +13,15 @@ use kafka_protocol::messages::list_transactions_response::TransactionState as Li
 use kafka_protocol::messages::txn_offset_commit_response::{
     TxnOffsetCommitResponsePartition, TxnOffsetCommitResponseTopic,
 };
+use kafka_protocol::messages::write_txn_markers_response::{
+    WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+};
 use kafka_protocol::messages::{
     AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
     AddPartitionsToTxnResponse, DescribeTransactionsRequest, DescribeTransactionsResponse,
     EndTxnRequest, EndTxnResponse, ListTransactionsRequest, ListTransactionsResponse, ProducerId,
     TopicName, TransactionalId, TxnOffsetCommitRequest, TxnOffsetCommitResponse,
+    WriteTxnMarkersRequest, WriteTxnMarkersResponse,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -336,4 +341,96 @@ pub async fn list(
     ListTransactionsResponse::default()
         .with_unknown_state_filters(unknown)
         .with_transaction_states(states)
+}
+
+/// WriteTxnMarkers, as Kafka's admin client sends it to end a hanging
+/// transaction (`kafka-transactions.sh abort`): each marker written on the
+/// partitions this broker leads, through the partition's Raft log as the
+/// coordinator's own markers are. Needs ClusterAction, as in Kafka.
+pub async fn write_markers(
+    ctx: &BrokerCtx,
+    authz: &Authz,
+    req: WriteTxnMarkersRequest,
+) -> WriteTxnMarkersResponse {
+    let allowed = authz.cluster(op::CLUSTER_ACTION);
+    let mut results = Vec::with_capacity(req.markers.len());
+    for m in req.markers {
+        let marker = crate::raft::types::TxnMarker {
+            producer_id: m.producer_id.0,
+            producer_epoch: m.producer_epoch,
+            commit: m.transaction_result,
+            coordinator_epoch: m.coordinator_epoch,
+            now_ms: super::now_ms(),
+        };
+        let mut rows = Vec::new();
+        for t in &m.topics {
+            for p in &t.partition_indexes {
+                let code = if allowed {
+                    write_one(ctx, &t.name.0, *p, &marker).await
+                } else {
+                    E::ClusterAuthorizationFailed.code()
+                };
+                rows.push((t.name.0.to_string(), (*p, code)));
+            }
+        }
+        let topics = by_topic(rows)
+            .into_iter()
+            .map(|(name, parts)| {
+                WritableTxnMarkerTopicResult::default()
+                    .with_name(TopicName(StrBytes::from_string(name)))
+                    .with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(p, code)| {
+                                WritableTxnMarkerPartitionResult::default()
+                                    .with_partition_index(p)
+                                    .with_error_code(code)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        results.push(
+            WritableTxnMarkerResult::default()
+                .with_producer_id(m.producer_id)
+                .with_topics(topics),
+        );
+    }
+    WriteTxnMarkersResponse::default().with_markers(results)
+}
+
+async fn write_one(
+    ctx: &BrokerCtx,
+    topic: &str,
+    partition: i32,
+    marker: &crate::raft::types::TxnMarker,
+) -> i16 {
+    let Some(t) = ctx.catalog.get(topic) else {
+        return E::UnknownTopicOrPartition.code();
+    };
+    let Some(log) = t.partition(partition) else {
+        return E::UnknownTopicOrPartition.code();
+    };
+    // A mirror's log is its home's: a marker of its own would part them.
+    if t.mirror_of(&ctx.config.region).is_some() || ctx.cluster.leader_group(log).is_none() {
+        return E::NotLeaderOrFollower.code();
+    }
+    match ctx
+        .cluster
+        .write_marker(log.log_id, ctx.config.node_id, marker.clone())
+        .await
+    {
+        Ok(_) => 0,
+        Err((code, message)) => {
+            tracing::info!(
+                topic,
+                partition,
+                producer_id = marker.producer_id,
+                code,
+                message,
+                "WriteTxnMarkers: marker not written"
+            );
+            code
+        }
+    }
 }

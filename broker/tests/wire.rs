@@ -392,6 +392,24 @@ async fn txn_init(c: &mut Conn, id: &str) -> (i64, i16) {
     (r.producer_id.0, r.producer_epoch)
 }
 
+/// Partition 0 of `topic` joins `id`'s open transaction (AddPartitionsToTxn v3).
+async fn txn_add(c: &mut Conn, id: &str, (pid, epoch): (i64, i16), topic: &str) {
+    let add = AddPartitionsToTxnRequest::default()
+        .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_string(id.to_string())))
+        .with_v3_and_below_producer_id(ProducerId(pid))
+        .with_v3_and_below_producer_epoch(epoch)
+        .with_v3_and_below_topics(vec![
+            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(vec![0]),
+        ]);
+    let r: AddPartitionsToTxnResponse = c.call(ApiKey::AddPartitionsToTxn, 3, &add).await;
+    assert_eq!(
+        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code, 0,
+        "AddPartitionsToTxn {id} {topic}"
+    );
+}
+
 /// Every API at every advertised version, including error paths, must get a
 /// decodable answer: a field set outside its version would otherwise close
 /// the connection.
@@ -1210,20 +1228,7 @@ async fn idle_transactional_ids_expire() {
     create_topic(&mut c, "txn-expiry", 1).await;
     let (pid, epoch) = txn_init(&mut c, "idle").await;
     let (busy_pid, busy_epoch) = txn_init(&mut c, "busy").await;
-    let add = AddPartitionsToTxnRequest::default()
-        .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str("busy")))
-        .with_v3_and_below_producer_id(ProducerId(busy_pid))
-        .with_v3_and_below_producer_epoch(busy_epoch)
-        .with_v3_and_below_topics(vec![
-            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
-                .with_name(topic_name("txn-expiry"))
-                .with_partitions(vec![0]),
-        ]);
-    let r: AddPartitionsToTxnResponse = c.call(ApiKey::AddPartitionsToTxn, 3, &add).await;
-    assert_eq!(
-        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
-        0
-    );
+    txn_add(&mut c, "busy", (busy_pid, busy_epoch), "txn-expiry").await;
     let describe = DescribeTransactionsRequest::default().with_transactional_ids(vec![
         TransactionalId(StrBytes::from_static_str("idle")),
         TransactionalId(StrBytes::from_static_str("busy")),
@@ -1308,22 +1313,7 @@ async fn write_txn_markers_abort_an_open_transaction() {
         .await;
     assert_eq!(r.responses[0].partition_responses[0].error_code, 0);
     let (pid, epoch) = txn_init(&mut c, "hanging-txn").await;
-    let add = AddPartitionsToTxnRequest::default()
-        .with_v3_and_below_transactional_id(TransactionalId(StrBytes::from_static_str(
-            "hanging-txn",
-        )))
-        .with_v3_and_below_producer_id(ProducerId(pid))
-        .with_v3_and_below_producer_epoch(epoch)
-        .with_v3_and_below_topics(vec![
-            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default()
-                .with_name(topic_name("hanging"))
-                .with_partitions(vec![0]),
-        ]);
-    let r: AddPartitionsToTxnResponse = c.call(ApiKey::AddPartitionsToTxn, 3, &add).await;
-    assert_eq!(
-        r.results_by_topic_v3_and_below[0].results_by_partition[0].partition_error_code,
-        0
-    );
+    txn_add(&mut c, "hanging-txn", (pid, epoch), "hanging").await;
     let batch = build::transactional(build::simple(3, 0, Some((pid, epoch, 0))));
     let r: ProduceResponse = c
         .call(ApiKey::Produce, 9, &produce_req("hanging", 0, batch, -1))

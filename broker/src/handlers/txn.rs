@@ -417,7 +417,7 @@ async fn write_one(
     }
     match ctx
         .cluster
-        .write_marker(log.log_id, ctx.config.node_id, marker.clone())
+        .write_marker(log.log_id, ctx.config.node_id, *marker)
         .await
     {
         Ok(_) => 0,

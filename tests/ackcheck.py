@@ -18,6 +18,7 @@ Every loop is bounded in time and count.
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import uuid
@@ -165,6 +166,21 @@ def produce_batch(bootstrap: str, topic: str, partition: int, count: int, acks: 
     return values
 
 
+class _EosLogger:
+    """A logging.Logger stand-in for confluent_kafka's `logger`: keeps librdkafka's lines about
+    producer ids, epochs and sequence errors."""
+
+    KEEP = ("epoch", "Epoch", "bump", "PID", "sequence", "SEQUENCE", "UNKNOWN_PRODUCER", "fatal", "persisted")
+
+    def __init__(self, out: "collections.deque[str]") -> None:
+        self.out = out
+
+    def log(self, level: int, fmt: str, *args) -> None:
+        line = fmt % args if args else fmt
+        if any(k in line for k in self.KEEP):
+            self.out.append(f"{time.strftime('%H:%M:%S')} {line}")
+
+
 class ProducerThread(threading.Thread):
     """Produce continuously (round-robin over `partitions`, paced at `rate` records/s) until
     stop(), max_messages or max_seconds; records every report in `acks`."""
@@ -178,7 +194,11 @@ class ProducerThread(threading.Thread):
         self.rate, self.max_messages, self.max_seconds = rate, max_messages, max_seconds
         self.tag = tag or new_tag("c")
         self.flush_timeout = flush_timeout
-        self.conf = {"bootstrap.servers": bootstrap, **IDEMPOTENT, **conf}
+        # librdkafka's idempotence log (debug=eos): an epoch bump resends what it could not
+        # confirm with new sequence numbers, so a duplicate in the log is explained by these lines.
+        self.eos_events: collections.deque[str] = collections.deque(maxlen=200)
+        self.conf = {"bootstrap.servers": bootstrap, **IDEMPOTENT, "debug": "eos",
+                     "logger": _EosLogger(self.eos_events), **conf}
         self.produced = 0
         self.unflushed: int | None = None
         self.error: BaseException | None = None

@@ -913,7 +913,11 @@ def _run_chaos(cluster, duration: float, seed: int) -> None:
     for p in parts:
         log, lo, hi = _check_replicas_and_read(cluster, topic, p, timeout=120)
         logs[p] = log
-        verify_partition(p, log, acks, lo, hi)
+        try:
+            verify_partition(p, log, acks, lo, hi)
+        except AssertionError as e:
+            e.add_note("librdkafka's idempotence events:\n" + "\n".join(prod.eos_events))
+            raise
     wait_until(lambda: cons.caught_up({p: max(logs[p], default=-1) + 1 for p in parts}), 60,
                what="the live consumer reading every partition to the end")
     cons.stop()

@@ -390,20 +390,22 @@ impl Transport {
                         ..Default::default()
                     };
                     if write_frame(&mut sock, &hello).await.is_ok() {
-                        let quiet = pause > DIAL_PAUSE;
-                        if !quiet {
+                        let refusing = pause > DIAL_PAUSE;
+                        if !refusing {
                             tracing::info!(peer, %addr, "connected to peer");
                         }
                         logged = false;
-                        let opened = tokio::time::Instant::now();
-                        self.run(peer, sock).await;
-                        pause = if opened.elapsed() < Duration::from_secs(1) {
-                            (pause * 2).min(DIAL_PAUSE_MAX)
-                        } else {
-                            DIAL_PAUSE
-                        };
-                        if !quiet {
-                            tracing::info!(peer, "peer connection closed");
+                        match self.run(peer, sock).await {
+                            Some(why) => {
+                                if !refusing {
+                                    tracing::warn!(peer, reason = %why, "the peer refuses this broker's connections; dialling it again ever more slowly");
+                                }
+                                pause = (pause * 2).min(DIAL_PAUSE_MAX);
+                            }
+                            None => {
+                                pause = DIAL_PAUSE;
+                                tracing::info!(peer, "peer connection closed");
+                            }
                         }
                     }
                 }
@@ -465,15 +467,28 @@ impl Transport {
                 peer,
                 "connection from a broker that is not a configured peer; closing"
             );
+            // Said, so that the broker dials less often (a removed one).
+            let refusal = Frame {
+                kind: kind::HELLO,
+                response: true,
+                error: format!(
+                    "broker {} does not count broker {peer} as a member of its region",
+                    self.node_id
+                ),
+                ..Default::default()
+            };
+            let _ = write_frame(&mut sock, &refusal).await;
+            let _ = sock.flush().await;
             return;
         }
         tracing::info!(peer, "peer connected");
-        self.run(peer, sock).await;
+        let _ = self.run(peer, sock).await;
         tracing::info!(peer, "peer connection closed");
     }
 
-    /// Serves one connection until it fails.
-    async fn run(self: &Arc<Self>, peer: u64, sock: Box<dyn PeerStream>) {
+    /// Serves one connection until it fails; returns the peer's refusal,
+    /// if that is why.
+    async fn run(self: &Arc<Self>, peer: u64, sock: Box<dyn PeerStream>) -> Option<String> {
         let (mut rd, mut wr) = tokio::io::split(sock);
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         let conn = Arc::new(Conn {
@@ -506,6 +521,7 @@ impl Transport {
             let _ = wr.shutdown().await;
         });
         let inbound = self.inbound.get().cloned();
+        let mut refused = None;
         loop {
             let frame = match read_frame(&mut rd).await {
                 Ok(f) => f,
@@ -517,6 +533,10 @@ impl Transport {
             if conn.closed.load(Ordering::Acquire)
                 && !self.peers.lock().unwrap().contains_key(&peer)
             {
+                break;
+            }
+            if frame.kind == kind::HELLO && frame.response {
+                refused = Some(frame.error);
                 break;
             }
             self.last_seen
@@ -567,6 +587,7 @@ impl Transport {
         if conns.get(&peer).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
             conns.remove(&peer);
         }
+        refused
     }
 
     fn conn(&self, peer: u64) -> Result<Arc<Conn>, TransportError> {

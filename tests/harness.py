@@ -16,6 +16,7 @@ import atexit
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -40,20 +41,39 @@ LOOPBACK = "127.0.0.1"
 # ---------------------------------------------------------------------------
 
 _port_lock = threading.Lock()
-_handed_out: set[int] = set()
 
 
-def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free right now on `host` (never handed out twice by this process)."""
+def _test_ports() -> range:
+    """The ports free_port hands out: CHRONIK_TEST_PORTS ("LO-HI"), 10000-20999 by default.
+    Below the kernel's ephemeral range (32768-60999 on Linux), because any process's outbound
+    connection takes its local port from there: one could take a port between its handing
+    out and its binding, or while the process holding it is down for a restart. Runs at once
+    get ranges of their own (run-lanes.sh gives each lane one)."""
+    lo, hi = (int(x) for x in os.environ.get("CHRONIK_TEST_PORTS", "10000-20999").split("-"))
+    return range(lo, hi + 1)
+
+
+_PORTS = _test_ports()
+# Handed out in turn from a random start: a port comes round again only after the whole
+# range has (so never twice within a test), and two runs sharing a range rarely meet.
+_port_cursor = random.randrange(len(_PORTS))
+
+
+def free_port(host: str = LOOPBACK, kind: int = socket.SOCK_STREAM) -> int:
+    """A port (TCP, or UDP with kind=SOCK_DGRAM) free right now on `host`, from the test
+    range (see _test_ports)."""
+    global _port_cursor
     with _port_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-            if port not in _handed_out:
-                _handed_out.add(port)
-                return port
-    raise RuntimeError("could not find a free port")
+        for _ in range(len(_PORTS)):
+            port = _PORTS[_port_cursor % len(_PORTS)]
+            _port_cursor += 1
+            with socket.socket(socket.AF_INET, kind) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError(f"no free port in {_PORTS.start}-{_PORTS.stop - 1} on {host}")
 
 
 def free_dev_base() -> int:

@@ -52,16 +52,8 @@ IMPAIRMENT_FIELDS = ("delay_ms", "jitter_ms", "loss", "bandwidth_mbit", "reorder
 
 
 def free_udp_port(host: str = LOOPBACK) -> int:
-    """A UDP port free right now on `host` (never handed out twice, TCP or UDP, by this process)."""
-    with harness._port_lock:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.bind((host, 0))
-                port = s.getsockname()[1]
-            if port not in harness._handed_out:
-                harness._handed_out.add(port)
-                return port
-    raise RuntimeError("could not find a free UDP port")
+    """A UDP port free right now on `host`, from the test range (harness.free_port)."""
+    return free_port(host, socket.SOCK_DGRAM)
 
 
 def toml_value(v) -> str:

@@ -32,17 +32,23 @@ rm -rf "$base" && mkdir -p "$base"
 args=(-q -p no:cacheprovider ${PYTEST_ARGS:-})
 started=$(date +%s)
 
-lane() {  # lane NAME FILE... : one pytest run in the background, output to NAME.log
-  local name=$1; shift
-  ( python3 -m pytest "${args[@]}" --basetemp="$base/$name" "$@" > "$base/$name.log" 2>&1
+# Each run at once takes its ports from a range of its own (harness.free_port), below the
+# kernel's ephemeral range so that no outbound connection takes one.
+CLIENTS_PORTS=10000-15499
+REGIONS_PORTS=15500-20999
+lane() {  # lane NAME PORTS FILE... : one pytest run in the background, output to NAME.log
+  local name=$1 ports=$2; shift 2
+  ( CHRONIK_TEST_PORTS=$ports python3 -m pytest "${args[@]}" --basetemp="$base/$name" "$@" > "$base/$name.log" 2>&1
     echo $? > "$base/$name.rc"
     echo "== the $name lane took $(( $(date +%s) - started )) s" >> "$base/$name.log" ) &
 }
-lane clients "${CLIENTS_LANE[@]}"
-lane regions "${REGIONS_LANE[@]}"
-# The three-broker pass starts as soon as either lane is done, in its place.
+lane clients "$CLIENTS_PORTS" "${CLIENTS_LANE[@]}"
+lane regions "$REGIONS_PORTS" "${REGIONS_LANE[@]}"
+# The three-broker pass starts as soon as either lane is done, in its place (and its ports).
 wait -n
-CHRONIK_TEST_BROKERS=3 lane clustered "${CLUSTERED_PASS[@]}"
+freed=$REGIONS_PORTS
+[ -f "$base/clients.rc" ] && freed=$CLIENTS_PORTS
+CHRONIK_TEST_BROKERS=3 lane clustered "$freed" "${CLUSTERED_PASS[@]}"
 wait
 status=0
 for name in clients regions clustered; do

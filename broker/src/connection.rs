@@ -43,6 +43,9 @@ pub struct ConnCtx {
     /// Kafka's principal, `User:<name>`: the SASL user once authenticated,
     /// else the client certificate's subject, else ANONYMOUS.
     pub principal: String,
+    /// Produce batches refused here that the same producer's later ones
+    /// must wait for (see `produce_order`).
+    pub held_back: std::sync::Mutex<crate::produce_order::HeldBack>,
 }
 
 impl ConnCtx {
@@ -51,6 +54,7 @@ impl ConnCtx {
             peer,
             listener,
             principal: cert_subject.map_or_else(|| ANONYMOUS.to_string(), |s| format!("User:{s}")),
+            held_back: Default::default(),
         }
     }
 }

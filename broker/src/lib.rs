@@ -26,6 +26,7 @@ pub mod listener;
 pub mod log;
 mod members_http;
 pub mod membership;
+pub mod produce_order;
 pub mod producer_ids;
 pub mod raft;
 pub mod recompress;

@@ -507,6 +507,13 @@ impl PartitionLog {
         self.state.lock().unwrap().producers.summary()
     }
 
+    /// The epoch and last sequence this partition holds for `producer_id`.
+    pub fn last_written(&self, producer_id: i64) -> Option<(i16, i32)> {
+        let st = self.state.lock().unwrap();
+        let e = st.producers.get(producer_id)?;
+        e.batches.back().map(|b| (e.epoch, b.last_seq))
+    }
+
     /// The first offset of each producer's open transaction here.
     pub fn open_transactions(&self) -> std::collections::BTreeMap<i64, i64> {
         self.state.lock().unwrap().txns.open.clone()

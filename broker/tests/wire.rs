@@ -1370,3 +1370,96 @@ async fn last_stable(c: &mut Conn, topic: &str) -> i64 {
     let r: ListOffsetsResponse = c.call(ApiKey::ListOffsets, 7, &req).await;
     r.topics[0].partitions[0].offset
 }
+
+async fn set_topic_config(c: &mut Conn, topic: &str, name: &str, value: &str) {
+    use incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+        AlterConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(topic.to_string()))
+            .with_configs(vec![AlterableConfig::default()
+                .with_name(StrBytes::from_string(name.to_string()))
+                .with_value(Some(StrBytes::from_string(value.to_string())))]),
+    ]);
+    let r: IncrementalAlterConfigsResponse = c.call(ApiKey::IncrementalAlterConfigs, 1, &req).await;
+    assert_eq!(
+        r.responses[0].error_code, 0,
+        "{:?}",
+        r.responses[0].error_message
+    );
+}
+
+/// A producer's batch refused before it reached the log holds back the
+/// batches pipelined behind it on the same connection: they get the same
+/// retriable error rather than OUT_OF_ORDER_SEQUENCE_NUMBER, which makes
+/// librdkafka bump its epoch and resend unacknowledged records under new
+/// sequence numbers (duplicating any a killed leader had written).
+#[tokio::test]
+async fn a_refused_batch_holds_back_its_producers_later_batches() {
+    let (b, _dir) = start().await;
+    let mut c = Conn::open(&b).await;
+    let mut other = Conn::open(&b).await;
+    create_topic(&mut c, "ordered", 1).await;
+    let init: InitProducerIdResponse = c
+        .call(
+            ApiKey::InitProducerId,
+            4,
+            &InitProducerIdRequest::default()
+                .with_transactional_id(None)
+                .with_transaction_timeout_ms(60_000)
+                .with_producer_id(ProducerId(-1))
+                .with_producer_epoch(-1),
+        )
+        .await;
+    assert_eq!(init.error_code, 0);
+    let pid = (init.producer_id.0, init.producer_epoch);
+    let batch = |seq| build::simple(5, 1_000, Some((pid.0, pid.1, seq)));
+    let (first, second) = (batch(5), batch(10));
+    let code = |r: &ProduceResponse| r.responses[0].partition_responses[0].error_code;
+    let offset = |r: &ProduceResponse| r.responses[0].partition_responses[0].base_offset;
+    let r: ProduceResponse = c
+        .call(ApiKey::Produce, 9, &produce_req("ordered", 0, batch(0), -1))
+        .await;
+    assert_eq!((code(&r), offset(&r)), (0, 0));
+
+    // One replica, min.insync.replicas=2: refused before the log.
+    set_topic_config(&mut c, "ordered", "min.insync.replicas", "2").await;
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("ordered", 0, first.clone(), -1),
+        )
+        .await;
+    assert_eq!(code(&r), 19, "NOT_ENOUGH_REPLICAS");
+    set_topic_config(&mut c, "ordered", "min.insync.replicas", "1").await;
+
+    // The cause has passed, but the next batch would leave a gap.
+    let r: ProduceResponse = c
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("ordered", 0, second.clone(), -1),
+        )
+        .await;
+    assert_eq!(code(&r), 19, "held back behind the refused batch");
+    // Another connection has no refused batch to wait for: the gap is
+    // answered as Kafka does.
+    let r: ProduceResponse = other
+        .call(
+            ApiKey::Produce,
+            9,
+            &produce_req("ordered", 0, second.clone(), -1),
+        )
+        .await;
+    assert_eq!(code(&r), 45, "OUT_OF_ORDER_SEQUENCE_NUMBER");
+
+    // Resent in order, both are written once.
+    for (records, at) in [(first, 5), (second, 10)] {
+        let r: ProduceResponse = c
+            .call(ApiKey::Produce, 9, &produce_req("ordered", 0, records, -1))
+            .await;
+        assert_eq!((code(&r), offset(&r)), (0, at));
+    }
+    b.shutdown().await;
+}

@@ -103,7 +103,13 @@ pub fn dispatch(ctx: &Arc<BrokerCtx>, req: Request, conn: &ConnCtx) -> Reply {
             // comes from as well as to the connection.
             let origin = chronik_wire::protocol::forwarded_origin(header.client_id.as_deref());
             let as_origin = origin.flatten().map(|r| authz.as_region(r));
-            produce::handle(ctx, cid, v, p, origin.is_some(), &authz, as_origin.as_ref())
+            let from = produce::Sender {
+                forwarded: origin.is_some(),
+                authz: &authz,
+                origin: as_origin.as_ref(),
+                held_back: &conn.held_back,
+            };
+            produce::handle(ctx, cid, v, p, from)
         }
         RequestKind::Fetch(f) => later(ctx, id, move |ctx| async move {
             fetch::handle_fetch(ctx, authz, v, f).await

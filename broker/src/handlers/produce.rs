@@ -23,6 +23,7 @@ use crate::context::BrokerCtx;
 use crate::error::KafkaCode;
 use crate::forward::ForwardError;
 use crate::log::PartitionLog;
+use crate::produce_order::{HeldBack, Ids};
 use crate::protocol::encode_response;
 use crate::raft::types::{Command, CommandResult};
 use crate::raft::ProposeError;
@@ -83,15 +84,32 @@ fn partition_error(
     }
 }
 
+/// Who a produce request comes from.
+pub struct Sender<'a> {
+    /// The home region's dc-link, producing for another region.
+    pub forwarded: bool,
+    pub authz: &'a Authz,
+    /// For a forwarded produce: the region it comes from, which must be
+    /// allowed to write too.
+    pub origin: Option<&'a Authz>,
+    /// The connection's refused batches (`produce_order`).
+    pub held_back: &'a std::sync::Mutex<HeldBack>,
+}
+
 pub fn handle(
     ctx: &Arc<BrokerCtx>,
     correlation_id: i32,
     version: i16,
     req: ProduceRequest,
-    forwarded: bool,
-    authz: &Authz,
-    origin: Option<&Authz>,
+    from: Sender<'_>,
 ) -> Reply {
+    let Sender {
+        forwarded,
+        authz,
+        origin,
+        held_back,
+    } = from;
+    let mut held_back = held_back.lock().unwrap();
     let acks = req.acks;
     let now = now_ms();
     let mut topics: Vec<(TopicProduceResponse, Vec<Outcome>)> =
@@ -105,6 +123,8 @@ pub fn handle(
             authz.topic(op::WRITE, &td.name) && origin.is_none_or(|o| o.topic(op::WRITE, &td.name));
         let topic = ctx.catalog.get(&td.name).filter(|_| allowed);
         let mut outcomes = Vec::with_capacity(td.partition_data.len());
+        // (outcome, partition, batch) of each idempotent batch looked at.
+        let mut idempotent: Vec<(usize, i32, Ids)> = Vec::new();
         for pd in td.partition_data {
             let idx = pd.index;
             if !allowed {
@@ -146,6 +166,29 @@ pub fn handle(
                 )));
                 continue;
             };
+            if let Ok(h) = chronik_wire::batch::BatchHeader::parse(&records) {
+                let ids = Ids {
+                    producer_id: h.producer_id,
+                    epoch: h.producer_epoch,
+                    first_seq: h.base_sequence,
+                };
+                let held = held_back.check(td.name.as_str(), idx, ids, || {
+                    log.last_written(ids.producer_id)
+                });
+                if let Some(code) = held {
+                    outcomes.push(Outcome::Done(partition_error(
+                        version,
+                        idx,
+                        code,
+                        Some(format!(
+                            "an earlier batch of producer {} was refused on this connection; it must be resent before sequence {}",
+                            ids.producer_id, ids.first_seq
+                        )),
+                    )));
+                    continue;
+                }
+                idempotent.push((outcomes.len(), idx, ids));
+            }
             let mut ok = PartitionProduceResponse::default()
                 .with_index(idx)
                 .with_log_append_time_ms(-1);
@@ -313,6 +356,13 @@ pub fn handle(
             let global = (acks == -1 && t.effective.global_quorum)
                 .then(|| (log.clone(), header.last_offset_delta));
             outcomes.push(Outcome::Replicating { ok, done, global });
+        }
+        for (at, idx, ids) in idempotent {
+            if let Some(Outcome::Done(r)) = outcomes.get(at) {
+                if E::try_from_code(r.error_code).is_some_and(|e| e.is_retriable()) {
+                    held_back.refused(td.name.as_str(), idx, ids, r.error_code);
+                }
+            }
         }
         topics.push((TopicProduceResponse::default().with_name(td.name), outcomes));
     }

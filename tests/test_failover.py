@@ -77,10 +77,14 @@ def last_epoch(regions: Regions, region: str, topic: str, p: int) -> int:
     return regions.leader_state(region, topic, p)[1]["epochs"][-1][0]
 
 
+def witness_pair(base_dir, binary, brokers: int = 1) -> Regions:
+    """us-east and eu-west with `brokers` brokers each, and the witness."""
+    return Regions(base_dir, names=(US, EU), brokers=brokers, binary=binary, witness=True, lease=LEASE)
+
+
 @pytest.fixture
 def witness_regions(tmp_path, chronik_cluster_binary):
-    with Regions(tmp_path / "failover", names=(US, EU), brokers=1, binary=chronik_cluster_binary,
-                 witness=True, lease=LEASE) as r:
+    with witness_pair(tmp_path / "failover", chronik_cluster_binary) as r:
         yield r
 
 

@@ -8,16 +8,27 @@ Two regions of one broker each and the witness, as in test_failover.py.
 
 from __future__ import annotations
 
+import threading
 import time
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+import pytest
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from harness import wait_until
 from kclient import produce_all, unique_topic
 from test_dclink import make_topic, wait_topic_in
-from test_failover import EU, US, failover, kill_region, witness_regions  # noqa: F401 (fixture)
+from test_failover import EU, US, failover, kill_region, witness_pair, witness_regions  # noqa: F401 (fixture)
 
 PARTITIONS = 2
+
+
+def produce_each(p: Producer, topic: str, values: dict[int, list[str]]) -> None:
+    """Each partition's values, produced in the producer's open transaction and flushed."""
+    for i, vals in values.items():
+        for v in vals:
+            p.produce(topic, v.encode(), partition=i)
+    p.flush(30)
 
 
 def read(bootstrap: str, topic: str, isolation: str, timeout: float = 60.0) -> dict[int, list[str]]:
@@ -74,10 +85,7 @@ def test_a_mirror_shows_only_committed_transactions_and_a_failover_aborts_the_op
     for n in range(6):
         p.begin_transaction()
         batch = {i: [f"t{n}-p{i}-{j}" for j in range(5)] for i in range(PARTITIONS)}
-        for i, vals in batch.items():
-            for v in vals:
-                p.produce(topic, v.encode(), partition=i)
-        p.flush(30)
+        produce_each(p, topic, batch)
         for i, vals in batch.items():
             everything[i] += vals
         if n % 3 == 2:
@@ -177,3 +185,107 @@ def test_failback_recovers_only_what_transactions_committed(witness_regions):
         assert got == expected[i], f"{res['recovery_topic']}/{i}: {got}"
     assert (res["skipped_aborted"], res["skipped_open"]) == (5 * PARTITIONS, 7 * PARTITIONS), res
     assert res["records_recovered"] == sum(len(v) for v in expected.values()), res
+
+
+def read_kafka_python(bootstrap: str, topic: str, timeout: float = 60.0) -> dict[int, list[str]]:
+    """read_committed values per partition as kafka-python reads them (Java's rule for aborted
+    transactions: a producer's records are dropped from an aborted range's first offset until
+    any abort marker of it; librdkafka, in `read`, pairs each abort marker with one range)."""
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KTP
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, isolation_level="read_committed",
+                      enable_auto_commit=False)
+    tps = [KTP(topic, p) for p in range(PARTITIONS)]
+    try:
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ends = c.end_offsets(tps)
+        out: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
+        deadline = time.monotonic() + timeout
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topic} not read to {ends} by kafka-python"
+            for tp, msgs in c.poll(timeout_ms=500).items():
+                out[tp.partition] += [m.value.decode() for m in msgs if m.offset < ends[tp]]
+        return out
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def three_broker_regions(tmp_path, chronik_cluster_binary):
+    with witness_pair(tmp_path / "txn-split", chronik_cluster_binary, brokers=3) as r:
+        yield r
+
+
+def test_a_commit_lost_half_way_is_retracted_whole_at_failover(three_broker_regions):
+    """A transaction over two partitions commits in us-east while the only replica of one of
+    them is down: the other's commit marker is written and mirrored to eu-west, this one's
+    never is. us-east is then lost. eu-west held the transaction committed in one partition
+    and open in the other; the failover counts the commit's markers (each says into how many
+    partitions it was written), finds one missing, and the promotion retracts the part that
+    arrived, so read_committed consumers see the transaction in neither partition, and the
+    commit before it in both."""
+    regions = three_broker_regions
+    topic = unique_topic("txn-split")
+    a, _, c = sorted(regions.cluster(US).ids)
+    admin = AdminClient({"bootstrap.servers": regions.bootstrap(US)})
+    (fut,) = admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replica_assignment=[[a], [c]])]).values()
+    fut.result(30)
+    wait_topic_in(regions, EU, topic, PARTITIONS, timeout=60)
+
+    p = Producer({"bootstrap.servers": regions.bootstrap(US), "transactional.id": unique_topic("split-tid"),
+                  "transaction.timeout.ms": 600_000})
+    p.init_transactions(30)
+    committed = {i: [f"t1-p{i}-{j}" for j in range(5)] for i in range(PARTITIONS)}
+    p.begin_transaction()
+    produce_each(p, topic, committed)
+    p.commit_transaction(30)
+    wait_until(lambda: read(regions.bootstrap(EU), topic, "read_committed") == committed, 60,
+               what="eu-west shows the first commit in both partitions")
+
+    p.begin_transaction()
+    split = {i: [f"t2-p{i}-{j}" for j in range(6)] for i in range(PARTITIONS)}
+    produce_each(p, topic, split)
+    everything = {i: committed[i] + split[i] for i in range(PARTITIONS)}
+    wait_until(lambda: read(regions.bootstrap(EU), topic, "read_uncommitted") == everything, 60,
+               what="eu-west mirrors the second transaction's records")
+
+    # Partition 1's only replica goes; the commit then reaches partition 0 alone.
+    regions.kill9_broker(US, c)
+
+    def commit():
+        try:
+            p.commit_transaction(60)
+        except KafkaException:
+            pass  # its outcome is what eu-west holds; the region is lost next
+
+    committer = threading.Thread(target=commit, daemon=True)
+    committer.start()
+    half = {0: committed[0] + split[0], 1: committed[1]}
+    wait_until(lambda: read(regions.bootstrap(EU), topic, "read_committed") == half, 60,
+               what="eu-west holds the commit in partition 0 only")
+
+    kill_region(regions, US)
+    out = failover(regions, EU, topic)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert "did not reach eu-west whole" in out.stderr, out.stderr
+
+    wait_until(lambda: ends(regions.bootstrap(EU), topic, "read_committed")
+               == ends(regions.bootstrap(EU), topic, "read_uncommitted"), 60,
+               what="eu-west's last stable offset reaches its high watermark")
+    assert read(regions.bootstrap(EU), topic, "read_committed") == committed
+    assert read_kafka_python(regions.bootstrap(EU), topic) == committed
+    assert read(regions.bootstrap(EU), topic, "read_uncommitted") == everything
+    # What the new home takes after the retraction is visible.
+    after = Producer({"bootstrap.servers": regions.bootstrap(EU), "transactional.id": unique_topic("after-tid")})
+    after.init_transactions(30)
+    after.begin_transaction()
+    for i in range(PARTITIONS):
+        after.produce(topic, f"after-p{i}".encode(), partition=i)
+    after.commit_transaction(30)
+    for i in range(PARTITIONS):
+        committed[i].append(f"after-p{i}")
+    assert read(regions.bootstrap(EU), topic, "read_committed") == committed
+    assert read_kafka_python(regions.bootstrap(EU), topic) == committed
+    committer.join(5)

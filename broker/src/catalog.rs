@@ -1026,7 +1026,8 @@ impl Catalog {
                 from,
                 epoch,
                 now_ms,
-            } => self.apply_take_home(name, id, from, *epoch, *now_ms, wb),
+                settle,
+            } => self.apply_take_home(name, id, (from, *epoch), settle.as_ref(), *now_ms, wb),
             ControllerCommand::DeleteTopic { name, now_ms, id } => {
                 let topic = self
                     .get(name)

@@ -39,6 +39,7 @@ pub fn router(ctx: Arc<BrokerCtx>) -> Router {
         .route("/v1/home/{topic}/unfence", post(unfence))
         .route("/v1/home/{topic}/move", post(move_home))
         .route("/v1/home/{topic}/take", post(take_home))
+        .route("/v1/txn/parts", get(txn_parts))
         .route("/v1/lease/clock", get(lease_clock))
         .route("/v1/lease", get(lease_state).post(lease_push))
         .route("/v1/link/actor", get(link_actor))
@@ -137,7 +138,27 @@ async fn move_home(State(ctx): Ctx, Path(topic): Path<String>, RawQuery(q): RawQ
     }
 }
 
-async fn take_home(State(ctx): Ctx, Path(topic): Path<String>, RawQuery(q): RawQuery) -> Response {
+/// Body (optional): the verdict on the lost home's commits
+/// (`chronik_wire::settle::Plan`, from `/v1/txn/parts` of every broker).
+async fn take_home(
+    State(ctx): Ctx,
+    Path(topic): Path<String>,
+    RawQuery(q): RawQuery,
+    body: axum::body::Bytes,
+) -> Response {
+    let settle = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<chronik_wire::settle::Plan>(&body) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("the body is not a settlement plan: {e}"),
+                )
+            }
+        }
+    };
     let from = query_param(q.as_deref(), "from").filter(|t| !t.is_empty());
     let epoch = query_param(q.as_deref(), "epoch").and_then(|e| e.parse::<u64>().ok());
     let (Some(from), Some(epoch)) = (from, epoch) else {
@@ -146,10 +167,41 @@ async fn take_home(State(ctx): Ctx, Path(topic): Path<String>, RawQuery(q): RawQ
             "from=<region> and epoch=<new home epoch> are required",
         );
     };
-    match ctx.catalog.take_home(&topic, from, epoch).await {
+    match ctx.catalog.take_home(&topic, from, epoch, settle).await {
         Ok(()) => Json(json!({"ok": true})).into_response(),
         Err(e) => topic_error(e),
     }
+}
+
+/// `?home=<region>`: the noted commits held by the mirror partitions of
+/// `home`'s topics that this broker leads, with their log ends, and how
+/// many partitions each such topic has (so the caller can tell when every
+/// partition was reported). A failover's view is every broker's answer
+/// (`chronik_wire::settle`).
+async fn txn_parts(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
+    let Some(home) = query_param(q.as_deref(), "home").filter(|h| !h.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "home=<region> is required");
+    };
+    let mut topics = serde_json::Map::new();
+    let mut led = Vec::new();
+    for t in ctx.catalog.list() {
+        if t.mirror_of(&ctx.config.region) != Some(home) || t.is_deleting() {
+            continue;
+        }
+        topics.insert(t.name().to_string(), json!(t.partitions.len()));
+        for log in &t.partitions {
+            if ctx.cluster.leader_group(log).is_none() {
+                continue;
+            }
+            led.push(chronik_wire::settle::PartitionView {
+                topic: t.name().to_string(),
+                partition: log.partition,
+                log_end: log.log_end_offset(),
+                parts: log.commit_parts(),
+            });
+        }
+    }
+    Json(json!({"topics": topics, "partitions": led})).into_response()
 }
 
 async fn lease_clock(State(ctx): Ctx) -> Response {

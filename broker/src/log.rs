@@ -84,6 +84,13 @@ impl Default for PartitionRecord {
 
 /// A role in one word: 0 for none, else `epoch << 1 | home` (epochs start
 /// at 1, so a role is never 0).
+/// A promotion's part of a failover's verdict (see `Command::SetRole`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settle<'a> {
+    pub retract_from: &'a [crate::raft::types::Retraction],
+    pub view_end: Option<i64>,
+}
+
 fn encode_role(role: Option<Role>) -> u64 {
     role.map_or(0, |r| r.epoch << 1 | r.home as u64)
 }
@@ -514,6 +521,29 @@ impl PartitionLog {
         e.batches.back().map(|b| (e.epoch, b.last_seq))
     }
 
+    /// The noted commits this copy holds and has not retracted, as a
+    /// failover's view counts them (`chronik_wire::settle`).
+    pub fn commit_parts(&self) -> Vec<chronik_wire::settle::Part> {
+        let st = self.state.lock().unwrap();
+        let mut out: Vec<chronik_wire::settle::Part> = st
+            .txns
+            .committed
+            .iter()
+            .flat_map(|(pid, v)| {
+                v.iter()
+                    .filter(|p| !p.retracted)
+                    .map(|p| chronik_wire::settle::Part {
+                        producer_id: *pid,
+                        seq: p.seq,
+                        parts: p.parts,
+                        marker: p.marker,
+                    })
+            })
+            .collect();
+        out.sort_by_key(|p| p.marker);
+        out
+    }
+
     /// The first offset of each producer's open transaction here.
     pub fn open_transactions(&self) -> std::collections::BTreeMap<i64, i64> {
         self.state.lock().unwrap().txns.open.clone()
@@ -629,8 +659,8 @@ impl PartitionLog {
                         entry.encode(),
                     );
                 }
-                if let Some(commit) = chronik_wire::control::marker_kind(h, bytes) {
-                    txns_changed = st.txns.on_marker(h.producer_id, commit, base);
+                if let Some(marker) = chronik_wire::control::marker(h, bytes) {
+                    txns_changed = st.txns.on_marker(h.producer_id, marker, base);
                 }
             } else {
                 txns_changed = st.txns.on_data(h.producer_id, base);
@@ -764,40 +794,117 @@ impl PartitionLog {
     /// `producer_id`'s open transaction here, as the coordinator decided
     /// it: ordered with the data, stamped like a produced batch. A producer
     /// with no transaction open here gets no marker (`Ok(None)`), so a
-    /// coordinator retrying after a lost answer writes it once. A marker
-    /// older than the producer's epoch here is refused.
+    /// coordinator retrying after a lost answer writes it once; except a
+    /// noted commit, written into every partition its transaction holds
+    /// (once: a commit with the same number or a later one stops it). A
+    /// marker older than the producer's epoch here is refused.
     pub fn marker_into(
         &self,
         wb: &mut WriteBatch,
         marker: &crate::raft::types::TxnMarker,
         term: i32,
     ) -> Result<Option<i64>, AppendError> {
+        let note = marker
+            .ending
+            .filter(|_| marker.commit)
+            .map(|(seq, parts)| chronik_wire::control::Note::Ending { seq, parts });
         {
             let st = self.state.lock().unwrap();
-            if !st.txns.is_open(marker.producer_id) {
+            let open = st.txns.is_open(marker.producer_id);
+            let written = match note {
+                Some(chronik_wire::control::Note::Ending { seq, .. }) => {
+                    // Where it wrote nothing, a newer epoch here means the
+                    // producer moved on: nothing of this transaction to end.
+                    let newer = st
+                        .producers
+                        .get(marker.producer_id)
+                        .is_some_and(|e| e.epoch > marker.producer_epoch);
+                    (!open && newer)
+                        || st
+                            .txns
+                            .last_commit_seq(marker.producer_id)
+                            .is_some_and(|last| last >= seq)
+                }
+                _ => !open,
+            };
+            if written {
                 return Ok(None);
             }
-            if let Some(e) = st.producers.get(marker.producer_id) {
-                if marker.producer_epoch < e.epoch {
+        }
+        self.write_marker(
+            wb,
+            marker.producer_id,
+            marker.producer_epoch,
+            marker.commit,
+            (marker.coordinator_epoch, marker.now_ms),
+            note,
+            term,
+        )
+    }
+
+    /// Appends a marker batch, refused when older than the producer's
+    /// epoch here. `stamp`: the coordinator epoch and timestamp.
+    #[allow(clippy::too_many_arguments)]
+    fn write_marker(
+        &self,
+        wb: &mut WriteBatch,
+        producer_id: i64,
+        producer_epoch: i16,
+        commit: bool,
+        (coordinator_epoch, now_ms): (i32, i64),
+        note: Option<chronik_wire::control::Note>,
+        term: i32,
+    ) -> Result<Option<i64>, AppendError> {
+        {
+            let st = self.state.lock().unwrap();
+            if let Some(e) = st.producers.get(producer_id) {
+                if producer_epoch < e.epoch {
                     return Err(AppendError::Sequence(SequenceError::FencedEpoch {
-                        got: marker.producer_epoch,
+                        got: producer_epoch,
                         current: e.epoch,
                     }));
                 }
             }
         }
         let bytes = chronik_wire::control::marker_batch(
-            marker.producer_id,
-            marker.producer_epoch,
-            marker.commit,
-            marker.coordinator_epoch,
-            marker.now_ms,
+            producer_id,
+            producer_epoch,
+            commit,
+            coordinator_epoch,
+            now_ms,
+            note,
         );
         let h = BatchHeader::parse(&bytes)?;
         match self.append_checked(wb, h, &bytes, term, None)? {
             AppendedInto::New { base, .. } => Ok(Some(base)),
             AppendedInto::Duplicate { .. } => Ok(None),
         }
+    }
+
+    /// Writes the abort marker that retracts this partition's part of a
+    /// commit (see `crate::txn_settle`), once; a part it does not hold (or
+    /// no longer) is skipped.
+    fn retract_into(
+        &self,
+        wb: &mut WriteBatch,
+        producer_id: i64,
+        seq: i64,
+        term: i32,
+    ) -> Result<Option<i64>, AppendError> {
+        let epoch = {
+            let st = self.state.lock().unwrap();
+            let held = st
+                .txns
+                .committed
+                .get(&producer_id)
+                .is_some_and(|v| v.iter().any(|p| p.seq == seq && !p.retracted));
+            if !held {
+                return Ok(None);
+            }
+            st.producers.get(producer_id).map_or(0, |e| e.epoch)
+        };
+        let note = chronik_wire::control::Note::Retracts { seq };
+        self.write_marker(wb, producer_id, epoch, false, (-1, -1), Some(note), term)
     }
 
     fn append_checked(
@@ -1429,11 +1536,14 @@ impl PartitionLog {
     }
 
     /// Applies a `SetRole` entry: from here on, produce or mirror appends
-    /// are refused at apply as the role says.
+    /// are refused at apply as the role says. A promotion first retracts
+    /// the old home's commits that `settle` finds did not reach this
+    /// region whole, then aborts what the old home left open.
     pub fn set_role_into(
         &self,
         wb: &mut WriteBatch,
         next: Role,
+        settle: &Settle<'_>,
         term: i32,
     ) -> Result<Role, AppendError> {
         let mut st = self.state.lock().unwrap();
@@ -1463,6 +1573,27 @@ impl PartitionLog {
                 // decides for this copy: they are aborted, never half
                 // applied. Deterministic (the log's own open set), so every
                 // replica writes the same markers.
+                let from = settle
+                    .retract_from
+                    .iter()
+                    .map(|r| (r.producer_id, r.seq))
+                    .collect();
+                let parts = self.commit_parts();
+                for (producer_id, seq) in
+                    chronik_wire::settle::retractions_in(&from, settle.view_end, &parts)
+                {
+                    if self.retract_into(wb, producer_id, seq, term)?.is_some() {
+                        tracing::warn!(
+                            topic = %self.topic,
+                            partition = self.partition,
+                            producer_id,
+                            commit = seq,
+                            "promotion retracts a commit of the lost home that did not reach this region whole"
+                        );
+                        metrics::counter!("chronik_txn_commits_retracted_total", "topic" => self.topic.to_string())
+                            .increment(1);
+                    }
+                }
                 for (producer_id, producer_epoch) in open.into_iter().zip(epochs) {
                     let marker = crate::raft::types::TxnMarker {
                         producer_id,
@@ -1470,6 +1601,7 @@ impl PartitionLog {
                         commit: false,
                         coordinator_epoch: -1,
                         now_ms: -1,
+                        ending: None,
                     };
                     self.marker_into(wb, &marker, term)?;
                 }
@@ -1613,8 +1745,8 @@ impl PartitionLog {
                 continue;
             }
             if h.is_control() {
-                if let Some(commit) = chronik_wire::control::marker_kind(&h, &bytes) {
-                    txns.on_marker(h.producer_id, commit, e.base_offset);
+                if let Some(marker) = chronik_wire::control::marker(&h, &bytes) {
+                    txns.on_marker(h.producer_id, marker, e.base_offset);
                 }
             } else {
                 txns.on_data(h.producer_id, e.base_offset);
@@ -1723,6 +1855,7 @@ mod tests {
             commit,
             coordinator_epoch: 1,
             now_ms: 1,
+            ending: None,
         };
         let at = log.marker_into(&mut wb, &marker, 1).unwrap();
         store.write(wb).await.unwrap();
@@ -1772,6 +1905,84 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_noted_commit_reaches_every_partition_once_and_a_promotion_can_retract_it() {
+        use crate::raft::types::{Retraction, TxnMarker};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let with_data = PartitionLog::open(store.clone(), 4, "tx".into(), 0).unwrap();
+        let without = PartitionLog::open(store.clone(), 5, "tx".into(), 1).unwrap();
+        append(&with_data, &transactional(3, 8, 2, 0)).await;
+        let commit = |seq| TxnMarker {
+            producer_id: 8,
+            producer_epoch: 2,
+            commit: true,
+            coordinator_epoch: 1,
+            now_ms: 1,
+            ending: Some((seq, 2)),
+        };
+        for log in [&with_data, &without] {
+            for attempt in 0..2 {
+                let mut wb = WriteBatch::default();
+                let at = log.marker_into(&mut wb, &commit(0), 1).unwrap();
+                store.write(wb).await.unwrap();
+                log.committed(log.log_end_offset());
+                let want = (attempt == 0).then_some(log.log_end_offset() - 1);
+                assert_eq!(at, want, "written once, retries skipped");
+            }
+        }
+        assert_eq!(
+            (with_data.log_end_offset(), without.log_end_offset()),
+            (4, 1)
+        );
+        let part = with_data.state.lock().unwrap().txns.committed[&8][0];
+        assert_eq!(
+            (part.seq, part.parts, part.first, part.marker),
+            (0, 2, Some(0), 3)
+        );
+        let retract = [Retraction {
+            producer_id: 8,
+            seq: 0,
+        }];
+        let settle = Settle {
+            retract_from: &retract,
+            view_end: Some(4),
+        };
+        for (home, epoch) in [(false, 2), (true, 3)] {
+            let mut wb = WriteBatch::default();
+            with_data
+                .set_role_into(&mut wb, Role { home, epoch }, &settle, 1)
+                .unwrap();
+            store.write(wb).await.unwrap();
+        }
+        with_data.committed(with_data.log_end_offset());
+        assert_eq!(
+            with_data.log_end_offset(),
+            5,
+            "one retraction, written at the promotion"
+        );
+        let retracted = crate::txn_index::Aborted {
+            producer_id: 8,
+            first: 0,
+            last: 4,
+        };
+        assert_eq!(with_data.aborted_in(0, 5), vec![retracted]);
+        let reopened = PartitionLog::open(store.clone(), 4, "tx".into(), 0).unwrap();
+        assert_eq!(
+            reopened.aborted_in(0, 5),
+            vec![retracted],
+            "rebuilt from the batches"
+        );
+        // A mirror of this copy derives the same index from the same bytes.
+        let mirror = PartitionLog::open(store.clone(), 6, "tx".into(), 0).unwrap();
+        let mut wb = WriteBatch::default();
+        mirror
+            .mirror_into(&mut wb, &with_data.dump().unwrap(), 0, false)
+            .unwrap();
+        store.write(wb).await.unwrap();
+        assert_eq!(mirror.aborted_in(0, 5), vec![retracted]);
+    }
+
+    #[tokio::test]
     async fn a_promotion_aborts_the_transactions_the_old_home_left_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
@@ -1784,6 +1995,7 @@ mod tests {
                 home: false,
                 epoch: 2,
             },
+            &Settle::default(),
             1,
         )
         .unwrap();
@@ -1796,6 +2008,7 @@ mod tests {
                 home: true,
                 epoch: 3,
             },
+            &Settle::default(),
             1,
         )
         .unwrap();
@@ -2104,7 +2317,7 @@ mod tests {
         let log = PartitionLog::open(store.clone(), 3, "moving".into(), 0).unwrap();
         let set = |log: &PartitionLog, home, epoch| {
             let mut wb = WriteBatch::default();
-            let r = log.set_role_into(&mut wb, Role { home, epoch }, 1);
+            let r = log.set_role_into(&mut wb, Role { home, epoch }, &Settle::default(), 1);
             (r, wb)
         };
         let idem = build::simple(2, 100, Some((7, 0, 0)));

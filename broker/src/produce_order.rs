@@ -22,6 +22,8 @@
 
 use std::collections::HashMap;
 
+use chronik_wire::producer::next_seq;
+
 /// The idempotence fields of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ids {
@@ -55,14 +57,6 @@ fn at_or_after(a: i32, b: i32) -> bool {
     (a as i64 - b as i64).rem_euclid(SPAN) < SPAN / 2
 }
 
-fn next(seq: i32) -> i32 {
-    if seq == i32::MAX {
-        0
-    } else {
-        seq + 1
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct HeldBack {
     refused: HashMap<(String, i32, i64), Refused>,
@@ -85,7 +79,7 @@ impl HeldBack {
         }
         let key = (topic.to_string(), partition, ids.producer_id);
         let r = *self.refused.get(&key)?;
-        let resent = ids.epoch != r.epoch || !at_or_after(ids.first_seq, next(r.seq));
+        let resent = ids.epoch != r.epoch || !at_or_after(ids.first_seq, next_seq(r.seq));
         let arrived = written().is_some_and(|(epoch, last)| {
             epoch > r.epoch || (epoch == r.epoch && at_or_after(last, r.seq))
         });

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::catalog::OffsetMoveReason;
 use crate::context::BrokerCtx;
 use crate::home_role;
-use crate::raft::types::{Command, CommandResult};
+use crate::raft::types::{Command, CommandResult, Retraction};
 
 /// How long one role entry may take to commit before the next round tries
 /// again.
@@ -50,7 +50,37 @@ pub async fn run(ctx: Arc<BrokerCtx>, mut shutdown: watch::Receiver<bool>) {
             let Some((group, _)) = ctx.cluster.leader_group(&log) else {
                 continue;
             };
-            let done = group.submit(Command::SetRole { role: want });
+            // A promotion after a failover retracts the lost home's
+            // commits that did not reach this region whole.
+            let promoting = want.home && !have.is_some_and(|r| r.home);
+            let plan = promoting
+                .then(|| ctx.catalog.settlement(&topic.id(), want.epoch))
+                .flatten();
+            let retract_from: Vec<Retraction> = plan
+                .as_ref()
+                .map(|p| {
+                    p.retract_from
+                        .iter()
+                        .map(|(producer_id, seq)| Retraction {
+                            producer_id: *producer_id,
+                            seq: *seq,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            let view_end = plan.as_ref().and_then(|p| {
+                p.view_end
+                    .get(&chronik_wire::settle::partition_key(
+                        topic.name(),
+                        log.partition,
+                    ))
+                    .copied()
+            });
+            let done = group.submit(Command::SetRole {
+                role: want,
+                retract_from,
+                view_end,
+            });
             match tokio::time::timeout(SET_ROLE_TIMEOUT, done).await {
                 Ok(Ok(Ok(CommandResult::Done))) => {
                     tracing::info!(

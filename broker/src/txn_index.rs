@@ -10,7 +10,31 @@
 
 use std::collections::BTreeMap;
 
+use chronik_wire::control::{Marker, Note};
 use serde::{Deserialize, Serialize};
+
+/// How many of each producer's noted commits a partition remembers: a
+/// promotion needs only those that may not have reached it whole, which
+/// are the producer's last few.
+pub const KEPT_COMMITS: usize = 8;
+
+/// This partition's part of a transaction whose commit marker carries a
+/// note ([`Note::Ending`]): what a promotion needs to tell whether the
+/// commit reached this region whole, and to retract it if not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitPart {
+    /// The transaction's number among its transactional id's.
+    pub seq: i64,
+    /// How many partitions its coordinator wrote a commit marker into.
+    pub parts: i32,
+    /// Its first record here (`None`: it wrote no record here).
+    pub first: Option<i64>,
+    /// The commit marker's offset.
+    pub marker: i64,
+    /// A promotion's abort marker retracted it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retracted: bool,
+}
 
 /// A transaction that ended in an abort: its records in this partition lie
 /// in `first..last`, where `last` is the abort marker's offset.
@@ -29,11 +53,14 @@ pub struct TxnIndex {
     /// Aborted transactions, by marker offset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aborted: Vec<Aborted>,
+    /// Producer id -> its last noted commits here, oldest first.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub committed: BTreeMap<i64, Vec<CommitPart>>,
 }
 
 impl TxnIndex {
     pub fn is_empty(&self) -> bool {
-        self.open.is_empty() && self.aborted.is_empty()
+        self.open.is_empty() && self.aborted.is_empty() && self.committed.is_empty()
     }
 
     /// A transactional data batch from `producer_id` stored at `base`.
@@ -47,13 +74,48 @@ impl TxnIndex {
     }
 
     /// A marker from `producer_id` stored at `offset`. Returns whether the
-    /// index changed (a marker with no open transaction here changes
+    /// index changed (a plain marker with no open transaction here changes
     /// nothing).
-    pub fn on_marker(&mut self, producer_id: i64, commit: bool, offset: i64) -> bool {
-        let Some(first) = self.open.remove(&producer_id) else {
+    pub fn on_marker(&mut self, producer_id: i64, marker: Marker, offset: i64) -> bool {
+        if let Some(Note::Retracts { seq }) = marker.note {
+            // Its part is aborted from its first record to this marker:
+            // clients drop the producer's records from there until here.
+            let Some(part) = self
+                .committed
+                .get_mut(&producer_id)
+                .and_then(|v| v.iter_mut().find(|p| p.seq == seq && !p.retracted))
+            else {
+                return false;
+            };
+            part.retracted = true;
+            if let Some(first) = part.first {
+                self.aborted.push(Aborted {
+                    producer_id,
+                    first,
+                    last: offset,
+                });
+            }
+            return true;
+        }
+        let first = self.open.remove(&producer_id);
+        if let (true, Some(Note::Ending { seq, parts })) = (marker.commit, marker.note) {
+            let v = self.committed.entry(producer_id).or_default();
+            v.push(CommitPart {
+                seq,
+                parts,
+                first,
+                marker: offset,
+                retracted: false,
+            });
+            if v.len() > KEPT_COMMITS {
+                v.remove(0);
+            }
+            return true;
+        }
+        let Some(first) = first else {
             return false;
         };
-        if !commit {
+        if !marker.commit {
             self.aborted.push(Aborted {
                 producer_id,
                 first,
@@ -61,6 +123,11 @@ impl TxnIndex {
             });
         }
         true
+    }
+
+    /// The newest noted commit of `producer_id` here.
+    pub fn last_commit_seq(&self, producer_id: i64) -> Option<i64> {
+        self.committed.get(&producer_id)?.last().map(|p| p.seq)
     }
 
     /// Whether `producer_id` has a transaction open here.
@@ -90,11 +157,16 @@ impl TxnIndex {
     pub fn aborted_overlapping(&self, from: i64, to: i64) -> Vec<Aborted> {
         // `aborted` is in marker order: skip the ones that ended before `from`.
         let start = self.aborted.partition_point(|a| a.last < from);
-        self.aborted[start..]
+        let mut out: Vec<Aborted> = self.aborted[start..]
             .iter()
             .filter(|a| a.first < to)
             .copied()
-            .collect()
+            .collect();
+        // By first offset, as Kafka answers: a retraction's range begins
+        // before the aborts that ended earlier, and librdkafka and franz-go
+        // take each producer's ranges in the order given.
+        out.sort_by_key(|a| (a.first, a.last));
+        out
     }
 
     /// The log now starts at `start`: aborted transactions wholly below it
@@ -102,13 +174,24 @@ impl TxnIndex {
     pub fn trim(&mut self, start: i64) -> bool {
         let below = self.aborted.partition_point(|a| a.last < start);
         self.aborted.drain(..below);
-        below > 0
+        let mut changed = below > 0;
+        self.committed.retain(|_, v| {
+            let before = v.len();
+            v.retain(|p| p.marker >= start);
+            changed |= v.len() != before;
+            !v.is_empty()
+        });
+        changed
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn m(commit: bool) -> Marker {
+        Marker { commit, note: None }
+    }
 
     #[test]
     fn an_open_transaction_holds_the_last_stable_offset_at_its_first_record() {
@@ -119,9 +202,9 @@ mod tests {
         assert!(t.on_data(8, 6));
         assert_eq!(t.last_stable_offset(10), 3);
         assert_eq!(t.last_stable_offset(2), 2, "never past the high watermark");
-        assert!(t.on_marker(7, true, 9));
+        assert!(t.on_marker(7, m(true), 9));
         assert_eq!(t.last_stable_offset(12), 6);
-        assert!(t.on_marker(8, false, 11));
+        assert!(t.on_marker(8, m(false), 11));
         assert_eq!(t.last_stable_offset(12), 12);
         assert_eq!(
             t.aborted,
@@ -132,9 +215,112 @@ mod tests {
             }]
         );
         assert!(
-            !t.on_marker(8, false, 12),
+            !t.on_marker(8, m(false), 12),
             "a second marker changes nothing"
         );
+    }
+
+    /// What a read_committed client keeps of one producer's batches, given
+    /// the aborted transactions a fetch from offset 0 names. `java`: Kafka's
+    /// consumer (a set of aborted producers, entered at each range's first
+    /// offset and left at any abort marker); otherwise librdkafka and
+    /// franz-go (each abort marker consumes the producer's next range, and
+    /// a batch at or past the current range's first offset is dropped).
+    fn kept(log: &[(i64, Option<bool>)], aborted: &[Aborted], java: bool) -> Vec<i64> {
+        let mut ranges: Vec<i64> = aborted.iter().map(|a| a.first).collect();
+        let mut inside = false;
+        let mut out = Vec::new();
+        for &(o, marker) in log {
+            match marker {
+                Some(false) if java => inside = false,
+                Some(false) => {
+                    if ranges.first().is_some_and(|f| *f <= o) {
+                        ranges.remove(0);
+                    }
+                }
+                Some(true) => {}
+                None => {
+                    let dropped = if java {
+                        if aborted.iter().any(|a| a.first == o) {
+                            inside = true;
+                        }
+                        inside
+                    } else {
+                        ranges.first().is_some_and(|f| o >= *f)
+                    };
+                    if !dropped {
+                        out.push(o);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_retracted_commit_is_dropped_by_every_client() {
+        let noted = |commit, seq| Marker {
+            commit,
+            note: Some(Note::Ending { seq, parts: 2 }),
+        };
+        let retracts = |seq| Marker {
+            commit: false,
+            note: Some(Note::Retracts { seq }),
+        };
+        // One producer: a settled commit (seq 1), a commit that did not
+        // arrive whole (seq 2), an abort, another commit (seq 4), and a
+        // transaction still open when the copy was promoted.
+        let d = None;
+        let events = [
+            d,
+            d,
+            d,
+            Some(noted(true, 1)),
+            d,
+            d,
+            d,
+            Some(noted(true, 2)),
+            d,
+            d,
+            Some(m(false)),
+            d,
+            d,
+            Some(noted(true, 4)),
+            d,
+            d,
+            // The promotion: retract seq 2 and 4, abort the open one.
+            Some(retracts(2)),
+            Some(retracts(4)),
+            Some(m(false)),
+        ];
+        let mut log: Vec<(i64, Option<bool>)> = Vec::new();
+        let mut t = TxnIndex::default();
+        for (at, e) in events.iter().enumerate() {
+            let at = at as i64;
+            match e {
+                None => {
+                    t.on_data(5, at);
+                }
+                Some(marker) => {
+                    t.on_marker(5, *marker, at);
+                }
+            }
+            log.push((at, e.map(|m| m.commit)));
+        }
+        assert!(!t.on_marker(5, retracts(2), 19), "retracted once");
+        let named = t.aborted_overlapping(0, 20);
+        assert_eq!(
+            named.iter().map(|a| (a.first, a.last)).collect::<Vec<_>>(),
+            [(4, 16), (8, 10), (11, 17), (14, 18)]
+        );
+        for java in [true, false] {
+            assert_eq!(kept(&log, &named, java), [0, 1, 2], "java: {java}");
+        }
+        assert_eq!(t.last_stable_offset(19), 19);
+        // The index is a function of the batches: a mirror of this copy
+        // that replays them holds the same.
+        assert!(t.trim(5));
+        assert_eq!(t.committed[&5].len(), 2, "parts before the log start go");
     }
 
     #[test]
@@ -142,7 +328,7 @@ mod tests {
         let mut t = TxnIndex::default();
         for (pid, first, last) in [(1, 0, 4), (2, 5, 9), (3, 10, 14)] {
             t.on_data(pid, first);
-            t.on_marker(pid, false, last);
+            t.on_marker(pid, m(false), last);
         }
         let pids = |v: Vec<Aborted>| v.iter().map(|a| a.producer_id).collect::<Vec<_>>();
         assert_eq!(pids(t.aborted_overlapping(0, 100)), vec![1, 2, 3]);
@@ -175,7 +361,7 @@ mod tests {
                         t.on_data(pid, o);
                     }
                     k => {
-                        t.on_marker(pid, k == 1, o);
+                        t.on_marker(pid, m(k == 1), o);
                     }
                 }
             }

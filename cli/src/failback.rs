@@ -1028,8 +1028,8 @@ mod tests {
             stamp(&data(5, 2), 20, 4, None),
             stamp(&data(6, 1), 22, 4, None),
             stamp(&build::simple(1, 0, None), 23, 4, None),
-            stamp(&marker_batch(5, 0, true, 0, 0), 24, 4, None),
-            stamp(&marker_batch(6, 0, false, 0, 0), 25, 4, None),
+            stamp(&marker_batch(5, 0, true, 0, 0, None), 24, 4, None),
+            stamp(&marker_batch(6, 0, false, 0, 0, None), 25, 4, None),
             stamp(&data(7, 3), 26, 4, None),
         ]
         .concat();

@@ -22,8 +22,8 @@ use chronik_dc_link::broker_http::{encode_segment, get_json, post_json};
 use serde_json::{json, Value};
 
 use crate::switchover::{
-    all_topics, chosen_topics, deployment_or_exit, each_topic, observe_region, post_region, reason,
-    usage_error, Deployment, DeploymentArgs, Progress,
+    all_topics, chosen_topics, deployment_or_exit, each_topic, observe_region, post_region_body,
+    reason, usage_error, Deployment, DeploymentArgs, Progress,
 };
 
 #[derive(clap::Args)]
@@ -326,10 +326,38 @@ pub(crate) async fn fail_over_one(
                 .clamp(100, 2_000);
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
-        post_region(
+        // Which of the lost home's commits reached this region whole: the
+        // promoted partitions keep or retract each commit as one. Retried
+        // while a partition of the lost region's topics has no leader here.
+        let settle = loop {
+            match chronik_dc_link::settle_view(brokers, &home).await {
+                Ok(p) => break p,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("the lost region's commits cannot be counted: {e}"))
+                }
+                Err(e) => {
+                    progress.say(
+                        format!("counting the lost region's commits: {e}"),
+                        Some(Duration::from_secs(2)),
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        if !settle.retract_from.is_empty() {
+            progress.say(
+                format!(
+                    "{} producer(s) have commits that did not reach {to} whole; they are retracted",
+                    settle.retract_from.len()
+                ),
+                None,
+            );
+        }
+        post_region_body(
             dep,
             to,
             &format!("/v1/home/{enc}/take?from={home}&epoch={new_epoch}"),
+            Some(&serde_json::to_value(&settle).expect("serializes")),
         )
         .await?;
         progress.say(format!("home taken in {to} at epoch {new_epoch}"), None);

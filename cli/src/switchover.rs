@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use chronik_dc_link::broker_http::{encode_segment, get_json, post_json, HttpError};
+use chronik_dc_link::broker_http::{
+    encode_segment, get_json, post_json, post_json_body, HttpError,
+};
 use serde_json::{json, Value};
 
 use plan::{next_step, PartitionView, RegionView, Step};
@@ -160,9 +162,23 @@ pub(crate) async fn observe(dep: &Deployment, topic: &str) -> BTreeMap<String, O
 
 /// POSTs to the first broker of `region` that answers.
 pub(crate) async fn post_region(dep: &Deployment, region: &str, path: &str) -> Result<(), String> {
+    post_region_body(dep, region, path, None).await
+}
+
+/// [`post_region`] with a JSON body.
+pub(crate) async fn post_region_body(
+    dep: &Deployment,
+    region: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(), String> {
     let mut last = format!("no broker address for region {region}");
     for b in dep.get(region).into_iter().flatten() {
-        match post_json::<Value>(b, path).await {
+        let answer = match body {
+            None => post_json::<Value>(b, path).await,
+            Some(body) => post_json_body::<Value>(b, path, body).await,
+        };
+        match answer {
             Ok(_) => return Ok(()),
             Err(e @ HttpError::Transport { .. }) => last = e.to_string(),
             Err(e) => return Err(reason(&e)),

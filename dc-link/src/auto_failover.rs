@@ -81,7 +81,7 @@ pub async fn run(shared: Arc<Shared>, lease: Arc<LeaseClient>) {
 
 /// One attempt: the voters' agreement, then the home taken here.
 async fn take(shared: &Shared, lease: &LeaseClient, t: &AutoTopic) -> Result<(), String> {
-    use crate::broker_http::{encode_segment, get_json, post_json};
+    use crate::broker_http::{encode_segment, get_json, post_json_body};
     let enc = encode_segment(&t.name);
     let mut last = String::from("no broker admin address");
     let mut found = None;
@@ -111,9 +111,12 @@ async fn take(shared: &Shared, lease: &LeaseClient, t: &AutoTopic) -> Result<(),
             .collect();
         return Err(why.join("; "));
     }
-    post_json::<serde_json::Value>(
+    // Which of the lost home's commits reached this region whole.
+    let settle = crate::settle_view(&shared.local_region().brokers_admin, &t.home).await?;
+    post_json_body::<serde_json::Value>(
         &admin,
         &format!("/v1/home/{enc}/take?from={}&epoch={}", t.home, epoch + 1),
+        &settle,
     )
     .await
     .map_err(|e| e.to_string())?;

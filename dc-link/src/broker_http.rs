@@ -324,9 +324,18 @@ async fn one_json<T: for<'de> Deserialize<'de>>(
     addr: &str,
     path: &str,
 ) -> Result<T, HttpError> {
+    one_json_with(method, addr, path, Bytes::new()).await
+}
+
+async fn one_json_with<T: for<'de> Deserialize<'de>>(
+    method: Method,
+    addr: &str,
+    path: &str,
+    body: Bytes,
+) -> Result<T, HttpError> {
     let host = addr.trim_start_matches("http://").trim_end_matches('/');
     let mut c = AdminConn::connect(host).await?;
-    let (st, body) = c.request(method, path, Bytes::new()).await?;
+    let (st, body) = c.request(method, path, body).await?;
     c.check(st, &body)?;
     c.json(&body)
 }
@@ -347,4 +356,15 @@ pub async fn post_json<T: for<'de> Deserialize<'de>>(
     path: &str,
 ) -> Result<T, HttpError> {
     one_json(Method::POST, addr, path).await
+}
+
+/// POST `body` (JSON) to `path` at an HTTP address and parse the JSON
+/// answer.
+pub async fn post_json_body<T: for<'de> Deserialize<'de>>(
+    addr: &str,
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<T, HttpError> {
+    let body = Bytes::from(serde_json::to_vec(body).expect("serializes"));
+    one_json_with(Method::POST, addr, path, body).await
 }

@@ -19,6 +19,8 @@ pub mod lag;
 pub mod lease_link;
 pub mod meta_sync;
 pub mod proto;
+mod settle_view;
+pub use settle_view::view as settle_view;
 mod receiver;
 mod sender;
 pub mod tls;

@@ -4,12 +4,43 @@
 //! whose value is `(version: i16 = 0, coordinator epoch: i32)`, in an
 //! uncompressed batch with the transactional and control bits set and the
 //! producer's id and epoch (no sequence).
+//!
+//! Chronik may add a [`Note`] after the coordinator epoch: clients read only
+//! a marker's key, and Kafka's own parser of version 0 values stops after
+//! the epoch. The note says which of its producer's transactions a commit
+//! ends and in how many partitions, so a region holding a mirror can tell
+//! whether every part of a commit reached it, and it marks the aborts that
+//! retract a commit that did not reach it whole (see `docs/transactions.md`).
 
 use crate::batch::{self, BatchHeader};
 
 const ABORT: i16 = 0;
 const COMMIT: i16 = 1;
 const TRANSACTIONAL_AND_CONTROL: i16 = 0x10 | 0x20;
+/// Starts a note ("CN").
+const NOTE_TAG: i16 = 0x434e;
+const ENDING: i8 = 1;
+const RETRACTS: i8 = 2;
+
+/// What Chronik adds to a marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    /// A commit: the transaction numbered `seq` among those its
+    /// transactional id ended, whose coordinator wrote a commit marker into
+    /// `parts` partitions.
+    Ending { seq: i64, parts: i32 },
+    /// An abort that a promoted copy wrote: it retracts this partition's
+    /// part of its producer's transaction `seq`, committed in the lost home
+    /// region but not whole in this one.
+    Retracts { seq: i64 },
+}
+
+/// A marker as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Marker {
+    pub commit: bool,
+    pub note: Option<Note>,
+}
 
 /// The marker batch, offsets and leader epoch left for the append to stamp.
 pub fn marker_batch(
@@ -18,13 +49,24 @@ pub fn marker_batch(
     commit: bool,
     coordinator_epoch: i32,
     timestamp: i64,
+    note: Option<Note>,
 ) -> Vec<u8> {
     let mut key = Vec::with_capacity(4);
     key.extend_from_slice(&0i16.to_be_bytes());
     key.extend_from_slice(&(if commit { COMMIT } else { ABORT }).to_be_bytes());
-    let mut value = Vec::with_capacity(6);
+    let mut value = Vec::with_capacity(21);
     value.extend_from_slice(&0i16.to_be_bytes());
     value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    if let Some(note) = note {
+        let (kind, seq, parts) = match note {
+            Note::Ending { seq, parts } => (ENDING, seq, parts),
+            Note::Retracts { seq } => (RETRACTS, seq, 0),
+        };
+        value.extend_from_slice(&NOTE_TAG.to_be_bytes());
+        value.push(kind as u8);
+        value.extend_from_slice(&seq.to_be_bytes());
+        value.extend_from_slice(&parts.to_be_bytes());
+    }
     let mut b = batch::build::batch(
         timestamp,
         Some((producer_id, producer_epoch, -1)),
@@ -41,14 +83,29 @@ pub fn marker_batch(
     b
 }
 
-/// Whether a stored control batch commits (`Some(true)`), aborts
-/// (`Some(false)`) or is some other control record (`None`). `bytes` is the
-/// whole batch; control batches are never compressed.
-pub fn marker_kind(h: &BatchHeader, bytes: &[u8]) -> Option<bool> {
+fn note_of(value: &[u8]) -> Option<Note> {
+    let rest = value.get(6..)?;
+    if rest.len() < 15 || i16::from_be_bytes([rest[0], rest[1]]) != NOTE_TAG {
+        return None;
+    }
+    let seq = i64::from_be_bytes(rest[3..11].try_into().ok()?);
+    let parts = i32::from_be_bytes(rest[11..15].try_into().ok()?);
+    match rest[2] as i8 {
+        ENDING => Some(Note::Ending { seq, parts }),
+        RETRACTS => Some(Note::Retracts { seq }),
+        _ => None,
+    }
+}
+
+/// The marker a stored control batch holds, or `None` for another control
+/// record. `bytes` is the whole batch; control batches are never
+/// compressed.
+pub fn marker(h: &BatchHeader, bytes: &[u8]) -> Option<Marker> {
     if !h.is_control() || h.compression() != 0 || h.records_count < 1 {
         return None;
     }
-    // Record: length, attributes (i8), timestamp delta, offset delta, key.
+    // Record: length, attributes (i8), timestamp delta, offset delta, key,
+    // value.
     let mut at = batch::HEADER_LEN;
     let (_len, n) = batch::read_varint(bytes.get(at..)?)?;
     at += n + 1;
@@ -61,7 +118,20 @@ pub fn marker_kind(h: &BatchHeader, bytes: &[u8]) -> Option<bool> {
     if klen < 4 {
         return None;
     }
-    key_kind(bytes.get(at..at + klen as usize)?)
+    let commit = key_kind(bytes.get(at..at + klen as usize)?)?;
+    at += klen as usize;
+    let note = batch::read_varint(bytes.get(at..)?).and_then(|(vlen, n)| {
+        let from = at + n;
+        let value = bytes.get(from..from + usize::try_from(vlen).ok()?)?;
+        note_of(value)
+    });
+    Some(Marker { commit, note })
+}
+
+/// Whether a stored control batch commits (`Some(true)`), aborts
+/// (`Some(false)`) or is some other control record (`None`).
+pub fn marker_kind(h: &BatchHeader, bytes: &[u8]) -> Option<bool> {
+    marker(h, bytes).map(|m| m.commit)
 }
 
 /// What a control record's key marks: a commit (`Some(true)`), an abort
@@ -129,7 +199,7 @@ mod tests {
     #[test]
     fn a_marker_reads_back_as_what_it_marks() {
         for commit in [true, false] {
-            let b = marker_batch(42, 7, commit, 3, 1_000);
+            let b = marker_batch(42, 7, commit, 3, 1_000, None);
             let h = batch::BatchHeader::parse(&b).unwrap();
             assert!(h.is_control() && h.is_transactional());
             assert_eq!((h.producer_id, h.producer_epoch), (42, 7));
@@ -150,7 +220,7 @@ mod tests {
             (batch::BatchHeader::parse(&b).unwrap(), None)
         };
         let marker = |pid: i64, commit: bool| {
-            let b = marker_batch(pid, 0, commit, 0, 0);
+            let b = marker_batch(pid, 0, commit, 0, 0, None);
             let h = batch::BatchHeader::parse(&b).unwrap();
             let kind = marker_kind(&h, &b);
             (h, kind)
@@ -171,6 +241,32 @@ mod tests {
             fates(&log),
             [Committed, Aborted, Plain, Committed, Control, Open, Control, Control, Open]
         );
+    }
+
+    #[test]
+    fn a_note_reads_back_and_leaves_kafkas_fields_in_place() {
+        for note in [
+            Note::Ending { seq: 9, parts: 3 },
+            Note::Retracts { seq: i64::MAX },
+        ] {
+            let commit = matches!(note, Note::Ending { .. });
+            let b = marker_batch(42, 7, commit, 3, 1_000, Some(note));
+            let h = batch::BatchHeader::parse(&b).unwrap();
+            assert_eq!(
+                marker(&h, &b),
+                Some(Marker {
+                    commit,
+                    note: Some(note)
+                })
+            );
+            assert!(batch::split_stored(&b).is_ok());
+            // Kafka's version 0 value is still at the front: version 0, then
+            // the coordinator epoch.
+            // Each value is followed by a zero header count.
+            let plain = marker_batch(42, 7, commit, 3, 1_000, None);
+            let (at, plain_at) = (b.len() - 1 - 21, plain.len() - 1 - 6);
+            assert_eq!(&b[at..at + 6], &plain[plain_at..plain_at + 6]);
+        }
     }
 
     #[test]

@@ -20,3 +20,4 @@ pub mod producer;
 pub mod protocol;
 pub mod records;
 pub mod sasl;
+pub mod settle;

@@ -42,7 +42,8 @@ pub enum SequenceCheck {
     Duplicate(BatchMeta),
 }
 
-fn next_seq(s: i32) -> i32 {
+/// The sequence after `s`: Kafka's sequences wrap from `i32::MAX` to 0.
+pub fn next_seq(s: i32) -> i32 {
     if s == i32::MAX {
         0
     } else {

@@ -142,7 +142,15 @@ impl Catalog {
 
     /// Takes the home of a topic from the lost region `from` at fencing
     /// epoch `epoch` (failover; the voters have agreed).
-    pub async fn take_home(&self, name: &str, from: &str, epoch: u64) -> Result<(), TopicError> {
+    /// `settle`: the verdict on the lost home's commits, which the
+    /// promoted partitions apply (see `chronik_wire::settle`).
+    pub async fn take_home(
+        &self,
+        name: &str,
+        from: &str,
+        epoch: u64,
+        settle: Option<chronik_wire::settle::Plan>,
+    ) -> Result<(), TopicError> {
         let here = self.region.name.clone();
         self.change_topic(
             name,
@@ -152,6 +160,7 @@ impl Catalog {
                 from: from.to_string(),
                 epoch,
                 now_ms: now_ms(),
+                settle: settle.clone(),
             },
             |t| t.mirror_of(&here).is_none() && self.home_of(&t.id()).is_some_and(|h| h.1 >= epoch),
         )
@@ -424,8 +433,8 @@ impl Catalog {
         &self,
         name: &str,
         id: &Uuid,
-        from: &str,
-        epoch: u64,
+        (from, epoch): (&str, u64),
+        settle: Option<&chronik_wire::settle::Plan>,
         now_ms: i64,
         wb: &mut WriteBatch,
     ) -> Result<PostApply, TopicError> {
@@ -456,11 +465,23 @@ impl Catalog {
                 .map_err(|e| refused(format!("global home not moved: {e}")))?;
             self.global.save(&self.store, &mut rep, wb);
         }
+        if let Some(plan) = settle {
+            wb.put_cf(
+                self.store.cf(crate::storage::CF_META),
+                settle_key(id),
+                serde_json::to_vec(&Settlement {
+                    epoch,
+                    plan: plan.clone(),
+                })
+                .expect("serializes"),
+            );
+        }
         tracing::warn!(
             topic = name,
             from,
             to = here,
             epoch,
+            retracting_producers = settle.map_or(0, |p| p.retract_from.len()),
             "home role taken over (failover)"
         );
         let rep = self.global.read();
@@ -468,5 +489,26 @@ impl Catalog {
         Ok(self
             .reconcile_one(&rep, topic_id(id), wb)?
             .unwrap_or(PostApply::Nothing))
+    }
+}
+
+/// The verdict a failover took a topic's home with, for its partitions'
+/// promotions at `epoch` (see `chronik_wire::settle`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Settlement {
+    pub epoch: u64,
+    pub plan: chronik_wire::settle::Plan,
+}
+
+fn settle_key(id: &Uuid) -> String {
+    format!("settle/{id}")
+}
+
+impl Catalog {
+    /// The verdict topic `id`'s home was taken with at `epoch`, if any.
+    pub fn settlement(&self, id: &Uuid, epoch: u64) -> Option<chronik_wire::settle::Plan> {
+        let raw = self.store.get_meta(&settle_key(id)).ok()??;
+        let s: Settlement = serde_json::from_slice(&raw).ok()?;
+        (s.epoch == epoch).then_some(s.plan)
     }
 }

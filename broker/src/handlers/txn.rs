@@ -361,6 +361,7 @@ pub async fn write_markers(
             commit: m.transaction_result,
             coordinator_epoch: m.coordinator_epoch,
             now_ms: super::now_ms(),
+            ending: None,
         };
         let mut rows = Vec::new();
         for t in &m.topics {

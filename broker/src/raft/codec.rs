@@ -156,6 +156,20 @@ pub struct PbCommand {
     /// TxnMarker: a transaction's end in this partition.
     #[prost(message, optional, tag = "13")]
     pub txn_marker: Option<PbTxnMarker>,
+    /// SetRole: the failover's verdict (see `Command::SetRole`).
+    #[prost(message, repeated, tag = "14")]
+    pub retract_from: Vec<PbRetraction>,
+    #[prost(int64, optional, tag = "15")]
+    pub view_end: Option<i64>,
+}
+
+/// `Retraction`.
+#[derive(Clone, PartialEq, Message)]
+pub struct PbRetraction {
+    #[prost(int64, tag = "1")]
+    pub producer_id: i64,
+    #[prost(int64, tag = "2")]
+    pub seq: i64,
 }
 
 /// `Command::TxnMarker`.
@@ -171,6 +185,11 @@ pub struct PbTxnMarker {
     pub coordinator_epoch: i32,
     #[prost(int64, tag = "5")]
     pub now_ms: i64,
+    /// A noted commit: its number and partition count.
+    #[prost(int64, optional, tag = "6")]
+    pub ending_seq: Option<i64>,
+    #[prost(int32, tag = "7")]
+    pub ending_parts: i32,
 }
 
 /// `Command::Compact` (see `crate::compaction::Plan`).
@@ -507,12 +526,26 @@ pub fn command_to_pb(c: &Command) -> PbCommand {
                 commit: m.commit,
                 coordinator_epoch: m.coordinator_epoch,
                 now_ms: m.now_ms,
+                ending_seq: m.ending.map(|e| e.0),
+                ending_parts: m.ending.map_or(0, |e| e.1),
             }),
             ..Default::default()
         },
-        Command::SetRole { role } => PbCommand {
+        Command::SetRole {
+            role,
+            retract_from,
+            view_end,
+        } => PbCommand {
             role_epoch: Some(role.epoch),
             role_home: role.home,
+            view_end: *view_end,
+            retract_from: retract_from
+                .iter()
+                .map(|r| PbRetraction {
+                    producer_id: r.producer_id,
+                    seq: r.seq,
+                })
+                .collect(),
             ..Default::default()
         },
     }
@@ -545,13 +578,24 @@ pub fn command_from_pb(p: PbCommand) -> Result<Command, DecodeError> {
             commit: m.commit,
             coordinator_epoch: m.coordinator_epoch,
             now_ms: m.now_ms,
+            ending: m.ending_seq.map(|seq| (seq, m.ending_parts)),
         }))
     } else if let Some(epoch) = p.role_epoch {
+        let retract_from = p
+            .retract_from
+            .into_iter()
+            .map(|r| crate::raft::types::Retraction {
+                producer_id: r.producer_id,
+                seq: r.seq,
+            })
+            .collect();
         Ok(Command::SetRole {
             role: crate::home_role::Role {
                 home: p.role_home,
                 epoch,
             },
+            retract_from,
+            view_end: p.view_end,
         })
     } else if !p.controller.is_empty() {
         let cmd = serde_json::from_slice(&p.controller)
@@ -775,6 +819,11 @@ mod tests {
                         home: false,
                         epoch: 7,
                     },
+                    retract_from: vec![crate::raft::types::Retraction {
+                        producer_id: 5,
+                        seq: 9,
+                    }],
+                    view_end: Some(40),
                 }),
             },
             Entry {
@@ -809,6 +858,7 @@ mod tests {
                         commit: true,
                         coordinator_epoch: 2,
                         now_ms: 1_700_000_000_001,
+                        ending: Some((12, 3)),
                     },
                 )),
             },

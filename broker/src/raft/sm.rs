@@ -226,9 +226,20 @@ impl StateMachine {
                     Err(e) => rejected(&e),
                 }
             }
-            (Target::Partition { log, .. }, Command::SetRole { role }) => {
+            (
+                Target::Partition { log, .. },
+                Command::SetRole {
+                    role,
+                    retract_from,
+                    view_end,
+                },
+            ) => {
                 let term = log_id.committed_leader_id().term.min(i32::MAX as u64) as i32;
-                match log.set_role_into(wb, *role, term) {
+                let settle = crate::log::Settle {
+                    retract_from,
+                    view_end: *view_end,
+                };
+                match log.set_role_into(wb, *role, &settle, term) {
                     Ok(_) => {
                         // A promotion may have written abort markers.
                         *hw = Some(log.log_end_offset());
@@ -851,7 +862,14 @@ mod tests {
             home: false,
             epoch: 1,
         };
-        all.push(entry(5, Command::SetRole { role }));
+        all.push(entry(
+            5,
+            Command::SetRole {
+                role,
+                retract_from: Vec::new(),
+                view_end: None,
+            },
+        ));
         all.push(entry(6, Command::TruncateSuffix { offset: 3 })); // inside a batch: refused
         all.push(entry(7, Command::TruncateSuffix { offset: 4 }));
         let from_new_home = crate::batch::stamp(&build::simple(3, 100, None), 4, 9, None);

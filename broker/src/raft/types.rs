@@ -66,6 +66,13 @@ pub enum Command {
     /// no mirror append after a promotion.
     SetRole {
         role: crate::home_role::Role,
+        /// At a promotion after a region loss, the failover's verdict on
+        /// the lost home's commits (`chronik_wire::settle`): each
+        /// producer's first commit to retract, and this partition's log end
+        /// in the view. Applied to the log as it is when the entry applies,
+        /// so every replica retracts the same.
+        retract_from: Vec<Retraction>,
+        view_end: Option<i64>,
     },
     /// Failback: remove every record from `offset` on (see
     /// `PartitionLog::truncate_into`). Ordered with the data, so mirror
@@ -96,6 +103,17 @@ pub struct TxnMarker {
     pub coordinator_epoch: i32,
     /// The marker's timestamp: the coordinator's clock.
     pub now_ms: i64,
+    /// A commit's number among its transactional id's and its number of
+    /// partitions (`chronik_wire::control::Note::Ending`).
+    #[serde(default)]
+    pub ending: Option<(i64, i32)>,
+}
+
+/// A producer whose commits from `seq` on a promoted copy retracts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retraction {
+    pub producer_id: i64,
+    pub seq: i64,
 }
 
 /// Changes to the region's catalog, decided by the controller group. Every
@@ -169,6 +187,10 @@ pub enum ControllerCommand {
         from: String,
         epoch: u64,
         now_ms: i64,
+        /// The verdict on the lost home's commits (`chronik_wire::settle`),
+        /// which the promoted partitions apply.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        settle: Option<chronik_wire::settle::Plan>,
     },
     CreatePartitions {
         name: String,
@@ -350,11 +372,14 @@ impl std::fmt::Display for Command {
                 m.producer_id,
                 m.producer_epoch
             ),
-            Command::SetRole { role } => write!(
+            Command::SetRole {
+                role, retract_from, ..
+            } => write!(
                 f,
-                "set-role({} @ epoch {})",
+                "set-role({} @ epoch {}, {} producers retracted)",
                 if role.home { "home" } else { "mirror" },
-                role.epoch
+                role.epoch,
+                retract_from.len()
             ),
         }
     }

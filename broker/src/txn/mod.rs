@@ -480,6 +480,9 @@ impl Coordinator {
             commit,
             coordinator_epoch,
             now_ms: now_ms(),
+            // Every partition it holds gets a commit marker, so a mirror
+            // region can count whether all of them reached it.
+            ending: commit.then_some((ending.ended, ending.partitions.len() as i32)),
         };
         let writes = ending
             .partitions

@@ -82,6 +82,10 @@ pub struct Txn {
     /// When the open transaction began (its first AddPartitionsToTxn).
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// How many transactions this id has ended: the number of the one
+    /// ending now, noted in its commit markers.
+    #[serde(default)]
+    pub ended: i64,
 }
 
 impl Txn {
@@ -98,6 +102,7 @@ impl Txn {
             offsets: Vec::new(),
             started_ms: -1,
             updated_ms: now_ms,
+            ended: 0,
         }
     }
 }
@@ -183,13 +188,17 @@ pub fn init_producer_id(
             } else {
                 (cur.producer_id, cur.producer_epoch + 1)
             };
-            Ok(Init::Ready(Txn::idle(
-                producer_id,
-                producer_epoch,
-                cur.producer_epoch,
-                timeout_ms,
-                now_ms,
-            )))
+            // The count goes on: commit numbers stay unique per producer id.
+            Ok(Init::Ready(Txn {
+                ended: cur.ended,
+                ..Txn::idle(
+                    producer_id,
+                    producer_epoch,
+                    cur.producer_epoch,
+                    timeout_ms,
+                    now_ms,
+                )
+            }))
         }
     }
 }
@@ -322,6 +331,7 @@ pub fn complete(cur: &Txn, now_ms: i64) -> Option<Txn> {
         offsets: Vec::new(),
         started_ms: -1,
         updated_ms: now_ms,
+        ended: cur.ended + 1,
         ..cur.clone()
     })
 }

@@ -1,0 +1,111 @@
+//! A failover's view of the lost home's commits in this region: every
+//! broker's `/v1/txn/parts` answer, merged, checked complete, and judged
+//! by `chronik_wire::settle`. `chronik ctl failover` and the automatic
+//! failover both take a topic's home with this verdict, so the promoted
+//! partitions keep or retract each commit of the lost home whole.
+
+use std::collections::BTreeMap;
+
+use chronik_wire::settle::{self, PartitionView, Plan};
+use serde::Deserialize;
+
+use crate::broker_http::{encode_segment, get_json};
+
+#[derive(Debug, Deserialize)]
+struct Answer {
+    /// The mirror topics of the home region the broker knows, with their
+    /// partition counts.
+    topics: BTreeMap<String, usize>,
+    /// The ones it leads.
+    partitions: Vec<PartitionView>,
+}
+
+/// The verdict for commits of `home`, from the brokers at `brokers_admin`
+/// (every broker of this region). Fails while a partition of one of
+/// `home`'s topics has no leader that answers: a commit counted without it
+/// would look unsettled, and the partitions promoted on that verdict would
+/// disagree with the ones promoted later.
+pub async fn view(brokers_admin: &[String], home: &str) -> Result<Plan, String> {
+    let path = format!("/v1/txn/parts?home={}", encode_segment(home));
+    let mut topics: BTreeMap<String, usize> = BTreeMap::new();
+    let mut parts: BTreeMap<(String, i32), PartitionView> = BTreeMap::new();
+    let mut failed = Vec::new();
+    for addr in brokers_admin {
+        match get_json::<Answer>(addr, &path).await {
+            Ok(a) => {
+                for (t, n) in a.topics {
+                    let e = topics.entry(t).or_insert(0);
+                    *e = (*e).max(n);
+                }
+                for p in a.partitions {
+                    // Two brokers answering for one partition (its lead
+                    // moved meanwhile): the longer log is the newer view.
+                    let key = (p.topic.clone(), p.partition);
+                    match parts.get(&key) {
+                        Some(have) if have.log_end >= p.log_end => {}
+                        _ => {
+                            parts.insert(key, p);
+                        }
+                    }
+                }
+            }
+            Err(e) => failed.push(format!("{addr}: {e}")),
+        }
+    }
+    complete(&topics, &parts, &failed)?;
+    let view: Vec<PartitionView> = parts.into_values().collect();
+    Ok(settle::plan(&view))
+}
+
+fn complete(
+    topics: &BTreeMap<String, usize>,
+    parts: &BTreeMap<(String, i32), PartitionView>,
+    failed: &[String],
+) -> Result<(), String> {
+    let missing: Vec<String> = topics
+        .iter()
+        .flat_map(|(t, n)| (0..*n as i32).map(move |p| (t.clone(), p)))
+        .filter(|k| !parts.contains_key(k))
+        .map(|(t, p)| format!("{t}-{p}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut why = format!(
+        "no leader answered for {} partition(s) of the lost region's topics ({}{})",
+        missing.len(),
+        missing
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        if missing.len() > 5 { ", ..." } else { "" }
+    );
+    if !failed.is_empty() {
+        why.push_str(&format!("; unreachable brokers: {}", failed.join("; ")));
+    }
+    Err(why)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_partition_of_every_topic_must_answer() {
+        let topics: BTreeMap<String, usize> = [("a".to_string(), 2)].into_iter().collect();
+        let view = |p| PartitionView {
+            topic: "a".into(),
+            partition: p,
+            log_end: 0,
+            parts: Vec::new(),
+        };
+        let mut parts = BTreeMap::new();
+        parts.insert(("a".to_string(), 0), view(0));
+        let e = complete(&topics, &parts, &["b2: refused".into()]).unwrap_err();
+        assert!(e.contains("a-1") && e.contains("b2: refused"), "{e}");
+        parts.insert(("a".to_string(), 1), view(1));
+        assert!(complete(&topics, &parts, &[]).is_ok());
+    }
+}

@@ -91,17 +91,20 @@ async fn ask_peers(
     wait: Duration,
 ) -> Result<Vec<(i32, Result<Probed, String>)>, StartError> {
     let io = crate::cluster::Cluster::peer_io(config).map_err(StartError::PeerIo)?;
+    let peers = config
+        .cluster
+        .peers
+        .iter()
+        .map(|p| (p.id as u64, p.raft.clone()))
+        .collect();
     let me = config.node_id as u64;
-    let asks = config.cluster.peers.iter().map(|p| {
-        let io = io.clone();
-        async move {
-            let answer =
-                crate::raft::transport::probe(io.as_ref(), me, p.id as u64, p.raft.clone(), wait)
-                    .await;
-            (p.id, answer)
-        }
-    });
-    Ok(futures_util::future::join_all(asks).await)
+    Ok(
+        crate::raft::transport::probe_all(io.as_ref(), me, peers, wait)
+            .await
+            .into_iter()
+            .map(|(peer, answer)| (peer as i32, answer))
+            .collect(),
+    )
 }
 
 /// A broker restarting on its data after `chronik ctl broker remove` would

@@ -71,6 +71,19 @@ pub struct Probed {
     pub removed: bool,
 }
 
+/// [`probe`] to every one of `peers` (id, address) at once.
+pub async fn probe_all(
+    io: &dyn PeerIo,
+    me: u64,
+    peers: Vec<(u64, String)>,
+    wait: Duration,
+) -> Vec<(u64, Result<Probed, String>)> {
+    let asks = peers
+        .into_iter()
+        .map(|(peer, addr)| async move { (peer, probe(io, me, peer, addr, wait).await) });
+    futures_util::future::join_all(asks).await
+}
+
 /// Asks broker `peer` at `addr`, over `io`, what it knows of broker `me`.
 /// `Err` when it cannot be asked within `wait`.
 pub async fn probe(
@@ -358,13 +371,7 @@ impl Transport {
             .iter()
             .map(|(id, addr)| (*id, addr.clone()))
             .collect();
-        let asks = peers.into_iter().map(|(peer, addr)| async move {
-            (
-                peer,
-                probe(self.io.as_ref(), self.node_id, peer, addr, wait).await,
-            )
-        });
-        futures_util::future::join_all(asks)
+        probe_all(self.io.as_ref(), self.node_id, peers, wait)
             .await
             .into_iter()
             .filter_map(|(peer, answer)| Some((peer, answer.ok()?)))

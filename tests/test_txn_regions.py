@@ -107,7 +107,9 @@ def test_a_mirror_shows_only_committed_transactions_and_a_failover_aborts_the_op
     # home's; its read_committed view is exactly the committed transactions.
     wait_until(lambda: read(regions.bootstrap(EU), topic, "read_uncommitted") == everything, 60,
                what="eu-west mirrors every record, the open transaction's too")
-    assert read(regions.bootstrap(EU), topic, "read_committed") == committed
+    # A commit shows in eu-west once its dc-link has counted all its markers there.
+    wait_until(lambda: read(regions.bootstrap(EU), topic, "read_committed") == committed, 30,
+               what="eu-west's read_committed view is the committed transactions")
     # The open transaction holds eu-west's last stable offset below its high watermark.
     lso, hw = ends(regions.bootstrap(EU), topic, "read_committed"), ends(regions.bootstrap(EU), topic,
                                                                        "read_uncommitted")
@@ -221,11 +223,11 @@ def three_broker_regions(tmp_path, chronik_cluster_binary):
 def test_a_commit_lost_half_way_is_retracted_whole_at_failover(three_broker_regions):
     """A transaction over two partitions commits in us-east while the only replica of one of
     them is down: the other's commit marker is written and mirrored to eu-west, this one's
-    never is. us-east is then lost. eu-west held the transaction committed in one partition
-    and open in the other; the failover counts the commit's markers (each says into how many
-    partitions it was written), finds one missing, and the promotion retracts the part that
-    arrived, so read_committed consumers see the transaction in neither partition, and the
-    commit before it in both."""
+    never is. eu-west's read_committed consumers do not see the half that arrived (its
+    dc-link never counts the commit whole). us-east is then lost. The failover counts the
+    commit's markers (each says into how many partitions it was written), finds one missing,
+    and the promotion retracts the part that arrived, so read_committed consumers see the
+    transaction in neither partition, and the commit before it in both."""
     regions = three_broker_regions
     topic = unique_topic("txn-split")
     a, _, c = sorted(regions.cluster(US).ids)
@@ -262,9 +264,18 @@ def test_a_commit_lost_half_way_is_retracted_whole_at_failover(three_broker_regi
 
     committer = threading.Thread(target=commit, daemon=True)
     committer.start()
-    half = {0: committed[0] + split[0], 1: committed[1]}
-    wait_until(lambda: read(regions.bootstrap(EU), topic, "read_committed") == half, 60,
-               what="eu-west holds the commit in partition 0 only")
+    # Partition 0's commit marker reaches eu-west (its log end passes it) ...
+    marker_end = len(committed[0]) + 1 + len(split[0]) + 1
+    wait_until(lambda: ends(regions.bootstrap(EU), topic, "read_uncommitted")[0] == marker_end, 60,
+               what="partition 0's commit marker in eu-west")
+    # ... but eu-west's dc-link never counts the commit whole, so read_committed consumers
+    # there do not see it in partition 0 either (observed over several counting rounds).
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lso = ends(regions.bootstrap(EU), topic, "read_committed")
+        assert lso[0] == len(committed[0]) + 1, f"eu-west shows part of a commit: last stable offsets {lso}"
+        time.sleep(0.2)
+    assert read(regions.bootstrap(EU), topic, "read_committed") == committed
 
     kill_region(regions, US)
     out = failover(regions, EU, topic)

@@ -40,6 +40,7 @@ pub fn router(ctx: Arc<BrokerCtx>) -> Router {
         .route("/v1/home/{topic}/move", post(move_home))
         .route("/v1/home/{topic}/take", post(take_home))
         .route("/v1/txn/parts", get(txn_parts))
+        .route("/v1/txn/settled", post(txn_settled))
         .route("/v1/lease/clock", get(lease_clock))
         .route("/v1/lease", get(lease_state).post(lease_push))
         .route("/v1/link/actor", get(link_actor))
@@ -202,6 +203,40 @@ async fn txn_parts(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
         }
     }
     Json(json!({"topics": topics, "partitions": led})).into_response()
+}
+
+/// `?home=<region>`, body: the dc-link's verdict on `home`'s commits as
+/// this region holds them now (`chronik_wire::settle::Plan`). Each mirror
+/// partition of `home`'s topics hosted here keeps it, and read_committed
+/// reads stop before any commit it does not count as whole.
+async fn txn_settled(State(ctx): Ctx, RawQuery(q): RawQuery, body: axum::body::Bytes) -> Response {
+    let Some(home) = query_param(q.as_deref(), "home").filter(|h| !h.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "home=<region> is required");
+    };
+    let plan: chronik_wire::settle::Plan = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not a settlement plan: {e}"),
+            )
+        }
+    };
+    let mut told = 0;
+    for t in ctx.catalog.list() {
+        if t.mirror_of(&ctx.config.region) != Some(home) {
+            continue;
+        }
+        for log in &t.partitions {
+            let key = chronik_wire::settle::partition_key(t.name(), log.partition);
+            log.set_settled(crate::log::Settled {
+                retract_from: plan.retract_from.clone(),
+                view_end: plan.view_end.get(&key).copied(),
+            });
+            told += 1;
+        }
+    }
+    Json(json!({"partitions": told})).into_response()
 }
 
 async fn lease_clock(State(ctx): Ctx) -> Response {

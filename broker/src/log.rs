@@ -84,6 +84,36 @@ impl Default for PartitionRecord {
 
 /// A role in one word: 0 for none, else `epoch << 1 | home` (epochs start
 /// at 1, so a role is never 0).
+/// A mirror's part of the dc-link's latest count of the home's commits
+/// (`chronik_wire::settle::Plan`).
+#[derive(Debug, Clone, Default)]
+pub struct Settled {
+    pub retract_from: std::collections::BTreeMap<i64, i64>,
+    pub view_end: Option<i64>,
+}
+
+impl Settled {
+    /// Where read_committed reads stop: the first record (or marker) of the
+    /// first commit not counted as whole, whether counted unsettled or
+    /// arrived after the count.
+    fn hold_at(&self, txns: &TxnIndex) -> i64 {
+        txns.committed
+            .iter()
+            .flat_map(|(pid, parts)| parts.iter().map(move |p| (*pid, p)))
+            .filter(|(pid, p)| {
+                !p.retracted
+                    && (self.view_end.is_none_or(|end| p.marker >= end)
+                        || self
+                            .retract_from
+                            .get(pid)
+                            .is_some_and(|from| p.seq >= *from))
+            })
+            .map(|(_, p)| p.first.unwrap_or(p.marker))
+            .min()
+            .unwrap_or(i64::MAX)
+    }
+}
+
 /// A promotion's part of a failover's verdict (see `Command::SetRole`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Settle<'a> {
@@ -307,6 +337,9 @@ pub struct PartitionLog {
     log_end: AtomicI64,
     log_start: AtomicI64,
     deleted: AtomicBool,
+    /// On a mirror: the dc-link's latest count of the home's commits
+    /// (`None`: none yet). In memory; it is told again every second.
+    settled: Mutex<Option<Settled>>,
     waiters: Mutex<Vec<Weak<Notify>>>,
     /// Held from offset assignment until the write is queued, for writers
     /// that queue their own writes ([`PartitionLog::append`]).
@@ -383,6 +416,7 @@ impl PartitionLog {
             log_end: AtomicI64::new(next_offset),
             log_start: AtomicI64::new(log_start),
             deleted: AtomicBool::new(false),
+            settled: Mutex::new(None),
             waiters: Mutex::new(Vec::new()),
             submit_order: Mutex::new(()),
             mirror_acks: tokio::sync::watch::Sender::new(Default::default()),
@@ -557,11 +591,19 @@ impl PartitionLog {
     /// The last stable offset for reads bounded by `high_watermark` (the
     /// visible one): read_committed fetches stop here.
     pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
-        self.state
-            .lock()
-            .unwrap()
-            .txns
-            .last_stable_offset(high_watermark)
+        let st = self.state.lock().unwrap();
+        let lso = st.txns.last_stable_offset(high_watermark);
+        match &*self.settled.lock().unwrap() {
+            Some(s) => lso.min(s.hold_at(&st.txns)),
+            None => lso,
+        }
+    }
+
+    /// On a mirror: which of the home's commits reached this region whole
+    /// (the dc-link's latest count); read_committed reads stop before any
+    /// other, which a failover could still retract.
+    pub fn set_settled(&self, settled: Settled) {
+        *self.settled.lock().unwrap() = Some(settled);
     }
 
     /// The aborted transactions a read of `from..to` overlaps.
@@ -1555,6 +1597,8 @@ impl PartitionLog {
             let promoted = role.home && !st.role.is_some_and(|r| r.home);
             if promoted {
                 st.home_since = Some(st.next_offset);
+                // The home's own commits are whole by construction.
+                *self.settled.lock().unwrap() = None;
             }
             st.role = Some(role);
             self.role_copy
@@ -1980,6 +2024,45 @@ mod tests {
             .unwrap();
         store.write(wb).await.unwrap();
         assert_eq!(mirror.aborted_in(0, 5), vec![retracted]);
+    }
+
+    #[test]
+    fn a_mirror_holds_reads_before_commits_not_counted_whole() {
+        use chronik_wire::control::{Marker, Note};
+        let mut t = TxnIndex::default();
+        let noted = |seq| Marker {
+            commit: true,
+            note: Some(Note::Ending { seq, parts: 2 }),
+        };
+        // Producer 1: commit 0 at 0..=2, commit 1 at 3..=5; producer 2:
+        // commit 0 at 6..=7.
+        for (pid, first, marker, seq) in [(1, 0, 2, 0), (1, 3, 5, 1), (2, 6, 7, 0)] {
+            t.on_data(pid, first);
+            t.on_marker(pid, noted(seq), marker);
+        }
+        let held = |from: &[(i64, i64)], view_end| {
+            Settled {
+                retract_from: from.iter().copied().collect(),
+                view_end,
+            }
+            .hold_at(&t)
+        };
+        assert_eq!(held(&[], Some(8)), i64::MAX, "every commit counted whole");
+        assert_eq!(
+            held(&[(1, 1)], Some(8)),
+            3,
+            "producer 1's second commit is not"
+        );
+        assert_eq!(
+            held(&[], Some(7)),
+            6,
+            "producer 2's arrived after the count"
+        );
+        assert_eq!(
+            held(&[(1, 0)], None),
+            0,
+            "a partition not counted holds every commit"
+        );
     }
 
     #[tokio::test]

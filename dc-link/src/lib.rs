@@ -1232,7 +1232,8 @@ pub async fn run(
         .collect();
     for peer in peers {
         tasks.spawn(sender::run_link(shared.clone(), peer.clone()));
-        tasks.spawn(forward::run_link(shared.clone(), peer));
+        tasks.spawn(forward::run_link(shared.clone(), peer.clone()));
+        tasks.spawn(settle_view::keep_brokers_told(shared.clone(), peer));
     }
     tasks.spawn(sender::report_quorum_acks(shared.clone()));
     tasks.spawn(forward::brokers::serve(shared.clone(), forward_listener));

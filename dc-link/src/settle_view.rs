@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use chronik_wire::settle::{self, PartitionView, Plan};
 use serde::Deserialize;
 
-use crate::broker_http::{encode_segment, get_json};
+use crate::broker_http::{encode_segment, get_json, post_json_body};
 
 #[derive(Debug, Deserialize)]
 struct Answer {
@@ -86,6 +86,33 @@ fn complete(
         why.push_str(&format!("; unreachable brokers: {}", failed.join("; ")));
     }
     Err(why)
+}
+
+/// Keeps every broker of this region told which commits of `home` have
+/// reached it whole, about once a second: a mirror partition's last stable
+/// offset stays below a commit until all its markers are here, so a
+/// read_committed consumer in this region never reads a commit that a
+/// failover could still retract. A round whose view is incomplete (a
+/// partition without a leader) changes nothing; commits that arrive after
+/// the last view stay hidden until the next.
+pub async fn keep_brokers_told(shared: std::sync::Arc<crate::Shared>, home: String) {
+    let path = format!("/v1/txn/settled?home={}", encode_segment(&home));
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let brokers = shared.local_region().brokers_admin.clone();
+        let plan = match view(&brokers, &home).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(%home, error = %e, "commits of the home region not counted this round");
+                continue;
+            }
+        };
+        for b in &brokers {
+            if let Err(e) = post_json_body::<serde_json::Value>(b, &path, &plan).await {
+                tracing::debug!(broker = %b, error = %e, "settled commits not told");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

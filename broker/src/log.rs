@@ -82,10 +82,9 @@ impl Default for PartitionRecord {
     }
 }
 
-/// A role in one word: 0 for none, else `epoch << 1 | home` (epochs start
-/// at 1, so a role is never 0).
-/// A mirror's part of the dc-link's latest count of the home's commits
-/// (`chronik_wire::settle::Plan`).
+/// One partition's part of a count of the home's commits
+/// (`chronik_wire::settle::Plan`): the dc-link's latest, kept by a mirror,
+/// or a failover's verdict, applied by a promotion (`Command::SetRole`).
 #[derive(Debug, Clone, Default)]
 pub struct Settled {
     pub retract_from: std::collections::BTreeMap<i64, i64>,
@@ -101,12 +100,16 @@ impl Settled {
             .iter()
             .flat_map(|(pid, parts)| parts.iter().map(move |p| (*pid, p)))
             .filter(|(pid, p)| {
+                // A partition left out of the count holds every commit.
+                let end = Some(self.view_end.unwrap_or(i64::MIN));
                 !p.retracted
-                    && (self.view_end.is_none_or(|end| p.marker >= end)
-                        || self
-                            .retract_from
-                            .get(pid)
-                            .is_some_and(|from| p.seq >= *from))
+                    && chronik_wire::settle::withheld(
+                        &self.retract_from,
+                        end,
+                        *pid,
+                        p.seq,
+                        p.marker,
+                    )
             })
             .map(|(_, p)| p.first.unwrap_or(p.marker))
             .min()
@@ -114,13 +117,8 @@ impl Settled {
     }
 }
 
-/// A promotion's part of a failover's verdict (see `Command::SetRole`).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Settle<'a> {
-    pub retract_from: &'a [crate::raft::types::Retraction],
-    pub view_end: Option<i64>,
-}
-
+/// A role in one word: 0 for none, else `epoch << 1 | home` (epochs start
+/// at 1, so a role is never 0).
 fn encode_role(role: Option<Role>) -> u64 {
     role.map_or(0, |r| r.epoch << 1 | r.home as u64)
 }
@@ -873,47 +871,35 @@ impl PartitionLog {
                 return Ok(None);
             }
         }
-        self.write_marker(
-            wb,
-            marker.producer_id,
-            marker.producer_epoch,
-            marker.commit,
-            (marker.coordinator_epoch, marker.now_ms),
-            note,
-            term,
-        )
+        self.write_marker(wb, marker, note, term)
     }
 
-    /// Appends a marker batch, refused when older than the producer's
-    /// epoch here. `stamp`: the coordinator epoch and timestamp.
-    #[allow(clippy::too_many_arguments)]
+    /// Appends `marker` with `note`, refused when older than the
+    /// producer's epoch here.
     fn write_marker(
         &self,
         wb: &mut WriteBatch,
-        producer_id: i64,
-        producer_epoch: i16,
-        commit: bool,
-        (coordinator_epoch, now_ms): (i32, i64),
+        marker: &crate::raft::types::TxnMarker,
         note: Option<chronik_wire::control::Note>,
         term: i32,
     ) -> Result<Option<i64>, AppendError> {
         {
             let st = self.state.lock().unwrap();
-            if let Some(e) = st.producers.get(producer_id) {
-                if producer_epoch < e.epoch {
+            if let Some(e) = st.producers.get(marker.producer_id) {
+                if marker.producer_epoch < e.epoch {
                     return Err(AppendError::Sequence(SequenceError::FencedEpoch {
-                        got: producer_epoch,
+                        got: marker.producer_epoch,
                         current: e.epoch,
                     }));
                 }
             }
         }
         let bytes = chronik_wire::control::marker_batch(
-            producer_id,
-            producer_epoch,
-            commit,
-            coordinator_epoch,
-            now_ms,
+            marker.producer_id,
+            marker.producer_epoch,
+            marker.commit,
+            marker.coordinator_epoch,
+            marker.now_ms,
             note,
         );
         let h = BatchHeader::parse(&bytes)?;
@@ -945,8 +931,16 @@ impl PartitionLog {
             }
             st.producers.get(producer_id).map_or(0, |e| e.epoch)
         };
+        let marker = crate::raft::types::TxnMarker {
+            producer_id,
+            producer_epoch: epoch,
+            commit: false,
+            coordinator_epoch: -1,
+            now_ms: -1,
+            ending: None,
+        };
         let note = chronik_wire::control::Note::Retracts { seq };
-        self.write_marker(wb, producer_id, epoch, false, (-1, -1), Some(note), term)
+        self.write_marker(wb, &marker, Some(note), term)
     }
 
     fn append_checked(
@@ -1585,7 +1579,7 @@ impl PartitionLog {
         &self,
         wb: &mut WriteBatch,
         next: Role,
-        settle: &Settle<'_>,
+        settle: &Settled,
         term: i32,
     ) -> Result<Role, AppendError> {
         let mut st = self.state.lock().unwrap();
@@ -1617,15 +1611,12 @@ impl PartitionLog {
                 // decides for this copy: they are aborted, never half
                 // applied. Deterministic (the log's own open set), so every
                 // replica writes the same markers.
-                let from = settle
-                    .retract_from
-                    .iter()
-                    .map(|r| (r.producer_id, r.seq))
-                    .collect();
                 let parts = self.commit_parts();
-                for (producer_id, seq) in
-                    chronik_wire::settle::retractions_in(&from, settle.view_end, &parts)
-                {
+                for (producer_id, seq) in chronik_wire::settle::retractions_in(
+                    &settle.retract_from,
+                    settle.view_end,
+                    &parts,
+                ) {
                     if self.retract_into(wb, producer_id, seq, term)?.is_some() {
                         tracing::warn!(
                             topic = %self.topic,
@@ -1950,7 +1941,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_noted_commit_reaches_every_partition_once_and_a_promotion_can_retract_it() {
-        use crate::raft::types::{Retraction, TxnMarker};
+        use crate::raft::types::TxnMarker;
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
         let with_data = PartitionLog::open(store.clone(), 4, "tx".into(), 0).unwrap();
@@ -1983,12 +1974,8 @@ mod tests {
             (part.seq, part.parts, part.first, part.marker),
             (0, 2, Some(0), 3)
         );
-        let retract = [Retraction {
-            producer_id: 8,
-            seq: 0,
-        }];
-        let settle = Settle {
-            retract_from: &retract,
+        let settle = Settled {
+            retract_from: [(8, 0)].into_iter().collect(),
             view_end: Some(4),
         };
         for (home, epoch) in [(false, 2), (true, 3)] {
@@ -2078,7 +2065,7 @@ mod tests {
                 home: false,
                 epoch: 2,
             },
-            &Settle::default(),
+            &Settled::default(),
             1,
         )
         .unwrap();
@@ -2091,7 +2078,7 @@ mod tests {
                 home: true,
                 epoch: 3,
             },
-            &Settle::default(),
+            &Settled::default(),
             1,
         )
         .unwrap();
@@ -2400,7 +2387,7 @@ mod tests {
         let log = PartitionLog::open(store.clone(), 3, "moving".into(), 0).unwrap();
         let set = |log: &PartitionLog, home, epoch| {
             let mut wb = WriteBatch::default();
-            let r = log.set_role_into(&mut wb, Role { home, epoch }, &Settle::default(), 1);
+            let r = log.set_role_into(&mut wb, Role { home, epoch }, &Settled::default(), 1);
             (r, wb)
         };
         let idem = build::simple(2, 100, Some((7, 0, 0)));

@@ -96,9 +96,14 @@ fn complete(
 /// partition without a leader) changes nothing; commits that arrive after
 /// the last view stay hidden until the next.
 pub async fn keep_brokers_told(shared: std::sync::Arc<crate::Shared>, home: String) {
+    use std::time::{Duration, Instant};
+    // A count that did not change is told again only now and then, for a
+    // broker that restarted meanwhile (it keeps the count in memory).
+    const RETELL: Duration = Duration::from_secs(10);
     let path = format!("/v1/txn/settled?home={}", encode_segment(&home));
+    let mut told: Option<(Plan, Instant)> = None;
     loop {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let brokers = shared.local_region().brokers_admin.clone();
         let plan = match view(&brokers, &home).await {
             Ok(p) => p,
@@ -107,6 +112,13 @@ pub async fn keep_brokers_told(shared: std::sync::Arc<crate::Shared>, home: Stri
                 continue;
             }
         };
+        if told
+            .as_ref()
+            .is_some_and(|(last, at)| *last == plan && at.elapsed() < RETELL)
+        {
+            continue;
+        }
+        told = Some((plan.clone(), Instant::now()));
         for b in &brokers {
             if let Err(e) = post_json_body::<serde_json::Value>(b, &path, &plan).await {
                 tracing::debug!(broker = %b, error = %e, "settled commits not told");

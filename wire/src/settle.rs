@@ -101,6 +101,21 @@ pub fn retractions(plan: &Plan, topic: &str, partition: i32, parts: &[Part]) -> 
     retractions_in(&plan.retract_from, view_end, parts)
 }
 
+/// Whether a partition's part of `producer`'s commit `seq`, its marker at
+/// `marker`, is not counted whole: its producer's commits are retracted
+/// from an earlier one on, or it arrived at or past `view_end` (the
+/// partition's log end when counted; `None`: no bound).
+pub fn withheld(
+    retract_from: &BTreeMap<i64, i64>,
+    view_end: Option<i64>,
+    producer: i64,
+    seq: i64,
+    marker: i64,
+) -> bool {
+    view_end.is_some_and(|end| marker >= end)
+        || retract_from.get(&producer).is_some_and(|from| seq >= *from)
+}
+
 /// [`retractions`] with the plan's part for one partition: what it
 /// retracts from each producer on, and its log end in the view.
 pub fn retractions_in(
@@ -110,13 +125,7 @@ pub fn retractions_in(
 ) -> Vec<(i64, i64)> {
     let mut out: Vec<&Part> = parts
         .iter()
-        .filter(|p| {
-            let late = view_end.is_some_and(|end| p.marker >= end);
-            let unsettled = retract_from
-                .get(&p.producer_id)
-                .is_some_and(|from| p.seq >= *from);
-            late || unsettled
-        })
+        .filter(|p| withheld(retract_from, view_end, p.producer_id, p.seq, p.marker))
         .collect();
     out.sort_by_key(|p| p.marker);
     out.into_iter().map(|p| (p.producer_id, p.seq)).collect()

@@ -235,8 +235,11 @@ impl StateMachine {
                 },
             ) => {
                 let term = log_id.committed_leader_id().term.min(i32::MAX as u64) as i32;
-                let settle = crate::log::Settle {
-                    retract_from,
+                let settle = crate::log::Settled {
+                    retract_from: retract_from
+                        .iter()
+                        .map(|r| (r.producer_id, r.seq))
+                        .collect(),
                     view_end: *view_end,
                 };
                 match log.set_role_into(wb, *role, &settle, term) {

@@ -392,8 +392,10 @@ async fn region_loss(
     let mut voters = 0usize;
     for t in &topics {
         let deadline = Instant::now() + step_time;
+        let mut progress = crate::switchover::Progress::new(t);
         loop {
-            let s = crate::failover::situation(&link, t, region, &to).await?;
+            let s =
+                crate::failover::situation(&link, t, region, &to, deadline, &mut progress).await?;
             if !s.home_link_up {
                 at_risk += s.at_risk.iter().map(|r| r.records).sum::<u64>();
                 voters = s.voters;

@@ -151,18 +151,35 @@ pub(crate) fn dc_link_of(
         })
 }
 
+/// What the dc-link at `link` knows of `home`, once it acts for `to`: a
+/// dc-link that has just (re)started, or whose region's brokers are still
+/// electing, answers its lease state only after it holds its role, and a
+/// failover is often asked for in exactly that minute. Waits until
+/// `deadline`, saying why.
 pub(crate) async fn situation(
     link: &str,
     topic: &str,
     home: &str,
     to: &str,
+    deadline: Instant,
+    progress: &mut Progress,
 ) -> Result<Situation, String> {
-    let lag: Value = get_json(link, "/v1/lag")
-        .await
-        .map_err(|e| format!("the dc-link of {to} at {link}: {e}"))?;
-    let lease: Value = get_json(link, "/v1/lease")
-        .await
-        .map_err(|e| format!("the dc-link of {to} at {link}: {e}"))?;
+    let at = |e: &dyn std::fmt::Display| format!("the dc-link of {to} at {link}: {e}");
+    let lease: Value = loop {
+        let lease: Value = get_json(link, "/v1/lease").await.map_err(|e| at(&e))?;
+        let Some(not_acting) = lease["error"].as_str() else {
+            break lease;
+        };
+        if Instant::now() > deadline {
+            return Err(at(&format!("not acting for {to}: {not_acting}")));
+        }
+        progress.say(
+            format!("waiting for the dc-link of {to} to act: {not_acting}"),
+            Some(Duration::from_secs(5)),
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let lag: Value = get_json(link, "/v1/lag").await.map_err(|e| at(&e))?;
     let link_name = format!("{home}->{to}");
     // The home answers the target's lease renewals while it is up and
     // reachable (every renew_every_ms); a silence of a few renewals means
@@ -268,12 +285,12 @@ pub(crate) async fn fail_over_one(
     }
     let new_epoch = if home == to { epoch } else { epoch + 1 };
     if home != to {
-        let mut s = situation(link, topic, &home, to).await?;
+        let mut s = situation(link, topic, &home, to, deadline, &mut progress).await?;
         if s.home_link_up {
             // Answered a moment ago, but may just have died: ask again once
             // a few renewals would have been answered.
             tokio::time::sleep(Duration::from_millis(s.silent_in_ms + 200)).await;
-            s = situation(link, topic, &home, to).await?;
+            s = situation(link, topic, &home, to, deadline, &mut progress).await?;
         }
         report_at_risk(&s);
         may_proceed(&s, args.force, args.confirm_at_risk)?;

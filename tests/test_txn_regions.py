@@ -224,7 +224,8 @@ def test_a_commit_lost_half_way_is_retracted_whole_at_failover(three_broker_regi
     """A transaction over two partitions commits in us-east while the only replica of one of
     them is down: the other's commit marker is written and mirrored to eu-west, this one's
     never is. eu-west's read_committed consumers do not see the half that arrived (its
-    dc-link never counts the commit whole). us-east is then lost. The failover counts the
+    dc-link never counts the commit whole), not even once eu-west's brokers restart while its
+    dc-link is down, forgetting the count. us-east is then lost. The failover counts the
     commit's markers (each says into how many partitions it was written), finds one missing,
     and the promotion retracts the part that arrived, so read_committed consumers see the
     transaction in neither partition, and the commit before it in both."""
@@ -275,6 +276,33 @@ def test_a_commit_lost_half_way_is_retracted_whole_at_failover(three_broker_regi
         lso = ends(regions.bootstrap(EU), topic, "read_committed")
         assert lso[0] == len(committed[0]) + 1, f"eu-west shows part of a commit: last stable offsets {lso}"
         time.sleep(0.2)
+    assert read(regions.bootstrap(EU), topic, "read_committed") == committed
+
+    # A broker keeps the count in memory. eu-west's brokers, all restarted while its dc-link is
+    # down, hold every commit until the dc-link tells them a count again: the half that arrived
+    # never shows (observed while nobody can tell them), and once the dc-link is back the first
+    # commit shows again.
+    regions.kill9_dclink(EU)
+    eu = regions.cluster(EU)
+    for i in sorted(eu.ids):
+        eu.kill9(i)
+    for i in sorted(eu.ids):
+        eu.nodes[i].launch()
+    for i in sorted(eu.ids):
+        eu.nodes[i].wait_ready(60)
+    seen = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline or not seen:
+        try:
+            seen.append(ends(regions.bootstrap(EU), topic, "read_committed")[0])
+        except KafkaException:
+            pass  # partitions still electing leaders
+        assert time.monotonic() < deadline + 60, "eu-west's restarted brokers answer no ListOffsets"
+        time.sleep(0.2)
+    assert max(seen) <= len(committed[0]) + 1, f"restarted eu-west showed part of a commit: {seen}"
+    regions.restart_dclink(EU)
+    wait_until(lambda: ends(regions.bootstrap(EU), topic, "read_committed")[0] == len(committed[0]) + 1, 60,
+               what="eu-west's brokers told the count again")
     assert read(regions.bootstrap(EU), topic, "read_committed") == committed
 
     kill_region(regions, US)

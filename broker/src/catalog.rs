@@ -354,6 +354,15 @@ impl Catalog {
         partitions: Vec<Arc<PartitionLog>>,
     ) -> Arc<Topic> {
         let effective = EffectiveConfig::resolve(&record.configs, &self.defaults);
+        if effective
+            .home_region
+            .as_deref()
+            .is_some_and(|home| home != self.region.name)
+        {
+            for log in &partitions {
+                log.hold_until_counted();
+            }
+        }
         Arc::new(Topic {
             record,
             partitions,
@@ -1035,6 +1044,7 @@ impl Catalog {
                     .ok_or(TopicError::Unknown)?;
                 self.global_deleted(&topic, *now_ms, wb)?;
                 wb.delete_cf(self.store.cf(CF_META), format!("{TOPIC_PREFIX}{name}"));
+                self.forget_settlement(&topic.id(), wb);
                 for p in &topic.partitions {
                     p.delete_into(wb);
                 }
@@ -1510,6 +1520,36 @@ mod tests {
             .await
             .unwrap();
         assert!(!old.contains(&again.record.partitions[0]));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_topic_takes_its_failover_verdict_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let cat = Catalog::open(
+            store.clone(),
+            TopicDefaults::default(),
+            RegionSettings::single(1),
+        )
+        .unwrap();
+        let t = cat
+            .create_topic("orders", 1, 1, &[], &BTreeMap::new(), false)
+            .await
+            .unwrap();
+        let verdict = home_move::Settlement {
+            epoch: 2,
+            plan: Default::default(),
+        };
+        let mut wb = WriteBatch::default();
+        wb.put_cf(
+            store.cf(CF_META),
+            format!("settle/{}", t.id()),
+            serde_json::to_vec(&verdict).unwrap(),
+        );
+        store.write(wb).await.unwrap();
+        assert!(cat.settlement(&t.id(), 2).is_some());
+        cat.delete_topic("orders").await.unwrap();
+        assert!(cat.settlement(&t.id(), 2).is_none());
     }
 
     #[tokio::test]

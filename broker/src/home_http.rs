@@ -202,7 +202,8 @@ async fn txn_parts(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
             });
         }
     }
-    Json(json!({"topics": topics, "partitions": led})).into_response()
+    let (boot, _) = ctx.lease.clock();
+    Json(json!({"topics": topics, "partitions": led, "boot": boot})).into_response()
 }
 
 /// `?home=<region>`, body: the dc-link's verdict on `home`'s commits as

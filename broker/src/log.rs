@@ -604,6 +604,36 @@ impl PartitionLog {
         *self.settled.lock().unwrap() = Some(settled);
     }
 
+    /// A mirror copy opened by this process knows no count yet (the count
+    /// lives in memory): it holds every noted commit until the dc-link
+    /// tells it one, rather than show a commit that may have arrived in
+    /// part. A copy that holds the home role, or was told, is left alone.
+    pub fn hold_until_counted(&self) {
+        if self.role().is_some_and(|r| r.home) {
+            return;
+        }
+        self.settled
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Settled::default);
+    }
+
+    /// Commits whose markers land at or past `from` are new to this copy
+    /// (it was just demoted, or cut back by a failback), whatever the last
+    /// count said: they are held until the dc-link counts them.
+    fn hold_from(&self, from: i64) {
+        let mut settled = self.settled.lock().unwrap();
+        match &mut *settled {
+            Some(s) => s.view_end = s.view_end.map(|end| end.min(from)),
+            None => {
+                *settled = Some(Settled {
+                    retract_from: Default::default(),
+                    view_end: Some(from),
+                })
+            }
+        }
+    }
+
     /// The aborted transactions a read of `from..to` overlaps.
     pub fn aborted_in(&self, from: i64, to: i64) -> Vec<crate::txn_index::Aborted> {
         self.state
@@ -1593,6 +1623,10 @@ impl PartitionLog {
                 st.home_since = Some(st.next_offset);
                 // The home's own commits are whole by construction.
                 *self.settled.lock().unwrap() = None;
+            } else if !role.home && st.role.is_some_and(|r| r.home) {
+                // Its own commits are whole; what the new home sends is
+                // not, until counted.
+                self.hold_from(st.next_offset);
             }
             st.role = Some(role);
             self.role_copy
@@ -1753,6 +1787,7 @@ impl PartitionLog {
         // it). Rebuilt from the batches that stay, since a cut commit
         // leaves no trace of where its transaction began.
         st.txns = self.scan_txns(&entries[..entries.len() - gone.len()])?;
+        self.hold_from(offset);
         let first = st.epochs.first().copied();
         st.epochs.retain(|(_, o)| *o < offset);
         if st.epochs.is_empty() {
@@ -2093,6 +2128,78 @@ mod tests {
                 last: 3
             }]
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_holds_commits_it_may_hold_in_part_until_it_is_told_a_count() {
+        use crate::raft::types::TxnMarker;
+        use chronik_wire::control::{marker_batch, Note};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path(), Durability::Fsync).unwrap());
+        let log = PartitionLog::open(store.clone(), 4, "tx".into(), 0).unwrap();
+        let set_role = |log: &Arc<PartitionLog>, home, epoch| {
+            let mut wb = WriteBatch::default();
+            log.set_role_into(&mut wb, Role { home, epoch }, &Settled::default(), 1)
+                .unwrap();
+            wb
+        };
+        store.write(set_role(&log, true, 2)).await.unwrap();
+        append(&log, &transactional(3, 8, 2, 0)).await;
+        let mut wb = WriteBatch::default();
+        let commit = TxnMarker {
+            producer_id: 8,
+            producer_epoch: 2,
+            commit: true,
+            coordinator_epoch: 1,
+            now_ms: 1,
+            ending: Some((0, 1)),
+        };
+        assert_eq!(log.marker_into(&mut wb, &commit, 1).unwrap(), Some(3));
+        store.write(wb).await.unwrap();
+        log.committed(4);
+        log.hold_until_counted();
+        assert_eq!(log.last_stable_offset(4), 4, "the home holds nothing");
+
+        store.write(set_role(&log, false, 3)).await.unwrap();
+        assert_eq!(log.last_stable_offset(4), 4, "its own commit stays visible");
+        // The new home's commit over two partitions, its marker here first.
+        let arriving = |base: i64| {
+            let mut b = marker_batch(9, 0, true, 1, 1, Some(Note::Ending { seq: 0, parts: 2 }));
+            b[..8].copy_from_slice(&base.to_be_bytes());
+            // Above every epoch the old home stamped (see `epoch_floor`).
+            b[12..16].copy_from_slice(&(4i32 << 16).to_be_bytes());
+            b
+        };
+        mirror(&log, &store, &arriving(4), 4).await;
+        assert_eq!(
+            log.last_stable_offset(5),
+            4,
+            "arrived after the demotion: held"
+        );
+        log.set_settled(Settled {
+            retract_from: Default::default(),
+            view_end: Some(5),
+        });
+        assert_eq!(log.last_stable_offset(5), 5, "counted whole");
+
+        // A restart forgets the count: everything is held until told again.
+        let log = PartitionLog::open(store.clone(), 4, "tx".into(), 0).unwrap();
+        log.hold_until_counted();
+        assert_eq!(log.last_stable_offset(5), 0);
+        log.set_settled(Settled {
+            retract_from: Default::default(),
+            view_end: Some(5),
+        });
+        log.hold_until_counted();
+        assert_eq!(log.last_stable_offset(5), 5, "a told copy keeps its count");
+
+        // A failback's cut: what arrives again at the cut is new here.
+        let mut wb = WriteBatch::default();
+        assert_eq!(log.truncate_into(&mut wb, 4).unwrap(), 1);
+        store.write(wb).await.unwrap();
+        log.reload().unwrap();
+        mirror(&log, &store, &arriving(4), 4).await;
+        assert_eq!(log.last_stable_offset(5), 4);
     }
 
     /// Writes `wb` and moves the high watermark, as the state machine does.

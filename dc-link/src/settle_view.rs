@@ -18,6 +18,16 @@ struct Answer {
     topics: BTreeMap<String, usize>,
     /// The ones it leads.
     partitions: Vec<PartitionView>,
+    /// Which broker process answered: it keeps a count in memory only.
+    #[serde(default)]
+    boot: Option<String>,
+}
+
+/// One round's count: the verdict, and the broker process that answered
+/// at each address.
+struct Count {
+    plan: Plan,
+    boots: BTreeMap<String, String>,
 }
 
 /// The verdict for commits of `home`, from the brokers at `brokers_admin`
@@ -26,13 +36,21 @@ struct Answer {
 /// would look unsettled, and the partitions promoted on that verdict would
 /// disagree with the ones promoted later.
 pub async fn view(brokers_admin: &[String], home: &str) -> Result<Plan, String> {
+    count(brokers_admin, home).await.map(|c| c.plan)
+}
+
+async fn count(brokers_admin: &[String], home: &str) -> Result<Count, String> {
     let path = format!("/v1/txn/parts?home={}", encode_segment(home));
     let mut topics: BTreeMap<String, usize> = BTreeMap::new();
     let mut parts: BTreeMap<(String, i32), PartitionView> = BTreeMap::new();
+    let mut boots = BTreeMap::new();
     let mut failed = Vec::new();
     for addr in brokers_admin {
         match get_json::<Answer>(addr, &path).await {
             Ok(a) => {
+                if let Some(boot) = a.boot {
+                    boots.insert(addr.clone(), boot);
+                }
                 for (t, n) in a.topics {
                     let e = topics.entry(t).or_insert(0);
                     *e = (*e).max(n);
@@ -54,7 +72,10 @@ pub async fn view(brokers_admin: &[String], home: &str) -> Result<Plan, String> 
     }
     complete(&topics, &parts, &failed)?;
     let view: Vec<PartitionView> = parts.into_values().collect();
-    Ok(settle::plan(&view))
+    Ok(Count {
+        plan: settle::plan(&view),
+        boots,
+    })
 }
 
 fn complete(
@@ -96,32 +117,44 @@ fn complete(
 /// partition without a leader) changes nothing; commits that arrive after
 /// the last view stay hidden until the next.
 pub async fn keep_brokers_told(shared: std::sync::Arc<crate::Shared>, home: String) {
-    use std::time::{Duration, Instant};
-    // A count that did not change is told again only now and then, for a
-    // broker that restarted meanwhile (it keeps the count in memory).
-    const RETELL: Duration = Duration::from_secs(10);
     let path = format!("/v1/txn/settled?home={}", encode_segment(&home));
-    let mut told: Option<(Plan, Instant)> = None;
+    // Per broker address: the count it was last told, and which process
+    // took it. A broker that restarted since has none (it keeps the count
+    // in memory, and holds every commit until told), so it is told again
+    // in the next round even when the count did not change.
+    let mut told: BTreeMap<String, (Plan, String)> = BTreeMap::new();
     loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let brokers = shared.local_region().brokers_admin.clone();
-        let plan = match view(&brokers, &home).await {
-            Ok(p) => p,
+        let round = match count(&brokers, &home).await {
+            Ok(c) => c,
             Err(e) => {
                 tracing::debug!(%home, error = %e, "commits of the home region not counted this round");
                 continue;
             }
         };
-        if told
-            .as_ref()
-            .is_some_and(|(last, at)| *last == plan && at.elapsed() < RETELL)
-        {
-            continue;
-        }
-        told = Some((plan.clone(), Instant::now()));
         for b in &brokers {
-            if let Err(e) = post_json_body::<serde_json::Value>(b, &path, &plan).await {
-                tracing::debug!(broker = %b, error = %e, "settled commits not told");
+            let boot = round.boots.get(b);
+            let current = told
+                .get(b)
+                .is_some_and(|(plan, at)| *plan == round.plan && Some(at) == boot);
+            if current {
+                continue;
+            }
+            match post_json_body::<serde_json::Value>(b, &path, &round.plan).await {
+                // A broker that does not say which process it is gets told
+                // every round.
+                Ok(_) => match boot {
+                    Some(boot) => {
+                        told.insert(b.clone(), (round.plan.clone(), boot.clone()));
+                    }
+                    None => {
+                        told.remove(b);
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(broker = %b, error = %e, "settled commits not told");
+                }
             }
         }
     }

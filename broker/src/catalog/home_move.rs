@@ -511,4 +511,9 @@ impl Catalog {
         let s: Settlement = serde_json::from_slice(&raw).ok()?;
         (s.epoch == epoch).then_some(s.plan)
     }
+
+    /// Removes a deleted topic's verdict with the topic.
+    pub(super) fn forget_settlement(&self, id: &Uuid, wb: &mut WriteBatch) {
+        wb.delete_cf(self.store.cf(CF_META), settle_key(id));
+    }
 }

@@ -571,6 +571,7 @@ impl Catalog {
                 self.store.cf(CF_META),
                 format!("{TOPIC_PREFIX}{}", topic.name()),
             );
+            self.forget_settlement(&topic.id(), wb);
             for p in &topic.partitions {
                 p.delete_into(wb);
             }

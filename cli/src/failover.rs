@@ -329,9 +329,12 @@ pub(crate) async fn fail_over_one(
                     refusals.join("; ")
                 ));
             }
-            progress.say(
-                format!("waiting for the voters: {}", refusals.join("; ")),
-                Some(Duration::from_secs(2)),
+            // The refusals name times ("restarted 104 ms ago"), so each
+            // answer reads differently: at most a line every 2 s.
+            progress.say_at_most_every(
+                "waiting for the voters",
+                refusals.join("; "),
+                Duration::from_secs(2),
             );
             let wait = answer["answers"]
                 .as_object()

@@ -206,10 +206,22 @@ impl Progress {
     pub(crate) fn say(&mut self, line: String, repeat_every: Option<Duration>) {
         let again = repeat_every.is_some_and(|d| self.printed.elapsed() >= d);
         if line != self.last || again {
-            eprintln!("{}: {line}", self.topic);
-            self.last = line;
-            self.printed = Instant::now();
+            self.print(line);
         }
+    }
+
+    /// "`what`: `detail`", for a detail that changes on every call: the
+    /// first, then one every `every`.
+    pub(crate) fn say_at_most_every(&mut self, what: &str, detail: String, every: Duration) {
+        if !self.last.starts_with(what) || self.printed.elapsed() >= every {
+            self.print(format!("{what}: {detail}"));
+        }
+    }
+
+    fn print(&mut self, line: String) {
+        eprintln!("{}: {line}", self.topic);
+        self.last = line;
+        self.printed = Instant::now();
     }
 }
 
@@ -221,11 +233,7 @@ pub(crate) async fn switch_one(
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout_s);
     let enc = encode_segment(topic);
-    let mut progress = Progress {
-        topic: topic.to_string(),
-        last: String::new(),
-        printed: Instant::now(),
-    };
+    let mut progress = Progress::new(topic);
     let mut first = true;
     let mut from: Option<String> = None;
     let mut fenced_at: Option<Instant> = None;
@@ -545,5 +553,33 @@ pub(crate) fn print_moves(results: &[Value], header: &str, key: &str) {
             r[key].as_u64().map_or("-".to_string(), |p| p.to_string()),
             parts.join(" ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_that_changes_every_call_is_printed_at_most_every_period() {
+        let mut p = Progress::new("t");
+        p.say("waiting for the dc-link".into(), None);
+        let every = Duration::from_secs(3600);
+        p.say_at_most_every("waiting for the voters", "a: 1 ms ago".into(), every);
+        assert_eq!(
+            p.last, "waiting for the voters: a: 1 ms ago",
+            "a new kind of line prints at once"
+        );
+        p.say_at_most_every("waiting for the voters", "a: 2 ms ago".into(), every);
+        assert_eq!(
+            p.last, "waiting for the voters: a: 1 ms ago",
+            "not again within the period"
+        );
+        p.say_at_most_every(
+            "waiting for the voters",
+            "a: 3 ms ago".into(),
+            Duration::ZERO,
+        );
+        assert_eq!(p.last, "waiting for the voters: a: 3 ms ago");
     }
 }

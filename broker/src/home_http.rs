@@ -202,8 +202,7 @@ async fn txn_parts(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
             });
         }
     }
-    let (boot, _) = ctx.lease.clock();
-    Json(json!({"topics": topics, "partitions": led, "boot": boot})).into_response()
+    Json(json!({"topics": topics, "partitions": led, "boot": ctx.lease.boot()})).into_response()
 }
 
 /// `?home=<region>`, body: the dc-link's verdict on `home`'s commits as

@@ -100,6 +100,11 @@ impl LeaseGate {
         self.start.elapsed().as_millis() as u64
     }
 
+    /// This broker process (a new id at every start).
+    pub fn boot(&self) -> &str {
+        &self.boot
+    }
+
     /// (this process, its clock) for `GET /v1/lease/clock`.
     pub fn clock(&self) -> (String, u64) {
         (self.boot.clone(), self.now_ms())

@@ -96,12 +96,12 @@ impl Settled {
     /// first commit not counted as whole, whether counted unsettled or
     /// arrived after the count.
     fn hold_at(&self, txns: &TxnIndex) -> i64 {
+        // A partition left out of the count holds every commit.
+        let end = Some(self.view_end.unwrap_or(i64::MIN));
         txns.committed
             .iter()
             .flat_map(|(pid, parts)| parts.iter().map(move |p| (*pid, p)))
             .filter(|(pid, p)| {
-                // A partition left out of the count holds every commit.
-                let end = Some(self.view_end.unwrap_or(i64::MIN));
                 !p.retracted
                     && chronik_wire::settle::withheld(
                         &self.retract_from,
@@ -336,7 +336,8 @@ pub struct PartitionLog {
     log_start: AtomicI64,
     deleted: AtomicBool,
     /// On a mirror: the dc-link's latest count of the home's commits
-    /// (`None`: none yet). In memory; it is told again every second.
+    /// (`None`: nothing held, as on the home). In memory: the dc-link tells
+    /// it when the count changes or this process is new.
     settled: Mutex<Option<Settled>>,
     waiters: Mutex<Vec<Weak<Notify>>>,
     /// Held from offset assignment until the write is queued, for writers
@@ -624,6 +625,8 @@ impl PartitionLog {
     fn hold_from(&self, from: i64) {
         let mut settled = self.settled.lock().unwrap();
         match &mut *settled {
+            // A count without this partition (no view end) holds every
+            // commit already.
             Some(s) => s.view_end = s.view_end.map(|end| end.min(from)),
             None => {
                 *settled = Some(Settled {

@@ -142,19 +142,14 @@ pub async fn keep_brokers_told(shared: std::sync::Arc<crate::Shared>, home: Stri
                 continue;
             }
             match post_json_body::<serde_json::Value>(b, &path, &round.plan).await {
-                // A broker that does not say which process it is gets told
-                // every round.
-                Ok(_) => match boot {
-                    Some(boot) => {
+                // A broker that does not say which process it is (an older
+                // one) is never current: it is told every round.
+                Ok(_) => {
+                    if let Some(boot) = boot {
                         told.insert(b.clone(), (round.plan.clone(), boot.clone()));
                     }
-                    None => {
-                        told.remove(b);
-                    }
-                },
-                Err(e) => {
-                    tracing::debug!(broker = %b, error = %e, "settled commits not told");
                 }
+                Err(e) => tracing::debug!(broker = %b, error = %e, "settled commits not told"),
             }
         }
     }
